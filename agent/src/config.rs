@@ -1,0 +1,310 @@
+//! The agent's configuration file (YAML). Every field has a default; unknown fields are
+//! errors, so a typo never silently weakens isolation.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::model::{Labels, Protocol};
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Config {
+    /// Namespace label whose value names the tenant.
+    pub tenant_label: String,
+    /// Name of this node; pods scheduled elsewhere are remote. Unset: every pod whose cgroup
+    /// is found below `cgroup_root` is local (the lab, a one-node cluster).
+    pub node_name: Option<String>,
+    /// cgroup v2 directory holding every pod's cgroup. Relative paths are taken below the
+    /// cgroup v2 mount found in /proc/self/mountinfo.
+    pub cgroup_root: PathBuf,
+    /// How pod cgroups are named below `cgroup_root`.
+    pub cgroup_layout: CgroupLayoutKind,
+    /// Where bpffs is (or gets) mounted.
+    pub bpffs_root: PathBuf,
+    /// Pins go to `<bpffs_root>/moat/<instance>`; two agents with different instances never
+    /// share state (the lab runs one per lab).
+    pub instance: String,
+    /// Traffic with endpoints that are not pods (the host, the outside world).
+    pub unknown_endpoints: Action,
+    pub cluster_dns: ClusterDns,
+    pub shared_services: Vec<SharedService>,
+    pub allowed_tenant_pairs: Vec<TenantPair>,
+    /// Pod address ranges: an address in them that is not (yet) a known pod is pending,
+    /// so a pod the agent has not heard of gets no cross-tenant traffic.
+    pub cluster_cidrs: Vec<Cidr>,
+    /// Addresses outside the cluster that belong to a tenant (a tenant's database subnet).
+    pub tenant_networks: Vec<TenantNetwork>,
+    /// How often the manifest files and cgroups are re-read, in milliseconds.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            tenant_label: "tenant".into(),
+            node_name: None,
+            cgroup_root: PathBuf::from("kubepods.slice"),
+            cgroup_layout: CgroupLayoutKind::Lab,
+            bpffs_root: PathBuf::from("/sys/fs/bpf"),
+            instance: "default".into(),
+            unknown_endpoints: Action::Allow,
+            cluster_dns: ClusterDns::default(),
+            shared_services: Vec::new(),
+            allowed_tenant_pairs: Vec::new(),
+            cluster_cidrs: Vec::new(),
+            tenant_networks: Vec::new(),
+            poll_interval_ms: 250,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupLayoutKind {
+    /// `<root>/<namespace>_<pod>[/<container>...]`, as `moat lab` creates them.
+    Lab,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ClusterDns {
+    pub enabled: bool,
+    pub namespace: String,
+    pub match_labels: Labels,
+    pub ports: Vec<PortSpec>,
+}
+
+impl Default for ClusterDns {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            namespace: "kube-system".into(),
+            match_labels: [("k8s-app".to_string(), "kube-dns".to_string())].into(),
+            ports: vec![
+                PortSpec { port: 53, protocol: Protocol::Udp },
+                PortSpec { port: 53, protocol: Protocol::Tcp },
+            ],
+        }
+    }
+}
+
+/// Pods every tenant may reach (on `ports`, or on any port when empty).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SharedService {
+    pub name: String,
+    pub namespace: String,
+    /// Empty: every pod of the namespace.
+    #[serde(default)]
+    pub match_labels: Labels,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    pub port: u16,
+    #[serde(default = "default_protocol", deserialize_with = "deserialize_protocol")]
+    pub protocol: Protocol,
+}
+
+/// `from` may open flows to `to` (one direction; list both for both).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TenantPair {
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TenantNetwork {
+    pub cidr: Cidr,
+    pub tenant: String,
+}
+
+/// An address prefix, written `a.b.c.d/n` or `x::y/n`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (addr, len) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?} is not a CIDR (want address/prefix-length)"))?;
+        let addr: IpAddr =
+            addr.parse().map_err(|_| format!("{text:?}: {addr:?} is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix_len: u8 = len
+            .parse()
+            .ok()
+            .filter(|len| *len <= max)
+            .ok_or_else(|| format!("{text:?}: prefix length must be 0..={max}"))?;
+        Ok(Self { addr, prefix_len })
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+fn default_protocol() -> Protocol {
+    Protocol::Tcp
+}
+
+fn deserialize_protocol<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Protocol, D::Error> {
+    let text = String::deserialize(d)?;
+    Protocol::parse(&text).ok_or_else(|| {
+        serde::de::Error::custom(format!("unknown protocol {text:?} (want TCP, UDP or SCTP)"))
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: field {field}: {message}")]
+    Invalid { path: PathBuf, field: String, message: String },
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses config text; `path` only names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |field: String, message: String| ConfigError::Invalid {
+            path: path.into(),
+            field,
+            message,
+        };
+        let config: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            let deserializer = serde_yaml::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(deserializer).map_err(|error| {
+                let field = error.path().to_string();
+                invalid(field, error.into_inner().to_string())
+            })?
+        };
+        config.validate().map_err(|(field, message)| invalid(field, message))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        if self.tenant_label.is_empty() {
+            return Err(("tenantLabel".into(), "must not be empty".into()));
+        }
+        let instance_ok = !self.instance.is_empty()
+            && self.instance.len() <= 64
+            && self.instance.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !instance_ok {
+            return Err(("instance".into(), "must be 1-64 characters of [A-Za-z0-9_-]".into()));
+        }
+        if self.poll_interval_ms == 0 || self.poll_interval_ms > 60_000 {
+            return Err(("pollIntervalMs".into(), "must be 1..=60000".into()));
+        }
+        for (index, service) in self.shared_services.iter().enumerate() {
+            if service.name.is_empty() || service.namespace.is_empty() {
+                return Err((
+                    format!("sharedServices[{index}]"),
+                    "name and namespace are required".into(),
+                ));
+            }
+        }
+        for (index, port) in self.cluster_dns.ports.iter().enumerate() {
+            if port.port == 0 {
+                return Err((format!("clusterDns.ports[{index}].port"), "must be 1..=65535".into()));
+            }
+        }
+        for (index, service) in self.shared_services.iter().enumerate() {
+            for (port_index, port) in service.ports.iter().enumerate() {
+                if port.port == 0 {
+                    return Err((
+                        format!("sharedServices[{index}].ports[{port_index}].port"),
+                        "must be 1..=65535".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("moat.yaml"))
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let error = parse("tenantLabell: team\n").unwrap_err().to_string();
+        assert!(error.contains("moat.yaml"), "{error}");
+        assert!(error.contains("tenantLabell"), "{error}");
+    }
+
+    #[test]
+    fn bad_cidr_names_the_field() {
+        let error = parse("clusterCidrs: [\"10.0.0.0/33\"]\n").unwrap_err().to_string();
+        assert!(error.contains("clusterCidrs[0]"), "{error}");
+        assert!(error.contains("prefix length"), "{error}");
+    }
+
+    #[test]
+    fn bad_protocol_and_action_are_rejected() {
+        let error = parse("clusterDns:\n  ports: [{port: 53, protocol: ICMP}]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("clusterDns.ports[0].protocol"), "{error}");
+        let error = parse("unknownEndpoints: maybe\n").unwrap_err().to_string();
+        assert!(error.contains("unknownEndpoints"), "{error}");
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let config = parse(
+            "tenantLabel: team\nunknownEndpoints: deny\nsharedServices:\n- name: metrics\n  namespace: monitoring\n  ports: [{port: 9090}]\nallowedTenantPairs: [{from: a, to: b}]\ntenantNetworks: [{cidr: 192.0.2.0/24, tenant: acme}]\n",
+        )
+        .unwrap();
+        assert_eq!(config.tenant_label, "team");
+        assert_eq!(config.unknown_endpoints, Action::Deny);
+        assert_eq!(config.shared_services[0].ports[0].protocol, Protocol::Tcp);
+        assert_eq!(config.tenant_networks[0].cidr.prefix_len, 24);
+    }
+}

@@ -1,0 +1,6 @@
+#[derive(clap::Args)]
+pub struct ServeArgs {}
+
+pub fn run(_args: ServeArgs) -> Result<(), super::LabError> {
+    Err(super::LabError::NotBuilt)
+}

@@ -1,0 +1,14 @@
+//! moat: tenant isolation and runtime guard for shared Kubernetes nodes.
+//!
+//! Data flows one way: `sources` → `model` → `compiler` → `kernel` → `events` → sinks.
+//! `node` knows the machine (cgroup v2 layout, bpffs); `lab` is the local playground.
+
+pub mod compiler;
+pub mod config;
+pub mod events;
+pub mod kernel;
+pub mod lab;
+pub mod model;
+pub mod node;
+pub mod runtime;
+pub mod sources;

@@ -1,0 +1,37 @@
+use clap::{Parser, Subcommand};
+
+use moat_agent::{lab, runtime};
+
+/// moat: tenant isolation and runtime guard for shared Kubernetes nodes, in eBPF.
+#[derive(Parser)]
+#[command(name = "moat", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node agent: load the eBPF programs and keep the kernel in step with the cluster.
+    Agent(runtime::AgentArgs),
+    /// A local playground of pods (network namespaces plus cgroups) on the real kernel.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
+    /// Runs inside a lab pod: serves its container ports.
+    #[command(name = "__pod-serve", hide = true)]
+    PodServe(lab::serve::ServeArgs),
+    /// Runs inside a lab pod: makes one connection attempt and prints the verdict.
+    #[command(name = "__pod-connect", hide = true)]
+    PodConnect(lab::connect::ConnectArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Agent(args) => runtime::run(args)?,
+        Command::Lab(command) => lab::run(command)?,
+        Command::PodServe(args) => lab::serve::run(args)?,
+        Command::PodConnect(args) => std::process::exit(lab::connect::run(args)?),
+    }
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! The cluster as moat sees it: plain data, no I/O. Sources build it, the compiler reads it.
+
+pub mod selector;
+pub mod tenant;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+pub use tenant::{TenantId, TenantName};
+
+pub type Labels = BTreeMap<String, String>;
+
+/// Namespace and name of a namespaced object; printed `namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self { namespace: namespace.into(), name: name.into() }
+    }
+
+    /// Parses `namespace/name`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (namespace, name) = text.split_once('/')?;
+        if namespace.is_empty() || name.is_empty() || name.contains('/') {
+            return None;
+        }
+        Some(Self::new(namespace, name))
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+pub type PodKey = ObjectKey;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: Labels,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Tcp => moat_common::IPPROTO_TCP,
+            Self::Udp => moat_common::IPPROTO_UDP,
+            Self::Sctp => moat_common::IPPROTO_SCTP,
+        }
+    }
+
+    /// Parses the Kubernetes spelling (`TCP`, `UDP`, `SCTP`).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "TCP" => Some(Self::Tcp),
+            "UDP" => Some(Self::Udp),
+            "SCTP" => Some(Self::Sctp),
+            _ => None,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+            Self::Sctp => "SCTP",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    pub key: PodKey,
+    pub uid: Option<String>,
+    pub labels: Labels,
+    /// status.podIPs (or status.podIP); empty until the pod has an address.
+    pub ips: Vec<IpAddr>,
+    pub node_name: Option<String>,
+    /// hostNetwork pods share the node's address, so their IPs never identify them.
+    pub host_network: bool,
+    pub ports: Vec<ContainerPort>,
+}
+
+/// Everything the sources know. Keyed maps keep iteration order deterministic, so the
+/// compiler's output (and explain's) does not depend on input order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Cluster {
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub pods: BTreeMap<PodKey, Pod>,
+    pub network_policies:
+        BTreeMap<ObjectKey, k8s_openapi::api::networking::v1::NetworkPolicy>,
+}

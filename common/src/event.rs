@@ -1,0 +1,38 @@
+//! Records the programs send to the agent through the `EVENTS` ring buffer.
+
+pub const EVENT_KIND_DENY: u8 = 1;
+
+pub const HOOK_SKB: u8 = 1;
+pub const HOOK_CONNECT: u8 = 2;
+pub const HOOK_SENDMSG: u8 = 3;
+
+/// A packet or socket call denied by the tenant floor.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenyEvent {
+    pub kind: u8,
+    /// `HOOK_*`
+    pub hook: u8,
+    /// `maps::DIRECTION_*`
+    pub direction: u8,
+    /// `verdict::Reason` as u8.
+    pub reason: u8,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+    pub timestamp_ns: u64,
+    /// cgroup of the local socket: identifies the local pod.
+    pub cgroup: u64,
+    pub local_tenant: u64,
+    pub remote_tenant: u64,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad2: u32,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), integers only, no implicit padding (size asserted below).
+unsafe impl aya::Pod for DenyEvent {}
+
+const _: () = assert!(core::mem::size_of::<DenyEvent>() == 80);

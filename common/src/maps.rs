@@ -1,0 +1,180 @@
+//! Keys and values of the pinned maps. Addresses are 16 bytes in network order; IPv4 is
+//! stored IPv4-mapped (`::ffff:a.b.c.d`) so one map serves both families.
+
+/// Map names, shared so the agent never spells them differently from the programs.
+pub mod names {
+    pub const LOCAL_ENDPOINTS: &str = "LOCAL_ENDPOINTS";
+    pub const REMOTE_ENDPOINTS: &str = "REMOTE_ENDPOINTS";
+    pub const REMOTE_NETWORKS: &str = "REMOTE_NETWORKS";
+    pub const SHARED_PORTS: &str = "SHARED_PORTS";
+    pub const TENANT_PAIRS: &str = "TENANT_PAIRS";
+    pub const SETTINGS: &str = "SETTINGS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const EVENTS_LOST: &str = "EVENTS_LOST";
+}
+
+/// Capacities; the agent refuses a model that would not fit rather than writing part of it.
+pub mod capacity {
+    pub const LOCAL_ENDPOINTS: u32 = 65_536;
+    pub const REMOTE_ENDPOINTS: u32 = 262_144;
+    pub const REMOTE_NETWORKS: u32 = 16_384;
+    pub const SHARED_PORTS: u32 = 16_384;
+    pub const TENANT_PAIRS: u32 = 16_384;
+    pub const FLOWS: u32 = 262_144;
+    pub const COUNTERS: u32 = 16_384;
+    pub const EVENTS_BYTES: u32 = 1 << 22;
+}
+
+/// Endpoint is known by IP but its pod is not yet attributable (cluster CIDR, no pod yet).
+pub const ENDPOINT_PENDING: u32 = 1;
+
+/// What the datapath knows about one end of a flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// Stable 64-bit id of the tenant (see the agent's `model::TenantId`); 0 is never a tenant.
+    pub tenant: u64,
+    /// Shared-service id this endpoint belongs to, 0 for none.
+    pub shared: u32,
+    /// `ENDPOINT_*` flags.
+    pub flags: u32,
+}
+
+impl Endpoint {
+    pub const fn is_pending(&self) -> bool {
+        self.flags & ENDPOINT_PENDING != 0
+    }
+}
+
+/// Key of the LPM trie of CIDRs: prefix length first, as the kernel expects.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NetworkKey {
+    pub prefix_len: u32,
+    pub addr: [u8; 16],
+}
+
+/// A port of a shared service that every tenant may reach. `protocol == 0 && port == 0`
+/// means every port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SharedPortKey {
+    pub shared: u32,
+    pub port: u16,
+    pub protocol: u8,
+    pub _pad: u8,
+}
+
+/// An admin-declared exception: `src` tenant may open flows to `dst` tenant.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantPairKey {
+    pub src: u64,
+    pub dst: u64,
+}
+
+pub const UNKNOWN_DENY: u32 = 0;
+pub const UNKNOWN_ALLOW: u32 = 1;
+
+/// Single entry of the `SETTINGS` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Bumped after every change that may revoke flows; flows admitted under an older
+    /// generation are re-evaluated on their next packet.
+    pub generation: u64,
+    /// `UNKNOWN_ALLOW` or `UNKNOWN_DENY`: traffic with endpoints moat does not know.
+    pub unknown: u32,
+    /// Non-zero once an agent has written a complete state; until then every program allows,
+    /// so attaching before the first sync cannot cut a node off.
+    pub ready: u32,
+}
+
+/// A flow as seen from its local end: keyed by the local socket's cgroup rather than its
+/// address, so request and reply map to the same entry in both hook directions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub cgroup: u64,
+    pub remote_addr: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+pub const ORIGIN_OUTBOUND: u8 = 1;
+pub const ORIGIN_INBOUND: u8 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    /// `Settings::generation` the flow was last admitted under.
+    pub generation: u64,
+    pub last_seen_ns: u64,
+    /// Tenant of the local end when admitted, for the counters of established packets.
+    pub local_tenant: u64,
+    /// `ORIGIN_*`: which side opened the flow, so re-evaluation uses the original direction.
+    pub origin: u8,
+    pub reason: u8,
+    pub _pad: [u8; 6],
+}
+
+pub const DIRECTION_INGRESS: u8 = 1;
+pub const DIRECTION_EGRESS: u8 = 2;
+
+pub const VERDICT_DENY: u8 = 0;
+pub const VERDICT_ALLOW: u8 = 1;
+
+/// Per-tenant packet counters, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CounterKey {
+    pub tenant: u64,
+    pub direction: u8,
+    pub verdict: u8,
+    pub reason: u8,
+    pub _pad: [u8; 5],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    use super::*;
+    // SAFETY: all are repr(C), contain only integers and arrays of integers, and have no
+    // implicit padding (checked by the size assertions below).
+    unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for NetworkKey {}
+    unsafe impl aya::Pod for SharedPortKey {}
+    unsafe impl aya::Pod for TenantPairKey {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for CounterKey {}
+    unsafe impl aya::Pod for Counter {}
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<Endpoint>() == 16);
+    assert!(core::mem::size_of::<NetworkKey>() == 20);
+    assert!(core::mem::size_of::<SharedPortKey>() == 8);
+    assert!(core::mem::size_of::<TenantPairKey>() == 16);
+    assert!(core::mem::size_of::<Settings>() == 16);
+    assert!(core::mem::size_of::<FlowKey>() == 32);
+    assert!(core::mem::size_of::<FlowState>() == 32);
+    assert!(core::mem::size_of::<CounterKey>() == 16);
+    assert!(core::mem::size_of::<Counter>() == 16);
+};
+
+/// IPv4 address (network order octets) as the 16-byte IPv4-mapped form used as map key.
+pub const fn ipv4_mapped(octets: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]]
+}
