@@ -1,1 +1,3 @@
-//! TODO
+//! Facts about this machine: where cgroup v2 and bpffs are, how pod cgroups are laid out.
+
+pub mod mounts;
