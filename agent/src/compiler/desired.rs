@@ -1,0 +1,86 @@
+//! The compiler's output: what every map must hold, and how to name what is in them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use moat_common::maps::{Endpoint, NetworkKey, SharedPortKey, TenantPairKey};
+use moat_common::verdict::{self, Exceptions, Peer, Reason};
+use moat_common::maps::Settings;
+
+use crate::model::{PodKey, TenantName};
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Desired {
+    /// cgroup id → endpoint, for pods on this node.
+    pub local: BTreeMap<u64, Endpoint>,
+    /// Pod address → endpoint, for every pod in the cluster.
+    pub remote: BTreeMap<[u8; 16], Endpoint>,
+    pub networks: BTreeMap<NetworkKey, Endpoint>,
+    pub shared_ports: BTreeSet<SharedPortKey>,
+    pub tenant_pairs: BTreeSet<TenantPairKey>,
+    /// `UNKNOWN_ALLOW` or `UNKNOWN_DENY`.
+    pub unknown: u32,
+    pub index: Index,
+}
+
+/// Names for the ids in the maps, for events and explain. Not written to the kernel.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Index {
+    pub tenants: BTreeMap<u64, TenantName>,
+    pub pods_by_ip: BTreeMap<IpAddr, PodKey>,
+    pub pods_by_cgroup: BTreeMap<u64, PodKey>,
+    pub pod_tenants: BTreeMap<PodKey, TenantName>,
+    pub shared_names: BTreeMap<u32, String>,
+    /// Addresses claimed by pods of different tenants.
+    pub conflicts: BTreeSet<IpAddr>,
+}
+
+impl Exceptions for Desired {
+    fn shared_port(&self, key: &SharedPortKey) -> bool {
+        self.shared_ports.contains(key)
+    }
+
+    fn tenant_pair(&self, key: &TenantPairKey) -> bool {
+        self.tenant_pairs.contains(key)
+    }
+}
+
+impl Desired {
+    /// The settings an agent writes once this state is in the maps.
+    pub fn settings(&self, generation: u64) -> Settings {
+        Settings { generation, unknown: self.unknown, ready: 1 }
+    }
+
+    /// Remote lookup exactly as the datapath does it: exact address, then longest prefix.
+    pub fn remote_endpoint(&self, addr: &[u8; 16]) -> Option<Endpoint> {
+        if let Some(endpoint) = self.remote.get(addr) {
+            return Some(*endpoint);
+        }
+        self.networks
+            .iter()
+            .filter(|(key, _)| prefix_matches(key, addr))
+            .max_by_key(|(key, _)| key.prefix_len)
+            .map(|(_, endpoint)| *endpoint)
+    }
+
+    /// The tenant-floor verdict for a new flow from `src` to `dst`, as the kernel decides it.
+    pub fn decide(&self, src: Peer, dst: Peer, protocol: u8, dst_port: u16) -> Reason {
+        verdict::decide(&self.settings(0), src, dst, protocol, dst_port, self)
+    }
+}
+
+fn prefix_matches(key: &NetworkKey, addr: &[u8; 16]) -> bool {
+    let mut remaining = key.prefix_len.min(128);
+    for (a, b) in key.addr.iter().zip(addr) {
+        if remaining == 0 {
+            break;
+        }
+        let bits = remaining.min(8);
+        let mask = 0xffu8 << (8 - bits);
+        if a & mask != b & mask {
+            return false;
+        }
+        remaining -= bits;
+    }
+    true
+}

@@ -1,0 +1,113 @@
+//! Which cgroup belongs to which pod. A layout names pod cgroups below the pods' root; the
+//! scanner walks that tree and reports every cgroup id with the pod it belongs to, if any.
+//! A cgroup that maps to no known pod gets no entry, and the datapath treats it as pending.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::config::CgroupLayoutKind;
+use crate::model::PodKey;
+
+/// How a layout identifies a pod: the lab by namespace and name, the kubelet by UID.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PodRef {
+    Key(PodKey),
+    Uid(String),
+}
+
+/// Names pod cgroups. `relative` is the cgroup's path below the pods' root, split in parts.
+pub trait CgroupLayout: Send + Sync {
+    fn pod_of(&self, relative: &[&str]) -> Option<PodRef>;
+}
+
+/// `moat lab`'s layout: `<root>/<namespace>_<pod>[/<container>...]`. Namespaces are DNS
+/// labels and pod names DNS subdomains, neither may contain '_', so the split is exact.
+pub struct LabLayout;
+
+impl CgroupLayout for LabLayout {
+    fn pod_of(&self, relative: &[&str]) -> Option<PodRef> {
+        let (namespace, name) = relative.first()?.split_once('_')?;
+        (!namespace.is_empty() && !name.is_empty()).then(|| PodRef::Key(PodKey::new(namespace, name)))
+    }
+}
+
+pub fn layout(kind: CgroupLayoutKind) -> Box<dyn CgroupLayout> {
+    match kind {
+        CgroupLayoutKind::Lab => Box::new(LabLayout),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("pods' cgroup root {path}: {source}")]
+    Root { path: PathBuf, source: std::io::Error },
+}
+
+/// cgroup id → pod, for every cgroup below the root that the layout attributes to a pod.
+pub type PodCgroups = BTreeMap<u64, PodRef>;
+
+/// Deep enough for kubelet layouts (qos/pod/container) with room to spare.
+const MAX_DEPTH: usize = 6;
+
+/// Walks `root`. Directories that vanish mid-walk (a container exiting) are skipped.
+pub fn scan(root: &Path, layout: &dyn CgroupLayout) -> Result<PodCgroups, CgroupError> {
+    let mut found = PodCgroups::new();
+    std::fs::metadata(root).map_err(|source| CgroupError::Root { path: root.into(), source })?;
+    let mut stack = vec![(root.to_path_buf(), Vec::<String>::new())];
+    while let Some((dir, parts)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let Ok(metadata) = entry.metadata() else { continue };
+            if !metadata.is_dir() {
+                continue;
+            }
+            let mut child_parts = parts.clone();
+            child_parts.push(entry.file_name().to_string_lossy().into_owned());
+            let borrowed: Vec<&str> = child_parts.iter().map(String::as_str).collect();
+            // On cgroup v2 a directory's inode number is the cgroup id the kernel reports.
+            if let Some(pod) = layout.pod_of(&borrowed) {
+                found.insert(metadata.ino(), pod);
+            }
+            if child_parts.len() < MAX_DEPTH {
+                stack.push((entry.path(), child_parts));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The pods' root as configured: absolute, or relative to the cgroup v2 mount.
+pub fn resolve_root(configured: &Path, cgroup2_mount: &Path) -> PathBuf {
+    if configured.is_absolute() {
+        configured.to_path_buf()
+    } else {
+        cgroup2_mount.join(configured)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_layout_attributes_pod_and_container_dirs() {
+        let pod = Some(PodRef::Key(PodKey::new("x", "a.b")));
+        assert_eq!(LabLayout.pod_of(&["x_a.b"]), pod);
+        assert_eq!(LabLayout.pod_of(&["x_a.b", "c1"]), pod);
+        assert_eq!(LabLayout.pod_of(&["stray"]), None);
+        assert_eq!(LabLayout.pod_of(&["_a"]), None);
+    }
+
+    #[test]
+    fn scan_maps_inodes_and_skips_strays() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("x_a/c1")).unwrap();
+        std::fs::create_dir_all(dir.path().join("stray")).unwrap();
+        let found = scan(dir.path(), &LabLayout).unwrap();
+        assert_eq!(found.len(), 2);
+        let ino = std::fs::metadata(dir.path().join("x_a/c1")).unwrap().ino();
+        assert_eq!(found[&ino], PodRef::Key(PodKey::new("x", "a")));
+        assert!(scan(&dir.path().join("missing"), &LabLayout).is_err());
+    }
+}
