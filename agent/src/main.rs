@@ -28,10 +28,26 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Agent(args) => runtime::run(args)?,
+        Command::Agent(args) => {
+            init_json_logs();
+            runtime::run(args)?
+        }
         Command::Lab(command) => lab::run(command)?,
         Command::PodServe(args) => lab::serve::run(args)?,
         Command::PodConnect(args) => std::process::exit(lab::connect::run(args)?),
     }
     Ok(())
+}
+
+/// The agent logs, and reports events, as JSON lines on stdout.
+fn init_json_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MOAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .init();
 }

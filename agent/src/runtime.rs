@@ -1,22 +1,210 @@
-//! `moat agent`: wires sources → model → compiler → kernel → events. (Being built.)
-use std::path::PathBuf;
+//! `moat agent`: wires sources → model → compiler → kernel → events.
+//!
+//! Fail-safe behaviour: a bad manifest or config edit is reported and the last good state
+//! stays enforced; the kernel is only written from a model that compiled completely. When the
+//! agent stops or dies, programs and maps stay pinned and keep enforcing the last state.
 
-#[derive(clap::Args)]
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aya::maps::RingBuf;
+use moat_common::maps::names;
+use tokio::sync::watch;
+
+use crate::compiler::{self, CompileError};
+use crate::config::{Config, ConfigError};
+use crate::events;
+use crate::kernel::{bpffs, loader, maps::KernelMaps, KernelError};
+use crate::model::Cluster;
+use crate::node::cgroups::{self, CgroupError, CgroupLayout, PodCgroups};
+use crate::node::mounts::{self, MountError};
+use crate::sources::manifests::ManifestError;
+use crate::sources::watch::ManifestWatcher;
+
+#[derive(clap::Args, Debug)]
 pub struct AgentArgs {
-    /// Files or directories of Kubernetes manifests (YAML or JSON).
+    /// Files or directories of Kubernetes manifests (YAML or JSON; `kubectl get -o yaml` works).
     #[arg(short = 'f', long = "filename", required = true)]
     pub files: Vec<PathBuf>,
-    /// Agent configuration file (YAML).
+    /// Agent configuration file (YAML); every field has a default.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Created once the first complete state is enforced by the kernel.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("not built yet")]
-    NotBuilt,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("starting the async runtime: {0}")]
+    Tokio(std::io::Error),
+    #[error("writing ready file {path}: {source}")]
+    ReadyFile { path: PathBuf, source: std::io::Error },
 }
 
-pub fn run(_args: AgentArgs) -> Result<(), RuntimeError> {
-    Err(RuntimeError::NotBuilt)
+pub fn run(args: AgentArgs) -> Result<(), RuntimeError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(RuntimeError::Tokio)?;
+    runtime.block_on(run_agent(args))
 }
+
+/// The node-local inputs to the compiler, kept so a change of either triggers a recompile.
+struct Inputs {
+    cluster: Cluster,
+    cgroups: PodCgroups,
+}
+
+async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let cgroup_root = cgroups::resolve_root(&config.cgroup_root, &mounts::cgroup2()?);
+    let layout = cgroups::layout(config.cgroup_layout);
+    let mut watcher = ManifestWatcher::new(args.files.clone());
+    // The first poll always loads; the loop only guards against a watcher that says nothing.
+    let loaded = loop {
+        if let Some(result) = watcher.poll() {
+            break result?;
+        }
+    };
+    warn_skipped(&loaded.skipped);
+    warn_policies(&loaded.cluster);
+    let mut inputs = Inputs { cluster: loaded.cluster, cgroups: cgroups::scan(&cgroup_root, layout.as_ref())? };
+    let mut desired = compiler::compile(&inputs.cluster, &config, &inputs.cgroups)?;
+
+    let dirs = bpffs::pin_dirs(&config.bpffs_root, &config.instance);
+    bpffs::prepare(&config.bpffs_root, &dirs)?;
+    let mut ebpf = loader::load(&dirs)?;
+    let mut maps = KernelMaps::take(&mut ebpf)?;
+    // Adopt whatever an earlier agent left: reconcile from the maps' actual content, never
+    // from empty, so nothing is cleared first.
+    let adopted = maps.read()?;
+    let stats = maps.apply(&adopted, &desired)?;
+    let attached = loader::attach_all(&mut ebpf, &cgroup_root, &dirs)?;
+    tracing::info!(
+        pods = inputs.cluster.pods.len(),
+        local_pods = desired.local.len(),
+        adopted_entries = adopted.local.len() + adopted.remote.len(),
+        writes = stats.writes,
+        removals = stats.removals,
+        generation = stats.generation,
+        programs = attached.len(),
+        cgroup_root = %cgroup_root.display(),
+        pins = %dirs.instance.display(),
+        "enforcing"
+    );
+    if let Some(path) = &args.ready_file {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .map_err(|source| RuntimeError::ReadyFile { path: path.clone(), source })?;
+    }
+
+    let (index_tx, index_rx) = watch::channel(Arc::new(desired.index.clone()));
+    let ring_map = ebpf.take_map(names::EVENTS).ok_or_else(|| KernelError::map(names::EVENTS, "missing"))?;
+    let ring = RingBuf::try_from(ring_map).map_err(|e| KernelError::map(names::EVENTS, e))?;
+    let events_task = tokio::spawn(events::reader::run(ring, index_rx));
+
+    let mut tick = tokio::time::interval(Duration::from_millis(config.poll_interval_ms));
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(RuntimeError::Tokio)?;
+    let mut resync = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+        if events_task.is_finished() {
+            tracing::error!("event reader stopped; enforcement continues without events");
+        }
+        let changed = refresh(&mut watcher, &mut inputs, &cgroup_root, layout.as_ref());
+        if !changed && !resync {
+            continue;
+        }
+        let next = match compiler::compile(&inputs.cluster, &config, &inputs.cgroups) {
+            Ok(next) => next,
+            Err(error) => {
+                tracing::error!(%error, "cluster state does not compile; last good state stays enforced");
+                continue;
+            }
+        };
+        // After a failed apply the maps hold an unknown mix: reconcile from what they hold.
+        let base = if resync { maps.read()? } else { desired.clone() };
+        match maps.apply(&base, &next) {
+            Ok(stats) => {
+                resync = false;
+                if stats.writes + stats.removals > 0 {
+                    tracing::info!(writes = stats.writes, removals = stats.removals, generation = stats.generation, "applied");
+                }
+                desired = next;
+                let _ = index_tx.send(Arc::new(desired.index.clone()));
+            }
+            Err(error) => {
+                tracing::error!(%error, "applying to the kernel failed; will reconcile from the maps' content");
+                resync = true;
+            }
+        }
+    }
+    tracing::info!("stopping; programs and maps stay pinned and keep enforcing the last state");
+    Ok(())
+}
+
+/// Re-reads manifests and cgroups. Returns whether the compiler's inputs changed.
+fn refresh(watcher: &mut ManifestWatcher, inputs: &mut Inputs, root: &Path, layout: &dyn CgroupLayout) -> bool {
+    let mut changed = false;
+    match watcher.poll() {
+        Some(Ok(loaded)) => {
+            warn_skipped(&loaded.skipped);
+            warn_policies(&loaded.cluster);
+            if loaded.cluster != inputs.cluster {
+                inputs.cluster = loaded.cluster;
+                changed = true;
+            }
+        }
+        Some(Err(error)) => {
+            tracing::error!(%error, "manifests rejected; last good state stays enforced");
+        }
+        None => {}
+    }
+    match cgroups::scan(root, layout) {
+        Ok(found) if found != inputs.cgroups => {
+            inputs.cgroups = found;
+            changed = true;
+        }
+        Ok(_) => {}
+        Err(error) => tracing::error!(%error, "scanning pod cgroups failed"),
+    }
+    changed
+}
+
+fn warn_skipped(skipped: &std::collections::BTreeMap<String, usize>) {
+    if !skipped.is_empty() {
+        tracing::info!(?skipped, "objects of kinds moat does not read were skipped");
+    }
+}
+
+fn warn_policies(cluster: &Cluster) {
+    if !cluster.network_policies.is_empty() {
+        tracing::warn!(
+            count = cluster.network_policies.len(),
+            "NetworkPolicies are read but not enforced yet; only the tenant floor applies"
+        );
+    }
+}
+

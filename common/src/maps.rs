@@ -43,6 +43,8 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    pub const EMPTY: Self = Self { tenant: 0, shared: 0, flags: 0 };
+
     pub const fn is_pending(&self) -> bool {
         self.flags & ENDPOINT_PENDING != 0
     }

@@ -60,24 +60,44 @@ impl Reason {
     }
 }
 
-/// One end of a flow after the map lookups.
+/// What is known about one end of a flow.
+#[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Peer {
+pub enum PeerClass {
     /// A pod (or declared network) with a known tenant.
-    Known(Endpoint),
+    Known = 1,
     /// Belongs to the pods but cannot be attributed yet: may talk to nothing cross-tenant.
-    Pending,
+    Pending = 2,
     /// Not a pod at all (the host, the outside world).
-    Unknown,
+    Unknown = 3,
+}
+
+/// One end of a flow after the map lookups. A plain struct rather than an enum with a
+/// payload: the verifier rejects code that carries the uninitialised payload of an empty
+/// variant around, so the endpoint is always a real (zeroed when absent) value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub class: PeerClass,
+    pub endpoint: Endpoint,
 }
 
 impl Peer {
+    pub const PENDING: Self = Self { class: PeerClass::Pending, endpoint: Endpoint::EMPTY };
+    pub const UNKNOWN: Self = Self { class: PeerClass::Unknown, endpoint: Endpoint::EMPTY };
+
+    pub const fn known(endpoint: Endpoint) -> Self {
+        if endpoint.is_pending() {
+            Self::PENDING
+        } else {
+            Self { class: PeerClass::Known, endpoint }
+        }
+    }
+
     /// Classifies the result of a remote lookup (`None`: the address matched nothing).
     pub const fn remote(found: Option<Endpoint>) -> Self {
         match found {
-            Some(endpoint) if endpoint.is_pending() => Self::Pending,
-            Some(endpoint) => Self::Known(endpoint),
-            None => Self::Unknown,
+            Some(endpoint) => Self::known(endpoint),
+            None => Self::UNKNOWN,
         }
     }
 
@@ -85,9 +105,14 @@ impl Peer {
     /// a pod, so one the agent has not mapped yet is pending, never unknown.
     pub const fn local(found: Option<Endpoint>) -> Self {
         match found {
-            Some(endpoint) if !endpoint.is_pending() => Self::Known(endpoint),
-            _ => Self::Pending,
+            Some(endpoint) => Self::known(endpoint),
+            None => Self::PENDING,
         }
+    }
+
+    /// The tenant id, 0 unless known.
+    pub const fn tenant(&self) -> u64 {
+        self.endpoint.tenant
     }
 }
 
@@ -109,32 +134,32 @@ pub fn decide<E: Exceptions>(
     if settings.ready == 0 {
         return Reason::NotReady;
     }
-    if matches!(src, Peer::Unknown) || matches!(dst, Peer::Unknown) {
+    if matches!(src.class, PeerClass::Unknown) || matches!(dst.class, PeerClass::Unknown) {
         return if settings.unknown == UNKNOWN_ALLOW {
             Reason::UnknownAllowed
         } else {
             Reason::UnknownDenied
         };
     }
-    if let (Peer::Known(s), Peer::Known(d)) = (src, dst) {
-        if s.tenant == d.tenant {
-            return Reason::SameTenant;
-        }
+    let both_known = matches!(src.class, PeerClass::Known) && matches!(dst.class, PeerClass::Known);
+    if both_known && src.endpoint.tenant == dst.endpoint.tenant {
+        return Reason::SameTenant;
     }
-    if let Peer::Known(d) = dst {
-        if d.shared != 0 && shared_port_open(exceptions, d.shared, protocol, dst_port) {
-            return Reason::SharedService;
-        }
+    let shared = dst.endpoint.shared;
+    if matches!(dst.class, PeerClass::Known)
+        && shared != 0
+        && shared_port_open(exceptions, shared, protocol, dst_port)
+    {
+        return Reason::SharedService;
     }
-    match (src, dst) {
-        (Peer::Known(s), Peer::Known(d)) => {
-            if exceptions.tenant_pair(&TenantPairKey { src: s.tenant, dst: d.tenant }) {
-                Reason::TenantPair
-            } else {
-                Reason::CrossTenant
-            }
-        }
-        _ => Reason::Pending,
+    if !both_known {
+        return Reason::Pending;
+    }
+    let pair = TenantPairKey { src: src.endpoint.tenant, dst: dst.endpoint.tenant };
+    if exceptions.tenant_pair(&pair) {
+        Reason::TenantPair
+    } else {
+        Reason::CrossTenant
     }
 }
 

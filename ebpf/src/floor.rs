@@ -4,7 +4,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use moat_common::{
     event::{DenyEvent, EVENT_KIND_DENY},
     maps::{
-        Counter, CounterKey, Endpoint, FlowKey, FlowState, Settings, SharedPortKey, TenantPairKey,
+        Counter, CounterKey, FlowKey, FlowState, Settings, SharedPortKey, TenantPairKey,
         ORIGIN_INBOUND, ORIGIN_OUTBOUND, VERDICT_ALLOW, VERDICT_DENY,
     },
     verdict::{decide, Exceptions, Peer, Reason},
@@ -40,26 +40,32 @@ pub fn settings() -> Option<Settings> {
 }
 
 #[inline(always)]
-pub fn local_endpoint(cgroup: u64) -> Option<Endpoint> {
+pub fn local_peer(cgroup: u64) -> Peer {
     // SAFETY: the value is copied out at once.
-    unsafe { LOCAL_ENDPOINTS.get(&cgroup).copied() }
+    match unsafe { LOCAL_ENDPOINTS.get(&cgroup) } {
+        Some(endpoint) => Peer::known(*endpoint),
+        None => Peer::PENDING,
+    }
 }
 
 #[inline(always)]
-pub fn remote_endpoint(addr: &[u8; 16]) -> Option<Endpoint> {
+pub fn remote_peer(addr: &[u8; 16]) -> Peer {
     // SAFETY: as above.
     if let Some(endpoint) = unsafe { REMOTE_ENDPOINTS.get(addr) } {
-        return Some(*endpoint);
+        return Peer::known(*endpoint);
     }
-    REMOTE_NETWORKS.get(Key::new(128, *addr)).copied()
+    match REMOTE_NETWORKS.get(Key::new(128, *addr)) {
+        Some(endpoint) => Peer::known(*endpoint),
+        None => Peer::UNKNOWN,
+    }
 }
 
 /// One end of a flow, local (by cgroup) and remote (by address), plus its ports.
 pub struct Ends {
     pub cgroup: u64,
-    pub local: Option<Endpoint>,
+    pub local: Peer,
     pub remote_addr: [u8; 16],
-    pub remote: Option<Endpoint>,
+    pub remote: Peer,
     pub local_port: u16,
     pub remote_port: u16,
     pub protocol: u8,
@@ -68,21 +74,16 @@ pub struct Ends {
 impl Ends {
     #[inline(always)]
     pub fn local_tenant(&self) -> u64 {
-        match self.local {
-            Some(endpoint) => endpoint.tenant,
-            None => 0,
-        }
+        self.local.tenant()
     }
 
     /// The verdict for a flow opened by the local end (`ORIGIN_OUTBOUND`) or by the remote.
     #[inline(always)]
     pub fn decide(&self, settings: &Settings, origin: u8) -> Reason {
-        let local = Peer::local(self.local);
-        let remote = Peer::remote(self.remote);
         if origin == ORIGIN_OUTBOUND {
-            decide(settings, local, remote, self.protocol, self.remote_port, &KernelExceptions)
+            decide(settings, self.local, self.remote, self.protocol, self.remote_port, &KernelExceptions)
         } else {
-            decide(settings, remote, local, self.protocol, self.local_port, &KernelExceptions)
+            decide(settings, self.remote, self.local, self.protocol, self.local_port, &KernelExceptions)
         }
     }
 
@@ -205,10 +206,7 @@ pub fn report_deny(ends: &Ends, local_addr: [u8; 16], hook: u8, direction: u8, r
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
         cgroup: ends.cgroup,
         local_tenant: ends.local_tenant(),
-        remote_tenant: match ends.remote {
-            Some(endpoint) => endpoint.tenant,
-            None => 0,
-        },
+        remote_tenant: ends.remote.tenant(),
         local_addr,
         remote_addr: ends.remote_addr,
         local_port: ends.local_port,

@@ -58,9 +58,9 @@ fn on_packet(ctx: &SkBuffContext, egress: bool) -> i32 {
     };
     let ends = Ends {
         cgroup,
-        local: floor::local_endpoint(cgroup),
+        local: floor::local_peer(cgroup),
         remote_addr,
-        remote: floor::remote_endpoint(&remote_addr),
+        remote: floor::remote_peer(&remote_addr),
         local_port,
         remote_port,
         protocol: packet.protocol,
@@ -143,9 +143,9 @@ fn on_sock_addr(ctx: &SockAddrContext, ipv6: bool, hook: u8) -> i32 {
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     let ends = Ends {
         cgroup,
-        local: floor::local_endpoint(cgroup),
+        local: floor::local_peer(cgroup),
         remote_addr,
-        remote: floor::remote_endpoint(&remote_addr),
+        remote: floor::remote_peer(&remote_addr),
         local_port,
         remote_port,
         protocol,

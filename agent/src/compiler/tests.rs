@@ -116,7 +116,7 @@ fn address_claimed_by_two_tenants_is_pending() {
     let mut c = cluster();
     pod(&mut c, "beta", "thief", "10.0.0.1", &[]);
     let desired = compile(&c, &Config::default(), &PodCgroups::new()).unwrap();
-    assert_eq!(remote(&desired, "10.0.0.1"), Peer::Pending);
+    assert_eq!(remote(&desired, "10.0.0.1"), Peer::PENDING);
     assert!(desired.index.conflicts.contains(&"10.0.0.1".parse::<IpAddr>().unwrap()));
 }
 

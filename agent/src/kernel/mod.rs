@@ -1,1 +1,29 @@
-//! TODO
+//! The kernel side: bpffs, loading and attaching the programs, writing the maps.
+
+pub mod bpffs;
+pub mod loader;
+pub mod maps;
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("bpffs at {path}: {message}")]
+    Bpffs { path: PathBuf, message: String },
+    #[error("loading the eBPF object (pins in {pin_dir}): {source}")]
+    Load { pin_dir: PathBuf, source: Box<aya::EbpfError> },
+    #[error("program {program} ({hook}): {message}")]
+    Program { program: &'static str, hook: &'static str, message: String },
+    #[error("pods' cgroup root {path}: {source}")]
+    CgroupRoot { path: PathBuf, source: std::io::Error },
+    #[error("map {map}: {message}")]
+    Map { map: &'static str, message: String },
+    #[error("link pin {path}: {message}")]
+    LinkPin { path: PathBuf, message: String },
+}
+
+impl KernelError {
+    pub(crate) fn map(map: &'static str, error: impl std::fmt::Display) -> Self {
+        Self::Map { map, message: error.to_string() }
+    }
+}

@@ -1,0 +1,148 @@
+//! Loads the eBPF object, adopting pinned maps, and attaches the programs at the pods'
+//! cgroup root through pinned links that outlive the agent.
+//!
+//! Replacing a running agent's programs never opens a gap: the new link is attached and
+//! pinned first, and only then are the older links of the same program detached. While both
+//! run they share every map, so they decide alike.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr};
+use aya::{Ebpf, EbpfLoader};
+
+use super::bpffs::PinDirs;
+use super::KernelError;
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/moat"));
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    SkbIngress,
+    SkbEgress,
+    SockAddr,
+}
+
+impl Hook {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::SkbIngress => "cgroup_skb/ingress",
+            Self::SkbEgress => "cgroup_skb/egress",
+            Self::SockAddr => "cgroup/sock_addr",
+        }
+    }
+}
+
+/// `e` and every error below it, so a failed syscall shows its errno.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// Every program and where it attaches.
+pub const PROGRAMS: [(&str, Hook); 6] = [
+    ("moat_ingress", Hook::SkbIngress),
+    ("moat_egress", Hook::SkbEgress),
+    ("moat_connect4", Hook::SockAddr),
+    ("moat_connect6", Hook::SockAddr),
+    ("moat_sendmsg4", Hook::SockAddr),
+    ("moat_sendmsg6", Hook::SockAddr),
+];
+
+/// Loads the object. Maps already pinned under `dirs.maps` are reused with their contents.
+pub fn load(dirs: &PinDirs) -> Result<Ebpf, KernelError> {
+    EbpfLoader::new()
+        .default_map_pin_directory(&dirs.maps)
+        .load(OBJECT)
+        .map_err(|source| KernelError::Load { pin_dir: dirs.maps.clone(), source: Box::new(source) })
+}
+
+/// An attached program and the pin that keeps it attached.
+#[derive(Clone, Debug)]
+pub struct Attached {
+    pub program: &'static str,
+    pub hook: Hook,
+    pub pin: PathBuf,
+}
+
+/// Attaches every program to `cgroup_root`, then detaches links an earlier agent left.
+/// cgroup bpf_links take no attach flags: several links on one cgroup always run together.
+pub fn attach_all(ebpf: &mut Ebpf, cgroup_root: &Path, dirs: &PinDirs) -> Result<Vec<Attached>, KernelError> {
+    let cgroup = File::open(cgroup_root)
+        .map_err(|source| KernelError::CgroupRoot { path: cgroup_root.into(), source })?;
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let mut attached = Vec::new();
+    for (name, hook) in PROGRAMS {
+        let fail = |message: String| KernelError::Program { program: name, hook: hook.name(), message };
+        let program = ebpf.program_mut(name).ok_or_else(|| fail("missing from the object".into()))?;
+        let link: FdLink = match hook {
+            Hook::SkbIngress | Hook::SkbEgress => {
+                let program: &mut CgroupSkb = program.try_into().map_err(|e| fail(format!("{e}")))?;
+                program.load().map_err(|e| fail(format!("load: {}", chain(&e))))?;
+                let kind = if hook == Hook::SkbIngress { CgroupSkbAttachType::Ingress } else { CgroupSkbAttachType::Egress };
+                let id = program
+                    .attach(&cgroup, kind, CgroupAttachMode::Single)
+                    .map_err(|e| fail(format!("attach to {}: {}", cgroup_root.display(), chain(&e))))?;
+                let link = program.take_link(id).map_err(|e| fail(format!("{e}")))?;
+                link.try_into().map_err(|e| fail(format!("not a bpf_link: {e}")))?
+            }
+            Hook::SockAddr => {
+                let program: &mut CgroupSockAddr = program.try_into().map_err(|e| fail(format!("{e}")))?;
+                program.load().map_err(|e| fail(format!("load: {}", chain(&e))))?;
+                let id = program
+                    .attach(&cgroup, CgroupAttachMode::Single)
+                    .map_err(|e| fail(format!("attach to {}: {}", cgroup_root.display(), chain(&e))))?;
+                let link = program.take_link(id).map_err(|e| fail(format!("{e}")))?;
+                link.try_into().map_err(|e| fail(format!("not a bpf_link: {e}")))?
+            }
+        };
+        let pin = dirs.links.join(format!("{name}@{stamp}"));
+        link.pin(&pin).map_err(|e| KernelError::LinkPin { path: pin.clone(), message: e.to_string() })?;
+        attached.push(Attached { program: name, hook, pin });
+    }
+    for current in &attached {
+        detach_older(&dirs.links, current)?;
+    }
+    Ok(attached)
+}
+
+/// Unpins (and so detaches) every link of `current.program` other than `current.pin`.
+fn detach_older(links_dir: &Path, current: &Attached) -> Result<(), KernelError> {
+    let entries = std::fs::read_dir(links_dir)
+        .map_err(|e| KernelError::LinkPin { path: links_dir.into(), message: e.to_string() })?;
+    let prefix = format!("{}@", current.program);
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_older = entry.file_name().to_string_lossy().starts_with(&prefix) && path != current.pin;
+        if !is_older {
+            continue;
+        }
+        let unpinned = PinnedLink::from_pin(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|link| link.unpin().map_err(|e| e.to_string()));
+        match unpinned {
+            Ok(link) => drop(link),
+            Err(message) => {
+                tracing::warn!(pin = %path.display(), %message, "stale link pin could not be opened; removing it");
+                std::fs::remove_file(&path)
+                    .map_err(|e| KernelError::LinkPin { path: path.clone(), message: e.to_string() })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Pins of links currently in place, for status reporting.
+pub fn pinned_links(dirs: &PinDirs) -> Vec<PathBuf> {
+    std::fs::read_dir(&dirs.links)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,187 @@
+//! Writes the compiler's `Desired` state into the pinned maps.
+//!
+//! Writes are ordered so that no intermediate state allows what neither the old nor the new
+//! state allows: an endpoint whose value changes is first made pending (it may then talk to
+//! nothing cross-tenant), then given its new value; removals come last. The generation is
+//! bumped at the end so live flows are re-decided under the complete new state.
+
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::Ebpf;
+use moat_common::maps::{
+    names, Endpoint, NetworkKey, Settings, SharedPortKey, TenantPairKey, ENDPOINT_PENDING,
+};
+
+use super::KernelError;
+use crate::compiler::{diff, Desired};
+
+const PENDING: Endpoint = Endpoint { tenant: 0, shared: 0, flags: ENDPOINT_PENDING };
+
+pub struct KernelMaps {
+    local: HashMap<MapData, u64, Endpoint>,
+    remote: HashMap<MapData, [u8; 16], Endpoint>,
+    networks: LpmTrie<MapData, [u8; 16], Endpoint>,
+    shared_ports: HashMap<MapData, SharedPortKey, u8>,
+    tenant_pairs: HashMap<MapData, TenantPairKey, u8>,
+    settings: Array<MapData, Settings>,
+    events_lost: PerCpuArray<MapData, u64>,
+}
+
+/// What one apply wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub writes: usize,
+    pub removals: usize,
+    pub generation: u64,
+}
+
+fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
+where
+    T::Error: std::fmt::Display,
+{
+    let map = ebpf.take_map(name).ok_or_else(|| KernelError::map(name, "missing from the object"))?;
+    T::try_from(map).map_err(|e| KernelError::map(name, e))
+}
+
+impl KernelMaps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, KernelError> {
+        Ok(Self {
+            local: take(ebpf, names::LOCAL_ENDPOINTS)?,
+            remote: take(ebpf, names::REMOTE_ENDPOINTS)?,
+            networks: take(ebpf, names::REMOTE_NETWORKS)?,
+            shared_ports: take(ebpf, names::SHARED_PORTS)?,
+            tenant_pairs: take(ebpf, names::TENANT_PAIRS)?,
+            settings: take(ebpf, names::SETTINGS)?,
+            events_lost: take(ebpf, names::EVENTS_LOST)?,
+        })
+    }
+
+    pub fn settings(&self) -> Result<Settings, KernelError> {
+        self.settings.get(&0, 0).map_err(|e| KernelError::map(names::SETTINGS, e))
+    }
+
+    pub fn events_lost(&self) -> Result<u64, KernelError> {
+        let values = self.events_lost.get(&0, 0).map_err(|e| KernelError::map(names::EVENTS_LOST, e))?;
+        Ok(values.iter().sum())
+    }
+
+    /// What the maps hold now (an earlier agent's state after a restart). No index.
+    pub fn read(&self) -> Result<Desired, KernelError> {
+        let mut state = Desired { unknown: self.settings()?.unknown, ..Desired::default() };
+        for entry in self.local.iter() {
+            let (key, value) = entry.map_err(|e| KernelError::map(names::LOCAL_ENDPOINTS, e))?;
+            state.local.insert(key, value);
+        }
+        for entry in self.remote.iter() {
+            let (key, value) = entry.map_err(|e| KernelError::map(names::REMOTE_ENDPOINTS, e))?;
+            state.remote.insert(key, value);
+        }
+        for entry in self.networks.iter() {
+            let (key, value) = entry.map_err(|e| KernelError::map(names::REMOTE_NETWORKS, e))?;
+            state.networks.insert(NetworkKey { prefix_len: key.prefix_len(), addr: key.data() }, value);
+        }
+        for key in self.shared_ports.keys() {
+            state.shared_ports.insert(key.map_err(|e| KernelError::map(names::SHARED_PORTS, e))?);
+        }
+        for key in self.tenant_pairs.keys() {
+            state.tenant_pairs.insert(key.map_err(|e| KernelError::map(names::TENANT_PAIRS, e))?);
+        }
+        Ok(state)
+    }
+
+    /// Moves the maps from `from` (what they hold) to `to`, then arms the new state.
+    pub fn apply(&mut self, from: &Desired, to: &Desired) -> Result<ApplyStats, KernelError> {
+        let local = diff::maps(&from.local, &to.local);
+        let remote = diff::maps(&from.remote, &to.remote);
+        let networks = diff::maps(&from.networks, &to.networks);
+        let shared = diff::sets(&from.shared_ports, &to.shared_ports);
+        let pairs = diff::sets(&from.tenant_pairs, &to.tenant_pairs);
+        let mut stats = ApplyStats::default();
+
+        // 1. Endpoints that change become pending first.
+        for (key, _) in &local.changed {
+            self.put_local(*key, PENDING, &mut stats)?;
+        }
+        for (key, _) in &remote.changed {
+            self.put_remote(*key, PENDING, &mut stats)?;
+        }
+        for (key, _) in &networks.changed {
+            self.put_network(key, PENDING, &mut stats)?;
+        }
+        // 2. New and final values; exceptions before the endpoints that rely on them.
+        for (key, ()) in &shared.added {
+            self.shared_ports.insert(key, 1, 0).map_err(|e| KernelError::map(names::SHARED_PORTS, e))?;
+            stats.writes += 1;
+        }
+        for (key, ()) in &pairs.added {
+            self.tenant_pairs.insert(key, 1, 0).map_err(|e| KernelError::map(names::TENANT_PAIRS, e))?;
+            stats.writes += 1;
+        }
+        for (key, value) in local.added.iter().chain(&local.changed) {
+            self.put_local(*key, *value, &mut stats)?;
+        }
+        for (key, value) in remote.added.iter().chain(&remote.changed) {
+            self.put_remote(*key, *value, &mut stats)?;
+        }
+        for (key, value) in networks.added.iter().chain(&networks.changed) {
+            self.put_network(key, *value, &mut stats)?;
+        }
+        // 3. Removals.
+        for key in &local.removed {
+            remove_tolerant(self.local.remove(key), names::LOCAL_ENDPOINTS)?;
+        }
+        for key in &remote.removed {
+            remove_tolerant(self.remote.remove(key), names::REMOTE_ENDPOINTS)?;
+        }
+        for key in &networks.removed {
+            remove_tolerant(self.networks.remove(&Key::new(key.prefix_len, key.addr)), names::REMOTE_NETWORKS)?;
+        }
+        for key in &shared.removed {
+            remove_tolerant(self.shared_ports.remove(key), names::SHARED_PORTS)?;
+        }
+        for key in &pairs.removed {
+            remove_tolerant(self.tenant_pairs.remove(key), names::TENANT_PAIRS)?;
+        }
+        stats.removals = local.removed.len() + remote.removed.len() + networks.removed.len() + shared.removed.len() + pairs.removed.len();
+
+        // 4. Arm: a new generation makes every live flow be re-decided on its next packet.
+        let current = self.settings()?;
+        let changed = stats.writes + stats.removals > 0 || current.unknown != to.unknown || current.ready == 0;
+        let generation = if changed { current.generation + 1 } else { current.generation };
+        self.settings
+            .set(0, to.settings(generation), 0)
+            .map_err(|e| KernelError::map(names::SETTINGS, e))?;
+        stats.generation = generation;
+        Ok(stats)
+    }
+
+    fn put_local(&mut self, key: u64, value: Endpoint, stats: &mut ApplyStats) -> Result<(), KernelError> {
+        self.local.insert(key, value, 0).map_err(|e| KernelError::map(names::LOCAL_ENDPOINTS, e))?;
+        stats.writes += 1;
+        Ok(())
+    }
+
+    fn put_remote(&mut self, key: [u8; 16], value: Endpoint, stats: &mut ApplyStats) -> Result<(), KernelError> {
+        self.remote.insert(key, value, 0).map_err(|e| KernelError::map(names::REMOTE_ENDPOINTS, e))?;
+        stats.writes += 1;
+        Ok(())
+    }
+
+    fn put_network(&mut self, key: &NetworkKey, value: Endpoint, stats: &mut ApplyStats) -> Result<(), KernelError> {
+        self.networks
+            .insert(&Key::new(key.prefix_len, key.addr), value, 0)
+            .map_err(|e| KernelError::map(names::REMOTE_NETWORKS, e))?;
+        stats.writes += 1;
+        Ok(())
+    }
+}
+
+/// A key already gone (removed by hand, or by an apply that failed midway) is not an error.
+fn remove_tolerant(result: Result<(), aya::maps::MapError>, map: &'static str) -> Result<(), KernelError> {
+    match result {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(error) => Err(KernelError::map(map, error)),
+    }
+}
+
