@@ -167,3 +167,81 @@ fn shared_port_open<E: Exceptions>(exceptions: &E, shared: u32, protocol: u8, po
     exceptions.shared_port(&SharedPortKey { shared, port, protocol, _pad: 0 })
         || exceptions.shared_port(&SharedPortKey { shared, port: 0, protocol: 0, _pad: 0 })
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::maps::{UNKNOWN_DENY, ENDPOINT_PENDING};
+
+    #[derive(Default)]
+    struct Tables {
+        shared: BTreeSet<(u32, u16, u8)>,
+        pairs: BTreeSet<(u64, u64)>,
+    }
+
+    impl Exceptions for Tables {
+        fn shared_port(&self, key: &SharedPortKey) -> bool {
+            self.shared.contains(&(key.shared, key.port, key.protocol))
+        }
+        fn tenant_pair(&self, key: &TenantPairKey) -> bool {
+            self.pairs.contains(&(key.src, key.dst))
+        }
+    }
+
+    const READY: Settings = Settings { generation: 1, unknown: UNKNOWN_ALLOW, ready: 1 };
+
+    fn pod(tenant: u64, shared: u32) -> Peer {
+        Peer::known(Endpoint { tenant, shared, flags: 0 })
+    }
+
+    #[test]
+    fn floor_order() {
+        let mut tables = Tables::default();
+        tables.shared.insert((1, 53, 17));
+        tables.pairs.insert((3, 4));
+        let decide = |src, dst, port| decide(&READY, src, dst, 17, port, &tables);
+        assert_eq!(decide(pod(1, 0), pod(1, 0), 80), Reason::SameTenant);
+        assert_eq!(decide(pod(1, 0), pod(2, 0), 80), Reason::CrossTenant);
+        assert_eq!(decide(pod(1, 0), pod(2, 1), 53), Reason::SharedService);
+        assert_eq!(decide(pod(1, 0), pod(2, 1), 54), Reason::CrossTenant);
+        assert_eq!(decide(pod(2, 1), pod(1, 0), 53), Reason::CrossTenant);
+        assert_eq!(decide(pod(3, 0), pod(4, 0), 80), Reason::TenantPair);
+        assert_eq!(decide(pod(4, 0), pod(3, 0), 80), Reason::CrossTenant);
+        assert_eq!(decide(Peer::PENDING, pod(1, 0), 80), Reason::Pending);
+        assert_eq!(decide(pod(1, 0), Peer::PENDING, 80), Reason::Pending);
+        assert_eq!(decide(Peer::PENDING, pod(2, 1), 53), Reason::SharedService);
+        assert_eq!(decide(pod(1, 0), Peer::UNKNOWN, 80), Reason::UnknownAllowed);
+        let strict = Settings { unknown: UNKNOWN_DENY, ..READY };
+        assert_eq!(super::decide(&strict, Peer::UNKNOWN, pod(1, 0), 17, 80, &tables), Reason::UnknownDenied);
+        let unarmed = Settings { ready: 0, ..READY };
+        assert_eq!(super::decide(&unarmed, pod(1, 0), pod(2, 0), 17, 80, &tables), Reason::NotReady);
+    }
+
+    #[test]
+    fn all_ports_entry_opens_every_port() {
+        let mut tables = Tables::default();
+        tables.shared.insert((5, 0, 0));
+        assert_eq!(decide(&READY, pod(1, 0), pod(2, 5), 6, 8443, &tables), Reason::SharedService);
+    }
+
+    #[test]
+    fn pending_flag_makes_a_found_endpoint_pending() {
+        let pending = Endpoint { tenant: 0, shared: 0, flags: ENDPOINT_PENDING };
+        assert_eq!(Peer::remote(Some(pending)), Peer::PENDING);
+        assert_eq!(Peer::local(None), Peer::PENDING);
+        assert_eq!(Peer::remote(None), Peer::UNKNOWN);
+    }
+
+    #[test]
+    fn reasons_round_trip() {
+        for value in 0..=255u8 {
+            if let Some(reason) = Reason::from_u8(value) {
+                assert_eq!(reason as u8, value);
+                assert_eq!(reason.is_allow(), value < 64);
+            }
+        }
+    }
+}
