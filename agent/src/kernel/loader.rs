@@ -111,7 +111,35 @@ pub fn attach_all(ebpf: &mut Ebpf, cgroup_root: &Path, dirs: &PinDirs) -> Result
     for current in &attached {
         detach_older(&dirs.links, current)?;
     }
+    retire_other_layouts(dirs)?;
     Ok(attached)
+}
+
+/// After an upgrade that changed the map layout, the previous agent's programs still run from
+/// `v<old>/`. Once this agent's programs are attached, detach those and drop their maps.
+fn retire_other_layouts(dirs: &PinDirs) -> Result<(), KernelError> {
+    let Ok(entries) = std::fs::read_dir(&dirs.instance) else { return Ok(()) };
+    let current = format!("v{}", moat_common::LAYOUT_VERSION);
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == current || !name.starts_with('v') {
+            continue;
+        }
+        tracing::info!(layout = %name, "retiring programs and maps of an older layout");
+        let links = entry.path().join("links");
+        for link in std::fs::read_dir(&links).into_iter().flatten().flatten() {
+            if let Ok(pinned) = PinnedLink::from_pin(link.path()) {
+                drop(pinned.unpin());
+            }
+        }
+        remove_pins(&entry.path())?;
+    }
+    Ok(())
+}
+
+/// Removes a directory of pins. Unlinking a pin drops the kernel object once unused.
+pub fn remove_pins(dir: &Path) -> Result<(), KernelError> {
+    std::fs::remove_dir_all(dir).map_err(|e| KernelError::LinkPin { path: dir.into(), message: e.to_string() })
 }
 
 /// Unpins (and so detaches) every link of `current.program` other than `current.pin`.
