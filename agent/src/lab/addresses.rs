@@ -27,10 +27,13 @@ pub enum AddressError {
 }
 
 /// Assigns addresses. `given` holds each pod's addresses from its manifest (any number, any
-/// family); `previous` what pods had before. Deterministic: pods are taken in key order.
+/// family); `previous` what pods had before; `avoid` addresses never handed out fresh (those
+/// of pods about to be removed: reusing them at once would clash, and leave stale neighbour
+/// entries). Deterministic: pods are taken in key order.
 pub fn assign(
     given: &BTreeMap<PodKey, Vec<IpAddr>>,
     previous: &BTreeMap<PodKey, PodAddresses>,
+    avoid: &BTreeSet<IpAddr>,
 ) -> Result<BTreeMap<PodKey, PodAddresses>, AddressError> {
     // Manifest addresses are reserved first, and must be unique.
     let mut owner: BTreeMap<IpAddr, &PodKey> = BTreeMap::new();
@@ -71,6 +74,7 @@ pub fn assign(
         }
         out.insert(pod.clone(), (v4, v6));
     }
+    let mut fresh_taken: BTreeSet<IpAddr> = taken.union(avoid).copied().collect();
     let v4_base = u32::from(V4_BASE);
     let v4_size = 1u32 << (32 - V4_PREFIX);
     let mut next4 = 1u32;
@@ -82,7 +86,7 @@ pub fn assign(
             }
             let ip = Ipv4Addr::from(v4_base + next4);
             next4 += 1;
-            if taken.insert(IpAddr::V4(ip)) {
+            if fresh_taken.insert(IpAddr::V4(ip)) {
                 break ip;
             }
         };
@@ -96,7 +100,7 @@ pub fn assign(
         let ip = loop {
             let ip = Ipv6Addr::from(v6_base + next6);
             next6 += 1;
-            if taken.insert(IpAddr::V6(ip)) {
+            if fresh_taken.insert(IpAddr::V6(ip)) {
                 break ip;
             }
         };
@@ -126,7 +130,7 @@ mod tests {
             (key("c"), vec!["fd6d:6f61:7400::1".parse().unwrap()]),
         ]
         .into();
-        let out = assign(&given, &BTreeMap::new()).unwrap();
+        let out = assign(&given, &BTreeMap::new(), &BTreeSet::new()).unwrap();
         assert_eq!(out[&key("a")].v4, Ipv4Addr::new(10, 250, 0, 2));
         assert_eq!(out[&key("a")].v6, "fd6d:6f61:7400::2".parse::<Ipv6Addr>().unwrap());
         assert_eq!(out[&key("b")].v4, Ipv4Addr::new(10, 250, 0, 1));
@@ -143,9 +147,13 @@ mod tests {
         )]
         .into();
         let given: BTreeMap<_, _> = [(key("a"), vec![]), (key("b"), vec![])].into();
-        let out = assign(&given, &previous).unwrap();
+        let out = assign(&given, &previous, &BTreeSet::new()).unwrap();
         assert_eq!(out[&key("b")], previous[&key("b")]);
         assert_eq!(out[&key("a")].v4, Ipv4Addr::new(10, 250, 0, 1));
+        let avoid: BTreeSet<IpAddr> = ["10.250.0.1".parse().unwrap(), "fd6d:6f61:7400::1".parse().unwrap()].into();
+        let out = assign(&given, &previous, &avoid).unwrap();
+        assert_eq!(out[&key("a")].v4, Ipv4Addr::new(10, 250, 0, 2));
+        assert_eq!(out[&key("a")].v6, "fd6d:6f61:7400::2".parse::<Ipv6Addr>().unwrap());
     }
 
     #[test]
@@ -158,7 +166,7 @@ mod tests {
         // b now claims a's old address in its manifest: a moves.
         let given: BTreeMap<_, _> =
             [(key("a"), vec![]), (key("b"), vec!["10.250.0.1".parse().unwrap()])].into();
-        let out = assign(&given, &previous).unwrap();
+        let out = assign(&given, &previous, &BTreeSet::new()).unwrap();
         assert_eq!(out[&key("b")].v4, Ipv4Addr::new(10, 250, 0, 1));
         assert_eq!(out[&key("a")].v4, Ipv4Addr::new(10, 250, 0, 2));
         assert_eq!(out[&key("a")].v6, previous[&key("a")].v6);
@@ -168,6 +176,6 @@ mod tests {
             (key("b"), vec!["10.0.0.1".parse().unwrap()]),
         ]
         .into();
-        assert!(matches!(assign(&given, &BTreeMap::new()), Err(AddressError::Duplicate { .. })));
+        assert!(matches!(assign(&given, &BTreeMap::new(), &BTreeSet::new()), Err(AddressError::Duplicate { .. })));
     }
 }

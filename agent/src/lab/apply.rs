@@ -42,6 +42,7 @@ pub fn run(args: ApplyArgs) -> Result<(), LabError> {
             updated.ipv4 = wanted.addresses.v4;
             updated.ipv6 = wanted.addresses.v6;
             changes.push(format!("~ {id} readdressed {} {}", updated.ipv4, updated.ipv6));
+            forget(&state, &[current.ipv4.to_string(), current.ipv6.to_string()]);
         }
         if current.ports != wanted.ports {
             pod::stop_server(&current);
@@ -70,6 +71,7 @@ pub fn run(args: ApplyArgs) -> Result<(), LabError> {
             pod::remove(&current)?;
             state.pods.remove(&id);
             state.save()?;
+            forget(&state, &[current.ipv4.to_string(), current.ipv6.to_string()]);
             changes.push(format!("- {id}"));
         }
     }
@@ -82,4 +84,16 @@ pub fn run(args: ApplyArgs) -> Result<(), LabError> {
         }
     }
     Ok(())
+}
+
+/// Makes every pod forget the neighbour entries of addresses that moved or went away, so a
+/// later reuse is not sent to a dead MAC address.
+fn forget(state: &LabState, ips: &[String]) {
+    for pod in state.pods.values() {
+        for ip in ips {
+            if let Err(error) = net::forget_neighbor(&pod.netns, ip) {
+                eprintln!("moat lab apply: {error}");
+            }
+        }
+    }
 }

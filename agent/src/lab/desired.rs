@@ -1,7 +1,7 @@
 //! From manifests to what the lab should look like: the normalized object list (every pod
 //! dual-stack) that the lab's agent reads, and the pods to run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -70,7 +70,8 @@ fn fill(value: &mut Value, addresses: PodAddresses) {
     value["status"]["podIPs"] = ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect();
 }
 
-/// Reads `paths` and computes the lab's pods; `previous` addresses are kept where possible.
+/// Reads `paths` and computes the lab's pods; `previous` addresses are kept where possible,
+/// and no pod gets a fresh address that one of them has now.
 pub fn compute(paths: &[PathBuf], previous: &BTreeMap<PodKey, PodAddresses>) -> Result<Desired, LabError> {
     let mut documents = read_documents(paths)?;
     let mut given = BTreeMap::new();
@@ -82,7 +83,9 @@ pub fn compute(paths: &[PathBuf], previous: &BTreeMap<PodKey, PodAddresses>) -> 
             given.insert(key, given_ips(&document.value));
         }
     }
-    let assigned = addresses::assign(&given, previous)?;
+    let avoid: BTreeSet<IpAddr> =
+        previous.values().flat_map(|a| [IpAddr::V4(a.v4), IpAddr::V6(a.v6)]).collect();
+    let assigned = addresses::assign(&given, previous, &avoid)?;
     for document in documents.iter_mut().filter(|d| is_pod(&d.value)) {
         if let Some(addresses) = pod_key(&document.value).and_then(|key| assigned.get(&key)) {
             fill(&mut document.value, *addresses);

@@ -89,24 +89,24 @@ pub fn plug_pod(
     // No DAD, no router solicitations: the address is usable at once.
     write_sysctl(pod, "net/ipv6/conf/eth0/accept_dad", "0")?;
     write_sysctl(pod, "net/ipv4/ping_group_range", "0 2147483647")?;
-    address_pod(pod, v4, v6)?;
     ip(&["-n", pod, "link", "set", "eth0", "up"])?;
-    ip(&["-n", pod, "-4", "route", "replace", "default", "dev", "eth0"])?;
-    ip(&["-n", pod, "-6", "route", "replace", "default", "dev", "eth0"])
+    address_pod(pod, v4, v6)
 }
 
-/// Sets the pod's addresses on eth0, replacing any others.
+/// Sets the pod's addresses on eth0 (which must be up), replacing any others, and its
+/// default routes.
 pub fn address_pod(pod: &str, v4: Ipv4Addr, v6: Ipv6Addr) -> Result<(), LabError> {
     ip(&["-n", pod, "-4", "addr", "flush", "dev", "eth0"])?;
     ip(&["-n", pod, "-6", "addr", "flush", "dev", "eth0", "scope", "global"])?;
     ip(&["-n", pod, "addr", "add", &format!("{v4}/32"), "dev", "eth0"])?;
     ip(&["-n", pod, "addr", "add", &format!("{v6}/128"), "dev", "eth0", "nodad"])?;
-    // A flush of the last address can take routes with it; put them back.
-    if ip(&["-n", pod, "link", "show", "eth0", "up"]).is_ok() {
-        ip(&["-n", pod, "-4", "route", "replace", "default", "dev", "eth0"])?;
-        ip(&["-n", pod, "-6", "route", "replace", "default", "dev", "eth0"])?;
-    }
-    Ok(())
+    ip(&["-n", pod, "-4", "route", "replace", "default", "dev", "eth0"])?;
+    ip(&["-n", pod, "-6", "route", "replace", "default", "dev", "eth0"])
+}
+
+/// Drops neighbour entries for `ip` in `netns` (after the address moved or went away).
+pub fn forget_neighbor(netns: &str, address: &str) -> Result<(), LabError> {
+    ip(&["-n", netns, "neigh", "flush", "to", address])
 }
 
 /// Writes `/proc/sys/<key>` inside netns `netns`, from a short-lived thread that joins it
