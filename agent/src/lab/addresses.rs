@@ -21,7 +21,11 @@ pub struct PodAddresses {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AddressError {
     #[error("pod {pod}: address {ip} is also given to pod {other}")]
-    Duplicate { pod: String, other: String, ip: IpAddr },
+    Duplicate {
+        pod: String,
+        other: String,
+        ip: IpAddr,
+    },
     #[error("the lab's IPv4 range {V4_BASE}/{V4_PREFIX} is full")]
     Exhausted,
 }
@@ -132,40 +136,65 @@ mod tests {
         .into();
         let out = assign(&given, &BTreeMap::new(), &BTreeSet::new()).unwrap();
         assert_eq!(out[&key("a")].v4, Ipv4Addr::new(10, 250, 0, 2));
-        assert_eq!(out[&key("a")].v6, "fd6d:6f61:7400::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            out[&key("a")].v6,
+            "fd6d:6f61:7400::2".parse::<Ipv6Addr>().unwrap()
+        );
         assert_eq!(out[&key("b")].v4, Ipv4Addr::new(10, 250, 0, 1));
-        assert_eq!(out[&key("b")].v6, "fd6d:6f61:7400::3".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            out[&key("b")].v6,
+            "fd6d:6f61:7400::3".parse::<Ipv6Addr>().unwrap()
+        );
         assert_eq!(out[&key("c")].v4, Ipv4Addr::new(10, 250, 0, 3));
-        assert_eq!(out[&key("c")].v6, "fd6d:6f61:7400::1".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            out[&key("c")].v6,
+            "fd6d:6f61:7400::1".parse::<Ipv6Addr>().unwrap()
+        );
     }
 
     #[test]
     fn existing_pods_keep_their_addresses() {
         let previous: BTreeMap<_, _> = [(
             key("b"),
-            PodAddresses { v4: Ipv4Addr::new(10, 250, 0, 9), v6: "fd6d:6f61:7400::9".parse().unwrap() },
+            PodAddresses {
+                v4: Ipv4Addr::new(10, 250, 0, 9),
+                v6: "fd6d:6f61:7400::9".parse().unwrap(),
+            },
         )]
         .into();
         let given: BTreeMap<_, _> = [(key("a"), vec![]), (key("b"), vec![])].into();
         let out = assign(&given, &previous, &BTreeSet::new()).unwrap();
         assert_eq!(out[&key("b")], previous[&key("b")]);
         assert_eq!(out[&key("a")].v4, Ipv4Addr::new(10, 250, 0, 1));
-        let avoid: BTreeSet<IpAddr> = ["10.250.0.1".parse().unwrap(), "fd6d:6f61:7400::1".parse().unwrap()].into();
+        let avoid: BTreeSet<IpAddr> = [
+            "10.250.0.1".parse().unwrap(),
+            "fd6d:6f61:7400::1".parse().unwrap(),
+        ]
+        .into();
         let out = assign(&given, &previous, &avoid).unwrap();
         assert_eq!(out[&key("a")].v4, Ipv4Addr::new(10, 250, 0, 2));
-        assert_eq!(out[&key("a")].v6, "fd6d:6f61:7400::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            out[&key("a")].v6,
+            "fd6d:6f61:7400::2".parse::<Ipv6Addr>().unwrap()
+        );
     }
 
     #[test]
     fn manifest_beats_previous_and_duplicates_are_errors() {
         let previous: BTreeMap<_, _> = [(
             key("a"),
-            PodAddresses { v4: Ipv4Addr::new(10, 250, 0, 1), v6: "fd6d:6f61:7400::1".parse().unwrap() },
+            PodAddresses {
+                v4: Ipv4Addr::new(10, 250, 0, 1),
+                v6: "fd6d:6f61:7400::1".parse().unwrap(),
+            },
         )]
         .into();
         // b now claims a's old address in its manifest: a moves.
-        let given: BTreeMap<_, _> =
-            [(key("a"), vec![]), (key("b"), vec!["10.250.0.1".parse().unwrap()])].into();
+        let given: BTreeMap<_, _> = [
+            (key("a"), vec![]),
+            (key("b"), vec!["10.250.0.1".parse().unwrap()]),
+        ]
+        .into();
         let out = assign(&given, &previous, &BTreeSet::new()).unwrap();
         assert_eq!(out[&key("b")].v4, Ipv4Addr::new(10, 250, 0, 1));
         assert_eq!(out[&key("a")].v4, Ipv4Addr::new(10, 250, 0, 2));
@@ -176,6 +205,9 @@ mod tests {
             (key("b"), vec!["10.0.0.1".parse().unwrap()]),
         ]
         .into();
-        assert!(matches!(assign(&given, &BTreeMap::new(), &BTreeSet::new()), Err(AddressError::Duplicate { .. })));
+        assert!(matches!(
+            assign(&given, &BTreeMap::new(), &BTreeSet::new()),
+            Err(AddressError::Duplicate { .. })
+        ));
     }
 }

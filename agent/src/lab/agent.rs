@@ -31,15 +31,26 @@ pub fn run(command: AgentCommand) -> Result<(), LabError> {
     match command {
         AgentCommand::Start(args) => {
             let mut state = LabState::load(&args.name)?;
-            if let Some(agent) = state.agent.as_ref().filter(|a| process::is_alive(a.pid, &marker(&args.name))) {
-                return Err(LabError::Usage(format!("the agent of lab {} is running (pid {})", args.name, agent.pid)));
+            if let Some(agent) = state
+                .agent
+                .as_ref()
+                .filter(|a| process::is_alive(a.pid, &marker(&args.name)))
+            {
+                return Err(LabError::Usage(format!(
+                    "the agent of lab {} is running (pid {})",
+                    args.name, agent.pid
+                )));
             }
             let config = config_path(&args.name);
             if !config.exists() {
                 write_config(&state, None)?;
             }
             let agent = start(&args.name)?;
-            println!("agent started (pid {}), log {}", agent.pid, agent.log.display());
+            println!(
+                "agent started (pid {}), log {}",
+                agent.pid,
+                agent.log.display()
+            );
             state.agent = Some(agent);
             state.save()
         }
@@ -60,7 +71,11 @@ fn halt(name: &str, kill: bool) -> Result<(), LabError> {
         println!("agent (pid {}) killed", agent.pid);
     } else {
         let forced = process::terminate(agent.pid, &marker, STOP_GRACE);
-        println!("agent (pid {}) stopped{}", agent.pid, if forced { " (SIGKILL after 5 s)" } else { "" });
+        println!(
+            "agent (pid {}) stopped{}",
+            agent.pid,
+            if forced { " (SIGKILL after 5 s)" } else { "" }
+        );
     }
     state.save()
 }
@@ -79,32 +94,45 @@ pub fn marker(lab: &str) -> String {
 pub fn write_config(state: &LabState, user: Option<&Path>) -> Result<PathBuf, LabError> {
     let mut mapping = serde_yaml::Mapping::new();
     if let Some(user) = user {
-        let text = std::fs::read_to_string(user).map_err(|e| LabError::io("reading config", user, e))?;
+        let text =
+            std::fs::read_to_string(user).map_err(|e| LabError::io("reading config", user, e))?;
         if !text.trim().is_empty() {
-            let value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| {
-                LabError::Usage(format!("config {}: {e}", user.display()))
-            })?;
+            let value: serde_yaml::Value = serde_yaml::from_str(&text)
+                .map_err(|e| LabError::Usage(format!("config {}: {e}", user.display())))?;
             match value {
                 serde_yaml::Value::Mapping(user_mapping) => mapping = user_mapping,
                 serde_yaml::Value::Null => {}
-                _ => return Err(LabError::Usage(format!("config {}: not a YAML mapping", user.display()))),
+                _ => {
+                    return Err(LabError::Usage(format!(
+                        "config {}: not a YAML mapping",
+                        user.display()
+                    )))
+                }
             }
         }
     }
     let cgroup_root = state.cgroup_root.display().to_string();
-    for (key, value) in [("instance", format!("lab-{}", state.name)), ("cgroupRoot", cgroup_root), ("cgroupLayout", "lab".into())] {
+    for (key, value) in [
+        ("instance", format!("lab-{}", state.name)),
+        ("cgroupRoot", cgroup_root),
+        ("cgroupLayout", "lab".into()),
+    ] {
         mapping.insert(key.into(), value.into());
     }
-    let text = serde_yaml::to_string(&mapping).map_err(|e| LabError::Internal(format!("agent.yaml: {e}")))?;
+    let text = serde_yaml::to_string(&mapping)
+        .map_err(|e| LabError::Internal(format!("agent.yaml: {e}")))?;
     let path = config_path(&state.name);
-    Config::parse(&text, &path)?;
+    // Errors name the user's file: that is where the fix goes.
+    Config::parse(&text, user.unwrap_or(&path))?;
     write_atomic(&path, text.as_bytes())?;
     Ok(path)
 }
 
 /// The bpffs root the lab's agent pins under (from agent.yaml; default if unreadable).
 pub fn bpffs_root(lab: &str) -> PathBuf {
-    Config::load(&config_path(lab)).map(|c| c.bpffs_root).unwrap_or_else(|_| Config::default().bpffs_root)
+    Config::load(&config_path(lab))
+        .map(|c| c.bpffs_root)
+        .unwrap_or_else(|_| Config::default().bpffs_root)
 }
 
 /// Starts the agent detached and waits for its ready file.
@@ -130,10 +158,20 @@ pub fn start(lab: &str) -> Result<AgentState, LabError> {
         "--ready-file".into(),
         ready_file.display().to_string(),
     ];
-    let out = OpenOptions::new().create(true).append(true).open(&log).map_err(|e| LabError::io("opening", &log, e))?;
-    let err = out.try_clone().map_err(|e| LabError::io("opening", &log, e))?;
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| LabError::io("opening", &log, e))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| LabError::io("opening", &log, e))?;
     let mut command = std::process::Command::new(&exe);
-    command.args(&argv[1..]).stdin(Stdio::null()).stdout(out).stderr(err);
+    command
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
     // SAFETY: setsid(2) is async-signal-safe.
     unsafe {
         command.pre_exec(|| {
@@ -143,8 +181,15 @@ pub fn start(lab: &str) -> Result<AgentState, LabError> {
             Ok(())
         });
     }
-    let mut child = command.spawn().map_err(|source| LabError::Spawn { command: argv.join(" "), source })?;
-    let failed = |message: String| LabError::Agent { message, log: log.clone(), tail: tail(&log, 20) };
+    let mut child = command.spawn().map_err(|source| LabError::Spawn {
+        command: argv.join(" "),
+        source,
+    })?;
+    let failed = |message: String| LabError::Agent {
+        message,
+        log: log.clone(),
+        tail: tail(&log, 20),
+    };
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if ready_file.exists() {
@@ -156,11 +201,20 @@ pub fn start(lab: &str) -> Result<AgentState, LabError> {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(failed(format!("not ready after {} s", READY_TIMEOUT.as_secs())));
+            return Err(failed(format!(
+                "not ready after {} s",
+                READY_TIMEOUT.as_secs()
+            )));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(AgentState { pid: child.id(), argv, log, ready_file, config })
+    Ok(AgentState {
+        pid: child.id(),
+        argv,
+        log,
+        ready_file,
+        config,
+    })
 }
 
 /// The last `lines` lines of a file.

@@ -24,7 +24,15 @@ pub fn run(args: ApplyArgs) -> Result<(), LabError> {
     let previous: BTreeMap<PodKey, PodAddresses> = state
         .pods
         .values()
-        .map(|p| (PodKey::new(&p.namespace, &p.name), PodAddresses { v4: p.ipv4, v6: p.ipv6 }))
+        .map(|p| {
+            (
+                PodKey::new(&p.namespace, &p.name),
+                PodAddresses {
+                    v4: p.ipv4,
+                    v6: p.ipv6,
+                },
+            )
+        })
         .collect();
     let desired = desired::compute(&args.files, &previous)?;
     let mut changes = Vec::new();
@@ -33,7 +41,10 @@ pub fn run(args: ApplyArgs) -> Result<(), LabError> {
         let id = key.to_string();
         let Some(current) = state.pods.get(&id).cloned() else {
             pod::create(&mut state, wanted)?;
-            changes.push(format!("+ {id} {} {}", wanted.addresses.v4, wanted.addresses.v6));
+            changes.push(format!(
+                "+ {id} {} {}",
+                wanted.addresses.v4, wanted.addresses.v6
+            ));
             continue;
         };
         let mut updated = current.clone();
@@ -41,8 +52,14 @@ pub fn run(args: ApplyArgs) -> Result<(), LabError> {
             net::address_pod(&current.netns, wanted.addresses.v4, wanted.addresses.v6)?;
             updated.ipv4 = wanted.addresses.v4;
             updated.ipv6 = wanted.addresses.v6;
-            changes.push(format!("~ {id} readdressed {} {}", updated.ipv4, updated.ipv6));
-            forget(&state, &[current.ipv4.to_string(), current.ipv6.to_string()]);
+            changes.push(format!(
+                "~ {id} readdressed {} {}",
+                updated.ipv4, updated.ipv6
+            ));
+            forget(
+                &state,
+                &[current.ipv4.to_string(), current.ipv6.to_string()],
+            );
         }
         if current.ports != wanted.ports {
             pod::stop_server(&current);
@@ -63,7 +80,11 @@ pub fn run(args: ApplyArgs) -> Result<(), LabError> {
     let gone: Vec<String> = state
         .pods
         .values()
-        .filter(|p| !desired.pods.contains_key(&PodKey::new(&p.namespace, &p.name)))
+        .filter(|p| {
+            !desired
+                .pods
+                .contains_key(&PodKey::new(&p.namespace, &p.name))
+        })
         .map(|p| p.key())
         .collect();
     for id in gone {
@@ -71,7 +92,10 @@ pub fn run(args: ApplyArgs) -> Result<(), LabError> {
             pod::remove(&current)?;
             state.pods.remove(&id);
             state.save()?;
-            forget(&state, &[current.ipv4.to_string(), current.ipv6.to_string()]);
+            forget(
+                &state,
+                &[current.ipv4.to_string(), current.ipv6.to_string()],
+            );
             changes.push(format!("- {id}"));
         }
     }

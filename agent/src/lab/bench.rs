@@ -84,7 +84,14 @@ pub fn run(args: BenchArgs) -> Result<(), LabError> {
         Output::Json => println!("{}", serde_json::to_string(&result).unwrap_or_default()),
         Output::Text => println!(
             "{} -> {} port {}: {} {:.1} {} ({} ops in {:.1} s)",
-            args.from, args.to, args.port, result.mode, result.rate, result.unit, result.ops, result.seconds
+            args.from,
+            args.to,
+            args.port,
+            result.mode,
+            result.rate,
+            result.unit,
+            result.ops,
+            result.seconds
         ),
     }
     Ok(())
@@ -114,22 +121,36 @@ pub fn client(mode: Mode, target: SocketAddr, timeout: Duration, seconds: f64) -
 }
 
 fn rr(mut stream: TcpStream, duration: Duration) -> Result<BenchResult, String> {
-    stream.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| format!("nodelay: {e}"))?;
     let start = Instant::now();
     let mut ops = 0u64;
     let mut byte = [0u8; 1];
     while start.elapsed() < duration {
         stream.write_all(b"x").map_err(|e| format!("send: {e}"))?;
-        stream.read_exact(&mut byte).map_err(|e| format!("receive: {e}"))?;
+        stream
+            .read_exact(&mut byte)
+            .map_err(|e| format!("receive: {e}"))?;
         ops += 1;
     }
     let seconds = start.elapsed().as_secs_f64();
-    Ok(BenchResult { mode: "rr".into(), seconds, ops, rate: ops as f64 / seconds, unit: "transactions/s".into() })
+    Ok(BenchResult {
+        mode: "rr".into(),
+        seconds,
+        ops,
+        rate: ops as f64 / seconds,
+        unit: "transactions/s".into(),
+    })
 }
 
 fn stream_bench(mut stream: TcpStream, duration: Duration) -> Result<BenchResult, String> {
-    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| format!("{e}"))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10))).map_err(|e| format!("{e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| format!("{e}"))?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| format!("{e}"))?;
     let mut reader = stream.try_clone().map_err(|e| format!("clone: {e}"))?;
     let drain = std::thread::spawn(move || -> Result<u64, String> {
         let mut buffer = vec![0u8; 64 * 1024];
@@ -150,8 +171,12 @@ fn stream_bench(mut stream: TcpStream, duration: Duration) -> Result<BenchResult
         sent += chunk.len() as u64;
     }
     let seconds = start.elapsed().as_secs_f64();
-    stream.shutdown(Shutdown::Write).map_err(|e| format!("shutdown: {e}"))?;
-    let echoed = drain.join().map_err(|_| "reader thread panicked".to_string())??;
+    stream
+        .shutdown(Shutdown::Write)
+        .map_err(|e| format!("shutdown: {e}"))?;
+    let echoed = drain
+        .join()
+        .map_err(|_| "reader thread panicked".to_string())??;
     if echoed != sent {
         return Err(format!("sent {sent} bytes, {echoed} came back"));
     }

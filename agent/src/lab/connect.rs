@@ -72,9 +72,19 @@ fn usage(message: &str) -> Result<i32, LabError> {
     Ok(2)
 }
 
+#[derive(serde::Serialize)]
+struct Verdict<'a> {
+    verdict: &'static str,
+    detail: &'a str,
+}
+
+/// Prints `{"verdict":"allow"|"deny","detail":"..."}` and flushes.
 pub fn print_verdict(allow: bool, detail: &str) {
-    let line = serde_json::json!({"verdict": if allow { "allow" } else { "deny" }, "detail": detail});
-    println!("{line}");
+    let verdict = Verdict {
+        verdict: if allow { "allow" } else { "deny" },
+        detail,
+    };
+    println!("{}", serde_json::to_string(&verdict).unwrap_or_default());
     let _ = std::io::stdout().flush();
 }
 
@@ -92,40 +102,67 @@ fn report(result: Result<String, String>) -> i32 {
 }
 
 /// A connected stream socket (TCP or SCTP) with read/write timeouts.
-pub fn open_stream(target: SocketAddr, protocol: libc::c_int, timeout: Duration) -> Result<TcpStream, String> {
-    let fd = sock::connect_stream(target, protocol, timeout).map_err(|e| format!("connect: {e}"))?;
+pub fn open_stream(
+    target: SocketAddr,
+    protocol: libc::c_int,
+    timeout: Duration,
+) -> Result<TcpStream, String> {
+    let fd =
+        sock::connect_stream(target, protocol, timeout).map_err(|e| format!("connect: {e}"))?;
     let stream = TcpStream::from(fd);
-    stream.set_read_timeout(Some(timeout)).map_err(|e| format!("setsockopt: {e}"))?;
-    stream.set_write_timeout(Some(timeout)).map_err(|e| format!("setsockopt: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| format!("setsockopt: {e}"))?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(|e| format!("setsockopt: {e}"))?;
     Ok(stream)
 }
 
 fn echo_round(stream: &mut TcpStream, payload: &[u8]) -> Result<(), String> {
-    stream.write_all(payload).map_err(|e| format!("send: {e}"))?;
+    stream
+        .write_all(payload)
+        .map_err(|e| format!("send: {e}"))?;
     let mut back = vec![0u8; payload.len()];
-    stream.read_exact(&mut back).map_err(|e| format!("receive: {e}"))?;
+    stream
+        .read_exact(&mut back)
+        .map_err(|e| format!("receive: {e}"))?;
     if back != payload {
         return Err("echo differs from what was sent".into());
     }
     Ok(())
 }
 
-fn stream_probe(target: SocketAddr, protocol: libc::c_int, timeout: Duration) -> Result<String, String> {
+fn stream_probe(
+    target: SocketAddr,
+    protocol: libc::c_int,
+    timeout: Duration,
+) -> Result<String, String> {
     let mut stream = open_stream(target, protocol, timeout)?;
     echo_round(&mut stream, PAYLOAD)?;
     Ok(format!("echo from {target}"))
 }
 
 fn udp_probe(target: SocketAddr, timeout: Duration) -> Result<String, String> {
-    let local: SocketAddr = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-        .parse()
-        .map_err(|e| format!("{e}"))?;
+    let local: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .map_err(|e| format!("{e}"))?;
     let socket = UdpSocket::bind(local).map_err(|e| format!("bind: {e}"))?;
-    socket.connect(target).map_err(|e| format!("connect: {e}"))?;
-    socket.set_read_timeout(Some(timeout)).map_err(|e| format!("setsockopt: {e}"))?;
+    socket
+        .connect(target)
+        .map_err(|e| format!("connect: {e}"))?;
+    socket
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| format!("setsockopt: {e}"))?;
     socket.send(PAYLOAD).map_err(|e| format!("send: {e}"))?;
     let mut buffer = [0u8; 64];
-    let n = socket.recv(&mut buffer).map_err(|e| format!("receive: {e}"))?;
+    let n = socket
+        .recv(&mut buffer)
+        .map_err(|e| format!("receive: {e}"))?;
     if &buffer[..n] != PAYLOAD {
         return Err("echo differs from what was sent".into());
     }
@@ -153,7 +190,8 @@ fn icmp_probe(to: IpAddr, timeout: Duration) -> Result<String, String> {
         IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP, 8u8, 0u8),
         IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6, 128u8, 129u8),
     };
-    let fd = sock::socket(domain, libc::SOCK_DGRAM, protocol).map_err(|e| format!("socket: {e}"))?;
+    let fd =
+        sock::socket(domain, libc::SOCK_DGRAM, protocol).map_err(|e| format!("socket: {e}"))?;
     let id = random_u16().max(1);
     let local = match to {
         IpAddr::V4(_) => SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), id),
@@ -161,7 +199,9 @@ fn icmp_probe(to: IpAddr, timeout: Duration) -> Result<String, String> {
     };
     sock::bind(&fd, local).map_err(|e| format!("bind: {e}"))?;
     let socket = UdpSocket::from(fd);
-    socket.connect(SocketAddr::new(to, 0)).map_err(|e| format!("connect: {e}"))?;
+    socket
+        .connect(SocketAddr::new(to, 0))
+        .map_err(|e| format!("connect: {e}"))?;
     let sequence = random_u16();
     let mut packet = vec![request, 0, 0, 0];
     packet.extend_from_slice(&id.to_be_bytes());
@@ -175,8 +215,12 @@ fn icmp_probe(to: IpAddr, timeout: Duration) -> Result<String, String> {
         if left.is_zero() {
             return Err("receive: timed out".into());
         }
-        socket.set_read_timeout(Some(left)).map_err(|e| format!("setsockopt: {e}"))?;
-        let n = socket.recv(&mut buffer).map_err(|e| format!("receive: {e}"))?;
+        socket
+            .set_read_timeout(Some(left))
+            .map_err(|e| format!("setsockopt: {e}"))?;
+        let n = socket
+            .recv(&mut buffer)
+            .map_err(|e| format!("receive: {e}"))?;
         if n >= 8 && buffer[0] == reply && buffer[6..8] == sequence.to_be_bytes() {
             return Ok(format!("echo reply from {to}"));
         }

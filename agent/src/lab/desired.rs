@@ -42,7 +42,11 @@ fn pod_key(value: &Value) -> Option<PodKey> {
 fn given_ips(value: &Value) -> Vec<IpAddr> {
     let mut ips: Vec<IpAddr> = Vec::new();
     let status = &value["status"];
-    let listed = status["podIPs"].as_array().into_iter().flatten().filter_map(|e| e["ip"].as_str());
+    let listed = status["podIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["ip"].as_str());
     for ip in status["podIP"].as_str().into_iter().chain(listed) {
         if let Ok(ip) = ip.parse() {
             if !ips.contains(&ip) {
@@ -72,7 +76,10 @@ fn fill(value: &mut Value, addresses: PodAddresses) {
 
 /// Reads `paths` and computes the lab's pods; `previous` addresses are kept where possible,
 /// and no pod gets a fresh address that one of them has now.
-pub fn compute(paths: &[PathBuf], previous: &BTreeMap<PodKey, PodAddresses>) -> Result<Desired, LabError> {
+pub fn compute(
+    paths: &[PathBuf],
+    previous: &BTreeMap<PodKey, PodAddresses>,
+) -> Result<Desired, LabError> {
     let mut documents = read_documents(paths)?;
     let mut given = BTreeMap::new();
     for document in documents.iter().filter(|d| is_pod(&d.value)) {
@@ -83,8 +90,10 @@ pub fn compute(paths: &[PathBuf], previous: &BTreeMap<PodKey, PodAddresses>) -> 
             given.insert(key, given_ips(&document.value));
         }
     }
-    let avoid: BTreeSet<IpAddr> =
-        previous.values().flat_map(|a| [IpAddr::V4(a.v4), IpAddr::V6(a.v6)]).collect();
+    let avoid: BTreeSet<IpAddr> = previous
+        .values()
+        .flat_map(|a| [IpAddr::V4(a.v4), IpAddr::V6(a.v6)])
+        .collect();
     let assigned = addresses::assign(&given, previous, &avoid)?;
     for document in documents.iter_mut().filter(|d| is_pod(&d.value)) {
         if let Some(addresses) = pod_key(&document.value).and_then(|key| assigned.get(&key)) {
@@ -102,12 +111,27 @@ pub fn compute(paths: &[PathBuf], previous: &BTreeMap<PodKey, PodAddresses>) -> 
         let addresses = *assigned
             .get(key)
             .ok_or_else(|| LabError::Internal(format!("pod {key} has no lab address")))?;
-        let mut ports: Vec<PortState> = pod.ports.iter().map(|p| PortState::new(p.port, p.protocol)).collect();
+        let mut ports: Vec<PortState> = pod
+            .ports
+            .iter()
+            .map(|p| PortState::new(p.port, p.protocol))
+            .collect();
         ports.sort();
         ports.dedup();
-        pods.insert(key.clone(), DesiredPod { key: key.clone(), addresses, ports });
+        pods.insert(
+            key.clone(),
+            DesiredPod {
+                key: key.clone(),
+                addresses,
+                ports,
+            },
+        );
     }
-    Ok(Desired { items: documents.into_iter().map(|d| d.value).collect(), pods, host_network })
+    Ok(Desired {
+        items: documents.into_iter().map(|d| d.value).collect(),
+        pods,
+        host_network,
+    })
 }
 
 pub fn manifests_dir(lab: &str) -> PathBuf {
@@ -131,10 +155,16 @@ mod tests {
     #[test]
     fn fill_keeps_given_addresses_and_adds_missing() {
         let mut pod = json!({"kind": "Pod", "metadata": {"name": "a"}, "status": {"podIPs": [{"ip": "fd00::5"}]}});
-        let addresses = PodAddresses { v4: "10.250.0.1".parse().unwrap(), v6: "fd00::5".parse().unwrap() };
+        let addresses = PodAddresses {
+            v4: "10.250.0.1".parse().unwrap(),
+            v6: "fd00::5".parse().unwrap(),
+        };
         fill(&mut pod, addresses);
         assert_eq!(pod["status"]["podIP"], "10.250.0.1");
-        assert_eq!(pod["status"]["podIPs"], json!([{"ip": "fd00::5"}, {"ip": "10.250.0.1"}]));
+        assert_eq!(
+            pod["status"]["podIPs"],
+            json!([{"ip": "fd00::5"}, {"ip": "10.250.0.1"}])
+        );
         assert_eq!(pod_key(&pod), Some(PodKey::new("default", "a")));
     }
 }

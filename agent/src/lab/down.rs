@@ -21,8 +21,12 @@ pub fn run(name: &str) -> Result<(), LabError> {
 /// Whether anything of lab `name` is left.
 pub fn exists(name: &str) -> bool {
     lab_dir(name).exists()
-        || cgroup::lab_root(name).map(|root| root.exists()).unwrap_or(false)
-        || net::list_netns().map(|all| !owned_netns(name, &all, &other_labs(name)).is_empty()).unwrap_or(false)
+        || cgroup::lab_root(name)
+            .map(|root| root.exists())
+            .unwrap_or(false)
+        || net::list_netns()
+            .map(|all| !owned_netns(name, &all, &other_labs(name)).is_empty())
+            .unwrap_or(false)
 }
 
 pub fn teardown(name: &str) -> Result<(), LabError> {
@@ -76,7 +80,9 @@ pub fn teardown(name: &str) -> Result<(), LabError> {
 
 fn remove_all(path: &Path) -> Result<(), LabError> {
     match std::fs::remove_dir_all(path) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(LabError::io("removing", path, error)),
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            Err(LabError::io("removing", path, error))
+        }
         _ => Ok(()),
     }
 }
@@ -86,10 +92,18 @@ fn remove_all(path: &Path) -> Result<(), LabError> {
 fn other_labs(name: &str) -> Vec<String> {
     let prefix = format!("{name}-");
     let mut labs: Vec<String> = std::fs::read_dir("/run/moat/lab")
-        .map(|entries| entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
         .unwrap_or_default();
     if let Ok(all) = net::list_netns() {
-        labs.extend(all.iter().filter_map(|n| n.strip_prefix("moat-")?.strip_suffix("-br").map(String::from)));
+        labs.extend(all.iter().filter_map(|n| {
+            n.strip_prefix("moat-")?
+                .strip_suffix("-br")
+                .map(String::from)
+        }));
     }
     labs.retain(|lab| lab.starts_with(&prefix));
     labs.sort();
@@ -107,9 +121,13 @@ pub fn owned_netns(name: &str, all: &[String], others: &[String]) -> Vec<String>
             if **netns == bridge {
                 return true;
             }
-            let Some(rest) = netns.strip_prefix(&prefix) else { return false };
+            let Some(rest) = netns.strip_prefix(&prefix) else {
+                return false;
+            };
             let is_pod = rest.contains('.');
-            let theirs = others.iter().any(|other| netns.starts_with(&format!("moat-{other}-")));
+            let theirs = others
+                .iter()
+                .any(|other| netns.starts_with(&format!("moat-{other}-")));
             is_pod && !theirs
         })
         .cloned()
@@ -122,13 +140,28 @@ mod tests {
 
     #[test]
     fn netns_of_a_lab_excludes_labs_with_longer_names() {
-        let all: Vec<String> =
-            ["moat-a-br", "moat-a-ns.p", "moat-a-b-br", "moat-a-b-ns.p", "moat-ab-x.y", "other"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-        assert_eq!(owned_netns("a", &all, &["a-b".into()]), vec!["moat-a-br", "moat-a-ns.p"]);
-        assert_eq!(owned_netns("a", &all, &[]), vec!["moat-a-br", "moat-a-ns.p", "moat-a-b-ns.p"]);
-        assert_eq!(owned_netns("a-b", &all, &[]), vec!["moat-a-b-br", "moat-a-b-ns.p"]);
+        let all: Vec<String> = [
+            "moat-a-br",
+            "moat-a-ns.p",
+            "moat-a-b-br",
+            "moat-a-b-ns.p",
+            "moat-ab-x.y",
+            "other",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            owned_netns("a", &all, &["a-b".into()]),
+            vec!["moat-a-br", "moat-a-ns.p"]
+        );
+        assert_eq!(
+            owned_netns("a", &all, &[]),
+            vec!["moat-a-br", "moat-a-ns.p", "moat-a-b-ns.p"]
+        );
+        assert_eq!(
+            owned_netns("a-b", &all, &[]),
+            vec!["moat-a-b-br", "moat-a-b-ns.p"]
+        );
     }
 }

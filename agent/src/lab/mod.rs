@@ -65,19 +65,32 @@ pub enum LabCommand {
 pub enum LabError {
     #[error("invalid lab name {0:?}: want 1-20 characters of [a-z0-9-]")]
     InvalidName(String),
-    #[error("lab {name:?} already exists (or left remains); run `moat lab down --name {name}` first")]
+    #[error(
+        "lab {name:?} already exists (or left remains); run `moat lab down --name {name}` first"
+    )]
     Exists { name: String },
     #[error("lab {name:?} does not exist (no {path}); create it with `moat lab up --name {name}`")]
     NotFound { name: String, path: PathBuf },
     #[error("`{command}` failed ({status}): {stderr}")]
-    Command { command: String, status: String, stderr: String },
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
     #[error("starting `{command}`: {source}")]
-    Spawn { command: String, source: std::io::Error },
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
     #[error("{action} {path}: {source}")]
-    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("state {path}: {message}")]
     State { path: PathBuf, message: String },
-    #[error("manifests: {0}")]
+    #[error("reading manifests")]
     Manifest(#[from] crate::sources::manifests::ManifestError),
     #[error(transparent)]
     Mount(#[from] crate::node::mounts::MountError),
@@ -90,7 +103,11 @@ pub enum LabError {
     #[error("{0}")]
     Usage(String),
     #[error("agent: {message}\n--- tail of {log} ---\n{tail}")]
-    Agent { message: String, log: PathBuf, tail: String },
+    Agent {
+        message: String,
+        log: PathBuf,
+        tail: String,
+    },
     #[error("pod {pod}: {message}")]
     InPod { pod: String, message: String },
     #[error("{0}")]
@@ -99,7 +116,11 @@ pub enum LabError {
 
 impl LabError {
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { action, path: path.into(), source }
+        Self::Io {
+            action,
+            path: path.into(),
+            source,
+        }
     }
 }
 
@@ -118,7 +139,9 @@ pub fn run(command: LabCommand) -> Result<(), LabError> {
 /// Validates a lab name: `[a-z0-9-]{1,20}`.
 pub fn parse_name(text: &str) -> Result<String, String> {
     let ok = (1..=20).contains(&text.len())
-        && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if ok {
         Ok(text.to_string())
     } else {

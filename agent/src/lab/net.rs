@@ -28,7 +28,10 @@ pub fn ip(args: &[&str]) -> Result<(), LabError> {
     let output = Command::new("ip")
         .args(args)
         .output()
-        .map_err(|source| LabError::Spawn { command: command.clone(), source })?;
+        .map_err(|source| LabError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
     if output.status.success() {
         Ok(())
     } else {
@@ -71,7 +74,17 @@ pub fn delete_netns(netns: &str) -> Result<(), LabError> {
 /// never depends on MLD state.
 pub fn create_bridge(netns: &str) -> Result<(), LabError> {
     add_netns(netns)?;
-    ip(&["-n", netns, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"])?;
+    ip(&[
+        "-n",
+        netns,
+        "link",
+        "add",
+        "br0",
+        "type",
+        "bridge",
+        "mcast_snooping",
+        "0",
+    ])?;
     ip(&["-n", netns, "link", "set", "br0", "up"])
 }
 
@@ -84,7 +97,9 @@ pub fn plug_pod(
     v4: Ipv4Addr,
     v6: Ipv6Addr,
 ) -> Result<(), LabError> {
-    ip(&["-n", bridge, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", pod])?;
+    ip(&[
+        "-n", bridge, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", pod,
+    ])?;
     ip(&["-n", bridge, "link", "set", port, "master", "br0", "up"])?;
     // No DAD, no router solicitations: the address is usable at once.
     write_sysctl(pod, "net/ipv6/conf/eth0/accept_dad", "0")?;
@@ -97,11 +112,26 @@ pub fn plug_pod(
 /// default routes.
 pub fn address_pod(pod: &str, v4: Ipv4Addr, v6: Ipv6Addr) -> Result<(), LabError> {
     ip(&["-n", pod, "-4", "addr", "flush", "dev", "eth0"])?;
-    ip(&["-n", pod, "-6", "addr", "flush", "dev", "eth0", "scope", "global"])?;
+    ip(&[
+        "-n", pod, "-6", "addr", "flush", "dev", "eth0", "scope", "global",
+    ])?;
     ip(&["-n", pod, "addr", "add", &format!("{v4}/32"), "dev", "eth0"])?;
-    ip(&["-n", pod, "addr", "add", &format!("{v6}/128"), "dev", "eth0", "nodad"])?;
-    ip(&["-n", pod, "-4", "route", "replace", "default", "dev", "eth0"])?;
-    ip(&["-n", pod, "-6", "route", "replace", "default", "dev", "eth0"])
+    ip(&[
+        "-n",
+        pod,
+        "addr",
+        "add",
+        &format!("{v6}/128"),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    ip(&[
+        "-n", pod, "-4", "route", "replace", "default", "dev", "eth0",
+    ])?;
+    ip(&[
+        "-n", pod, "-6", "route", "replace", "default", "dev", "eth0",
+    ])
 }
 
 /// Drops neighbour entries for `ip` in `netns` (after the address moved or went away).
@@ -127,6 +157,8 @@ pub fn write_sysctl(netns: &str, key: &str, value: &str) -> Result<(), LabError>
     .join();
     match joined {
         Ok(result) => result.map_err(|e| LabError::io("writing sysctl in netns", sysctl, e)),
-        Err(_) => Err(LabError::Internal(format!("sysctl thread for {netns} panicked"))),
+        Err(_) => Err(LabError::Internal(format!(
+            "sysctl thread for {netns} panicked"
+        ))),
     }
 }

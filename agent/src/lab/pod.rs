@@ -30,12 +30,20 @@ pub fn create(state: &mut LabState, desired: &DesiredPod) -> Result<(), LabError
         ipv6: desired.addresses.v6,
         ports: desired.ports.clone(),
         server_pid: None,
-        log: lab_dir(&state.name).join("pods").join(format!("{}_{}.log", key.namespace, key.name)),
+        log: lab_dir(&state.name)
+            .join("pods")
+            .join(format!("{}_{}.log", key.namespace, key.name)),
     };
     state.pods.insert(key.to_string(), pod.clone());
     state.save()?;
     net::add_netns(&netns)?;
-    net::plug_pod(&state.bridge_netns, &bridge_port, &netns, pod.ipv4, pod.ipv6)?;
+    net::plug_pod(
+        &state.bridge_netns,
+        &bridge_port,
+        &netns,
+        pod.ipv4,
+        pod.ipv6,
+    )?;
     cgroup::create(&pod.cgroup)?;
     let pid = start_server(&pod)?;
     if let Some(pod) = state.pods.get_mut(&key.to_string()) {
@@ -61,7 +69,9 @@ pub fn start_server(pod: &PodState) -> Result<u32, LabError> {
         .append(true)
         .open(&pod.log)
         .map_err(|e| LabError::io("opening log", &pod.log, e))?;
-    let log_err = log.try_clone().map_err(|e| LabError::io("opening log", &pod.log, e))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| LabError::io("opening log", &pod.log, e))?;
     let place = PodPlace::new(netns_path(&pod.netns), &pod.cgroup);
     let child = place
         .moat(true)?
@@ -70,7 +80,10 @@ pub fn start_server(pod: &PodState) -> Result<u32, LabError> {
         .stdout(log)
         .stderr(log_err)
         .spawn()
-        .map_err(|source| LabError::Spawn { command: format!("moat {}", argv.join(" ")), source })?;
+        .map_err(|source| LabError::Spawn {
+            command: format!("moat {}", argv.join(" ")),
+            source,
+        })?;
     let pid = child.id();
     // Give it a moment to bind; a server that dies at once (port clash) is an error.
     std::thread::sleep(Duration::from_millis(50));
@@ -81,7 +94,10 @@ pub fn start_server(pod: &PodState) -> Result<u32, LabError> {
 fn wait_ready(pod: &PodState, pid: u32) -> Result<(), LabError> {
     let ready = format!("__pod-serve[{pid}]: ready");
     for _ in 0..100 {
-        if std::fs::read_to_string(&pod.log).unwrap_or_default().contains(&ready) {
+        if std::fs::read_to_string(&pod.log)
+            .unwrap_or_default()
+            .contains(&ready)
+        {
             return Ok(());
         }
         if !process::is_alive(pid, SERVE_MARKER) {

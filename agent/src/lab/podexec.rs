@@ -25,7 +25,10 @@ pub struct PodPlace {
 
 impl PodPlace {
     pub fn new(netns: impl Into<PathBuf>, cgroup: impl Into<PathBuf>) -> Self {
-        Self { netns: netns.into(), cgroup: cgroup.into() }
+        Self {
+            netns: netns.into(),
+            cgroup: cgroup.into(),
+        }
     }
 
     /// A command for `program` that starts inside the pod. `detach` puts it in a session of

@@ -43,11 +43,10 @@ impl Target {
         };
         let protocol = Protocol::parse(&protocol.to_ascii_uppercase())
             .ok_or_else(|| format!("{text:?}: protocol must be TCP, UDP or SCTP"))?;
-        let port: u16 = port
-            .parse()
-            .ok()
-            .filter(|port| *port != 0)
-            .ok_or_else(|| format!("{text:?}: want PORT[/PROTOCOL] with PORT 1-65535, or icmp"))?;
+        let port: u16 =
+            port.parse().ok().filter(|port| *port != 0).ok_or_else(|| {
+                format!("{text:?}: want PORT[/PROTOCOL] with PORT 1-65535, or icmp")
+            })?;
         Ok(Self::Port(port, protocol))
     }
 
@@ -116,8 +115,11 @@ pub fn run(args: ProbeArgs) -> Result<(), LabError> {
     let pairs: Vec<(PodKey, PodKey)> = match (&args.from, &args.to) {
         (Some(from), Some(to)) if !args.matrix => vec![(from.clone(), to.clone())],
         _ => {
-            let keys: Vec<PodKey> =
-                state.pods.values().map(|p| PodKey::new(&p.namespace, &p.name)).collect();
+            let keys: Vec<PodKey> = state
+                .pods
+                .values()
+                .map(|p| PodKey::new(&p.namespace, &p.name))
+                .collect();
             let mut pairs = Vec::new();
             for from in &keys {
                 for to in keys.iter().filter(|to| *to != from) {
@@ -128,15 +130,23 @@ pub fn run(args: ProbeArgs) -> Result<(), LabError> {
         }
     };
     let results = probe_all(&state, &pairs, args.port, args.family, args.timeout_ms)?;
-    let report = ProbeReport { port: args.port.port(), protocol: args.port.protocol(), results };
+    let report = ProbeReport {
+        port: args.port.port(),
+        protocol: args.port.protocol(),
+        results,
+    };
     match args.output {
         Output::Json => println!("{}", report_json(&report)),
         Output::Text if args.matrix => print!("{}", matrix_text(&report)),
         Output::Text => {
             for result in &report.results {
+                let what = match report.port {
+                    0 => report.protocol.to_string(),
+                    port => format!("{port}/{}", report.protocol),
+                };
                 println!(
-                    "{} -> {} {}/{}: {} ({})",
-                    result.from, result.to, report.port, report.protocol, result.verdict, result.detail
+                    "{} -> {} {what}: {} ({})",
+                    result.from, result.to, result.verdict, result.detail
                 );
             }
         }
@@ -168,10 +178,17 @@ pub fn probe_all(
         for _ in 0..CONCURRENCY.min(jobs.len()) {
             scope.spawn(|| loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
-                let Some((from, to, (pod, ip))) = jobs.get(index) else { return };
+                let Some((from, to, (pod, ip))) = jobs.get(index) else {
+                    return;
+                };
                 match probe_one(pod, *ip, target, timeout_ms) {
                     Ok((verdict, detail)) => {
-                        let result = ProbeResult { from: from.to_string(), to: to.to_string(), verdict, detail };
+                        let result = ProbeResult {
+                            from: from.to_string(),
+                            to: to.to_string(),
+                            verdict,
+                            detail,
+                        };
                         if let Ok(mut results) = results.lock() {
                             results.push(result);
                         }
@@ -188,7 +205,9 @@ pub fn probe_all(
     if let Some(error) = failure.into_inner().ok().flatten() {
         return Err(error);
     }
-    let mut results = results.into_inner().map_err(|_| LabError::Internal("probe results lock poisoned".into()))?;
+    let mut results = results
+        .into_inner()
+        .map_err(|_| LabError::Internal("probe results lock poisoned".into()))?;
     results.sort_by(|a, b| (&a.from, &a.to).cmp(&(&b.from, &b.to)));
     Ok(results)
 }
@@ -209,7 +228,12 @@ pub fn resolve<'s>(
     Ok((source, ip))
 }
 
-fn probe_one(pod: &PodState, ip: IpAddr, target: Target, timeout_ms: u64) -> Result<(String, String), LabError> {
+fn probe_one(
+    pod: &PodState,
+    ip: IpAddr,
+    target: Target,
+    timeout_ms: u64,
+) -> Result<(String, String), LabError> {
     let protocol = match target {
         Target::Icmp => "icmp".to_string(),
         Target::Port(_, protocol) => protocol.as_str().to_ascii_lowercase(),
@@ -243,7 +267,10 @@ pub fn run_in_pod(pod: &PodState, argv: &[String]) -> Result<String, LabError> {
         .args(argv)
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| LabError::Spawn { command: format!("moat {}", argv.join(" ")), source })?;
+        .map_err(|source| LabError::Spawn {
+            command: format!("moat {}", argv.join(" ")),
+            source,
+        })?;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     match output.status.code() {
         Some(0 | 1) => Ok(stdout),
@@ -262,11 +289,19 @@ pub fn run_in_pod(pod: &PodState, argv: &[String]) -> Result<String, LabError> {
 
 /// Rows are sources, columns destinations: `+` allow, `.` deny, blank for the pod itself.
 pub fn matrix_text(report: &ProbeReport) -> String {
-    let mut pods: Vec<&str> = report.results.iter().flat_map(|r| [r.from.as_str(), r.to.as_str()]).collect();
+    let mut pods: Vec<&str> = report
+        .results
+        .iter()
+        .flat_map(|r| [r.from.as_str(), r.to.as_str()])
+        .collect();
     pods.sort();
     pods.dedup();
     let width = pods.iter().map(|p| p.len()).max().unwrap_or(0).max(4);
-    let mut out = format!("{}/{}  (+ allow, . deny; rows from, columns to)\n", report.port, report.protocol);
+    let what = match report.port {
+        0 => report.protocol.to_string(),
+        port => format!("{port}/{}", report.protocol),
+    };
+    let mut out = format!("{what}  (+ allow, . deny; rows from, columns to)\n");
     for (index, pod) in pods.iter().enumerate() {
         out.push_str(&format!("  [{index}] {pod}\n"));
     }
@@ -289,7 +324,10 @@ pub fn matrix_text(report: &ProbeReport) -> String {
         out.push('\n');
     }
     for result in report.results.iter().filter(|r| r.verdict != "allow") {
-        out.push_str(&format!("deny {} -> {}: {}\n", result.from, result.to, result.detail));
+        out.push_str(&format!(
+            "deny {} -> {}: {}\n",
+            result.from, result.to, result.detail
+        ));
     }
     out
 }
@@ -303,7 +341,10 @@ mod tests {
         assert_eq!(Target::parse("80"), Ok(Target::Port(80, Protocol::Tcp)));
         assert_eq!(Target::parse("80/TCP"), Ok(Target::Port(80, Protocol::Tcp)));
         assert_eq!(Target::parse("53/udp"), Ok(Target::Port(53, Protocol::Udp)));
-        assert_eq!(Target::parse("9000/Sctp"), Ok(Target::Port(9000, Protocol::Sctp)));
+        assert_eq!(
+            Target::parse("9000/Sctp"),
+            Ok(Target::Port(9000, Protocol::Sctp))
+        );
         assert_eq!(Target::parse("ICMP"), Ok(Target::Icmp));
         for bad in ["0", "70000", "80/icmp", "x", "", "80/"] {
             assert!(Target::parse(bad).is_err(), "{bad}");
@@ -329,7 +370,14 @@ mod tests {
         );
         let text = matrix_text(&report);
         assert!(text.contains("deny y/b -> x/a"), "{text}");
-        let icmp = ProbeReport { port: Target::Icmp.port(), protocol: Target::Icmp.protocol(), results: vec![] };
-        assert_eq!(report_json(&icmp), r#"{"port":0,"protocol":"ICMP","results":[]}"#);
+        let icmp = ProbeReport {
+            port: Target::Icmp.port(),
+            protocol: Target::Icmp.protocol(),
+            results: vec![],
+        };
+        assert_eq!(
+            report_json(&icmp),
+            r#"{"port":0,"protocol":"ICMP","results":[]}"#
+        );
     }
 }

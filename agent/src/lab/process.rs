@@ -71,7 +71,9 @@ fn wait_gone(pid: u32, timeout: Duration) -> bool {
 
 /// Pids of all processes whose command line contains `marker`.
 pub fn find(marker: &str) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     let own = std::process::id();
     entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())

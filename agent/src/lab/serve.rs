@@ -39,7 +39,9 @@ pub fn run(args: ServeArgs) -> Result<(), LabError> {
     for port in &args.sctp {
         match sock::dual_stack(libc::SOCK_STREAM, libc::IPPROTO_SCTP, *port) {
             Ok(fd) => spawn_stream_listener(TcpListener::from(fd), format!("{port}/SCTP")),
-            Err(error) => log(&format!("skipping {port}/SCTP: {error} (no SCTP in this kernel?)")),
+            Err(error) => log(&format!(
+                "skipping {port}/SCTP: {error} (no SCTP in this kernel?)"
+            )),
         }
     }
     log("ready");

@@ -15,14 +15,23 @@ fn check(result: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-pub fn socket(domain: libc::c_int, kind: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
+pub fn socket(
+    domain: libc::c_int,
+    kind: libc::c_int,
+    protocol: libc::c_int,
+) -> io::Result<OwnedFd> {
     // SAFETY: socket(2) returns a fresh fd we own.
     let fd = check(unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, protocol) })?;
     // SAFETY: fd is valid and owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-pub fn set_int(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+pub fn set_int(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: the pointer and length describe a live c_int.
     check(unsafe {
         libc::setsockopt(
@@ -65,8 +74,14 @@ pub fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 pub fn bind(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
     let (storage, len) = sockaddr(addr);
     // SAFETY: storage/len come from sockaddr().
-    check(unsafe { libc::bind(fd.as_raw_fd(), (&storage as *const libc::sockaddr_storage).cast(), len) })
-        .map(drop)
+    check(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    })
+    .map(drop)
 }
 
 /// A socket bound to `[::]:port` that also takes IPv4 (IPV6_V6ONLY off); listening when it
@@ -75,7 +90,10 @@ pub fn dual_stack(kind: libc::c_int, protocol: libc::c_int, port: u16) -> io::Re
     let fd = socket(libc::AF_INET6, kind, protocol)?;
     set_int(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
     set_int(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    bind(&fd, SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), port))?;
+    bind(
+        &fd,
+        SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), port),
+    )?;
     if kind == libc::SOCK_STREAM {
         // SAFETY: listen(2) on an fd we own.
         check(unsafe { libc::listen(fd.as_raw_fd(), 128) })?;
@@ -85,18 +103,36 @@ pub fn dual_stack(kind: libc::c_int, protocol: libc::c_int, port: u16) -> io::Re
 
 /// Connects a stream socket of `protocol` (TCP or SCTP) to `addr` within `timeout`; the
 /// returned socket is blocking.
-pub fn connect_stream(addr: SocketAddr, protocol: libc::c_int, timeout: Duration) -> io::Result<OwnedFd> {
-    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+pub fn connect_stream(
+    addr: SocketAddr,
+    protocol: libc::c_int,
+    timeout: Duration,
+) -> io::Result<OwnedFd> {
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     let fd = socket(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, protocol)?;
     let (storage, len) = sockaddr(addr);
     // SAFETY: storage/len come from sockaddr().
-    let result = unsafe { libc::connect(fd.as_raw_fd(), (&storage as *const libc::sockaddr_storage).cast(), len) };
+    let result = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
     if result < 0 {
         let error = io::Error::last_os_error();
         if error.raw_os_error() != Some(libc::EINPROGRESS) {
             return Err(error);
         }
-        let mut poll = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+        let mut poll = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
         let millis = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
         // SAFETY: one valid pollfd.
         let ready = check(unsafe { libc::poll(&mut poll, 1, millis) })?;
@@ -122,7 +158,11 @@ pub fn connect_stream(addr: SocketAddr, protocol: libc::c_int, timeout: Duration
     // SAFETY: fcntl on an fd we own.
     unsafe {
         let flags = check(libc::fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
-        check(libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK))?;
+        check(libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_SETFL,
+            flags & !libc::O_NONBLOCK,
+        ))?;
     }
     Ok(fd)
 }

@@ -49,7 +49,10 @@ pub struct PortState {
 
 impl PortState {
     pub fn new(port: u16, protocol: Protocol) -> Self {
-        Self { port, protocol: protocol.as_str().into() }
+        Self {
+            port,
+            protocol: protocol.as_str().into(),
+        }
     }
 }
 
@@ -80,7 +83,10 @@ impl LabState {
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                return Err(LabError::NotFound { name: name.into(), path });
+                return Err(LabError::NotFound {
+                    name: name.into(),
+                    path,
+                });
             }
             Err(error) => return Err(LabError::io("reading", path, error)),
         };
@@ -88,8 +94,10 @@ impl LabState {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, LabError> {
-        serde_json::from_str(text)
-            .map_err(|error| LabError::State { path: path.into(), message: error.to_string() })
+        serde_json::from_str(text).map_err(|error| LabError::State {
+            path: path.into(),
+            message: error.to_string(),
+        })
     }
 
     /// Writes the state atomically.
@@ -100,7 +108,9 @@ impl LabState {
     }
 
     pub fn pod(&self, key: &str) -> Result<&PodState, LabError> {
-        self.pods.get(key).ok_or_else(|| LabError::UnknownPod(key.into()))
+        self.pods
+            .get(key)
+            .ok_or_else(|| LabError::UnknownPod(key.into()))
     }
 }
 

@@ -17,7 +17,10 @@ pub fn run(args: StatusArgs) -> Result<(), LabError> {
     let state = LabState::load(&args.name.name)?;
     let server_alive =
         |pid: Option<u32>| pid.is_some_and(|pid| process::is_alive(pid, pod::SERVE_MARKER));
-    let agent_alive = state.agent.as_ref().is_some_and(|a| process::is_alive(a.pid, &agent::marker(&state.name)));
+    let agent_alive = state
+        .agent
+        .as_ref()
+        .is_some_and(|a| process::is_alive(a.pid, &agent::marker(&state.name)));
     match args.output {
         Output::Json => {
             let mut value = serde_json::to_value(&state)
@@ -31,9 +34,18 @@ pub fn run(args: StatusArgs) -> Result<(), LabError> {
             println!("{value}");
         }
         Output::Text => {
-            println!("lab {}: bridge netns {}, cgroup {}", state.name, state.bridge_netns, state.cgroup_root.display());
+            println!(
+                "lab {}: bridge netns {}, cgroup {}",
+                state.name,
+                state.bridge_netns,
+                state.cgroup_root.display()
+            );
             for pod in state.pods.values() {
-                let ports: Vec<String> = pod.ports.iter().map(|p| format!("{}/{}", p.port, p.protocol)).collect();
+                let ports: Vec<String> = pod
+                    .ports
+                    .iter()
+                    .map(|p| format!("{}/{}", p.port, p.protocol))
+                    .collect();
                 let server = match pod.server_pid {
                     Some(pid) if server_alive(Some(pid)) => format!("server {pid} alive"),
                     Some(pid) => format!("server {pid} DEAD"),

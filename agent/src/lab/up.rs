@@ -30,7 +30,10 @@ pub fn run(args: UpArgs) -> Result<(), LabError> {
     // Everything that only reads comes first: bad manifests leave nothing behind.
     let desired = desired::compute(&args.files, &BTreeMap::new())?;
     let cgroup_root = cgroup::lab_root(&name)?;
-    let parent = lab_dir(&name).parent().map(PathBuf::from).unwrap_or_default();
+    let parent = lab_dir(&name)
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
     std::fs::create_dir_all(&parent).map_err(|e| LabError::io("creating", &parent, e))?;
     match std::fs::create_dir(lab_dir(&name)) {
         Ok(()) => {}
@@ -51,7 +54,7 @@ pub fn run(args: UpArgs) -> Result<(), LabError> {
             Ok(())
         }
         Err(error) => {
-            eprintln!("moat lab up {name}: {error}; cleaning up");
+            eprintln!("moat lab up {name}: failed; cleaning up");
             if let Err(cleanup) = down::teardown(&name) {
                 eprintln!("moat lab up {name}: cleanup: {cleanup}");
             }
@@ -83,14 +86,27 @@ fn build(state: &mut LabState, desired: &Desired, args: &UpArgs) -> Result<(), L
 fn print_summary(state: &LabState, desired: &Desired) {
     println!("lab {} is up: {} pods", state.name, state.pods.len());
     for pod in state.pods.values() {
-        let ports: Vec<String> = pod.ports.iter().map(|p| format!("{}/{}", p.port, p.protocol)).collect();
-        println!("  {:<30} {:<15} {:<24} {}", pod.key(), pod.ipv4, pod.ipv6, ports.join(","));
+        let ports: Vec<String> = pod
+            .ports
+            .iter()
+            .map(|p| format!("{}/{}", p.port, p.protocol))
+            .collect();
+        println!(
+            "  {:<30} {:<15} {:<24} {}",
+            pod.key(),
+            pod.ipv4,
+            pod.ipv6,
+            ports.join(",")
+        );
     }
     for key in &desired.host_network {
         println!("  {key}: hostNetwork, not run in the lab");
     }
     match &state.agent {
         Some(agent) => println!("agent pid {}, log {}", agent.pid, agent.log.display()),
-        None => println!("no agent (--no-agent); start one with `moat lab agent start --name {}`", state.name),
+        None => println!(
+            "no agent (--no-agent); start one with `moat lab agent start --name {}`",
+            state.name
+        ),
     }
 }

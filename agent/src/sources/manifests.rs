@@ -32,7 +32,10 @@ pub enum ManifestError {
 }
 
 fn invalid(path: &Path, message: impl ToString) -> ManifestError {
-    ManifestError::Invalid { path: path.into(), message: message.to_string() }
+    ManifestError::Invalid {
+        path: path.into(),
+        message: message.to_string(),
+    }
 }
 
 pub fn read_documents(paths: &[PathBuf]) -> Result<Vec<Document>, ManifestError> {
@@ -42,7 +45,12 @@ pub fn read_documents(paths: &[PathBuf]) -> Result<Vec<Document>, ManifestError>
             let entries = std::fs::read_dir(path).map_err(|e| invalid(path, e))?;
             let mut found: Vec<PathBuf> = entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+                .filter(|p| {
+                    matches!(
+                        p.extension().and_then(|e| e.to_str()),
+                        Some("yaml" | "yml" | "json")
+                    )
+                })
                 .collect();
             found.sort();
             files.extend(found);
@@ -59,11 +67,31 @@ pub fn read_documents(paths: &[PathBuf]) -> Result<Vec<Document>, ManifestError>
                 continue;
             }
             if value["kind"] == "List" {
-                for (item, value) in value["items"].as_array().cloned().unwrap_or_default().into_iter().enumerate() {
-                    documents.push(Document { origin: Origin { file: file.clone(), document, item: Some(item) }, value });
+                for (item, value) in value["items"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .enumerate()
+                {
+                    documents.push(Document {
+                        origin: Origin {
+                            file: file.clone(),
+                            document,
+                            item: Some(item),
+                        },
+                        value,
+                    });
                 }
             } else {
-                documents.push(Document { origin: Origin { file: file.clone(), document, item: None }, value });
+                documents.push(Document {
+                    origin: Origin {
+                        file: file.clone(),
+                        document,
+                        item: None,
+                    },
+                    value,
+                });
             }
         }
     }
@@ -71,22 +99,41 @@ pub fn read_documents(paths: &[PathBuf]) -> Result<Vec<Document>, ManifestError>
 }
 
 pub fn build_cluster(documents: &[Document]) -> Result<Loaded, ManifestError> {
-    let mut loaded = Loaded { cluster: Cluster::default(), skipped: BTreeMap::new() };
+    let mut loaded = Loaded {
+        cluster: Cluster::default(),
+        skipped: BTreeMap::new(),
+    };
     for document in documents {
         let v = &document.value;
         let labels = || -> BTreeMap<String, String> {
             serde_json::from_value(v["metadata"]["labels"].clone()).unwrap_or_default()
         };
-        let name = v["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = v["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         match v["kind"].as_str().unwrap_or_default() {
             "Namespace" => {
-                loaded.cluster.namespaces.insert(name.clone(), Namespace { name, labels: labels() });
+                loaded.cluster.namespaces.insert(
+                    name.clone(),
+                    Namespace {
+                        name,
+                        labels: labels(),
+                    },
+                );
             }
             "Pod" => {
-                let namespace = v["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+                let namespace = v["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("default")
+                    .to_string();
                 let mut ips: Vec<std::net::IpAddr> = Vec::new();
                 for ip in v["status"]["podIPs"].as_array().into_iter().flatten() {
-                    ips.extend(ip["ip"].as_str().and_then(|ip| ip.parse::<std::net::IpAddr>().ok()));
+                    ips.extend(
+                        ip["ip"]
+                            .as_str()
+                            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok()),
+                    );
                 }
                 if let Some(ip) = v["status"]["podIP"].as_str().and_then(|ip| ip.parse().ok()) {
                     if !ips.contains(&ip) {
@@ -99,9 +146,15 @@ pub fn build_cluster(documents: &[Document]) -> Result<Loaded, ManifestError> {
                         let number = port["containerPort"].as_u64().unwrap_or(0);
                         let protocol = Protocol::parse(port["protocol"].as_str().unwrap_or("TCP"))
                             .ok_or_else(|| invalid(&document.origin.file, "bad protocol"))?;
-                        let port = u16::try_from(number).ok().filter(|p| *p != 0)
+                        let port = u16::try_from(number)
+                            .ok()
+                            .filter(|p| *p != 0)
                             .ok_or_else(|| invalid(&document.origin.file, "bad containerPort"))?;
-                        ports.push(ContainerPort { name: None, port, protocol });
+                        ports.push(ContainerPort {
+                            name: None,
+                            port,
+                            protocol,
+                        });
                     }
                 }
                 let key = PodKey::new(namespace, name);
