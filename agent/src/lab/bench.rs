@@ -83,7 +83,7 @@ pub fn run(args: BenchArgs) -> Result<(), LabError> {
     match args.output {
         Output::Json => println!("{}", serde_json::to_string(&result).unwrap_or_default()),
         Output::Text => println!(
-            "{} -> {} port {}: {} {:.1} {} ({} ops in {:.1} s)",
+            "{} -> {} port {}: {} {:.1} {} ({} {} in {:.1} s)",
             args.from,
             args.to,
             args.port,
@@ -91,6 +91,7 @@ pub fn run(args: BenchArgs) -> Result<(), LabError> {
             result.rate,
             result.unit,
             result.ops,
+            if result.mode == "stream" { "bytes" } else { "transactions" },
             result.seconds
         ),
     }

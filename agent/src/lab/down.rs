@@ -21,6 +21,7 @@ pub fn run(name: &str) -> Result<(), LabError> {
 /// Whether anything of lab `name` is left.
 pub fn exists(name: &str) -> bool {
     lab_dir(name).exists()
+        || Path::new(&format!("/sys/fs/bpf/moat/lab-{name}")).exists()
         || cgroup::lab_root(name)
             .map(|root| root.exists())
             .unwrap_or(false)
