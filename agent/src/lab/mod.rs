@@ -1,20 +1,181 @@
-//! `moat lab`: pods as network namespaces plus cgroups, on the real kernel. (Being built.)
+//! `moat lab`: pods as network namespaces plus cgroups, on the real kernel.
+//!
+//! Layout of a lab named N: bridge netns `moat-N-br` (bridge `br0`), one netns
+//! `moat-N-<ns>.<pod>` and one cgroup `<cgroup2>/moat-lab-N/<ns>_<pod>` per pod, files under
+//! `/run/moat/lab/N`. The host's root network namespace is never touched.
 
+pub mod addresses;
+pub mod agent;
+pub mod apply;
+pub mod bench;
+pub mod cgroup;
 pub mod connect;
+pub mod desired;
+pub mod down;
+pub mod net;
+pub mod pod;
+pub mod podexec;
+pub mod probe;
+pub mod process;
 pub mod serve;
+pub mod sock;
+pub mod state;
+pub mod status;
+pub mod up;
+
+use std::path::PathBuf;
+
+use crate::model::PodKey;
+
+/// Arguments every lab subcommand takes.
+#[derive(clap::Args, Clone, Debug)]
+pub struct NameArg {
+    /// Name of the lab: 1-20 characters of [a-z0-9-].
+    #[arg(long, default_value = "default", value_parser = parse_name)]
+    pub name: String,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
 
 #[derive(clap::Subcommand)]
 pub enum LabCommand {
-    /// Not built yet.
-    Up,
+    /// Create a lab from manifests: pods, their servers and (unless --no-agent) an agent.
+    Up(up::UpArgs),
+    /// Replace the lab's manifests: add new pods, remove gone ones, relabel.
+    Apply(apply::ApplyArgs),
+    /// Try connections from pod to pod (inside the source pod's netns and cgroup).
+    Probe(probe::ProbeArgs),
+    /// Remove everything a lab made, even after a crash. Idempotent.
+    Down(NameArg),
+    /// Show the lab's state and whether its processes are alive.
+    Status(status::StatusArgs),
+    /// Start, stop or kill the lab's agent.
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
+    /// Measure request/response rate or stream throughput between two pods.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
-    #[error("not built yet")]
-    NotBuilt,
+    #[error("invalid lab name {0:?}: want 1-20 characters of [a-z0-9-]")]
+    InvalidName(String),
+    #[error(
+        "lab {name:?} already exists (or left remains); run `moat lab down --name {name}` first"
+    )]
+    Exists { name: String },
+    #[error("lab {name:?} does not exist (no {path}); create it with `moat lab up --name {name}`")]
+    NotFound { name: String, path: PathBuf },
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("starting `{command}`: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state {path}: {message}")]
+    State { path: PathBuf, message: String },
+    #[error("reading manifests")]
+    Manifest(#[from] crate::sources::manifests::ManifestError),
+    #[error(transparent)]
+    Mount(#[from] crate::node::mounts::MountError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Address(#[from] addresses::AddressError),
+    #[error("no pod {0} in the lab")]
+    UnknownPod(String),
+    #[error("{0}")]
+    Usage(String),
+    #[error("agent: {message}\n--- tail of {log} ---\n{tail}")]
+    Agent {
+        message: String,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("pod {pod}: {message}")]
+    InPod { pod: String, message: String },
+    #[error("{0}")]
+    Internal(String),
 }
 
-pub fn run(_command: LabCommand) -> Result<(), LabError> {
-    Err(LabError::NotBuilt)
+impl LabError {
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+pub fn run(command: LabCommand) -> Result<(), LabError> {
+    match command {
+        LabCommand::Up(args) => up::run(args),
+        LabCommand::Apply(args) => apply::run(args),
+        LabCommand::Probe(args) => probe::run(args),
+        LabCommand::Down(args) => down::run(&args.name),
+        LabCommand::Status(args) => status::run(args),
+        LabCommand::Agent(command) => agent::run(command),
+        LabCommand::Bench(args) => bench::run(args),
+    }
+}
+
+/// Validates a lab name: `[a-z0-9-]{1,20}`.
+pub fn parse_name(text: &str) -> Result<String, String> {
+    let ok = (1..=20).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err(LabError::InvalidName(text.into()).to_string())
+    }
+}
+
+/// Parses `namespace/pod`.
+pub fn parse_pod(text: &str) -> Result<PodKey, String> {
+    PodKey::parse(text).ok_or_else(|| format!("{text:?} is not NAMESPACE/POD"))
+}
+
+/// `/run/moat/lab/<name>`.
+pub fn lab_dir(name: &str) -> PathBuf {
+    PathBuf::from("/run/moat/lab").join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_validated() {
+        assert!(parse_name("default").is_ok());
+        assert!(parse_name("a-1").is_ok());
+        assert!(parse_name("").is_err());
+        assert!(parse_name("Upper").is_err());
+        assert!(parse_name("a/b").is_err());
+        assert!(parse_name("a".repeat(21).as_str()).is_err());
+    }
+
+    #[test]
+    fn pods_are_parsed() {
+        assert_eq!(parse_pod("ns/p").unwrap(), PodKey::new("ns", "p"));
+        assert!(parse_pod("nope").is_err());
+    }
 }

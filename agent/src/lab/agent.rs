@@ -1,0 +1,225 @@
+//! The lab's agent: `moat agent` over the lab's manifests and cgroup tree, detached, with
+//! its own instance (so its pins never meet another agent's).
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use std::os::unix::process::CommandExt;
+
+use super::desired::manifests_dir;
+use super::podexec::current_exe;
+use super::state::{write_atomic, AgentState, LabState};
+use super::{lab_dir, process, LabError, NameArg};
+use crate::config::Config;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(clap::Subcommand)]
+pub enum AgentCommand {
+    /// Start the lab's agent and wait until it is ready.
+    Start(NameArg),
+    /// Stop it gracefully (SIGTERM, then SIGKILL after 5 s).
+    Stop(NameArg),
+    /// SIGKILL it: enforcement must stay in place without it (fail-static).
+    Kill(NameArg),
+}
+
+pub fn run(command: AgentCommand) -> Result<(), LabError> {
+    match command {
+        AgentCommand::Start(args) => {
+            let mut state = LabState::load(&args.name)?;
+            if let Some(agent) = state
+                .agent
+                .as_ref()
+                .filter(|a| process::is_alive(a.pid, &marker(&args.name)))
+            {
+                return Err(LabError::Usage(format!(
+                    "the agent of lab {} is running (pid {})",
+                    args.name, agent.pid
+                )));
+            }
+            let config = config_path(&args.name);
+            if !config.exists() {
+                write_config(&state, None)?;
+            }
+            let agent = start(&args.name)?;
+            println!(
+                "agent started (pid {}), log {}",
+                agent.pid,
+                agent.log.display()
+            );
+            state.agent = Some(agent);
+            state.save()
+        }
+        AgentCommand::Stop(args) => halt(&args.name, false),
+        AgentCommand::Kill(args) => halt(&args.name, true),
+    }
+}
+
+fn halt(name: &str, kill: bool) -> Result<(), LabError> {
+    let mut state = LabState::load(name)?;
+    let Some(agent) = state.agent.take() else {
+        println!("lab {name} has no agent");
+        return Ok(());
+    };
+    let marker = marker(name);
+    if kill {
+        process::kill(agent.pid, &marker);
+        println!("agent (pid {}) killed", agent.pid);
+    } else {
+        let forced = process::terminate(agent.pid, &marker, STOP_GRACE);
+        println!(
+            "agent (pid {}) stopped{}",
+            agent.pid,
+            if forced { " (SIGKILL after 5 s)" } else { "" }
+        );
+    }
+    state.save()
+}
+
+pub fn config_path(lab: &str) -> PathBuf {
+    lab_dir(lab).join("agent.yaml")
+}
+
+/// Appears in the agent's command line (its --config), and nowhere else.
+pub fn marker(lab: &str) -> String {
+    config_path(lab).display().to_string()
+}
+
+/// Writes agent.yaml: the user's config (a YAML mapping, or empty) with the lab's keys
+/// overridden, validated as the agent would.
+pub fn write_config(state: &LabState, user: Option<&Path>) -> Result<PathBuf, LabError> {
+    let mut mapping = serde_yaml::Mapping::new();
+    if let Some(user) = user {
+        let text =
+            std::fs::read_to_string(user).map_err(|e| LabError::io("reading config", user, e))?;
+        if !text.trim().is_empty() {
+            let value: serde_yaml::Value = serde_yaml::from_str(&text)
+                .map_err(|e| LabError::Usage(format!("config {}: {e}", user.display())))?;
+            match value {
+                serde_yaml::Value::Mapping(user_mapping) => mapping = user_mapping,
+                serde_yaml::Value::Null => {}
+                _ => {
+                    return Err(LabError::Usage(format!(
+                        "config {}: not a YAML mapping",
+                        user.display()
+                    )))
+                }
+            }
+        }
+    }
+    let cgroup_root = state.cgroup_root.display().to_string();
+    for (key, value) in [
+        ("instance", format!("lab-{}", state.name)),
+        ("cgroupRoot", cgroup_root),
+        ("cgroupLayout", "lab".into()),
+    ] {
+        mapping.insert(key.into(), value.into());
+    }
+    let text = serde_yaml::to_string(&mapping)
+        .map_err(|e| LabError::Internal(format!("agent.yaml: {e}")))?;
+    let path = config_path(&state.name);
+    // Errors name the user's file: that is where the fix goes.
+    Config::parse(&text, user.unwrap_or(&path))?;
+    write_atomic(&path, text.as_bytes())?;
+    Ok(path)
+}
+
+/// The bpffs root the lab's agent pins under (from agent.yaml; default if unreadable).
+pub fn bpffs_root(lab: &str) -> PathBuf {
+    Config::load(&config_path(lab))
+        .map(|c| c.bpffs_root)
+        .unwrap_or_else(|_| Config::default().bpffs_root)
+}
+
+/// Starts the agent detached and waits for its ready file.
+pub fn start(lab: &str) -> Result<AgentState, LabError> {
+    let dir = lab_dir(lab);
+    let log = dir.join("agent.log");
+    let ready_file = dir.join("agent.ready");
+    let config = config_path(lab);
+    match std::fs::remove_file(&ready_file) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Err(LabError::io("removing stale", &ready_file, error));
+        }
+        _ => {}
+    }
+    let exe = current_exe()?;
+    let argv: Vec<String> = vec![
+        exe.display().to_string(),
+        "agent".into(),
+        "-f".into(),
+        manifests_dir(lab).display().to_string(),
+        "--config".into(),
+        config.display().to_string(),
+        "--ready-file".into(),
+        ready_file.display().to_string(),
+    ];
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| LabError::io("opening", &log, e))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| LabError::io("opening", &log, e))?;
+    let mut command = std::process::Command::new(&exe);
+    command
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    // SAFETY: setsid(2) is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|source| LabError::Spawn {
+        command: argv.join(" "),
+        source,
+    })?;
+    let failed = |message: String| LabError::Agent {
+        message,
+        log: log.clone(),
+        tail: tail(&log, 20),
+    };
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if ready_file.exists() {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(failed(format!("exited before it was ready ({status})")));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(failed(format!(
+                "not ready after {} s",
+                READY_TIMEOUT.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(AgentState {
+        pid: child.id(),
+        argv,
+        log,
+        ready_file,
+        config,
+    })
+}
+
+/// The last `lines` lines of a file.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

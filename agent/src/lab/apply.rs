@@ -1,0 +1,123 @@
+//! `moat lab apply`: makes a running lab match new manifests. Pods keep their addresses;
+//! new pods are created, gone pods removed, changed ports restart the pod's server, and
+//! manifests/cluster.json is replaced atomically (the agent polls it).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::addresses::PodAddresses;
+use super::state::LabState;
+use super::{desired, net, pod, LabError, NameArg};
+use crate::model::PodKey;
+
+#[derive(clap::Args, Debug)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    /// Files or directories of Kubernetes manifests (YAML or JSON).
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+pub fn run(args: ApplyArgs) -> Result<(), LabError> {
+    let mut state = LabState::load(&args.name.name)?;
+    let previous: BTreeMap<PodKey, PodAddresses> = state
+        .pods
+        .values()
+        .map(|p| {
+            (
+                PodKey::new(&p.namespace, &p.name),
+                PodAddresses {
+                    v4: p.ipv4,
+                    v6: p.ipv6,
+                },
+            )
+        })
+        .collect();
+    let desired = desired::compute(&args.files, &previous)?;
+    let mut changes = Vec::new();
+
+    for (key, wanted) in &desired.pods {
+        let id = key.to_string();
+        let Some(current) = state.pods.get(&id).cloned() else {
+            pod::create(&mut state, wanted)?;
+            changes.push(format!(
+                "+ {id} {} {}",
+                wanted.addresses.v4, wanted.addresses.v6
+            ));
+            continue;
+        };
+        let mut updated = current.clone();
+        if current.ipv4 != wanted.addresses.v4 || current.ipv6 != wanted.addresses.v6 {
+            net::address_pod(&current.netns, wanted.addresses.v4, wanted.addresses.v6)?;
+            updated.ipv4 = wanted.addresses.v4;
+            updated.ipv6 = wanted.addresses.v6;
+            changes.push(format!(
+                "~ {id} readdressed {} {}",
+                updated.ipv4, updated.ipv6
+            ));
+            forget(
+                &state,
+                &[current.ipv4.to_string(), current.ipv6.to_string()],
+            );
+        }
+        if current.ports != wanted.ports {
+            pod::stop_server(&current);
+            updated.ports = wanted.ports.clone();
+            updated.server_pid = None;
+            state.pods.insert(id.clone(), updated.clone());
+            state.save()?;
+            updated.server_pid = Some(pod::start_server(&updated)?);
+            changes.push(format!("~ {id} ports changed; server restarted"));
+        }
+        state.pods.insert(id, updated);
+        state.save()?;
+    }
+
+    // The agent sees the new objects before the removed pods go away.
+    desired::write_cluster_json(&state.name, &desired.items)?;
+
+    let gone: Vec<String> = state
+        .pods
+        .values()
+        .filter(|p| {
+            !desired
+                .pods
+                .contains_key(&PodKey::new(&p.namespace, &p.name))
+        })
+        .map(|p| p.key())
+        .collect();
+    for id in gone {
+        if let Some(current) = state.pods.get(&id).cloned() {
+            pod::remove(&current)?;
+            state.pods.remove(&id);
+            state.save()?;
+            forget(
+                &state,
+                &[current.ipv4.to_string(), current.ipv6.to_string()],
+            );
+            changes.push(format!("- {id}"));
+        }
+    }
+    if changes.is_empty() {
+        println!("lab {}: manifests replaced; no pod changes", state.name);
+    } else {
+        println!("lab {}: manifests replaced", state.name);
+        for change in changes {
+            println!("  {change}");
+        }
+    }
+    Ok(())
+}
+
+/// Makes every pod forget the neighbour entries of addresses that moved or went away, so a
+/// later reuse is not sent to a dead MAC address.
+fn forget(state: &LabState, ips: &[String]) {
+    for pod in state.pods.values() {
+        for ip in ips {
+            if let Err(error) = net::forget_neighbor(&pod.netns, ip) {
+                eprintln!("moat lab apply: {error}");
+            }
+        }
+    }
+}

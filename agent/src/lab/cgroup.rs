@@ -1,0 +1,87 @@
+//! The lab's cgroup v2 tree: `<cgroup2>/moat-lab-<name>/<namespace>_<pod>`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::LabError;
+use crate::node::mounts;
+
+/// `<cgroup2 mount>/moat-lab-<name>`.
+pub fn lab_root(lab: &str) -> Result<PathBuf, LabError> {
+    Ok(mounts::cgroup2()?.join(format!("moat-lab-{lab}")))
+}
+
+pub fn pod_dir(root: &Path, namespace: &str, pod: &str) -> PathBuf {
+    root.join(format!("{namespace}_{pod}"))
+}
+
+pub fn create(dir: &Path) -> Result<(), LabError> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(LabError::io("creating cgroup", dir, error)),
+    }
+}
+
+/// Kills every process in `dir` and below (cgroup.kill), then removes the tree bottom-up,
+/// retrying while the dying processes leave. A missing directory is not an error.
+pub fn destroy(dir: &Path) -> Result<(), LabError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let kill = dir.join("cgroup.kill");
+    if let Err(error) = std::fs::write(&kill, "1") {
+        // Older kernels have no cgroup.kill: signal each process instead.
+        tracing::debug!("{}: {error}; killing processes one by one", kill.display());
+        for pid in pids_below(dir) {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match remove_tree(dir) {
+            Ok(()) => return Ok(()),
+            Err(error) if Instant::now() < deadline => {
+                tracing::debug!("{}: {error}; retrying", dir.display());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(error) => return Err(LabError::io("removing cgroup", dir, error)),
+        }
+    }
+}
+
+fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            remove_tree(&entry.path())?;
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Every pid in `dir` and its descendants.
+pub fn pids_below(dir: &Path) -> Vec<i32> {
+    let mut pids: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                pids.extend(pids_below(&entry.path()));
+            }
+        }
+    }
+    pids
+}

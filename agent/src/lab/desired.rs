@@ -1,0 +1,170 @@
+//! From manifests to what the lab should look like: the normalized object list (every pod
+//! dual-stack) that the lab's agent reads, and the pods to run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+
+use super::addresses::{self, PodAddresses};
+use super::state::{write_atomic, PortState};
+use super::{lab_dir, LabError};
+use crate::model::PodKey;
+use crate::sources::manifests::{build_cluster, read_documents};
+
+pub struct DesiredPod {
+    pub key: PodKey,
+    pub addresses: PodAddresses,
+    pub ports: Vec<PortState>,
+}
+
+pub struct Desired {
+    /// Every object read, pods with addresses filled in.
+    pub items: Vec<Value>,
+    pub pods: BTreeMap<PodKey, DesiredPod>,
+    /// hostNetwork pods: listed in the manifests, but not run (the lab never touches the
+    /// host's network namespace).
+    pub host_network: Vec<PodKey>,
+}
+
+fn is_pod(value: &Value) -> bool {
+    value["kind"] == "Pod"
+}
+
+fn pod_key(value: &Value) -> Option<PodKey> {
+    let name = value["metadata"]["name"].as_str()?;
+    let namespace = value["metadata"]["namespace"].as_str().unwrap_or("default");
+    Some(PodKey::new(namespace, name))
+}
+
+/// Addresses in a pod object's status (podIP and podIPs).
+fn given_ips(value: &Value) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = Vec::new();
+    let status = &value["status"];
+    let listed = status["podIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["ip"].as_str());
+    for ip in status["podIP"].as_str().into_iter().chain(listed) {
+        if let Ok(ip) = ip.parse() {
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
+    }
+    ips
+}
+
+/// Writes the pod's addresses into its status, keeping what the manifest gave.
+fn fill(value: &mut Value, addresses: PodAddresses) {
+    let mut ips = given_ips(value);
+    for ip in [IpAddr::V4(addresses.v4), IpAddr::V6(addresses.v6)] {
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    if !value["status"].is_object() {
+        value["status"] = json!({});
+    }
+    if value["status"]["podIP"].as_str().is_none() {
+        value["status"]["podIP"] = json!(addresses.v4.to_string());
+    }
+    value["status"]["podIPs"] = ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect();
+}
+
+/// Reads `paths` and computes the lab's pods; `previous` addresses are kept where possible,
+/// and no pod gets a fresh address that one of them has now.
+pub fn compute(
+    paths: &[PathBuf],
+    previous: &BTreeMap<PodKey, PodAddresses>,
+) -> Result<Desired, LabError> {
+    let mut documents = read_documents(paths)?;
+    let mut given = BTreeMap::new();
+    for document in documents.iter().filter(|d| is_pod(&d.value)) {
+        if document.value["spec"]["hostNetwork"].as_bool() == Some(true) {
+            continue;
+        }
+        if let Some(key) = pod_key(&document.value) {
+            given.insert(key, given_ips(&document.value));
+        }
+    }
+    let avoid: BTreeSet<IpAddr> = previous
+        .values()
+        .flat_map(|a| [IpAddr::V4(a.v4), IpAddr::V6(a.v6)])
+        .collect();
+    let assigned = addresses::assign(&given, previous, &avoid)?;
+    for document in documents.iter_mut().filter(|d| is_pod(&d.value)) {
+        if let Some(addresses) = pod_key(&document.value).and_then(|key| assigned.get(&key)) {
+            fill(&mut document.value, *addresses);
+        }
+    }
+    let loaded = build_cluster(&documents)?;
+    let mut pods = BTreeMap::new();
+    let mut host_network = Vec::new();
+    for (key, pod) in &loaded.cluster.pods {
+        if pod.host_network {
+            host_network.push(key.clone());
+            continue;
+        }
+        let addresses = *assigned
+            .get(key)
+            .ok_or_else(|| LabError::Internal(format!("pod {key} has no lab address")))?;
+        let mut ports: Vec<PortState> = pod
+            .ports
+            .iter()
+            .map(|p| PortState::new(p.port, p.protocol))
+            .collect();
+        ports.sort();
+        ports.dedup();
+        pods.insert(
+            key.clone(),
+            DesiredPod {
+                key: key.clone(),
+                addresses,
+                ports,
+            },
+        );
+    }
+    Ok(Desired {
+        items: documents.into_iter().map(|d| d.value).collect(),
+        pods,
+        host_network,
+    })
+}
+
+pub fn manifests_dir(lab: &str) -> PathBuf {
+    lab_dir(lab).join("manifests")
+}
+
+/// Atomically (re)writes `manifests/cluster.json`: a `kind: List` of every object.
+pub fn write_cluster_json(lab: &str, items: &[Value]) -> Result<PathBuf, LabError> {
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+    let text = serde_json::to_string_pretty(&list)
+        .map_err(|e| LabError::Internal(format!("serializing cluster.json: {e}")))?;
+    let path = manifests_dir(lab).join("cluster.json");
+    write_atomic(&path, text.as_bytes())?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_keeps_given_addresses_and_adds_missing() {
+        let mut pod = json!({"kind": "Pod", "metadata": {"name": "a"}, "status": {"podIPs": [{"ip": "fd00::5"}]}});
+        let addresses = PodAddresses {
+            v4: "10.250.0.1".parse().unwrap(),
+            v6: "fd00::5".parse().unwrap(),
+        };
+        fill(&mut pod, addresses);
+        assert_eq!(pod["status"]["podIP"], "10.250.0.1");
+        assert_eq!(
+            pod["status"]["podIPs"],
+            json!([{"ip": "fd00::5"}, {"ip": "10.250.0.1"}])
+        );
+        assert_eq!(pod_key(&pod), Some(PodKey::new("default", "a")));
+    }
+}

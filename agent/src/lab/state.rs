@@ -1,0 +1,167 @@
+//! `/run/moat/lab/<name>/state.json`: what a lab made. `down` does not need it (it derives
+//! names from the lab name), everything else does.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{lab_dir, LabError};
+use crate::model::Protocol;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LabState {
+    pub name: String,
+    pub bridge_netns: String,
+    /// `<cgroup2>/moat-lab-<name>`.
+    pub cgroup_root: PathBuf,
+    /// Next free bridge port number (veth names in the bridge netns are `vp<n>`).
+    pub next_port: u32,
+    /// Keyed by `namespace/pod`.
+    pub pods: BTreeMap<String, PodState>,
+    pub agent: Option<AgentState>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodState {
+    pub namespace: String,
+    pub name: String,
+    pub netns: String,
+    pub cgroup: PathBuf,
+    /// Name of the pod's port on br0, in the bridge netns.
+    pub bridge_port: String,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
+    pub ports: Vec<PortState>,
+    pub server_pid: Option<u32>,
+    pub log: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PortState {
+    pub port: u16,
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: String,
+}
+
+impl PortState {
+    pub fn new(port: u16, protocol: Protocol) -> Self {
+        Self {
+            port,
+            protocol: protocol.as_str().into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentState {
+    pub pid: u32,
+    pub argv: Vec<String>,
+    pub log: PathBuf,
+    pub ready_file: PathBuf,
+    pub config: PathBuf,
+}
+
+impl PodState {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+pub fn path(name: &str) -> PathBuf {
+    lab_dir(name).join("state.json")
+}
+
+impl LabState {
+    /// Reads the state of lab `name`; `NotFound` when the lab was never made.
+    pub fn load(name: &str) -> Result<Self, LabError> {
+        let path = path(name);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(LabError::NotFound {
+                    name: name.into(),
+                    path,
+                });
+            }
+            Err(error) => return Err(LabError::io("reading", path, error)),
+        };
+        Self::parse(&text, &path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, LabError> {
+        serde_json::from_str(text).map_err(|error| LabError::State {
+            path: path.into(),
+            message: error.to_string(),
+        })
+    }
+
+    /// Writes the state atomically.
+    pub fn save(&self) -> Result<(), LabError> {
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|error| LabError::Internal(format!("serializing state: {error}")))?;
+        write_atomic(&path(&self.name), text.as_bytes())
+    }
+
+    pub fn pod(&self, key: &str) -> Result<&PodState, LabError> {
+        self.pods
+            .get(key)
+            .ok_or_else(|| LabError::UnknownPod(key.into()))
+    }
+}
+
+/// Writes `path` through a hidden temporary file in the same directory and a rename, so
+/// readers (the agent polling the manifests directory) never see half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LabError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let temp = dir.join(format!(".{file_name}.tmp"));
+    std::fs::write(&temp, bytes).map_err(|e| LabError::io("writing", &temp, e))?;
+    std::fs::rename(&temp, path).map_err(|e| LabError::io("renaming into place", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips() {
+        let mut state = LabState {
+            name: "t".into(),
+            bridge_netns: "moat-t-br".into(),
+            cgroup_root: "/sys/fs/cgroup/moat-lab-t".into(),
+            next_port: 1,
+            ..Default::default()
+        };
+        state.pods.insert(
+            "ns/a".into(),
+            PodState {
+                namespace: "ns".into(),
+                name: "a".into(),
+                netns: "moat-t-ns.a".into(),
+                cgroup: "/sys/fs/cgroup/moat-lab-t/ns_a".into(),
+                bridge_port: "vp0".into(),
+                ipv4: Ipv4Addr::new(10, 250, 0, 1),
+                ipv6: "fd6d:6f61:7400::1".parse().unwrap(),
+                ports: vec![PortState::new(80, Protocol::Tcp)],
+                server_pid: Some(42),
+                log: "/run/moat/lab/t/pods/ns_a.log".into(),
+            },
+        );
+        state.agent = Some(AgentState {
+            pid: 7,
+            argv: vec!["moat".into(), "agent".into()],
+            log: "a.log".into(),
+            ready_file: "r".into(),
+            config: "c".into(),
+        });
+        let text = serde_json::to_string(&state).unwrap();
+        assert!(text.contains("\"serverPid\":42"), "{text}");
+        assert_eq!(LabState::parse(&text, Path::new("s")).unwrap(), state);
+        assert!(LabState::parse("{", Path::new("s")).is_err());
+    }
+}

@@ -1,0 +1,112 @@
+//! `moat lab up`: creates a lab from manifests. On any failure it tears down what it made.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::desired::{self, Desired};
+use super::state::LabState;
+use super::{agent, cgroup, down, lab_dir, net, pod, LabError, NameArg};
+
+#[derive(clap::Args, Debug)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    /// Files or directories of Kubernetes manifests (YAML or JSON).
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Do not start the lab's agent (pods only).
+    #[arg(long)]
+    pub no_agent: bool,
+    /// Agent configuration (YAML); the lab overrides instance, cgroupRoot and cgroupLayout.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+pub fn run(args: UpArgs) -> Result<(), LabError> {
+    let name = args.name.name.clone();
+    if down::exists(&name) {
+        return Err(LabError::Exists { name });
+    }
+    // Everything that only reads comes first: bad manifests leave nothing behind.
+    let desired = desired::compute(&args.files, &BTreeMap::new())?;
+    let cgroup_root = cgroup::lab_root(&name)?;
+    let parent = lab_dir(&name)
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    std::fs::create_dir_all(&parent).map_err(|e| LabError::io("creating", &parent, e))?;
+    match std::fs::create_dir(lab_dir(&name)) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(LabError::Exists { name });
+        }
+        Err(error) => return Err(LabError::io("creating", lab_dir(&name), error)),
+    }
+    let mut state = LabState {
+        name: name.clone(),
+        bridge_netns: net::bridge_netns(&name),
+        cgroup_root,
+        ..Default::default()
+    };
+    match build(&mut state, &desired, &args) {
+        Ok(()) => {
+            print_summary(&state, &desired);
+            Ok(())
+        }
+        Err(error) => {
+            eprintln!("moat lab up {name}: failed; cleaning up");
+            if let Err(cleanup) = down::teardown(&name) {
+                eprintln!("moat lab up {name}: cleanup: {cleanup}");
+            }
+            Err(error)
+        }
+    }
+}
+
+fn build(state: &mut LabState, desired: &Desired, args: &UpArgs) -> Result<(), LabError> {
+    let name = state.name.clone();
+    for dir in [desired::manifests_dir(&name), lab_dir(&name).join("pods")] {
+        std::fs::create_dir_all(&dir).map_err(|e| LabError::io("creating", &dir, e))?;
+    }
+    state.save()?;
+    agent::write_config(state, args.config.as_deref())?;
+    net::create_bridge(&state.bridge_netns)?;
+    cgroup::create(&state.cgroup_root)?;
+    for pod in desired.pods.values() {
+        pod::create(state, pod)?;
+    }
+    desired::write_cluster_json(&name, &desired.items)?;
+    if !args.no_agent {
+        state.agent = Some(agent::start(&name)?);
+        state.save()?;
+    }
+    Ok(())
+}
+
+fn print_summary(state: &LabState, desired: &Desired) {
+    println!("lab {} is up: {} pods", state.name, state.pods.len());
+    for pod in state.pods.values() {
+        let ports: Vec<String> = pod
+            .ports
+            .iter()
+            .map(|p| format!("{}/{}", p.port, p.protocol))
+            .collect();
+        println!(
+            "  {:<30} {:<15} {:<24} {}",
+            pod.key(),
+            pod.ipv4,
+            pod.ipv6,
+            ports.join(",")
+        );
+    }
+    for key in &desired.host_network {
+        println!("  {key}: hostNetwork, not run in the lab");
+    }
+    match &state.agent {
+        Some(agent) => println!("agent pid {}, log {}", agent.pid, agent.log.display()),
+        None => println!(
+            "no agent (--no-agent); start one with `moat lab agent start --name {}`",
+            state.name
+        ),
+    }
+}
