@@ -71,7 +71,7 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
     }
     let environment = environment();
     for section in &sections {
-        println!("\n{}", render(section, &command, &environment));
+        println!("\n### {}\n\n{}", section.title, render(section, &command, &environment));
     }
     if let Some(path) = &args.write {
         let path = workspace_root().join(path);
@@ -182,8 +182,7 @@ fn environment() -> String {
 }
 
 fn render(section: &Section, command: &str, environment: &str) -> String {
-    let mut out = format!("### {}\n\n", section.title);
-    out.push_str("| metric | baseline (no program) | moat | ratio |\n");
+    let mut out = String::from("| metric | baseline (no program) | moat | ratio |\n");
     out.push_str("|---|---:|---:|---:|\n");
     for row in &section.rows {
         let ratio = if row.baseline.rate > 0.0 {

@@ -273,7 +273,10 @@ fn install_bpf_linker_command() -> Command {
     let mut cmd = Command::new(cargo);
     // LLVM_PREFIX matters: without it llvm-sys looks in the wrong directory and the link
     // fails with `unable to find library -lLLVM`.
-    cmd.env("LLVM_PREFIX", LLVM_PREFIX)
+    // RUSTC_BOOTSTRAP comes from this workspace's .cargo/config.toml (through `cargo run`);
+    // bpf-linker is an ordinary stable build and should not see it.
+    cmd.env_remove("RUSTC_BOOTSTRAP")
+        .env("LLVM_PREFIX", LLVM_PREFIX)
         .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
         .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"])
         .args(["--no-default-features", "--features", "llvm-22"]);

@@ -110,11 +110,15 @@ pub fn target_dir() -> Result<PathBuf> {
     Ok(PathBuf::from(dir))
 }
 
-/// The agent binary built by `cargo build -p moat-agent`.
+/// The agent binary built by `cargo build -p moat-agent`, or `$MOAT_BIN` if set (as for the
+/// integration tests).
 pub fn moat_bin() -> Result<PathBuf> {
-    let bin = target_dir()?.join("debug").join("moat");
+    let bin = match std::env::var_os("MOAT_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => target_dir()?.join("debug").join("moat"),
+    };
     if !bin.is_file() {
-        bail!("{} does not exist; build it with `cargo build -p moat-agent`", bin.display());
+        bail!("{} does not exist; build it with `cargo build -p moat-agent` (or unset MOAT_BIN)", bin.display());
     }
     Ok(bin)
 }
