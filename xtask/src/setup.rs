@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
 
 use crate::util::{capture, find_on_path, is_root, on_path, render, run, stdout_of};
 
@@ -164,8 +164,15 @@ fn dpkg_versions(packages: &[&str]) -> Result<Vec<(String, String)>> {
 // Rust: rust-src (needed to build `core` for the BPF target)
 
 fn rust_src(args: &SetupArgs, outcome: &mut Outcome) -> Result<()> {
-    let active = sysroot(Command::new("rustc").args(["--print", "sysroot"]))
-        .context("running `rustc --print sysroot`")?;
+    let active = match sysroot(Command::new("rustc").args(["--print", "sysroot"])) {
+        Ok(active) => active,
+        Err(err) => {
+            report("rust-src", &format!("missing (no working rustc: {err:#})"));
+            outcome.problems.push("no working rustc".into());
+            outcome.manual.push("install Rust with rustup (https://rustup.rs), then: rustup component add rust-src".into());
+            return Ok(());
+        }
+    };
     let active_name = toolchain_name(&active);
     let mut toolchains = vec![(active_name.clone(), Some(active))];
 
@@ -249,8 +256,17 @@ fn bpf_linker(args: &SetupArgs, outcome: &mut Outcome) -> Result<()> {
 
     let mut cmd = install_bpf_linker_command();
     let shown = render(&cmd);
-    if args.check || !Path::new(LLVM_PREFIX).join("bin/llvm-config").is_file() {
-        let detail = if args.check { "--check".to_string() } else { format!("{LLVM_PREFIX} missing: install llvm-22-dev first") };
+    let program = PathBuf::from(cmd.get_program());
+    let have_cargo = if program.is_absolute() { program.is_file() } else { on_path(&program.to_string_lossy()) };
+    let have_llvm = Path::new(LLVM_PREFIX).join("bin/llvm-config").is_file();
+    if args.check || !have_cargo || !have_llvm {
+        let detail = if args.check {
+            "--check".to_string()
+        } else if !have_cargo {
+            "no cargo on PATH".to_string()
+        } else {
+            format!("{LLVM_PREFIX} missing: install llvm-22-dev first")
+        };
         report(&item, &format!("missing ({why}; {detail})"));
         outcome.problems.push("bpf-linker missing".into());
         outcome.manual.push(shown);
