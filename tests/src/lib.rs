@@ -1,1 +1,442 @@
+//! Harness for moat's privileged integration tests: drives the built `moat` binary and its
+//! lab (pods as network namespaces plus cgroups on the real kernel).
+//!
+//! Every test needs root. A test that is not root fails with a message saying so; nothing
+//! is skipped silently. Each [`Lab`] gets a unique short name and is torn down by `Drop`,
+//! also when the test panics.
+//!
+//! Failures of the lab commands panic with the command line and its output: these are
+//! assertions, and a test should stop at the first one.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Where the lab keeps per-lab state (the agent's log is `<dir>/<name>/agent.log`).
+pub const LAB_RUN_DIR: &str = "/run/moat/lab";
+
+/// The `moat` binary under test: `$MOAT_BIN`, else `<target>/debug/moat` where `<target>`
+/// is `$CARGO_TARGET_DIR` (relative paths taken from the workspace root) or, failing that,
+/// the target directory this test binary was built into, or `<workspace>/target`.
+///
+/// Panics if it does not exist.
+pub fn moat_bin() -> PathBuf {
+    let candidates = bin_candidates(
+        std::env::var_os("MOAT_BIN").map(PathBuf::from),
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from),
+        std::env::current_exe().ok(),
+    );
+    match candidates.iter().find(|path| path.is_file()) {
+        Some(path) => path.clone(),
+        None => panic!(
+            "the moat binary was not found (looked at {}); build it with `cargo build -p moat-agent` \
+             or point MOAT_BIN at it",
+            candidates.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+fn bin_candidates(
+    moat_bin: Option<PathBuf>,
+    target_dir: Option<PathBuf>,
+    current_exe: Option<PathBuf>,
+) -> Vec<PathBuf> {
+    // MOAT_BIN is taken as given, existing or not: a wrong value should fail loudly.
+    if let Some(bin) = moat_bin {
+        return vec![bin];
+    }
+    let mut candidates = Vec::new();
+    if let Some(dir) = target_dir {
+        candidates.push(workspace_root().join(dir).join("debug/moat"));
+    }
+    // Test binaries live in <target>/debug/deps/.
+    if let Some(deps) = current_exe.as_deref().and_then(Path::parent) {
+        if deps.file_name().is_some_and(|name| name == "deps") {
+            if let Some(profile) = deps.parent() {
+                candidates.push(profile.join("moat"));
+            }
+        }
+    }
+    candidates.push(workspace_root().join("target/debug/moat"));
+    candidates.dedup();
+    candidates
+}
+
+/// Panics unless running as root: the lab creates network namespaces, cgroups and BPF links.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    assert!(
+        uid == 0,
+        "moat integration tests need root (running as uid {uid}); run `cargo xtask test` as root \
+         or `sudo -E cargo test -p moat-integration`"
+    );
+}
+
+/// A lab name unique to this process and call: `t` + pid + `n` + counter (at most 20 chars).
+pub fn unique_name() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("t{}n{n}", std::process::id())
+}
+
+/// The outcome of one probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    Denied,
+    /// Anything else the lab reported (e.g. a timeout), verbatim.
+    Other(String),
+}
+
+impl Verdict {
+    pub fn parse(text: &str) -> Verdict {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "allow" | "allowed" => Verdict::Allowed,
+            "deny" | "denied" => Verdict::Denied,
+            other => Verdict::Other(other.to_string()),
+        }
+    }
+}
+
+/// Options for [`Lab::up`].
+#[derive(Clone, Debug, Default)]
+pub struct UpOptions {
+    /// `--no-agent`: pods only, no program attached.
+    pub no_agent: bool,
+    /// `--config FILE`: the agent's configuration.
+    pub config: Option<PathBuf>,
+}
+
+/// What a command printed.
+#[derive(Debug)]
+pub struct Output {
+    pub command: String,
+    pub success: bool,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// Panics, showing everything, unless the command exited 0.
+    pub fn ok(self) -> Output {
+        if !self.success {
+            panic!("{self}");
+        }
+        self
+    }
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "`{}` exited with {:?}", self.command, self.code)?;
+        writeln!(f, "--- stdout\n{}", self.stdout.trim_end())?;
+        write!(f, "--- stderr\n{}", self.stderr.trim_end())
+    }
+}
+
+fn output_of(cmd: &mut Command) -> Output {
+    let command = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|part| part.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    match cmd.output() {
+        Ok(output) => Output {
+            command,
+            success: output.status.success(),
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        },
+        Err(err) => panic!("could not start `{command}`: {err}"),
+    }
+}
+
+/// A lab brought up for one test; `moat lab down` runs when it is dropped.
+pub struct Lab {
+    moat: PathBuf,
+    name: String,
+}
+
+impl Lab {
+    /// `moat lab up -f FILE... --name <unique> [--no-agent] [--config FILE]`.
+    pub fn up<P: AsRef<Path>>(manifest_files: &[P], options: UpOptions) -> Lab {
+        require_root();
+        // Created before `up` runs so that a half-built lab is torn down as well.
+        let lab = Lab { moat: moat_bin(), name: unique_name() };
+        let mut args: Vec<String> = vec!["up".into(), "--name".into(), lab.name.clone()];
+        for file in manifest_files {
+            args.push("-f".into());
+            args.push(file.as_ref().display().to_string());
+        }
+        if options.no_agent {
+            args.push("--no-agent".into());
+        }
+        if let Some(config) = &options.config {
+            args.push("--config".into());
+            args.push(config.display().to_string());
+        }
+        lab.lab(&args).ok();
+        lab
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `moat lab ARGS...`, whatever its exit status. Add `--name` yourself.
+    pub fn lab<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Output {
+        output_of(Command::new(&self.moat).arg("lab").args(args))
+    }
+
+    /// `moat lab probe --from NS/POD --to NS/POD --port PORT[/PROTO] -o json`.
+    ///
+    /// A denied probe may exit non-zero; only output without a verdict fails the test.
+    pub fn probe(&self, from: &str, to: &str, port: &str) -> Verdict {
+        let output = self.lab(&[
+            "probe", "--name", &self.name, "--from", from, "--to", to, "--port", port, "-o", "json",
+        ]);
+        match parse_probe(&output.stdout) {
+            Some(verdict) => verdict,
+            None => panic!("no verdict in the probe's output\n{output}"),
+        }
+    }
+
+    /// `moat lab probe --matrix --port PORT -o json`: (from, to, verdict) for every pair.
+    pub fn matrix(&self, port: &str) -> Vec<(String, String, Verdict)> {
+        let output = self
+            .lab(&["probe", "--name", &self.name, "--matrix", "--port", port, "-o", "json"])
+            .ok();
+        match parse_matrix(&output.stdout) {
+            Ok(cells) => cells,
+            Err(err) => panic!("unreadable matrix ({err})\n{output}"),
+        }
+    }
+
+    /// `moat lab apply --name N -f FILE...`: add or change objects in the running lab.
+    pub fn apply<P: AsRef<Path>>(&self, manifest_files: &[P]) {
+        let mut args: Vec<String> = vec!["apply".into(), "--name".into(), self.name.clone()];
+        for file in manifest_files {
+            args.push("-f".into());
+            args.push(file.as_ref().display().to_string());
+        }
+        self.lab(&args).ok();
+    }
+
+    /// `moat lab agent start`.
+    pub fn agent_start(&self) {
+        self.lab(&["agent", "start", "--name", &self.name]).ok();
+    }
+
+    /// `moat lab agent stop`: a clean shutdown.
+    pub fn agent_stop(&self) {
+        self.lab(&["agent", "stop", "--name", &self.name]).ok();
+    }
+
+    /// `moat lab agent kill`: SIGKILL, as if the agent crashed.
+    pub fn agent_kill(&self) {
+        self.lab(&["agent", "kill", "--name", &self.name]).ok();
+    }
+
+    /// The lab agent's log so far (empty if it has not written one).
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(Path::new(LAB_RUN_DIR).join(&self.name).join("agent.log"))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Never panic here: this also runs while a failed test unwinds.
+        let output = output_of(Command::new(&self.moat).args(["lab", "down", "--name", &self.name]));
+        if !output.success {
+            eprintln!("warning: tearing down lab {}: {output}", self.name);
+        }
+    }
+}
+
+/// The verdict in `moat lab probe -o json` output: `{"verdict":"allow",...}`.
+fn parse_probe(stdout: &str) -> Option<Verdict> {
+    let value: serde_json::Value = serde_json::from_str(stdout.trim()).ok()?;
+    value.get("verdict")?.as_str().map(Verdict::parse)
+}
+
+/// The cells of `moat lab probe --matrix -o json` output: either an array of
+/// `{"from":..,"to":..,"verdict":..}` or an object holding such an array. An endpoint is
+/// `"ns/pod"` or `{"namespace":..,"name":..}`.
+fn parse_matrix(stdout: &str) -> Result<Vec<(String, String, Verdict)>, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(stdout.trim()).map_err(|err| format!("not JSON: {err}"))?;
+    let cells = match &value {
+        serde_json::Value::Array(cells) => cells,
+        serde_json::Value::Object(fields) => fields
+            .values()
+            .find_map(|field| field.as_array())
+            .ok_or("no array of cells in the object")?,
+        _ => return Err("neither an array nor an object".into()),
+    };
+    cells
+        .iter()
+        .map(|cell| {
+            let from = endpoint(&cell["from"]).ok_or_else(|| format!("cell without \"from\": {cell}"))?;
+            let to = endpoint(&cell["to"]).ok_or_else(|| format!("cell without \"to\": {cell}"))?;
+            let verdict = cell["verdict"]
+                .as_str()
+                .map(Verdict::parse)
+                .ok_or_else(|| format!("cell without \"verdict\": {cell}"))?;
+            Ok((from, to, verdict))
+        })
+        .collect()
+}
+
+fn endpoint(value: &serde_json::Value) -> Option<String> {
+    if let Some(text) = value.as_str() {
+        return Some(text.to_string());
+    }
+    let namespace = value.get("namespace")?.as_str()?;
+    let name = value.get("name").or_else(|| value.get("pod"))?.as_str()?;
+    Some(format!("{namespace}/{name}"))
+}
+
+/// Manifest files for one test, in a temporary directory removed on drop.
+pub struct Manifests {
+    dir: tempfile::TempDir,
+}
+
+impl Manifests {
+    pub fn new() -> Manifests {
+        let dir = tempfile::Builder::new()
+            .prefix("moat-test-")
+            .tempdir()
+            .unwrap_or_else(|err| panic!("creating a temporary directory: {err}"));
+        Manifests { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `yaml` to `<dir>/<file_name>` and returns the path.
+    pub fn write(&self, file_name: &str, yaml: &str) -> PathBuf {
+        let path = self.dir.path().join(file_name);
+        std::fs::write(&path, yaml).unwrap_or_else(|err| panic!("writing {}: {err}", path.display()));
+        path
+    }
+}
+
+impl Default for Manifests {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A `v1/Namespace` manifest.
+pub fn namespace_yaml(name: &str, labels: &[(&str, &str)]) -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n{}",
+        labels_yaml("  ", labels)
+    )
+}
+
+/// A `v1/Pod` manifest with one container serving `ports` (`(port, "TCP" | "UDP")`).
+pub fn pod_yaml(namespace: &str, name: &str, labels: &[(&str, &str)], ports: &[(u16, &str)]) -> String {
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n{}",
+        labels_yaml("  ", labels)
+    );
+    yaml.push_str("spec:\n  containers:\n    - name: app\n      image: registry.k8s.io/e2e-test-images/agnhost:2.53\n");
+    if !ports.is_empty() {
+        yaml.push_str("      ports:\n");
+        for (port, protocol) in ports {
+            yaml.push_str(&format!("        - containerPort: {port}\n          protocol: {protocol}\n"));
+        }
+    }
+    yaml
+}
+
+fn labels_yaml(indent: &str, labels: &[(&str, &str)]) -> String {
+    if labels.is_empty() {
+        return String::new();
+    }
+    let mut yaml = format!("{indent}labels:\n");
+    for (key, value) in labels {
+        yaml.push_str(&format!("{indent}  {key}: {value:?}\n"));
+    }
+    yaml
+}
+
+/// Joins manifests into one multi-document YAML file body.
+pub fn documents(manifests: &[String]) -> String {
+    manifests.iter().map(|doc| doc.trim_end()).collect::<Vec<_>>().join("\n---\n") + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_names_are_short_and_distinct() {
+        let (a, b) = (unique_name(), unique_name());
+        assert_ne!(a, b);
+        assert!(a.starts_with('t') && a.len() <= 20, "{a}");
+        // Even with the largest pid Linux hands out and a large counter.
+        assert!(format!("t{}n{}", 4_194_304, 99_999).len() <= 20);
+    }
+
+    #[test]
+    fn moat_bin_prefers_moat_bin_then_target_dir_then_the_test_binary_location() {
+        let explicit = bin_candidates(Some("/x/moat".into()), Some("/t".into()), None);
+        assert_eq!(explicit, vec![PathBuf::from("/x/moat")]);
+        let found = bin_candidates(None, Some("/t".into()), Some("/b/debug/deps/lab_smoke-123".into()));
+        assert_eq!(found[0], PathBuf::from("/t/debug/moat"));
+        assert_eq!(found[1], PathBuf::from("/b/debug/moat"));
+        assert_eq!(found[2], workspace_root().join("target/debug/moat"));
+        let relative = bin_candidates(None, Some("tgt".into()), None);
+        assert_eq!(relative[0], workspace_root().join("tgt/debug/moat"));
+    }
+
+    #[test]
+    fn parses_probe_output() {
+        assert_eq!(parse_probe(r#"{"from":"a/x","to":"b/y","verdict":"allowed"}"#), Some(Verdict::Allowed));
+        assert_eq!(parse_probe(r#"{"verdict":"DENY"}"#), Some(Verdict::Denied));
+        assert_eq!(parse_probe(r#"{"verdict":"timeout"}"#), Some(Verdict::Other("timeout".into())));
+        assert_eq!(parse_probe("allowed"), None);
+    }
+
+    #[test]
+    fn parses_matrix_output() {
+        let flat = r#"[{"from":"a/x","to":"b/y","verdict":"allow"},
+                       {"from":{"namespace":"b","name":"y"},"to":"a/x","verdict":"deny"}]"#;
+        assert_eq!(
+            parse_matrix(flat).unwrap(),
+            vec![
+                ("a/x".into(), "b/y".into(), Verdict::Allowed),
+                ("b/y".into(), "a/x".into(), Verdict::Denied)
+            ]
+        );
+        let wrapped = r#"{"port":"80/TCP","cells":[{"from":"a/x","to":"a/x","verdict":"allow"}]}"#;
+        assert_eq!(parse_matrix(wrapped).unwrap().len(), 1);
+        assert!(parse_matrix(r#"[{"from":"a/x"}]"#).is_err());
+        assert!(parse_matrix("a/x -> b/y allow").is_err());
+    }
+
+    #[test]
+    fn writes_manifests() {
+        let manifests = Manifests::new();
+        let body = documents(&[
+            namespace_yaml("smoke", &[("tenant", "a")]),
+            pod_yaml("smoke", "web", &[("app", "web")], &[(80, "TCP")]),
+        ]);
+        let path = manifests.write("smoke.yaml", &body);
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(text.contains("kind: Namespace\nmetadata:\n  name: smoke\n  labels:\n    tenant: \"a\"\n---\n"));
+        assert!(text.contains("        - containerPort: 80\n          protocol: TCP\n"));
+    }
+}

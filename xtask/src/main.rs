@@ -1,1 +1,81 @@
-fn main() {}
+//! Developer tasks: `cargo xtask setup | test | demo | bench`.
+
+mod bench;
+mod demo;
+mod setup;
+mod util;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use util::{cargo, run};
+
+/// The eBPF crate only builds for the BPF target (agent/build.rs does that through
+/// aya-build); compiled for the host it clashes with std and its `moat` binary would
+/// overwrite the agent's target/debug/moat.
+const HOST_EXCLUDE: &[&str] = &["--exclude", "moat-ebpf"];
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "moat developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Check and install (Debian, root) everything the build and the tests need.
+    Setup(setup::SetupArgs),
+    /// setup, build, clippy, then every test of the workspace (integration tests need root).
+    Test,
+    /// setup, build, then a demo lab: reachability matrix and one deny event.
+    Demo,
+    /// setup, build, then benchmarks: moat attached versus no program attached.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    util::catch_interrupts();
+    let result = match cli.command {
+        Task::Setup(args) => setup::run_setup(&args),
+        Task::Test => test(),
+        Task::Demo => demo::run_demo(),
+        Task::Bench(args) => bench::run_bench(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            if util::interrupted() {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn test() -> Result<()> {
+    setup::run_setup(&setup::SetupArgs::default())?;
+    util::check_interrupt()?;
+    run(cargo().args(["build", "--workspace", "--all-targets"]).args(HOST_EXCLUDE))?;
+    util::check_interrupt()?;
+    let clippy = util::capture(cargo().args(["clippy", "--version"]))
+        .map(|output| output.status.success())
+        .unwrap_or(false);
+    if clippy {
+        run(cargo()
+            .args(["clippy", "--workspace", "--all-targets"])
+            .args(HOST_EXCLUDE)
+            .args(["--", "-D", "warnings"]))?;
+    } else {
+        eprintln!("clippy is not installed; skipping the lint step (`rustup component add clippy`)");
+    }
+    util::check_interrupt()?;
+    // The integration tests (package moat-integration) run the agent binary just built.
+    let moat = util::moat_bin()?;
+    run(cargo().args(["test", "--workspace", "--no-fail-fast"]).args(HOST_EXCLUDE).env("MOAT_BIN", moat))
+}

@@ -1,0 +1,254 @@
+//! `cargo xtask bench`: measurements in a lab, moat versus no program attached.
+//!
+//! Each section is one function returning a [`Section`]; `run_bench` runs them in order and
+//! `--write` replaces each one's marked block (`<!-- bench:ID -->` … `<!-- /bench:ID -->`) in
+//! the given markdown file. To add a section (policy scale, watch latency, detector overhead),
+//! write `fn policy_scale(ctx: &Context) -> Result<Section>` and list it in `SECTIONS`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::util::{cargo, check_interrupt, run, stdout_of, workspace_root, Lab};
+
+const REPEATS: usize = 3;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Seconds per measurement (each one is repeated 3 times; the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u32,
+    /// Replace the marked sections of this markdown file (relative to the workspace root),
+    /// e.g. docs/benchmarks.md.
+    #[arg(long, value_name = "FILE")]
+    pub write: Option<PathBuf>,
+}
+
+/// What every section gets.
+pub struct Context {
+    pub moat: PathBuf,
+    pub seconds: u32,
+}
+
+/// One section's result.
+pub struct Section {
+    /// The marker id: `<!-- bench:ID -->`.
+    pub id: &'static str,
+    pub title: &'static str,
+    pub rows: Vec<Row>,
+}
+
+pub struct Row {
+    pub metric: String,
+    pub baseline: Measurement,
+    pub moat: Measurement,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Measurement {
+    pub rate: f64,
+    pub unit: String,
+}
+
+type SectionFn = fn(&Context) -> Result<Section>;
+const SECTIONS: &[SectionFn] = &[foundation];
+
+pub fn run_bench(args: &BenchArgs) -> Result<()> {
+    if args.seconds == 0 {
+        bail!("--seconds must be at least 1");
+    }
+    crate::setup::run_setup(&crate::setup::SetupArgs::default())?;
+    check_interrupt()?;
+    run(cargo().args(["build", "-p", "moat-agent"]))?;
+    check_interrupt()?;
+    let ctx = Context { moat: crate::util::moat_bin()?, seconds: args.seconds };
+
+    let command = command_line(args);
+    let mut sections = Vec::new();
+    for section in SECTIONS {
+        sections.push(section(&ctx)?);
+    }
+    let environment = environment();
+    for section in &sections {
+        println!("\n### {}\n\n{}", section.title, render(section, &command, &environment));
+    }
+    if let Some(path) = &args.write {
+        let path = workspace_root().join(path);
+        let mut text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        for section in &sections {
+            text = replace_section(&text, section.id, &render(section, &command, &environment))
+                .with_context(|| format!("updating {}", path.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Sections
+
+/// TCP request/response rate and bulk throughput between two pods of one tenant.
+fn foundation(ctx: &Context) -> Result<Section> {
+    const LAB: &str = "bench";
+    const FROM: &str = "bench/client";
+    const TO: &str = "bench/server";
+    const PORT: &str = "8080";
+    let modes = [("TCP request/response", "rr"), ("TCP stream", "stream")];
+
+    println!("\n== foundation: lab {LAB:?}, no program attached");
+    let manifests = workspace_root().join("xtask/bench");
+    let lab = Lab::up(&ctx.moat, LAB, &[manifests], &["--no-agent"])?;
+    let mut baseline = Vec::new();
+    for (_, mode) in modes {
+        baseline.push(median_of(REPEATS, || lab_bench(&lab, FROM, TO, PORT, mode, ctx.seconds))?);
+    }
+
+    println!("\n== foundation: moat attached");
+    run(lab.command().args(["agent", "start", "--name", LAB]))?;
+    let mut attached = Vec::new();
+    for (_, mode) in modes {
+        attached.push(median_of(REPEATS, || lab_bench(&lab, FROM, TO, PORT, mode, ctx.seconds))?);
+    }
+    drop(lab);
+
+    let rows = modes
+        .iter()
+        .zip(baseline.into_iter().zip(attached))
+        .map(|((metric, _), (baseline, moat))| Row { metric: metric.to_string(), baseline, moat })
+        .collect();
+    Ok(Section { id: "foundation", title: "Foundation: same-tenant TCP between two lab pods", rows })
+}
+
+// ---------------------------------------------------------------------------------------
+// Measuring
+
+/// One `moat lab bench` run.
+fn lab_bench(lab: &Lab, from: &str, to: &str, port: &str, mode: &str, seconds: u32) -> Result<Measurement> {
+    check_interrupt()?;
+    let mut cmd = lab.command();
+    cmd.args(["bench", "--name", lab.name(), "--from", from, "--to", to, "--port", port])
+        .args(["--mode", mode, "--seconds", &seconds.to_string(), "-o", "json"]);
+    eprintln!("$ {}", crate::util::render(&cmd));
+    let text = stdout_of(&mut cmd)?;
+    let measurement = parse_measurement(&text)?;
+    eprintln!("  {mode}: {:.1} {}", measurement.rate, measurement.unit);
+    Ok(measurement)
+}
+
+/// `{"mode":"rr","seconds":5.0,"ops":12345,"rate":2469.0,"unit":"transactions/s"}`
+fn parse_measurement(text: &str) -> Result<Measurement> {
+    let line = text.lines().rev().find(|line| line.trim_start().starts_with('{')).unwrap_or(text);
+    let value: serde_json::Value = serde_json::from_str(line.trim())
+        .with_context(|| format!("`moat lab bench` printed no JSON object: {text:?}"))?;
+    let rate = value["rate"].as_f64().with_context(|| format!("no numeric \"rate\" in {line}"))?;
+    let unit = value["unit"].as_str().unwrap_or("ops/s").to_string();
+    Ok(Measurement { rate, unit })
+}
+
+/// Runs `measure` `times` times and returns the run with the median rate.
+fn median_of(times: usize, mut measure: impl FnMut() -> Result<Measurement>) -> Result<Measurement> {
+    let mut runs = (0..times).map(|_| measure()).collect::<Result<Vec<_>>>()?;
+    median(&mut runs).context("no measurements")
+}
+
+fn median(runs: &mut [Measurement]) -> Option<Measurement> {
+    runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    runs.get(runs.len().checked_sub(1)? / 2).cloned()
+}
+
+// ---------------------------------------------------------------------------------------
+// Reporting
+
+fn command_line(args: &BenchArgs) -> String {
+    let mut command = format!("cargo xtask bench --seconds {}", args.seconds);
+    if let Some(path) = &args.write {
+        command.push_str(&format!(" --write {}", path.display()));
+    }
+    command
+}
+
+/// Kernel and CPU count: numbers mean little without them.
+fn environment() -> String {
+    let kernel = stdout_of(Command::new("uname").arg("-r")).map(|text| text.trim().to_string());
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).ok();
+    match (kernel, cpus) {
+        (Ok(kernel), Some(cpus)) => format!("Linux {kernel}, {cpus} CPUs"),
+        (Ok(kernel), None) => format!("Linux {kernel}"),
+        _ => "unknown machine".to_string(),
+    }
+}
+
+fn render(section: &Section, command: &str, environment: &str) -> String {
+    let mut out = String::from("| metric | baseline (no program) | moat | ratio |\n");
+    out.push_str("|---|---:|---:|---:|\n");
+    for row in &section.rows {
+        let ratio = if row.baseline.rate > 0.0 {
+            format!("{:.3}", row.moat.rate / row.baseline.rate)
+        } else {
+            "n/a".to_string()
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {ratio} |\n",
+            row.metric,
+            format_rate(&row.baseline),
+            format_rate(&row.moat)
+        ));
+    }
+    out.push_str(&format!(
+        "\nMedian of {REPEATS} runs each; {environment}. Command:\n\n```\n{command}\n```\n"
+    ));
+    out
+}
+
+fn format_rate(measurement: &Measurement) -> String {
+    format!("{:.1} {}", measurement.rate, measurement.unit)
+}
+
+/// Replaces what lies between `<!-- bench:ID -->` and `<!-- /bench:ID -->`.
+fn replace_section(text: &str, id: &str, body: &str) -> Result<String> {
+    let open = format!("<!-- bench:{id} -->");
+    let close = format!("<!-- /bench:{id} -->");
+    let start = text.find(&open).with_context(|| format!("no {open} marker"))? + open.len();
+    let end = text[start..].find(&close).with_context(|| format!("no {close} marker after {open}"))? + start;
+    Ok(format!("{}\n{}\n{}", &text[..start], body.trim_end(), &text[end..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(rate: f64) -> Measurement {
+        Measurement { rate, unit: "transactions/s".into() }
+    }
+
+    #[test]
+    fn parses_lab_bench_json() {
+        let text = r#"{"mode":"rr","seconds":5.0,"ops":12345,"rate":2469.0,"unit":"transactions/s"}"#;
+        assert_eq!(parse_measurement(text).unwrap(), m(2469.0));
+    }
+
+    #[test]
+    fn rejects_output_without_a_rate() {
+        assert!(parse_measurement("{\"mode\":\"rr\"}").is_err());
+        assert!(parse_measurement("oops").is_err());
+    }
+
+    #[test]
+    fn median_of_three() {
+        assert_eq!(median(&mut [m(3.0), m(1.0), m(2.0)]), Some(m(2.0)));
+        assert_eq!(median(&mut []), None);
+    }
+
+    #[test]
+    fn replaces_only_the_marked_section() {
+        let text = "# B\n\n<!-- bench:foundation -->\nold\n<!-- /bench:foundation -->\n\ntail\n";
+        let out = replace_section(text, "foundation", "new\n").unwrap();
+        assert_eq!(out, "# B\n\n<!-- bench:foundation -->\nnew\n<!-- /bench:foundation -->\n\ntail\n");
+        // Idempotent on its own output.
+        assert_eq!(replace_section(&out, "foundation", "new").unwrap(), out);
+        assert!(replace_section("no markers", "foundation", "x").is_err());
+    }
+}
