@@ -16,7 +16,7 @@ use aya::{Ebpf, EbpfLoader};
 use super::bpffs::PinDirs;
 use super::KernelError;
 
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/moat"));
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/moat-programs"));
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
