@@ -29,10 +29,12 @@ pub struct DenyEvent {
     pub local_port: u16,
     pub remote_port: u16,
     pub _pad2: u32,
+    /// For a NetworkPolicy deny: the local pod's isolating policy set.
+    pub policy_set: u64,
 }
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integers only, no implicit padding (size asserted below).
 unsafe impl aya::Pod for DenyEvent {}
 
-const _: () = assert!(core::mem::size_of::<DenyEvent>() == 80);
+const _: () = assert!(core::mem::size_of::<DenyEvent>() == 88);

@@ -13,6 +13,7 @@ pub mod names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const EVENTS: &str = "EVENTS";
     pub const EVENTS_LOST: &str = "EVENTS_LOST";
+    pub const POLICY_RULES: &str = "POLICY_RULES";
 }
 
 /// Capacities; the agent refuses a model that would not fit rather than writing part of it.
@@ -25,10 +26,19 @@ pub mod capacity {
     pub const FLOWS: u32 = 262_144;
     pub const COUNTERS: u32 = 16_384;
     pub const EVENTS_BYTES: u32 = 1 << 22;
+    pub const POLICY_RULES: u32 = 1 << 20;
 }
 
 /// Endpoint is known by IP but its pod is not yet attributable (cluster CIDR, no pod yet).
 pub const ENDPOINT_PENDING: u32 = 1;
+/// Not a pod: an address range named only by NetworkPolicy ipBlocks. Follows the
+/// unknown-endpoint rule, but carries a CIDR identity for policy matching.
+pub const ENDPOINT_EXTERNAL: u32 = 2;
+
+/// Policy-set id of an endpoint no NetworkPolicy isolates (in that direction).
+pub const NOT_ISOLATED: u64 = 0;
+/// Identity that stands for every peer (a rule without `from`/`to`).
+pub const IDENTITY_ANY: u64 = u64::MAX;
 
 /// What the datapath knows about one end of a flow.
 #[repr(C)]
@@ -36,6 +46,13 @@ pub const ENDPOINT_PENDING: u32 = 1;
 pub struct Endpoint {
     /// Stable 64-bit id of the tenant (see the agent's `model::TenantId`); 0 is never a tenant.
     pub tenant: u64,
+    /// Peer identity for NetworkPolicy: a pod's (namespace, labels, named ports), or an
+    /// address range's. 0: none.
+    pub identity: u64,
+    /// Policy set isolating this pod's ingress, `NOT_ISOLATED` if none.
+    pub ingress_policy: u64,
+    /// Policy set isolating this pod's egress, `NOT_ISOLATED` if none.
+    pub egress_policy: u64,
     /// Shared-service id this endpoint belongs to, 0 for none.
     pub shared: u32,
     /// `ENDPOINT_*` flags.
@@ -43,10 +60,22 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub const EMPTY: Self = Self { tenant: 0, shared: 0, flags: 0 };
+    pub const EMPTY: Self = Self {
+        tenant: 0,
+        identity: 0,
+        ingress_policy: NOT_ISOLATED,
+        egress_policy: NOT_ISOLATED,
+        shared: 0,
+        flags: 0,
+    };
+    pub const PENDING: Self = Self { flags: ENDPOINT_PENDING, ..Self::EMPTY };
 
     pub const fn is_pending(&self) -> bool {
         self.flags & ENDPOINT_PENDING != 0
+    }
+
+    pub const fn is_external(&self) -> bool {
+        self.flags & ENDPOINT_EXTERNAL != 0
     }
 }
 
@@ -80,6 +109,31 @@ pub struct TenantPairKey {
 pub const UNKNOWN_DENY: u32 = 0;
 pub const UNKNOWN_ALLOW: u32 = 1;
 
+/// The data of a `POLICY_RULES` LPM key: a policy set allows `identity` on `protocol` and a
+/// port prefix. Matching is on bytes in memory order, so the port is big-endian and last;
+/// a prefix covering set and identity only allows every protocol and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyMatch {
+    pub set: u64,
+    pub identity: u64,
+    pub protocol: u8,
+    pub port: [u8; 2],
+    pub _pad: [u8; 5],
+}
+
+/// Bits of `PolicyMatch` that can take part in a prefix.
+pub const POLICY_SET_IDENTITY_BITS: u32 = 128;
+pub const POLICY_FULL_BITS: u32 = 128 + 8 + 16;
+
+impl PolicyMatch {
+    pub const fn new(set: u64, identity: u64, protocol: u8, port: u16) -> Self {
+        Self { set, identity, protocol, port: port.to_be_bytes(), _pad: [0; 5] }
+    }
+}
+
+pub const SETTING_DEFAULT_DENY_IN_TENANT: u32 = 1;
+
 /// Single entry of the `SETTINGS` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -92,6 +146,9 @@ pub struct Settings {
     /// Non-zero once an agent has written a complete state; until then every program allows,
     /// so attaching before the first sync cannot cut a node off.
     pub ready: u32,
+    /// `SETTING_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
 }
 
 /// A flow as seen from its local end: keyed by the local socket's cgroup rather than its
@@ -162,18 +219,20 @@ mod pod_impls {
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for CounterKey {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for PolicyMatch {}
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<Endpoint>() == 16);
+    assert!(core::mem::size_of::<Endpoint>() == 40);
     assert!(core::mem::size_of::<NetworkKey>() == 20);
     assert!(core::mem::size_of::<SharedPortKey>() == 8);
     assert!(core::mem::size_of::<TenantPairKey>() == 16);
-    assert!(core::mem::size_of::<Settings>() == 16);
+    assert!(core::mem::size_of::<Settings>() == 24);
     assert!(core::mem::size_of::<FlowKey>() == 32);
     assert!(core::mem::size_of::<FlowState>() == 32);
     assert!(core::mem::size_of::<CounterKey>() == 16);
     assert!(core::mem::size_of::<Counter>() == 16);
+    assert!(core::mem::size_of::<PolicyMatch>() == 24);
 };
 
 /// IPv4 address (network order octets) as the 16-byte IPv4-mapped form used as map key.
