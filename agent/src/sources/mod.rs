@@ -1,1 +1,4 @@
-//! TODO
+//! Where the cluster comes from: manifest files on disk, re-read when they change.
+
+pub mod manifests;
+pub mod watch;
