@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -115,7 +116,12 @@ impl ManifestWatcher {
             }
         }
         let hashed_at = SystemTime::now();
-        let hash: [u8; 32] = Sha256::digest(fs::read(path)?).into();
+        // Bounded: the file may have grown since metadata() was taken.
+        let mut contents = Vec::new();
+        fs::File::open(path)?
+            .take(MAX_FILE_BYTES + 1)
+            .read_to_end(&mut contents)?;
+        let hash: [u8; 32] = Sha256::digest(&contents).into();
         self.hashes.insert(
             path.clone(),
             CachedHash {
