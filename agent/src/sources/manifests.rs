@@ -19,6 +19,7 @@
 
 mod build;
 mod error;
+mod policy;
 mod read;
 
 use std::collections::BTreeMap;

@@ -9,6 +9,7 @@ use k8s_openapi::api::networking::v1 as networking;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 
+use super::policy;
 use super::read::{header, invalid, object_name};
 use super::{Document, Loaded, ManifestError, Origin, MAX_OBJECTS};
 use crate::model::{Cluster, ContainerPort, Namespace, ObjectKey, Pod, Protocol};
@@ -114,6 +115,7 @@ impl Builder {
             }
             _ => {
                 let policy: networking::NetworkPolicy = decode(&cx, &document.value)?;
+                policy::validate(&policy).map_err(|(field, message)| cx.error(&field, message))?;
                 let key = namespaced_key(&cx, &policy.metadata)?;
                 self.first_definition("NetworkPolicy", &key.namespace, &key.name, &cx)?;
                 self.cluster.network_policies.insert(key, policy);
