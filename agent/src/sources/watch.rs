@@ -107,7 +107,10 @@ impl ManifestWatcher {
         }
         let modified = metadata.modified()?;
         if let Some(cached) = self.hashes.get(path) {
-            let settled = modified + RACY_WINDOW < cached.hashed_at;
+            // checked: a far-future mtime must not overflow (and is never settled).
+            let settled = modified
+                .checked_add(RACY_WINDOW)
+                .is_some_and(|t| t < cached.hashed_at);
             if cached.stat == stat && settled {
                 return Ok(FileState {
                     stat,

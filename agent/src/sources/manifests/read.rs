@@ -112,6 +112,12 @@ fn parse_file(path: &Path, text: &str, out: &mut Vec<Document>) -> Result<(), Ma
             add_document(origin(index + 1), value, out)?;
         }
     } else {
+        if let Some((document, line)) = too_deep(text) {
+            let message = format!(
+                "line {line}: brackets nested more than {MAX_FLOW_DEPTH} deep; refused, as the YAML parser slows down quadratically on them"
+            );
+            return Err(syntax(document, message));
+        }
         for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
             let value = Value::deserialize(document)
                 .map_err(|e| syntax(index + 1, format!("invalid YAML: {e}")))?;
@@ -119,6 +125,39 @@ fn parse_file(path: &Path, text: &str, out: &mut Vec<Document>) -> Result<(), Ma
         }
     }
     Ok(())
+}
+
+/// Deeper than any real manifest; the parser refuses depth 128 anyway, but only after
+/// scanning the whole nest in time quadratic in its depth.
+const MAX_FLOW_DEPTH: usize = 1000;
+
+/// Finds `[`/`{` nesting deeper than `MAX_FLOW_DEPTH`, counting every bracket (also in
+/// strings: a conservative over-count only matters for text no manifest contains). Returns
+/// the (document, line) where it happens; the document is counted from `---` lines.
+fn too_deep(text: &str) -> Option<(usize, usize)> {
+    let mut depth = 0usize;
+    let mut separators = 0;
+    let mut content_before_separator = false;
+    for (index, line) in text.lines().enumerate() {
+        if line.starts_with("---") {
+            separators += 1;
+        } else if separators == 0 && !line.trim().is_empty() && !line.trim_start().starts_with('#')
+        {
+            content_before_separator = true;
+        }
+        for byte in line.bytes() {
+            match byte {
+                b'[' | b'{' => depth += 1,
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            if depth > MAX_FLOW_DEPTH {
+                let document = (separators + usize::from(content_before_separator)).max(1);
+                return Some((document, index + 1));
+            }
+        }
+    }
+    None
 }
 
 /// Appends one document, or the items of a List.

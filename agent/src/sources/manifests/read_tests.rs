@@ -288,3 +288,37 @@ fn yaml_alias_bomb_is_refused_not_expanded() {
     }
     assert!(read_text("bomb.yaml", &text).is_err());
 }
+
+#[test]
+fn deep_nesting_is_an_error_not_a_stack_overflow() {
+    let depth = 100_000;
+    let start = std::time::Instant::now();
+    let yaml = format!(
+        "apiVersion: v1\nkind: A\n---\nx: {}{}\n",
+        "[".repeat(depth),
+        "]".repeat(depth)
+    );
+    let error = read_error("deep.yaml", &yaml);
+    assert!(
+        error.contains("deep.yaml (document 2): line 4: brackets nested more than 1000"),
+        "{error}"
+    );
+    // Within the guard, the parser's own limit (128) still refuses it.
+    let yaml = format!(
+        "apiVersion: v1\nkind: A\nx: {}{}\n",
+        "[".repeat(999),
+        "]".repeat(999)
+    );
+    assert!(read_error("deep.yaml", &yaml).contains("recursion limit"));
+    let json = format!(
+        r#"{{"apiVersion":"v1","kind":"A","x":{}{}}}"#,
+        "[".repeat(depth),
+        "]".repeat(depth)
+    );
+    assert!(read_text("deep.json", &json).is_err());
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+}
