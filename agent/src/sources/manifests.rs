@@ -1,180 +1,86 @@
-//! TEMPORARY minimal manifest reader for `moat lab` (same signatures as the real one being
-//! written on the `sources` branch, which replaces this file on merge).
+//! The manifests policy source: Kubernetes objects read from YAML or JSON files (hand-written,
+//! or `kubectl get pods,namespaces,networkpolicies -A -o yaml` output) and turned into the
+//! [`Cluster`] model.
+//!
+//! Input is checked strictly, because a security agent must not quietly enforce less than the
+//! files say: every problem is an error naming the file, the document (and List item), the
+//! object and the field. Two things are deliberately lenient:
+//! - Unknown fields inside objects are accepted. `kubectl` output from newer clusters carries
+//!   fields the bundled k8s-openapi types do not know, and refusing them would make the agent
+//!   unusable after a cluster upgrade; they never feed the model.
+//! - Kinds other than Namespace, Pod and NetworkPolicy are skipped and counted in
+//!   [`Loaded::skipped`], so a full dump of a namespace can be fed in as-is. An object of the
+//!   same kind in another API group (Calico's `projectcalico.org/v3` NetworkPolicy) is another
+//!   resource and is counted as `Kind (apiVersion)`; an old version of a supported object
+//!   (`extensions/v1beta1` NetworkPolicy) is an error, as skipping it would drop policy.
+//!
+//! Directories are read non-recursively; names starting with `.` are ignored (editor lock and
+//! swap files, the `..data` links of ConfigMap volumes).
+
+mod build;
+mod error;
+mod policy;
+mod read;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::fmt;
+use std::path::PathBuf;
 
-use serde::Deserialize;
-use serde_json::Value;
+use crate::model::Cluster;
 
-use crate::model::{Cluster, ContainerPort, Namespace, Pod, PodKey, Protocol};
+pub use build::build_cluster;
+pub use error::ManifestError;
+pub(crate) use read::list_files;
+pub use read::read_documents;
 
+/// Largest file read; a bigger one is an error rather than a memory spike.
+pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// Most objects (after List flattening) across all files of one load.
+pub const MAX_OBJECTS: usize = 100_000;
+
+/// Where an object came from: file path plus document index (and List item index), for
+/// errors. Both indexes count from 1, as a person counts: `document 2` is the second YAML
+/// document of the file, `item 5` the fifth entry of its `items`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Origin {
     pub file: PathBuf,
     pub document: usize,
     pub item: Option<usize>,
 }
 
-pub struct Document {
-    pub origin: Origin,
-    pub value: Value,
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (document {}", self.file.display(), self.document)?;
+        if let Some(item) = self.item {
+            write!(f, ", item {item}")?;
+        }
+        f.write_str(")")
+    }
 }
 
+/// One raw Kubernetes object as read from a file.
+#[derive(Clone, Debug)]
+pub struct Document {
+    pub origin: Origin,
+    pub value: serde_json::Value,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Loaded {
     pub cluster: Cluster,
+    /// Objects not in the model, by kind (and `Pod (Succeeded/Failed)` for finished pods).
     pub skipped: BTreeMap<String, usize>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ManifestError {
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
-}
-
-fn invalid(path: &Path, message: impl ToString) -> ManifestError {
-    ManifestError::Invalid {
-        path: path.into(),
-        message: message.to_string(),
-    }
-}
-
-pub fn read_documents(paths: &[PathBuf]) -> Result<Vec<Document>, ManifestError> {
-    let mut files = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            let entries = std::fs::read_dir(path).map_err(|e| invalid(path, e))?;
-            let mut found: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    matches!(
-                        p.extension().and_then(|e| e.to_str()),
-                        Some("yaml" | "yml" | "json")
-                    )
-                })
-                .collect();
-            found.sort();
-            files.extend(found);
-        } else {
-            files.push(path.clone());
-        }
-    }
-    let mut documents = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|e| invalid(&file, e))?;
-        for (document, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            let value = Value::deserialize(de).map_err(|e| invalid(&file, e))?;
-            if value.is_null() {
-                continue;
-            }
-            if value["kind"] == "List" {
-                for (item, value) in value["items"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .enumerate()
-                {
-                    documents.push(Document {
-                        origin: Origin {
-                            file: file.clone(),
-                            document,
-                            item: Some(item),
-                        },
-                        value,
-                    });
-                }
-            } else {
-                documents.push(Document {
-                    origin: Origin {
-                        file: file.clone(),
-                        document,
-                        item: None,
-                    },
-                    value,
-                });
-            }
-        }
-    }
-    Ok(documents)
-}
-
-pub fn build_cluster(documents: &[Document]) -> Result<Loaded, ManifestError> {
-    let mut loaded = Loaded {
-        cluster: Cluster::default(),
-        skipped: BTreeMap::new(),
-    };
-    for document in documents {
-        let v = &document.value;
-        let labels = || -> BTreeMap<String, String> {
-            serde_json::from_value(v["metadata"]["labels"].clone()).unwrap_or_default()
-        };
-        let name = v["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        match v["kind"].as_str().unwrap_or_default() {
-            "Namespace" => {
-                loaded.cluster.namespaces.insert(
-                    name.clone(),
-                    Namespace {
-                        name,
-                        labels: labels(),
-                    },
-                );
-            }
-            "Pod" => {
-                let namespace = v["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or("default")
-                    .to_string();
-                let mut ips: Vec<std::net::IpAddr> = Vec::new();
-                for ip in v["status"]["podIPs"].as_array().into_iter().flatten() {
-                    ips.extend(
-                        ip["ip"]
-                            .as_str()
-                            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok()),
-                    );
-                }
-                if let Some(ip) = v["status"]["podIP"].as_str().and_then(|ip| ip.parse().ok()) {
-                    if !ips.contains(&ip) {
-                        ips.insert(0, ip);
-                    }
-                }
-                let mut ports = Vec::new();
-                for container in v["spec"]["containers"].as_array().into_iter().flatten() {
-                    for port in container["ports"].as_array().into_iter().flatten() {
-                        let number = port["containerPort"].as_u64().unwrap_or(0);
-                        let protocol = Protocol::parse(port["protocol"].as_str().unwrap_or("TCP"))
-                            .ok_or_else(|| invalid(&document.origin.file, "bad protocol"))?;
-                        let port = u16::try_from(number)
-                            .ok()
-                            .filter(|p| *p != 0)
-                            .ok_or_else(|| invalid(&document.origin.file, "bad containerPort"))?;
-                        ports.push(ContainerPort {
-                            name: None,
-                            port,
-                            protocol,
-                        });
-                    }
-                }
-                let key = PodKey::new(namespace, name);
-                let pod = Pod {
-                    key: key.clone(),
-                    uid: None,
-                    labels: labels(),
-                    ips,
-                    node_name: None,
-                    host_network: v["spec"]["hostNetwork"].as_bool().unwrap_or(false),
-                    ports,
-                };
-                loaded.cluster.pods.insert(key, pod);
-            }
-            kind => *loaded.skipped.entry(kind.to_string()).or_default() += 1,
-        }
-    }
-    Ok(loaded)
-}
-
+/// [`read_documents`] + [`build_cluster`].
 pub fn load(paths: &[PathBuf]) -> Result<Loaded, ManifestError> {
     build_cluster(&read_documents(paths)?)
 }
+
+#[cfg(test)]
+#[path = "manifests/read_tests.rs"]
+mod read_tests;
+
+#[cfg(test)]
+#[path = "manifests/build_tests.rs"]
+mod build_tests;

@@ -1,3 +1,4 @@
-//! Policy sources: translate the outside world into the model.
+//! Where the cluster comes from: manifest files on disk, re-read when they change.
+
 pub mod manifests;
 pub mod watch;
