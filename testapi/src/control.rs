@@ -7,7 +7,12 @@ use hyper::Method;
 use serde_json::{json, Value};
 
 /// Handle `/testapi/<rest>`; returns the JSON answer.
-pub fn handle(store: &Store, method: &Method, rest: &[&str], params: &Params) -> Result<Value, ApiError> {
+pub fn handle(
+    store: &Store,
+    method: &Method,
+    rest: &[&str],
+    params: &Params,
+) -> Result<Value, ApiError> {
     match (method, rest) {
         (&Method::POST, ["compact"]) => {
             let rv = store.compact();

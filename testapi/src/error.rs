@@ -10,7 +10,11 @@ pub enum ApiError {
     #[error("{kind} \"{name}\" already exists")]
     AlreadyExists { kind: String, name: String },
     #[error("Operation cannot be fulfilled on {kind} \"{name}\": {message}")]
-    Conflict { kind: String, name: String, message: String },
+    Conflict {
+        kind: String,
+        name: String,
+        message: String,
+    },
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -21,7 +25,9 @@ pub enum ApiError {
     NoRoute,
     #[error("the server does not allow this method on the requested resource")]
     MethodNotAllowed,
-    #[error("the body of the request was in an unknown format - accepted media types include: {0}")]
+    #[error(
+        "the body of the request was in an unknown format - accepted media types include: {0}"
+    )]
     UnsupportedMediaType(String),
     #[error("{0}")]
     Internal(String),
@@ -78,7 +84,10 @@ impl ApiError {
     }
 
     pub fn not_found(kind: &str, name: &str) -> Self {
-        ApiError::NotFound { kind: kind.to_string(), name: name.to_string() }
+        ApiError::NotFound {
+            kind: kind.to_string(),
+            name: name.to_string(),
+        }
     }
 }
 
@@ -86,7 +95,10 @@ impl ApiError {
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("io error on {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("bad manifest {path}: {message}")]
     Manifest { path: String, message: String },
     #[error("loading {path}: {source}")]

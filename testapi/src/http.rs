@@ -23,7 +23,8 @@ fn json_response(code: u16, value: &Value) -> Response<Body> {
     let bytes = serde_json::to_vec(value).unwrap_or_default();
     let mut resp = Response::new(Body::full(bytes));
     *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
@@ -52,16 +53,26 @@ fn resolve(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError
                 [name] | [name, "status"] => Some(name.to_string()),
                 _ => return Err(ApiError::NoRoute),
             };
-            Target { kind, namespace: Some(ns.to_string()), name }
+            Target {
+                kind,
+                namespace: Some(ns.to_string()),
+                name,
+            }
         }
         [plural, tail @ ..] => {
             let kind = find(plural)?;
             let name = match tail {
                 [] => None,
-                [name] | [name, "status" | "finalize"] if !kind.namespaced => Some(name.to_string()),
+                [name] | [name, "status" | "finalize"] if !kind.namespaced => {
+                    Some(name.to_string())
+                }
                 _ => return Err(ApiError::NoRoute),
             };
-            Target { kind, namespace: None, name }
+            Target {
+                kind,
+                namespace: None,
+                name,
+            }
         }
         [] => return Err(ApiError::NoRoute),
     };
@@ -93,7 +104,12 @@ fn content_type(req: &Request<Incoming>) -> String {
         .to_ascii_lowercase()
 }
 
-async fn resource(store: &Store, req: Request<Incoming>, t: Target, params: &Params) -> Result<Response<Body>, ApiError> {
+async fn resource(
+    store: &Store,
+    req: Request<Incoming>,
+    t: Target,
+    params: &Params,
+) -> Result<Response<Body>, ApiError> {
     let ns = t.namespace.as_deref();
     let verb_of = |v: &str| store.count_request(&format!("{v} {}", t.kind.plural));
     match (req.method().clone(), t.name.as_deref()) {
@@ -101,18 +117,24 @@ async fn resource(store: &Store, req: Request<Incoming>, t: Target, params: &Par
             verb_of("watch");
             let rx = watch::watch(store, t.kind, params.watch_query(&t.kind, ns)?)?;
             let mut resp = Response::new(Body::Stream(rx));
-            resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             Ok(resp)
         }
         (Method::GET, None) => {
             verb_of("list");
-            Ok(json_response(200, &store.list(t.kind, &params.list_query(&t.kind, ns)?)?))
+            Ok(json_response(
+                200,
+                &store.list(t.kind, &params.list_query(&t.kind, ns)?)?,
+            ))
         }
         (Method::GET, Some(name)) => {
             verb_of("get");
             Ok(json_response(200, &store.get(t.kind, ns, name)?))
         }
-        (Method::POST, None) if t.kind.namespaced && ns.is_none() => Err(ApiError::MethodNotAllowed),
+        (Method::POST, None) if t.kind.namespaced && ns.is_none() => {
+            Err(ApiError::MethodNotAllowed)
+        }
         (Method::POST, None) => {
             verb_of("create");
             if is_yaml(&req) {
@@ -130,14 +152,19 @@ async fn resource(store: &Store, req: Request<Incoming>, t: Target, params: &Par
         (Method::PATCH, Some(name)) => {
             verb_of("patch");
             let ct = content_type(&req);
-            if !ct.starts_with("application/merge-patch+json") && !ct.starts_with("application/strategic-merge-patch+json") {
+            if !ct.starts_with("application/merge-patch+json")
+                && !ct.starts_with("application/strategic-merge-patch+json")
+            {
                 return Err(ApiError::UnsupportedMediaType(
                     "application/merge-patch+json, application/strategic-merge-patch+json".into(),
                 ));
             }
             let name = name.to_string();
             let patch = read_json(req.into_body()).await?;
-            Ok(json_response(200, &store.merge_patch(t.kind, ns, &name, &patch)?))
+            Ok(json_response(
+                200,
+                &store.merge_patch(t.kind, ns, &name, &patch)?,
+            ))
         }
         (Method::DELETE, Some(name)) => {
             verb_of("delete");
@@ -147,7 +174,11 @@ async fn resource(store: &Store, req: Request<Incoming>, t: Target, params: &Par
     }
 }
 
-async fn route(store: &Store, req: Request<Incoming>, local: SocketAddr) -> Result<Response<Body>, ApiError> {
+async fn route(
+    store: &Store,
+    req: Request<Incoming>,
+    local: SocketAddr,
+) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().to_string();
     let params = Params::parse(req.uri().query());
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -155,17 +186,25 @@ async fn route(store: &Store, req: Request<Incoming>, local: SocketAddr) -> Resu
     match segs.as_slice() {
         ["healthz" | "readyz" | "livez"] if get => {
             let mut resp = Response::new(Body::full("ok"));
-            resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             Ok(resp)
         }
         ["version"] if get => Ok(json_response(200, &kinds::version_doc())),
-        ["api"] if get => Ok(json_response(200, &kinds::api_versions_doc(&local.to_string()))),
+        ["api"] if get => Ok(json_response(
+            200,
+            &kinds::api_versions_doc(&local.to_string()),
+        )),
         ["apis"] if get => Ok(json_response(200, &kinds::api_group_list_doc())),
-        ["api", "v1"] if get => kinds::api_resource_list_doc("", "v1").map(|d| json_response(200, &d)).ok_or(ApiError::NoRoute),
-        ["apis", group, version] if get => {
-            kinds::api_resource_list_doc(group, version).map(|d| json_response(200, &d)).ok_or(ApiError::NoRoute)
+        ["api", "v1"] if get => kinds::api_resource_list_doc("", "v1")
+            .map(|d| json_response(200, &d))
+            .ok_or(ApiError::NoRoute),
+        ["apis", group, version] if get => kinds::api_resource_list_doc(group, version)
+            .map(|d| json_response(200, &d))
+            .ok_or(ApiError::NoRoute),
+        ["testapi", rest @ ..] => {
+            control::handle(store, req.method(), rest, &params).map(|v| json_response(200, &v))
         }
-        ["testapi", rest @ ..] => control::handle(store, req.method(), rest, &params).map(|v| json_response(200, &v)),
         ["api", "v1", rest @ ..] => {
             let t = resolve("", "v1", rest)?;
             resource(store, req, t, &params).await
@@ -179,7 +218,11 @@ async fn route(store: &Store, req: Request<Incoming>, local: SocketAddr) -> Resu
 }
 
 /// Answer one request; errors become `Status` responses, never panics.
-pub async fn handle(store: Store, req: Request<Incoming>, local: SocketAddr) -> Result<Response<Body>, Infallible> {
+pub async fn handle(
+    store: Store,
+    req: Request<Incoming>,
+    local: SocketAddr,
+) -> Result<Response<Body>, Infallible> {
     store.count_request("total");
     let method = req.method().clone();
     let uri = req.uri().clone();

@@ -147,7 +147,9 @@ pub fn api_resource_list_doc(group: &str, version: &str) -> Option<Value> {
     if kinds.is_empty() {
         return None;
     }
-    let verbs = ["create", "delete", "get", "list", "patch", "update", "watch"];
+    let verbs = [
+        "create", "delete", "get", "list", "patch", "update", "watch",
+    ];
     let resources: Vec<Value> = kinds
         .iter()
         .map(|k| {
@@ -161,7 +163,11 @@ pub fn api_resource_list_doc(group: &str, version: &str) -> Option<Value> {
             })
         })
         .collect();
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     Some(json!({
         "kind": "APIResourceList",
         "apiVersion": "v1",

@@ -2,6 +2,7 @@
 //! protocol (plain HTTP, Kubernetes JSON) for namespaces, nodes, pods, events
 //! and networkpolicies, so kube-rs clients can run against it unchanged.
 
+mod admit;
 pub mod body;
 pub mod control;
 pub mod error;
@@ -45,7 +46,10 @@ pub async fn serve(listener: TcpListener, store: Store) -> std::io::Result<()> {
         let store = store.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| http::handle(store.clone(), req, local));
-            if let Err(err) = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
+            if let Err(err) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
                 tracing::debug!(%err, "connection ended with an error");
             }
         });
@@ -65,7 +69,11 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let handle = tokio::spawn(serve(listener, store.clone()));
-        Ok(Self { addr, store, handle })
+        Ok(Self {
+            addr,
+            store,
+            handle,
+        })
     }
 
     /// `http://127.0.0.1:<port>`

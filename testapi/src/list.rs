@@ -21,7 +21,8 @@ pub struct ListQuery {
     pub continue_token: Option<String>,
 }
 
-const EXPIRED_CONTINUE: &str = "The provided continue parameter is too old to display a consistent list result. \
+const EXPIRED_CONTINUE: &str =
+    "The provided continue parameter is too old to display a consistent list result. \
 You can start a new list without the continue parameter.";
 
 fn encode_token(rv: u64, key: &Key) -> String {
@@ -31,7 +32,7 @@ fn encode_token(rv: u64, key: &Key) -> String {
 
 fn decode_token(token: &str) -> Result<(u64, Key), ApiError> {
     let bad = || ApiError::BadRequest(format!("continue key is not valid: {token:?}"));
-    if token.len() % 2 != 0 || !token.is_ascii() {
+    if !token.len().is_multiple_of(2) || !token.is_ascii() {
         return Err(bad());
     }
     let bytes: Vec<u8> = (0..token.len())
@@ -48,7 +49,11 @@ fn decode_token(token: &str) -> Result<(u64, Key), ApiError> {
 }
 
 /// The objects of `kind` as they were at `rv`, rebuilt from history.
-pub(crate) fn objects_at(st: &State, kind: Kind, rv: u64) -> Result<Cow<'_, BTreeMap<Key, Value>>, ApiError> {
+pub(crate) fn objects_at(
+    st: &State,
+    kind: Kind,
+    rv: u64,
+) -> Result<Cow<'_, BTreeMap<Key, Value>>, ApiError> {
     let current = &st.objects[kind.index()];
     if rv == st.rv {
         return Ok(Cow::Borrowed(current));
@@ -92,7 +97,10 @@ impl Store {
         let objs = objects_at(&st, kind, rv)?;
         let limit = q.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
         let wanted = |((ns, _), obj): &(&Key, &Value)| {
-            q.namespace.as_deref().is_none_or(|n| !kind.namespaced || n == ns) && q.selectors.matches(obj)
+            q.namespace
+                .as_deref()
+                .is_none_or(|n| !kind.namespaced || n == ns)
+                && q.selectors.matches(obj)
         };
         let mut matching = objs.range((start, Bound::Unbounded)).filter(wanted);
         let mut items = Vec::new();

@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use tokio::net::TcpListener;
 
 #[derive(Parser, Debug)]
-#[command(name = "moat-test-apiserver", about = "Test Kubernetes API server (list/watch over plain HTTP)")]
+#[command(
+    name = "moat-test-apiserver",
+    about = "Test Kubernetes API server (list/watch over plain HTTP)"
+)]
 struct Args {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -45,10 +48,12 @@ async fn run(args: Args) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let url = format!("http://{addr}");
     if let Some(path) = &args.kubeconfig_out {
-        std::fs::write(path, kubeconfig(&url)).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        std::fs::write(path, kubeconfig(&url))
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
     if let Some(path) = &args.port_file {
-        std::fs::write(path, format!("{}\n", addr.port())).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        std::fs::write(path, format!("{}\n", addr.port()))
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
     println!("listening on {url}");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

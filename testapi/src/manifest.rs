@@ -25,9 +25,14 @@ fn flatten(value: Value, out: &mut Vec<Value>) {
     match value {
         Value::Null => {}
         Value::Object(mut map) => {
-            let is_list = map.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List"));
+            let is_list = map
+                .get("kind")
+                .and_then(Value::as_str)
+                .is_some_and(|k| k.ends_with("List"));
             match map.remove("items") {
-                Some(Value::Array(items)) if is_list => items.into_iter().for_each(|i| flatten(i, out)),
+                Some(Value::Array(items)) if is_list => {
+                    items.into_iter().for_each(|i| flatten(i, out))
+                }
                 Some(other) => {
                     map.insert("items".into(), other);
                     out.push(Value::Object(map));
@@ -41,7 +46,10 @@ fn flatten(value: Value, out: &mut Vec<Value>) {
 }
 
 fn manifest_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), ServerError> {
-    let io = |source| ServerError::Io { path: path.display().to_string(), source };
+    let io = |source| ServerError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     if path.is_dir() {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(io)?
@@ -71,7 +79,10 @@ pub fn load_path(store: &Store, path: &Path) -> Result<usize, ServerError> {
     let mut objects = Vec::new();
     for file in &files {
         let origin = file.display().to_string();
-        let text = std::fs::read_to_string(file).map_err(|source| ServerError::Io { path: origin.clone(), source })?;
+        let text = std::fs::read_to_string(file).map_err(|source| ServerError::Io {
+            path: origin.clone(),
+            source,
+        })?;
         for obj in parse_manifests(&text, &origin)? {
             objects.push((origin.clone(), obj));
         }
@@ -80,11 +91,17 @@ pub fn load_path(store: &Store, path: &Path) -> Result<usize, ServerError> {
 }
 
 /// Store `(origin, object)` pairs, namespaces first.
-pub fn load_objects(store: &Store, mut objects: Vec<(String, Value)>) -> Result<usize, ServerError> {
+pub fn load_objects(
+    store: &Store,
+    mut objects: Vec<(String, Value)>,
+) -> Result<usize, ServerError> {
     objects.sort_by_key(|(_, o)| kind_of(o).map(|k| k != NAMESPACES).unwrap_or(true));
     let count = objects.len();
     for (origin, obj) in objects {
-        store.apply(obj).map_err(|source| ServerError::Load { path: origin, source })?;
+        store.apply(obj).map_err(|source| ServerError::Load {
+            path: origin,
+            source,
+        })?;
     }
     Ok(count)
 }
@@ -111,7 +128,10 @@ apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Node, metadata: {na
         assert_eq!(objs.len(), 3);
         assert!(parse_manifests("a: [", "t").is_err());
         let store = Store::new();
-        let n = load_objects(&store, objs.into_iter().map(|o| ("t".to_string(), o)).collect());
+        let n = load_objects(
+            &store,
+            objs.into_iter().map(|o| ("t".to_string(), o)).collect(),
+        );
         assert_eq!(n.ok(), Some(3));
     }
 }

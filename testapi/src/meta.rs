@@ -132,8 +132,14 @@ mod tests {
     #[test]
     fn merge_patch_sets_and_removes() {
         let mut v = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"x": [1]}});
-        merge_patch(&mut v, &json!({"metadata": {"labels": {"a": null, "c": "3"}}, "spec": {"x": [2]}}));
-        assert_eq!(v, json!({"metadata": {"labels": {"b": "2", "c": "3"}}, "spec": {"x": [2]}}));
+        merge_patch(
+            &mut v,
+            &json!({"metadata": {"labels": {"a": null, "c": "3"}}, "spec": {"x": [2]}}),
+        );
+        assert_eq!(
+            v,
+            json!({"metadata": {"labels": {"b": "2", "c": "3"}}, "spec": {"x": [2]}})
+        );
     }
 
     #[test]

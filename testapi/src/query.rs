@@ -17,7 +17,10 @@ pub fn decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
                     Some(b) => {
                         out.push(b);
                         i += 2;
@@ -80,13 +83,20 @@ impl Params {
         })
     }
 
-    pub fn watch_query(&self, kind: &Kind, namespace: Option<&str>) -> Result<WatchQuery, ApiError> {
+    pub fn watch_query(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+    ) -> Result<WatchQuery, ApiError> {
         Ok(WatchQuery {
             namespace: namespace.map(str::to_string),
             selectors: self.selectors(kind)?,
             resource_version: self.get("resourceVersion").map(str::to_string),
             bookmarks: self.flag("allowWatchBookmarks"),
-            timeout: self.number("timeoutSeconds")?.filter(|t| *t > 0).map(Duration::from_secs),
+            timeout: self
+                .number("timeoutSeconds")?
+                .filter(|t| *t > 0)
+                .map(Duration::from_secs),
             send_initial_events: self.flag("sendInitialEvents"),
         })
     }

@@ -41,15 +41,20 @@ fn split_top(s: &str) -> Vec<&str> {
 fn valid_key(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= 317
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
 }
 
 fn valid_value(v: &str) -> bool {
-    v.len() <= 63 && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    v.len() <= 63
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 fn bad_label(s: &str) -> ApiError {
-    ApiError::BadRequest(format!("unable to parse requirement: invalid label selector: {s:?}"))
+    ApiError::BadRequest(format!(
+        "unable to parse requirement: invalid label selector: {s:?}"
+    ))
 }
 
 impl LabelSelector {
@@ -164,7 +169,9 @@ impl FieldSelector {
             } else if let Some((f, v)) = part.split_once('=') {
                 (f, true, v)
             } else {
-                return Err(ApiError::BadRequest(format!("invalid selector: '{s}'; can't understand '{part}'")));
+                return Err(ApiError::BadRequest(format!(
+                    "invalid selector: '{s}'; can't understand '{part}'"
+                )));
             };
             let field = field.trim();
             let generic = field == "metadata.name" || field == "metadata.namespace";
@@ -180,10 +187,7 @@ impl FieldSelector {
 
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(field, eq, value)| {
-            let actual = match field_value(obj, field) {
-                Some(v) => v,
-                None => String::new(),
-            };
+            let actual = field_value(obj, field).unwrap_or_default();
             (actual == *value) == *eq
         })
     }

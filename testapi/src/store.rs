@@ -1,6 +1,7 @@
 //! The object store: one global resourceVersion, a bounded change history and
 //! a broadcast of changes for watchers.
 
+use crate::admit::{check_body, check_precondition, normalize};
 use crate::error::ApiError;
 use crate::kinds::{self, Kind, KINDS, NAMESPACES};
 use crate::meta::{self, name_of, namespace_of};
@@ -45,7 +46,11 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { start_resource_version: 1, history_limit: 10_000, broadcast_capacity: 16_384 }
+        Self {
+            start_resource_version: 1,
+            history_limit: 10_000,
+            broadcast_capacity: 16_384,
+        }
     }
 }
 
@@ -116,7 +121,12 @@ impl Store {
             history_limit: opts.history_limit.max(1),
         };
         Self {
-            inner: Arc::new(Inner { state: Mutex::new(state), changes, drops, stats: Stats::default() }),
+            inner: Arc::new(Inner {
+                state: Mutex::new(state),
+                changes,
+                drops,
+                stats: Stats::default(),
+            }),
         }
     }
 
@@ -153,10 +163,17 @@ impl Store {
     }
 
     /// Create an object. `namespace` (from the URL) wins over an empty one in the body.
-    pub fn create(&self, kind: Kind, namespace: Option<&str>, obj: Value) -> Result<Value, ApiError> {
+    pub fn create(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        obj: Value,
+    ) -> Result<Value, ApiError> {
         let mut obj = check_body(&kind, namespace, None, obj)?;
         if name_of(&obj).is_empty() {
-            let generate = meta::str_at(&obj, "metadata.generateName").unwrap_or("").to_string();
+            let generate = meta::str_at(&obj, "metadata.generateName")
+                .unwrap_or("")
+                .to_string();
             if generate.is_empty() {
                 return Err(ApiError::Invalid(format!(
                     "{} \"\" is invalid: metadata.name: Required value: name or generateName is required",
@@ -169,17 +186,35 @@ impl Store {
         let key = key_for(&kind, Some(namespace_of(&obj)), &name);
         let mut st = self.lock();
         if st.objects[kind.index()].contains_key(&key) {
-            return Err(ApiError::AlreadyExists { kind: kind.plural.to_string(), name });
+            return Err(ApiError::AlreadyExists {
+                kind: kind.plural.to_string(),
+                name,
+            });
         }
         let rv = st.bump();
         normalize(&kind, &mut obj, None, rv);
         st.objects[kind.index()].insert(key, obj.clone());
-        self.publish(&mut st, Change { rv, kind, ty: ChangeType::Added, object: obj.clone(), prev: None });
+        self.publish(
+            &mut st,
+            Change {
+                rv,
+                kind,
+                ty: ChangeType::Added,
+                object: obj.clone(),
+                prev: None,
+            },
+        );
         Ok(obj)
     }
 
     /// Replace an existing object (PUT). A non-empty body resourceVersion must match.
-    pub fn replace(&self, kind: Kind, namespace: Option<&str>, name: &str, obj: Value) -> Result<Value, ApiError> {
+    pub fn replace(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+        obj: Value,
+    ) -> Result<Value, ApiError> {
         let mut obj = check_body(&kind, namespace, Some(name), obj)?;
         let key = key_for(&kind, namespace, name);
         let mut st = self.lock();
@@ -191,14 +226,31 @@ impl Store {
         let rv = st.bump();
         normalize(&kind, &mut obj, Some(&prev), rv);
         st.objects[kind.index()].insert(key, obj.clone());
-        self.publish(&mut st, Change { rv, kind, ty: ChangeType::Modified, object: obj.clone(), prev: Some(prev) });
+        self.publish(
+            &mut st,
+            Change {
+                rv,
+                kind,
+                ty: ChangeType::Modified,
+                object: obj.clone(),
+                prev: Some(prev),
+            },
+        );
         Ok(obj)
     }
 
     /// Apply a JSON merge patch (RFC 7386) to an existing object.
-    pub fn merge_patch(&self, kind: Kind, namespace: Option<&str>, name: &str, patch: &Value) -> Result<Value, ApiError> {
+    pub fn merge_patch(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+        patch: &Value,
+    ) -> Result<Value, ApiError> {
         if !patch.is_object() {
-            return Err(ApiError::BadRequest("a merge patch must be a JSON object".into()));
+            return Err(ApiError::BadRequest(
+                "a merge patch must be a JSON object".into(),
+            ));
         }
         let key = key_for(&kind, namespace, name);
         let mut st = self.lock();
@@ -210,18 +262,34 @@ impl Store {
         let mut obj = prev.clone();
         meta::merge_patch(&mut obj, patch);
         if name_of(&obj) != name || namespace_of(&obj) != namespace_of(&prev) {
-            return Err(ApiError::BadRequest("a patch may not change metadata.name or metadata.namespace".into()));
+            return Err(ApiError::BadRequest(
+                "a patch may not change metadata.name or metadata.namespace".into(),
+            ));
         }
         let rv = st.bump();
         normalize(&kind, &mut obj, Some(&prev), rv);
         st.objects[kind.index()].insert(key, obj.clone());
-        self.publish(&mut st, Change { rv, kind, ty: ChangeType::Modified, object: obj.clone(), prev: Some(prev) });
+        self.publish(
+            &mut st,
+            Change {
+                rv,
+                kind,
+                ty: ChangeType::Modified,
+                object: obj.clone(),
+                prev: Some(prev),
+            },
+        );
         Ok(obj)
     }
 
     /// Delete an object and return its last state. Deleting a namespace deletes
     /// every namespaced object in it first.
-    pub fn delete(&self, kind: Kind, namespace: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    pub fn delete(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
         let key = key_for(&kind, namespace, name);
         let mut st = self.lock();
         if !st.objects[kind.index()].contains_key(&key) {
@@ -248,7 +316,16 @@ impl Store {
         let rv = st.bump();
         let mut obj = prev.clone();
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        self.publish(st, Change { rv, kind, ty: ChangeType::Deleted, object: obj.clone(), prev: Some(prev) });
+        self.publish(
+            st,
+            Change {
+                rv,
+                kind,
+                ty: ChangeType::Deleted,
+                object: obj.clone(),
+                prev: Some(prev),
+            },
+        );
         Some(obj)
     }
 
@@ -256,7 +333,15 @@ impl Store {
     pub fn apply(&self, obj: Value) -> Result<Value, ApiError> {
         let kind = kind_of(&obj)?;
         let ns = namespace_of(&obj).to_string();
-        let ns = if kind.namespaced { Some(if ns.is_empty() { "default" } else { ns.as_str() }) } else { None };
+        let ns = if kind.namespaced {
+            Some(if ns.is_empty() {
+                "default"
+            } else {
+                ns.as_str()
+            })
+        } else {
+            None
+        };
         let name = name_of(&obj).to_string();
         let exists = !name.is_empty() && self.get(kind, ns, &name).is_ok();
         if exists {
@@ -291,7 +376,12 @@ impl Store {
     }
 
     pub(crate) fn count_request(&self, what: &str) {
-        let mut reqs = self.inner.stats.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let mut reqs = self
+            .inner
+            .stats
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         *reqs.entry(what.to_string()).or_default() += 1;
     }
 
@@ -299,11 +389,19 @@ impl Store {
     pub fn stats(&self) -> Value {
         let (rv, compacted, history, objects) = {
             let st = self.lock();
-            let objects: BTreeMap<&str, usize> =
-                KINDS.iter().map(|k| (k.plural, st.objects[k.index()].len())).collect();
+            let objects: BTreeMap<&str, usize> = KINDS
+                .iter()
+                .map(|k| (k.plural, st.objects[k.index()].len()))
+                .collect();
             (st.rv, st.compacted, st.history.len(), objects)
         };
-        let requests = self.inner.stats.requests.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let requests = self
+            .inner
+            .stats
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         json!({
             "resourceVersion": rv.to_string(),
             "compactedResourceVersion": compacted.to_string(),
@@ -327,104 +425,18 @@ impl Store {
 pub fn kind_of(obj: &Value) -> Result<Kind, ApiError> {
     let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
     let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
-    kinds::by_type(api_version, kind)
-        .ok_or_else(|| ApiError::BadRequest(format!("no kind {kind:?} is registered for version {api_version:?}")))
+    kinds::by_type(api_version, kind).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "no kind {kind:?} is registered for version {api_version:?}"
+        ))
+    })
 }
 
 pub(crate) fn key_for(kind: &Kind, namespace: Option<&str>, name: &str) -> Key {
-    let ns = if kind.namespaced { namespace.unwrap_or("default") } else { "" };
+    let ns = if kind.namespaced {
+        namespace.unwrap_or("default")
+    } else {
+        ""
+    };
     (ns.to_string(), name.to_string())
-}
-
-/// Validate a request body against the URL: object, matching type, namespace and name.
-fn check_body(kind: &Kind, namespace: Option<&str>, name: Option<&str>, mut obj: Value) -> Result<Value, ApiError> {
-    if !obj.is_object() {
-        return Err(ApiError::BadRequest("the request body must be a JSON object".into()));
-    }
-    let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-    let obj_kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
-    if (!api_version.is_empty() && api_version != kind.api_version()) || (!obj_kind.is_empty() && obj_kind != kind.kind) {
-        return Err(ApiError::BadRequest(format!(
-            "the API version in the data ({api_version}) and kind ({obj_kind}) do not match the endpoint {}/{}",
-            kind.api_version(),
-            kind.kind
-        )));
-    }
-    match obj.get("metadata") {
-        None | Some(Value::Null) => obj["metadata"] = json!({}),
-        Some(Value::Object(_)) => {}
-        Some(_) => return Err(ApiError::BadRequest("metadata must be an object".into())),
-    }
-    if kind.namespaced {
-        let url_ns = namespace.unwrap_or("default");
-        let body_ns = namespace_of(&obj);
-        if !body_ns.is_empty() && body_ns != url_ns {
-            return Err(ApiError::BadRequest(
-                "the namespace of the provided object does not match the namespace sent on the request".into(),
-            ));
-        }
-        obj["metadata"]["namespace"] = json!(url_ns);
-    }
-    if let Some(name) = name {
-        let body_name = name_of(&obj);
-        if body_name.is_empty() {
-            obj["metadata"]["name"] = json!(name);
-        } else if body_name != name {
-            return Err(ApiError::BadRequest(
-                "the name of the object does not match the name on the URL".into(),
-            ));
-        }
-    }
-    Ok(obj)
-}
-
-fn check_precondition(kind: &Kind, name: &str, body: &Value, current: &Value) -> Result<(), ApiError> {
-    let want = meta::str_at(body, "metadata.resourceVersion").unwrap_or("");
-    let have = meta::str_at(current, "metadata.resourceVersion").unwrap_or("");
-    if !want.is_empty() && want != have {
-        return Err(ApiError::Conflict {
-            kind: kind.plural.to_string(),
-            name: name.to_string(),
-            message: "the object has been modified; please apply your changes to the latest version and try again".into(),
-        });
-    }
-    Ok(())
-}
-
-/// Fill in server-managed fields.
-fn normalize(kind: &Kind, obj: &mut Value, prev: Option<&Value>, rv: u64) {
-    obj["apiVersion"] = json!(kind.api_version());
-    obj["kind"] = json!(kind.kind);
-    let prev_meta = |field: &str| prev.and_then(|p| p["metadata"].get(field)).cloned();
-    let md = &mut obj["metadata"];
-    if !kind.namespaced {
-        if let Some(m) = md.as_object_mut() {
-            m.remove("namespace");
-        }
-    }
-    md["resourceVersion"] = json!(rv.to_string());
-    for field in ["uid", "creationTimestamp"] {
-        if let Some(v) = prev_meta(field) {
-            md[field] = v;
-        }
-    }
-    if md.get("uid").and_then(Value::as_str).unwrap_or("").is_empty() {
-        md["uid"] = json!(meta::new_uid());
-    }
-    if md.get("creationTimestamp").and_then(Value::as_str).unwrap_or("").is_empty() {
-        md["creationTimestamp"] = json!(meta::now_rfc3339());
-    }
-    if *kind == NAMESPACES {
-        let name = md["name"].clone();
-        if !md.get("labels").is_some_and(Value::is_object) {
-            md["labels"] = json!({});
-        }
-        md["labels"]["kubernetes.io/metadata.name"] = name;
-        if obj.get("spec").is_none_or(Value::is_null) {
-            obj["spec"] = json!({"finalizers": ["kubernetes"]});
-        }
-        if obj.get("status").is_none_or(Value::is_null) {
-            obj["status"] = json!({"phase": "Active"});
-        }
-    }
 }

@@ -57,7 +57,10 @@ fn bookmark(kind: &Kind, rv: u64, initial_end: bool) -> Bytes {
     if initial_end {
         metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
     }
-    line("BOOKMARK", &json!({"kind": kind.kind, "apiVersion": kind.api_version(), "metadata": metadata}))
+    line(
+        "BOOKMARK",
+        &json!({"kind": kind.kind, "apiVersion": kind.api_version(), "metadata": metadata}),
+    )
 }
 
 fn expired(requested: u64, oldest: u64) -> Bytes {
@@ -87,7 +90,11 @@ fn render(kind: &Kind, q: &WatchQuery, change: &Change) -> Option<Bytes> {
 /// Everything decided under the store lock when a watch starts.
 enum Start {
     Expired(Bytes),
-    Stream { initial: Vec<Bytes>, rv: u64, rx: broadcast::Receiver<Arc<Change>> },
+    Stream {
+        initial: Vec<Bytes>,
+        rv: u64,
+        rx: broadcast::Receiver<Arc<Change>>,
+    },
 }
 
 fn start(store: &Store, st: &State, kind: &Kind, q: &WatchQuery) -> Result<Start, ApiError> {
@@ -96,13 +103,20 @@ fn start(store: &Store, st: &State, kind: &Kind, q: &WatchQuery) -> Result<Start
     let synthetic = requested.is_empty() || requested == "0" || q.send_initial_events;
     let mut initial = Vec::new();
     if synthetic {
-        for obj in st.objects[kind.index()].values().filter(|o| q.wants(kind, o)) {
+        for obj in st.objects[kind.index()]
+            .values()
+            .filter(|o| q.wants(kind, o))
+        {
             initial.push(line("ADDED", obj));
         }
         if q.send_initial_events {
             initial.push(bookmark(kind, st.rv, true));
         }
-        return Ok(Start::Stream { initial, rv: st.rv, rx });
+        return Ok(Start::Stream {
+            initial,
+            rv: st.rv,
+            rx,
+        });
     }
     let from: u64 = requested
         .parse()
@@ -115,14 +129,22 @@ fn start(store: &Store, st: &State, kind: &Kind, q: &WatchQuery) -> Result<Start
             initial.push(ev);
         }
     }
-    Ok(Start::Stream { initial, rv: st.rv, rx })
+    Ok(Start::Stream {
+        initial,
+        rv: st.rv,
+        rx,
+    })
 }
 
 struct OpenWatch(Store);
 
 impl Drop for OpenWatch {
     fn drop(&mut self) {
-        self.0.inner.stats.open_watches.fetch_sub(1, Ordering::SeqCst);
+        self.0
+            .inner
+            .stats
+            .open_watches
+            .fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -135,7 +157,11 @@ pub fn watch(store: &Store, kind: Kind, q: WatchQuery) -> Result<mpsc::Receiver<
         let st = store.lock();
         start(store, &st, &kind, &q)?
     };
-    store.inner.stats.watches_started.fetch_add(1, Ordering::SeqCst);
+    store
+        .inner
+        .stats
+        .watches_started
+        .fetch_add(1, Ordering::SeqCst);
     let (initial, mut last_rv, mut rx) = match started {
         Start::Expired(ev) => {
             // The receiver is returned below, so this first send cannot block.
@@ -144,7 +170,11 @@ pub fn watch(store: &Store, kind: Kind, q: WatchQuery) -> Result<mpsc::Receiver<
         }
         Start::Stream { initial, rv, rx } => (initial, rv, rx),
     };
-    store.inner.stats.open_watches.fetch_add(1, Ordering::SeqCst);
+    store
+        .inner
+        .stats
+        .open_watches
+        .fetch_add(1, Ordering::SeqCst);
     let guard = OpenWatch(store.clone());
     tokio::spawn(async move {
         let _guard = guard;

@@ -6,7 +6,7 @@ use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 struct Killed(Child);
@@ -47,7 +47,7 @@ items:
   spec: {podSelector: {}, policyTypes: [Ingress]}
 "#;
 
-fn start(dir: &PathBuf, extra: &[&str]) -> (Killed, PathBuf, String) {
+fn start(dir: &Path, extra: &[&str]) -> (Killed, PathBuf, String) {
     let kubeconfig = dir.join("kubeconfig");
     let port_file = dir.join("port");
     let mut child = Command::new(env!("CARGO_BIN_EXE_moat-test-apiserver"))
@@ -64,16 +64,24 @@ fn start(dir: &PathBuf, extra: &[&str]) -> (Killed, PathBuf, String) {
     let stdout = child.stdout.take().expect("stdout");
     let child = Killed(child);
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read stdout");
-    let url = line.trim().strip_prefix("listening on ").expect("listening line").to_string();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read stdout");
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("listening line")
+        .to_string();
     let port = std::fs::read_to_string(&port_file).unwrap();
     assert!(url.ends_with(&format!(":{}", port.trim())));
     (child, kubeconfig, url)
 }
 
-async fn client_from(path: &PathBuf) -> Client {
+async fn client_from(path: &Path) -> Client {
     let kc = Kubeconfig::read_from(path).expect("read kubeconfig");
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("config");
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("config");
     Client::try_from(config).expect("client")
 }
 
@@ -86,25 +94,51 @@ async fn binary_loads_manifests_and_writes_kubeconfig() {
     assert!(url.starts_with("http://127.0.0.1:"));
     let client = client_from(&kubeconfig).await;
 
-    let namespaces = Api::<Namespace>::all(client.clone()).list(&ListParams::default()).await.unwrap();
+    let namespaces = Api::<Namespace>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
     assert_eq!(namespaces.items.len(), 1);
-    let rv: u64 = namespaces.metadata.resource_version.unwrap().parse().unwrap();
+    let rv: u64 = namespaces
+        .metadata
+        .resource_version
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(rv > 5000, "continues above --start-resource-version");
-    let pods = Api::<Pod>::namespaced(client.clone(), "team-a").list(&ListParams::default()).await.unwrap();
+    let pods = Api::<Pod>::namespaced(client.clone(), "team-a")
+        .list(&ListParams::default())
+        .await
+        .unwrap();
     assert_eq!(pods.items.len(), 1);
-    let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await.unwrap();
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
     assert_eq!(nodes.items[0].metadata.name.as_deref(), Some("worker-1"));
-    let np = Api::<NetworkPolicy>::all(client.clone()).list(&ListParams::default()).await.unwrap();
+    let np = Api::<NetworkPolicy>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
     assert_eq!(np.items.len(), 1);
     // The default namespace of the kubeconfig context is "default".
-    assert!(Api::<Pod>::default_namespaced(client).list(&ListParams::default()).await.unwrap().items.is_empty());
+    assert!(Api::<Pod>::default_namespaced(client)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn binary_rejects_bad_manifests() {
     let dir = temp_dir("bad");
-    std::fs::write(dir.join("manifests/bad.yaml"), "apiVersion: v1\nkind: Gadget\nmetadata: {name: x}\n").unwrap();
+    std::fs::write(
+        dir.join("manifests/bad.yaml"),
+        "apiVersion: v1\nkind: Gadget\nmetadata: {name: x}\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_moat-test-apiserver"))
         .args(["--listen", "127.0.0.1:0", "--load"])
         .arg(dir.join("manifests"))

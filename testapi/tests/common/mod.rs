@@ -18,7 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub async fn server() -> TestServer {
-    TestServer::start(Store::new()).await.expect("start test server")
+    TestServer::start(Store::new())
+        .await
+        .expect("start test server")
 }
 
 /// A kube client built from the kubeconfig the server would write.
@@ -32,7 +34,13 @@ pub async fn client(server: &TestServer) -> Client {
 
 /// One raw HTTP/1.1 request; returns the status code and the body parsed as JSON
 /// (or as a JSON string if it is not JSON).
-pub async fn raw(server: &TestServer, method: &str, path: &str, content_type: &str, body: &str) -> (u16, Value) {
+pub async fn raw(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, Value) {
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
@@ -44,9 +52,19 @@ pub async fn raw(server: &TestServer, method: &str, path: &str, content_type: &s
     stream.read_to_end(&mut buf).await.expect("read");
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(body) } else { body.to_string() };
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     let value = serde_json::from_str(&body).unwrap_or_else(|_| Value::String(body.clone()));
     (code, value)
 }
@@ -55,7 +73,9 @@ pub async fn raw(server: &TestServer, method: &str, path: &str, content_type: &s
 fn dechunk(mut rest: &str) -> String {
     let mut out = String::new();
     while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || after.len() < n {
             break;
         }
@@ -111,7 +131,11 @@ where
         .await
         .expect("reflector ready in time")
         .expect("writer alive");
-    Reflected { reader, errors, task }
+    Reflected {
+        reader,
+        errors,
+        task,
+    }
 }
 
 /// Wait up to 10 s for `cond`.
