@@ -43,6 +43,12 @@ struct Target {
 fn resolve(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError> {
     let find = |plural: &str| kinds::by_path(group, version, plural).ok_or(ApiError::NoRoute);
     let target = match rest {
+        // Subresources of a namespace itself, e.g. /api/v1/namespaces/x/status.
+        ["namespaces", name, "status" | "finalize"] if group.is_empty() => Target {
+            kind: kinds::NAMESPACES,
+            namespace: None,
+            name: Some(name.to_string()),
+        },
         ["namespaces", ns, plural, tail @ ..] => {
             let kind = find(plural)?;
             if !kind.namespaced {

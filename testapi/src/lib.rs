@@ -1,7 +1,23 @@
 //! moat-testapi: a test Kubernetes API server that speaks the real list/watch
 //! protocol (plain HTTP, Kubernetes JSON) for namespaces, nodes, pods, events
-//! and networkpolicies, so kube-rs clients can run against it unchanged.
-
+//! and networkpolicies, so kube-rs clients run against it unchanged.
+//!
+//! Behaviour, as the real API server:
+//! - one global resourceVersion; lists are consistent snapshots (continue
+//!   tokens are rebuilt from history, 410 Expired once it is gone);
+//! - watches replay history after `resourceVersion`, or send the current state
+//!   as ADDED when it is empty or "0" (plus an `initial-events-end` BOOKMARK
+//!   for `sendInitialEvents=true`), then live changes; BOOKMARKs every second
+//!   when `allowWatchBookmarks`; an `ERROR` event with a 410 `Status` when the
+//!   version is no longer retained (or newer than the server's);
+//!   `timeoutSeconds` ends the stream; objects moving in or out of a watch's
+//!   selectors are sent as ADDED/DELETED;
+//! - namespaces get `kubernetes.io/metadata.name`; deleting one deletes the
+//!   namespaced objects in it at once (no Terminating phase).
+//!
+//! Test control: `POST /testapi/compact[?dropWatches=true]` drops all history
+//! and bumps the version once, so every version handed out before is expired;
+//! `POST /testapi/drop-watches` closes every open watch; `GET /testapi/stats`.
 mod admit;
 pub mod body;
 pub mod control;

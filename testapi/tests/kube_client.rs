@@ -215,6 +215,40 @@ async fn reflector_follows_creates_patches_deletes() {
         "{:?}",
         r.errors.lock().unwrap()
     );
+
+    // NetworkPolicies (networking.k8s.io/v1) through a reflector too.
+    let np: Api<NetworkPolicy> = Api::all(client.clone());
+    let nps = reflect(np, watcher::Config::default()).await;
+    assert!(nps.reader.state().is_empty());
+    let policy = json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "allow-web", "namespace": "new"},
+        "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"]}
+    });
+    let created = Api::<NetworkPolicy>::namespaced(client.clone(), "new")
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(policy).unwrap(),
+        )
+        .await
+        .unwrap();
+    eventually("policy seen", || nps.reader.state().len() == 1).await;
+    assert_eq!(nps.reader.state()[0].metadata.uid, created.metadata.uid);
+    // The namespace status subresource path resolves to the namespace.
+    let (c, v) = raw(
+        &srv,
+        "GET",
+        "/api/v1/namespaces/new/status",
+        "application/json",
+        "",
+    )
+    .await;
+    assert_eq!((c, v["kind"].as_str()), (200, Some("Namespace")));
+    api.delete("new", &DeleteParams::default()).await.unwrap();
+    eventually("policy deleted with its namespace", || {
+        nps.reader.state().is_empty()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
