@@ -28,6 +28,9 @@ pub struct Config {
     pub instance: String,
     /// Traffic with endpoints that are not pods (the host, the outside world).
     pub unknown_endpoints: Action,
+    /// Deny traffic within a tenant unless a NetworkPolicy allows it (admin exceptions such as
+    /// cluster DNS still apply). Off: pods no policy selects talk freely within their tenant.
+    pub default_deny_in_tenant: bool,
     pub cluster_dns: ClusterDns,
     pub shared_services: Vec<SharedService>,
     pub allowed_tenant_pairs: Vec<TenantPair>,
@@ -50,6 +53,7 @@ impl Default for Config {
             bpffs_root: PathBuf::from("/sys/fs/bpf"),
             instance: "default".into(),
             unknown_endpoints: Action::Allow,
+            default_deny_in_tenant: false,
             cluster_dns: ClusterDns::default(),
             shared_services: Vec::new(),
             allowed_tenant_pairs: Vec::new(),

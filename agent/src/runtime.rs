@@ -85,7 +85,6 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
         }
     };
     warn_skipped(&loaded.skipped);
-    warn_policies(&loaded.cluster);
     let mut inputs = Inputs { cluster: loaded.cluster, cgroups: cgroups::scan(&cgroup_root, layout.as_ref())? };
     let mut desired = compiler::compile(&inputs.cluster, &config, &inputs.cgroups)?;
 
@@ -171,8 +170,7 @@ fn refresh(watcher: &mut ManifestWatcher, inputs: &mut Inputs, root: &Path, layo
     match watcher.poll() {
         Some(Ok(loaded)) => {
             warn_skipped(&loaded.skipped);
-            warn_policies(&loaded.cluster);
-            if loaded.cluster != inputs.cluster {
+                    if loaded.cluster != inputs.cluster {
                 inputs.cluster = loaded.cluster;
                 changed = true;
             }
@@ -199,12 +197,4 @@ fn warn_skipped(skipped: &std::collections::BTreeMap<String, usize>) {
     }
 }
 
-fn warn_policies(cluster: &Cluster) {
-    if !cluster.network_policies.is_empty() {
-        tracing::warn!(
-            count = cluster.network_policies.len(),
-            "NetworkPolicies are read but not enforced yet; only the tenant floor applies"
-        );
-    }
-}
 

@@ -1,7 +1,11 @@
 //! The tenant-floor decision. Compiled into the eBPF programs and into the agent, so what
-//! `moat explain` reports is, by construction, what the kernel does.
+//! `moat explain` reports is, by construction, what the kernel does. Everything is
+//! `#[inline(always)]`: BPF calls take at most five arguments, passed in registers.
 
-use crate::maps::{Endpoint, Settings, SharedPortKey, TenantPairKey, UNKNOWN_ALLOW};
+use crate::maps::{
+    Endpoint, PolicyMatch, Settings, SharedPortKey, TenantPairKey, IDENTITY_ANY, NOT_ISOLATED,
+    SETTING_DEFAULT_DENY_IN_TENANT, UNKNOWN_ALLOW,
+};
 
 /// Why a flow was allowed or denied. Values below 64 allow, 64 and above deny.
 #[repr(u8)]
@@ -17,9 +21,17 @@ pub enum Reason {
     NeighborDiscovery = 6,
     /// Part of a flow admitted under the current generation.
     Established = 7,
+    /// The tenant floor allowed it and a NetworkPolicy of the local pod allows it.
+    PolicyAllowed = 8,
     CrossTenant = 64,
     Pending = 65,
     UnknownDenied = 66,
+    /// The destination pod is isolated for ingress and no policy allows this peer and port.
+    PolicyIngressDenied = 67,
+    /// The source pod is isolated for egress and no policy allows this peer and port.
+    PolicyEgressDenied = 68,
+    /// Same tenant, no policy selects the pod, and the config denies by default in tenants.
+    TenantDefaultDeny = 69,
 }
 
 impl Reason {
@@ -36,9 +48,13 @@ impl Reason {
             5 => Self::NotReady,
             6 => Self::NeighborDiscovery,
             7 => Self::Established,
+            8 => Self::PolicyAllowed,
             64 => Self::CrossTenant,
             65 => Self::Pending,
             66 => Self::UnknownDenied,
+            67 => Self::PolicyIngressDenied,
+            68 => Self::PolicyEgressDenied,
+            69 => Self::TenantDefaultDeny,
             _ => return None,
         })
     }
@@ -53,9 +69,13 @@ impl Reason {
             Self::NotReady => "not-ready",
             Self::NeighborDiscovery => "neighbor-discovery",
             Self::Established => "established",
+            Self::PolicyAllowed => "network-policy",
             Self::CrossTenant => "tenant-floor",
             Self::Pending => "pending-endpoint",
             Self::UnknownDenied => "unknown-endpoint-denied",
+            Self::PolicyIngressDenied => "network-policy-ingress",
+            Self::PolicyEgressDenied => "network-policy-egress",
+            Self::TenantDefaultDeny => "tenant-default-deny",
         }
     }
 }
@@ -79,18 +99,40 @@ pub enum PeerClass {
 pub struct Peer {
     pub class: PeerClass,
     pub endpoint: Endpoint,
+    /// Identity of the most specific policy address range holding the peer's address, 0 if
+    /// none: ipBlock peers match on it, pods included.
+    pub cidr_identity: u64,
 }
 
 impl Peer {
-    pub const PENDING: Self = Self { class: PeerClass::Pending, endpoint: Endpoint::EMPTY };
-    pub const UNKNOWN: Self = Self { class: PeerClass::Unknown, endpoint: Endpoint::EMPTY };
+    pub const PENDING: Self =
+        Self { class: PeerClass::Pending, endpoint: Endpoint::EMPTY, cidr_identity: 0 };
+    pub const UNKNOWN: Self =
+        Self { class: PeerClass::Unknown, endpoint: Endpoint::EMPTY, cidr_identity: 0 };
 
     pub const fn known(endpoint: Endpoint) -> Self {
         if endpoint.is_pending() {
             Self::PENDING
+        } else if endpoint.is_external() {
+            Self { class: PeerClass::Unknown, endpoint: Endpoint::EMPTY, cidr_identity: endpoint.identity }
         } else {
-            Self { class: PeerClass::Known, endpoint }
+            Self { class: PeerClass::Known, endpoint, cidr_identity: 0 }
         }
+    }
+
+    /// A remote address: the exact (pod) lookup if any, else the range lookup; the range's
+    /// identity is kept either way for ipBlock matching.
+    pub const fn remote_of(exact: Option<Endpoint>, range: Option<Endpoint>) -> Self {
+        let range_identity = match range {
+            Some(endpoint) => endpoint.identity,
+            None => 0,
+        };
+        let mut peer = match exact {
+            Some(endpoint) => Self::known(endpoint),
+            None => Self::remote(range),
+        };
+        peer.cidr_identity = range_identity;
+        peer
     }
 
     /// Classifies the result of a remote lookup (`None`: the address matched nothing).
@@ -123,6 +165,7 @@ pub trait Exceptions {
 }
 
 /// The tenant floor for a flow from `src` to `dst` on `dst_port`.
+#[inline(always)]
 pub fn decide<E: Exceptions>(
     settings: &Settings,
     src: Peer,
@@ -163,6 +206,64 @@ pub fn decide<E: Exceptions>(
     }
 }
 
+/// The compiled NetworkPolicy rules, looked up by longest prefix like the kernel's LPM trie.
+pub trait PolicyRules {
+    /// Whether any entry's prefix covers `key` (a full-length key).
+    fn covers(&self, key: &PolicyMatch) -> bool;
+}
+
+/// Whether policy set `set` lets `peer` in (or out) on `protocol`/`port`.
+#[inline(always)]
+pub fn policy_allows<R: PolicyRules>(set: u64, peer: &Peer, protocol: u8, port: u16, rules: &R) -> bool {
+    let identity = peer.endpoint.identity;
+    (identity != 0 && rules.covers(&PolicyMatch::new(set, identity, protocol, port)))
+        || (peer.cidr_identity != 0
+            && rules.covers(&PolicyMatch::new(set, peer.cidr_identity, protocol, port)))
+        || rules.covers(&PolicyMatch::new(set, IDENTITY_ANY, protocol, port))
+}
+
+/// Which end of the flow this node enforces for: NetworkPolicy is applied by the node of the
+/// pod it selects (egress at the source's node, ingress at the destination's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalEnd {
+    Source,
+    Destination,
+}
+
+/// The complete verdict for a new flow from `src` to `dst`, enforced for `local`'s end:
+/// (1) the tenant floor, (2) NetworkPolicy of the local pod, (3) the in-tenant default.
+#[inline(always)]
+pub fn decide_flow<T: Exceptions + PolicyRules>(
+    settings: &Settings,
+    src: Peer,
+    dst: Peer,
+    protocol: u8,
+    dst_port: u16,
+    local: LocalEnd,
+    tables: &T,
+) -> Reason {
+    let floor = decide(settings, src, dst, protocol, dst_port, tables);
+    if !floor.is_allow() || matches!(floor, Reason::NotReady) {
+        return floor;
+    }
+    let (set, peer, denied) = match local {
+        LocalEnd::Source => (src.endpoint.egress_policy, dst, Reason::PolicyEgressDenied),
+        LocalEnd::Destination => (dst.endpoint.ingress_policy, src, Reason::PolicyIngressDenied),
+    };
+    if set != NOT_ISOLATED {
+        return if policy_allows(set, &peer, protocol, dst_port, tables) {
+            Reason::PolicyAllowed
+        } else {
+            denied
+        };
+    }
+    if matches!(floor, Reason::SameTenant) && settings.flags & SETTING_DEFAULT_DENY_IN_TENANT != 0 {
+        return Reason::TenantDefaultDeny;
+    }
+    floor
+}
+
+#[inline(always)]
 fn shared_port_open<E: Exceptions>(exceptions: &E, shared: u32, protocol: u8, port: u16) -> bool {
     exceptions.shared_port(&SharedPortKey { shared, port, protocol, _pad: 0 })
         || exceptions.shared_port(&SharedPortKey { shared, port: 0, protocol: 0, _pad: 0 })
@@ -191,10 +292,10 @@ mod tests {
         }
     }
 
-    const READY: Settings = Settings { generation: 1, unknown: UNKNOWN_ALLOW, ready: 1 };
+    const READY: Settings = Settings { generation: 1, unknown: UNKNOWN_ALLOW, ready: 1, flags: 0, _pad: 0 };
 
     fn pod(tenant: u64, shared: u32) -> Peer {
-        Peer::known(Endpoint { tenant, shared, flags: 0 })
+        Peer::known(Endpoint { tenant, shared, ..Endpoint::EMPTY })
     }
 
     #[test]
@@ -229,7 +330,7 @@ mod tests {
 
     #[test]
     fn pending_flag_makes_a_found_endpoint_pending() {
-        let pending = Endpoint { tenant: 0, shared: 0, flags: ENDPOINT_PENDING };
+        let pending = Endpoint { flags: ENDPOINT_PENDING, ..Endpoint::EMPTY };
         assert_eq!(Peer::remote(Some(pending)), Peer::PENDING);
         assert_eq!(Peer::local(None), Peer::PENDING);
         assert_eq!(Peer::remote(None), Peer::UNKNOWN);

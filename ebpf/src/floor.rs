@@ -4,15 +4,16 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use moat_common::{
     event::{DenyEvent, EVENT_KIND_DENY},
     maps::{
-        Counter, CounterKey, FlowKey, FlowState, Settings, SharedPortKey, TenantPairKey,
-        ORIGIN_INBOUND, ORIGIN_OUTBOUND, VERDICT_ALLOW, VERDICT_DENY,
+        Counter, CounterKey, FlowKey, FlowState, PolicyMatch, Settings, SharedPortKey,
+        TenantPairKey, ORIGIN_INBOUND, ORIGIN_OUTBOUND, POLICY_FULL_BITS, VERDICT_ALLOW,
+        VERDICT_DENY,
     },
-    verdict::{decide, Exceptions, Peer, Reason},
+    verdict::{decide_flow, Exceptions, LocalEnd, Peer, PolicyRules, Reason},
 };
 
 use crate::maps::{
-    COUNTERS, EVENTS, EVENTS_LOST, FLOWS, LOCAL_ENDPOINTS, REMOTE_ENDPOINTS, REMOTE_NETWORKS,
-    SETTINGS, SHARED_PORTS, TENANT_PAIRS,
+    COUNTERS, EVENTS, EVENTS_LOST, FLOWS, LOCAL_ENDPOINTS, POLICY_RULES, REMOTE_ENDPOINTS,
+    REMOTE_NETWORKS, SETTINGS, SHARED_PORTS, TENANT_PAIRS,
 };
 
 /// Refresh a flow's timestamp at most this often, to keep map writes off most packets.
@@ -34,6 +35,13 @@ impl Exceptions for KernelExceptions {
     }
 }
 
+impl PolicyRules for KernelExceptions {
+    #[inline(always)]
+    fn covers(&self, key: &PolicyMatch) -> bool {
+        POLICY_RULES.get(Key::new(POLICY_FULL_BITS, *key)).is_some()
+    }
+}
+
 #[inline(always)]
 pub fn settings() -> Option<Settings> {
     SETTINGS.get(0).copied()
@@ -51,13 +59,9 @@ pub fn local_peer(cgroup: u64) -> Peer {
 #[inline(always)]
 pub fn remote_peer(addr: &[u8; 16]) -> Peer {
     // SAFETY: as above.
-    if let Some(endpoint) = unsafe { REMOTE_ENDPOINTS.get(addr) } {
-        return Peer::known(*endpoint);
-    }
-    match REMOTE_NETWORKS.get(Key::new(128, *addr)) {
-        Some(endpoint) => Peer::known(*endpoint),
-        None => Peer::UNKNOWN,
-    }
+    let exact = unsafe { REMOTE_ENDPOINTS.get(addr) }.copied();
+    let range = REMOTE_NETWORKS.get(Key::new(128, *addr)).copied();
+    Peer::remote_of(exact, range)
 }
 
 /// One end of a flow, local (by cgroup) and remote (by address), plus its ports.
@@ -81,9 +85,9 @@ impl Ends {
     #[inline(always)]
     pub fn decide(&self, settings: &Settings, origin: u8) -> Reason {
         if origin == ORIGIN_OUTBOUND {
-            decide(settings, self.local, self.remote, self.protocol, self.remote_port, &KernelExceptions)
+            decide_flow(settings, self.local, self.remote, self.protocol, self.remote_port, LocalEnd::Source, &KernelExceptions)
         } else {
-            decide(settings, self.remote, self.local, self.protocol, self.local_port, &KernelExceptions)
+            decide_flow(settings, self.remote, self.local, self.protocol, self.local_port, LocalEnd::Destination, &KernelExceptions)
         }
     }
 
@@ -212,6 +216,11 @@ pub fn report_deny(ends: &Ends, local_addr: [u8; 16], hook: u8, direction: u8, r
         local_port: ends.local_port,
         remote_port: ends.remote_port,
         _pad2: 0,
+        policy_set: match reason {
+            Reason::PolicyEgressDenied => ends.local.endpoint.egress_policy,
+            Reason::PolicyIngressDenied => ends.local.endpoint.ingress_policy,
+            _ => 0,
+        },
     });
     entry.submit(0);
 }

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use moat_common::maps::{
-    capacity, Counter, CounterKey, Endpoint, FlowKey, FlowState, Settings, SharedPortKey,
-    TenantPairKey,
+    capacity, Counter, CounterKey, Endpoint, FlowKey, FlowState, PolicyMatch, Settings,
+    SharedPortKey, TenantPairKey,
 };
 
 #[map]
@@ -43,3 +43,7 @@ pub static EVENTS: RingBuf = RingBuf::pinned(capacity::EVENTS_BYTES, 0);
 /// Index 0: events the ring buffer had no room for.
 #[map]
 pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
+
+/// NetworkPolicy rules: (policy set, peer identity, protocol, port prefix) → allowed.
+#[map]
+pub static POLICY_RULES: LpmTrie<PolicyMatch, u8> = LpmTrie::pinned(capacity::POLICY_RULES, 0);

@@ -3,9 +3,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use moat_common::maps::{Endpoint, NetworkKey, SharedPortKey, TenantPairKey};
-use moat_common::verdict::{self, Exceptions, Peer, Reason};
-use moat_common::maps::Settings;
+use moat_common::maps::{Endpoint, NetworkKey, PolicyMatch, Settings, SharedPortKey, TenantPairKey};
+use moat_common::verdict::{self, Exceptions, LocalEnd, Peer, PolicyRules, Reason};
+
+use super::policy::{covering_rules, PolicySet, RuleKey, RuleRef};
 
 use crate::model::{PodKey, TenantName};
 
@@ -18,8 +19,12 @@ pub struct Desired {
     pub networks: BTreeMap<NetworkKey, Endpoint>,
     pub shared_ports: BTreeSet<SharedPortKey>,
     pub tenant_pairs: BTreeSet<TenantPairKey>,
+    /// NetworkPolicy entries, with the rules each came from.
+    pub policy_rules: BTreeMap<RuleKey, BTreeSet<RuleRef>>,
     /// `UNKNOWN_ALLOW` or `UNKNOWN_DENY`.
     pub unknown: u32,
+    /// `SETTING_*` bits.
+    pub flags: u32,
     pub index: Index,
 }
 
@@ -33,6 +38,7 @@ pub struct Index {
     pub shared_names: BTreeMap<u32, String>,
     /// Addresses claimed by pods of different tenants.
     pub conflicts: BTreeSet<IpAddr>,
+    pub policy_sets: BTreeMap<u64, PolicySet>,
 }
 
 impl Exceptions for Desired {
@@ -48,24 +54,47 @@ impl Exceptions for Desired {
 impl Desired {
     /// The settings an agent writes once this state is in the maps.
     pub fn settings(&self, generation: u64) -> Settings {
-        Settings { generation, unknown: self.unknown, ready: 1 }
+        Settings { generation, unknown: self.unknown, ready: 1, flags: self.flags, _pad: 0 }
     }
 
-    /// Remote lookup exactly as the datapath does it: exact address, then longest prefix.
-    pub fn remote_endpoint(&self, addr: &[u8; 16]) -> Option<Endpoint> {
-        if let Some(endpoint) = self.remote.get(addr) {
-            return Some(*endpoint);
-        }
-        self.networks
+    /// Remote lookup exactly as the datapath does it: exact address and longest prefix.
+    pub fn remote_peer(&self, addr: &[u8; 16]) -> Peer {
+        let range = self
+            .networks
             .iter()
             .filter(|(key, _)| prefix_matches(key, addr))
             .max_by_key(|(key, _)| key.prefix_len)
-            .map(|(_, endpoint)| *endpoint)
+            .map(|(_, endpoint)| *endpoint);
+        Peer::remote_of(self.remote.get(addr).copied(), range)
     }
 
     /// The tenant-floor verdict for a new flow from `src` to `dst`, as the kernel decides it.
     pub fn decide(&self, src: Peer, dst: Peer, protocol: u8, dst_port: u16) -> Reason {
         verdict::decide(&self.settings(0), src, dst, protocol, dst_port, self)
+    }
+
+    /// The verdict the node of `local` reaches for a new flow, as its kernel decides it.
+    pub fn decide_at(&self, src: Peer, dst: Peer, protocol: u8, dst_port: u16, local: LocalEnd) -> Reason {
+        verdict::decide_flow(&self.settings(0), src, dst, protocol, dst_port, local, self)
+    }
+
+    /// The rules of `set` that let `peer` through on `protocol`/`port` (for explanations).
+    pub fn allowing_rules(&self, set: u64, peer: &Peer, protocol: u8, port: u16) -> Vec<&RuleRef> {
+        let mut found = Vec::new();
+        for identity in [peer.endpoint.identity, peer.cidr_identity, moat_common::maps::IDENTITY_ANY] {
+            if identity != 0 {
+                found.extend(covering_rules(&self.policy_rules, &PolicyMatch::new(set, identity, protocol, port)));
+            }
+        }
+        found.sort();
+        found.dedup();
+        found
+    }
+}
+
+impl PolicyRules for Desired {
+    fn covers(&self, key: &PolicyMatch) -> bool {
+        !covering_rules(&self.policy_rules, key).is_empty()
     }
 }
 

@@ -4,11 +4,17 @@
 pub mod desired;
 pub mod diff;
 mod endpoints;
+pub mod policy;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use moat_common::maps::{capacity, Endpoint, NetworkKey, TenantPairKey, ENDPOINT_PENDING};
+use std::collections::BTreeSet;
+
+use moat_common::maps::{
+    capacity, Endpoint, NetworkKey, TenantPairKey, ENDPOINT_EXTERNAL, NOT_ISOLATED,
+    SETTING_DEFAULT_DENY_IN_TENANT,
+};
 
 use crate::config::{Action, Config, Cidr};
 use crate::model::{Cluster, PodKey, TenantId, TenantName};
@@ -20,25 +26,51 @@ pub use desired::{Desired, Index};
 pub enum CompileError {
     #[error("tenants {first} and {second} hash to the same id {id:#x}; rename one of them")]
     TenantCollision { first: String, second: String, id: u64 },
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyCompileError),
     #[error("{map} would need {needed} entries but holds at most {capacity}")]
     Capacity { map: &'static str, needed: usize, capacity: u32 },
 }
 
+/// What the compiler produces policy entries for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Only the policy sets of this node's pods: what the agent writes to the kernel.
+    Node,
+    /// Every pod's policy sets: what `moat explain` evaluates.
+    Cluster,
+}
+
 /// Compiles the cluster for this node. `cgroups` are the pod cgroups found on this node.
 pub fn compile(cluster: &Cluster, config: &Config, cgroups: &PodCgroups) -> Result<Desired, CompileError> {
+    compile_scoped(cluster, config, cgroups, Scope::Node)
+}
+
+pub fn compile_scoped(cluster: &Cluster, config: &Config, cgroups: &PodCgroups, scope: Scope) -> Result<Desired, CompileError> {
     let tenants = endpoints::tenants(cluster, config)?;
     let shared = endpoints::SharedGroups::new(cluster, config);
+    let config_networks: Vec<Cidr> = config.cluster_cidrs.iter().chain(config.tenant_networks.iter().map(|n| &n.cidr)).copied().collect();
+    let policies = policy::compile(cluster, &config_networks)?;
     let mut desired = Desired {
         unknown: match config.unknown_endpoints {
             Action::Allow => moat_common::maps::UNKNOWN_ALLOW,
             Action::Deny => moat_common::maps::UNKNOWN_DENY,
         },
+        flags: if config.default_deny_in_tenant { SETTING_DEFAULT_DENY_IN_TENANT } else { 0 },
         ..Desired::default()
     };
     let mut pod_endpoints: BTreeMap<&PodKey, Endpoint> = BTreeMap::new();
     for (key, pod) in &cluster.pods {
         let tenant = &tenants.of_namespace[&key.namespace];
-        let endpoint = Endpoint { tenant: tenant.id().0, shared: shared.group_of(key), flags: 0 };
+        let (ingress_policy, egress_policy) = policies.pod_sets.get(key).copied().unwrap_or((NOT_ISOLATED, NOT_ISOLATED));
+        let endpoint = Endpoint {
+            tenant: tenant.id().0,
+            identity: policies.pod_identity.get(key).copied().unwrap_or(0),
+            ingress_policy,
+            egress_policy,
+            shared: shared.group_of(key),
+            flags: 0,
+        };
         pod_endpoints.insert(key, endpoint);
         desired.index.pod_tenants.insert(key.clone(), tenant.clone());
         if pod.host_network {
@@ -50,7 +82,7 @@ pub fn compile(cluster: &Cluster, config: &Config, cgroups: &PodCgroups) -> Resu
                 // Two live pods claim one address: it identifies neither, so deny it
                 // cross-tenant rather than guess.
                 Some(existing) if existing.tenant != endpoint.tenant => {
-                    desired.remote.insert(addr, Endpoint { tenant: 0, shared: 0, flags: ENDPOINT_PENDING });
+                    desired.remote.insert(addr, Endpoint::PENDING);
                     desired.index.conflicts.insert(*ip);
                 }
                 Some(_) => {}
@@ -61,6 +93,7 @@ pub fn compile(cluster: &Cluster, config: &Config, cgroups: &PodCgroups) -> Resu
             }
         }
     }
+    let mut local_sets = BTreeSet::new();
     for (cgroup, pod_ref) in cgroups {
         let Some(key) = endpoints::resolve(cluster, pod_ref) else { continue };
         let local = match (&config.node_name, &cluster.pods[key].node_name) {
@@ -68,17 +101,31 @@ pub fn compile(cluster: &Cluster, config: &Config, cgroups: &PodCgroups) -> Resu
             _ => true,
         };
         if local {
-            desired.local.insert(*cgroup, pod_endpoints[key]);
+            let endpoint = pod_endpoints[key];
+            local_sets.extend([endpoint.ingress_policy, endpoint.egress_policy]);
+            desired.local.insert(*cgroup, endpoint);
             desired.index.pods_by_cgroup.insert(*cgroup, key.clone());
         }
     }
+    let mut classified: BTreeMap<NetworkKey, Endpoint> = BTreeMap::new();
     for cidr in &config.cluster_cidrs {
-        desired.networks.insert(network_key(cidr), Endpoint { tenant: 0, shared: 0, flags: ENDPOINT_PENDING });
+        classified.insert(network_key(cidr), Endpoint::PENDING);
     }
     for network in &config.tenant_networks {
         let tenant = TenantName::Label(network.tenant.clone());
-        desired.networks.insert(network_key(&network.cidr), Endpoint { tenant: tenant.id().0, shared: 0, flags: 0 });
+        classified.insert(network_key(&network.cidr), Endpoint { tenant: tenant.id().0, ..Endpoint::EMPTY });
         desired.index.tenants.insert(tenant.id().0, tenant);
+    }
+    for (range, identity) in &policies.blocks {
+        // A range takes its class from the most specific config network holding it; ranges
+        // only policies name are outside the cluster.
+        let class = classified
+            .iter()
+            .filter(|(outer, _)| policy::contains(outer, range))
+            .max_by_key(|(outer, _)| outer.prefix_len)
+            .map(|(_, endpoint)| *endpoint)
+            .unwrap_or(Endpoint { flags: ENDPOINT_EXTERNAL, ..Endpoint::EMPTY });
+        desired.networks.insert(*range, Endpoint { identity: *identity, ..class });
     }
     for pair in &config.allowed_tenant_pairs {
         let src = TenantName::Label(pair.from.clone());
@@ -90,6 +137,12 @@ pub fn compile(cluster: &Cluster, config: &Config, cgroups: &PodCgroups) -> Resu
     for name in tenants.of_namespace.into_values() {
         desired.index.tenants.insert(name.id().0, name);
     }
+    for (key, refs) in policies.rules {
+        if scope == Scope::Cluster || local_sets.contains(&key.1.set) {
+            desired.policy_rules.insert(key, refs);
+        }
+    }
+    desired.index.policy_sets = policies.sets;
     check_capacity(&desired)?;
     Ok(desired)
 }
@@ -117,7 +170,8 @@ pub fn network_key(cidr: &Cidr) -> NetworkKey {
 }
 
 fn check_capacity(desired: &Desired) -> Result<(), CompileError> {
-    let checks: [(&'static str, usize, u32); 5] = [
+    let checks: [(&'static str, usize, u32); 6] = [
+        ("POLICY_RULES", desired.policy_rules.len(), capacity::POLICY_RULES),
         ("LOCAL_ENDPOINTS", desired.local.len(), capacity::LOCAL_ENDPOINTS),
         ("REMOTE_ENDPOINTS", desired.remote.len(), capacity::REMOTE_ENDPOINTS),
         ("REMOTE_NETWORKS", desired.networks.len(), capacity::REMOTE_NETWORKS),

@@ -43,7 +43,7 @@ fn cluster() -> Cluster {
 }
 
 fn remote(desired: &Desired, ip: &str) -> Peer {
-    Peer::remote(desired.remote_endpoint(&mapped(ip.parse().unwrap())))
+    desired.remote_peer(&mapped(ip.parse().unwrap()))
 }
 
 #[test]

@@ -28,6 +28,8 @@ pub struct DenyRecord {
     pub protocol: String,
     /// The rule that decided, e.g. `tenant-floor`.
     pub rule: &'static str,
+    /// For a NetworkPolicy deny: the policies isolating the local pod (`namespace/name`).
+    pub policies: Vec<String>,
     pub src: End,
     pub dst: End,
 }
@@ -85,6 +87,11 @@ impl DenyRecord {
             },
             protocol: protocol_name(event.protocol),
             rule: Reason::from_u8(event.reason).map(Reason::name).unwrap_or("unknown"),
+            policies: index
+                .policy_sets
+                .get(&event.policy_set)
+                .map(|set| set.policies.iter().map(ToString::to_string).collect())
+                .unwrap_or_default(),
             src,
             dst,
         }

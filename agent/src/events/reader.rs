@@ -49,6 +49,7 @@ fn log(record: &DenyRecord) {
         hook = record.hook,
         protocol = %record.protocol,
         rule = record.rule,
+        policies = (!record.policies.is_empty()).then(|| record.policies.join(",")),
         src_tenant = src.tenant.as_deref(),
         src_namespace = src.namespace.as_deref(),
         src_pod = src.pod.as_deref(),

@@ -6,17 +6,19 @@
 //! bumped at the end so live flows are re-decided under the complete new state.
 
 
+use std::collections::BTreeSet;
+
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::Ebpf;
 use moat_common::maps::{
-    names, Endpoint, NetworkKey, Settings, SharedPortKey, TenantPairKey, ENDPOINT_PENDING,
+    names, Endpoint, NetworkKey, PolicyMatch, Settings, SharedPortKey, TenantPairKey,
 };
 
 use super::KernelError;
 use crate::compiler::{diff, Desired};
 
-const PENDING: Endpoint = Endpoint { tenant: 0, shared: 0, flags: ENDPOINT_PENDING };
+const PENDING: Endpoint = Endpoint::PENDING;
 
 pub struct KernelMaps {
     local: HashMap<MapData, u64, Endpoint>,
@@ -24,6 +26,7 @@ pub struct KernelMaps {
     networks: LpmTrie<MapData, [u8; 16], Endpoint>,
     shared_ports: HashMap<MapData, SharedPortKey, u8>,
     tenant_pairs: HashMap<MapData, TenantPairKey, u8>,
+    policy_rules: LpmTrie<MapData, PolicyMatch, u8>,
     settings: Array<MapData, Settings>,
     events_lost: PerCpuArray<MapData, u64>,
 }
@@ -52,6 +55,7 @@ impl KernelMaps {
             networks: take(ebpf, names::REMOTE_NETWORKS)?,
             shared_ports: take(ebpf, names::SHARED_PORTS)?,
             tenant_pairs: take(ebpf, names::TENANT_PAIRS)?,
+            policy_rules: take(ebpf, names::POLICY_RULES)?,
             settings: take(ebpf, names::SETTINGS)?,
             events_lost: take(ebpf, names::EVENTS_LOST)?,
         })
@@ -68,7 +72,8 @@ impl KernelMaps {
 
     /// What the maps hold now (an earlier agent's state after a restart). No index.
     pub fn read(&self) -> Result<Desired, KernelError> {
-        let mut state = Desired { unknown: self.settings()?.unknown, ..Desired::default() };
+        let settings = self.settings()?;
+        let mut state = Desired { unknown: settings.unknown, flags: settings.flags, ..Desired::default() };
         for entry in self.local.iter() {
             let (key, value) = entry.map_err(|e| KernelError::map(names::LOCAL_ENDPOINTS, e))?;
             state.local.insert(key, value);
@@ -87,6 +92,10 @@ impl KernelMaps {
         for key in self.tenant_pairs.keys() {
             state.tenant_pairs.insert(key.map_err(|e| KernelError::map(names::TENANT_PAIRS, e))?);
         }
+        for key in self.policy_rules.keys() {
+            let key = key.map_err(|e| KernelError::map(names::POLICY_RULES, e))?;
+            state.policy_rules.insert((key.prefix_len(), key.data()), Default::default());
+        }
         Ok(state)
     }
 
@@ -97,6 +106,9 @@ impl KernelMaps {
         let networks = diff::maps(&from.networks, &to.networks);
         let shared = diff::sets(&from.shared_ports, &to.shared_ports);
         let pairs = diff::sets(&from.tenant_pairs, &to.tenant_pairs);
+        let from_rules: BTreeSet<_> = from.policy_rules.keys().copied().collect();
+        let to_rules: BTreeSet<_> = to.policy_rules.keys().copied().collect();
+        let rules = diff::sets(&from_rules, &to_rules);
         let mut stats = ApplyStats::default();
 
         // 1. Endpoints that change become pending first.
@@ -116,6 +128,12 @@ impl KernelMaps {
         }
         for (key, ()) in &pairs.added {
             self.tenant_pairs.insert(key, 1, 0).map_err(|e| KernelError::map(names::TENANT_PAIRS, e))?;
+            stats.writes += 1;
+        }
+        for ((prefix_len, data), ()) in &rules.added {
+            self.policy_rules
+                .insert(&Key::new(*prefix_len, *data), 1, 0)
+                .map_err(|e| KernelError::map(names::POLICY_RULES, e))?;
             stats.writes += 1;
         }
         for (key, value) in local.added.iter().chain(&local.changed) {
@@ -143,11 +161,22 @@ impl KernelMaps {
         for key in &pairs.removed {
             remove_tolerant(self.tenant_pairs.remove(key), names::TENANT_PAIRS)?;
         }
-        stats.removals = local.removed.len() + remote.removed.len() + networks.removed.len() + shared.removed.len() + pairs.removed.len();
+        for (prefix_len, data) in &rules.removed {
+            remove_tolerant(self.policy_rules.remove(&Key::new(*prefix_len, *data)), names::POLICY_RULES)?;
+        }
+        stats.removals = local.removed.len()
+            + remote.removed.len()
+            + networks.removed.len()
+            + shared.removed.len()
+            + pairs.removed.len()
+            + rules.removed.len();
 
         // 4. Arm: a new generation makes every live flow be re-decided on its next packet.
         let current = self.settings()?;
-        let changed = stats.writes + stats.removals > 0 || current.unknown != to.unknown || current.ready == 0;
+        let changed = stats.writes + stats.removals > 0
+            || current.unknown != to.unknown
+            || current.flags != to.flags
+            || current.ready == 0;
         let generation = if changed { current.generation + 1 } else { current.generation };
         self.settings
             .set(0, to.settings(generation), 0)

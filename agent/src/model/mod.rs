@@ -1,5 +1,6 @@
 //! The cluster as moat sees it: plain data, no I/O. Sources build it, the compiler reads it.
 
+pub mod policy;
 pub mod selector;
 pub mod tenant;
 

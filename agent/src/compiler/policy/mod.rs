@@ -1,0 +1,384 @@
+//! NetworkPolicy → `POLICY_RULES` entries.
+//!
+//! Pods selected by the same policies (per direction) share a *policy set*; each set gets
+//! entries keyed by (set, peer identity, protocol, port prefix). Per-packet cost is a fixed
+//! number of trie lookups whatever the number of policies; a change to one policy rewrites
+//! only the entries of the sets it belongs to.
+
+mod identity;
+pub mod prefixes;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use moat_common::maps::{NetworkKey, PolicyMatch, IDENTITY_ANY, NOT_ISOLATED, POLICY_FULL_BITS, POLICY_SET_IDENTITY_BITS};
+
+use super::network_key;
+use crate::config::Cidr;
+use crate::model::policy::{Peer, Policy, PolicyError, PortRef, PortRule, Rule};
+use crate::model::selector::{self, SelectorError};
+use crate::model::{Cluster, ContainerPort, Labels, ObjectKey, PodKey, Protocol};
+
+pub use identity::{cidr_identity, pod_identity};
+use prefixes::{port_blocks, PROTOCOL_BITS};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        }
+    }
+}
+
+/// A rule of a policy: `namespace/name` plus direction and index, as explain prints it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleRef {
+    pub policy: ObjectKey,
+    pub direction: Direction,
+    pub index: usize,
+}
+
+/// A key of the trie: prefix length and the (masked) match data.
+pub type RuleKey = (u32, PolicyMatch);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicySet {
+    pub direction: Direction,
+    pub policies: Vec<ObjectKey>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Compiled {
+    pub pod_identity: BTreeMap<PodKey, u64>,
+    /// (ingress set, egress set) per pod, `NOT_ISOLATED` where no policy selects it.
+    pub pod_sets: BTreeMap<PodKey, (u64, u64)>,
+    pub sets: BTreeMap<u64, PolicySet>,
+    /// Every entry, with the rules that produced it.
+    pub rules: BTreeMap<RuleKey, BTreeSet<RuleRef>>,
+    /// Address ranges named by ipBlocks, with their identities.
+    pub blocks: BTreeMap<NetworkKey, u64>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PolicyCompileError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("NetworkPolicy {policy}: {field}: {source}")]
+    Selector { policy: ObjectKey, field: String, source: SelectorError },
+}
+
+struct PodFacts<'a> {
+    key: &'a PodKey,
+    labels: &'a Labels,
+    ports: &'a [ContainerPort],
+    ips: &'a [IpAddr],
+    identity: u64,
+}
+
+/// Compiles every policy in the cluster. `config_networks` are the config's address ranges,
+/// which take part in the partition of the address space like ipBlocks.
+pub fn compile(cluster: &Cluster, config_networks: &[Cidr]) -> Result<Compiled, PolicyCompileError> {
+    let policies: Vec<Policy> = cluster
+        .network_policies
+        .iter()
+        .map(|(key, policy)| Policy::from_api(key, policy))
+        .collect::<Result<_, _>>()?;
+    let mut out = Compiled::default();
+    let pods: Vec<PodFacts> = cluster
+        .pods
+        .iter()
+        .map(|(key, pod)| PodFacts {
+            key,
+            labels: &pod.labels,
+            ports: &pod.ports,
+            ips: if pod.host_network { &[] } else { &pod.ips },
+            identity: pod_identity(&key.namespace, &pod.labels, &pod.ports),
+        })
+        .collect();
+    for pod in &pods {
+        out.pod_identity.insert(pod.key.clone(), pod.identity);
+    }
+    out.blocks = block_identities(&policies, config_networks);
+
+    // Which policies select each pod, per direction → sets.
+    let mut set_members: BTreeMap<u64, (Direction, Vec<usize>, &PodFacts)> = BTreeMap::new();
+    for pod in &pods {
+        let mut ids = [NOT_ISOLATED, NOT_ISOLATED];
+        for (slot, direction) in [Direction::Ingress, Direction::Egress].into_iter().enumerate() {
+            let mut selecting = Vec::new();
+            for (index, policy) in policies.iter().enumerate() {
+                let affects = match direction {
+                    Direction::Ingress => policy.ingress.is_some(),
+                    Direction::Egress => policy.egress.is_some(),
+                };
+                if affects && policy.key.namespace == pod.key.namespace && select(policy, &policy.pod_selector, pod.labels, "spec.podSelector")? {
+                    selecting.push(index);
+                }
+            }
+            if selecting.is_empty() {
+                continue;
+            }
+            let names: Vec<u8> = selecting.iter().flat_map(|i| format!("{}\0", policies[*i].key).into_bytes()).collect();
+            // Ingress named ports resolve on the selected pod itself, so its named ports are
+            // part of what the set means.
+            let ports = if direction == Direction::Ingress { identity::named_ports_bytes(pod.ports) } else { Vec::new() };
+            let id = identity::hash_id(&[direction.as_str().as_bytes(), &names, &ports]);
+            ids[slot] = id;
+            set_members.entry(id).or_insert((direction, selecting, pod));
+        }
+        out.pod_sets.insert(pod.key.clone(), (ids[0], ids[1]));
+    }
+
+    for (set, (direction, selecting, representative)) in &set_members {
+        out.sets.insert(*set, PolicySet { direction: *direction, policies: selecting.iter().map(|i| policies[*i].key.clone()).collect() });
+        for policy_index in selecting {
+            let policy = &policies[*policy_index];
+            let rules = match direction {
+                Direction::Ingress => policy.ingress.as_deref(),
+                Direction::Egress => policy.egress.as_deref(),
+            };
+            for (index, rule) in rules.into_iter().flatten().enumerate() {
+                let rule_ref = RuleRef { policy: policy.key.clone(), direction: *direction, index };
+                let targets = targets(policy, rule, &pods, cluster, &out.blocks, *direction, index)?;
+                for (target, ports) in expand(rule, &targets, *direction, representative, &pods) {
+                    for key in keys(*set, target, &ports) {
+                        out.rules.entry(key).or_default().insert(rule_ref.clone());
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn select(policy: &Policy, selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector, labels: &Labels, field: &str) -> Result<bool, PolicyCompileError> {
+    selector::matches(selector, labels).map_err(|source| PolicyCompileError::Selector { policy: policy.key.clone(), field: field.into(), source })
+}
+
+/// Whom a rule's peers cover.
+#[derive(Clone)]
+enum Target<'a> {
+    /// Every peer, pods or not.
+    Any,
+    Pod(&'a PodFacts<'a>),
+    Block(u64),
+    /// A pod covered only through an ipBlock (for named ports, which need the pod's ports).
+    PodInBlock(&'a PodFacts<'a>),
+}
+
+fn targets<'a>(
+    policy: &Policy,
+    rule: &Rule,
+    pods: &'a [PodFacts<'a>],
+    cluster: &Cluster,
+    blocks: &BTreeMap<NetworkKey, u64>,
+    direction: Direction,
+    index: usize,
+) -> Result<Vec<Target<'a>>, PolicyCompileError> {
+    let Some(peers) = &rule.peers else { return Ok(vec![Target::Any]) };
+    let field = format!("spec.{}[{index}]", direction.as_str());
+    let mut out = Vec::new();
+    for peer in peers {
+        match peer {
+            Peer::Pods { namespaces, pods: pod_selector } => {
+                for pod in pods {
+                    let namespace_ok = match namespaces {
+                        None => pod.key.namespace == policy.key.namespace,
+                        Some(selector) => {
+                            let labels = namespace_labels(cluster, &pod.key.namespace);
+                            select(policy, selector, &labels, &format!("{field}.namespaceSelector"))?
+                        }
+                    };
+                    let pod_ok = match pod_selector {
+                        None => true,
+                        Some(selector) => select(policy, selector, pod.labels, &format!("{field}.podSelector"))?,
+                    };
+                    if namespace_ok && pod_ok {
+                        out.push(Target::Pod(pod));
+                    }
+                }
+            }
+            Peer::Block { cidr, except } => {
+                let outer = network_key(cidr);
+                let excluded: Vec<NetworkKey> = except.iter().map(network_key).collect();
+                for (range, id) in blocks {
+                    if contains(&outer, range) && !excluded.iter().any(|e| contains(e, range)) {
+                        out.push(Target::Block(*id));
+                    }
+                }
+                for pod in pods {
+                    let inside = pod.ips.iter().any(|ip| {
+                        let host = network_key(&Cidr { addr: *ip, prefix_len: if ip.is_ipv4() { 32 } else { 128 } });
+                        contains(&outer, &host) && !excluded.iter().any(|e| contains(e, &host))
+                    });
+                    if inside {
+                        out.push(Target::PodInBlock(pod));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Namespace labels, with the `kubernetes.io/metadata.name` label the API server always sets.
+fn namespace_labels(cluster: &Cluster, namespace: &str) -> Labels {
+    let mut labels = cluster.namespaces.get(namespace).map(|ns| ns.labels.clone()).unwrap_or_default();
+    labels.entry("kubernetes.io/metadata.name".into()).or_insert_with(|| namespace.into());
+    labels
+}
+
+/// What one target may reach: numbered (protocol, port range) pairs, or every port.
+enum Ports {
+    All,
+    Some(Vec<(Protocol, Option<(u16, u16)>)>),
+}
+
+/// Pairs each target with the ports it may use, resolving named ports on the destination:
+/// the selected pod for ingress, the peer for egress.
+fn expand(rule: &Rule, targets: &[Target], direction: Direction, selected: &PodFacts, pods: &[PodFacts]) -> Vec<(u64, Ports)> {
+    let mut out = Vec::new();
+    let Some(port_rules) = &rule.ports else {
+        for target in targets {
+            match target {
+                Target::Any => out.push((IDENTITY_ANY, Ports::All)),
+                Target::Pod(pod) => out.push((pod.identity, Ports::All)),
+                Target::Block(id) => out.push((*id, Ports::All)),
+                Target::PodInBlock(_) => {}
+            }
+        }
+        return out;
+    };
+    let numbered: Vec<(Protocol, Option<(u16, u16)>)> = port_rules.iter().filter_map(|rule| numbered_port(rule)).collect();
+    let named: Vec<&PortRule> = port_rules.iter().filter(|rule| matches!(rule.port, PortRef::Named(_))).collect();
+    for target in targets {
+        let identity = match target {
+            Target::Any => IDENTITY_ANY,
+            Target::Pod(pod) | Target::PodInBlock(pod) => pod.identity,
+            Target::Block(id) => *id,
+        };
+        let mut ports = if matches!(target, Target::PodInBlock(_)) { Vec::new() } else { numbered.clone() };
+        for rule in &named {
+            let PortRef::Named(name) = &rule.port else { continue };
+            match (direction, target) {
+                (Direction::Ingress, Target::PodInBlock(_)) => {}
+                (Direction::Ingress, _) => ports.extend(resolve(selected.ports, name, rule.protocol)),
+                (Direction::Egress, Target::Pod(pod) | Target::PodInBlock(pod)) => ports.extend(resolve(pod.ports, name, rule.protocol)),
+                // A named port can only be resolved on a pod: expand "any peer" to the pods.
+                (Direction::Egress, Target::Any) => {}
+                (Direction::Egress, Target::Block(_)) => {}
+            }
+        }
+        if !ports.is_empty() {
+            out.push((identity, Ports::Some(ports)));
+        }
+    }
+    // Egress to every peer on a named port: each pod that has such a port, by its identity.
+    if direction == Direction::Egress && targets.iter().any(|t| matches!(t, Target::Any)) {
+        for pod in pods {
+            let ports: Vec<_> = named.iter().filter_map(|rule| match &rule.port {
+                PortRef::Named(name) => resolve(pod.ports, name, rule.protocol),
+                _ => None,
+            }).collect();
+            if !ports.is_empty() {
+                out.push((pod.identity, Ports::Some(ports)));
+            }
+        }
+    }
+    out
+}
+
+fn numbered_port(rule: &PortRule) -> Option<(Protocol, Option<(u16, u16)>)> {
+    match rule.port {
+        PortRef::Any => Some((rule.protocol, None)),
+        PortRef::Range(start, end) => Some((rule.protocol, Some((start, end)))),
+        PortRef::Named(_) => None,
+    }
+}
+
+fn resolve(ports: &[ContainerPort], name: &str, protocol: Protocol) -> Option<(Protocol, Option<(u16, u16)>)> {
+    ports
+        .iter()
+        .find(|port| port.name.as_deref() == Some(name) && port.protocol == protocol)
+        .map(|port| (protocol, Some((port.port, port.port))))
+}
+
+fn keys(set: u64, identity: u64, ports: &Ports) -> Vec<RuleKey> {
+    match ports {
+        Ports::All => vec![(POLICY_SET_IDENTITY_BITS, PolicyMatch::new(set, identity, 0, 0))],
+        Ports::Some(list) => {
+            let mut keys = Vec::new();
+            for (protocol, range) in list {
+                match range {
+                    None => keys.push((PROTOCOL_BITS, PolicyMatch::new(set, identity, protocol.number(), 0))),
+                    Some((start, end)) => {
+                        for (port, bits) in port_blocks(*start, *end) {
+                            let prefix = PROTOCOL_BITS + bits;
+                            keys.push((prefix, prefixes::mask(&PolicyMatch::new(set, identity, protocol.number(), port), prefix)));
+                        }
+                    }
+                }
+            }
+            keys
+        }
+    }
+}
+
+/// Whether range `inner` lies within range `outer`.
+pub fn contains(outer: &NetworkKey, inner: &NetworkKey) -> bool {
+    if inner.prefix_len < outer.prefix_len {
+        return false;
+    }
+    let masked = network_key_masked(inner, outer.prefix_len);
+    masked == outer.addr
+}
+
+fn network_key_masked(key: &NetworkKey, prefix_len: u32) -> [u8; 16] {
+    let mut addr = key.addr;
+    for (i, byte) in addr.iter_mut().enumerate() {
+        let bits = prefix_len.saturating_sub(i as u32 * 8).min(8);
+        *byte &= if bits == 0 { 0 } else { 0xffu8 << (8 - bits) };
+    }
+    addr
+}
+
+/// Every address range that takes part in the partition: ipBlock CIDRs and excepts, and the
+/// config's networks. Each gets its own identity.
+fn block_identities(policies: &[Policy], config_networks: &[Cidr]) -> BTreeMap<NetworkKey, u64> {
+    let mut ranges: BTreeSet<NetworkKey> = config_networks.iter().map(network_key).collect();
+    for policy in policies {
+        for rule in policy.ingress.iter().flatten().chain(policy.egress.iter().flatten()) {
+            for peer in rule.peers.iter().flatten() {
+                if let Peer::Block { cidr, except } = peer {
+                    ranges.insert(network_key(cidr));
+                    ranges.extend(except.iter().map(network_key));
+                }
+            }
+        }
+    }
+    ranges.into_iter().map(|key| (key, cidr_identity(&key))).collect()
+}
+
+/// Whether a full-length key is covered by any entry (what an LPM lookup finds), and which
+/// rules the covering entries came from.
+pub fn covering_rules<'a>(rules: &'a BTreeMap<RuleKey, BTreeSet<RuleRef>>, key: &PolicyMatch) -> Vec<&'a RuleRef> {
+    let mut found = Vec::new();
+    for prefix in std::iter::once(POLICY_SET_IDENTITY_BITS).chain(PROTOCOL_BITS..=POLICY_FULL_BITS) {
+        if let Some(refs) = rules.get(&(prefix, prefixes::mask(key, prefix))) {
+            found.extend(refs.iter());
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+#[cfg(test)]
+mod tests;
