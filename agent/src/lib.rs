@@ -6,6 +6,7 @@
 pub mod compiler;
 pub mod config;
 pub mod events;
+pub mod explain;
 pub mod kernel;
 pub mod lab;
 pub mod model;

@@ -1,6 +1,6 @@
 use clap::{Parser, Subcommand};
 
-use moat_agent::{lab, runtime};
+use moat_agent::{explain, lab, runtime};
 
 /// moat: tenant isolation and runtime guard for shared Kubernetes nodes, in eBPF.
 #[derive(Parser)]
@@ -14,6 +14,8 @@ struct Cli {
 enum Command {
     /// Run the node agent: load the eBPF programs and keep the kernel in step with the cluster.
     Agent(runtime::AgentArgs),
+    /// Explain what the datapath decides for a flow, and every rule that decided it.
+    Explain(explain::ExplainArgs),
     /// A local playground of pods (network namespaces plus cgroups) on the real kernel.
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -32,6 +34,7 @@ fn main() -> anyhow::Result<()> {
             init_json_logs();
             runtime::run(args)?
         }
+        Command::Explain(args) => explain::run(args)?,
         Command::Lab(command) => lab::run(command)?,
         Command::PodServe(args) => lab::serve::run(args)?,
         Command::PodConnect(args) => std::process::exit(lab::connect::run(args)?),

@@ -121,17 +121,18 @@ impl Peer {
     }
 
     /// A remote address: the exact (pod) lookup if any, else the range lookup; the range's
-    /// identity is kept either way for ipBlock matching.
-    pub const fn remote_of(exact: Option<Endpoint>, range: Option<Endpoint>) -> Self {
-        let range_identity = match range {
-            Some(endpoint) => endpoint.identity,
-            None => 0,
+    /// identity is kept either way for ipBlock matching. Takes references: an
+    /// `Option<Endpoint>` by value carries an uninitialised payload the verifier rejects.
+    #[inline(always)]
+    pub fn remote_of(exact: Option<&Endpoint>, range: Option<&Endpoint>) -> Self {
+        let mut peer = match (exact, range) {
+            (Some(endpoint), _) => Self::known(*endpoint),
+            (None, Some(endpoint)) => Self::known(*endpoint),
+            (None, None) => Self::UNKNOWN,
         };
-        let mut peer = match exact {
-            Some(endpoint) => Self::known(endpoint),
-            None => Self::remote(range),
-        };
-        peer.cidr_identity = range_identity;
+        if let Some(endpoint) = range {
+            peer.cidr_identity = endpoint.identity;
+        }
         peer
     }
 

@@ -59,8 +59,8 @@ pub fn local_peer(cgroup: u64) -> Peer {
 #[inline(always)]
 pub fn remote_peer(addr: &[u8; 16]) -> Peer {
     // SAFETY: as above.
-    let exact = unsafe { REMOTE_ENDPOINTS.get(addr) }.copied();
-    let range = REMOTE_NETWORKS.get(Key::new(128, *addr)).copied();
+    let exact = unsafe { REMOTE_ENDPOINTS.get(addr) };
+    let range = REMOTE_NETWORKS.get(Key::new(128, *addr));
     Peer::remote_of(exact, range)
 }
 

@@ -64,8 +64,8 @@ impl Desired {
             .iter()
             .filter(|(key, _)| prefix_matches(key, addr))
             .max_by_key(|(key, _)| key.prefix_len)
-            .map(|(_, endpoint)| *endpoint);
-        Peer::remote_of(self.remote.get(addr).copied(), range)
+            .map(|(_, endpoint)| endpoint);
+        Peer::remote_of(self.remote.get(addr), range)
     }
 
     /// The tenant-floor verdict for a new flow from `src` to `dst`, as the kernel decides it.

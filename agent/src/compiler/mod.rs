@@ -27,7 +27,7 @@ pub enum CompileError {
     #[error("tenants {first} and {second} hash to the same id {id:#x}; rename one of them")]
     TenantCollision { first: String, second: String, id: u64 },
     #[error(transparent)]
-    Policy(#[from] policy::PolicyCompileError),
+    Policy(#[from] Box<policy::PolicyCompileError>),
     #[error("{map} would need {needed} entries but holds at most {capacity}")]
     Capacity { map: &'static str, needed: usize, capacity: u32 },
 }
@@ -50,7 +50,7 @@ pub fn compile_scoped(cluster: &Cluster, config: &Config, cgroups: &PodCgroups, 
     let tenants = endpoints::tenants(cluster, config)?;
     let shared = endpoints::SharedGroups::new(cluster, config);
     let config_networks: Vec<Cidr> = config.cluster_cidrs.iter().chain(config.tenant_networks.iter().map(|n| &n.cidr)).copied().collect();
-    let policies = policy::compile(cluster, &config_networks)?;
+    let policies = policy::compile(cluster, &config_networks).map_err(Box::new)?;
     let mut desired = Desired {
         unknown: match config.unknown_endpoints {
             Action::Allow => moat_common::maps::UNKNOWN_ALLOW,

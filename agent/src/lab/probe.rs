@@ -50,14 +50,14 @@ impl Target {
         Ok(Self::Port(port, protocol))
     }
 
-    fn port(self) -> u16 {
+    pub fn port(self) -> u16 {
         match self {
             Self::Port(port, _) => port,
             Self::Icmp => 0,
         }
     }
 
-    fn protocol(self) -> &'static str {
+    pub fn protocol(self) -> &'static str {
         match self {
             Self::Port(_, protocol) => protocol.as_str(),
             Self::Icmp => "ICMP",

@@ -50,6 +50,9 @@ pub struct PortRule {
     pub port: PortRef,
 }
 
+/// A rule as the API has it: its peers (`from`/`to`) and ports.
+type ApiRule = (Option<Vec<NetworkPolicyPeer>>, Option<Vec<NetworkPolicyPort>>);
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("NetworkPolicy {policy}: {field}: {message}")]
 pub struct PolicyError {
@@ -75,12 +78,12 @@ impl Policy {
                 types
             }
         };
-        let convert = |rules: &Option<Vec<(Option<Vec<NetworkPolicyPeer>>, Option<Vec<NetworkPolicyPort>>)>>, field: &str| -> Result<Vec<Rule>, PolicyError> {
+        let convert = |rules: &Option<Vec<ApiRule>>, field: &str| -> Result<Vec<Rule>, PolicyError> {
             let mut out = Vec::new();
             for (index, (peers, ports)) in rules.iter().flatten().enumerate() {
                 let field = format!("spec.{field}[{index}]");
                 out.push(Rule {
-                    peers: convert_peers(peers.as_deref()).map_err(|(f, m)| error(format!("{field}.{f}"), m))?,
+                    peers: convert_peers(peers.as_deref(), if field == "ingress" { "from" } else { "to" }).map_err(|(f, m)| error(format!("{field}.{f}"), m))?,
                     ports: convert_ports(ports.as_deref()).map_err(|(f, m)| error(format!("{field}.{f}"), m))?,
                 });
             }
@@ -97,12 +100,12 @@ impl Policy {
     }
 }
 
-fn convert_peers(peers: Option<&[NetworkPolicyPeer]>) -> Result<Option<Vec<Peer>>, (String, String)> {
+fn convert_peers(peers: Option<&[NetworkPolicyPeer]>, list: &str) -> Result<Option<Vec<Peer>>, (String, String)> {
     let Some(peers) = peers.filter(|peers| !peers.is_empty()) else { return Ok(None) };
     let mut out = Vec::new();
     for (index, peer) in peers.iter().enumerate() {
         if let Some(block) = &peer.ip_block {
-            let field = format!("from[{index}].ipBlock");
+            let field = format!("{list}[{index}].ipBlock");
             let cidr: Cidr = block.cidr.parse().map_err(|m| (format!("{field}.cidr"), m))?;
             let except = block
                 .except

@@ -69,9 +69,9 @@ pub struct Compiled {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum PolicyCompileError {
     #[error(transparent)]
-    Policy(#[from] PolicyError),
+    Policy(#[from] Box<PolicyError>),
     #[error("NetworkPolicy {policy}: {field}: {source}")]
-    Selector { policy: ObjectKey, field: String, source: SelectorError },
+    Selector { policy: ObjectKey, field: String, source: Box<SelectorError> },
 }
 
 struct PodFacts<'a> {
@@ -88,7 +88,7 @@ pub fn compile(cluster: &Cluster, config_networks: &[Cidr]) -> Result<Compiled, 
     let policies: Vec<Policy> = cluster
         .network_policies
         .iter()
-        .map(|(key, policy)| Policy::from_api(key, policy))
+        .map(|(key, policy)| Policy::from_api(key, policy).map_err(Box::new))
         .collect::<Result<_, _>>()?;
     let mut out = Compiled::default();
     let pods: Vec<PodFacts> = cluster
@@ -159,7 +159,7 @@ pub fn compile(cluster: &Cluster, config_networks: &[Cidr]) -> Result<Compiled, 
 }
 
 fn select(policy: &Policy, selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector, labels: &Labels, field: &str) -> Result<bool, PolicyCompileError> {
-    selector::matches(selector, labels).map_err(|source| PolicyCompileError::Selector { policy: policy.key.clone(), field: field.into(), source })
+    selector::matches(selector, labels).map_err(|source| PolicyCompileError::Selector { policy: policy.key.clone(), field: field.into(), source: Box::new(source) })
 }
 
 /// Whom a rule's peers cover.
@@ -256,7 +256,7 @@ fn expand(rule: &Rule, targets: &[Target], direction: Direction, selected: &PodF
         }
         return out;
     };
-    let numbered: Vec<(Protocol, Option<(u16, u16)>)> = port_rules.iter().filter_map(|rule| numbered_port(rule)).collect();
+    let numbered: Vec<(Protocol, Option<(u16, u16)>)> = port_rules.iter().filter_map(numbered_port).collect();
     let named: Vec<&PortRule> = port_rules.iter().filter(|rule| matches!(rule.port, PortRef::Named(_))).collect();
     for target in targets {
         let identity = match target {

@@ -1,0 +1,199 @@
+//! `moat explain`: what the datapath decides for a flow between two pods, and every rule that
+//! decided it. It compiles the manifests exactly as the agent does (cluster-wide) and runs the
+//! kernel's own decision function over those entries, so what it says is what the kernel does.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use moat_common::maps::NOT_ISOLATED;
+use moat_common::verdict::{self, LocalEnd, Peer, PeerClass, Reason};
+use serde::Serialize;
+
+use crate::compiler::{self, CompileError, Desired, Scope};
+use crate::config::{Config, ConfigError};
+use crate::lab::probe::{Family, Target};
+use crate::lab::parse_pod;
+use crate::model::{Cluster, PodKey};
+use crate::node::cgroups::PodCgroups;
+use crate::sources::manifests::{self, ManifestError};
+
+#[derive(clap::Args, Debug)]
+pub struct ExplainArgs {
+    /// Files or directories of manifests (`kubectl get namespaces,pods,networkpolicies -A -o yaml`).
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Agent configuration (tenant label, exceptions, defaults) to explain under.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long, value_parser = parse_pod, required_unless_present = "matrix", conflicts_with = "matrix")]
+    pub from: Option<PodKey>,
+    #[arg(long, value_parser = parse_pod, required_unless_present = "matrix", conflicts_with = "matrix")]
+    pub to: Option<PodKey>,
+    /// Every ordered pair of distinct pods.
+    #[arg(long)]
+    pub matrix: bool,
+    /// PORT[/TCP|UDP|SCTP] (default TCP) or `icmp`.
+    #[arg(long, value_parser = Target::parse)]
+    pub port: Target,
+    /// Which of the pods' addresses to use.
+    #[arg(long, value_enum, default_value = "4")]
+    pub family: Family,
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: Format,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error("pod {0} is not in the manifests")]
+    UnknownPod(PodKey),
+    #[error("pod {0} has no pod address of its own (no status.podIPs, or hostNetwork), so no flow to or from it can be explained")]
+    NoAddress(PodKey),
+    #[error("writing output: {0}")]
+    Output(#[from] serde_json::Error),
+}
+
+#[derive(Debug, PartialEq, Serialize)]
+pub struct Explanation {
+    pub from: String,
+    pub to: String,
+    pub verdict: &'static str,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct MatrixOutput<'a> {
+    port: u16,
+    protocol: &'a str,
+    results: &'a [Explanation],
+}
+
+pub fn run(args: ExplainArgs) -> Result<(), ExplainError> {
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let cluster = manifests::load(&args.files)?.cluster;
+    let desired = compiler::compile_scoped(&cluster, &config, &PodCgroups::new(), Scope::Cluster)?;
+    let pairs: Vec<(PodKey, PodKey)> = match (&args.from, &args.to) {
+        (Some(from), Some(to)) => vec![(from.clone(), to.clone())],
+        _ => {
+            let pods: Vec<&PodKey> = cluster
+                .pods
+                .iter()
+                .filter(|(key, pod)| {
+                    let addressed = !pod.ips.is_empty() && !pod.host_network;
+                    if !addressed {
+                        eprintln!("skipping {key}: it has no pod address of its own");
+                    }
+                    addressed
+                })
+                .map(|(key, _)| key)
+                .collect();
+            pods.iter().flat_map(|a| pods.iter().filter(move |b| a != *b).map(move |b| ((*a).clone(), (*b).clone()))).collect()
+        }
+    };
+    let mut results = Vec::new();
+    for (from, to) in &pairs {
+        results.push(explain(&cluster, &desired, from, to, args.port, args.family)?);
+    }
+    match args.output {
+        Format::Json if args.matrix => {
+            let output = MatrixOutput { port: args.port.port(), protocol: args.port.protocol(), results: &results };
+            println!("{}", serde_json::to_string(&output)?);
+        }
+        Format::Json => println!("{}", serde_json::to_string(&results[0])?),
+        Format::Text => {
+            for result in &results {
+                println!("{} -> {} {}/{}: {}", result.from, result.to, args.port.port(), args.port.protocol(), result.verdict.to_uppercase());
+                for reason in &result.reasons {
+                    println!("  - {reason}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The verdict for `from` → `to` and the rules behind it.
+pub fn explain(cluster: &Cluster, desired: &Desired, from: &PodKey, to: &PodKey, target: Target, family: Family) -> Result<Explanation, ExplainError> {
+    let (protocol, port) = match target {
+        Target::Port(port, protocol) => (protocol.number(), port),
+        Target::Icmp => (if family == Family::V4 { moat_common::IPPROTO_ICMP } else { moat_common::IPPROTO_ICMPV6 }, 0),
+    };
+    let src = peer(cluster, desired, from, family)?;
+    let dst = peer(cluster, desired, to, family)?;
+    let mut reasons = Vec::new();
+    let floor = desired.decide(src, dst, protocol, port);
+    reasons.push(describe_floor(desired, floor, from, to, &src, &dst));
+    if !floor.is_allow() {
+        return Ok(Explanation { from: from.to_string(), to: to.to_string(), verdict: "deny", reasons });
+    }
+    let mut allowed = true;
+    for (local, pod, set, peer) in [
+        (LocalEnd::Source, from, src.endpoint.egress_policy, dst),
+        (LocalEnd::Destination, to, dst.endpoint.ingress_policy, src),
+    ] {
+        let decision = desired.decide_at(src, dst, protocol, port, local);
+        allowed &= decision.is_allow();
+        let direction = if local == LocalEnd::Source { "egress" } else { "ingress" };
+        reasons.push(if set == NOT_ISOLATED {
+            if decision == Reason::TenantDefaultDeny {
+                format!("{direction} of {pod}: no NetworkPolicy selects it, and defaultDenyInTenant denies within the tenant")
+            } else {
+                format!("{direction} of {pod}: no NetworkPolicy selects it for {direction}; allowed")
+            }
+        } else {
+            let rules = desired.allowing_rules(set, &peer, protocol, port);
+            if rules.is_empty() {
+                let policies: Vec<String> = desired.index.policy_sets.get(&set).map(|s| s.policies.iter().map(ToString::to_string).collect()).unwrap_or_default();
+                format!("{direction} of {pod}: isolated by {}; no rule allows this peer and port", policies.join(", "))
+            } else {
+                let names: Vec<String> = rules.iter().map(|r| format!("{} ({} rule {})", r.policy, r.direction.as_str(), r.index)).collect();
+                format!("{direction} of {pod}: allowed by {}", names.join(", "))
+            }
+        });
+    }
+    Ok(Explanation { from: from.to_string(), to: to.to_string(), verdict: if allowed { "allow" } else { "deny" }, reasons })
+}
+
+fn peer(cluster: &Cluster, desired: &Desired, key: &PodKey, family: Family) -> Result<Peer, ExplainError> {
+    let pod = cluster.pods.get(key).ok_or_else(|| ExplainError::UnknownPod(key.clone()))?;
+    let wanted = |ip: &&IpAddr| ip.is_ipv4() == (family == Family::V4);
+    // The datapath identifies a remote pod by its address; without one there is no verdict.
+    match pod.ips.iter().find(wanted).or(pod.ips.first()) {
+        Some(ip) if !pod.host_network => Ok(desired.remote_peer(&compiler::mapped(*ip))),
+        _ => Err(ExplainError::NoAddress(key.clone())),
+    }
+}
+
+fn describe_floor(desired: &Desired, floor: Reason, from: &PodKey, to: &PodKey, src: &Peer, dst: &Peer) -> String {
+    let tenant = |peer: &Peer, pod: &PodKey| match peer.class {
+        PeerClass::Known => desired.index.tenants.get(&peer.tenant()).map(ToString::to_string).unwrap_or_else(|| "?".into()),
+        PeerClass::Pending => format!("pending ({pod} has no attributable address)"),
+        PeerClass::Unknown => "not a pod".into(),
+    };
+    let (a, b) = (tenant(src, from), tenant(dst, to));
+    match floor {
+        Reason::SameTenant => format!("tenant floor: both in tenant {a}"),
+        Reason::SharedService => {
+            let name = desired.index.shared_names.get(&dst.endpoint.shared).cloned().unwrap_or_default();
+            format!("tenant floor: {a} -> {b} crosses tenants; allowed by the exception for shared service {name}")
+        }
+        Reason::TenantPair => format!("tenant floor: {a} -> {b} allowed by an allowedTenantPairs exception"),
+        Reason::CrossTenant => format!("tenant floor: {a} -> {b} crosses tenants and no exception allows it (NetworkPolicies cannot widen this)"),
+        Reason::Pending => format!("tenant floor: {a} -> {b}: a pending endpoint gets no cross-tenant traffic"),
+        other => format!("tenant floor: {}", verdict::Reason::name(other)),
+    }
+}
