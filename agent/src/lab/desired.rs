@@ -251,7 +251,7 @@ mod tests {
         let temp = tempfile::tempdir().unwrap();
         let file = temp.path().join("pods.yaml");
         std::fs::write(&file, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: a\n  namespace: x\nstatus:\n  podIP: nope\n").unwrap();
-        let error = compute(&[file.clone()], &BTreeMap::new())
+        let error = compute(std::slice::from_ref(&file), &BTreeMap::new())
             .err()
             .unwrap()
             .to_string();
@@ -262,7 +262,7 @@ mod tests {
             "{error}"
         );
         std::fs::write(&file, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: a\n  namespace: x\n  annotations: {lab.moat.dev/role: hidden}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: b\n  namespace: x\n").unwrap();
-        let desired = compute(&[file.clone()], &BTreeMap::new()).unwrap();
+        let desired = compute(std::slice::from_ref(&file), &BTreeMap::new()).unwrap();
         assert_eq!(desired.pods[&PodKey::new("x", "a")].role, Role::Hidden);
         assert_eq!(desired.pods[&PodKey::new("x", "b")].role, Role::Pod);
         assert_eq!(desired.items.len(), 2);
