@@ -104,8 +104,7 @@ fn local_cgroups_map_to_pods_and_strays_stay_pending() {
 
 #[test]
 fn pods_of_other_nodes_are_not_local() {
-    let mut config = Config::default();
-    config.node_name = Some("node-2".into());
+    let config = Config { node_name: Some("node-2".into()), ..Config::default() };
     let cgroups: PodCgroups = [(100, PodRef::Key(PodKey::new("alpha-web", "web")))].into();
     let desired = compile(&cluster(), &config, &cgroups).unwrap();
     assert!(desired.local.is_empty());
