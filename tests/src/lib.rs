@@ -8,9 +8,13 @@
 //! Failures of the lab commands panic with the command line and its output: these are
 //! assertions, and a test should stop at the first one.
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 /// Where the lab keeps per-lab state (the agent's log is `<dir>/<name>/agent.log`).
 pub const LAB_RUN_DIR: &str = "/run/moat/lab";
@@ -187,6 +191,27 @@ impl Lab {
         lab
     }
 
+    /// Like [`Lab::up`], but returns `up`'s output whatever its status. The lab is still torn
+    /// down on drop.
+    pub fn try_up<P: AsRef<Path>>(manifest_files: &[P], options: UpOptions) -> (Lab, Output) {
+        require_root();
+        let lab = Lab { moat: moat_bin(), name: unique_name() };
+        let mut args: Vec<String> = vec!["up".into(), "--name".into(), lab.name.clone()];
+        for file in manifest_files {
+            args.push("-f".into());
+            args.push(file.as_ref().display().to_string());
+        }
+        if options.no_agent {
+            args.push("--no-agent".into());
+        }
+        if let Some(config) = &options.config {
+            args.push("--config".into());
+            args.push(config.display().to_string());
+        }
+        let output = lab.lab(&args);
+        (lab, output)
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -200,13 +225,7 @@ impl Lab {
     ///
     /// A denied probe may exit non-zero; only output without a verdict fails the test.
     pub fn probe(&self, from: &str, to: &str, port: &str) -> Verdict {
-        let output = self.lab(&[
-            "probe", "--name", &self.name, "--from", from, "--to", to, "--port", port, "-o", "json",
-        ]);
-        match parse_probe(&output.stdout) {
-            Some(verdict) => verdict,
-            None => panic!("no verdict in the probe's output\n{output}"),
-        }
+        self.probe_family(from, to, port, Family::V4)
     }
 
     /// `moat lab probe --matrix --port PORT -o json`: (from, to, verdict) for every pair.
@@ -247,9 +266,256 @@ impl Lab {
 
     /// The lab agent's log so far (empty if it has not written one).
     pub fn agent_log(&self) -> String {
-        std::fs::read_to_string(Path::new(LAB_RUN_DIR).join(&self.name).join("agent.log"))
-            .unwrap_or_default()
+        std::fs::read_to_string(self.run_dir().join("agent.log")).unwrap_or_default()
     }
+
+    /// `/run/moat/lab/<name>`.
+    pub fn run_dir(&self) -> PathBuf {
+        Path::new(LAB_RUN_DIR).join(&self.name)
+    }
+
+    /// `/run/moat/lab/<name>/manifests`: the directory the lab's agent reads.
+    pub fn manifests_dir(&self) -> PathBuf {
+        self.run_dir().join("manifests")
+    }
+
+    /// The agent's pin directory for this lab: `/sys/fs/bpf/moat/lab-<name>`.
+    pub fn pin_dir(&self) -> PathBuf {
+        PathBuf::from(format!("/sys/fs/bpf/moat/lab-{}", self.name))
+    }
+
+    /// The `moat` binary under test.
+    pub fn moat(&self) -> &Path {
+        &self.moat
+    }
+
+    /// `moat lab status -o json`.
+    pub fn status(&self) -> serde_json::Value {
+        let output = self.lab(&["status", "--name", &self.name, "-o", "json"]).ok();
+        serde_json::from_str(output.stdout.trim())
+            .unwrap_or_else(|err| panic!("status is not JSON ({err})\n{output}"))
+    }
+
+    /// The address of `pod` (`ns/name`) in `family`, from the lab's status.
+    pub fn pod_ip(&self, pod: &str, family: Family) -> IpAddr {
+        let status = self.status();
+        let key = match family {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        };
+        status["pods"][pod][key]
+            .as_str()
+            .and_then(|ip| ip.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} for pod {pod} in the lab's status: {status}"))
+    }
+
+    /// Like [`Lab::probe`], over `family`.
+    pub fn probe_family(&self, from: &str, to: &str, port: &str, family: Family) -> Verdict {
+        let output = self.lab(&[
+            "probe", "--name", &self.name, "--from", from, "--to", to, "--port", port, "--family",
+            family.arg(), "-o", "json",
+        ]);
+        match parse_probe(&output.stdout) {
+            Some(verdict) => verdict,
+            None => panic!("no verdict in the probe's output\n{output}"),
+        }
+    }
+
+    /// Like [`Lab::matrix`], over `family`.
+    pub fn matrix_family(&self, port: &str, family: Family) -> Vec<(String, String, Verdict)> {
+        let output = self
+            .lab(&["probe", "--name", &self.name, "--matrix", "--port", port, "--family", family.arg(), "-o", "json"])
+            .ok();
+        match parse_matrix(&output.stdout) {
+            Ok(cells) => cells,
+            Err(err) => panic!("unreadable matrix ({err})\n{output}"),
+        }
+    }
+
+    /// `moat lab exec --name N POD -- ARGS...`, whatever its exit status.
+    pub fn exec<S: AsRef<std::ffi::OsStr>>(&self, pod: &str, args: &[S]) -> Output {
+        output_of(Command::new(&self.moat).args(["lab", "exec", "--name", &self.name, pod, "--"]).args(args))
+    }
+
+    /// A TCP connection from `from` to `to`'s port `port`, held open by `__pod-connect --hold`
+    /// running inside `from` (via `lab exec`). Panics unless it connects.
+    pub fn hold(&self, from: &str, to: &str, port: u16, family: Family) -> HeldConnection {
+        let ip = self.pod_ip(to, family);
+        HeldConnection::open(&self.moat, &self.name, from, ip, port)
+    }
+
+    /// Polls the agent's log (every 50 ms) until a line contains `pattern`; returns that line,
+    /// or the log's tail when `timeout` passes.
+    pub fn wait_log(&self, pattern: &str, timeout: Duration) -> Result<String, String> {
+        self.wait_log_line(|line| line.contains(pattern), timeout)
+            .map_err(|tail| format!("no line containing {pattern:?} in the agent's log after {timeout:?}; tail:\n{tail}"))
+    }
+
+    /// Polls the agent's log until a line satisfies `matches`. Err holds the log's tail.
+    pub fn wait_log_line(&self, matches: impl Fn(&str) -> bool, timeout: Duration) -> Result<String, String> {
+        let found = eventually(timeout, || self.agent_log().lines().find(|line| matches(line)).map(String::from));
+        found.ok_or_else(|| {
+            let log = self.agent_log();
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(15)..].join("\n")
+        })
+    }
+
+    /// The agent log's lines that parse as JSON.
+    pub fn agent_log_json(&self) -> Vec<serde_json::Value> {
+        self.agent_log().lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
+    }
+}
+
+/// Calls `attempt` every 50 ms until it returns Some or `timeout` has passed (it is always
+/// called at least once, and once more at the deadline).
+pub fn eventually<T>(timeout: Duration, mut attempt: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = attempt() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Probes until `probe()` returns `want` (every 50 ms, up to `timeout`); panics with the last
+/// verdict otherwise. Returns how long it took.
+pub fn wait_verdict(what: &str, want: Verdict, timeout: Duration, mut probe: impl FnMut() -> Verdict) -> Duration {
+    let start = Instant::now();
+    let mut last = None;
+    let reached = eventually(timeout, || {
+        let verdict = probe();
+        let done = verdict == want;
+        last = Some(verdict);
+        done.then_some(())
+    });
+    assert!(reached.is_some(), "{what}: wanted {want:?} within {timeout:?}, last verdict {last:?}");
+    start.elapsed()
+}
+
+/// An address family for probes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
+
+    /// The value of `moat lab probe --family`.
+    pub fn arg(self) -> &'static str {
+        match self {
+            Family::V4 => "4",
+            Family::V6 => "6",
+        }
+    }
+}
+
+/// A long-lived TCP connection from inside a pod: `moat lab exec ... -- moat __pod-connect
+/// --hold`, which echoes every stdin line over the connection and answers `ok` or
+/// `fail: ...`. Killed on drop.
+pub struct HeldConnection {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    description: String,
+}
+
+/// How long [`HeldConnection::ping`] waits for an answer. The client's own socket timeout
+/// (`--timeout-ms`) is shorter, so a lost echo is answered `fail: ...` before this.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
+const HOLD_SOCKET_TIMEOUT_MS: &str = "1000";
+
+impl HeldConnection {
+    fn open(moat: &Path, lab: &str, from: &str, ip: IpAddr, port: u16) -> HeldConnection {
+        let description = format!("held connection {from} -> {ip} port {port}");
+        let mut child = Command::new(moat)
+            .args(["lab", "exec", "--name", lab, from, "--"])
+            .arg(moat)
+            .args(["__pod-connect", "--to", &ip.to_string(), "--port", &port.to_string()])
+            .args(["--protocol", "tcp", "--hold", "--timeout-ms", HOLD_SOCKET_TIMEOUT_MS])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|err| panic!("{description}: could not start `moat lab exec`: {err}"));
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let held = HeldConnection { child, stdin, lines, description };
+        match held.lines.recv_timeout(PING_TIMEOUT) {
+            Ok(line) if line.contains("\"verdict\":\"allow\"") => held,
+            other => panic!("{}: did not connect: {other:?}", held.description),
+        }
+    }
+
+    /// Sends one line over the connection and waits for the echo: Ok, or what went wrong.
+    pub fn ping(&mut self) -> Result<(), String> {
+        let stdin = self.stdin.as_mut().ok_or("stdin closed")?;
+        stdin
+            .write_all(b"ping\n")
+            .and_then(|()| stdin.flush())
+            .map_err(|err| format!("{}: writing to the client: {err}", self.description))?;
+        match self.lines.recv_timeout(PING_TIMEOUT) {
+            Ok(line) if line == "ok" => Ok(()),
+            Ok(line) => Err(line),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(format!("{}: no answer in {PING_TIMEOUT:?}", self.description)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(format!("{}: the client exited", self.description)),
+        }
+    }
+}
+
+impl Drop for HeldConnection {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Everything of lab `name` that exists: its run directory, cgroups, pins and network
+/// namespaces. Empty once `moat lab down` has run (or when `up` failed cleanly).
+pub fn leftovers(name: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut paths = vec![Path::new(LAB_RUN_DIR).join(name), PathBuf::from(format!("/sys/fs/bpf/moat/lab-{name}"))];
+    if let Some(cgroup2) = cgroup2_mount() {
+        paths.push(cgroup2.join(format!("moat-lab-{name}")));
+        paths.push(cgroup2.join(format!("moat-lab-{name}-external")));
+    }
+    found.extend(paths.into_iter().filter(|path| path.exists()).map(|path| path.display().to_string()));
+    let prefix = format!("moat-{name}-");
+    if let Ok(entries) = std::fs::read_dir("/run/netns") {
+        for entry in entries.flatten() {
+            let netns = entry.file_name().to_string_lossy().into_owned();
+            if netns.starts_with(&prefix) {
+                found.push(format!("netns {netns}"));
+            }
+        }
+    }
+    found
+}
+
+/// Where cgroup v2 is mounted (from /proc/self/mountinfo).
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        let mount_point = before.split_whitespace().nth(4)?;
+        (after.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+    })
 }
 
 impl Drop for Lab {
@@ -263,9 +529,18 @@ impl Drop for Lab {
 }
 
 /// The verdict in `moat lab probe -o json` output: `{"verdict":"allow",...}`.
+/// `moat lab probe` prints a report, `{"port":..,"protocol":..,"results":[{"from":..,"to":..,
+/// "verdict":..}]}`: the verdict of its single result.
 fn parse_probe(stdout: &str) -> Option<Verdict> {
     let value: serde_json::Value = serde_json::from_str(stdout.trim()).ok()?;
-    value.get("verdict")?.as_str().map(Verdict::parse)
+    let verdict = match value.get("results") {
+        Some(results) => match results.as_array()?.as_slice() {
+            [single] => single.get("verdict")?,
+            _ => return None,
+        },
+        None => value.get("verdict")?,
+    };
+    verdict.as_str().map(Verdict::parse)
 }
 
 /// The cells of `moat lab probe --matrix -o json` output: either an array of
@@ -361,6 +636,50 @@ pub fn pod_yaml(namespace: &str, name: &str, labels: &[(&str, &str)], ports: &[(
     yaml
 }
 
+/// Like [`pod_yaml`], with the lab role annotation `lab.moat.dev/role: ROLE` (`external`,
+/// `hidden` or `pod`).
+pub fn pod_yaml_with_role(
+    namespace: &str,
+    name: &str,
+    role: &str,
+    labels: &[(&str, &str)],
+    ports: &[(u16, &str)],
+) -> String {
+    pod_yaml(namespace, name, labels, ports).replacen(
+        "metadata:\n",
+        &format!("metadata:\n  annotations:\n    lab.moat.dev/role: {role}\n"),
+        1,
+    )
+}
+
+/// Runs `command`, killing it if it has not exited after `timeout`; Output of what it printed.
+pub fn output_within(command: &mut Command, timeout: Duration) -> Output {
+    let description = std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|part| part.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("could not start `{description}`: {err}"));
+    let exited = eventually(timeout, || child.try_wait().ok().flatten());
+    if exited.is_none() {
+        let _ = child.kill();
+    }
+    let output = child.wait_with_output().unwrap_or_else(|err| panic!("waiting for `{description}`: {err}"));
+    Output {
+        command: description,
+        success: output.status.success(),
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned()
+            + if exited.is_none() { "\n(killed: still running after the timeout)" } else { "" },
+    }
+}
+
 fn labels_yaml(indent: &str, labels: &[(&str, &str)]) -> String {
     if labels.is_empty() {
         return String::new();
@@ -408,6 +727,9 @@ mod tests {
         assert_eq!(parse_probe(r#"{"verdict":"DENY"}"#), Some(Verdict::Denied));
         assert_eq!(parse_probe(r#"{"verdict":"timeout"}"#), Some(Verdict::Other("timeout".into())));
         assert_eq!(parse_probe("allowed"), None);
+        let report = r#"{"port":80,"protocol":"TCP","results":[{"from":"x/a","to":"y/b","verdict":"deny"}]}"#;
+        assert_eq!(parse_probe(report), Some(Verdict::Denied));
+        assert_eq!(parse_probe(r#"{"port":80,"protocol":"TCP","results":[]}"#), None);
     }
 
     #[test]

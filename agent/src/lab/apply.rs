@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::addresses::PodAddresses;
+use super::role::Role;
 use super::state::LabState;
 use super::{desired, net, pod, LabError, NameArg};
 use crate::model::PodKey;
@@ -39,15 +40,44 @@ pub fn run(args: ApplyArgs) -> Result<(), LabError> {
 
     for (key, wanted) in &desired.pods {
         let id = key.to_string();
-        let Some(current) = state.pods.get(&id).cloned() else {
+        let existing = state.pods.get(&id).cloned();
+        // A pod that becomes or stops being external moves to another cgroup tree: it is
+        // made anew (same addresses).
+        let moved = existing
+            .clone()
+            .filter(|current| current.cgroup != pod::cgroup_dir(&state, wanted));
+        if let Some(current) = &moved {
+            pod::remove(current)?;
+            state.pods.remove(&id);
+            state.save()?;
+            changes.push(format!(
+                "~ {id} role {} -> {}; recreated",
+                current.role.as_str(),
+                wanted.role.as_str()
+            ));
+        }
+        let Some(current) = existing.filter(|_| moved.is_none()) else {
             pod::create(&mut state, wanted)?;
             changes.push(format!(
-                "+ {id} {} {}",
-                wanted.addresses.v4, wanted.addresses.v6
+                "+ {id} {} {}{}",
+                wanted.addresses.v4,
+                wanted.addresses.v6,
+                match wanted.role {
+                    Role::Pod => String::new(),
+                    role => format!(" ({})", role.as_str()),
+                }
             ));
             continue;
         };
         let mut updated = current.clone();
+        if current.role != wanted.role {
+            updated.role = wanted.role;
+            changes.push(format!(
+                "~ {id} role {} -> {}",
+                current.role.as_str(),
+                wanted.role.as_str()
+            ));
+        }
         if current.ipv4 != wanted.addresses.v4 || current.ipv6 != wanted.addresses.v6 {
             net::address_pod(&current.netns, wanted.addresses.v4, wanted.addresses.v6)?;
             updated.ipv4 = wanted.addresses.v4;
@@ -75,7 +105,7 @@ pub fn run(args: ApplyArgs) -> Result<(), LabError> {
     }
 
     // The agent sees the new objects before the removed pods go away.
-    desired::write_cluster_json(&state.name, &desired.items)?;
+    desired::write_cluster_json(&state.name, &desired.agent_items())?;
 
     let gone: Vec<String> = state
         .pods

@@ -11,6 +11,15 @@ pub fn lab_root(lab: &str) -> Result<PathBuf, LabError> {
     Ok(mounts::cgroup2()?.join(format!("moat-lab-{lab}")))
 }
 
+/// `<cgroup2 mount>/moat-lab-<name>-external`, next to the pods' root: where `external` hosts
+/// live, outside the tree the lab's agent watches. Lab names cannot end in `-external`, so
+/// this is never another lab's pods' root.
+pub fn external_root(pods_root: &Path) -> PathBuf {
+    let mut name = pods_root.file_name().unwrap_or_default().to_os_string();
+    name.push("-external");
+    pods_root.with_file_name(name)
+}
+
 pub fn pod_dir(root: &Path, namespace: &str, pod: &str) -> PathBuf {
     root.join(format!("{namespace}_{pod}"))
 }

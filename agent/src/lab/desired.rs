@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde_json::{json, Value};
 
 use super::addresses::{self, PodAddresses};
+use super::role::{self, Role};
 use super::state::{write_atomic, PortState};
 use super::{lab_dir, LabError};
 use crate::model::PodKey;
@@ -17,6 +18,7 @@ pub struct DesiredPod {
     pub key: PodKey,
     pub addresses: PodAddresses,
     pub ports: Vec<PortState>,
+    pub role: Role,
 }
 
 pub struct Desired {
@@ -57,6 +59,39 @@ fn given_ips(value: &Value) -> Vec<IpAddr> {
     ips
 }
 
+/// Checks what `given_ips` would silently skip: every address in a pod's status must be an IP.
+/// The error names the offending field.
+fn check_ips(value: &Value) -> Result<(), String> {
+    let status = &value["status"];
+    if let Some(ip) = status.get("podIP").filter(|ip| !ip.is_null()) {
+        if ip
+            .as_str()
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+            .is_none()
+        {
+            return Err(format!("field status.podIP: {ip} is not an IP address"));
+        }
+    }
+    if let Some(list) = status.get("podIPs").filter(|list| !list.is_null()) {
+        let Some(list) = list.as_array() else {
+            return Err(format!("field status.podIPs: {list} is not a list"));
+        };
+        for (index, entry) in list.iter().enumerate() {
+            if entry["ip"]
+                .as_str()
+                .and_then(|ip| ip.parse::<IpAddr>().ok())
+                .is_none()
+            {
+                return Err(format!(
+                    "field status.podIPs[{index}].ip: {} is not an IP address",
+                    entry["ip"]
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes the pod's addresses into its status, keeping what the manifest gave.
 fn fill(value: &mut Value, addresses: PodAddresses) {
     let mut ips = given_ips(value);
@@ -82,7 +117,20 @@ pub fn compute(
 ) -> Result<Desired, LabError> {
     let mut documents = read_documents(paths)?;
     let mut given = BTreeMap::new();
+    let mut roles = BTreeMap::new();
     for document in documents.iter().filter(|d| is_pod(&d.value)) {
+        let bad = |message: String| LabError::BadObject {
+            file: document.origin.file.clone(),
+            object: pod_key(&document.value)
+                .map(|key| format!("pod {key}"))
+                .unwrap_or_else(|| "pod without metadata.name".into()),
+            message,
+        };
+        check_ips(&document.value).map_err(bad)?;
+        let role = role::role_of(&document.value).map_err(bad)?;
+        if let Some(key) = pod_key(&document.value) {
+            roles.insert(key, role);
+        }
         if document.value["spec"]["hostNetwork"].as_bool() == Some(true) {
             continue;
         }
@@ -124,6 +172,7 @@ pub fn compute(
                 key: key.clone(),
                 addresses,
                 ports,
+                role: roles.get(key).copied().unwrap_or_default(),
             },
         );
     }
@@ -132,6 +181,13 @@ pub fn compute(
         pods,
         host_network,
     })
+}
+
+impl Desired {
+    /// The objects for the agent's `cluster.json`: external and hidden pods left out.
+    pub fn agent_items(&self) -> Vec<Value> {
+        role::agent_items(&self.items)
+    }
 }
 
 pub fn manifests_dir(lab: &str) -> PathBuf {
@@ -166,5 +222,54 @@ mod tests {
             json!([{"ip": "fd00::5"}, {"ip": "10.250.0.1"}])
         );
         assert_eq!(pod_key(&pod), Some(PodKey::new("default", "a")));
+    }
+
+    #[test]
+    fn addresses_that_are_not_ips_name_the_field() {
+        let pod =
+            |status: Value| json!({"kind": "Pod", "metadata": {"name": "a"}, "status": status});
+        assert_eq!(check_ips(&pod(json!(null))), Ok(()));
+        assert_eq!(
+            check_ips(&pod(
+                json!({"podIP": "10.0.0.1", "podIPs": [{"ip": "fd00::1"}]})
+            )),
+            Ok(())
+        );
+        let error = check_ips(&pod(json!({"podIP": "not-an-ip"}))).unwrap_err();
+        assert!(
+            error.contains("status.podIP:") && error.contains("not-an-ip"),
+            "{error}"
+        );
+        let error =
+            check_ips(&pod(json!({"podIPs": [{"ip": "fd00::1"}, {"ip": "x"}]}))).unwrap_err();
+        assert!(error.contains("status.podIPs[1].ip"), "{error}");
+        assert!(check_ips(&pod(json!({"podIP": 5}))).is_err());
+    }
+
+    #[test]
+    fn bad_role_or_address_fails_compute_naming_the_file() {
+        let temp = tempfile::tempdir().unwrap();
+        let file = temp.path().join("pods.yaml");
+        std::fs::write(&file, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: a\n  namespace: x\nstatus:\n  podIP: nope\n").unwrap();
+        let error = compute(std::slice::from_ref(&file), &BTreeMap::new())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains("pods.yaml")
+                && error.contains("pod x/a")
+                && error.contains("status.podIP"),
+            "{error}"
+        );
+        std::fs::write(&file, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: a\n  namespace: x\n  annotations: {lab.moat.dev/role: hidden}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: b\n  namespace: x\n").unwrap();
+        let desired = compute(std::slice::from_ref(&file), &BTreeMap::new()).unwrap();
+        assert_eq!(desired.pods[&PodKey::new("x", "a")].role, Role::Hidden);
+        assert_eq!(desired.pods[&PodKey::new("x", "b")].role, Role::Pod);
+        assert_eq!(desired.items.len(), 2);
+        let kept = desired.agent_items();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0]["metadata"]["name"], "b");
+        // Addresses are filled in for hidden pods too (the lab runs them).
+        assert!(desired.items[0]["status"]["podIP"].is_string());
     }
 }

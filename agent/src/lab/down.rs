@@ -23,7 +23,7 @@ pub fn exists(name: &str) -> bool {
     lab_dir(name).exists()
         || Path::new(&format!("/sys/fs/bpf/moat/lab-{name}")).exists()
         || cgroup::lab_root(name)
-            .map(|root| root.exists())
+            .map(|root| root.exists() || cgroup::external_root(&root).exists())
             .unwrap_or(false)
         || net::list_netns()
             .map(|all| !owned_netns(name, &all, &other_labs(name)).is_empty())
@@ -52,8 +52,16 @@ pub fn teardown(name: &str) -> Result<(), LabError> {
     }
     let bpffs = agent::bpffs_root(name);
 
-    // Every process in the lab's cgroups (servers, probes, execs), then the cgroups.
-    note(cgroup::lab_root(name).and_then(|root| cgroup::destroy(&root)));
+    // Every process in the lab's cgroups (servers, probes, execs), then the cgroups: the
+    // pods' root and, next to it, the external hosts' root (derived from the name, so this
+    // works without state.json).
+    match cgroup::lab_root(name) {
+        Ok(root) => {
+            note(cgroup::destroy(&root));
+            note(cgroup::destroy(&cgroup::external_root(&root)));
+        }
+        Err(error) => note(Err(error)),
+    }
 
     // Network namespaces: pods and the bridge.
     match net::list_netns() {

@@ -1,7 +1,8 @@
 //! `moat lab`: pods as network namespaces plus cgroups, on the real kernel.
 //!
 //! Layout of a lab named N: bridge netns `moat-N-br` (bridge `br0`), one netns
-//! `moat-N-<ns>.<pod>` and one cgroup `<cgroup2>/moat-lab-N/<ns>_<pod>` per pod, files under
+//! `moat-N-<ns>.<pod>` and one cgroup `<cgroup2>/moat-lab-N/<ns>_<pod>` per pod (external
+//! hosts: `<cgroup2>/moat-lab-N-external/<ns>_<pod>`, see `role`), files under
 //! `/run/moat/lab/N`. The host's root network namespace is never touched.
 
 pub mod addresses;
@@ -12,11 +13,13 @@ pub mod cgroup;
 pub mod connect;
 pub mod desired;
 pub mod down;
+pub mod exec;
 pub mod net;
 pub mod pod;
 pub mod podexec;
 pub mod probe;
 pub mod process;
+pub mod role;
 pub mod serve;
 pub mod sock;
 pub mod state;
@@ -30,7 +33,7 @@ use crate::model::PodKey;
 /// Arguments every lab subcommand takes.
 #[derive(clap::Args, Clone, Debug)]
 pub struct NameArg {
-    /// Name of the lab: 1-20 characters of [a-z0-9-].
+    /// Name of the lab: 1-20 characters of [a-z0-9-], not ending in `-external`.
     #[arg(long, default_value = "default", value_parser = parse_name)]
     pub name: String,
 }
@@ -57,13 +60,15 @@ pub enum LabCommand {
     /// Start, stop or kill the lab's agent.
     #[command(subcommand)]
     Agent(agent::AgentCommand),
+    /// Run a command inside a pod (its netns and cgroup); exits with the command's status.
+    Exec(exec::ExecArgs),
     /// Measure request/response rate or stream throughput between two pods.
     Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
-    #[error("invalid lab name {0:?}: want 1-20 characters of [a-z0-9-]")]
+    #[error("invalid lab name {0:?}: want 1-20 characters of [a-z0-9-], not ending in -external")]
     InvalidName(String),
     #[error(
         "lab {name:?} already exists (or left remains); run `moat lab down --name {name}` first"
@@ -98,6 +103,12 @@ pub enum LabError {
     Config(#[from] crate::config::ConfigError),
     #[error("{0}")]
     Address(#[from] addresses::AddressError),
+    #[error("{file}: {object}: {message}")]
+    BadObject {
+        file: PathBuf,
+        object: String,
+        message: String,
+    },
     #[error("no pod {0} in the lab")]
     UnknownPod(String),
     #[error("{0}")]
@@ -133,6 +144,7 @@ pub fn run(command: LabCommand) -> Result<(), LabError> {
         LabCommand::Status(args) => status::run(args),
         LabCommand::Agent(command) => agent::run(command),
         LabCommand::Bench(args) => bench::run(args),
+        LabCommand::Exec(args) => exec::run(args),
     }
 }
 
@@ -141,7 +153,9 @@ pub fn parse_name(text: &str) -> Result<String, String> {
     let ok = (1..=20).contains(&text.len())
         && text
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        // `<lab>-external` names the cgroup of lab <lab>'s external hosts.
+        && !text.ends_with("-external");
     if ok {
         Ok(text.to_string())
     } else {
@@ -171,6 +185,8 @@ mod tests {
         assert!(parse_name("Upper").is_err());
         assert!(parse_name("a/b").is_err());
         assert!(parse_name("a".repeat(21).as_str()).is_err());
+        assert!(parse_name("a-external").is_err());
+        assert!(parse_name("external").is_ok());
     }
 
     #[test]

@@ -24,7 +24,8 @@ pub fn create(state: &mut LabState, desired: &DesiredPod) -> Result<(), LabError
         namespace: key.namespace.clone(),
         name: key.name.clone(),
         netns: netns.clone(),
-        cgroup: cgroup::pod_dir(&state.cgroup_root, &key.namespace, &key.name),
+        role: desired.role,
+        cgroup: cgroup_dir(state, desired),
         bridge_port: bridge_port.clone(),
         ipv4: desired.addresses.v4,
         ipv6: desired.addresses.v6,
@@ -44,12 +45,25 @@ pub fn create(state: &mut LabState, desired: &DesiredPod) -> Result<(), LabError
         pod.ipv4,
         pod.ipv6,
     )?;
+    if let Some(parent) = pod.cgroup.parent() {
+        cgroup::create(parent)?;
+    }
     cgroup::create(&pod.cgroup)?;
     let pid = start_server(&pod)?;
     if let Some(pod) = state.pods.get_mut(&key.to_string()) {
         pod.server_pid = Some(pid);
     }
     state.save()
+}
+
+/// Where the pod's cgroup goes: below the pods' root, or (external hosts) next to it.
+pub fn cgroup_dir(state: &LabState, desired: &DesiredPod) -> std::path::PathBuf {
+    let root = if desired.role.in_pods_root() {
+        state.cgroup_root.clone()
+    } else {
+        cgroup::external_root(&state.cgroup_root)
+    };
+    cgroup::pod_dir(&root, &desired.key.namespace, &desired.key.name)
 }
 
 /// Starts `moat __pod-serve` for the pod's ports, detached, inside the pod.

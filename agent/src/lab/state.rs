@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::role::Role;
 use super::{lab_dir, LabError};
 use crate::model::Protocol;
 
@@ -29,6 +30,9 @@ pub struct LabState {
 pub struct PodState {
     pub namespace: String,
     pub name: String,
+    /// `pod`, `external` or `hidden` (annotation `lab.moat.dev/role`).
+    #[serde(default)]
+    pub role: Role,
     pub netns: String,
     pub cgroup: PathBuf,
     /// Name of the pod's port on br0, in the bridge netns.
@@ -142,6 +146,7 @@ mod tests {
             PodState {
                 namespace: "ns".into(),
                 name: "a".into(),
+                role: Role::Hidden,
                 netns: "moat-t-ns.a".into(),
                 cgroup: "/sys/fs/cgroup/moat-lab-t/ns_a".into(),
                 bridge_port: "vp0".into(),
@@ -161,6 +166,7 @@ mod tests {
         });
         let text = serde_json::to_string(&state).unwrap();
         assert!(text.contains("\"serverPid\":42"), "{text}");
+        assert!(text.contains("\"role\":\"hidden\""), "{text}");
         assert_eq!(LabState::parse(&text, Path::new("s")).unwrap(), state);
         assert!(LabState::parse("{", Path::new("s")).is_err());
     }

@@ -2,6 +2,7 @@
 
 use serde_json::json;
 
+use super::role::Role;
 use super::state::LabState;
 use super::{agent, pod, process, LabError, NameArg, Output};
 
@@ -51,9 +52,13 @@ pub fn run(args: StatusArgs) -> Result<(), LabError> {
                     Some(pid) => format!("server {pid} DEAD"),
                     None => "no server".into(),
                 };
+                let key = match pod.role {
+                    Role::Pod => pod.key(),
+                    role => format!("{} ({})", pod.key(), role.as_str()),
+                };
                 println!(
                     "  {:<30} {:<15} {:<24} {:<16} {}",
-                    pod.key(),
+                    key,
                     pod.ipv4,
                     pod.ipv6,
                     ports.join(","),

@@ -75,7 +75,7 @@ fn build(state: &mut LabState, desired: &Desired, args: &UpArgs) -> Result<(), L
     for pod in desired.pods.values() {
         pod::create(state, pod)?;
     }
-    desired::write_cluster_json(&name, &desired.items)?;
+    desired::write_cluster_json(&name, &desired.agent_items())?;
     if !args.no_agent {
         state.agent = Some(agent::start(&name)?);
         state.save()?;
