@@ -10,7 +10,7 @@ use moat_integration::{documents, eventually, namespace_yaml, pod_yaml, Family, 
 
 /// Link pins are named `<program>@<timestamp>`: how many pins each program has.
 fn links_per_program(lab: &Lab) -> BTreeMap<String, usize> {
-    let dir = lab.pin_dir().join("v1/links");
+    let dir = lab.pin_dir().join(format!("v{}/links", moat_common::LAYOUT_VERSION));
     let mut count = BTreeMap::new();
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|err| panic!("{}: {err}", dir.display())) {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
