@@ -1,6 +1,6 @@
 use clap::{Parser, Subcommand};
 
-use moat_agent::{lab, runtime};
+use moat_agent::{cli, lab, runtime};
 
 /// moat: tenant isolation and runtime guard for shared Kubernetes nodes, in eBPF.
 #[derive(Parser)]
@@ -17,6 +17,10 @@ enum Command {
     /// A local playground of pods (network namespaces plus cgroups) on the real kernel.
     #[command(subcommand)]
     Lab(lab::LabCommand),
+    /// Follow flows and detections live, from the agent's admin socket.
+    Observe(cli::observe::ObserveArgs),
+    /// The agent's health: kernel capabilities, programs, maps, sync, lost events.
+    Status(cli::status::StatusArgs),
     /// Runs inside a lab pod: serves its container ports.
     #[command(name = "__pod-serve", hide = true)]
     PodServe(lab::serve::ServeArgs),
@@ -33,6 +37,8 @@ fn main() -> anyhow::Result<()> {
             runtime::run(args)?
         }
         Command::Lab(command) => lab::run(command)?,
+        Command::Observe(args) => cli::observe::run(args)?,
+        Command::Status(args) => cli::status::run(args)?,
         Command::PodServe(args) => lab::serve::run(args)?,
         Command::PodConnect(args) => std::process::exit(lab::connect::run(args)?),
     }
