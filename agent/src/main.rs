@@ -24,6 +24,9 @@ enum Command {
     /// Runs inside a lab pod: serves its container ports.
     #[command(name = "__pod-serve", hide = true)]
     PodServe(lab::serve::ServeArgs),
+    /// Runs inside a lab pod: floods UDP datagrams from one socket (event-path stress).
+    #[command(name = "__pod-burst", hide = true)]
+    PodBurst(lab::burst::BurstArgs),
     /// Runs inside a lab pod: makes one connection attempt and prints the verdict.
     #[command(name = "__pod-connect", hide = true)]
     PodConnect(lab::connect::ConnectArgs),
@@ -40,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         Command::Observe(args) => cli::observe::run(args)?,
         Command::Status(args) => cli::status::run(args)?,
         Command::PodServe(args) => lab::serve::run(args)?,
+        Command::PodBurst(args) => lab::burst::run(args)?,
         Command::PodConnect(args) => std::process::exit(lab::connect::run(args)?),
     }
     Ok(())
