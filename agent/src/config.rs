@@ -41,6 +41,72 @@ pub struct Config {
     pub tenant_networks: Vec<TenantNetwork>,
     /// How often the manifest files and cgroups are re-read, in milliseconds.
     pub poll_interval_ms: u64,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (`host:port`; port 0 picks one).
+    pub metrics_address: String,
+    /// The admin API's unix socket (`moat observe`, `moat status`). Unset:
+    /// `/run/moat/<instance>/admin.sock`.
+    pub admin_socket: Option<PathBuf>,
+    /// The event pipeline: aggregation, buffering and the optional file sink.
+    pub events: EventsConfig,
+    /// Kubernetes Events on the offending pod for detections.
+    pub kube_events: KubeEventsConfig,
+}
+
+/// The event pipeline between the ring buffer and the sinks.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Identical events within this window are reported once more at its end, with a count.
+    pub aggregation_window_ms: u64,
+    /// Events buffered between the ring-buffer reader and the sinks; beyond it they are
+    /// dropped and counted as lost in userspace.
+    pub buffer: usize,
+    /// JSON lines written to a file as well as stdout.
+    pub file: Option<FileSinkConfig>,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self { aggregation_window_ms: 1000, buffer: 4096, file: None }
+    }
+}
+
+/// A file sink with size-based rotation: `path`, `path.1` ... `path.<filesKept>`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileSinkConfig {
+    pub path: PathBuf,
+    #[serde(default = "default_max_size")]
+    pub max_size_bytes: u64,
+    #[serde(default = "default_files_kept")]
+    pub files_kept: u32,
+}
+
+fn default_max_size() -> u64 {
+    10 << 20
+}
+
+fn default_files_kept() -> u32 {
+    5
+}
+
+/// Kubernetes Events for detections, posted on the offending pod.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct KubeEventsConfig {
+    pub enabled: bool,
+    /// API server URL. Unset: the in-cluster service account (or kubeconfig) is used.
+    pub api_server: Option<String>,
+    /// At most one Event per pod and detection within this many seconds.
+    pub min_interval_seconds: u64,
+    /// At most this many Events per minute in all.
+    pub max_per_minute: u32,
+}
+
+impl Default for KubeEventsConfig {
+    fn default() -> Self {
+        Self { enabled: false, api_server: None, min_interval_seconds: 60, max_per_minute: 30 }
+    }
 }
 
 impl Default for Config {
@@ -60,6 +126,10 @@ impl Default for Config {
             cluster_cidrs: Vec::new(),
             tenant_networks: Vec::new(),
             poll_interval_ms: 250,
+            metrics_address: "0.0.0.0:9476".into(),
+            admin_socket: None,
+            events: EventsConfig::default(),
+            kube_events: KubeEventsConfig::default(),
         }
     }
 }
@@ -236,6 +306,7 @@ impl Config {
         if self.poll_interval_ms == 0 || self.poll_interval_ms > 60_000 {
             return Err(("pollIntervalMs".into(), "must be 1..=60000".into()));
         }
+        self.validate_observability()?;
         for (index, service) in self.shared_services.iter().enumerate() {
             if service.name.is_empty() || service.namespace.is_empty() {
                 return Err((
@@ -258,6 +329,39 @@ impl Config {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The admin socket path: `adminSocket`, else `/run/moat/<instance>/admin.sock`.
+    pub fn admin_socket_path(&self) -> PathBuf {
+        self.admin_socket
+            .clone()
+            .unwrap_or_else(|| Path::new("/run/moat").join(&self.instance).join("admin.sock"))
+    }
+
+    fn validate_observability(&self) -> Result<(), (String, String)> {
+        if self.metrics_address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(("metricsAddress".into(), format!("{:?} is not host:port", self.metrics_address)));
+        }
+        if self.events.aggregation_window_ms > 60_000 {
+            return Err(("events.aggregationWindowMs".into(), "must be 0..=60000".into()));
+        }
+        if self.events.buffer == 0 || self.events.buffer > 1 << 20 {
+            return Err(("events.buffer".into(), "must be 1..=1048576".into()));
+        }
+        if let Some(file) = &self.events.file {
+            if file.max_size_bytes < 4096 {
+                return Err(("events.file.maxSizeBytes".into(), "must be at least 4096".into()));
+            }
+            if file.files_kept == 0 || file.files_kept > 100 {
+                return Err(("events.file.filesKept".into(), "must be 1..=100".into()));
+            }
+        }
+        if self.kube_events.max_per_minute == 0 {
+            return Err(("kubeEvents.maxPerMinute".into(), "must be at least 1".into()));
         }
         Ok(())
     }
@@ -310,5 +414,27 @@ mod tests {
         assert_eq!(config.unknown_endpoints, Action::Deny);
         assert_eq!(config.shared_services[0].ports[0].protocol, Protocol::Tcp);
         assert_eq!(config.tenant_networks[0].cidr.prefix_len, 24);
+    }
+
+    #[test]
+    fn observability_defaults_and_fields() {
+        let config = Config::default();
+        assert_eq!(config.metrics_address, "0.0.0.0:9476");
+        assert_eq!(config.admin_socket_path(), PathBuf::from("/run/moat/default/admin.sock"));
+        assert_eq!(config.events.aggregation_window_ms, 1000);
+        let config = parse(
+            "metricsAddress: 127.0.0.1:0\nadminSocket: /tmp/a.sock\nevents:\n  aggregationWindowMs: 500\n  file: {path: /var/log/moat.json}\nkubeEvents: {enabled: true, apiServer: http://127.0.0.1:1}\n",
+        )
+        .unwrap();
+        assert_eq!(config.admin_socket_path(), PathBuf::from("/tmp/a.sock"));
+        let file = config.events.file.unwrap();
+        assert_eq!((file.max_size_bytes, file.files_kept), (10 << 20, 5));
+        assert!(config.kube_events.enabled);
+        let error = parse("metricsAddress: nowhere\n").unwrap_err().to_string();
+        assert!(error.contains("metricsAddress"), "{error}");
+        let error = parse("events: {file: {path: /x, filesKept: 0}}\n").unwrap_err().to_string();
+        assert!(error.contains("events.file.filesKept"), "{error}");
+        let error = parse("events: {bufer: 3}\n").unwrap_err().to_string();
+        assert!(error.contains("bufer"), "{error}");
     }
 }

@@ -1,6 +1,6 @@
 use clap::{Parser, Subcommand};
 
-use moat_agent::{explain, lab, runtime};
+use moat_agent::{cli, explain, lab, runtime};
 
 /// moat: tenant isolation and runtime guard for shared Kubernetes nodes, in eBPF.
 #[derive(Parser)]
@@ -19,9 +19,16 @@ enum Command {
     /// A local playground of pods (network namespaces plus cgroups) on the real kernel.
     #[command(subcommand)]
     Lab(lab::LabCommand),
+    /// Follow flows and detections live, from the agent's admin socket.
+    Observe(cli::observe::ObserveArgs),
+    /// The agent's health: kernel capabilities, programs, maps, sync, lost events.
+    Status(cli::status::StatusArgs),
     /// Runs inside a lab pod: serves its container ports.
     #[command(name = "__pod-serve", hide = true)]
     PodServe(lab::serve::ServeArgs),
+    /// Runs inside a lab pod: floods UDP datagrams from one socket (event-path stress).
+    #[command(name = "__pod-burst", hide = true)]
+    PodBurst(lab::burst::BurstArgs),
     /// Runs inside a lab pod: makes one connection attempt and prints the verdict.
     #[command(name = "__pod-connect", hide = true)]
     PodConnect(lab::connect::ConnectArgs),
@@ -36,7 +43,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Explain(args) => explain::run(args)?,
         Command::Lab(command) => lab::run(command)?,
+        Command::Observe(args) => cli::observe::run(args)?,
+        Command::Status(args) => cli::status::run(args)?,
         Command::PodServe(args) => lab::serve::run(args)?,
+        Command::PodBurst(args) => lab::burst::run(args)?,
         Command::PodConnect(args) => std::process::exit(lab::connect::run(args)?),
     }
     Ok(())

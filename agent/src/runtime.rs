@@ -17,6 +17,7 @@ use crate::config::{Config, ConfigError};
 use crate::events;
 use crate::kernel::{bpffs, loader, maps::KernelMaps, KernelError};
 use crate::model::Cluster;
+use crate::observability::{ObservabilityError, Observability};
 use crate::node::cgroups::{self, CgroupError, CgroupLayout, PodCgroups};
 use crate::node::mounts::{self, MountError};
 use crate::sources::manifests::ManifestError;
@@ -49,6 +50,8 @@ pub enum RuntimeError {
     Mount(#[from] MountError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Observability(#[from] ObservabilityError),
     #[error("starting the async runtime: {0}")]
     Tokio(std::io::Error),
     #[error("writing ready file {path}: {source}")]
@@ -75,6 +78,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    let observability = Observability::start(&config).await?;
     let cgroup_root = cgroups::resolve_root(&config.cgroup_root, &mounts::cgroup2()?);
     let layout = cgroups::layout(config.cgroup_layout);
     let mut watcher = ManifestWatcher::new(args.files.clone());
@@ -90,13 +94,14 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
 
     let dirs = bpffs::pin_dirs(&config.bpffs_root, &config.instance);
     bpffs::prepare(&config.bpffs_root, &dirs)?;
-    let mut ebpf = loader::load(&dirs)?;
+    let mut ebpf = loader::load(&dirs).inspect_err(|e| observability.kernel_failed(e))?;
     let mut maps = KernelMaps::take(&mut ebpf)?;
     // Adopt whatever an earlier agent left: reconcile from the maps' actual content, never
     // from empty, so nothing is cleared first.
     let adopted = maps.read()?;
     let stats = maps.apply(&adopted, &desired)?;
-    let attached = loader::attach_all(&mut ebpf, &cgroup_root, &dirs)?;
+    let attached = loader::attach_all(&mut ebpf, &cgroup_root, &dirs).inspect_err(|e| observability.kernel_failed(e))?;
+    observability.enforcing(&dirs, &attached, &stats);
     tracing::info!(
         pods = inputs.cluster.pods.len(),
         local_pods = desired.local.len(),
@@ -117,7 +122,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     let (index_tx, index_rx) = watch::channel(Arc::new(desired.index.clone()));
     let ring_map = ebpf.take_map(names::EVENTS).ok_or_else(|| KernelError::map(names::EVENTS, "missing"))?;
     let ring = RingBuf::try_from(ring_map).map_err(|e| KernelError::map(names::EVENTS, e))?;
-    let events_task = tokio::spawn(events::reader::run(ring, index_rx));
+    let events_task = tokio::spawn(events::reader::run(ring, observability.pipeline(index_rx).await?));
 
     let mut tick = tokio::time::interval(Duration::from_millis(config.poll_interval_ms));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -134,6 +139,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
         }
         let changed = refresh(&mut watcher, &mut inputs, &cgroup_root, layout.as_ref());
         if !changed && !resync {
+            observability.in_sync();
             continue;
         }
         let next = match compiler::compile(&inputs.cluster, &config, &inputs.cgroups) {
@@ -151,11 +157,13 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
                 if stats.writes + stats.removals > 0 {
                     tracing::info!(writes = stats.writes, removals = stats.removals, generation = stats.generation, "applied");
                 }
+                observability.applied(&stats);
                 desired = next;
                 let _ = index_tx.send(Arc::new(desired.index.clone()));
             }
             Err(error) => {
                 tracing::error!(%error, "applying to the kernel failed; will reconcile from the maps' content");
+                observability.apply_failed();
                 resync = true;
             }
         }

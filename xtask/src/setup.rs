@@ -8,9 +8,10 @@ use anyhow::{bail, Result};
 
 use crate::util::{capture, find_on_path, is_root, on_path, render, run, stdout_of};
 
-/// Debian packages: LLVM for bpf-linker, iproute2 and procps for the lab.
+/// Debian packages: LLVM for bpf-linker, iproute2 and procps for the lab, prometheus for
+/// `promtool check metrics` in the observability tests.
 const APT_PACKAGES: &[&str] =
-    &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "iproute2", "procps"];
+    &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "iproute2", "procps", "prometheus"];
 /// Needed to link anything (and to build bpf-linker); only installed when `cc` is missing.
 const APT_COMPILER: &[&str] = &["gcc", "libc6-dev"];
 

@@ -3,6 +3,7 @@
 pub mod bpffs;
 pub mod loader;
 pub mod maps;
+pub mod stats;
 
 use std::path::PathBuf;
 

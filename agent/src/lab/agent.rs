@@ -116,8 +116,14 @@ pub fn write_config(state: &LabState, user: Option<&Path>) -> Result<PathBuf, La
         ("instance", format!("lab-{}", state.name)),
         ("cgroupRoot", cgroup_root),
         ("cgroupLayout", "lab".into()),
+        ("adminSocket", admin_socket(&state.name).display().to_string()),
     ] {
         mapping.insert(key.into(), value.into());
+    }
+    // Never a fixed port: concurrent labs would collide. A free loopback port, kept in the
+    // config so restarts of the lab's agent keep it.
+    if !mapping.contains_key("metricsAddress") {
+        mapping.insert("metricsAddress".into(), free_loopback_address()?.into());
     }
     let text = serde_yaml::to_string(&mapping)
         .map_err(|e| LabError::Internal(format!("agent.yaml: {e}")))?;
@@ -126,6 +132,18 @@ pub fn write_config(state: &LabState, user: Option<&Path>) -> Result<PathBuf, La
     Config::parse(&text, user.unwrap_or(&path))?;
     write_atomic(&path, text.as_bytes())?;
     Ok(path)
+}
+
+/// `/run/moat/lab/<name>/admin.sock`: the lab's agent's admin socket.
+pub fn admin_socket(lab: &str) -> PathBuf {
+    lab_dir(lab).join("admin.sock")
+}
+
+fn free_loopback_address() -> Result<String, LabError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| LabError::io("binding a free port on", "127.0.0.1:0", e))?;
+    let address = listener.local_addr().map_err(|e| LabError::io("reading the address of", "127.0.0.1:0", e))?;
+    Ok(address.to_string())
 }
 
 /// The bpffs root the lab's agent pins under (from agent.yaml; default if unreadable).
@@ -208,11 +226,14 @@ pub fn start(lab: &str) -> Result<AgentState, LabError> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let loaded = Config::load(&config).ok();
     Ok(AgentState {
         pid: child.id(),
         argv,
         log,
         ready_file,
+        admin_socket: loaded.as_ref().map(Config::admin_socket_path),
+        metrics_address: loaded.map(|c| c.metrics_address),
         config,
     })
 }

@@ -9,6 +9,7 @@ pub mod addresses;
 pub mod agent;
 pub mod apply;
 pub mod bench;
+pub mod burst;
 pub mod cgroup;
 pub mod connect;
 pub mod desired;

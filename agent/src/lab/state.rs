@@ -68,6 +68,12 @@ pub struct AgentState {
     pub log: PathBuf,
     pub ready_file: PathBuf,
     pub config: PathBuf,
+    /// The agent's admin socket (`moat observe --lab`, `moat status --lab`).
+    #[serde(default)]
+    pub admin_socket: Option<PathBuf>,
+    /// Where it serves `/metrics`, `/healthz` and `/readyz`.
+    #[serde(default)]
+    pub metrics_address: Option<String>,
 }
 
 impl PodState {
@@ -163,6 +169,8 @@ mod tests {
             log: "a.log".into(),
             ready_file: "r".into(),
             config: "c".into(),
+            admin_socket: Some("/run/moat/lab/t/admin.sock".into()),
+            metrics_address: Some("127.0.0.1:9".into()),
         });
         let text = serde_json::to_string(&state).unwrap();
         assert!(text.contains("\"serverPid\":42"), "{text}");

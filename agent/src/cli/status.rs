@@ -1,0 +1,68 @@
+//! `moat status`: the agent's health at a glance.
+
+use serde_json::Value;
+
+use super::{connect, CliError, Format, Target};
+use crate::admin::Request;
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: Format,
+}
+
+pub fn run(args: StatusArgs) -> Result<(), CliError> {
+    let mut connection = connect(&args.target, &Request::Status)?;
+    let value = connection.next_value()?.ok_or_else(|| CliError::Response {
+        path: connection.path.clone(),
+        message: "closed without a status".into(),
+    })?;
+    match args.output {
+        Format::Json => println!("{value}"),
+        Format::Text => print!("{}", text(&value)),
+    }
+    Ok(())
+}
+
+pub fn text(v: &Value) -> String {
+    let mut out = String::new();
+    let mut line = |s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    line(format!("instance   {}   ready: {}", v["instance"].as_str().unwrap_or("?"), v["ready"]));
+    let caps = &v["capabilities"];
+    line(format!(
+        "kernel     BTF: {}   cgroup hooks: {}   BPF LSM: {}",
+        if caps["btf"] == true { "present" } else { "missing" },
+        caps["cgroup_hooks"].as_str().unwrap_or("?"),
+        caps["bpf_lsm"].as_str().unwrap_or("?")
+    ));
+    line("programs".into());
+    for p in v["programs"].as_array().into_iter().flatten() {
+        line(format!(
+            "  {:<18} {:<20} attached: {:<5} pinned: {:<5} {}",
+            p["program"].as_str().unwrap_or("?"),
+            p["hook"].as_str().unwrap_or("?"),
+            p["attached"],
+            p["pinned"],
+            p["pin"].as_str().unwrap_or("")
+        ));
+    }
+    line("maps".into());
+    for m in v["kernel"]["maps"].as_array().into_iter().flatten() {
+        line(format!("  {:<18} {:>8} / {}", m["map"].as_str().unwrap_or("?"), m["entries"], m["capacity"]));
+    }
+    let sync = &v["sync"];
+    let staleness = v["staleness_seconds"].as_f64().map(|s| format!("{s:.1} s ago")).unwrap_or_else(|| "never".into());
+    line(format!(
+        "sync       first sync reached the kernel: {}   last apply: {staleness}   generation {}   failures {}",
+        sync["first_sync_done"], sync["generation"], sync["failures"]
+    ));
+    line(format!("detections {}", v["detections"]["note"].as_str().unwrap_or("")));
+    line(format!("events     lost in the kernel: {}   lost in userspace: {}", v["events_lost"]["kernel"], v["events_lost"]["userspace"]));
+    line(format!("metrics    {}", v["metrics_url"].as_str().unwrap_or("-")));
+    out
+}

@@ -1,0 +1,62 @@
+//! The event envelope every sink and observer sees, and the detection record type.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::deny::DenyRecord;
+
+/// What happened: a flow verdict or a runtime-guard detection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Payload {
+    Flow(DenyRecord),
+    Detection(Detection),
+}
+
+/// A runtime-guard detection on a pod (the guard produces them; the sinks already take them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Detection {
+    /// Stable detection id, e.g. `write-host-path`.
+    pub id: String,
+    /// `enforce` (blocked) or `audit` (reported only).
+    pub mode: String,
+    pub tenant: Option<String>,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    /// Human-readable detail (the process, the path).
+    pub message: String,
+}
+
+/// One event as reported: when, how many identical ones it stands for, and what.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Event {
+    /// Milliseconds since the Unix epoch, when the agent received (or, for an aggregate,
+    /// closed the window of) the event.
+    pub time_unix_ms: u64,
+    /// How many identical events this one stands for: 1, or the number folded into it.
+    pub count: u64,
+    /// True for a report closing an aggregation window (the first event was reported alone).
+    pub aggregated: bool,
+    #[serde(flatten)]
+    pub payload: Payload,
+}
+
+impl Event {
+    pub fn new(payload: Payload) -> Self {
+        Self { time_unix_ms: now_unix_ms(), count: 1, aggregated: false, payload }
+    }
+
+    /// The identity used for aggregation: everything but the time and the count.
+    pub fn key(&self) -> String {
+        serde_json::to_string(&self.payload).unwrap_or_default()
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
