@@ -61,8 +61,9 @@ pub fn compile(cluster: &Cluster, config: &Config, cgroups: &PodCgroups) -> Resu
             }
         }
     }
+    let lookup = endpoints::PodLookup::new(cluster);
     for (cgroup, pod_ref) in cgroups {
-        let Some(key) = endpoints::resolve(cluster, pod_ref) else { continue };
+        let Some(key) = lookup.resolve(pod_ref) else { continue };
         let local = match (&config.node_name, &cluster.pods[key].node_name) {
             (Some(node), Some(pod_node)) => node == pod_node,
             _ => true,

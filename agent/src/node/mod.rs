@@ -1,4 +1,5 @@
 //! Facts about this machine: where cgroup v2 and bpffs are, how pod cgroups are laid out.
 
 pub mod cgroups;
+pub mod kubelet;
 pub mod mounts;
