@@ -1,6 +1,7 @@
 //! Developer tasks: `cargo xtask setup | test | demo | bench`.
 
 mod bench;
+mod bench_kube;
 mod demo;
 mod setup;
 mod util;
