@@ -7,18 +7,23 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::model::{Labels, Protocol};
+pub use crate::model::tenant::TenantSource;
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Config {
-    /// Namespace label whose value names the tenant.
-    pub tenant_label: String,
+    /// Where a namespace's tenant comes from: `{label: KEY}` (default `{label: tenant}`),
+    /// `{capsule: {}}` or `{hnc: {}}`. See [`TenantSource`].
+    pub tenant_source: Option<TenantSource>,
+    /// Older spelling of `tenantSource: {label: KEY}`; still accepted, not with `tenantSource`.
+    pub tenant_label: Option<String>,
     /// Name of this node; pods scheduled elsewhere are remote. Unset: every pod whose cgroup
     /// is found below `cgroup_root` is local (the lab, a one-node cluster).
     pub node_name: Option<String>,
     /// cgroup v2 directory holding every pod's cgroup. Relative paths are taken below the
-    /// cgroup v2 mount found in /proc/self/mountinfo.
-    pub cgroup_root: PathBuf,
+    /// cgroup v2 mount found in /proc/self/mountinfo. Unset: `kubepods.slice` (kubelet with
+    /// the systemd cgroup driver) or `kubepods` (cgroupfs driver), whichever exists.
+    pub cgroup_root: Option<PathBuf>,
     /// How pod cgroups are named below `cgroup_root`.
     pub cgroup_layout: CgroupLayoutKind,
     /// Where bpffs is (or gets) mounted.
@@ -112,9 +117,10 @@ impl Default for KubeEventsConfig {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            tenant_label: "tenant".into(),
+            tenant_source: None,
+            tenant_label: None,
             node_name: None,
-            cgroup_root: PathBuf::from("kubepods.slice"),
+            cgroup_root: None,
             cgroup_layout: CgroupLayoutKind::Lab,
             bpffs_root: PathBuf::from("/sys/fs/bpf"),
             instance: "default".into(),
@@ -146,6 +152,9 @@ pub enum Action {
 pub enum CgroupLayoutKind {
     /// `<root>/<namespace>_<pod>[/<container>...]`, as `moat lab` creates them.
     Lab,
+    /// The kubelet's pod cgroups (systemd or cgroupfs driver; containerd or CRI-O), by pod
+    /// UID; see docs/kubernetes.md.
+    Kubelet,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -266,6 +275,15 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Where tenants come from, `tenantLabel` folded in.
+    pub fn tenants(&self) -> TenantSource {
+        match (&self.tenant_source, &self.tenant_label) {
+            (Some(source), _) => source.clone(),
+            (None, Some(label)) => TenantSource::Label(label.clone()),
+            (None, None) => TenantSource::default(),
+        }
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -294,8 +312,14 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), (String, String)> {
-        if self.tenant_label.is_empty() {
+        if self.tenant_label.is_some() && self.tenant_source.is_some() {
+            return Err(("tenantLabel".into(), "set tenantSource or tenantLabel, not both".into()));
+        }
+        if self.tenant_label.as_deref() == Some("") {
             return Err(("tenantLabel".into(), "must not be empty".into()));
+        }
+        if matches!(&self.tenant_source, Some(TenantSource::Label(key)) if key.is_empty()) {
+            return Err(("tenantSource.label".into(), "must not be empty".into()));
         }
         let instance_ok = !self.instance.is_empty()
             && self.instance.len() <= 64
@@ -405,12 +429,33 @@ mod tests {
     }
 
     #[test]
+    fn tenant_sources_parse_and_tenant_label_still_works() {
+        assert_eq!(parse("").unwrap().tenants(), TenantSource::Label("tenant".into()));
+        assert_eq!(parse("tenantLabel: team\n").unwrap().tenants(), TenantSource::Label("team".into()));
+        assert_eq!(parse("tenantSource: {label: org}\n").unwrap().tenants(), TenantSource::Label("org".into()));
+        assert_eq!(parse("tenantSource: {capsule: {}}\n").unwrap().tenants(), TenantSource::Capsule {});
+        assert_eq!(parse("tenantSource: {hnc: {}}\n").unwrap().tenants(), TenantSource::Hnc {});
+        let both = parse("tenantLabel: a\ntenantSource: {hnc: {}}\n").unwrap_err().to_string();
+        assert!(both.contains("not both"), "{both}");
+        let unknown = parse("tenantSource: {ldap: {}}\n").unwrap_err().to_string();
+        assert!(unknown.contains("tenantSource"), "{unknown}");
+        assert!(parse("tenantSource: {label: \"\"}\n").is_err());
+    }
+
+    #[test]
+    fn kubelet_layout_parses_and_root_may_be_unset() {
+        let config = parse("cgroupLayout: kubelet\n").unwrap();
+        assert_eq!(config.cgroup_layout, CgroupLayoutKind::Kubelet);
+        assert_eq!(config.cgroup_root, None);
+    }
+
+    #[test]
     fn full_config_parses() {
         let config = parse(
             "tenantLabel: team\nunknownEndpoints: deny\nsharedServices:\n- name: metrics\n  namespace: monitoring\n  ports: [{port: 9090}]\nallowedTenantPairs: [{from: a, to: b}]\ntenantNetworks: [{cidr: 192.0.2.0/24, tenant: acme}]\n",
         )
         .unwrap();
-        assert_eq!(config.tenant_label, "team");
+        assert_eq!(config.tenants(), TenantSource::Label("team".into()));
         assert_eq!(config.unknown_endpoints, Action::Deny);
         assert_eq!(config.shared_services[0].ports[0].protocol, Protocol::Tcp);
         assert_eq!(config.tenant_networks[0].cidr.prefix_len, 24);

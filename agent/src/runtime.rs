@@ -20,14 +20,22 @@ use crate::model::Cluster;
 use crate::observability::{ObservabilityError, Observability};
 use crate::node::cgroups::{self, CgroupError, CgroupLayout, PodCgroups};
 use crate::node::mounts::{self, MountError};
-use crate::sources::manifests::ManifestError;
+use crate::sources::kube::{KubeOptions, KubeSource};
 use crate::sources::watch::ManifestWatcher;
+use crate::sources::{Source, SourceError};
 
 #[derive(clap::Args, Debug)]
 pub struct AgentArgs {
     /// Files or directories of Kubernetes manifests (YAML or JSON; `kubectl get -o yaml` works).
-    #[arg(short = 'f', long = "filename", required = true)]
+    /// Without it the agent watches the API server.
+    #[arg(short = 'f', long = "filename")]
     pub files: Vec<PathBuf>,
+    /// Kubeconfig for the API server; default: in-cluster, then KUBECONFIG / ~/.kube/config.
+    #[arg(long, conflicts_with = "files")]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name (its Node's labels, which pods are local); overrides config nodeName.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
     /// Agent configuration file (YAML); every field has a default.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -41,7 +49,7 @@ pub enum RuntimeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Manifest(#[from] ManifestError),
+    Source(#[from] SourceError),
     #[error(transparent)]
     Compile(#[from] CompileError),
     #[error(transparent)]
@@ -74,20 +82,25 @@ struct Inputs {
 }
 
 async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    if args.node_name.is_some() {
+        config.node_name = args.node_name.clone();
+    }
     let observability = Observability::start(&config).await?;
-    let cgroup_root = cgroups::resolve_root(&config.cgroup_root, &mounts::cgroup2()?);
+    let cgroup_root = cgroups::pods_root(config.cgroup_root.as_deref(), config.cgroup_layout, &mounts::cgroup2()?)?;
     let layout = cgroups::layout(config.cgroup_layout);
-    let mut watcher = ManifestWatcher::new(args.files.clone());
-    // The first poll always loads; the loop only guards against a watcher that says nothing.
-    let loaded = loop {
-        if let Some(result) = watcher.poll() {
-            break result?;
-        }
+    let mut source = if args.files.is_empty() {
+        let options = KubeOptions { kubeconfig: args.kubeconfig.clone(), node_name: config.node_name.clone() };
+        Source::Kube(KubeSource::start(&options).await.map_err(SourceError::from)?)
+    } else {
+        Source::manifests(ManifestWatcher::new(args.files.clone()))
     };
+    // For the API server: every watch has listed once, so this first apply prunes whatever
+    // an earlier agent left behind against the whole cluster.
+    let loaded = source.initial().await?;
     warn_skipped(&loaded.skipped);
     let mut inputs = Inputs { cluster: loaded.cluster, cgroups: cgroups::scan(&cgroup_root, layout.as_ref())? };
     let mut desired = compiler::compile(&inputs.cluster, &config, &inputs.cgroups)?;
@@ -129,15 +142,17 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
         .map_err(RuntimeError::Tokio)?;
     let mut resync = false;
     loop {
+        // The tick re-scans cgroups (and manifest files); API server changes wake at once.
         tokio::select! {
             _ = tick.tick() => {}
+            _ = source.changed() => {}
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }
         if events_task.is_finished() {
             tracing::error!("event reader stopped; enforcement continues without events");
         }
-        let changed = refresh(&mut watcher, &mut inputs, &cgroup_root, layout.as_ref());
+        let changed = refresh(&mut source, &mut inputs, &cgroup_root, layout.as_ref());
         if !changed && !resync {
             observability.in_sync();
             continue;
@@ -155,7 +170,8 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
             Ok(stats) => {
                 resync = false;
                 if stats.writes + stats.removals > 0 {
-                    tracing::info!(writes = stats.writes, removals = stats.removals, generation = stats.generation, "applied");
+                    let resource_version = source.resource_version();
+                    tracing::info!(writes = stats.writes, removals = stats.removals, generation = stats.generation, resource_version, "applied");
                 }
                 observability.applied(&stats);
                 desired = next;
@@ -173,12 +189,12 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
 }
 
 /// Re-reads manifests and cgroups. Returns whether the compiler's inputs changed.
-fn refresh(watcher: &mut ManifestWatcher, inputs: &mut Inputs, root: &Path, layout: &dyn CgroupLayout) -> bool {
+fn refresh(source: &mut Source, inputs: &mut Inputs, root: &Path, layout: &dyn CgroupLayout) -> bool {
     let mut changed = false;
-    match watcher.poll() {
+    match source.poll() {
         Some(Ok(loaded)) => {
             warn_skipped(&loaded.skipped);
-                    if loaded.cluster != inputs.cluster {
+            if loaded.cluster != inputs.cluster {
                 inputs.cluster = loaded.cluster;
                 changed = true;
             }

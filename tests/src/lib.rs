@@ -762,3 +762,4 @@ mod tests {
         assert!(text.contains("        - containerPort: 80\n          protocol: TCP\n"));
     }
 }
+pub mod kube;

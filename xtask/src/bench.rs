@@ -23,6 +23,9 @@ pub struct BenchArgs {
     /// e.g. docs/benchmarks.md.
     #[arg(long, value_name = "FILE")]
     pub write: Option<PathBuf>,
+    /// Run only the section with this id (foundation, kube).
+    #[arg(long, value_name = "ID")]
+    pub only: Option<String>,
 }
 
 /// What every section gets.
@@ -37,6 +40,8 @@ pub struct Section {
     pub id: &'static str,
     pub title: &'static str,
     pub rows: Vec<Row>,
+    /// A section that is not moat-versus-baseline renders its own table.
+    pub table: Option<String>,
 }
 
 pub struct Row {
@@ -52,7 +57,7 @@ pub struct Measurement {
 }
 
 type SectionFn = fn(&Context) -> Result<Section>;
-const SECTIONS: &[SectionFn] = &[foundation];
+const SECTIONS: &[(&str, SectionFn)] = &[("foundation", foundation), ("kube", crate::bench_kube::kube)];
 
 pub fn run_bench(args: &BenchArgs) -> Result<()> {
     if args.seconds == 0 {
@@ -60,14 +65,16 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
     }
     crate::setup::run_setup(&crate::setup::SetupArgs::default())?;
     check_interrupt()?;
-    run(cargo().args(["build", "-p", "moat-agent"]))?;
+    run(cargo().args(["build", "-p", "moat-agent", "-p", "moat-testapi"]))?;
     check_interrupt()?;
     let ctx = Context { moat: crate::util::moat_bin()?, seconds: args.seconds };
 
     let command = command_line(args);
     let mut sections = Vec::new();
-    for section in SECTIONS {
-        sections.push(section(&ctx)?);
+    for (id, section) in SECTIONS {
+        if args.only.as_deref().is_none_or(|only| only == *id) {
+            sections.push(section(&ctx)?);
+        }
     }
     let environment = environment();
     for section in &sections {
@@ -119,7 +126,7 @@ fn foundation(ctx: &Context) -> Result<Section> {
         .zip(baseline.into_iter().zip(attached))
         .map(|((metric, _), (baseline, moat))| Row { metric: metric.to_string(), baseline, moat })
         .collect();
-    Ok(Section { id: "foundation", title: "Foundation: same-tenant TCP between two lab pods", rows })
+    Ok(Section { id: "foundation", title: "Foundation: same-tenant TCP between two lab pods", rows, table: None })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -167,6 +174,9 @@ fn command_line(args: &BenchArgs) -> String {
     if let Some(path) = &args.write {
         command.push_str(&format!(" --write {}", path.display()));
     }
+    if let Some(only) = &args.only {
+        command.push_str(&format!(" --only {only}"));
+    }
     command
 }
 
@@ -182,6 +192,9 @@ fn environment() -> String {
 }
 
 fn render(section: &Section, command: &str, environment: &str) -> String {
+    if let Some(table) = &section.table {
+        return format!("{table}\n{environment}. Command:\n\n```\n{command}\n```\n");
+    }
     let mut out = String::from("| metric | baseline (no program) | moat | ratio |\n");
     out.push_str("|---|---:|---:|---:|\n");
     for row in &section.rows {

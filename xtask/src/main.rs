@@ -1,9 +1,11 @@
 //! Developer tasks: `cargo xtask setup | test | demo | bench`.
 
 mod bench;
+mod bench_kube;
 mod demo;
 mod setup;
 mod util;
+mod validate;
 
 use std::process::ExitCode;
 
@@ -32,6 +34,8 @@ enum Task {
     Test,
     /// setup, build, then a demo lab: reachability matrix and one deny event.
     Demo,
+    /// Validate every manifest under deploy/ against the Kubernetes schemas (offline).
+    Validate,
     /// setup, build, then benchmarks: moat attached versus no program attached.
     Bench(bench::BenchArgs),
 }
@@ -43,6 +47,7 @@ fn main() -> ExitCode {
         Task::Setup(args) => setup::run_setup(&args),
         Task::Test => test(),
         Task::Demo => demo::run_demo(),
+        Task::Validate => validate::validate_manifests(),
         Task::Bench(args) => bench::run_bench(&args),
     };
     match result {
@@ -75,7 +80,15 @@ fn test() -> Result<()> {
         eprintln!("clippy is not installed; skipping the lint step (`rustup component add clippy`)");
     }
     util::check_interrupt()?;
-    // The integration tests (package moat-integration) run the agent binary just built.
+    validate::validate_manifests()?;
+    util::check_interrupt()?;
+    // The integration tests (package moat-integration) run the agent binary just built, and
+    // the kube_* tests the test API server built with it.
     let moat = util::moat_bin()?;
-    run(cargo().args(["test", "--workspace", "--no-fail-fast"]).args(HOST_EXCLUDE).env("MOAT_BIN", moat))
+    let apiserver = moat.with_file_name("moat-test-apiserver");
+    run(cargo()
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(HOST_EXCLUDE)
+        .env("MOAT_BIN", moat)
+        .env("MOAT_TEST_APISERVER_BIN", apiserver))
 }

@@ -9,9 +9,9 @@ use anyhow::{bail, Result};
 use crate::util::{capture, find_on_path, is_root, on_path, render, run, stdout_of};
 
 /// Debian packages: LLVM for bpf-linker, iproute2 and procps for the lab, prometheus for
-/// `promtool check metrics` in the observability tests.
+/// `promtool check metrics` in the observability tests, python3-venv for manifest validation.
 const APT_PACKAGES: &[&str] =
-    &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "iproute2", "procps", "prometheus"];
+    &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "iproute2", "procps", "prometheus", "python3-venv"];
 /// Needed to link anything (and to build bpf-linker); only installed when `cc` is missing.
 const APT_COMPILER: &[&str] = &["gcc", "libc6-dev"];
 
@@ -59,6 +59,7 @@ pub fn run_setup(args: &SetupArgs) -> Result<()> {
     rust_src(args, &mut outcome)?;
     bpf_linker(args, &mut outcome)?;
     clippy();
+    manifest_validator(args, &mut outcome)?;
     cgroup2(&mut outcome);
     bpffs(&mut outcome);
 
@@ -282,6 +283,23 @@ fn bpf_linker(args: &SetupArgs, outcome: &mut Outcome) -> Result<()> {
             outcome.problems.push("bpf-linker does not run after install".into());
         }
     }
+    Ok(())
+}
+
+fn manifest_validator(args: &SetupArgs, outcome: &mut Outcome) -> Result<()> {
+    let item = format!("kubernetes-validate {} (venv)", crate::validate::VALIDATOR_VERSION);
+    if crate::validate::installed()? {
+        report(&item, "found");
+        return Ok(());
+    }
+    if args.check {
+        report(&item, "missing (--check)");
+        outcome.problems.push("kubernetes-validate missing".into());
+        outcome.manual.extend(crate::validate::install_commands()?.iter().map(render));
+        return Ok(());
+    }
+    crate::validate::install()?;
+    report(&item, "installed");
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! Per-pod facts the maps need: tenant, shared-service group, cgroup resolution.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use moat_common::maps::SharedPortKey;
 
@@ -16,13 +16,14 @@ pub(super) struct Tenants {
 
 /// The tenant of every namespace, including namespaces only pods mention.
 pub(super) fn tenants(cluster: &Cluster, config: &Config) -> Result<Tenants, CompileError> {
+    let source = config.tenants();
     let mut of_namespace = BTreeMap::new();
     let mut seen = BTreeMap::new();
     let implied = cluster.pods.keys().map(|key| &key.namespace).filter(|ns| !cluster.namespaces.contains_key(*ns));
     let implied: Vec<Namespace> =
         implied.map(|name| Namespace { name: name.clone(), labels: Labels::new() }).collect();
     for namespace in cluster.namespaces.values().chain(implied.iter()) {
-        let name = TenantName::of_namespace(namespace, &config.tenant_label);
+        let name = source.tenant_of(namespace);
         check_collision(&mut seen, &name)?;
         of_namespace.insert(namespace.name.clone(), name);
     }
@@ -115,10 +116,23 @@ impl SharedGroups {
     }
 }
 
-/// The pod a cgroup belongs to, if the cluster has it.
-pub(super) fn resolve<'a>(cluster: &'a Cluster, pod_ref: &PodRef) -> Option<&'a PodKey> {
-    match pod_ref {
-        PodRef::Key(key) => cluster.pods.get_key_value(key).map(|(key, _)| key),
-        PodRef::Uid(uid) => cluster.pods.iter().find(|(_, pod)| pod.uid.as_deref() == Some(uid.as_str())).map(|(key, _)| key),
+/// Finds the pod a cgroup belongs to, if the cluster has it. Built once per compile: a node
+/// has hundreds of pod cgroups and a cluster thousands of pods, so UIDs are indexed.
+pub(super) struct PodLookup<'a> {
+    cluster: &'a Cluster,
+    by_uid: HashMap<&'a str, &'a PodKey>,
+}
+
+impl<'a> PodLookup<'a> {
+    pub fn new(cluster: &'a Cluster) -> Self {
+        let by_uid = cluster.pods.iter().filter_map(|(key, pod)| Some((pod.uid.as_deref()?, key))).collect();
+        Self { cluster, by_uid }
+    }
+
+    pub fn resolve(&self, pod_ref: &PodRef) -> Option<&'a PodKey> {
+        match pod_ref {
+            PodRef::Key(key) => self.cluster.pods.get_key_value(key).map(|(key, _)| key),
+            PodRef::Uid(uid) => self.by_uid.get(uid.as_str()).copied(),
+        }
     }
 }

@@ -94,8 +94,9 @@ pub fn compile_scoped(cluster: &Cluster, config: &Config, cgroups: &PodCgroups, 
         }
     }
     let mut local_sets = BTreeSet::new();
+    let lookup = endpoints::PodLookup::new(cluster);
     for (cgroup, pod_ref) in cgroups {
-        let Some(key) = endpoints::resolve(cluster, pod_ref) else { continue };
+        let Some(key) = lookup.resolve(pod_ref) else { continue };
         let local = match (&config.node_name, &cluster.pods[key].node_name) {
             (Some(node), Some(pod_node)) => node == pod_node,
             _ => true,

@@ -117,4 +117,7 @@ pub struct Cluster {
     pub pods: BTreeMap<PodKey, Pod>,
     pub network_policies:
         BTreeMap<ObjectKey, k8s_openapi::api::networking::v1::NetworkPolicy>,
+    /// Labels of this agent's own Node (they select node profiles); empty when the source
+    /// has no Node (manifest files, or no node name given).
+    pub node_labels: Labels,
 }

@@ -4,9 +4,92 @@
 
 use std::fmt;
 
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::Namespace;
+
+/// Capsule labels every namespace of a tenant with this key, valued with the tenant's name.
+pub const CAPSULE_TENANT_LABEL: &str = "capsule.clastix.io/tenant";
+/// HNC labels a namespace with `<ancestor>.tree.hnc.x-k8s.io/depth: "<n>"` for itself (0)
+/// and every ancestor (n levels up).
+pub const HNC_DEPTH_SUFFIX: &str = ".tree.hnc.x-k8s.io/depth";
+
+/// Where a namespace's tenant comes from (config `tenantSource`: `{label: KEY}`,
+/// `{capsule: {}}` or `{hnc: {}}`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "RawTenantSource")]
+pub enum TenantSource {
+    /// The value of this namespace label.
+    Label(String),
+    /// Capsule: the `capsule.clastix.io/tenant` label.
+    Capsule {},
+    /// Hierarchical Namespaces: the root of the namespace's tree, i.e. the ancestor with the
+    /// greatest depth label.
+    Hnc {},
+}
+
+/// The YAML form: a mapping with exactly one key.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenantSource {
+    label: Option<String>,
+    capsule: Option<NoOptions>,
+    hnc: Option<NoOptions>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoOptions {}
+
+impl TryFrom<RawTenantSource> for TenantSource {
+    type Error = String;
+
+    fn try_from(raw: RawTenantSource) -> Result<Self, String> {
+        match (raw.label, raw.capsule, raw.hnc) {
+            (Some(label), None, None) => Ok(Self::Label(label)),
+            (None, Some(_), None) => Ok(Self::Capsule {}),
+            (None, None, Some(_)) => Ok(Self::Hnc {}),
+            _ => Err("set exactly one of label, capsule or hnc".into()),
+        }
+    }
+}
+
+impl Default for TenantSource {
+    fn default() -> Self {
+        Self::Label("tenant".into())
+    }
+}
+
+impl TenantSource {
+    /// The tenant of `namespace`; a namespace the source says nothing about is its own.
+    pub fn tenant_of(&self, namespace: &Namespace) -> TenantName {
+        let named = match self {
+            Self::Label(key) => namespace.labels.get(key).cloned(),
+            Self::Capsule {} => namespace.labels.get(CAPSULE_TENANT_LABEL).cloned(),
+            Self::Hnc {} => hnc_root(namespace),
+        };
+        match named {
+            Some(value) if !value.is_empty() => TenantName::Label(value),
+            _ => TenantName::OwnNamespace(namespace.name.clone()),
+        }
+    }
+}
+
+/// The ancestor with the greatest depth among the HNC tree labels (ties: the smaller name,
+/// so the answer never depends on map order). Unparsable depths are ignored.
+fn hnc_root(namespace: &Namespace) -> Option<String> {
+    namespace
+        .labels
+        .iter()
+        .filter_map(|(key, value)| {
+            let ancestor = key.strip_suffix(HNC_DEPTH_SUFFIX)?;
+            let depth: u32 = value.parse().ok()?;
+            (!ancestor.is_empty()).then_some((depth, ancestor))
+        })
+        .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(a.1)))
+        .map(|(_, ancestor)| ancestor.to_string())
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TenantName {
@@ -20,10 +103,7 @@ pub enum TenantName {
 impl TenantName {
     /// The tenant of `namespace` when tenants come from the label `label_key`.
     pub fn of_namespace(namespace: &Namespace, label_key: &str) -> Self {
-        match namespace.labels.get(label_key) {
-            Some(value) if !value.is_empty() => Self::Label(value.clone()),
-            _ => Self::OwnNamespace(namespace.name.clone()),
-        }
+        TenantSource::Label(label_key.into()).tenant_of(namespace)
     }
 
     pub fn id(&self) -> TenantId {
@@ -84,6 +164,36 @@ mod tests {
         let own = TenantName::OwnNamespace("acme".into());
         assert_ne!(labelled.id(), own.id());
         assert_eq!(own.to_string(), "ns:acme");
+    }
+
+    #[test]
+    fn capsule_tenant_comes_from_its_label() {
+        let source = TenantSource::Capsule {};
+        let ns = namespace("a", &[(CAPSULE_TENANT_LABEL, "oil"), ("tenant", "other")]);
+        assert_eq!(source.tenant_of(&ns), TenantName::Label("oil".into()));
+        assert_eq!(source.tenant_of(&namespace("b", &[("tenant", "x")])), TenantName::OwnNamespace("b".into()));
+    }
+
+    #[test]
+    fn hnc_tenant_is_the_root_of_the_tree() {
+        let source = TenantSource::Hnc {};
+        let root = namespace("acme", &[("acme.tree.hnc.x-k8s.io/depth", "0")]);
+        let child = namespace("team", &[("acme.tree.hnc.x-k8s.io/depth", "1"), ("team.tree.hnc.x-k8s.io/depth", "0")]);
+        let grandchild = namespace(
+            "dev",
+            &[
+                ("dev.tree.hnc.x-k8s.io/depth", "0"),
+                ("team.tree.hnc.x-k8s.io/depth", "1"),
+                ("acme.tree.hnc.x-k8s.io/depth", "2"),
+            ],
+        );
+        for ns in [&root, &child, &grandchild] {
+            assert_eq!(source.tenant_of(ns), TenantName::Label("acme".into()), "{}", ns.name);
+        }
+        let plain = namespace("plain", &[("tenant", "acme")]);
+        assert_eq!(source.tenant_of(&plain), TenantName::OwnNamespace("plain".into()));
+        let broken = namespace("x", &[("y.tree.hnc.x-k8s.io/depth", "deep")]);
+        assert_eq!(source.tenant_of(&broken), TenantName::OwnNamespace("x".into()));
     }
 
     #[test]

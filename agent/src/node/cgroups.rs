@@ -35,6 +35,7 @@ impl CgroupLayout for LabLayout {
 pub fn layout(kind: CgroupLayoutKind) -> Box<dyn CgroupLayout> {
     match kind {
         CgroupLayoutKind::Lab => Box::new(LabLayout),
+        CgroupLayoutKind::Kubelet => Box::new(super::kubelet::KubeletLayout),
     }
 }
 
@@ -42,6 +43,8 @@ pub fn layout(kind: CgroupLayoutKind) -> Box<dyn CgroupLayout> {
 pub enum CgroupError {
     #[error("pods' cgroup root {path}: {source}")]
     Root { path: PathBuf, source: std::io::Error },
+    #[error("cgroupRoot is unset and neither {systemd} (kubelet's systemd cgroup driver) nor {cgroupfs} (cgroupfs driver) exists; set cgroupRoot")]
+    NoKubepods { systemd: PathBuf, cgroupfs: PathBuf },
 }
 
 /// cgroup id → pod, for every cgroup below the root that the layout attributes to a pod.
@@ -77,6 +80,28 @@ pub fn scan(root: &Path, layout: &dyn CgroupLayout) -> Result<PodCgroups, Cgroup
     Ok(found)
 }
 
+/// Root of the kubelet's pods with the systemd cgroup driver, below the cgroup v2 mount.
+pub const KUBEPODS_SYSTEMD: &str = "kubepods.slice";
+/// Root of the kubelet's pods with the cgroupfs cgroup driver.
+pub const KUBEPODS_CGROUPFS: &str = "kubepods";
+
+/// The pods' root: `configured` (see [`resolve_root`]); unset, whichever of `kubepods.slice`
+/// and `kubepods` exists below the cgroup v2 mount (`kubepods.slice` when neither does and the
+/// layout is the lab's, where the lab always sets it).
+pub fn pods_root(configured: Option<&Path>, kind: CgroupLayoutKind, cgroup2_mount: &Path) -> Result<PathBuf, CgroupError> {
+    if let Some(configured) = configured {
+        return Ok(resolve_root(configured, cgroup2_mount));
+    }
+    let systemd = cgroup2_mount.join(KUBEPODS_SYSTEMD);
+    let cgroupfs = cgroup2_mount.join(KUBEPODS_CGROUPFS);
+    match kind {
+        CgroupLayoutKind::Lab => Ok(systemd),
+        CgroupLayoutKind::Kubelet if systemd.is_dir() => Ok(systemd),
+        CgroupLayoutKind::Kubelet if cgroupfs.is_dir() => Ok(cgroupfs),
+        CgroupLayoutKind::Kubelet => Err(CgroupError::NoKubepods { systemd, cgroupfs }),
+    }
+}
+
 /// The pods' root as configured: absolute, or relative to the cgroup v2 mount.
 pub fn resolve_root(configured: &Path, cgroup2_mount: &Path) -> PathBuf {
     if configured.is_absolute() {
@@ -97,6 +122,19 @@ mod tests {
         assert_eq!(LabLayout.pod_of(&["x_a.b", "c1"]), pod);
         assert_eq!(LabLayout.pod_of(&["stray"]), None);
         assert_eq!(LabLayout.pod_of(&["_a"]), None);
+    }
+
+    #[test]
+    fn pods_root_detects_the_kubelet_driver() {
+        let mount = tempfile::tempdir().unwrap();
+        let kubelet = CgroupLayoutKind::Kubelet;
+        assert!(pods_root(None, kubelet, mount.path()).is_err());
+        std::fs::create_dir(mount.path().join("kubepods")).unwrap();
+        assert_eq!(pods_root(None, kubelet, mount.path()).unwrap(), mount.path().join("kubepods"));
+        std::fs::create_dir(mount.path().join("kubepods.slice")).unwrap();
+        assert_eq!(pods_root(None, kubelet, mount.path()).unwrap(), mount.path().join("kubepods.slice"));
+        let set = pods_root(Some(Path::new("x")), kubelet, mount.path()).unwrap();
+        assert_eq!(set, mount.path().join("x"));
     }
 
     #[test]

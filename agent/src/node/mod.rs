@@ -1,5 +1,6 @@
 //! Facts about this machine: where cgroup v2 and bpffs are, how pod cgroups are laid out.
 
 pub mod cgroups;
+pub mod kubelet;
 pub mod mounts;
 pub mod capabilities;

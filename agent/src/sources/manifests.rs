@@ -29,6 +29,7 @@ use std::path::PathBuf;
 use crate::model::Cluster;
 
 pub use build::build_cluster;
+pub(crate) use policy::validate as validate_policy;
 pub use error::ManifestError;
 pub(crate) use read::list_files;
 pub use read::read_documents;

@@ -1,4 +1,88 @@
-//! Where the cluster comes from: manifest files on disk, re-read when they change.
+//! Where the cluster comes from: manifest files on disk (re-read when they change), or the
+//! Kubernetes API server (list, then watch). Either way the runtime asks one question: "the
+//! newest `Cluster`, if it changed".
 
+pub mod convert;
+pub mod kube;
 pub mod manifests;
+pub mod sync;
 pub mod watch;
+
+use std::sync::Arc;
+
+use self::kube::{KubeError, KubeSource};
+use self::manifests::{Loaded, ManifestError};
+use self::watch::ManifestWatcher;
+pub use self::sync::SyncState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+}
+
+pub enum Source {
+    Manifests { watcher: ManifestWatcher, sync: Arc<SyncState> },
+    Kube(KubeSource),
+}
+
+impl Source {
+    pub fn manifests(watcher: ManifestWatcher) -> Self {
+        Self::Manifests { watcher, sync: Arc::new(SyncState::new()) }
+    }
+
+    /// The first complete state: the manifests as read, or everything the API server
+    /// listed (after every watch reported its initial list complete).
+    pub async fn initial(&mut self) -> Result<Loaded, SourceError> {
+        match self {
+            Self::Manifests { watcher, sync } => {
+                // The first poll always loads; the loop only guards against a watcher that
+                // says nothing.
+                let loaded = loop {
+                    if let Some(result) = watcher.poll() {
+                        break result?;
+                    }
+                };
+                sync.mark_synced();
+                Ok(loaded)
+            }
+            Self::Kube(source) => Ok(source.initial().await),
+        }
+    }
+
+    /// The newest state if it changed since the last call. An Err is a bad edit of the
+    /// manifests: the caller keeps the last good state. The API server source logs objects
+    /// it refuses and keeps their last good version itself, so it never returns Err.
+    pub fn poll(&mut self) -> Option<Result<Loaded, SourceError>> {
+        match self {
+            Self::Manifests { watcher, .. } => watcher.poll().map(|result| result.map_err(SourceError::from)),
+            Self::Kube(source) => source.poll().map(Ok),
+        }
+    }
+
+    /// Resolves when [`Source::poll`] may have something new. Manifests are polled on the
+    /// runtime's tick, so for them this never resolves.
+    pub async fn changed(&self) {
+        match self {
+            Self::Manifests { .. } => std::future::pending().await,
+            Self::Kube(source) => source.changed().await,
+        }
+    }
+
+    /// The newest resourceVersion applied (API server only), for apply logs.
+    pub fn resource_version(&self) -> Option<u64> {
+        match self {
+            Self::Manifests { .. } => None,
+            Self::Kube(source) => source.resource_version(),
+        }
+    }
+
+    pub fn sync_state(&self) -> Arc<SyncState> {
+        match self {
+            Self::Manifests { sync, .. } => Arc::clone(sync),
+            Self::Kube(source) => source.sync_state(),
+        }
+    }
+}

@@ -12,9 +12,9 @@ use crate::config::Cidr;
 use crate::model::{selector, Protocol};
 
 /// `(field path, message)` of the first problem.
-pub(super) type Problem = (String, String);
+pub(crate) type Problem = (String, String);
 
-pub(super) fn validate(policy: &NetworkPolicy) -> Result<(), Problem> {
+pub(crate) fn validate(policy: &NetworkPolicy) -> Result<(), Problem> {
     let Some(spec) = &policy.spec else {
         return Ok(());
     };

@@ -1,0 +1,156 @@
+//! Typed Kubernetes objects → model objects. Shared by every source (manifest files, the API
+//! server), so an object is accepted or refused, with the same message, wherever it came
+//! from. The caller adds where the object came from (file and document, or the API server).
+
+use std::fmt;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as networking;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::manifests::validate_policy;
+use crate::model::{ContainerPort, Namespace, ObjectKey, Pod, Protocol};
+
+/// Why one object is refused: the field (a path into the object; empty for the whole) and
+/// what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub field: String,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// `Kind namespace/name` (or less, as far as known), as errors name objects.
+pub fn describe_object(kind: &str, metadata: &ObjectMeta) -> String {
+    let text = |value: &Option<String>| value.clone().filter(|s| !s.is_empty());
+    match (text(&metadata.namespace), text(&metadata.name)) {
+        (Some(namespace), Some(name)) => format!("{kind} {namespace}/{name}"),
+        (None, Some(name)) => format!("{kind} {name}"),
+        _ => kind.to_string(),
+    }
+}
+
+/// A Namespace: its name and labels.
+pub fn namespace(namespace: &core::Namespace) -> Result<Namespace, Rejection> {
+    let name = name(&namespace.metadata)?;
+    let labels = namespace.metadata.labels.clone().unwrap_or_default();
+    Ok(Namespace { name, labels })
+}
+
+/// Whether a pod has finished: its IPs may already belong to new pods, so it is not in the
+/// model (it is still converted: bad input is an error wherever it is).
+pub fn pod_finished(pod: &core::Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|status| status.phase.as_deref());
+    matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+/// A Pod: key, uid, labels, addresses, node and ports.
+pub fn pod(pod: &core::Pod) -> Result<Pod, Rejection> {
+    let key = namespaced_key(&pod.metadata)?;
+    let default_spec = core::PodSpec::default();
+    let spec = pod.spec.as_ref().unwrap_or(&default_spec);
+    let default_status = core::PodStatus::default();
+    let status = pod.status.as_ref().unwrap_or(&default_status);
+
+    let mut ips = Vec::new();
+    for (index, pod_ip) in status.pod_ips.iter().flatten().enumerate() {
+        let ip = parse_pod_ip(&pod_ip.ip).map_err(|m| Rejection::new(format!("status.podIPs[{index}].ip"), m))?;
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    // podIP is podIPs[0] on every current cluster; it is checked even then, and used alone
+    // only when podIPs is missing (older clusters, hand-written manifests).
+    if let Some(text) = status.pod_ip.as_deref().filter(|text| !text.is_empty()) {
+        let ip = parse_pod_ip(text).map_err(|message| Rejection::new("status.podIP", message))?;
+        if ips.is_empty() {
+            ips.push(ip);
+        }
+    }
+
+    let mut ports = Vec::new();
+    for (index, container) in spec.containers.iter().enumerate() {
+        ports.extend(container_ports(&format!("spec.containers[{index}].ports"), container)?);
+    }
+    for (index, container) in spec.init_containers.iter().flatten().enumerate() {
+        let container_ports = container_ports(&format!("spec.initContainers[{index}].ports"), container)?;
+        // Only sidecars (restartPolicy Always) keep running and serve their ports.
+        if container.restart_policy.as_deref() == Some("Always") {
+            ports.extend(container_ports);
+        }
+    }
+
+    Ok(Pod {
+        key,
+        uid: pod.metadata.uid.clone().filter(|uid| !uid.is_empty()),
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        ips,
+        node_name: spec.node_name.clone().filter(|name| !name.is_empty()),
+        host_network: spec.host_network.unwrap_or(false),
+        ports,
+    })
+}
+
+/// A networking.k8s.io/v1 NetworkPolicy, checked as the API server checks it.
+pub fn network_policy(policy: &networking::NetworkPolicy) -> Result<ObjectKey, Rejection> {
+    validate_policy(policy).map_err(|(field, message)| Rejection::new(field, message))?;
+    namespaced_key(&policy.metadata)
+}
+
+pub fn name(metadata: &ObjectMeta) -> Result<String, Rejection> {
+    match metadata.name.as_deref() {
+        Some(name) if !name.is_empty() => Ok(name.to_string()),
+        _ => Err(Rejection::new("metadata.name", "missing")),
+    }
+}
+
+/// An absent namespace is `default`, as `kubectl apply` takes it.
+pub fn namespaced_key(metadata: &ObjectMeta) -> Result<ObjectKey, Rejection> {
+    let namespace = metadata.namespace.as_deref().filter(|ns| !ns.is_empty()).unwrap_or("default");
+    Ok(ObjectKey::new(namespace, name(metadata)?))
+}
+
+fn container_ports(field: &str, container: &core::Container) -> Result<Vec<ContainerPort>, Rejection> {
+    let mut ports = Vec::new();
+    for (index, port) in container.ports.iter().flatten().enumerate() {
+        let number = u16::try_from(port.container_port).ok().filter(|port| *port != 0).ok_or_else(|| {
+            let message = format!("{} is outside 1..=65535", port.container_port);
+            Rejection::new(format!("{field}[{index}].containerPort"), message)
+        })?;
+        let protocol = match port.protocol.as_deref() {
+            None => Protocol::Tcp,
+            Some(text) => Protocol::parse(text).ok_or_else(|| {
+                let message = format!("unknown protocol {text:?} (want TCP, UDP or SCTP)");
+                Rejection::new(format!("{field}[{index}].protocol"), message)
+            })?,
+        };
+        let name = port.name.clone().filter(|name| !name.is_empty());
+        ports.push(ContainerPort { name, port: number, protocol });
+    }
+    Ok(ports)
+}
+
+/// A pod address. IPv4-mapped IPv6 is taken as the IPv4 address, the form the kernel uses
+/// for IPv4 traffic; addresses no pod can have are refused rather than attributed to a pod.
+fn parse_pod_ip(text: &str) -> Result<IpAddr, String> {
+    let ip = text.parse::<IpAddr>().map_err(|_| format!("{text:?} is not an IP address"))?.to_canonical();
+    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
+        return Err(format!("{text:?} is not a usable pod address"));
+    }
+    Ok(ip)
+}

@@ -1,0 +1,98 @@
+//! `moat agent --kubeconfig` against `moat-test-apiserver`, enforcing over lab pods: adds and
+//! relabels arrive through the watch, and losing the API server changes nothing.
+
+use std::time::{Duration, Instant};
+
+use moat_integration::kube::{find, lab_objects, write_list, ApiServer, KubeAgent};
+use moat_integration::{documents, namespace_yaml, pod_yaml, wait_verdict, Family, Lab, Manifests, UpOptions, Verdict};
+
+const CONVERGE: Duration = Duration::from_secs(10);
+
+/// x and y are tenant a, z tenant b; every pod serves TCP 80.
+fn lab(manifests: &Manifests) -> Lab {
+    let cluster = documents(&[
+        namespace_yaml("x", &[("tenant", "a")]),
+        namespace_yaml("y", &[("tenant", "a")]),
+        namespace_yaml("z", &[("tenant", "b")]),
+        pod_yaml("x", "p", &[], &[(80, "TCP")]),
+        pod_yaml("x", "q", &[], &[(80, "TCP")]),
+        pod_yaml("y", "s", &[], &[(80, "TCP")]),
+        pod_yaml("z", "r", &[], &[(80, "TCP")]),
+    ]);
+    Lab::up(&[manifests.write("cluster.yaml", &cluster)], UpOptions { no_agent: true, ..UpOptions::default() })
+}
+
+#[test]
+fn pod_added_is_enforced_and_relabel_cuts_live_flows() {
+    let manifests = Manifests::new();
+    let lab = lab(&manifests);
+    let objects = lab_objects(&lab);
+    // The API server does not know x/q yet.
+    let without_q: Vec<_> = objects.iter().filter(|o| o["metadata"]["name"] != "q").cloned().collect();
+    let state = manifests.dir().join("state.json");
+    write_list(&state, &without_q);
+    let server = ApiServer::start(&[&state], 1);
+    let _agent = KubeAgent::start(&lab, &server);
+
+    assert_eq!(lab.probe("x/p", "z/r", "80/TCP"), Verdict::Denied, "cross-tenant");
+    assert_eq!(lab.probe("x/p", "y/s", "80/TCP"), Verdict::Allowed, "same tenant");
+    assert_eq!(lab.probe("x/q", "x/p", "80/TCP"), Verdict::Denied, "a pod the cluster does not know is pending");
+
+    server.apply(find(&objects, "Pod", "x/q"));
+    let took = wait_verdict("x/q -> x/p once the pod is known", Verdict::Allowed, CONVERGE, || lab.probe("x/q", "x/p", "80/TCP"));
+    eprintln!("pod added → enforced in {took:?}");
+    assert_eq!(lab.probe("x/q", "z/r", "80/TCP"), Verdict::Denied, "the new pod is in its tenant's floor");
+
+    let mut held = lab.hold("x/p", "y/s", 80, Family::V4);
+    held.ping().expect("same tenant: the held connection works");
+    let mut relabelled = find(&objects, "Namespace", "y").clone();
+    relabelled["metadata"]["labels"]["tenant"] = "b".into();
+    server.apply(&relabelled);
+    let applied = Instant::now();
+    loop {
+        let sent = applied.elapsed();
+        match held.ping() {
+            Ok(()) => assert!(sent < Duration::from_secs(3), "the held connection still works {sent:?} after the relabel"),
+            Err(_) => break,
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(lab.probe("x/p", "y/s", "80/TCP"), Verdict::Denied, "new x -> y after the relabel");
+    assert_eq!(lab.probe("z/r", "y/s", "80/TCP"), Verdict::Allowed, "y is tenant b now");
+}
+
+#[test]
+fn api_server_lost_keeps_enforcing_then_a_newer_state_converges() {
+    let manifests = Manifests::new();
+    let lab = lab(&manifests);
+    let objects = lab_objects(&lab);
+    let state = manifests.dir().join("state.json");
+    write_list(&state, &objects);
+    let mut server = ApiServer::start(&[&state], 1);
+    let mut agent = KubeAgent::start(&lab, &server);
+    let old_rv = server.resource_version();
+
+    server.kill();
+    // Long enough for the watches to fail and back off a few times.
+    agent.wait_log("a watch error", Duration::from_secs(30), |line| {
+        line["message"].as_str().is_some_and(|m| m.starts_with("watch failed"))
+    });
+    for _ in 0..3 {
+        assert_eq!(lab.probe("x/p", "z/r", "80/TCP"), Verdict::Denied, "cross-tenant without an API server");
+        assert_eq!(lab.probe("x/p", "y/s", "80/TCP"), Verdict::Allowed, "same tenant without an API server");
+    }
+    assert!(agent.is_running(), "the agent survives losing the API server");
+
+    // Back, with z moved to tenant a and a newer resourceVersion.
+    let mut changed = objects.clone();
+    for object in changed.iter_mut() {
+        if object["kind"] == "Namespace" && object["metadata"]["name"] == "z" {
+            object["metadata"]["labels"]["tenant"] = "a".into();
+        }
+    }
+    write_list(&state, &changed);
+    server.restart(&[&state], old_rv + 1000);
+    wait_verdict("x/p -> z/r after the API server is back", Verdict::Allowed, Duration::from_secs(60), || {
+        lab.probe("x/p", "z/r", "80/TCP")
+    });
+}
