@@ -69,6 +69,7 @@ mod tests {
             hook: "connect",
             protocol: "TCP".into(),
             rule: "tenant-floor",
+            policies: Vec::new(),
             src: end("alpha", "a1", "web"),
             dst: end("beta", "b1", "db"),
         }))
