@@ -19,8 +19,9 @@ pub struct Packet {
     pub protocol: u8,
     pub src_addr: [u8; 16],
     pub dst_addr: [u8; 16],
-    /// Ports for TCP/UDP/SCTP; for ICMP echo the identifier as source and 0 as destination
-    /// (so requests and replies share a flow); 0 otherwise.
+    /// Ports for TCP/UDP/SCTP. For ICMP echo the identifier stands on the requester's side:
+    /// source port of a request, destination port of a reply, so a reply hits its request's
+    /// flow entry. 0 otherwise.
     pub src_port: u16,
     pub dst_port: u16,
     /// ICMP type for ICMP and ICMPv6, else 0.
@@ -90,7 +91,13 @@ pub fn parse(ctx: &SkBuffContext) -> Result<Parsed, i64> {
                     | (IPPROTO_ICMPV6, ICMPV6_ECHO_REQUEST | ICMPV6_ECHO_REPLY)
             );
             if echo {
-                packet.src_port = u16::from_be(ctx.load(l4_offset + 4)?);
+                let id = u16::from_be(ctx.load(l4_offset + 4)?);
+                let reply = matches!(packet.icmp_type, ICMP_ECHO_REPLY | ICMPV6_ECHO_REPLY);
+                if reply {
+                    packet.dst_port = id;
+                } else {
+                    packet.src_port = id;
+                }
                 packet.trackable = true;
             }
         }

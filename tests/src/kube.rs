@@ -213,7 +213,13 @@ impl KubeAgent {
             .unwrap_or_else(|| lab_cgroup_root(lab));
         let dir = lab.run_dir();
         let config = dir.join("kube-agent.yaml");
-        let text = format!("instance: lab-{}\ncgroupRoot: {}\ncgroupLayout: lab\n", lab.name(), cgroup_root.display());
+        // Tests run in parallel: a free loopback metrics port and a socket of the lab's own.
+        let text = format!(
+            "instance: lab-{}\ncgroupRoot: {}\ncgroupLayout: lab\nmetricsAddress: 127.0.0.1:0\nadminSocket: {}\n",
+            lab.name(),
+            cgroup_root.display(),
+            dir.join("kube-agent.sock").display()
+        );
         std::fs::write(&config, text).unwrap_or_else(|err| panic!("{}: {err}", config.display()));
         let mut agent = KubeAgent {
             child: None,
