@@ -218,6 +218,9 @@ pub fn datapath_can_serve(port: &str) -> bool {
     !port.to_ascii_uppercase().ends_with("/SCTP")
 }
 
+/// The expected verdict for (from, to, port).
+pub type Expect<'a> = Box<dyn Fn(&str, &str, &str) -> bool + 'a>;
+
 /// One case: policies (applied on top of the lab's base manifests), the ports to check, and
 /// the expected verdict for (from, to, port) — written from the spec, not from explain.
 pub struct Case<'a> {
@@ -226,7 +229,7 @@ pub struct Case<'a> {
     /// `80/TCP`, `81/TCP`, `80/UDP`, `80/SCTP` (explain only), `icmp`.
     pub ports: &'a [&'a str],
     pub families: &'a [Family],
-    pub allow: Box<dyn Fn(&str, &str, &str) -> bool + 'a>,
+    pub allow: Expect<'a>,
     /// Ports of `ports` checked through explain only (a known datapath divergence, see
     /// [`ICMP_INGRESS`]).
     pub explain_only: &'a [&'a str],
