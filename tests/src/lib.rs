@@ -8,6 +8,8 @@
 //! Failures of the lab commands panic with the command line and its output: these are
 //! assertions, and a test should stop at the first one.
 
+pub mod netpol;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -145,7 +147,7 @@ impl std::fmt::Display for Output {
     }
 }
 
-fn output_of(cmd: &mut Command) -> Output {
+pub(crate) fn output_of(cmd: &mut Command) -> Output {
     let command = std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
         .map(|part| part.to_string_lossy().into_owned())
@@ -546,7 +548,7 @@ fn parse_probe(stdout: &str) -> Option<Verdict> {
 /// The cells of `moat lab probe --matrix -o json` output: either an array of
 /// `{"from":..,"to":..,"verdict":..}` or an object holding such an array. An endpoint is
 /// `"ns/pod"` or `{"namespace":..,"name":..}`.
-fn parse_matrix(stdout: &str) -> Result<Vec<(String, String, Verdict)>, String> {
+pub(crate) fn parse_matrix(stdout: &str) -> Result<Vec<(String, String, Verdict)>, String> {
     let value: serde_json::Value =
         serde_json::from_str(stdout.trim()).map_err(|err| format!("not JSON: {err}"))?;
     let cells = match &value {

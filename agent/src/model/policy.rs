@@ -80,10 +80,11 @@ impl Policy {
         };
         let convert = |rules: &Option<Vec<ApiRule>>, field: &str| -> Result<Vec<Rule>, PolicyError> {
             let mut out = Vec::new();
+            let list = if field == "ingress" { "from" } else { "to" };
             for (index, (peers, ports)) in rules.iter().flatten().enumerate() {
                 let field = format!("spec.{field}[{index}]");
                 out.push(Rule {
-                    peers: convert_peers(peers.as_deref(), if field == "ingress" { "from" } else { "to" }).map_err(|(f, m)| error(format!("{field}.{f}"), m))?,
+                    peers: convert_peers(peers.as_deref(), list).map_err(|(f, m)| error(format!("{field}.{f}"), m))?,
                     ports: convert_ports(ports.as_deref()).map_err(|(f, m)| error(format!("{field}.{f}"), m))?,
                 });
             }
@@ -178,6 +179,16 @@ mod tests {
         let rules = p.ingress.unwrap();
         assert_eq!(rules.len(), 2);
         assert!(rules.iter().all(|r| r.peers.is_none() && r.ports.is_none()));
+    }
+
+    #[test]
+    fn errors_name_from_for_ingress_and_to_for_egress() {
+        let api: NetworkPolicy = serde_yaml::from_str("spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]}").unwrap();
+        let error = Policy::from_api(&ObjectKey::new("x", "p"), &api).unwrap_err();
+        assert_eq!(error.field, "spec.ingress[0].from[0].ipBlock.cidr");
+        let api: NetworkPolicy = serde_yaml::from_str("spec: {podSelector: {}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 10.0.0.0/33}}]}]}").unwrap();
+        let error = Policy::from_api(&ObjectKey::new("x", "p"), &api).unwrap_err();
+        assert_eq!(error.field, "spec.egress[0].to[0].ipBlock.cidr");
     }
 
     #[test]

@@ -382,3 +382,5 @@ pub fn covering_rules<'a>(rules: &'a BTreeMap<RuleKey, BTreeSet<RuleRef>>, key: 
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod spec_tests;
