@@ -238,11 +238,9 @@ pub struct Case<'a> {
 /// ICMP echo to an ingress-isolated pod, on the datapath: the destination's kernel answers
 /// an echo request itself, so it is never delivered to a socket and the destination's
 /// cgroup_skb ingress program never sees it (nor the reply, sent from the kernel's own ICMP
-/// socket). And the flow key of an echo reply does not match its request's (packet.rs puts
-/// the identifier in the source port of both), so the requester decides the reply as a new
-/// flow from the responder. Net effect: ICMP into an ingress-isolated pod is allowed, and
-/// ICMP *from* it is denied. Cases that isolate pods for ingress check ICMP through explain
-/// only; `netpol_model::icmp_echo_into_an_ingress_isolated_pod` reproduces it (ignored).
+/// socket). cgroup hooks therefore cannot enforce ICMP *ingress* policy; the source's egress
+/// (tenant floor, egress policy) still applies. Cases that isolate pods for ingress check ICMP
+/// through explain only; `netpol_model::icmp_echo_into_an_ingress_isolated_pod` shows the gap.
 pub const ICMP_INGRESS: &[&str] = &["icmp"];
 
 /// The ports most cases check.
