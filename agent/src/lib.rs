@@ -3,6 +3,7 @@
 //! Data flows one way: `sources` → `model` → `compiler` → `kernel` → `events` → sinks.
 //! `node` knows the machine (cgroup v2 layout, bpffs); `lab` is the local playground.
 
+pub mod bench;
 pub mod compiler;
 pub mod config;
 pub mod events;

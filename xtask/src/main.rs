@@ -1,6 +1,8 @@
 //! Developer tasks: `cargo xtask setup | test | demo | bench`.
 
 mod bench;
+mod bench_iptables;
+mod bench_np;
 mod demo;
 mod setup;
 mod util;

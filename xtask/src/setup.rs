@@ -8,9 +8,17 @@ use anyhow::{bail, Result};
 
 use crate::util::{capture, find_on_path, is_root, on_path, render, run, stdout_of};
 
-/// Debian packages: LLVM for bpf-linker, iproute2 and procps for the lab.
-const APT_PACKAGES: &[&str] =
-    &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "iproute2", "procps"];
+/// Debian packages: LLVM for bpf-linker, iproute2 and procps for the lab, iptables for the
+/// NetworkPolicy benchmark (rules only ever go inside a lab pod's netns).
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "iproute2",
+    "procps",
+    "iptables",
+];
 /// Needed to link anything (and to build bpf-linker); only installed when `cc` is missing.
 const APT_COMPILER: &[&str] = &["gcc", "libc6-dev"];
 
