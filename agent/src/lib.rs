@@ -6,6 +6,7 @@
 //! `node` knows the machine (cgroup v2 layout, bpffs); `lab` is the local playground.
 
 pub mod admin;
+pub mod bench;
 pub mod cli;
 pub mod compiler;
 pub mod config;

@@ -1,6 +1,6 @@
 use clap::{Parser, Subcommand};
 
-use moat_agent::{cli, explain, lab, runtime};
+use moat_agent::{bench, cli, explain, lab, runtime};
 
 /// moat: tenant isolation and runtime guard for shared Kubernetes nodes, in eBPF.
 #[derive(Parser)]
@@ -32,6 +32,12 @@ enum Command {
     /// Runs inside a lab pod: makes one connection attempt and prints the verdict.
     #[command(name = "__pod-connect", hide = true)]
     PodConnect(lab::connect::ConnectArgs),
+    /// Benchmark: per-packet cost of the programs under BPF_PROG_TEST_RUN (JSON).
+    #[command(name = "__bench-datapath", hide = true)]
+    BenchDatapath(bench::datapath::DatapathArgs),
+    /// Benchmark: time and memory to compile a synthetic cluster (JSON).
+    #[command(name = "__bench-compile", hide = true)]
+    BenchCompile(bench::compile::CompileArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,6 +54,8 @@ fn main() -> anyhow::Result<()> {
         Command::PodServe(args) => lab::serve::run(args)?,
         Command::PodBurst(args) => lab::burst::run(args)?,
         Command::PodConnect(args) => std::process::exit(lab::connect::run(args)?),
+        Command::BenchDatapath(args) => bench::datapath::run(args)?,
+        Command::BenchCompile(args) => bench::compile::run(args)?,
     }
     Ok(())
 }

@@ -93,6 +93,12 @@ fn on_packet(ctx: &SkBuffContext, egress: bool) -> i32 {
     }
 }
 
+/// Benchmark baseline only (`moat __bench-datapath`): passes every packet. Never attached.
+#[cgroup_skb]
+pub fn moat_noop(_ctx: SkBuffContext) -> i32 {
+    PASS
+}
+
 #[cgroup_sock_addr(connect4)]
 pub fn moat_connect4(ctx: SockAddrContext) -> i32 {
     on_sock_addr(&ctx, false, HOOK_CONNECT)

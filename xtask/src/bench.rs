@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::util::{cargo, check_interrupt, run, stdout_of, workspace_root, Lab};
 
-const REPEATS: usize = 3;
+pub const REPEATS: usize = 3;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -23,15 +23,29 @@ pub struct BenchArgs {
     /// e.g. docs/benchmarks.md.
     #[arg(long, value_name = "FILE")]
     pub write: Option<PathBuf>,
-    /// Run only the section with this id (foundation, kube).
+    /// Run only these sections (marker ids, e.g. np-datapath); repeatable. Default: all.
     #[arg(long, value_name = "ID")]
-    pub only: Option<String>,
+    pub only: Vec<String>,
 }
 
 /// What every section gets.
 pub struct Context {
     pub moat: PathBuf,
     pub seconds: u32,
+    release: std::cell::OnceCell<PathBuf>,
+}
+
+impl Context {
+    /// The release build of the agent, built on first use: for sections whose figures
+    /// include userspace work (compiling, loading), which a debug build would distort.
+    pub fn moat_release(&self) -> Result<PathBuf> {
+        if let Some(path) = self.release.get() {
+            return Ok(path.clone());
+        }
+        run(cargo().args(["build", "--release", "-p", "moat-agent"]))?;
+        let path = crate::util::target_dir()?.join("release").join("moat");
+        Ok(self.release.get_or_init(|| path).clone())
+    }
 }
 
 /// One section's result.
@@ -39,7 +53,13 @@ pub struct Section {
     /// The marker id: `<!-- bench:ID -->`.
     pub id: &'static str,
     pub title: &'static str,
+    /// Column headings of the baseline and of the subject.
+    pub columns: [&'static str; 2],
     pub rows: Vec<Row>,
+    /// How the figures were taken (repeats, medians), before the machine and command.
+    pub method: String,
+    /// Markdown after the table (extra figures, caveats); may be empty.
+    pub notes: String,
     /// A section that is not moat-versus-baseline renders its own table.
     pub table: Option<String>,
 }
@@ -57,7 +77,13 @@ pub struct Measurement {
 }
 
 type SectionFn = fn(&Context) -> Result<Section>;
-const SECTIONS: &[(&str, SectionFn)] = &[("foundation", foundation), ("kube", crate::bench_kube::kube)];
+const SECTIONS: &[(&str, SectionFn)] = &[
+    ("foundation", foundation),
+    ("np-datapath", crate::bench_np::datapath),
+    ("np-iptables", crate::bench_iptables::iptables),
+    ("np-compile", crate::bench_np::compile),
+    ("kube", crate::bench_kube::kube),
+];
 
 pub fn run_bench(args: &BenchArgs) -> Result<()> {
     if args.seconds == 0 {
@@ -67,12 +93,18 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
     check_interrupt()?;
     run(cargo().args(["build", "-p", "moat-agent", "-p", "moat-testapi"]))?;
     check_interrupt()?;
-    let ctx = Context { moat: crate::util::moat_bin()?, seconds: args.seconds };
+    let ctx = Context { moat: crate::util::moat_bin()?, seconds: args.seconds, release: Default::default() };
+    for id in &args.only {
+        if !SECTIONS.iter().any(|(known, _)| known == id) {
+            let known: Vec<&str> = SECTIONS.iter().map(|(id, _)| *id).collect();
+            bail!("no bench section {id:?} (have: {})", known.join(", "));
+        }
+    }
 
     let command = command_line(args);
     let mut sections = Vec::new();
     for (id, section) in SECTIONS {
-        if args.only.as_deref().is_none_or(|only| only == *id) {
+        if args.only.is_empty() || args.only.iter().any(|only| only == id) {
             sections.push(section(&ctx)?);
         }
     }
@@ -126,14 +158,22 @@ fn foundation(ctx: &Context) -> Result<Section> {
         .zip(baseline.into_iter().zip(attached))
         .map(|((metric, _), (baseline, moat))| Row { metric: metric.to_string(), baseline, moat })
         .collect();
-    Ok(Section { id: "foundation", title: "Foundation: same-tenant TCP between two lab pods", rows, table: None })
+    Ok(Section {
+        id: "foundation",
+        title: "Foundation: same-tenant TCP between two lab pods",
+        columns: ["baseline (no program)", "moat"],
+        rows,
+        method: format!("Median of {REPEATS} runs each"),
+        notes: String::new(),
+        table: None,
+    })
 }
 
 // ---------------------------------------------------------------------------------------
 // Measuring
 
 /// One `moat lab bench` run.
-fn lab_bench(lab: &Lab, from: &str, to: &str, port: &str, mode: &str, seconds: u32) -> Result<Measurement> {
+pub fn lab_bench(lab: &Lab, from: &str, to: &str, port: &str, mode: &str, seconds: u32) -> Result<Measurement> {
     check_interrupt()?;
     let mut cmd = lab.command();
     cmd.args(["bench", "--name", lab.name(), "--from", from, "--to", to, "--port", port])
@@ -156,12 +196,12 @@ fn parse_measurement(text: &str) -> Result<Measurement> {
 }
 
 /// Runs `measure` `times` times and returns the run with the median rate.
-fn median_of(times: usize, mut measure: impl FnMut() -> Result<Measurement>) -> Result<Measurement> {
+pub fn median_of(times: usize, mut measure: impl FnMut() -> Result<Measurement>) -> Result<Measurement> {
     let mut runs = (0..times).map(|_| measure()).collect::<Result<Vec<_>>>()?;
     median(&mut runs).context("no measurements")
 }
 
-fn median(runs: &mut [Measurement]) -> Option<Measurement> {
+pub fn median(runs: &mut [Measurement]) -> Option<Measurement> {
     runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
     runs.get(runs.len().checked_sub(1)? / 2).cloned()
 }
@@ -171,11 +211,11 @@ fn median(runs: &mut [Measurement]) -> Option<Measurement> {
 
 fn command_line(args: &BenchArgs) -> String {
     let mut command = format!("cargo xtask bench --seconds {}", args.seconds);
+    for only in &args.only {
+        command.push_str(&format!(" --only {only}"));
+    }
     if let Some(path) = &args.write {
         command.push_str(&format!(" --write {}", path.display()));
-    }
-    if let Some(only) = &args.only {
-        command.push_str(&format!(" --only {only}"));
     }
     command
 }
@@ -195,7 +235,8 @@ fn render(section: &Section, command: &str, environment: &str) -> String {
     if let Some(table) = &section.table {
         return format!("{table}\n{environment}. Command:\n\n```\n{command}\n```\n");
     }
-    let mut out = String::from("| metric | baseline (no program) | moat | ratio |\n");
+    let [baseline, subject] = section.columns;
+    let mut out = format!("| metric | {baseline} | {subject} | ratio |\n");
     out.push_str("|---|---:|---:|---:|\n");
     for row in &section.rows {
         let ratio = if row.baseline.rate > 0.0 {
@@ -210,14 +251,19 @@ fn render(section: &Section, command: &str, environment: &str) -> String {
             format_rate(&row.moat)
         ));
     }
+    if !section.notes.is_empty() {
+        out.push_str(&format!("\n{}\n", section.notes.trim_end()));
+    }
     out.push_str(&format!(
-        "\nMedian of {REPEATS} runs each; {environment}. Command:\n\n```\n{command}\n```\n"
+        "\n{}; {environment}. Command:\n\n```\n{command}\n```\n",
+        section.method
     ));
     out
 }
 
 fn format_rate(measurement: &Measurement) -> String {
-    format!("{:.1} {}", measurement.rate, measurement.unit)
+    let digits = if measurement.rate.abs() >= 100.0 || measurement.rate == 0.0 { 1 } else { 3 };
+    format!("{:.*} {}", digits, measurement.rate, measurement.unit)
 }
 
 /// Replaces what lies between `<!-- bench:ID -->` and `<!-- /bench:ID -->`.

@@ -106,7 +106,15 @@ pub fn kube(ctx: &Context) -> Result<Section> {
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0,
     );
-    Ok(Section { id: "kube", title: "API server source at scale", rows: Vec::new(), table: Some(table) })
+    Ok(Section {
+        id: "kube",
+        title: "API server source at scale",
+        columns: ["", ""],
+        rows: Vec::new(),
+        method: String::new(),
+        notes: String::new(),
+        table: Some(table),
+    })
 }
 
 /// ns<i> (tenant t<i % 100>) with 10 pods each, and 2 NetworkPolicies each.

@@ -1,7 +1,9 @@
 //! Developer tasks: `cargo xtask setup | test | demo | bench`.
 
 mod bench;
+mod bench_iptables;
 mod bench_kube;
+mod bench_np;
 mod demo;
 mod setup;
 mod util;

@@ -9,9 +9,19 @@ use anyhow::{bail, Result};
 use crate::util::{capture, find_on_path, is_root, on_path, render, run, stdout_of};
 
 /// Debian packages: LLVM for bpf-linker, iproute2 and procps for the lab, prometheus for
-/// `promtool check metrics` in the observability tests, python3-venv for manifest validation.
-const APT_PACKAGES: &[&str] =
-    &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "iproute2", "procps", "prometheus", "python3-venv"];
+/// `promtool check metrics` in the observability tests, python3-venv for manifest validation,
+/// iptables for the NetworkPolicy benchmark (rules only ever go inside a lab pod's netns).
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "iproute2",
+    "procps",
+    "prometheus",
+    "python3-venv",
+    "iptables",
+];
 /// Needed to link anything (and to build bpf-linker); only installed when `cc` is missing.
 const APT_COMPILER: &[&str] = &["gcc", "libc6-dev"];
 

@@ -7,6 +7,7 @@
 
 mod identity;
 pub mod prefixes;
+mod targets;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -21,6 +22,7 @@ use crate::model::{Cluster, ContainerPort, Labels, ObjectKey, PodKey, Protocol};
 
 pub use identity::{cidr_identity, pod_identity};
 use prefixes::{port_blocks, PROTOCOL_BITS};
+use targets::{Pods, Target};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Direction {
@@ -107,18 +109,27 @@ pub fn compile(cluster: &Cluster, config_networks: &[Cidr]) -> Result<Compiled, 
     }
     out.blocks = block_identities(&policies, config_networks);
 
+    // A policy selects pods of its own namespace only.
+    let mut policies_by_namespace: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (index, policy) in policies.iter().enumerate() {
+        policies_by_namespace.entry(policy.key.namespace.as_str()).or_default().push(index);
+    }
+    let indexed = Pods::new(&pods, cluster);
+    let mut cache = targets::Cache::new();
+
     // Which policies select each pod, per direction → sets.
     let mut set_members: BTreeMap<u64, (Direction, Vec<usize>, &PodFacts)> = BTreeMap::new();
     for pod in &pods {
         let mut ids = [NOT_ISOLATED, NOT_ISOLATED];
         for (slot, direction) in [Direction::Ingress, Direction::Egress].into_iter().enumerate() {
             let mut selecting = Vec::new();
-            for (index, policy) in policies.iter().enumerate() {
+            for index in policies_by_namespace.get(pod.key.namespace.as_str()).into_iter().flatten().copied() {
+                let policy = &policies[index];
                 let affects = match direction {
                     Direction::Ingress => policy.ingress.is_some(),
                     Direction::Egress => policy.egress.is_some(),
                 };
-                if affects && policy.key.namespace == pod.key.namespace && select(policy, &policy.pod_selector, pod.labels, "spec.podSelector")? {
+                if affects && select(policy, &policy.pod_selector, pod.labels, "spec.podSelector")? {
                     selecting.push(index);
                 }
             }
@@ -146,8 +157,8 @@ pub fn compile(cluster: &Cluster, config_networks: &[Cidr]) -> Result<Compiled, 
             };
             for (index, rule) in rules.into_iter().flatten().enumerate() {
                 let rule_ref = RuleRef { policy: policy.key.clone(), direction: *direction, index };
-                let targets = targets(policy, rule, &pods, cluster, &out.blocks, *direction, index)?;
-                for (target, ports) in expand(rule, &targets, *direction, representative, &pods) {
+                let targets = targets::cached(&mut cache, *policy_index, policy, rule, &indexed, &out.blocks, *direction, index)?;
+                for (target, ports) in expand(rule, targets, *direction, representative, &pods) {
                     for key in keys(*set, target, &ports) {
                         out.rules.entry(key).or_default().insert(rule_ref.clone());
                     }
@@ -160,79 +171,6 @@ pub fn compile(cluster: &Cluster, config_networks: &[Cidr]) -> Result<Compiled, 
 
 fn select(policy: &Policy, selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector, labels: &Labels, field: &str) -> Result<bool, PolicyCompileError> {
     selector::matches(selector, labels).map_err(|source| PolicyCompileError::Selector { policy: policy.key.clone(), field: field.into(), source: Box::new(source) })
-}
-
-/// Whom a rule's peers cover.
-#[derive(Clone)]
-enum Target<'a> {
-    /// Every peer, pods or not.
-    Any,
-    Pod(&'a PodFacts<'a>),
-    Block(u64),
-    /// A pod covered only through an ipBlock (for named ports, which need the pod's ports).
-    PodInBlock(&'a PodFacts<'a>),
-}
-
-fn targets<'a>(
-    policy: &Policy,
-    rule: &Rule,
-    pods: &'a [PodFacts<'a>],
-    cluster: &Cluster,
-    blocks: &BTreeMap<NetworkKey, u64>,
-    direction: Direction,
-    index: usize,
-) -> Result<Vec<Target<'a>>, PolicyCompileError> {
-    let Some(peers) = &rule.peers else { return Ok(vec![Target::Any]) };
-    let field = format!("spec.{}[{index}]", direction.as_str());
-    let mut out = Vec::new();
-    for peer in peers {
-        match peer {
-            Peer::Pods { namespaces, pods: pod_selector } => {
-                for pod in pods {
-                    let namespace_ok = match namespaces {
-                        None => pod.key.namespace == policy.key.namespace,
-                        Some(selector) => {
-                            let labels = namespace_labels(cluster, &pod.key.namespace);
-                            select(policy, selector, &labels, &format!("{field}.namespaceSelector"))?
-                        }
-                    };
-                    let pod_ok = match pod_selector {
-                        None => true,
-                        Some(selector) => select(policy, selector, pod.labels, &format!("{field}.podSelector"))?,
-                    };
-                    if namespace_ok && pod_ok {
-                        out.push(Target::Pod(pod));
-                    }
-                }
-            }
-            Peer::Block { cidr, except } => {
-                let outer = network_key(cidr);
-                let excluded: Vec<NetworkKey> = except.iter().map(network_key).collect();
-                for (range, id) in blocks {
-                    if contains(&outer, range) && !excluded.iter().any(|e| contains(e, range)) {
-                        out.push(Target::Block(*id));
-                    }
-                }
-                for pod in pods {
-                    let inside = pod.ips.iter().any(|ip| {
-                        let host = network_key(&Cidr { addr: *ip, prefix_len: if ip.is_ipv4() { 32 } else { 128 } });
-                        contains(&outer, &host) && !excluded.iter().any(|e| contains(e, &host))
-                    });
-                    if inside {
-                        out.push(Target::PodInBlock(pod));
-                    }
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Namespace labels, with the `kubernetes.io/metadata.name` label the API server always sets.
-fn namespace_labels(cluster: &Cluster, namespace: &str) -> Labels {
-    let mut labels = cluster.namespaces.get(namespace).map(|ns| ns.labels.clone()).unwrap_or_default();
-    labels.entry("kubernetes.io/metadata.name".into()).or_insert_with(|| namespace.into());
-    labels
 }
 
 /// What one target may reach: numbered (protocol, port range) pairs, or every port.

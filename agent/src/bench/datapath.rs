@@ -1,0 +1,244 @@
+//! `moat __bench-datapath`: ns per packet of `moat_egress` and `moat_ingress` under
+//! BPF_PROG_TEST_RUN, with the maps holding the compiled state of a synthetic cluster with N
+//! NetworkPolicies, against `moat_noop` (returns 1) measured in the same rounds.
+//!
+//! The real object is loaded into a private pin directory, `/sys/fs/bpf/moat/bench-<pid>`,
+//! removed on the way out whatever happens; nothing is attached to any cgroup.
+//!
+//! Local end: a test-run skb carries a dummy socket that the kernel charges to the calling
+//! task's cgroup, so `bpf_skb_cgroup_id` returns the cgroup id of this process (on kernels
+//! whose test run gives the skb no full socket it would be 0). The synthetic state maps both
+//! ids to the local pod, and the run reports which one the programs saw (from the flow table).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, MapData};
+use aya::programs::CgroupSkb;
+use aya::Ebpf;
+use moat_common::maps::{FlowKey, FlowState};
+use moat_common::verdict::{LocalEnd, Peer, Reason};
+use moat_common::IPPROTO_TCP;
+use serde_json::{json, Value};
+
+use super::synth::{self, Shape};
+use super::testrun::{self, tcp_frame, TCP_ACK, TCP_SYN};
+use super::{median, BenchError};
+use crate::compiler::{compile, mapped, Desired};
+use crate::config::Config;
+use crate::kernel::maps::KernelMaps;
+use crate::kernel::{bpffs, loader};
+use crate::node::cgroups::{PodCgroups, PodRef};
+use crate::node::mounts;
+
+#[derive(clap::Args, Debug)]
+pub struct DatapathArgs {
+    /// NetworkPolicies in the synthetic cluster.
+    #[arg(long)]
+    pub policies: usize,
+    #[arg(long, default_value_t = 2_000)]
+    pub pods: usize,
+    #[arg(long, default_value_t = 50)]
+    pub pods_per_namespace: usize,
+    /// Packets per measurement: the repeat count for established flows, the number of
+    /// distinct new flows (one test run each) for new flows.
+    #[arg(long, default_value_t = 5_000)]
+    pub packets: u32,
+    /// Rounds; each measures every case once, baseline first. Medians are reported.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u32,
+    /// bpffs mount.
+    #[arg(long, default_value = "/sys/fs/bpf")]
+    pub bpffs: PathBuf,
+}
+
+/// Removes the private pin directory when dropped, whatever happened.
+struct PinGuard(PathBuf);
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            if let Err(error) = std::fs::remove_dir_all(&self.0) {
+                eprintln!("warning: removing {}: {error}", self.0.display());
+            }
+        }
+    }
+}
+
+/// One end of a test packet's flow as the programs see it.
+struct Flow {
+    local: Ipv4Addr,
+    remote: Ipv4Addr,
+    port: u16,
+    reason: Reason,
+}
+
+pub fn run(args: DatapathArgs) -> Result<(), BenchError> {
+    let shape = Shape { pods: args.pods, pods_per_namespace: args.pods_per_namespace, policies: args.policies };
+    let cluster = synth::cluster(shape)?;
+    let local_key = synth::pod_key(0, 0);
+    let own_cgroup = own_cgroup_id()?;
+    let cgroups: PodCgroups =
+        [(0, PodRef::Key(local_key.clone())), (own_cgroup, PodRef::Key(local_key.clone()))].into();
+    let desired = compile(&cluster, &Config::default(), &cgroups)?;
+    let local_ip = v4(cluster.pods.get(&local_key).and_then(|pod| pod.ips.first()))?;
+    let egress = find_flow(&desired, &cluster, local_ip, own_cgroup, LocalEnd::Source, &[5432, 53, 8080])?;
+    let ingress = find_flow(&desired, &cluster, local_ip, own_cgroup, LocalEnd::Destination, &[8080, 30000, 8080])?;
+
+    let dirs = bpffs::pin_dirs(&args.bpffs, &format!("bench-{}", std::process::id()));
+    let _guard = PinGuard(dirs.instance.clone());
+    bpffs::prepare(&args.bpffs, &dirs)?;
+    let mut ebpf = loader::load(&dirs)?;
+    let mut maps = KernelMaps::take(&mut ebpf)?;
+    let stats = maps.apply(&Desired::default(), &desired)?;
+    let noop = load_skb(&mut ebpf, "moat_noop")?;
+    let egress_fd = load_skb(&mut ebpf, "moat_egress")?;
+    let ingress_fd = load_skb(&mut ebpf, "moat_ingress")?;
+
+    // Established: one SYN opens the flow, then ACKs of it are measured.
+    let egress_syn = tcp_frame(egress.local, 65000, egress.remote, egress.port, TCP_SYN);
+    let egress_ack = tcp_frame(egress.local, 65000, egress.remote, egress.port, TCP_ACK);
+    let ingress_syn = tcp_frame(ingress.remote, 65001, ingress.local, ingress.port, TCP_SYN);
+    let ingress_ack = tcp_frame(ingress.remote, 65001, ingress.local, ingress.port, TCP_ACK);
+    expect_pass("moat_egress", "opening SYN", test_run("moat_egress", egress_fd, &egress_syn, 1)?)?;
+    expect_pass("moat_ingress", "opening SYN", test_run("moat_ingress", ingress_fd, &ingress_syn, 1)?)?;
+    let cgroup_seen = cgroup_seen(&mut ebpf, &mapped(IpAddr::V4(egress.remote)))?;
+
+    let mut results: [Vec<f64>; 6] = Default::default();
+    let mut next_port: u16 = 1024;
+    for _ in 0..args.rounds {
+        let cases = [(noop, &egress_ack, "moat_noop"), (egress_fd, &egress_ack, "moat_egress"), (ingress_fd, &ingress_ack, "moat_ingress")];
+        for (slot, (fd, packet, name)) in cases.into_iter().enumerate() {
+            let outcome = test_run(name, fd, packet, args.packets)?;
+            expect_pass(name, "established", outcome)?;
+            results[slot].push(f64::from(outcome.duration_ns));
+        }
+        // New flows: a fresh source port per packet, one test run each, so every packet
+        // misses the flow table and is decided against the policy entries.
+        let mut sums = [0u64; 3];
+        for _ in 0..args.packets {
+            next_port = if next_port >= 64000 { 1024 } else { next_port + 1 };
+            let packets = [
+                (noop, tcp_frame(egress.local, next_port, egress.remote, egress.port, TCP_SYN), "moat_noop"),
+                (egress_fd, tcp_frame(egress.local, next_port, egress.remote, egress.port, TCP_SYN), "moat_egress"),
+                (ingress_fd, tcp_frame(ingress.remote, next_port, ingress.local, ingress.port, TCP_SYN), "moat_ingress"),
+            ];
+            for (slot, (fd, packet, name)) in packets.iter().enumerate() {
+                let outcome = test_run(name, *fd, packet, 1)?;
+                expect_pass(name, "new flow", outcome)?;
+                sums[slot] += u64::from(outcome.duration_ns);
+            }
+        }
+        for (slot, sum) in sums.iter().enumerate() {
+            results[3 + slot].push(*sum as f64 / f64::from(args.packets.max(1)));
+        }
+    }
+    let [est_noop, est_egress, est_ingress, new_noop, new_egress, new_ingress] = results.map(|mut values| median(&mut values).unwrap_or(f64::NAN));
+    let out = json!({
+        "policies": cluster.network_policies.len(),
+        "pods": cluster.pods.len(),
+        "rule_entries": desired.policy_rules.len(),
+        "map_writes": stats.writes,
+        "cgroup_seen": cgroup_seen,
+        "own_cgroup": own_cgroup,
+        "packets": args.packets,
+        "rounds": args.rounds,
+        "egress_case": describe(&egress),
+        "ingress_case": describe(&ingress),
+        "established": {"noop": est_noop, "egress": est_egress, "ingress": est_ingress},
+        "new_flow": {"noop": new_noop, "egress": new_egress, "ingress": new_ingress},
+        "unit": "ns/packet",
+    });
+    println!("{out}");
+    Ok(())
+}
+
+fn describe(flow: &Flow) -> Value {
+    json!({"local": flow.local.to_string(), "remote": flow.remote.to_string(), "port": flow.port, "reason": flow.reason.name()})
+}
+
+fn v4(ip: Option<&IpAddr>) -> Result<Ipv4Addr, BenchError> {
+    match ip {
+        Some(IpAddr::V4(v4)) => Ok(*v4),
+        _ => Err(BenchError::Setup("the local pod has no IPv4 address".into())),
+    }
+}
+
+/// A peer and port whose new flow the local pod's policy allows (so the packet walks the
+/// whole verdict, floor and policy lookups, and is then tracked), found with the same
+/// decision code the programs run.
+fn find_flow(desired: &Desired, cluster: &crate::model::Cluster, local_ip: Ipv4Addr, cgroup: u64, end: LocalEnd, ports: &[u16]) -> Result<Flow, BenchError> {
+    let local = Peer::local(desired.local.get(&cgroup).copied());
+    let mut fallback = None;
+    for pod in cluster.pods.values() {
+        let Some(IpAddr::V4(remote_ip)) = pod.ips.first().copied() else { continue };
+        if remote_ip == local_ip {
+            continue;
+        }
+        let remote = desired.remote_peer(&mapped(IpAddr::V4(remote_ip)));
+        for port in ports {
+            let reason = match end {
+                LocalEnd::Source => desired.decide_at(local, remote, IPPROTO_TCP, *port, end),
+                LocalEnd::Destination => desired.decide_at(remote, local, IPPROTO_TCP, *port, end),
+            };
+            let flow = Flow { local: local_ip, remote: remote_ip, port: *port, reason };
+            if reason == Reason::PolicyAllowed {
+                return Ok(flow);
+            }
+            if reason.is_allow() && fallback.is_none() {
+                fallback = Some(flow);
+            }
+        }
+    }
+    fallback.ok_or_else(|| BenchError::Setup(format!("no allowed {end:?} flow for the local pod")))
+}
+
+fn load_skb(ebpf: &mut Ebpf, name: &'static str) -> Result<RawFd, BenchError> {
+    let fail = |message: String| BenchError::Program { program: name, message };
+    let program = ebpf.program_mut(name).ok_or_else(|| fail("missing from the object".into()))?;
+    let program: &mut CgroupSkb = program.try_into().map_err(|e| fail(format!("{e}")))?;
+    program.load().map_err(|e| fail(format!("load: {e}")))?;
+    let fd = program.fd().map_err(|e| fail(format!("{e}")))?;
+    Ok(fd.as_fd().as_raw_fd())
+}
+
+fn test_run(program: &'static str, fd: RawFd, packet: &[u8], repeat: u32) -> Result<testrun::Outcome, BenchError> {
+    testrun::run(fd, packet, repeat).map_err(|source| BenchError::TestRun { program, source })
+}
+
+fn expect_pass(program: &'static str, case: &'static str, outcome: testrun::Outcome) -> Result<(), BenchError> {
+    if outcome.retval == 1 {
+        return Ok(());
+    }
+    Err(BenchError::Verdict {
+        program,
+        case,
+        retval: outcome.retval,
+        expected: 1,
+        hint: "the programs did not see the local pod's cgroup, or the state differs from the userspace verdict",
+    })
+}
+
+/// The cgroup id in the flow-table entry of the egress flow: the local end as the programs saw it.
+fn cgroup_seen(ebpf: &mut Ebpf, remote: &[u8; 16]) -> Result<Option<u64>, BenchError> {
+    let name = moat_common::maps::names::FLOWS;
+    let map = ebpf.map_mut(name).ok_or_else(|| BenchError::Setup(format!("map {name} missing")))?;
+    let flows: HashMap<&mut MapData, FlowKey, FlowState> =
+        HashMap::try_from(map).map_err(|e| BenchError::Setup(format!("map {name}: {e}")))?;
+    Ok(flows.keys().flatten().find(|key| &key.remote_addr == remote).map(|key| key.cgroup))
+}
+
+/// This process's cgroup v2 id: the inode number of its cgroup directory.
+fn own_cgroup_id() -> Result<u64, BenchError> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| BenchError::Setup(format!("/proc/self/cgroup: {e}")))?;
+    let relative = text
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .ok_or_else(|| BenchError::Setup("no cgroup v2 entry in /proc/self/cgroup".into()))?;
+    let mount = mounts::cgroup2().map_err(|e| BenchError::Setup(e.to_string()))?;
+    let path = mount.join(Path::new(relative.trim_start_matches('/')));
+    let meta = std::fs::metadata(&path).map_err(|e| BenchError::Setup(format!("{}: {e}", path.display())))?;
+    Ok(meta.ino())
+}
