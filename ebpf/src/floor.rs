@@ -104,6 +104,24 @@ impl Ends {
     }
 }
 
+/// The local tenant of a flow admitted under the current generation, refreshing its
+/// timestamp at most once a second; `None` sends the packet down the slow path.
+#[inline(always)]
+pub fn established(key: &FlowKey, settings: &Settings) -> Option<u64> {
+    let state = FLOWS.get_ptr_mut(key)?;
+    // SAFETY: the pointer comes from a successful lookup and is used before any other
+    // map operation on FLOWS.
+    let state = unsafe { &mut *state };
+    if state.generation != settings.generation {
+        return None;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(state.last_seen_ns) > TOUCH_INTERVAL_NS {
+        state.last_seen_ns = now;
+    }
+    Some(state.local_tenant)
+}
+
 pub enum FlowLookup {
     /// Admitted under the current generation.
     Current,

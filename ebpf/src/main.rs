@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use moat_common::{
     event::{HOOK_CONNECT, HOOK_SENDMSG, HOOK_SKB},
-    maps::{ipv4_mapped, DIRECTION_EGRESS, DIRECTION_INGRESS, ORIGIN_OUTBOUND},
+    maps::{ipv4_mapped, FlowKey, DIRECTION_EGRESS, DIRECTION_INGRESS, ORIGIN_OUTBOUND},
     verdict::Reason,
 };
 
@@ -56,6 +56,23 @@ fn on_packet(ctx: &SkBuffContext, egress: bool) -> i32 {
     } else {
         (packet.dst_addr, packet.src_addr, packet.dst_port, packet.src_port)
     };
+    let direction = if egress { DIRECTION_EGRESS } else { DIRECTION_INGRESS };
+    let bytes = ctx.len() as u64;
+    let key = FlowKey {
+        cgroup,
+        remote_addr,
+        local_port,
+        remote_port,
+        protocol: packet.protocol,
+        _pad: [0; 3],
+    };
+    // Fast path: a flow admitted under the current generation needs no endpoint lookups.
+    if packet.trackable {
+        if let Some(tenant) = floor::established(&key, &settings) {
+            floor::count(tenant, direction, Reason::Established, bytes);
+            return PASS;
+        }
+    }
     let ends = Ends {
         cgroup,
         local: floor::local_peer(cgroup),
@@ -65,9 +82,6 @@ fn on_packet(ctx: &SkBuffContext, egress: bool) -> i32 {
         remote_port,
         protocol: packet.protocol,
     };
-    let direction = if egress { DIRECTION_EGRESS } else { DIRECTION_INGRESS };
-    let bytes = ctx.len() as u64;
-    let key = ends.flow_key();
     let reason = if packet.trackable {
         match floor::check_flow(&key, &ends, &settings) {
             FlowLookup::Current => Reason::Established,
