@@ -131,39 +131,37 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
 
 /// TCP request/response rate and bulk throughput between two pods of one tenant.
 fn foundation(ctx: &Context) -> Result<Section> {
-    const LAB: &str = "bench";
     const FROM: &str = "bench/client";
     const TO: &str = "bench/server";
     const PORT: &str = "8080";
     let modes = [("TCP request/response", "rr"), ("TCP stream", "stream")];
 
-    println!("\n== foundation: lab {LAB:?}, no program attached");
+    // Two labs side by side, one with moat attached at its pods' cgroup root and one with no
+    // program at all, measured alternately so background load hits both alike.
+    println!("\n== foundation: lab \"bench-base\" (no program) and lab \"bench-moat\" (moat attached)");
     let manifests = workspace_root().join("xtask/bench");
-    let lab = Lab::up(&ctx.moat, LAB, &[manifests], &["--no-agent"])?;
-    let mut baseline = Vec::new();
-    for (_, mode) in modes {
-        baseline.push(median_of(REPEATS, || lab_bench(&lab, FROM, TO, PORT, mode, ctx.seconds))?);
+    let base = Lab::up(&ctx.moat, "bench-base", std::slice::from_ref(&manifests), &["--no-agent"])?;
+    let moat = Lab::up(&ctx.moat, "bench-moat", &[manifests], &[])?;
+    let mut rows = Vec::new();
+    for (metric, mode) in modes {
+        let (mut baseline, mut attached) = (Vec::new(), Vec::new());
+        for _ in 0..REPEATS {
+            baseline.push(lab_bench(&base, FROM, TO, PORT, mode, ctx.seconds)?);
+            attached.push(lab_bench(&moat, FROM, TO, PORT, mode, ctx.seconds)?);
+        }
+        rows.push(Row {
+            metric: metric.to_string(),
+            baseline: median(&mut baseline).context("no measurements")?,
+            moat: median(&mut attached).context("no measurements")?,
+        });
     }
-
-    println!("\n== foundation: moat attached");
-    run(lab.command().args(["agent", "start", "--name", LAB]))?;
-    let mut attached = Vec::new();
-    for (_, mode) in modes {
-        attached.push(median_of(REPEATS, || lab_bench(&lab, FROM, TO, PORT, mode, ctx.seconds))?);
-    }
-    drop(lab);
-
-    let rows = modes
-        .iter()
-        .zip(baseline.into_iter().zip(attached))
-        .map(|((metric, _), (baseline, moat))| Row { metric: metric.to_string(), baseline, moat })
-        .collect();
+    drop((base, moat));
     Ok(Section {
         id: "foundation",
         title: "Foundation: same-tenant TCP between two lab pods",
         columns: ["baseline (no program)", "moat"],
         rows,
-        method: format!("Median of {REPEATS} runs each"),
+        method: format!("Two labs up at once, measured alternately; median of {REPEATS} runs each"),
         notes: String::new(),
         table: None,
     })
@@ -196,11 +194,6 @@ fn parse_measurement(text: &str) -> Result<Measurement> {
 }
 
 /// Runs `measure` `times` times and returns the run with the median rate.
-pub fn median_of(times: usize, mut measure: impl FnMut() -> Result<Measurement>) -> Result<Measurement> {
-    let mut runs = (0..times).map(|_| measure()).collect::<Result<Vec<_>>>()?;
-    median(&mut runs).context("no measurements")
-}
-
 pub fn median(runs: &mut [Measurement]) -> Option<Measurement> {
     runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
     runs.get(runs.len().checked_sub(1)? / 2).cloned()
