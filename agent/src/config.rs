@@ -68,11 +68,14 @@ pub struct EventsConfig {
     pub buffer: usize,
     /// JSON lines written to a file as well as stdout.
     pub file: Option<FileSinkConfig>,
+    /// Also report every newly admitted flow (one event per flow, not per packet), for
+    /// `moat observe --verdict allow`. Off by default: on a busy node it is a lot of events.
+    pub report_allowed_flows: bool,
 }
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        Self { aggregation_window_ms: 1000, buffer: 4096, file: None }
+        Self { aggregation_window_ms: 1000, buffer: 4096, file: None, report_allowed_flows: false }
     }
 }
 

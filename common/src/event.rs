@@ -1,15 +1,17 @@
 //! Records the programs send to the agent through the `EVENTS` ring buffer.
 
 pub const EVENT_KIND_DENY: u8 = 1;
+/// A newly admitted flow (only when the agent asks for them: `SETTING_REPORT_ALLOWED`).
+pub const EVENT_KIND_ALLOW: u8 = 2;
 
 pub const HOOK_SKB: u8 = 1;
 pub const HOOK_CONNECT: u8 = 2;
 pub const HOOK_SENDMSG: u8 = 3;
 
-/// A packet or socket call denied by the tenant floor.
+/// A packet or socket call denied, or (when asked for) a new flow admitted.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DenyEvent {
+pub struct FlowEvent {
     pub kind: u8,
     /// `HOOK_*`
     pub hook: u8,
@@ -35,6 +37,6 @@ pub struct DenyEvent {
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integers only, no implicit padding (size asserted below).
-unsafe impl aya::Pod for DenyEvent {}
+unsafe impl aya::Pod for FlowEvent {}
 
-const _: () = assert!(core::mem::size_of::<DenyEvent>() == 88);
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 88);

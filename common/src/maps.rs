@@ -133,6 +133,8 @@ impl PolicyMatch {
 }
 
 pub const SETTING_DEFAULT_DENY_IN_TENANT: u32 = 1;
+/// Send an event for every newly admitted flow, not only for denials.
+pub const SETTING_REPORT_ALLOWED: u32 = 2;
 
 /// Single entry of the `SETTINGS` array.
 #[repr(C)]

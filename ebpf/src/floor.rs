@@ -2,7 +2,7 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use moat_common::{
-    event::{DenyEvent, EVENT_KIND_DENY},
+    event::{FlowEvent, EVENT_KIND_ALLOW, EVENT_KIND_DENY},
     maps::{
         Counter, CounterKey, FlowKey, FlowState, PolicyMatch, Settings, SharedPortKey,
         TenantPairKey, ORIGIN_INBOUND, ORIGIN_OUTBOUND, POLICY_FULL_BITS, VERDICT_ALLOW,
@@ -210,16 +210,16 @@ pub fn count(tenant: u64, direction: u8, reason: Reason, bytes: u64) {
 }
 
 #[inline(always)]
-pub fn report_deny(ends: &Ends, local_addr: [u8; 16], hook: u8, direction: u8, reason: Reason) {
-    let Some(mut entry) = EVENTS.reserve::<DenyEvent>(0) else {
+pub fn report(ends: &Ends, local_addr: [u8; 16], hook: u8, direction: u8, reason: Reason) {
+    let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
         if let Some(lost) = EVENTS_LOST.get_ptr_mut(0) {
             // SAFETY: per-CPU slot.
             unsafe { *lost += 1 };
         }
         return;
     };
-    entry.write(DenyEvent {
-        kind: EVENT_KIND_DENY,
+    entry.write(FlowEvent {
+        kind: if reason.is_allow() { EVENT_KIND_ALLOW } else { EVENT_KIND_DENY },
         hook,
         direction,
         reason: reason as u8,

@@ -14,7 +14,10 @@ use aya_ebpf::{
 };
 use moat_common::{
     event::{HOOK_CONNECT, HOOK_SENDMSG, HOOK_SKB},
-    maps::{ipv4_mapped, FlowKey, DIRECTION_EGRESS, DIRECTION_INGRESS, ORIGIN_OUTBOUND},
+    maps::{
+        ipv4_mapped, FlowKey, DIRECTION_EGRESS, DIRECTION_INGRESS, ORIGIN_OUTBOUND,
+        SETTING_REPORT_ALLOWED,
+    },
     verdict::Reason,
 };
 
@@ -91,6 +94,9 @@ fn on_packet(ctx: &SkBuffContext, egress: bool) -> i32 {
                     floor::decide_new(&ends, &settings, egress, packet.tcp_midstream);
                 if reason.is_allow() {
                     floor::track_flow(&key, &ends, &settings, origin, reason);
+                    if settings.flags & SETTING_REPORT_ALLOWED != 0 {
+                        floor::report(&ends, local_addr, HOOK_SKB, direction, reason);
+                    }
                 }
                 reason
             }
@@ -102,7 +108,7 @@ fn on_packet(ctx: &SkBuffContext, egress: bool) -> i32 {
     if reason.is_allow() {
         PASS
     } else {
-        floor::report_deny(&ends, local_addr, HOOK_SKB, direction, reason);
+        floor::report(&ends, local_addr, HOOK_SKB, direction, reason);
         DROP
     }
 }
@@ -184,7 +190,7 @@ fn on_sock_addr(ctx: &SockAddrContext, ipv6: bool, hook: u8) -> i32 {
             _ => {}
         }
     }
-    floor::report_deny(&ends, [0; 16], hook, DIRECTION_EGRESS, reason);
+    floor::report(&ends, [0; 16], hook, DIRECTION_EGRESS, reason);
     DROP
 }
 

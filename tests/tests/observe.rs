@@ -242,3 +242,28 @@ fn ring_buffer_overflow_is_counted_and_the_flood_aggregated() {
         .and_then(|v| v.parse::<u64>().ok());
     assert!(kernel_lost.is_some_and(|n| n > 0), "kernel losses in /metrics:\n{body}");
 }
+
+#[test]
+fn allowed_flows_are_reported_when_asked_for() {
+    let manifests = Manifests::new();
+    let file = manifests.write(
+        "allow.yaml",
+        &documents(&[
+            namespace_yaml("a1", &[("tenant", "a")]),
+            pod_yaml("a1", "p1", &[("app", "p1")], &[(80, "TCP")]),
+            pod_yaml("a1", "p2", &[("app", "p2")], &[(80, "TCP")]),
+        ]),
+    );
+    let config = manifests.write("agent.yaml", "events:\n  reportAllowedFlows: true\n");
+    let lab = Lab::up(&[file], UpOptions { config: Some(config), ..UpOptions::default() });
+    let mut allows = Observer::start(&lab, &["--verdict", "allow", "--max-events", "1"]);
+    let done = eventually(DEADLINE, || {
+        lab.probe("a1/p1", "a1/p2", "80/TCP");
+        allows.exited().then_some(())
+    });
+    assert!(done.is_some(), "no allow event seen: {:?}", allows.events());
+    let event = &allows.events()[0];
+    assert_eq!(event["verdict"], "allow", "{event}");
+    assert_eq!(event["rule"], "same-tenant", "{event}");
+    assert_eq!(event["src"]["tenant"], "a", "{event}");
+}

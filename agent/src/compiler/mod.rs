@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 
 use moat_common::maps::{
     capacity, Endpoint, NetworkKey, TenantPairKey, ENDPOINT_EXTERNAL, NOT_ISOLATED,
-    SETTING_DEFAULT_DENY_IN_TENANT,
+    SETTING_DEFAULT_DENY_IN_TENANT, SETTING_REPORT_ALLOWED,
 };
 
 use crate::config::{Action, Config, Cidr};
@@ -56,7 +56,8 @@ pub fn compile_scoped(cluster: &Cluster, config: &Config, cgroups: &PodCgroups, 
             Action::Allow => moat_common::maps::UNKNOWN_ALLOW,
             Action::Deny => moat_common::maps::UNKNOWN_DENY,
         },
-        flags: if config.default_deny_in_tenant { SETTING_DEFAULT_DENY_IN_TENANT } else { 0 },
+        flags: if config.default_deny_in_tenant { SETTING_DEFAULT_DENY_IN_TENANT } else { 0 }
+            | if config.events.report_allowed_flows { SETTING_REPORT_ALLOWED } else { 0 },
         ..Desired::default()
     };
     let mut pod_endpoints: BTreeMap<&PodKey, Endpoint> = BTreeMap::new();

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use moat_common::event::{DenyEvent, HOOK_CONNECT, HOOK_SENDMSG};
+use moat_common::event::{FlowEvent, HOOK_CONNECT, HOOK_SENDMSG};
 use moat_common::maps::DIRECTION_INGRESS;
 use moat_common::verdict::Reason;
 use serde::Serialize;
@@ -55,7 +55,7 @@ pub fn unmap(addr: [u8; 16]) -> IpAddr {
 }
 
 impl DenyRecord {
-    pub fn from_event(event: &DenyEvent, index: &Index) -> Self {
+    pub fn from_event(event: &FlowEvent, index: &Index) -> Self {
         let tenant_name = |id: u64| (id != 0).then(|| index.tenants.get(&id).map(|t| t.to_string()).unwrap_or_else(|| format!("{id:#x}")));
         let local_pod = index.pods_by_cgroup.get(&event.cgroup);
         let local_ip = (event.local_addr != [0; 16]).then(|| unmap(event.local_addr));
@@ -77,8 +77,9 @@ impl DenyRecord {
         };
         let ingress = event.direction == DIRECTION_INGRESS;
         let (src, dst) = if ingress { (remote, local) } else { (local, remote) };
+        let reason = Reason::from_u8(event.reason);
         Self {
-            verdict: "deny",
+            verdict: if reason.is_some_and(Reason::is_allow) { "allow" } else { "deny" },
             direction: if ingress { "ingress" } else { "egress" },
             hook: match event.hook {
                 HOOK_CONNECT => "connect",
@@ -86,7 +87,7 @@ impl DenyRecord {
                 _ => "packet",
             },
             protocol: protocol_name(event.protocol),
-            rule: Reason::from_u8(event.reason).map(Reason::name).unwrap_or("unknown"),
+            rule: reason.map(Reason::name).unwrap_or("unknown"),
             policies: index
                 .policy_sets
                 .get(&event.policy_set)
@@ -113,7 +114,7 @@ mod tests {
         index.tenants.insert(beta.id().0, beta.clone());
         index.pods_by_cgroup.insert(7, PodKey::new("a", "web"));
         index.pods_by_ip.insert("10.0.0.2".parse().unwrap(), PodKey::new("b", "db"));
-        let event = DenyEvent {
+        let event = FlowEvent {
             hook: 1,
             direction: DIRECTION_EGRESS,
             reason: Reason::CrossTenant as u8,
@@ -125,7 +126,7 @@ mod tests {
             remote_addr: ipv4_mapped([10, 0, 0, 2]),
             local_port: 40000,
             remote_port: 80,
-            ..DenyEvent::default()
+            ..FlowEvent::default()
         };
         let record = DenyRecord::from_event(&event, &index);
         assert_eq!(record.rule, "tenant-floor");

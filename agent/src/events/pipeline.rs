@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use moat_common::event::DenyEvent;
+use moat_common::event::FlowEvent;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use super::aggregate::Aggregator;
@@ -18,7 +18,7 @@ use crate::compiler::Index;
 /// What enters the pipeline.
 #[derive(Debug)]
 pub enum Input {
-    Deny(DenyEvent),
+    Deny(FlowEvent),
     Detection(Detection),
 }
 

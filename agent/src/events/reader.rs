@@ -2,7 +2,7 @@
 //! minimal so the ring buffer empties as fast as possible; naming happens downstream.
 
 use aya::maps::{MapData, RingBuf};
-use moat_common::event::{DenyEvent, EVENT_KIND_DENY};
+use moat_common::event::{FlowEvent, EVENT_KIND_ALLOW, EVENT_KIND_DENY};
 use moat_common::maps::names;
 use tokio::io::unix::AsyncFd;
 
@@ -19,7 +19,9 @@ pub async fn run(ring: RingBuf<MapData>, submitter: Submitter) -> Result<(), Ker
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
             match decode(&item) {
-                Some(event) if event.kind == EVENT_KIND_DENY => submitter.submit(Input::Deny(event)),
+                Some(event) if matches!(event.kind, EVENT_KIND_DENY | EVENT_KIND_ALLOW) => {
+                    submitter.submit(Input::Deny(event))
+                }
                 _ => tracing::warn!(len = item.len(), "undecodable event from the kernel"),
             }
         }
@@ -27,11 +29,11 @@ pub async fn run(ring: RingBuf<MapData>, submitter: Submitter) -> Result<(), Ker
     }
 }
 
-fn decode(bytes: &[u8]) -> Option<DenyEvent> {
-    if bytes.len() < std::mem::size_of::<DenyEvent>() {
+fn decode(bytes: &[u8]) -> Option<FlowEvent> {
+    if bytes.len() < std::mem::size_of::<FlowEvent>() {
         return None;
     }
-    // SAFETY: length checked; DenyEvent is plain integers, any bit pattern is valid, and
+    // SAFETY: length checked; FlowEvent is plain integers, any bit pattern is valid, and
     // read_unaligned copes with the ring buffer's 8-byte alignment.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<DenyEvent>()) })
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<FlowEvent>()) })
 }
