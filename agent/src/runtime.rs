@@ -154,7 +154,11 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
         }
         let changed = refresh(&mut source, &mut inputs, &cgroup_root, layout.as_ref());
         if !changed && !resync {
-            observability.in_sync();
+            // Unchanged inputs only mean "in step" while the source itself is current: with
+            // the API server gone, staleness keeps growing although nothing changes.
+            if source.sync_state().is_healthy() {
+                observability.in_sync();
+            }
             continue;
         }
         let next = match compiler::compile(&inputs.cluster, &config, &inputs.cgroups) {

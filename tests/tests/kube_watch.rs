@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use moat_integration::kube::{find, lab_objects, write_list, ApiServer, KubeAgent};
-use moat_integration::{documents, namespace_yaml, pod_yaml, wait_verdict, Family, Lab, Manifests, UpOptions, Verdict};
+use moat_integration::{
+    documents, eventually, moat_bin, namespace_yaml, pod_yaml, wait_verdict, Family, Lab, Manifests, UpOptions, Verdict,
+};
 
 const CONVERGE: Duration = Duration::from_secs(10);
 
@@ -82,6 +84,8 @@ fn api_server_lost_keeps_enforcing_then_a_newer_state_converges() {
         assert_eq!(lab.probe("x/p", "y/s", "80/TCP"), Verdict::Allowed, "same tenant without an API server");
     }
     assert!(agent.is_running(), "the agent survives losing the API server");
+    let stale = eventually(Duration::from_secs(30), || staleness(&lab).filter(|s| *s > 1.0));
+    assert!(stale.is_some(), "moat status reports the growing staleness: {:?}", staleness(&lab));
 
     // Back, with z moved to tenant a and a newer resourceVersion.
     let mut changed = objects.clone();
@@ -95,4 +99,48 @@ fn api_server_lost_keeps_enforcing_then_a_newer_state_converges() {
     wait_verdict("x/p -> z/r after the API server is back", Verdict::Allowed, Duration::from_secs(60), || {
         lab.probe("x/p", "z/r", "80/TCP")
     });
+    let current = eventually(Duration::from_secs(30), || staleness(&lab).filter(|s| *s < 1.0));
+    assert!(current.is_some(), "staleness drops once the source is current: {:?}", staleness(&lab));
+}
+
+/// `staleness_seconds` from `moat status` on the kube agent's admin socket.
+fn staleness(lab: &Lab) -> Option<f64> {
+    let socket = lab.run_dir().join("kube-agent.sock");
+    let output = std::process::Command::new(moat_bin())
+        .args(["status", "--socket"])
+        .arg(&socket)
+        .args(["-o", "json"])
+        .output()
+        .ok()?;
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    status["staleness_seconds"].as_f64()
+}
+
+#[test]
+fn network_policy_added_and_removed_through_the_api_server() {
+    let manifests = Manifests::new();
+    let lab = lab(&manifests);
+    let objects = lab_objects(&lab);
+    let state = manifests.dir().join("state.json");
+    write_list(&state, &objects);
+    let server = ApiServer::start(&[&state], 1);
+    let _agent = KubeAgent::start(&lab, &server);
+    assert_eq!(lab.probe("y/s", "x/p", "80/TCP"), Verdict::Allowed, "same tenant, no policy");
+
+    // x/p accepts ingress only from its own namespace.
+    let policy = serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "same-namespace-only", "namespace": "x"},
+        "spec": {"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}
+    });
+    server.apply(&policy);
+    let took = wait_verdict("y/s -> x/p once the policy is known", Verdict::Denied, CONVERGE, || lab.probe("y/s", "x/p", "80/TCP"));
+    eprintln!("policy added → enforced in {took:?}");
+    assert_eq!(lab.probe("x/q", "x/p", "80/TCP"), Verdict::Allowed, "the policy allows its own namespace");
+
+    server.delete(&policy);
+    let took = wait_verdict("y/s -> x/p once the policy is gone", Verdict::Allowed, CONVERGE, || lab.probe("y/s", "x/p", "80/TCP"));
+    eprintln!("policy removed → lifted in {took:?}");
+    assert_eq!(lab.probe("x/p", "z/r", "80/TCP"), Verdict::Denied, "the tenant floor is still there");
 }
