@@ -55,6 +55,8 @@ pub struct Config {
     pub events: EventsConfig,
     /// Kubernetes Events on the offending pod for detections.
     pub kube_events: KubeEventsConfig,
+    /// The runtime guard: a mode per detection (see `guard::GuardConfig`).
+    pub guard: crate::guard::GuardConfig,
 }
 
 /// The event pipeline between the ring buffer and the sinks.
@@ -139,6 +141,7 @@ impl Default for Config {
             admin_socket: None,
             events: EventsConfig::default(),
             kube_events: KubeEventsConfig::default(),
+            guard: crate::guard::GuardConfig::default(),
         }
     }
 }

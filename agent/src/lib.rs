@@ -12,6 +12,7 @@ pub mod compiler;
 pub mod config;
 pub mod events;
 pub mod explain;
+pub mod guard;
 pub mod kernel;
 pub mod lab;
 pub mod model;

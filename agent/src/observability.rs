@@ -21,6 +21,7 @@ use crate::kernel::loader::Attached;
 use crate::kernel::maps::ApplyStats;
 use crate::kernel::stats::{Fill, KernelStats};
 use crate::kernel::KernelError;
+use crate::guard::{self, DetectionStatus};
 use crate::node::capabilities::{self, Capabilities};
 use crate::sinks::file::{FileSink, RotatingFile};
 use crate::sinks::metrics::{self, Metrics, MetricsSink, VerdictLabels};
@@ -76,6 +77,8 @@ pub struct Shared {
     pub kernel: Mutex<Option<KernelStats>>,
     pub index: Mutex<Option<watch::Receiver<Arc<Index>>>>,
     pub capabilities: Mutex<Capabilities>,
+    /// The runtime guard's detections and their effective modes on this kernel.
+    pub guard: Vec<DetectionStatus>,
     pub metrics_url: Mutex<Option<String>>,
     pub instance: String,
     pub admin_socket: PathBuf,
@@ -181,6 +184,8 @@ impl Observability {
     /// kernel's capabilities.
     pub async fn start(config: &Config) -> Result<Self, ObservabilityError> {
         let (hub, _) = broadcast::channel(HUB_CAPACITY);
+        let probed = capabilities::probe();
+        let guard = guard::statuses(&config.guard, probed.bpf_lsm == "available");
         let shared = Arc::new(Shared {
             metrics: Arc::new(Metrics::new()),
             hub,
@@ -189,7 +194,8 @@ impl Observability {
             attached: Mutex::new(Vec::new()),
             kernel: Mutex::new(None),
             index: Mutex::new(None),
-            capabilities: Mutex::new(capabilities::probe()),
+            capabilities: Mutex::new(probed),
+            guard,
             metrics_url: Mutex::new(None),
             instance: config.instance.clone(),
             admin_socket: config.admin_socket_path(),

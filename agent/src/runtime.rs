@@ -113,6 +113,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     // from empty, so nothing is cleared first.
     let adopted = maps.read()?;
     let stats = maps.apply(&adopted, &desired)?;
+    crate::guard::write_modes(&mut ebpf, &observability.shared.guard)?;
     let attached = loader::attach_all(&mut ebpf, &cgroup_root, &dirs).inspect_err(|e| observability.kernel_failed(e))?;
     observability.enforcing(&dirs, &attached, &stats);
     tracing::info!(

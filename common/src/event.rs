@@ -40,3 +40,68 @@ pub struct FlowEvent {
 unsafe impl aya::Pod for FlowEvent {}
 
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 88);
+
+/// A runtime-guard detection (`GuardEvent`), sent through the same `EVENTS` ring buffer as
+/// flow events: every record starts with its kind byte, so the reader tells them apart.
+pub const EVENT_KIND_DETECTION: u8 = 3;
+
+/// Detection codes: the index into the `GUARD_MODES` map and the code in a `GuardEvent`.
+pub const DETECTION_KERNEL_SYSCTL: u32 = 1;
+/// Slots in `GUARD_MODES` (code 0 is never used).
+pub const DETECTION_SLOTS: u32 = 8;
+
+/// `GUARD_MODES` values.
+pub const GUARD_MODE_OFF: u32 = 0;
+pub const GUARD_MODE_DETECT: u32 = 1;
+pub const GUARD_MODE_BLOCK: u32 = 2;
+
+pub const COMM_LEN: usize = 16;
+/// Bytes of a sysctl name kept (`kernel/core_pattern`); longer names are cut.
+pub const SYSCTL_NAME_LEN: usize = 64;
+
+/// A process in a cgroup did something a detection names.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuardEvent {
+    /// `EVENT_KIND_DETECTION`
+    pub kind: u8,
+    /// `DETECTION_*` as u8.
+    pub detection: u8,
+    /// 1: the kernel refused the operation (mode block); 0: reported only.
+    pub blocked: u8,
+    pub _pad: [u8; 5],
+    pub timestamp_ns: u64,
+    /// cgroup of the acting task: identifies the pod.
+    pub cgroup: u64,
+    /// Thread id (the kernel's pid).
+    pub pid: u32,
+    /// Process id (the kernel's tgid).
+    pub tgid: u32,
+    /// The task's comm, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+    /// What was touched: for `DETECTION_KERNEL_SYSCTL` the sysctl name, NUL-padded.
+    pub subject: [u8; SYSCTL_NAME_LEN],
+}
+
+impl Default for GuardEvent {
+    fn default() -> Self {
+        Self {
+            kind: EVENT_KIND_DETECTION,
+            detection: 0,
+            blocked: 0,
+            _pad: [0; 5],
+            timestamp_ns: 0,
+            cgroup: 0,
+            pid: 0,
+            tgid: 0,
+            comm: [0; COMM_LEN],
+            subject: [0; SYSCTL_NAME_LEN],
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), integers and byte arrays only, no implicit padding (size asserted below).
+unsafe impl aya::Pod for GuardEvent {}
+
+const _: () = assert!(core::mem::size_of::<GuardEvent>() == 112);

@@ -14,6 +14,8 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     pub const EVENTS_LOST: &str = "EVENTS_LOST";
     pub const POLICY_RULES: &str = "POLICY_RULES";
+    /// Runtime guard: detection code → `event::GUARD_MODE_*`, written by the agent.
+    pub const GUARD_MODES: &str = "GUARD_MODES";
 }
 
 /// Capacities; the agent refuses a model that would not fit rather than writing part of it.

@@ -3,14 +3,15 @@
 #![no_main]
 
 mod floor;
+mod guard;
 mod maps;
 mod packet;
 
 use aya_ebpf::{
     bindings::{bpf_sock_addr, __sk_buff},
     helpers::{bpf_get_current_cgroup_id, bpf_skb_cgroup_id},
-    macros::{cgroup_skb, cgroup_sock_addr},
-    programs::{SkBuffContext, SockAddrContext},
+    macros::{cgroup_skb, cgroup_sock_addr, cgroup_sysctl},
+    programs::{SkBuffContext, SockAddrContext, SysctlContext},
 };
 use moat_common::{
     event::{HOOK_CONNECT, HOOK_SENDMSG, HOOK_SKB},
@@ -192,6 +193,12 @@ fn on_sock_addr(ctx: &SockAddrContext, ipv6: bool, hook: u8) -> i32 {
     }
     floor::report(&ends, [0; 16], hook, DIRECTION_EGRESS, reason);
     DROP
+}
+
+/// Runtime guard: writes to the host's kernel sysctls (`escape.kernel-sysctl`).
+#[cgroup_sysctl]
+pub fn moat_sysctl(ctx: SysctlContext) -> i32 {
+    guard::on_sysctl(&ctx)
 }
 
 #[cfg(not(test))]

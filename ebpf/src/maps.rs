@@ -47,3 +47,7 @@ pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 /// NetworkPolicy rules: (policy set, peer identity, protocol, port prefix) → allowed.
 #[map]
 pub static POLICY_RULES: LpmTrie<PolicyMatch, u8> = LpmTrie::pinned(capacity::POLICY_RULES, 0);
+
+/// Runtime guard: detection code → `GUARD_MODE_*` (0 off until the agent writes it).
+#[map]
+pub static GUARD_MODES: Array<u32> = Array::pinned(moat_common::event::DETECTION_SLOTS, 0);

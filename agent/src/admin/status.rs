@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::guard::{DetectionStatus, GuardMode};
 use crate::node::capabilities::Capabilities;
 use crate::observability::{KernelReading, ProgramStatus, Shared, SyncState};
 
@@ -29,9 +30,9 @@ pub struct EventsLost {
 
 #[derive(Debug, Serialize)]
 pub struct Detections {
-    /// Each detection and its effective mode; empty until the runtime guard exists.
-    pub configured: Vec<String>,
-    pub note: &'static str,
+    /// Each detection, its configured and effective mode and the hook behind it.
+    pub configured: Vec<DetectionStatus>,
+    pub note: String,
 }
 
 /// Builds the report (reads the pinned maps: blocking).
@@ -47,8 +48,22 @@ pub fn report(shared: &Shared) -> Status {
         sync,
         events_lost: EventsLost { kernel: kernel.events_lost_kernel, userspace: shared.losses.userspace() },
         kernel,
-        detections: Detections { configured: Vec::new(), note: "no detections configured: the runtime guard is not built yet" },
+        detections: detections(&shared.guard),
         metrics_url: shared.metrics_url(),
         admin_socket: shared.admin_socket.display().to_string(),
     }
+}
+
+fn detections(guard: &[DetectionStatus]) -> Detections {
+    let note = guard
+        .iter()
+        .map(|d| match (d.configured, d.effective) {
+            (c, e) if c == e => format!("{} {}", d.id, e.name()),
+            (c, e) => format!("{} {} (configured {})", d.id, e.name(), c.name()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let blocking = guard.iter().filter(|d| d.effective == GuardMode::Block).count();
+    let note = if note.is_empty() { "no detections".into() } else { format!("{note} ({blocking} blocking)") };
+    Detections { configured: guard.to_vec(), note }
 }

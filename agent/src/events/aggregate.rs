@@ -96,6 +96,7 @@ mod tests {
             namespace: Some("n".into()),
             pod: Some("p".into()),
             message: "m".into(),
+            ..Detection::default()
         }))
     }
 

@@ -112,6 +112,7 @@ mod tests {
             namespace: Some("a1".into()),
             pod: Some("web".into()),
             message: "sh".into(),
+            ..Detection::default()
         }));
         assert!(filter(|f| f.detection = Some("exec-shell".into())).matches(&event));
         assert!(!filter(|f| f.detection = Some("other".into())).matches(&event));

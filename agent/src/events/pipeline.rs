@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use moat_common::event::FlowEvent;
+use moat_common::event::{FlowEvent, GuardEvent};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use super::aggregate::Aggregator;
@@ -19,6 +19,8 @@ use crate::compiler::Index;
 #[derive(Debug)]
 pub enum Input {
     Deny(FlowEvent),
+    /// A detection record from the kernel, named here like flow events.
+    Guard(GuardEvent),
     Detection(Detection),
 }
 
@@ -112,6 +114,7 @@ impl Pipeline {
     fn take(&mut self, input: Input) {
         let payload = match input {
             Input::Deny(raw) => Payload::Flow(DenyRecord::from_event(&raw, &self.index.borrow())),
+            Input::Guard(raw) => Payload::Detection(crate::guard::decode(&raw, &self.index.borrow())),
             Input::Detection(detection) => Payload::Detection(detection),
         };
         if let Some(event) = self.aggregator.observe(Event::new(payload), Instant::now()) {
@@ -148,6 +151,7 @@ mod tests {
             namespace: None,
             pod: None,
             message: String::new(),
+            ..Detection::default()
         })
     }
 

@@ -14,16 +14,31 @@ pub enum Payload {
     Detection(Detection),
 }
 
-/// A runtime-guard detection on a pod (the guard produces them; the sinks already take them).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A runtime-guard detection on a pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Detection {
-    /// Stable detection id, e.g. `write-host-path`.
+    /// Stable detection id, e.g. `escape.kernel-sysctl`.
     pub id: String,
-    /// `enforce` (blocked) or `audit` (reported only).
+    /// The detection's mode when it fired: `block` or `detect`.
     pub mode: String,
+    /// `critical`, `high`, ...
+    #[serde(default)]
+    pub severity: String,
     pub tenant: Option<String>,
     pub namespace: Option<String>,
     pub pod: Option<String>,
+    /// The acting process (its tgid).
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// The acting process's executable name (its comm).
+    #[serde(default)]
+    pub executable: Option<String>,
+    /// What was touched, e.g. `/proc/sys/kernel/core_pattern`.
+    #[serde(default)]
+    pub evidence: Option<String>,
+    /// `blocked` (the kernel refused it) or `detected` (reported only).
+    #[serde(default)]
+    pub action: String,
     /// Human-readable detail (the process, the path).
     pub message: String,
 }

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr};
+use std::os::fd::AsFd;
+
+use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, CgroupSysctl};
 use aya::{Ebpf, EbpfLoader};
 
 use super::bpffs::PinDirs;
@@ -23,6 +25,8 @@ pub enum Hook {
     SkbIngress,
     SkbEgress,
     SockAddr,
+    /// Runtime guard: sysctl reads and writes (`escape.kernel-sysctl`).
+    Sysctl,
 }
 
 impl Hook {
@@ -31,6 +35,7 @@ impl Hook {
             Self::SkbIngress => "cgroup_skb/ingress",
             Self::SkbEgress => "cgroup_skb/egress",
             Self::SockAddr => "cgroup/sock_addr",
+            Self::Sysctl => "cgroup/sysctl",
         }
     }
 }
@@ -48,13 +53,14 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Every program and where it attaches.
-pub const PROGRAMS: [(&str, Hook); 6] = [
+pub const PROGRAMS: [(&str, Hook); 7] = [
     ("moat_ingress", Hook::SkbIngress),
     ("moat_egress", Hook::SkbEgress),
     ("moat_connect4", Hook::SockAddr),
     ("moat_connect6", Hook::SockAddr),
     ("moat_sendmsg4", Hook::SockAddr),
     ("moat_sendmsg6", Hook::SockAddr),
+    ("moat_sysctl", Hook::Sysctl),
 ];
 
 /// Loads the object. Maps already pinned under `dirs.maps` are reused with their contents.
@@ -83,6 +89,7 @@ pub fn attach_all(ebpf: &mut Ebpf, cgroup_root: &Path, dirs: &PinDirs) -> Result
     for (name, hook) in PROGRAMS {
         let fail = |message: String| KernelError::Program { program: name, hook: hook.name(), message };
         let program = ebpf.program_mut(name).ok_or_else(|| fail("missing from the object".into()))?;
+        let pin = dirs.links.join(format!("{name}@{stamp}"));
         let link: FdLink = match hook {
             Hook::SkbIngress | Hook::SkbEgress => {
                 let program: &mut CgroupSkb = program.try_into().map_err(|e| fail(format!("{e}")))?;
@@ -103,8 +110,16 @@ pub fn attach_all(ebpf: &mut Ebpf, cgroup_root: &Path, dirs: &PinDirs) -> Result
                 let link = program.take_link(id).map_err(|e| fail(format!("{e}")))?;
                 link.try_into().map_err(|e| fail(format!("not a bpf_link: {e}")))?
             }
+            Hook::Sysctl => {
+                let program: &mut CgroupSysctl = program.try_into().map_err(|e| fail(format!("{e}")))?;
+                program.load().map_err(|e| fail(format!("load: {}", chain(&e))))?;
+                let fd = program.fd().map_err(|e| fail(format!("{e}")))?;
+                super::sysctl_link::attach_pinned(fd.as_fd(), cgroup.as_fd(), &pin)
+                    .map_err(|e| fail(format!("attach to {}: {e}", cgroup_root.display())))?;
+                attached.push(Attached { program: name, hook, pin });
+                continue;
+            }
         };
-        let pin = dirs.links.join(format!("{name}@{stamp}"));
         link.pin(&pin).map_err(|e| KernelError::LinkPin { path: pin.clone(), message: e.to_string() })?;
         attached.push(Attached { program: name, hook, pin });
     }

@@ -4,6 +4,7 @@ pub mod bpffs;
 pub mod loader;
 pub mod maps;
 pub mod stats;
+pub mod sysctl_link;
 
 use std::path::PathBuf;
 

@@ -172,6 +172,7 @@ mod tests {
             namespace: Some("team-a".into()),
             pod: Some("web".into()),
             message: "sh started".into(),
+            ..Detection::default()
         };
         for _ in 0..5 {
             sink.emit(&Event::new(Payload::Detection(detection.clone())));

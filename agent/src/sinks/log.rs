@@ -39,11 +39,16 @@ impl Sink for LogSink {
                     target: "moat::detection",
                     id = %detection.id,
                     mode = %detection.mode,
+                    severity = %detection.severity,
+                    action = %detection.action,
                     count = event.count,
                     aggregated = event.aggregated,
                     tenant = detection.tenant.as_deref(),
                     namespace = detection.namespace.as_deref(),
                     pod = detection.pod.as_deref(),
+                    pid = detection.pid,
+                    executable = detection.executable.as_deref(),
+                    evidence = detection.evidence.as_deref(),
                     detail = %detection.message,
                     "detection"
                 );

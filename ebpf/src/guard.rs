@@ -1,0 +1,92 @@
+//! The runtime guard's kernel side. `escape.kernel-sysctl`: a write to the host's
+//! `kernel/core_pattern` or `kernel/modprobe` from a pod, seen (and refused) by the
+//! cgroup_sysctl hook, which runs on every kernel with cgroup BPF, LSM or not.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns, generated::bpf_sysctl_get_name,
+    },
+    programs::SysctlContext,
+};
+use moat_common::event::{
+    GuardEvent, DETECTION_KERNEL_SYSCTL, EVENT_KIND_DETECTION, GUARD_MODE_BLOCK, GUARD_MODE_OFF,
+    SYSCTL_NAME_LEN,
+};
+
+use crate::maps::{EVENTS, EVENTS_LOST, GUARD_MODES};
+
+const ALLOW: i32 = 1;
+/// The writer gets EPERM.
+const REFUSE: i32 = 0;
+
+const CORE_PATTERN: &[u8] = b"kernel/core_pattern";
+const MODPROBE: &[u8] = b"kernel/modprobe";
+
+#[inline(always)]
+pub fn on_sysctl(ctx: &SysctlContext) -> i32 {
+    // SAFETY: the context pointer is the program's own bpf_sysctl.
+    if unsafe { (*ctx.sysctl).write } == 0 {
+        return ALLOW;
+    }
+    let mode = match GUARD_MODES.get(DETECTION_KERNEL_SYSCTL) {
+        Some(mode) => *mode,
+        None => return ALLOW,
+    };
+    if mode == GUARD_MODE_OFF {
+        return ALLOW;
+    }
+    let mut name = [0u8; SYSCTL_NAME_LEN];
+    // Flags 0: the full name below /proc/sys, e.g. `kernel/core_pattern`. Returns its length,
+    // or -E2BIG when cut (no name we look for is that long).
+    // SAFETY: the buffer is ours and its length is passed.
+    let len = unsafe { bpf_sysctl_get_name(ctx.sysctl, name.as_mut_ptr().cast(), SYSCTL_NAME_LEN as u64, 0) };
+    if !(equals(&name, len, CORE_PATTERN) || equals(&name, len, MODPROBE)) {
+        return ALLOW;
+    }
+    let blocked = mode == GUARD_MODE_BLOCK;
+    report(&name, blocked);
+    if blocked { REFUSE } else { ALLOW }
+}
+
+/// `name[..len] == want`, over a fixed-size buffer with a loop bounded by `want`'s length.
+#[inline(always)]
+fn equals(name: &[u8; SYSCTL_NAME_LEN], len: i64, want: &[u8]) -> bool {
+    if len != want.len() as i64 || want.len() > SYSCTL_NAME_LEN {
+        return false;
+    }
+    let mut i = 0;
+    while i < want.len() {
+        if name[i] != want[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+#[inline(always)]
+fn report(name: &[u8; SYSCTL_NAME_LEN], blocked: bool) {
+    let Some(mut entry) = EVENTS.reserve::<GuardEvent>(0) else {
+        if let Some(lost) = EVENTS_LOST.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot.
+            unsafe { *lost += 1 };
+        }
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    entry.write(GuardEvent {
+        kind: EVENT_KIND_DETECTION,
+        detection: DETECTION_KERNEL_SYSCTL as u8,
+        blocked: blocked as u8,
+        _pad: [0; 5],
+        // SAFETY: helpers without arguments that may fail.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        cgroup: unsafe { bpf_get_current_cgroup_id() },
+        pid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        subject: *name,
+    });
+    entry.submit(0);
+}
