@@ -16,7 +16,7 @@ use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock
 use aya::{Ebpf, EbpfLoader};
 
 use super::bpffs::PinDirs;
-use super::KernelError;
+use super::{error_chain as chain, KernelError};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/moat-programs"));
 
@@ -38,18 +38,6 @@ impl Hook {
             Self::Sysctl => "cgroup/sysctl",
         }
     }
-}
-
-/// `e` and every error below it, so a failed syscall shows its errno.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 /// Every program and where it attaches.

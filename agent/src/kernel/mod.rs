@@ -24,6 +24,18 @@ pub enum KernelError {
     LinkPin { path: PathBuf, message: String },
 }
 
+/// `e` and every error below it, so a failed syscall shows its errno.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
 impl KernelError {
     pub(crate) fn map(map: &'static str, error: impl std::fmt::Display) -> Self {
         Self::Map { map, message: error.to_string() }

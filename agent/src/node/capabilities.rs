@@ -5,6 +5,8 @@ use std::path::Path;
 use aya::programs::{LsmAttachType, ProgramType};
 use serde::Serialize;
 
+use crate::kernel::error_chain as chain;
+
 pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -32,13 +34,3 @@ pub fn probe() -> Capabilities {
     Capabilities { btf: Path::new(BTF_PATH).exists(), bpf_lsm, lsm_list, cgroup_hooks: "not attached yet".into() }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
-}
