@@ -179,6 +179,18 @@ pub struct Observability {
     config: Config,
 }
 
+impl Drop for Observability {
+    /// The agent is leaving (stopped, or failed at start-up): take the admin socket, and its
+    /// directory if nothing else is in it, with it. Enforcement itself stays pinned.
+    fn drop(&mut self) {
+        let socket = &self.shared.admin_socket;
+        let _ = std::fs::remove_file(socket);
+        if let Some(dir) = socket.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 impl Observability {
     /// Starts the metrics HTTP server and the admin socket (not ready yet) and probes the
     /// kernel's capabilities.
