@@ -215,7 +215,7 @@ impl Store {
         name: &str,
         obj: Value,
     ) -> Result<Value, ApiError> {
-        let mut obj = check_body(&kind, namespace, Some(name), obj)?;
+        let obj = check_body(&kind, namespace, Some(name), obj)?;
         let key = key_for(&kind, namespace, name);
         let mut st = self.lock();
         let prev = st.objects[kind.index()]
@@ -223,20 +223,7 @@ impl Store {
             .cloned()
             .ok_or_else(|| ApiError::not_found(kind.plural, name))?;
         check_precondition(&kind, name, &obj, &prev)?;
-        let rv = st.bump();
-        normalize(&kind, &mut obj, Some(&prev), rv);
-        st.objects[kind.index()].insert(key, obj.clone());
-        self.publish(
-            &mut st,
-            Change {
-                rv,
-                kind,
-                ty: ChangeType::Modified,
-                object: obj.clone(),
-                prev: Some(prev),
-            },
-        );
-        Ok(obj)
+        Ok(self.store_modified(&mut st, kind, key, obj, prev))
     }
 
     /// Apply a JSON merge patch (RFC 7386) to an existing object.
@@ -266,20 +253,7 @@ impl Store {
                 "a patch may not change metadata.name or metadata.namespace".into(),
             ));
         }
-        let rv = st.bump();
-        normalize(&kind, &mut obj, Some(&prev), rv);
-        st.objects[kind.index()].insert(key, obj.clone());
-        self.publish(
-            &mut st,
-            Change {
-                rv,
-                kind,
-                ty: ChangeType::Modified,
-                object: obj.clone(),
-                prev: Some(prev),
-            },
-        );
-        Ok(obj)
+        Ok(self.store_modified(&mut st, kind, key, obj, prev))
     }
 
     /// Delete an object and return its last state. Deleting a namespace deletes
@@ -411,6 +385,16 @@ impl Store {
             "objects": objects,
             "requests": requests,
         })
+    }
+
+    /// Stores `obj` as the new version of `prev` under `key` and tells the watchers.
+    fn store_modified(&self, st: &mut State, kind: Kind, key: Key, mut obj: Value, prev: Value) -> Value {
+        let rv = st.bump();
+        normalize(&kind, &mut obj, Some(&prev), rv);
+        st.objects[kind.index()].insert(key, obj.clone());
+        let change = Change { rv, kind, ty: ChangeType::Modified, object: obj.clone(), prev: Some(prev) };
+        self.publish(st, change);
+        obj
     }
 
     fn publish(&self, st: &mut State, change: Change) {

@@ -174,22 +174,9 @@ pub struct Lab {
 impl Lab {
     /// `moat lab up -f FILE... --name <unique> [--no-agent] [--config FILE]`.
     pub fn up<P: AsRef<Path>>(manifest_files: &[P], options: UpOptions) -> Lab {
-        require_root();
-        // Created before `up` runs so that a half-built lab is torn down as well.
-        let lab = Lab { moat: moat_bin(), name: unique_name() };
-        let mut args: Vec<String> = vec!["up".into(), "--name".into(), lab.name.clone()];
-        for file in manifest_files {
-            args.push("-f".into());
-            args.push(file.as_ref().display().to_string());
-        }
-        if options.no_agent {
-            args.push("--no-agent".into());
-        }
-        if let Some(config) = &options.config {
-            args.push("--config".into());
-            args.push(config.display().to_string());
-        }
-        lab.lab(&args).ok();
+        // The lab exists before `up` is checked, so a half-built lab is torn down as well.
+        let (lab, output) = Lab::try_up(manifest_files, options);
+        output.ok();
         lab
     }
 
