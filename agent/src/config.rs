@@ -337,6 +337,7 @@ impl Config {
             return Err(("pollIntervalMs".into(), "must be 1..=60000".into()));
         }
         self.validate_observability()?;
+        self.guard.validate()?;
         for (index, service) in self.shared_services.iter().enumerate() {
             if service.name.is_empty() || service.namespace.is_empty() {
                 return Err((

@@ -46,20 +46,47 @@ const _: () = assert!(core::mem::size_of::<FlowEvent>() == 88);
 pub const EVENT_KIND_DETECTION: u8 = 3;
 
 /// Detection codes: the index into the `GUARD_MODES` map and the code in a `GuardEvent`.
+/// The agent's `guard::registry` names them; never reuse a code.
 pub const DETECTION_KERNEL_SYSCTL: u32 = 1;
+pub const DETECTION_CGROUP_RELEASE_AGENT: u32 = 2;
+pub const DETECTION_HOST_MOUNT: u32 = 3;
+pub const DETECTION_SETNS: u32 = 4;
+pub const DETECTION_RUNTIME_BINARY: u32 = 5;
+pub const DETECTION_RUNTIME_SOCKET: u32 = 6;
+pub const DETECTION_KERNEL_MODULE: u32 = 7;
+pub const DETECTION_PTRACE: u32 = 8;
+pub const DETECTION_KERNEL_MEMORY: u32 = 9;
+pub const DETECTION_KUBELET_PKI: u32 = 10;
+pub const DETECTION_OTHER_POD_VOLUME: u32 = 11;
+pub const DETECTION_KUBELET_API: u32 = 12;
+pub const DETECTION_FOREIGN_TENANT: u32 = 13;
 /// Slots in `GUARD_MODES` (code 0 is never used).
-pub const DETECTION_SLOTS: u32 = 8;
+pub const DETECTION_SLOTS: u32 = 16;
 
 /// `GUARD_MODES` values.
 pub const GUARD_MODE_OFF: u32 = 0;
 pub const GUARD_MODE_DETECT: u32 = 1;
 pub const GUARD_MODE_BLOCK: u32 = 2;
 
+/// `GuardEvent::hook`: which program saw it.
+pub const GUARD_HOOK_SYSCTL: u8 = 1;
+pub const GUARD_HOOK_SYS_ENTER: u8 = 2;
+pub const GUARD_HOOK_SYS_EXIT: u8 = 3;
+pub const GUARD_HOOK_DEVICE: u8 = 4;
+pub const GUARD_HOOK_CONNECT: u8 = 5;
+pub const GUARD_HOOK_LSM: u8 = 6;
+
 pub const COMM_LEN: usize = 16;
+/// Bytes of evidence text kept; longer text is cut.
+pub const SUBJECT_LEN: usize = 128;
 /// Bytes of a sysctl name kept (`kernel/core_pattern`); longer names are cut.
 pub const SYSCTL_NAME_LEN: usize = 64;
+/// For mounts the subject holds three NUL-padded fields: fstype, source, target.
+pub const MOUNT_FSTYPE_LEN: usize = 32;
+pub const MOUNT_SOURCE_LEN: usize = 48;
+pub const MOUNT_TARGET_LEN: usize = 48;
 
-/// A process in a cgroup did something a detection names.
+/// A process did something a detection names.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuardEvent {
@@ -69,18 +96,33 @@ pub struct GuardEvent {
     pub detection: u8,
     /// 1: the kernel refused the operation (mode block); 0: reported only.
     pub blocked: u8,
-    pub _pad: [u8; 5],
+    /// `GUARD_HOOK_*`
+    pub hook: u8,
+    pub _pad: [u8; 4],
     pub timestamp_ns: u64,
-    /// cgroup of the acting task: identifies the pod.
+    /// cgroup of the acting task: identifies the pod (or the host service).
     pub cgroup: u64,
     /// Thread id (the kernel's pid).
     pub pid: u32,
     /// Process id (the kernel's tgid).
     pub tgid: u32,
+    /// The parent process's tgid.
+    pub ppid: u32,
+    /// A target process as the actor named it (ptrace, process_vm_writev, /proc/PID/mem),
+    /// in the actor's PID namespace.
+    pub target_pid: u32,
+    /// The file touched: its superblock's device (kernel encoding, MAJOR << 20 | MINOR) and
+    /// inode; 0 when none.
+    pub dev: u64,
+    pub ino: u64,
+    /// Per detection: open flags, mount flags, namespace type, syscall number, port...
+    pub arg: u64,
+    /// Per detection: the owning pod's tag (another pod's volume), a namespace inode...
+    pub owner: u64,
     /// The task's comm, NUL-padded.
     pub comm: [u8; COMM_LEN],
-    /// What was touched: for `DETECTION_KERNEL_SYSCTL` the sysctl name, NUL-padded.
-    pub subject: [u8; SYSCTL_NAME_LEN],
+    /// What was touched, as text: a sysctl or file name, a syscall, a mount's fields.
+    pub subject: [u8; SUBJECT_LEN],
 }
 
 impl Default for GuardEvent {
@@ -89,13 +131,20 @@ impl Default for GuardEvent {
             kind: EVENT_KIND_DETECTION,
             detection: 0,
             blocked: 0,
-            _pad: [0; 5],
+            hook: 0,
+            _pad: [0; 4],
             timestamp_ns: 0,
             cgroup: 0,
             pid: 0,
             tgid: 0,
+            ppid: 0,
+            target_pid: 0,
+            dev: 0,
+            ino: 0,
+            arg: 0,
+            owner: 0,
             comm: [0; COMM_LEN],
-            subject: [0; SYSCTL_NAME_LEN],
+            subject: [0; SUBJECT_LEN],
         }
     }
 }
@@ -104,4 +153,4 @@ impl Default for GuardEvent {
 // SAFETY: repr(C), integers and byte arrays only, no implicit padding (size asserted below).
 unsafe impl aya::Pod for GuardEvent {}
 
-const _: () = assert!(core::mem::size_of::<GuardEvent>() == 112);
+const _: () = assert!(core::mem::size_of::<GuardEvent>() == 216);

@@ -10,8 +10,8 @@ use aya_ebpf::{
     programs::SysctlContext,
 };
 use moat_common::event::{
-    GuardEvent, DETECTION_KERNEL_SYSCTL, EVENT_KIND_DETECTION, GUARD_MODE_BLOCK, GUARD_MODE_OFF,
-    SYSCTL_NAME_LEN,
+    GuardEvent, DETECTION_KERNEL_SYSCTL, EVENT_KIND_DETECTION, GUARD_HOOK_SYSCTL, GUARD_MODE_BLOCK,
+    GUARD_MODE_OFF, SUBJECT_LEN, SYSCTL_NAME_LEN,
 };
 
 use crate::maps::{EVENTS, EVENTS_LOST, GUARD_MODES};
@@ -75,18 +75,27 @@ fn report(name: &[u8; SYSCTL_NAME_LEN], blocked: bool) {
         return;
     };
     let pid_tgid = bpf_get_current_pid_tgid();
+    let mut subject = [0u8; SUBJECT_LEN];
+    subject[..SYSCTL_NAME_LEN].copy_from_slice(name);
     entry.write(GuardEvent {
         kind: EVENT_KIND_DETECTION,
         detection: DETECTION_KERNEL_SYSCTL as u8,
         blocked: blocked as u8,
-        _pad: [0; 5],
+        hook: GUARD_HOOK_SYSCTL,
+        _pad: [0; 4],
         // SAFETY: helpers without arguments that may fail.
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
         cgroup: unsafe { bpf_get_current_cgroup_id() },
         pid: pid_tgid as u32,
         tgid: (pid_tgid >> 32) as u32,
+        ppid: 0,
+        target_pid: 0,
+        dev: 0,
+        ino: 0,
+        arg: 0,
+        owner: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        subject: *name,
+        subject,
     });
     entry.submit(0);
 }

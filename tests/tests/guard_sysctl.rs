@@ -126,7 +126,7 @@ fn detect_mode_reports_and_lets_the_write_through() {
     moat_integration::require_root();
     let before = host_core_pattern();
     let manifests = Manifests::new();
-    let config = manifests.write("moat.yaml", "guard:\n  kernelSysctl: detect\n");
+    let config = manifests.write("moat.yaml", "guard:\n  detections:\n    escape.kernel-sysctl: detect\n");
     let lab = Lab::up(&[cluster(&manifests)], UpOptions { config: Some(config), ..UpOptions::default() });
     let observer = Observer::start(&lab);
     let (seen, last) = write_until_seen(&lab, &observer);

@@ -1,93 +1,30 @@
 //! The runtime guard: per-detection modes (config → `GUARD_MODES`), what each detection can
 //! do on this kernel, and the decoding of the kernel's detection records into `Detection`s.
 //!
-//! First detection: `escape.kernel-sysctl`, a pod writing the host's `kernel/core_pattern` or
-//! `kernel/modprobe` (a core dump or module request then runs a program of the attacker's
-//! choosing as root on the host). The cgroup_sysctl program sees every sysctl access from the
-//! pods' cgroups and refuses those writes with EPERM in block mode.
+//! Detections are listed in [`registry`]; `../../docs/design.md` (runtime guard) says how each
+//! is seen and, where the kernel allows, refused.
+
+pub mod config;
+pub mod registry;
 
 use aya::maps::Array;
 use aya::Ebpf;
-use moat_common::event::{
-    GuardEvent, DETECTION_KERNEL_SYSCTL, GUARD_MODE_BLOCK, GUARD_MODE_DETECT, GUARD_MODE_OFF,
-};
+use moat_common::event::{GuardEvent, DETECTION_KERNEL_SYSCTL, GUARD_MODE_BLOCK, GUARD_MODE_DETECT, GUARD_MODE_OFF};
 use moat_common::maps::names;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::compiler::Index;
 use crate::events::record::Detection;
 use crate::kernel::KernelError;
 
-/// `guard:` in the agent configuration.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct GuardConfig {
-    /// `escape.kernel-sysctl`. Default `block`: cgroup_sysctl refuses the write on every
-    /// kernel with cgroup BPF (no BPF LSM needed), and no legitimate pod writes the host's
-    /// core_pattern or modprobe.
-    pub kernel_sysctl: GuardMode,
-}
+pub use config::{GuardConfig, GuardMode};
+pub use registry::{Blocking, Spec, DETECTIONS};
 
-impl Default for GuardConfig {
-    fn default() -> Self {
-        Self { kernel_sysctl: GuardMode::Block }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum GuardMode {
-    Off,
-    Detect,
-    Block,
-}
-
-impl GuardMode {
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Off => "off",
-            Self::Detect => "detect",
-            Self::Block => "block",
-        }
-    }
-
-    const fn kernel(self) -> u32 {
-        match self {
-            Self::Off => GUARD_MODE_OFF,
-            Self::Detect => GUARD_MODE_DETECT,
-            Self::Block => GUARD_MODE_BLOCK,
-        }
-    }
-}
-
-/// One detection the guard implements.
-#[derive(Clone, Copy, Debug)]
-pub struct Spec {
-    pub id: &'static str,
-    /// Index in `GUARD_MODES`, code in `GuardEvent::detection`.
-    pub code: u32,
-    pub severity: &'static str,
-    /// The hook that sees and blocks it, and whether blocking needs BPF LSM.
-    pub hook: &'static str,
-    pub block_needs_lsm: bool,
-}
-
-pub const KERNEL_SYSCTL: Spec = Spec {
-    id: "escape.kernel-sysctl",
-    code: DETECTION_KERNEL_SYSCTL,
-    severity: "critical",
-    hook: "cgroup/sysctl",
-    block_needs_lsm: false,
-};
-
-pub const DETECTIONS: [Spec; 1] = [KERNEL_SYSCTL];
-
-impl GuardConfig {
-    pub fn mode(&self, spec: &Spec) -> GuardMode {
-        match spec.code {
-            DETECTION_KERNEL_SYSCTL => self.kernel_sysctl,
-            _ => GuardMode::Off,
-        }
+const fn kernel_mode(mode: GuardMode) -> u32 {
+    match mode {
+        GuardMode::Off => GUARD_MODE_OFF,
+        GuardMode::Detect => GUARD_MODE_DETECT,
+        GuardMode::Block => GUARD_MODE_BLOCK,
     }
 }
 
@@ -98,7 +35,8 @@ pub struct DetectionStatus {
     pub configured: GuardMode,
     /// What actually happens on this kernel: `block` only where the hook can block.
     pub effective: GuardMode,
-    pub hook: &'static str,
+    /// What blocks it, and what is only detected, on this kernel.
+    pub note: String,
     pub severity: &'static str,
 }
 
@@ -108,12 +46,18 @@ pub fn statuses(config: &GuardConfig, bpf_lsm: bool) -> Vec<DetectionStatus> {
         .iter()
         .map(|spec| {
             let configured = config.mode(spec);
-            let effective = if configured == GuardMode::Block && spec.block_needs_lsm && !bpf_lsm {
-                GuardMode::Detect
-            } else {
-                configured
+            let (effective, note) = match (configured, spec.blocking, bpf_lsm) {
+                (GuardMode::Block, Blocking::Lsm, false) => {
+                    (GuardMode::Detect, format!("blocking needs BPF LSM ({}); detected by {}", spec.block_hooks, spec.detect_hooks))
+                }
+                (GuardMode::Block, Blocking::Partly { what }, false) => {
+                    (GuardMode::Block, format!("blocks {what}; the rest needs BPF LSM and is detected by {}", spec.detect_hooks))
+                }
+                (GuardMode::Block, _, _) => (GuardMode::Block, format!("blocked by {}", spec.block_hooks)),
+                (GuardMode::Detect, _, _) => (GuardMode::Detect, format!("detected by {}", spec.detect_hooks)),
+                (GuardMode::Off, _, _) => (GuardMode::Off, "off".to_string()),
             };
-            DetectionStatus { id: spec.id, configured, effective, hook: spec.hook, severity: spec.severity }
+            DetectionStatus { id: spec.id, configured, effective, note, severity: spec.severity }
         })
         .collect()
 }
@@ -125,18 +69,11 @@ pub fn write_modes(ebpf: &mut Ebpf, statuses: &[DetectionStatus]) -> Result<(), 
     let mut modes: Array<_, u32> = Array::try_from(map).map_err(|e| KernelError::map(names::GUARD_MODES, e))?;
     for status in statuses {
         let Some(spec) = DETECTIONS.iter().find(|s| s.id == status.id) else { continue };
-        modes.set(spec.code, status.effective.kernel(), 0).map_err(|e| KernelError::map(names::GUARD_MODES, e))?;
-        match (status.configured, status.effective) {
-            (GuardMode::Off, _) => tracing::info!(detection = status.id, "detection off"),
-            (GuardMode::Block, GuardMode::Block) => {
-                tracing::info!(detection = status.id, hook = status.hook, "detection can block on this kernel: block")
-            }
-            (GuardMode::Block, _) => tracing::warn!(
-                detection = status.id,
-                hook = status.hook,
-                "blocking needs BPF LSM, unavailable here: detect only"
-            ),
-            (_, mode) => tracing::info!(detection = status.id, hook = status.hook, mode = mode.name(), "detection can block on this kernel; configured to detect only"),
+        modes.set(spec.code, kernel_mode(status.effective), 0).map_err(|e| KernelError::map(names::GUARD_MODES, e))?;
+        if status.configured == GuardMode::Block && status.effective != GuardMode::Block {
+            tracing::warn!(detection = status.id, mode = status.effective.name(), "{}", status.note);
+        } else {
+            tracing::info!(detection = status.id, mode = status.effective.name(), "{}", status.note);
         }
     }
     Ok(())
@@ -150,7 +87,7 @@ fn text(bytes: &[u8]) -> String {
 
 /// Names a kernel detection record from the model: the acting pod by its cgroup.
 pub fn decode(event: &GuardEvent, index: &Index) -> Detection {
-    let spec = DETECTIONS.iter().find(|s| s.code == u32::from(event.detection));
+    let spec = registry::by_code(u32::from(event.detection));
     let pod = index.pods_by_cgroup.get(&event.cgroup);
     let tenant = pod.and_then(|p| index.pod_tenants.get(p)).map(ToString::to_string);
     let blocked = event.blocked != 0;

@@ -1,6 +1,6 @@
 use super::*;
 use crate::model::{PodKey, TenantName};
-use moat_common::event::{COMM_LEN, SYSCTL_NAME_LEN};
+use moat_common::event::{COMM_LEN, SUBJECT_LEN};
 
 fn padded<const N: usize>(text: &str) -> [u8; N] {
     let mut out = [0u8; N];
@@ -21,7 +21,7 @@ fn decodes_a_blocked_write_naming_the_pod() {
         pid: 101,
         tgid: 100,
         comm: padded::<COMM_LEN>("sh"),
-        subject: padded::<SYSCTL_NAME_LEN>("kernel/core_pattern"),
+        subject: padded::<SUBJECT_LEN>("kernel/core_pattern"),
         ..GuardEvent::default()
     };
     let detection = decode(&event, &index);
@@ -41,7 +41,7 @@ fn decodes_a_blocked_write_naming_the_pod() {
 fn an_unknown_cgroup_is_still_reported() {
     let event = GuardEvent {
         detection: DETECTION_KERNEL_SYSCTL as u8,
-        subject: padded::<SYSCTL_NAME_LEN>("kernel/modprobe"),
+        subject: padded::<SUBJECT_LEN>("kernel/modprobe"),
         ..GuardEvent::default()
     };
     let detection = decode(&event, &Index::default());
@@ -51,20 +51,35 @@ fn an_unknown_cgroup_is_still_reported() {
 }
 
 #[test]
-fn default_is_block_and_cgroup_sysctl_blocks_without_lsm() {
+fn default_is_block_and_falls_back_to_detect_without_lsm() {
     let config = GuardConfig::default();
     let statuses = statuses(&config, false);
-    assert_eq!(statuses.len(), 1);
-    assert_eq!(statuses[0].configured, GuardMode::Block);
-    assert_eq!(statuses[0].effective, GuardMode::Block);
-    let detect = GuardConfig { kernel_sysctl: GuardMode::Detect };
+    assert_eq!(statuses.len(), DETECTIONS.len());
+    let get = |id: &str| statuses.iter().find(|s| s.id == id).unwrap();
+    assert!(statuses.iter().all(|s| s.configured == GuardMode::Block));
+    assert_eq!(get("escape.kernel-sysctl").effective, GuardMode::Block);
+    assert_eq!(get("escape.setns").effective, GuardMode::Detect);
+    assert!(get("escape.setns").note.contains("BPF LSM"), "{}", get("escape.setns").note);
+    let with_lsm = super::statuses(&config, true);
+    assert!(with_lsm.iter().all(|s| s.effective == GuardMode::Block));
+    let mut detect = GuardConfig::default();
+    detect.detections.insert("escape.kernel-sysctl".into(), GuardMode::Detect);
     assert_eq!(super::statuses(&detect, false)[0].effective, GuardMode::Detect);
 }
 
 #[test]
 fn config_spelling() {
-    let config: GuardConfig = serde_yaml::from_str("kernelSysctl: detect").unwrap();
-    assert_eq!(config.kernel_sysctl, GuardMode::Detect);
-    assert!(serde_yaml::from_str::<GuardConfig>("kernelSysctl: maybe").is_err());
-    assert!(serde_yaml::from_str::<GuardConfig>("kernelSysctls: block").is_err());
+    let config: GuardConfig = serde_yaml::from_str("detections:\n  escape.kernel-sysctl: detect").unwrap();
+    assert_eq!(config.mode(&registry::KERNEL_SYSCTL), GuardMode::Detect);
+    assert_eq!(config.mode(&registry::SETNS), GuardMode::Block);
+    assert!(serde_yaml::from_str::<GuardConfig>("detections:\n  escape.kernel-sysctl: maybe").is_err());
+    assert!(serde_yaml::from_str::<GuardConfig>("kernelSysctl: block").is_err());
+    let unknown: GuardConfig = serde_yaml::from_str("detections:\n  escape.kernel-sysctls: block").unwrap();
+    let (field, message) = unknown.validate().unwrap_err();
+    assert_eq!(field, "guard.detections.escape.kernel-sysctls");
+    assert!(message.contains("escape.kernel-sysctl,"), "{message}");
+    let relative: GuardConfig = serde_yaml::from_str("runtime:\n  sockets: [run/x.sock]").unwrap();
+    assert_eq!(relative.validate().unwrap_err().0, "guard.runtime.sockets[0]");
+    let server: GuardConfig = serde_yaml::from_str("apiServers: [\"10.0.0.1\"]").unwrap();
+    assert_eq!(server.validate().unwrap_err().0, "guard.apiServers[0]");
 }
