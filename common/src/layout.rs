@@ -92,4 +92,4 @@ pub struct KernelLayout {
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for KernelLayout {}
 
-const _: () = assert!(core::mem::size_of::<KernelLayout>() % 4 == 0);
+const _: () = assert!(core::mem::size_of::<KernelLayout>().is_multiple_of(4));

@@ -1,10 +1,13 @@
 //! The kernel side: bpffs, loading and attaching the programs, writing the maps.
 
 pub mod bpffs;
+pub mod btf_layout;
 pub mod loader;
 pub mod maps;
 pub mod stats;
 pub mod sysctl_link;
+
+pub use btf_layout::{kernel_layout, load as load_kernel_layout, Btf, LayoutError};
 
 use std::path::PathBuf;
 
