@@ -78,7 +78,7 @@ pub struct Shared {
     pub index: Mutex<Option<watch::Receiver<Arc<Index>>>>,
     pub capabilities: Mutex<Capabilities>,
     /// The runtime guard's detections and their effective modes on this kernel.
-    pub guard: Vec<DetectionStatus>,
+    pub guard: Mutex<Vec<DetectionStatus>>,
     pub metrics_url: Mutex<Option<String>>,
     pub instance: String,
     pub admin_socket: PathBuf,
@@ -197,7 +197,8 @@ impl Observability {
     pub async fn start(config: &Config) -> Result<Self, ObservabilityError> {
         let (hub, _) = broadcast::channel(HUB_CAPACITY);
         let probed = capabilities::probe();
-        let guard = guard::statuses(&config.guard, probed.bpf_lsm == "available");
+        // Until the agent has tried attaching its LSM programs, assume none.
+        let guard = guard::statuses(&config.guard, 0);
         let shared = Arc::new(Shared {
             metrics: Arc::new(Metrics::new()),
             hub,
@@ -207,7 +208,7 @@ impl Observability {
             kernel: Mutex::new(None),
             index: Mutex::new(None),
             capabilities: Mutex::new(probed),
-            guard,
+            guard: Mutex::new(guard),
             metrics_url: Mutex::new(None),
             instance: config.instance.clone(),
             admin_socket: config.admin_socket_path(),

@@ -107,14 +107,43 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
 
     let dirs = bpffs::pin_dirs(&config.bpffs_root, &config.instance);
     bpffs::prepare(&config.bpffs_root, &dirs)?;
-    let mut ebpf = loader::load(&dirs).inspect_err(|e| observability.kernel_failed(e))?;
+    let (kernel_layout, layout_error) = crate::guard::run::kernel_layout();
+    let mut ebpf = loader::load(&dirs, &kernel_layout).inspect_err(|e| observability.kernel_failed(e))?;
     let mut maps = KernelMaps::take(&mut ebpf)?;
     // Adopt whatever an earlier agent left: reconcile from the maps' actual content, never
     // from empty, so nothing is cleared first.
     let adopted = maps.read()?;
     let stats = maps.apply(&adopted, &desired)?;
-    crate::guard::write_modes(&mut ebpf, &observability.shared.guard)?;
+    let statuses = observability.shared.guard.lock().map(|g| g.clone()).unwrap_or_default();
+    crate::guard::write_modes(&mut ebpf, &statuses)?;
+    let api_servers = guard_api_servers(&config, &args).await;
+    let mut guard = crate::guard::run::Guard::start(&mut ebpf, &config.guard, &cgroup_root, &mounts::cgroup2()?, &api_servers)?;
+    if let Err(error) = guard.refresh(&desired.index, &inputs.cluster) {
+        tracing::error!(%error, "runtime guard: writing its maps failed");
+    }
     let attached = loader::attach_all(&mut ebpf, &cgroup_root, &dirs).inspect_err(|e| observability.kernel_failed(e))?;
+    // BPF LSM where the kernel has it: the detections it covers switch to blocking.
+    let lsm = if layout_error.is_none() { loader::attach_lsm(&mut ebpf, &dirs) } else { loader::LsmOutcome::default() };
+    for failure in &lsm.failures {
+        tracing::info!(%failure, "BPF LSM program not attached; its detections fall back to tracepoints");
+    }
+    let mut statuses = crate::guard::statuses(&config.guard, lsm.hooks);
+    crate::guard::write_modes(&mut ebpf, &statuses)?;
+    if let Err(error) = guard.set_lsm_hooks(lsm.hooks) {
+        tracing::error!(%error, "runtime guard: writing its settings failed");
+    }
+    let tracepoint_error = layout_error.or_else(|| {
+        let failures: Vec<String> = loader::attach_tracepoints(&mut ebpf).into_iter().filter_map(Result::err).map(|e| e.to_string()).collect();
+        (!failures.is_empty()).then(|| failures.join("; "))
+    });
+    if let Some(reason) = tracepoint_error {
+        tracing::error!(%reason, "runtime guard: detection tracepoints unavailable; blocking hooks stay in place");
+        crate::guard::without_tracepoints(&mut statuses, &reason);
+    }
+    crate::guard::log_modes(&statuses);
+    if let Ok(mut shown) = observability.shared.guard.lock() {
+        *shown = statuses;
+    }
     observability.enforcing(&dirs, &attached, &stats);
     tracing::info!(
         pods = inputs.cluster.pods.len(),
@@ -154,6 +183,9 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
             tracing::error!("event reader stopped; enforcement continues without events");
         }
         let changed = refresh(&mut source, &mut inputs, &cgroup_root, layout.as_ref());
+        if let Err(error) = guard.refresh(&desired.index, &inputs.cluster) {
+            tracing::error!(%error, "runtime guard: updating its maps failed");
+        }
         if !changed && !resync {
             // Unchanged inputs only mean "in step" while the source itself is current: with
             // the API server gone, staleness keeps growing although nothing changes.
@@ -181,6 +213,9 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
                 observability.applied(&stats);
                 desired = next;
                 let _ = index_tx.send(Arc::new(desired.index.clone()));
+                if let Err(error) = guard.refresh(&desired.index, &inputs.cluster) {
+                    tracing::error!(%error, "runtime guard: updating its maps failed");
+                }
             }
             Err(error) => {
                 tracing::error!(%error, "applying to the kernel failed; will reconcile from the maps' content");
@@ -191,6 +226,18 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     }
     tracing::info!("stopping; programs and maps stay pinned and keep enforcing the last state");
     Ok(())
+}
+
+/// Where a host process must not connect after reading kubelet credentials: configured,
+/// else the API server the kube source talks to.
+async fn guard_api_servers(config: &Config, args: &AgentArgs) -> Vec<std::net::SocketAddr> {
+    let mut servers = config.guard.api_servers.clone();
+    if servers.is_empty() && args.files.is_empty() {
+        if let Some(server) = crate::sources::kube::client::server_address(args.kubeconfig.as_deref()).await {
+            servers.push(server);
+        }
+    }
+    crate::guard::kernel_maps::resolve(&servers)
 }
 
 /// Re-reads manifests and cgroups. Returns whether the compiler's inputs changed.

@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod event;
+pub mod guard;
 pub mod layout;
 pub mod maps;
 pub mod verdict;

@@ -10,8 +10,8 @@ mod packet;
 use aya_ebpf::{
     bindings::{bpf_sock_addr, __sk_buff},
     helpers::{bpf_get_current_cgroup_id, bpf_skb_cgroup_id},
-    macros::{cgroup_skb, cgroup_sock_addr, cgroup_sysctl},
-    programs::{SkBuffContext, SockAddrContext, SysctlContext},
+    macros::{cgroup_device, cgroup_skb, cgroup_sock_addr, cgroup_sysctl, lsm, raw_tracepoint},
+    programs::{DeviceContext, LsmContext, RawTracePointContext, SkBuffContext, SockAddrContext, SysctlContext},
 };
 use moat_common::{
     event::{HOOK_CONNECT, HOOK_SENDMSG, HOOK_SKB},
@@ -168,6 +168,9 @@ fn on_sock_addr(ctx: &SockAddrContext, ipv6: bool, hook: u8) -> i32 {
         if sk.is_null() { 0 } else { (*sk).src_port as u16 }
     };
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    if hook == HOOK_CONNECT && guard::kubelet_port(remote_port, &remote_addr) {
+        return DROP;
+    }
     let ends = Ends {
         cgroup,
         local: floor::local_peer(cgroup),
@@ -198,7 +201,77 @@ fn on_sock_addr(ctx: &SockAddrContext, ipv6: bool, hook: u8) -> i32 {
 /// Runtime guard: writes to the host's kernel sysctls (`escape.kernel-sysctl`).
 #[cgroup_sysctl]
 pub fn moat_sysctl(ctx: SysctlContext) -> i32 {
-    guard::on_sysctl(&ctx)
+    guard::sysctl::on_sysctl(&ctx)
+}
+
+/// Runtime guard: block devices from pods (`escape.host-mount`).
+#[cgroup_device]
+pub fn moat_device(ctx: DeviceContext) -> i32 {
+    guard::device::on_device(&ctx)
+}
+
+/// Runtime guard: syscall arguments (mount, mknod, unshare, modules/bpf/perf, ptrace).
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn moat_sys_enter(ctx: RawTracePointContext) -> i32 {
+    guard::syscall::on_enter(&ctx) as i32
+}
+
+/// Runtime guard: syscall results (opened files, connected peers, joined namespaces).
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn moat_sys_exit(ctx: RawTracePointContext) -> i32 {
+    guard::syscall::on_exit(&ctx) as i32
+}
+
+/// Runtime guard with BPF LSM: refuse before the action happens (block mode).
+#[lsm(hook = "file_open")]
+pub fn moat_lsm_file_open(ctx: LsmContext) -> i32 {
+    guard::lsm::file_open(&ctx)
+}
+
+#[lsm(hook = "sb_mount")]
+pub fn moat_lsm_sb_mount(ctx: LsmContext) -> i32 {
+    guard::lsm::sb_mount(&ctx)
+}
+
+#[lsm(hook = "ptrace_access_check")]
+pub fn moat_lsm_ptrace_access_check(ctx: LsmContext) -> i32 {
+    guard::lsm::ptrace_access_check(&ctx)
+}
+
+#[lsm(hook = "bpf")]
+pub fn moat_lsm_bpf(ctx: LsmContext) -> i32 {
+    guard::lsm::bpf(&ctx)
+}
+
+#[lsm(hook = "kernel_read_file")]
+pub fn moat_lsm_kernel_read_file(ctx: LsmContext) -> i32 {
+    guard::lsm::kernel_read_file(&ctx)
+}
+
+#[lsm(hook = "kernel_load_data")]
+pub fn moat_lsm_kernel_load_data(ctx: LsmContext) -> i32 {
+    guard::lsm::kernel_load_data(&ctx)
+}
+
+#[lsm(hook = "userns_create")]
+pub fn moat_lsm_userns_create(ctx: LsmContext) -> i32 {
+    guard::lsm::userns_create(&ctx)
+}
+
+#[lsm(hook = "unix_stream_connect")]
+pub fn moat_lsm_unix_stream_connect(ctx: LsmContext) -> i32 {
+    guard::lsm::unix_stream_connect(&ctx)
+}
+
+#[lsm(hook = "perf_event_open")]
+pub fn moat_lsm_perf_event_open(ctx: LsmContext) -> i32 {
+    guard::lsm::perf_event_open(&ctx)
+}
+
+/// Runtime guard: children inherit the kubelet-credential taint.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn moat_sched_fork(ctx: RawTracePointContext) -> i32 {
+    guard::syscall::on_fork(&ctx) as i32
 }
 
 #[cfg(not(test))]

@@ -4,6 +4,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
+use moat_common::guard::{
+    capacity as guard_capacity, Actor, Endpoint as GuardEndpoint, FileKey, FileRule, GuardSettings,
+};
 use moat_common::maps::{
     capacity, Counter, CounterKey, Endpoint, FlowKey, FlowState, PolicyMatch, Settings,
     SharedPortKey, TenantPairKey,
@@ -51,3 +54,36 @@ pub static POLICY_RULES: LpmTrie<PolicyMatch, u8> = LpmTrie::pinned(capacity::PO
 /// Runtime guard: detection code → `GUARD_MODE_*` (0 off until the agent writes it).
 #[map]
 pub static GUARD_MODES: Array<u32> = Array::pinned(moat_common::event::DETECTION_SLOTS, 0);
+
+/// Runtime guard settings (`GuardSettings`), written by the agent.
+#[map]
+pub static GUARD_SETTINGS: Array<GuardSettings> = Array::pinned(1, 0);
+
+/// Syscall number → `SYSCALL_*` class.
+#[map]
+pub static GUARD_SYSCALLS: Array<u32> = Array::pinned(guard_capacity::GUARD_SYSCALLS, 0);
+
+/// cgroup id → the pod it belongs to.
+#[map]
+pub static GUARD_ACTORS: HashMap<u64, Actor> = HashMap::pinned(guard_capacity::GUARD_ACTORS, 0);
+
+/// Protected files by (dev, inode): kubelet credentials, runtime binaries and sockets.
+#[map]
+pub static GUARD_FILES: HashMap<FileKey, FileRule> = HashMap::pinned(guard_capacity::GUARD_FILES, 0);
+
+/// Superblock of a pod's secret/configMap/token volume → the owning pod's tag.
+#[map]
+pub static GUARD_VOLUMES: HashMap<u64, u64> = HashMap::pinned(guard_capacity::GUARD_VOLUMES, 0);
+
+/// Processes that opened kubelet credentials (tgid → when), and their children.
+#[map]
+pub static GUARD_TAINTED: LruHashMap<u32, u64> = LruHashMap::pinned(guard_capacity::GUARD_TAINTED, 0);
+
+/// API server endpoints a tainted process must not reach.
+#[map]
+pub static GUARD_API_SERVERS: HashMap<GuardEndpoint, u8> =
+    HashMap::pinned(guard_capacity::GUARD_API_SERVERS, 0);
+
+/// Kubelet API ports pods must not connect to (port in host order → 1).
+#[map]
+pub static GUARD_PORTS: HashMap<u16, u8> = HashMap::pinned(guard_capacity::GUARD_PORTS, 0);

@@ -117,7 +117,7 @@ fn block_mode_refuses_core_pattern_and_stays_silent_on_reads_and_own_sysctls() {
     }
     assert_eq!(host_core_pattern(), before, "the host's core_pattern is unchanged");
     let log = lab.agent_log();
-    assert!(log.contains("escape.kernel-sysctl") && log.contains("can block"), "start-up says it can block:\n{log}");
+    assert!(log.contains("\"detection\":\"escape.kernel-sysctl\",\"mode\":\"block\""), "start-up says it can block:\n{log}");
     assert!(!log.contains("\"pod\":\"quiet\""), "the quiet pod is never reported:\n{log}");
 }
 

@@ -48,7 +48,7 @@ pub fn report(shared: &Shared) -> Status {
         sync,
         events_lost: EventsLost { kernel: kernel.events_lost_kernel, userspace: shared.losses.userspace() },
         kernel,
-        detections: detections(&shared.guard),
+        detections: detections(&shared.guard.lock().map(|g| g.clone()).unwrap_or_default()),
         metrics_url: shared.metrics_url(),
         admin_socket: shared.admin_socket.display().to_string(),
     }

@@ -90,7 +90,7 @@ pub fn run(args: DatapathArgs) -> Result<(), BenchError> {
     let dirs = bpffs::pin_dirs(&args.bpffs, &format!("bench-{}", std::process::id()));
     let _guard = PinGuard(dirs.instance.clone());
     bpffs::prepare(&args.bpffs, &dirs)?;
-    let mut ebpf = loader::load(&dirs)?;
+    let mut ebpf = loader::load(&dirs, &moat_common::layout::KernelLayout::default())?;
     let mut maps = KernelMaps::take(&mut ebpf)?;
     let stats = maps.apply(&Desired::default(), &desired)?;
     let noop = load_skb(&mut ebpf, "moat_noop")?;

@@ -114,7 +114,10 @@ impl Pipeline {
     fn take(&mut self, input: Input) {
         let payload = match input {
             Input::Deny(raw) => Payload::Flow(DenyRecord::from_event(&raw, &self.index.borrow())),
-            Input::Guard(raw) => Payload::Detection(crate::guard::decode(&raw, &self.index.borrow())),
+            Input::Guard(raw) => match crate::guard::decode(&raw, &self.index.borrow()) {
+                Some(detection) => Payload::Detection(detection),
+                None => return,
+            },
             Input::Detection(detection) => Payload::Detection(detection),
         };
         if let Some(event) = self.aggregator.observe(Event::new(payload), Instant::now()) {

@@ -30,9 +30,21 @@ pub struct Detection {
     /// The acting process (its tgid).
     #[serde(default)]
     pub pid: Option<u32>,
-    /// The acting process's executable name (its comm).
+    /// The acting process's executable: its path when the process could still be read in
+    /// /proc, else its comm.
     #[serde(default)]
     pub executable: Option<String>,
+    /// The acting process's command line, space-separated (when still readable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
+    /// The parent process: pid and executable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_executable: Option<String>,
+    /// The actor's container (id from the cgroup path) within the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     /// What was touched, e.g. `/proc/sys/kernel/core_pattern`.
     #[serde(default)]
     pub evidence: Option<String>,

@@ -5,19 +5,23 @@
 //! is seen and, where the kernel allows, refused.
 
 pub mod config;
+pub mod decode;
+pub mod kernel_maps;
+pub mod node;
 pub mod registry;
+pub mod run;
+pub mod syscalls;
 
 use aya::maps::Array;
 use aya::Ebpf;
-use moat_common::event::{GuardEvent, DETECTION_KERNEL_SYSCTL, GUARD_MODE_BLOCK, GUARD_MODE_DETECT, GUARD_MODE_OFF};
+use moat_common::event::{GUARD_MODE_BLOCK, GUARD_MODE_DETECT, GUARD_MODE_OFF};
 use moat_common::maps::names;
 use serde::Serialize;
 
-use crate::compiler::Index;
-use crate::events::record::Detection;
 use crate::kernel::KernelError;
 
 pub use config::{GuardConfig, GuardMode};
+pub use decode::decode;
 pub use registry::{Blocking, Spec, DETECTIONS};
 
 const fn kernel_mode(mode: GuardMode) -> u32 {
@@ -40,12 +44,14 @@ pub struct DetectionStatus {
     pub severity: &'static str,
 }
 
-/// Each detection's configured and effective mode. `bpf_lsm` is whether BPF LSM works here.
-pub fn statuses(config: &GuardConfig, bpf_lsm: bool) -> Vec<DetectionStatus> {
+/// Each detection's configured and effective mode. `lsm_hooks`: the BPF LSM hooks
+/// attached (`LSM_*` bits); a detection blocks with LSM only when all of its hooks are.
+pub fn statuses(config: &GuardConfig, lsm_hooks: u32) -> Vec<DetectionStatus> {
     DETECTIONS
         .iter()
         .map(|spec| {
             let configured = config.mode(spec);
+            let bpf_lsm = !spec.lsm_hooks.is_empty() && spec.lsm_hooks.iter().all(|h| lsm_hooks & (1 << h) != 0);
             let (effective, note) = match (configured, spec.blocking, bpf_lsm) {
                 (GuardMode::Block, Blocking::Lsm, false) => {
                     (GuardMode::Detect, format!("blocking needs BPF LSM ({}); detected by {}", spec.block_hooks, spec.detect_hooks))
@@ -62,6 +68,35 @@ pub fn statuses(config: &GuardConfig, bpf_lsm: bool) -> Vec<DetectionStatus> {
         .collect()
 }
 
+/// Without the detection tracepoints (no BTF layout, or attaching failed) detections that
+/// only they see are off, and the others lose that part; `reason` says why.
+pub fn without_tracepoints(statuses: &mut [DetectionStatus], reason: &str) {
+    for status in statuses.iter_mut() {
+        let Some(spec) = registry::by_id(status.id) else { continue };
+        if status.effective == GuardMode::Off || spec.code == registry::FOREIGN_TENANT.code {
+            continue;
+        }
+        match spec.blocking {
+            Blocking::Lsm if status.effective == GuardMode::Detect => {
+                status.effective = GuardMode::Off;
+                status.note = format!("unavailable: detection tracepoints not attached ({reason})");
+            }
+            _ => status.note = format!("{}; detection tracepoints not attached ({reason})", status.note),
+        }
+    }
+}
+
+/// Logs what each detection does on this kernel (once, after start-up probing).
+pub fn log_modes(statuses: &[DetectionStatus]) {
+    for status in statuses {
+        if status.configured == GuardMode::Block && status.effective != GuardMode::Block {
+            tracing::warn!(detection = status.id, mode = status.effective.name(), "{}", status.note);
+        } else {
+            tracing::info!(detection = status.id, mode = status.effective.name(), "{}", status.note);
+        }
+    }
+}
+
 /// Writes each detection's effective mode into `GUARD_MODES` (before the programs attach, so
 /// they act on the configured modes from their first call) and logs what each can do.
 pub fn write_modes(ebpf: &mut Ebpf, statuses: &[DetectionStatus]) -> Result<(), KernelError> {
@@ -70,47 +105,8 @@ pub fn write_modes(ebpf: &mut Ebpf, statuses: &[DetectionStatus]) -> Result<(), 
     for status in statuses {
         let Some(spec) = DETECTIONS.iter().find(|s| s.id == status.id) else { continue };
         modes.set(spec.code, kernel_mode(status.effective), 0).map_err(|e| KernelError::map(names::GUARD_MODES, e))?;
-        if status.configured == GuardMode::Block && status.effective != GuardMode::Block {
-            tracing::warn!(detection = status.id, mode = status.effective.name(), "{}", status.note);
-        } else {
-            tracing::info!(detection = status.id, mode = status.effective.name(), "{}", status.note);
-        }
     }
     Ok(())
-}
-
-/// NUL-padded kernel bytes to text.
-fn text(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
-}
-
-/// Names a kernel detection record from the model: the acting pod by its cgroup.
-pub fn decode(event: &GuardEvent, index: &Index) -> Detection {
-    let spec = registry::by_code(u32::from(event.detection));
-    let pod = index.pods_by_cgroup.get(&event.cgroup);
-    let tenant = pod.and_then(|p| index.pod_tenants.get(p)).map(ToString::to_string);
-    let blocked = event.blocked != 0;
-    let executable = text(&event.comm);
-    let subject = text(&event.subject);
-    let action = if blocked { "blocked" } else { "detected" };
-    let what = match event.detection as u32 {
-        DETECTION_KERNEL_SYSCTL => format!("write to /proc/sys/{subject}"),
-        _ => format!("detection code {} on {subject}", event.detection),
-    };
-    Detection {
-        id: spec.map(|s| s.id).unwrap_or("unknown").to_string(),
-        mode: if blocked { GuardMode::Block } else { GuardMode::Detect }.name().to_string(),
-        severity: spec.map(|s| s.severity).unwrap_or("unknown").to_string(),
-        tenant,
-        namespace: pod.map(|p| p.namespace.clone()),
-        pod: pod.map(|p| p.name.clone()),
-        pid: Some(event.tgid),
-        executable: Some(executable.clone()),
-        evidence: Some(format!("/proc/sys/{subject}")),
-        action: action.to_string(),
-        message: format!("{what} by pid {} ({executable}): {action}", event.tgid),
-    }
 }
 
 #[cfg(test)]

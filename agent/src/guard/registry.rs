@@ -3,6 +3,10 @@
 //! on and alert on; never rename one.
 
 use moat_common::event as code;
+use moat_common::guard::{
+    LSM_BPF, LSM_FILE_OPEN, LSM_KERNEL_LOAD_DATA, LSM_KERNEL_READ_FILE, LSM_PERF_EVENT_OPEN,
+    LSM_PTRACE_ACCESS_CHECK, LSM_SB_MOUNT, LSM_UNIX_STREAM_CONNECT, LSM_USERNS_CREATE,
+};
 
 /// How a detection can stop the action on a kernel without BPF LSM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +31,8 @@ pub struct Spec {
     /// The hooks that refuse it (LSM ones marked).
     pub block_hooks: &'static str,
     pub blocking: Blocking,
+    /// The BPF LSM hooks (`guard::LSM_*`) that must all be attached for LSM blocking.
+    pub lsm_hooks: &'static [u32],
 }
 
 pub const KERNEL_SYSCTL: Spec = Spec {
@@ -36,6 +42,7 @@ pub const KERNEL_SYSCTL: Spec = Spec {
     detect_hooks: "cgroup/sysctl; sys_exit open (uevent_helper)",
     block_hooks: "cgroup/sysctl; lsm/file_open (uevent_helper)",
     blocking: Blocking::Partly { what: "kernel/core_pattern and kernel/modprobe writes (cgroup/sysctl)" },
+    lsm_hooks: &[LSM_FILE_OPEN],
 };
 
 pub const CGROUP_RELEASE_AGENT: Spec = Spec {
@@ -45,6 +52,7 @@ pub const CGROUP_RELEASE_AGENT: Spec = Spec {
     detect_hooks: "sys_exit open (cgroup v1 release_agent/notify_on_release), sys_enter mount/fsopen (cgroup)",
     block_hooks: "lsm/file_open, lsm/sb_mount",
     blocking: Blocking::Lsm,
+    lsm_hooks: &[LSM_FILE_OPEN, LSM_SB_MOUNT],
 };
 
 pub const HOST_MOUNT: Spec = Spec {
@@ -54,6 +62,7 @@ pub const HOST_MOUNT: Spec = Spec {
     detect_hooks: "sys_enter mount/fsopen, sys_enter mknod/mknodat",
     block_hooks: "cgroup/dev (block devices); lsm/sb_mount",
     blocking: Blocking::Partly { what: "mknod and open of block devices (cgroup/dev)" },
+    lsm_hooks: &[LSM_SB_MOUNT],
 };
 
 pub const SETNS: Spec = Spec {
@@ -63,6 +72,7 @@ pub const SETNS: Spec = Spec {
     detect_hooks: "sys_exit setns (joined a host namespace), sys_enter unshare (user namespace)",
     block_hooks: "lsm/ptrace_access_check, lsm/userns_create",
     blocking: Blocking::Lsm,
+    lsm_hooks: &[LSM_FILE_OPEN, LSM_USERNS_CREATE],
 };
 
 pub const RUNTIME_BINARY: Spec = Spec {
@@ -72,6 +82,7 @@ pub const RUNTIME_BINARY: Spec = Spec {
     detect_hooks: "sys_exit open (runtime binary inode, for writing)",
     block_hooks: "lsm/file_open",
     blocking: Blocking::Lsm,
+    lsm_hooks: &[LSM_FILE_OPEN],
 };
 
 pub const RUNTIME_SOCKET: Spec = Spec {
@@ -81,6 +92,7 @@ pub const RUNTIME_SOCKET: Spec = Spec {
     detect_hooks: "sys_exit connect (peer socket inode)",
     block_hooks: "lsm/unix_stream_connect",
     blocking: Blocking::Lsm,
+    lsm_hooks: &[LSM_UNIX_STREAM_CONNECT],
 };
 
 pub const KERNEL_MODULE: Spec = Spec {
@@ -90,6 +102,7 @@ pub const KERNEL_MODULE: Spec = Spec {
     detect_hooks: "sys_enter init_module/finit_module/bpf/perf_event_open",
     block_hooks: "lsm/kernel_load_data, lsm/kernel_read_file, lsm/bpf, lsm/perf_event_open",
     blocking: Blocking::Lsm,
+    lsm_hooks: &[LSM_KERNEL_READ_FILE, LSM_KERNEL_LOAD_DATA, LSM_BPF, LSM_PERF_EVENT_OPEN],
 };
 
 pub const PTRACE: Spec = Spec {
@@ -99,6 +112,7 @@ pub const PTRACE: Spec = Spec {
     detect_hooks: "sys_enter ptrace/process_vm_writev, sys_exit open (/proc/PID/mem)",
     block_hooks: "lsm/ptrace_access_check",
     blocking: Blocking::Lsm,
+    lsm_hooks: &[LSM_PTRACE_ACCESS_CHECK],
 };
 
 pub const KERNEL_MEMORY: Spec = Spec {
@@ -108,6 +122,7 @@ pub const KERNEL_MEMORY: Spec = Spec {
     detect_hooks: "sys_exit open (/proc/kcore, /proc/sysrq-trigger, debugfs, tracefs)",
     block_hooks: "lsm/file_open",
     blocking: Blocking::Lsm,
+    lsm_hooks: &[LSM_FILE_OPEN],
 };
 
 pub const KUBELET_PKI: Spec = Spec {
@@ -117,6 +132,7 @@ pub const KUBELET_PKI: Spec = Spec {
     detect_hooks: "sys_exit open (kubelet certificate/key/kubeconfig inodes)",
     block_hooks: "lsm/file_open",
     blocking: Blocking::Lsm,
+    lsm_hooks: &[LSM_FILE_OPEN],
 };
 
 pub const OTHER_POD_VOLUME: Spec = Spec {
@@ -126,6 +142,7 @@ pub const OTHER_POD_VOLUME: Spec = Spec {
     detect_hooks: "sys_exit open (volume superblock → owning pod)",
     block_hooks: "lsm/file_open",
     blocking: Blocking::Lsm,
+    lsm_hooks: &[LSM_FILE_OPEN],
 };
 
 pub const KUBELET_API: Spec = Spec {
@@ -135,6 +152,7 @@ pub const KUBELET_API: Spec = Spec {
     detect_hooks: "cgroup/connect4, cgroup/connect6 (pods); sys_exit connect (host processes that read kubelet credentials)",
     block_hooks: "cgroup/connect4, cgroup/connect6",
     blocking: Blocking::Partly { what: "pods connecting to kubelet ports (cgroup/connect4/6)" },
+    lsm_hooks: &[],
 };
 
 pub const FOREIGN_TENANT: Spec = Spec {
@@ -144,6 +162,7 @@ pub const FOREIGN_TENANT: Spec = Spec {
     detect_hooks: "pod watch and node labels",
     block_hooks: "all of the pod's traffic denied (cgroup_skb, cgroup/connect, cgroup/sendmsg)",
     blocking: Blocking::Always,
+    lsm_hooks: &[],
 };
 
 pub const DETECTIONS: [Spec; 13] = [

@@ -1,6 +1,7 @@
 use super::*;
+use crate::compiler::Index;
 use crate::model::{PodKey, TenantName};
-use moat_common::event::{COMM_LEN, SUBJECT_LEN};
+use moat_common::event::*;
 
 fn padded<const N: usize>(text: &str) -> [u8; N] {
     let mut out = [0u8; N];
@@ -17,6 +18,7 @@ fn decodes_a_blocked_write_naming_the_pod() {
     let event = GuardEvent {
         detection: DETECTION_KERNEL_SYSCTL as u8,
         blocked: 1,
+        hook: GUARD_HOOK_SYSCTL,
         cgroup: 42,
         pid: 101,
         tgid: 100,
@@ -24,7 +26,7 @@ fn decodes_a_blocked_write_naming_the_pod() {
         subject: padded::<SUBJECT_LEN>("kernel/core_pattern"),
         ..GuardEvent::default()
     };
-    let detection = decode(&event, &index);
+    let detection = decode(&event, &index).expect("reported");
     assert_eq!(detection.id, "escape.kernel-sysctl");
     assert_eq!(detection.severity, "critical");
     assert_eq!(detection.mode, "block");
@@ -41,10 +43,11 @@ fn decodes_a_blocked_write_naming_the_pod() {
 fn an_unknown_cgroup_is_still_reported() {
     let event = GuardEvent {
         detection: DETECTION_KERNEL_SYSCTL as u8,
+        hook: GUARD_HOOK_SYSCTL,
         subject: padded::<SUBJECT_LEN>("kernel/modprobe"),
         ..GuardEvent::default()
     };
-    let detection = decode(&event, &Index::default());
+    let detection = decode(&event, &Index::default()).expect("reported");
     assert_eq!(detection.action, "detected");
     assert_eq!(detection.pod, None);
     assert_eq!(detection.evidence.as_deref(), Some("/proc/sys/kernel/modprobe"));
@@ -53,18 +56,23 @@ fn an_unknown_cgroup_is_still_reported() {
 #[test]
 fn default_is_block_and_falls_back_to_detect_without_lsm() {
     let config = GuardConfig::default();
-    let statuses = statuses(&config, false);
+    let statuses = statuses(&config, 0);
     assert_eq!(statuses.len(), DETECTIONS.len());
     let get = |id: &str| statuses.iter().find(|s| s.id == id).unwrap();
     assert!(statuses.iter().all(|s| s.configured == GuardMode::Block));
     assert_eq!(get("escape.kernel-sysctl").effective, GuardMode::Block);
     assert_eq!(get("escape.setns").effective, GuardMode::Detect);
     assert!(get("escape.setns").note.contains("BPF LSM"), "{}", get("escape.setns").note);
-    let with_lsm = super::statuses(&config, true);
+    let with_lsm = super::statuses(&config, u32::MAX);
     assert!(with_lsm.iter().all(|s| s.effective == GuardMode::Block));
     let mut detect = GuardConfig::default();
     detect.detections.insert("escape.kernel-sysctl".into(), GuardMode::Detect);
-    assert_eq!(super::statuses(&detect, false)[0].effective, GuardMode::Detect);
+    assert_eq!(super::statuses(&detect, 0)[0].effective, GuardMode::Detect);
+    // Only some LSM hooks: detections needing a missing one still only detect.
+    let partial = super::statuses(&config, 1 << moat_common::guard::LSM_FILE_OPEN);
+    let get = |id: &str| partial.iter().find(|s| s.id == id).unwrap().effective;
+    assert_eq!(get("cred.kubelet-pki"), GuardMode::Block);
+    assert_eq!(get("escape.kernel-module"), GuardMode::Detect);
 }
 
 #[test]
@@ -82,4 +90,59 @@ fn config_spelling() {
     assert_eq!(relative.validate().unwrap_err().0, "guard.runtime.sockets[0]");
     let server: GuardConfig = serde_yaml::from_str("apiServers: [\"10.0.0.1\"]").unwrap();
     assert_eq!(server.validate().unwrap_err().0, "guard.apiServers[0]");
+}
+
+fn event(detection: u32, hook: u8) -> GuardEvent {
+    GuardEvent { detection: detection as u8, hook, tgid: u32::MAX, ..GuardEvent::default() }
+}
+
+#[test]
+fn mounts_name_fstype_source_and_target() {
+    let mut raw = event(DETECTION_CGROUP_RELEASE_AGENT, GUARD_HOOK_SYS_ENTER);
+    raw.owner = u64::from(moat_common::guard::SYSCALL_MOUNT);
+    raw.subject[..6].copy_from_slice(b"cgroup");
+    raw.subject[MOUNT_FSTYPE_LEN..MOUNT_FSTYPE_LEN + 6].copy_from_slice(b"cgroup");
+    raw.subject[MOUNT_FSTYPE_LEN + MOUNT_SOURCE_LEN..MOUNT_FSTYPE_LEN + MOUNT_SOURCE_LEN + 4].copy_from_slice(b"/mnt");
+    let detection = decode(&raw, &Index::default()).expect("reported");
+    assert_eq!(detection.id, "escape.cgroup-release-agent");
+    assert_eq!(detection.evidence.as_deref(), Some("mount type=cgroup source=cgroup target=/mnt"));
+}
+
+#[test]
+fn setns_names_the_host_namespaces_joined() {
+    let mut raw = event(DETECTION_SETNS, GUARD_HOOK_SYS_EXIT);
+    raw.arg = (1 << moat_common::guard::NS_NET) | (1 << moat_common::guard::NS_MNT);
+    let detection = decode(&raw, &Index::default()).expect("reported");
+    assert_eq!(detection.evidence.as_deref(), Some("host namespaces: mnt,net"));
+    assert!(detection.message.starts_with("setns into the host's mnt+net namespace"), "{}", detection.message);
+}
+
+#[test]
+fn kubelet_api_names_the_address_and_port() {
+    let mut raw = event(DETECTION_KUBELET_API, GUARD_HOOK_CONNECT);
+    raw.blocked = 1;
+    raw.arg = 10250;
+    raw.subject[..16].copy_from_slice(&moat_common::maps::ipv4_mapped([10, 0, 0, 7]));
+    let detection = decode(&raw, &Index::default()).expect("reported");
+    assert_eq!(detection.evidence.as_deref(), Some("10.0.0.7:10250"));
+    assert_eq!((detection.mode.as_str(), detection.action.as_str()), ("block", "blocked"));
+}
+
+#[test]
+fn ptrace_inside_a_pods_own_pid_namespace_is_dropped() {
+    // The actor (this test process) is in the host's PID namespace here, so a target that
+    // is this very process is "the same pod": same cgroup.
+    let host_pid_ns = kernel_maps::host_namespace("pid");
+    decode::publish(decode::GuardView { host_pid_ns, ..Default::default() });
+    let mut index = Index::default();
+    let cgroup = decode::tests_support::own_cgroup();
+    index.pods_by_cgroup.insert(cgroup, PodKey::new("ns", "p"));
+    let mut raw = event(DETECTION_PTRACE, GUARD_HOOK_SYS_ENTER);
+    raw.tgid = std::process::id();
+    raw.target_pid = std::process::id();
+    raw.cgroup = cgroup;
+    assert!(decode(&raw, &index).is_none());
+    // A target the agent cannot place in the actor's pod (gone, or elsewhere): reported.
+    raw.target_pid = 4_000_000;
+    assert!(decode(&raw, &index).is_some());
 }

@@ -45,6 +45,7 @@ pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, LayoutError> {
     let at = |struct_name: &str, member: &str| btf.offset_of(struct_name, member);
     Ok(KernelLayout {
         filled: 1,
+        lsm_ret_arg: lsm_ret_args(btf),
         regs_arg: regs.args,
         regs_syscall_nr: regs.syscall_nr,
         regs_exit_arg0: regs.exit_arg0,
@@ -132,4 +133,15 @@ fn pt_regs_aarch64(btf: &Btf) -> Result<Regs, LayoutError> {
     let regs = at("regs")?;
     let args = [0, 1, 2, 3, 4, 5].map(|i| regs + 8 * i);
     Ok(Regs { args, syscall_nr: at("syscallno")?, exit_arg0: at("orig_x0")? })
+}
+
+/// For each BPF LSM hook, the index of the argument after the hook's own (where a BPF LSM
+/// program finds the previous programs' verdict): the parameter count of `bpf_lsm_<hook>`.
+/// 0 when the kernel has no such hook.
+fn lsm_ret_args(btf: &Btf) -> [u32; moat_common::guard::LSM_HOOKS] {
+    let mut out = [0; moat_common::guard::LSM_HOOKS];
+    for (bit, _, hook) in crate::kernel::loader::LSM_PROGRAMS {
+        out[bit as usize] = btf.param_count(&format!("bpf_lsm_{hook}")).unwrap_or(0);
+    }
+    out
 }

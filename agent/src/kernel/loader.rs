@@ -12,10 +12,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use aya::programs::links::{FdLink, PinnedLink};
 use std::os::fd::AsFd;
 
-use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, CgroupSysctl};
+use aya::programs::{CgroupAttachMode, CgroupDevice, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, CgroupSysctl, Lsm, RawTracePoint};
+use moat_common::layout::KernelLayout;
 use aya::{Ebpf, EbpfLoader};
 
 use super::bpffs::PinDirs;
+use super::cgroup_link;
 use super::{error_chain as chain, KernelError};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/moat-programs"));
@@ -27,6 +29,10 @@ pub enum Hook {
     SockAddr,
     /// Runtime guard: sysctl reads and writes (`escape.kernel-sysctl`).
     Sysctl,
+    /// Runtime guard: device access (`escape.host-mount`, block devices).
+    Device,
+    /// Runtime guard with BPF LSM.
+    Lsm,
 }
 
 impl Hook {
@@ -36,12 +42,14 @@ impl Hook {
             Self::SkbEgress => "cgroup_skb/egress",
             Self::SockAddr => "cgroup/sock_addr",
             Self::Sysctl => "cgroup/sysctl",
+            Self::Device => "cgroup/dev",
+            Self::Lsm => "lsm",
         }
     }
 }
 
 /// Every program and where it attaches.
-pub const PROGRAMS: [(&str, Hook); 7] = [
+pub const PROGRAMS: [(&str, Hook); 8] = [
     ("moat_ingress", Hook::SkbIngress),
     ("moat_egress", Hook::SkbEgress),
     ("moat_connect4", Hook::SockAddr),
@@ -49,12 +57,24 @@ pub const PROGRAMS: [(&str, Hook); 7] = [
     ("moat_sendmsg4", Hook::SockAddr),
     ("moat_sendmsg6", Hook::SockAddr),
     ("moat_sysctl", Hook::Sysctl),
+    ("moat_device", Hook::Device),
+];
+
+/// The guard's detection tracepoints: attached for the agent's lifetime (not pinned), since
+/// they only report, and reports need a running agent to read them.
+pub const TRACEPOINTS: [(&str, &str); 3] = [
+    ("moat_sys_enter", "sys_enter"),
+    ("moat_sys_exit", "sys_exit"),
+    ("moat_sched_fork", "sched_process_fork"),
 ];
 
 /// Loads the object. Maps already pinned under `dirs.maps` are reused with their contents.
-pub fn load(dirs: &PinDirs) -> Result<Ebpf, KernelError> {
+/// `layout` tells the guard programs where to read kernel structures (all zero: they stay
+/// idle).
+pub fn load(dirs: &PinDirs, layout: &KernelLayout) -> Result<Ebpf, KernelError> {
     EbpfLoader::new()
         .default_map_pin_directory(&dirs.maps)
+        .override_global("KERNEL_LAYOUT", layout, true)
         .load(OBJECT)
         .map_err(|source| KernelError::Load { pin_dir: dirs.maps.clone(), source: Box::new(source) })
 }
@@ -102,7 +122,17 @@ pub fn attach_all(ebpf: &mut Ebpf, cgroup_root: &Path, dirs: &PinDirs) -> Result
                 let program: &mut CgroupSysctl = program.try_into().map_err(|e| fail(format!("{e}")))?;
                 program.load().map_err(|e| fail(format!("load: {}", chain(&e))))?;
                 let fd = program.fd().map_err(|e| fail(format!("{e}")))?;
-                super::sysctl_link::attach_pinned(fd.as_fd(), cgroup.as_fd(), &pin)
+                cgroup_link::attach_pinned(fd.as_fd(), cgroup.as_fd(), cgroup_link::BPF_CGROUP_SYSCTL, &pin)
+                    .map_err(|e| fail(format!("attach to {}: {e}", cgroup_root.display())))?;
+                attached.push(Attached { program: name, hook, pin });
+                continue;
+            }
+            Hook::Lsm => return Err(fail("LSM programs are attached by attach_lsm".into())),
+            Hook::Device => {
+                let program: &mut CgroupDevice = program.try_into().map_err(|e| fail(format!("{e}")))?;
+                program.load().map_err(|e| fail(format!("load: {}", chain(&e))))?;
+                let fd = program.fd().map_err(|e| fail(format!("{e}")))?;
+                cgroup_link::attach_pinned(fd.as_fd(), cgroup.as_fd(), cgroup_link::BPF_CGROUP_DEVICE, &pin)
                     .map_err(|e| fail(format!("attach to {}: {e}", cgroup_root.display())))?;
                 attached.push(Attached { program: name, hook, pin });
                 continue;
@@ -176,4 +206,82 @@ pub fn pinned_links(dirs: &PinDirs) -> Vec<PathBuf> {
     std::fs::read_dir(&dirs.links)
         .map(|entries| entries.flatten().map(|e| e.path()).collect())
         .unwrap_or_default()
+}
+
+/// Attaches the guard's tracepoints. They stay attached while `ebpf` lives. A failure is
+/// returned per program so the agent can keep enforcing the network without them.
+pub fn attach_tracepoints(ebpf: &mut Ebpf) -> Vec<Result<&'static str, KernelError>> {
+    TRACEPOINTS
+        .iter()
+        .map(|&(name, tracepoint)| {
+            let fail = |message: String| KernelError::Program { program: name, hook: "raw_tracepoint", message: format!("{tracepoint}: {message}") };
+            let program = ebpf.program_mut(name).ok_or_else(|| fail("missing from the object".into()))?;
+            let program: &mut RawTracePoint = program.try_into().map_err(|e| fail(format!("{e}")))?;
+            program.load().map_err(|e| fail(format!("load: {}", chain(&e))))?;
+            program.attach(tracepoint).map_err(|e| fail(format!("attach: {}", chain(&e))))?;
+            Ok(name)
+        })
+        .collect()
+}
+
+/// The BPF LSM programs and their hooks (`guard::LSM_*` bit, program, hook name).
+pub const LSM_PROGRAMS: [(u32, &str, &str); 9] = [
+    (moat_common::guard::LSM_FILE_OPEN, "moat_lsm_file_open", "file_open"),
+    (moat_common::guard::LSM_SB_MOUNT, "moat_lsm_sb_mount", "sb_mount"),
+    (moat_common::guard::LSM_PTRACE_ACCESS_CHECK, "moat_lsm_ptrace_access_check", "ptrace_access_check"),
+    (moat_common::guard::LSM_BPF, "moat_lsm_bpf", "bpf"),
+    (moat_common::guard::LSM_KERNEL_READ_FILE, "moat_lsm_kernel_read_file", "kernel_read_file"),
+    (moat_common::guard::LSM_KERNEL_LOAD_DATA, "moat_lsm_kernel_load_data", "kernel_load_data"),
+    (moat_common::guard::LSM_USERNS_CREATE, "moat_lsm_userns_create", "userns_create"),
+    (moat_common::guard::LSM_UNIX_STREAM_CONNECT, "moat_lsm_unix_stream_connect", "unix_stream_connect"),
+    (moat_common::guard::LSM_PERF_EVENT_OPEN, "moat_lsm_perf_event_open", "perf_event_open"),
+];
+
+/// What attaching the LSM programs gave: the hooks attached (`LSM_*` bits) and why the
+/// others were not.
+#[derive(Clone, Debug, Default)]
+pub struct LsmOutcome {
+    pub hooks: u32,
+    pub failures: Vec<String>,
+}
+
+/// Loads and attaches every BPF LSM program, pinning their links like the cgroup programs'
+/// so blocking outlives the agent. Failing is a finding (no BPF LSM on this kernel, or a
+/// hook it lacks), not an error: those detections fall back to the tracepoints.
+pub fn attach_lsm(ebpf: &mut Ebpf, dirs: &PinDirs) -> LsmOutcome {
+    let mut outcome = LsmOutcome::default();
+    let btf = match aya::Btf::from_sys_fs() {
+        Ok(btf) => btf,
+        Err(e) => {
+            outcome.failures.push(format!("kernel BTF: {}", chain(&e)));
+            return outcome;
+        }
+    };
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let mut attached = Vec::new();
+    for (bit, name, hook) in LSM_PROGRAMS {
+        let result = (|| -> Result<Attached, String> {
+            let program = ebpf.program_mut(name).ok_or("missing from the object")?;
+            let program: &mut Lsm = program.try_into().map_err(|e| format!("{e}"))?;
+            program.load(hook, &btf).map_err(|e| format!("load: {}", chain(&e)))?;
+            let id = program.attach().map_err(|e| format!("attach: {}", chain(&e)))?;
+            let link: FdLink = program.take_link(id).map_err(|e| format!("{e}"))?.into();
+            let pin = dirs.links.join(format!("{name}@{stamp}"));
+            link.pin(&pin).map_err(|e| format!("pin {}: {e}", pin.display()))?;
+            Ok(Attached { program: name, hook: Hook::Lsm, pin })
+        })();
+        match result {
+            Ok(done) => {
+                outcome.hooks |= 1 << bit;
+                attached.push(done);
+            }
+            Err(message) => outcome.failures.push(format!("program {name} (lsm/{hook}): {message}")),
+        }
+    }
+    for current in &attached {
+        if let Err(error) = detach_older(&dirs.links, current) {
+            outcome.failures.push(error.to_string());
+        }
+    }
+    outcome
 }

@@ -39,7 +39,7 @@ pub struct ApplyStats {
     pub generation: u64,
 }
 
-fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
+pub(crate) fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
 where
     T::Error: std::fmt::Display,
 {

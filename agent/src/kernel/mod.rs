@@ -2,10 +2,10 @@
 
 pub mod bpffs;
 pub mod btf_layout;
+pub mod cgroup_link;
 pub mod loader;
 pub mod maps;
 pub mod stats;
-pub mod sysctl_link;
 
 pub use btf_layout::{kernel_layout, load as load_kernel_layout, Btf, LayoutError};
 

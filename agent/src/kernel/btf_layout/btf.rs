@@ -50,6 +50,8 @@ enum Type {
     Composite { size: u32, members: Range<usize> },
     /// TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG: the same layout as `target`.
     Alias { target: u32 },
+    /// FUNC_PROTO: its parameter count.
+    FuncProto { params: u32 },
     Other,
 }
 
@@ -62,6 +64,8 @@ pub struct Btf {
     strings: Vec<u8>,
     /// Struct name → type id of the first STRUCT of that name.
     structs: HashMap<String, u32>,
+    /// Function name → type id of its FUNC_PROTO.
+    funcs: HashMap<String, u32>,
 }
 
 fn malformed(what: impl Into<String>) -> LayoutError {
@@ -132,7 +136,7 @@ impl Btf {
         }
         let type_section = section(bytes, hdr_len, type_off, type_len, "type")?;
         let strings = section(bytes, hdr_len, str_off, str_len, "string")?.to_vec();
-        let mut btf = Btf { types: Vec::new(), members: Vec::new(), strings, structs: HashMap::new() };
+        let mut btf = Btf { types: Vec::new(), members: Vec::new(), strings, structs: HashMap::new(), funcs: HashMap::new() };
         let structs = btf.read_types(Reader { bytes: type_section, pos: 0, big_endian })?;
         btf.index_structs(structs)?;
         Ok(btf)
@@ -141,6 +145,7 @@ impl Btf {
     /// Reads every type record; returns (name offset, type id) of each STRUCT.
     fn read_types(&mut self, mut r: Reader<'_>) -> Result<Vec<(u32, u32)>, LayoutError> {
         let mut structs = Vec::new();
+        let mut funcs = Vec::new();
         while !r.at_end() {
             let id = self.types.len() + 1;
             let (name_off, info, size_or_type) = (r.u32()?, r.u32()?, r.u32()?);
@@ -148,7 +153,8 @@ impl Btf {
             let ty = match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => r.skip(1, 4).map(|()| Type::Other)?,
                 KIND_ARRAY => r.skip(1, 12).map(|()| Type::Other)?,
-                KIND_ENUM | KIND_FUNC_PROTO => r.skip(vlen, 8).map(|()| Type::Other)?,
+                KIND_ENUM => r.skip(vlen, 8).map(|()| Type::Other)?,
+                KIND_FUNC_PROTO => r.skip(vlen, 8).map(|()| Type::FuncProto { params: vlen })?,
                 KIND_DATASEC | KIND_ENUM64 => r.skip(vlen, 12).map(|()| Type::Other)?,
                 KIND_STRUCT | KIND_UNION => {
                     let start = self.members.len();
@@ -166,12 +172,31 @@ impl Btf {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
                     Type::Alias { target: size_or_type }
                 }
-                KIND_PTR | KIND_FWD | KIND_FUNC | KIND_FLOAT => Type::Other,
+                KIND_FUNC => {
+                    if name_off != 0 {
+                        funcs.push((name_off, size_or_type));
+                    }
+                    Type::Other
+                }
+                KIND_PTR | KIND_FWD | KIND_FLOAT => Type::Other,
                 other => return Err(malformed(format!("type {id} has unknown kind {other}"))),
             };
             self.types.push(ty);
         }
+        for (name_off, proto) in funcs {
+            let name = self.name(name_off)?.to_owned();
+            self.funcs.entry(name).or_insert(proto);
+        }
         Ok(structs)
+    }
+
+    /// The number of parameters of kernel function `name`, None when BTF has no such function.
+    pub fn param_count(&self, name: &str) -> Option<u32> {
+        let proto = *self.funcs.get(name)?;
+        match self.types.get((proto as usize).checked_sub(1)?)? {
+            Type::FuncProto { params } => Some(*params),
+            _ => None,
+        }
     }
 
     fn index_structs(&mut self, structs: Vec<(u32, u32)>) -> Result<(), LayoutError> {
@@ -200,7 +225,7 @@ impl Btf {
             match ty {
                 Type::Composite { size, members } => return Ok(Some((*size, members.clone()))),
                 Type::Alias { target } => type_id = *target,
-                Type::Other => return Ok(None),
+                Type::Other | Type::FuncProto { .. } => return Ok(None),
             }
         }
         Err(malformed(format!("type {type_id} is behind more than {MAX_DEPTH} typedefs/qualifiers")))

@@ -26,3 +26,14 @@ pub async fn connect(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
 pub fn describe(kubeconfig: Option<&Path>) -> String {
     kubeconfig.map_or_else(|| "in-cluster or KUBECONFIG configuration".into(), |p: &Path| PathBuf::from(p).display().to_string())
 }
+
+/// `host:port` of the API server [`connect`] would use, if the configuration resolves.
+pub async fn server_address(kubeconfig: Option<&Path>) -> Option<String> {
+    let config = match kubeconfig {
+        Some(path) => Config::from_custom_kubeconfig(Kubeconfig::read_from(path).ok()?, &KubeConfigOptions::default()).await.ok()?,
+        None => Config::infer().await.ok()?,
+    };
+    let url = &config.cluster_url;
+    let port = url.port_u16().unwrap_or(if url.scheme_str() == Some("http") { 80 } else { 443 });
+    Some(format!("{}:{port}", url.host()?.trim_start_matches('[').trim_end_matches(']')))
+}

@@ -11,7 +11,7 @@
 //!   [`SyncState`] says how stale it is and a warning is logged every
 //!   [`STALE_LOG_INTERVAL`].
 
-mod client;
+pub mod client;
 pub mod reflect;
 
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
-//! A pinned bpf_link for a cgroup_sysctl program. aya 0.14 makes cgroup_sysctl links but
-//! cannot hand them out as an `FdLink` to pin, so this creates and pins the link itself with
+//! A pinned bpf_link for a cgroup_sysctl or cgroup_device program. aya 0.14 makes such links
+//! but cannot hand them out as an `FdLink` to pin, so this creates and pins the link itself with
 //! the two `bpf()` commands involved; afterwards it is an ordinary pinned link that
 //! `PinnedLink::from_pin` opens and `unpin` detaches like every other program's.
 
@@ -11,7 +11,8 @@ use std::path::Path;
 /// `enum bpf_cmd` and `enum bpf_attach_type` values from the kernel's uapi.
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_CGROUP_SYSCTL: u32 = 18;
+pub const BPF_CGROUP_DEVICE: u32 = 6;
+pub const BPF_CGROUP_SYSCTL: u32 = 18;
 
 /// Every `bpf()` command takes a `union bpf_attr`; unused bytes must be zero.
 #[repr(C)]
@@ -41,12 +42,13 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
     if ret < 0 { Err(std::io::Error::last_os_error()) } else { Ok(ret) }
 }
 
-/// Attaches `program` (a loaded cgroup_sysctl program) to `cgroup` and pins the link at `pin`.
-pub fn attach_pinned(program: BorrowedFd<'_>, cgroup: BorrowedFd<'_>, pin: &Path) -> Result<(), String> {
+/// Attaches `program` (a loaded cgroup program of `attach_type`) to `cgroup` and pins the
+/// link at `pin`.
+pub fn attach_pinned(program: BorrowedFd<'_>, cgroup: BorrowedFd<'_>, attach_type: u32, pin: &Path) -> Result<(), String> {
     let mut create = LinkCreateAttr {
         prog_fd: program.as_raw_fd() as u32,
         target_fd: cgroup.as_raw_fd() as u32,
-        attach_type: BPF_CGROUP_SYSCTL,
+        attach_type,
         ..Default::default()
     };
     let fd = bpf(BPF_LINK_CREATE, &mut create).map_err(|e| format!("bpf_link_create: {e}"))?;

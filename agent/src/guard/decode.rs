@@ -1,0 +1,227 @@
+//! Kernel detection records → `Detection`s: the actor named from the model (cgroup → pod →
+//! namespace → tenant) and /proc (executable, arguments, parent, container), the evidence
+//! named from what the agent registered (inode → path). Drops what is normal after all: a
+//! ptrace or /proc/PID/mem on a process of the actor's own pod.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use moat_common::event::*;
+use moat_common::guard::{FileKey, NS_COUNT};
+
+use super::registry;
+use super::syscalls::class_name;
+use super::GuardMode;
+use crate::compiler::Index;
+use crate::events::record::Detection;
+
+/// What the decoder knows besides the model: where protected files are, the host's PID
+/// namespace and /proc. Replaced by the runtime after each node discovery.
+#[derive(Clone, Debug, Default)]
+pub struct GuardView {
+    pub names: BTreeMap<FileKey, PathBuf>,
+    pub host_pid_ns: u64,
+    pub host_proc_dev: u64,
+}
+
+static VIEW: RwLock<Option<Arc<GuardView>>> = RwLock::new(None);
+
+pub fn publish(view: GuardView) {
+    if let Ok(mut slot) = VIEW.write() {
+        *slot = Some(Arc::new(view));
+    }
+}
+
+fn view() -> Arc<GuardView> {
+    VIEW.read().ok().and_then(|v| v.clone()).unwrap_or_default()
+}
+
+/// NUL-padded kernel bytes to text.
+fn text(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// `None` when the record turns out to be normal activity (see module doc).
+pub fn decode(event: &GuardEvent, index: &Index) -> Option<Detection> {
+    let view = view();
+    let detection = u32::from(event.detection);
+    let spec = registry::by_code(detection);
+    let pod = index.pods_by_cgroup.get(&event.cgroup);
+    if detection == DETECTION_PTRACE && same_pod(event, index, &view) {
+        return None;
+    }
+    let blocked = event.blocked != 0;
+    let process = Process::read(event.tgid);
+    let comm = text(&event.comm);
+    let executable = process.exe.clone().unwrap_or_else(|| comm.clone());
+    let (what, evidence) = evidence(event, &view);
+    let action = if blocked { "blocked" } else { "detected" };
+    Some(Detection {
+        id: spec.map(|s| s.id).unwrap_or("unknown").to_string(),
+        mode: if blocked { GuardMode::Block } else { GuardMode::Detect }.name().to_string(),
+        severity: spec.map(|s| s.severity).unwrap_or("unknown").to_string(),
+        tenant: pod.and_then(|p| index.pod_tenants.get(p)).map(ToString::to_string),
+        namespace: pod.map(|p| p.namespace.clone()),
+        pod: pod.map(|p| p.name.clone()),
+        pid: Some(event.tgid),
+        executable: Some(executable.clone()),
+        arguments: process.cmdline,
+        parent_pid: (event.ppid != 0).then_some(event.ppid),
+        parent_executable: (event.ppid != 0).then(|| Process::read(event.ppid).exe).flatten(),
+        container: process.container,
+        evidence: Some(evidence),
+        action: action.to_string(),
+        message: format!("{what} by pid {} ({executable}): {action}", event.tgid),
+    })
+}
+
+/// (what happened, the evidence) for each detection.
+fn evidence(event: &GuardEvent, view: &GuardView) -> (String, String) {
+    let subject = text(&event.subject);
+    let file = FileKey { dev: event.dev, ino: event.ino };
+    let named = view.names.get(&file).map(|p| p.display().to_string());
+    let dentry = || {
+        let name = text(&event.subject[..64]);
+        let parent = text(&event.subject[64..]);
+        named.clone().unwrap_or_else(|| format!("{parent}/{name} (device {}:{}, inode {})", event.dev >> 20, event.dev & 0xfffff, event.ino))
+    };
+    match event.detection as u32 {
+        DETECTION_KERNEL_SYSCTL if event.hook == GUARD_HOOK_SYSCTL => {
+            (format!("write to /proc/sys/{subject}"), format!("/proc/sys/{subject}"))
+        }
+        DETECTION_KERNEL_SYSCTL => ("write to /sys/kernel/uevent_helper".into(), dentry()),
+        DETECTION_CGROUP_RELEASE_AGENT | DETECTION_HOST_MOUNT if event.hook == GUARD_HOOK_SYS_ENTER => {
+            let class = event.owner;
+            if class == u64::from(moat_common::guard::SYSCALL_MKNOD) || class == u64::from(moat_common::guard::SYSCALL_MKNODAT) {
+                let (major, minor) = (libc::major(event.arg as libc::dev_t), libc::minor(event.arg as libc::dev_t));
+                return (format!("mknod of block device {major}:{minor} at {subject}"), subject);
+            }
+            let fstype = text(&event.subject[..MOUNT_FSTYPE_LEN]);
+            let source = text(&event.subject[MOUNT_FSTYPE_LEN..MOUNT_FSTYPE_LEN + MOUNT_SOURCE_LEN]);
+            let target = text(&event.subject[MOUNT_FSTYPE_LEN + MOUNT_SOURCE_LEN..]);
+            let call = class_name(class);
+            (format!("{call} of {fstype} ({source} on {target}, flags {:#x})", event.arg), format!("{call} type={fstype} source={source} target={target}"))
+        }
+        DETECTION_CGROUP_RELEASE_AGENT => ("write to a cgroup v1 release file".into(), dentry()),
+        DETECTION_HOST_MOUNT => {
+            let (major, minor) = (event.dev >> 20, event.dev & 0xfffff);
+            let verb = if (event.arg >> 16) & 1 != 0 { "mknod" } else { "open" };
+            (format!("{verb} of block device {major}:{minor}"), format!("block device {major}:{minor}"))
+        }
+        DETECTION_SETNS if event.hook == GUARD_HOOK_SYS_ENTER => {
+            ("unshare of a user namespace".into(), format!("unshare flags {:#x}", event.arg))
+        }
+        DETECTION_SETNS => {
+            let joined: Vec<&str> = ["uts", "ipc", "mnt", "pid", "net", "cgroup"]
+                .iter()
+                .take(NS_COUNT)
+                .enumerate()
+                .filter(|(i, _)| event.arg & (1 << i) != 0)
+                .map(|(_, n)| *n)
+                .collect();
+            (format!("setns into the host's {} namespace", joined.join("+")), format!("host namespaces: {}", joined.join(",")))
+        }
+        DETECTION_RUNTIME_BINARY => ("container runtime binary opened for writing".into(), dentry()),
+        DETECTION_RUNTIME_SOCKET => {
+            let socket = named.unwrap_or_else(|| format!("socket inode {}", event.ino));
+            (format!("connect to container runtime socket {socket}"), socket)
+        }
+        DETECTION_KERNEL_MODULE => {
+            let call = class_name(event.owner);
+            (format!("{call}() from a pod"), format!("syscall {call} (first argument {})", event.arg))
+        }
+        DETECTION_PTRACE if event.hook == GUARD_HOOK_SYS_ENTER => {
+            let call = class_name(event.owner);
+            (format!("{call} on pid {} outside the pod", event.target_pid), format!("{call} target pid {}", event.target_pid))
+        }
+        DETECTION_PTRACE => {
+            let parent = text(&event.subject[64..]);
+            (format!("open of /proc/{parent}/mem outside the pod"), format!("/proc/{parent}/mem"))
+        }
+        DETECTION_KERNEL_MEMORY => ("access to kernel memory or debug interfaces".into(), dentry()),
+        DETECTION_KUBELET_PKI => ("kubelet credentials opened by a process that is not the kubelet".into(), dentry()),
+        DETECTION_OTHER_POD_VOLUME => ("another pod's volume read".into(), dentry()),
+        DETECTION_KUBELET_API => {
+            let mut addr = [0u8; 16];
+            addr.copy_from_slice(&event.subject[..16]);
+            let ip = std::net::Ipv6Addr::from(addr);
+            let ip = ip.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(std::net::IpAddr::V6(ip));
+            let target = format!("{ip}:{}", event.arg);
+            if event.hook == GUARD_HOOK_CONNECT {
+                (format!("connect to kubelet API port {target}"), target)
+            } else {
+                (format!("connect to the API server {target} after reading kubelet credentials"), target)
+            }
+        }
+        code => (format!("detection code {code}"), subject),
+    }
+}
+
+/// A ptrace/process_vm_writev or /proc/PID/mem whose target is in the actor's own pod.
+/// Outside the host's PID namespace a pod names only its own processes; with hostPID (or
+/// the host's /proc mounted in) the PID is global and the target's cgroup tells its pod.
+fn same_pod(event: &GuardEvent, index: &Index, view: &GuardView) -> bool {
+    let (pid, global) = if event.hook == GUARD_HOOK_SYS_ENTER {
+        let actor_ns = std::fs::metadata(format!("/proc/{}/ns/pid", event.tgid)).map(|m| m.ino()).ok();
+        (event.target_pid, actor_ns.is_none_or(|ns| ns == view.host_pid_ns))
+    } else {
+        let Ok(pid) = text(&event.subject[64..]).parse::<u32>() else { return false };
+        (pid, view.host_proc_dev == 0 || event.dev == view.host_proc_dev)
+    };
+    if !global {
+        return true;
+    }
+    let Some(target) = cgroup_of(pid) else { return false };
+    let actor_pod = index.pods_by_cgroup.get(&event.cgroup);
+    target == event.cgroup || (actor_pod.is_some() && index.pods_by_cgroup.get(&target) == actor_pod)
+}
+
+fn cgroup_of(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let mount = crate::node::mounts::cgroup2().ok()?;
+    std::fs::metadata(mount.join(path.trim_start_matches('/'))).ok().map(|m| m.ino())
+}
+
+/// What /proc still says about a process (it may have exited already).
+#[derive(Default)]
+struct Process {
+    exe: Option<String>,
+    cmdline: Option<String>,
+    container: Option<String>,
+}
+
+impl Process {
+    fn read(pid: u32) -> Self {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok().filter(|b| !b.is_empty()).map(|bytes| {
+            bytes.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect::<Vec<_>>().join(" ")
+        });
+        let container = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok().and_then(|t| {
+            let path = t.lines().find_map(|l| l.strip_prefix("0::"))?.to_string();
+            container_id(&path)
+        });
+        Self { exe, cmdline, container }
+    }
+}
+
+/// The container id in a cgroup path's last component (`cri-containerd-<id>.scope`,
+/// `crio-<id>.scope`, `docker-<id>.scope`, or a bare cgroupfs `<id>`).
+pub fn container_id(cgroup_path: &str) -> Option<String> {
+    let last = cgroup_path.rsplit('/').next()?.trim_end_matches(".scope");
+    let id = ["cri-containerd-", "crio-", "docker-", "libpod-"].iter().find_map(|p| last.strip_prefix(p)).unwrap_or(last);
+    (!id.is_empty()).then(|| id.to_string())
+}
+
+#[cfg(test)]
+pub mod tests_support {
+    /// The cgroup id of the calling process.
+    pub fn own_cgroup() -> u64 {
+        let text = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let path = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/").to_string();
+        super::cgroup_of(std::process::id()).unwrap_or_else(|| panic!("cgroup of {path}"))
+    }
+}

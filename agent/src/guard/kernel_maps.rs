@@ -1,0 +1,218 @@
+//! The guard's maps: node-wide settings and syscall classes once at start-up; actors
+//! (cgroup → pod), protected files and pod volumes reconciled on every change, writing only
+//! the difference.
+
+use std::collections::BTreeMap;
+use std::hash::Hash;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use aya::maps::{Array, HashMap, MapData};
+use aya::{Ebpf, Pod};
+use moat_common::guard::{
+    names, Actor, Endpoint, FileKey, FileRule, GuardSettings, ACTOR_EXEMPT, ACTOR_HOST_NETWORK,
+    NS_CGROUP, NS_COUNT, NS_IPC, NS_MNT, NS_NET, NS_PID, NS_UTS,
+};
+use moat_common::maps::ipv4_mapped;
+
+use super::config::GuardConfig;
+use super::node::Discovered;
+use crate::kernel::maps::take;
+use crate::kernel::KernelError;
+
+pub struct GuardMaps {
+    settings: Array<MapData, GuardSettings>,
+    syscalls: Array<MapData, u32>,
+    actors: HashMap<MapData, u64, Actor>,
+    files: HashMap<MapData, FileKey, FileRule>,
+    volumes: HashMap<MapData, u64, u64>,
+    api_servers: HashMap<MapData, Endpoint, u8>,
+    ports: HashMap<MapData, u16, u8>,
+    written_actors: BTreeMap<u64, Actor>,
+    written_files: BTreeMap<FileKey, FileRule>,
+    written_volumes: BTreeMap<u64, u64>,
+}
+
+/// Where the pods' cgroups are, for attributing tasks of pods the model does not know yet.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PodsRoot {
+    pub id: u64,
+    pub level: u32,
+}
+
+impl PodsRoot {
+    /// `root` below the cgroup v2 mount `mount`.
+    pub fn of(root: &Path, mount: &Path) -> std::io::Result<Self> {
+        let id = std::fs::metadata(root)?.ino();
+        let level = root.strip_prefix(mount).map(|rest| rest.iter().count() as u32).unwrap_or(0);
+        Ok(Self { id, level })
+    }
+}
+
+impl GuardMaps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, KernelError> {
+        Ok(Self {
+            settings: take(ebpf, names::GUARD_SETTINGS)?,
+            syscalls: take(ebpf, names::GUARD_SYSCALLS)?,
+            actors: take(ebpf, names::GUARD_ACTORS)?,
+            files: take(ebpf, names::GUARD_FILES)?,
+            volumes: take(ebpf, names::GUARD_VOLUMES)?,
+            api_servers: take(ebpf, names::GUARD_API_SERVERS)?,
+            ports: take(ebpf, names::GUARD_PORTS)?,
+            written_actors: BTreeMap::new(),
+            written_files: BTreeMap::new(),
+            written_volumes: BTreeMap::new(),
+        })
+    }
+
+    /// Syscall classes, kubelet ports and API servers. Written before `settings`, which
+    /// turns the programs on.
+    pub fn write_static(&mut self, config: &GuardConfig, api_servers: &[SocketAddr]) -> Result<(), KernelError> {
+        for (nr, class) in super::syscalls::table() {
+            self.syscalls.set(nr, class, 0).map_err(|e| KernelError::map(names::GUARD_SYSCALLS, e))?;
+        }
+        replace(&mut self.ports, names::GUARD_PORTS, config.kubelet.ports.iter().map(|p| (*p, 1u8)).collect())?;
+        let endpoints = api_servers
+            .iter()
+            .map(|addr| {
+                let bytes = match addr.ip() {
+                    std::net::IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
+                    std::net::IpAddr::V6(v6) => v6.octets(),
+                };
+                (Endpoint { addr: bytes, port: addr.port(), _pad: [0; 6] }, 1u8)
+            })
+            .collect();
+        replace(&mut self.api_servers, names::GUARD_API_SERVERS, endpoints)
+    }
+
+    pub fn write_settings(&mut self, settings: &GuardSettings) -> Result<(), KernelError> {
+        self.settings.set(0, *settings, 0).map_err(|e| KernelError::map(names::GUARD_SETTINGS, e))
+    }
+
+    pub fn sync_actors(&mut self, actors: BTreeMap<u64, Actor>) -> Result<(), KernelError> {
+        sync(&mut self.actors, names::GUARD_ACTORS, &mut self.written_actors, actors)
+    }
+
+    pub fn sync_node(&mut self, found: &Discovered) -> Result<(), KernelError> {
+        sync(&mut self.files, names::GUARD_FILES, &mut self.written_files, found.files.clone())?;
+        sync(&mut self.volumes, names::GUARD_VOLUMES, &mut self.written_volumes, found.volumes.clone())
+    }
+}
+
+/// Writes what changed between `written` and `next`, new and changed entries first.
+fn sync<K, V>(map: &mut HashMap<MapData, K, V>, name: &'static str, written: &mut BTreeMap<K, V>, next: BTreeMap<K, V>) -> Result<(), KernelError>
+where
+    K: Pod + Ord + Hash,
+    V: Pod + PartialEq,
+{
+    for (key, value) in &next {
+        if written.get(key) != Some(value) {
+            map.insert(key, value, 0).map_err(|e| KernelError::map(name, e))?;
+        }
+    }
+    for key in written.keys().filter(|k| !next.contains_key(k)) {
+        map.remove(key).map_err(|e| KernelError::map(name, e))?;
+    }
+    *written = next;
+    Ok(())
+}
+
+/// Replaces a map's whole content (adopted pins may hold an earlier agent's entries).
+fn replace<K, V>(map: &mut HashMap<MapData, K, V>, name: &'static str, next: BTreeMap<K, V>) -> Result<(), KernelError>
+where
+    K: Pod + Ord,
+    V: Pod,
+{
+    let stale: Vec<K> = map.keys().filter_map(Result::ok).filter(|k| !next.contains_key(k)).collect();
+    for (key, value) in &next {
+        map.insert(key, value, 0).map_err(|e| KernelError::map(name, e))?;
+    }
+    for key in stale {
+        map.remove(&key).map_err(|e| KernelError::map(name, e))?;
+    }
+    Ok(())
+}
+
+/// A host namespace's inode number: PID 1's (the agent runs with hostPID), or — where PID 1
+/// cannot be inspected (a hardened init) — the agent's own, which are the host's when it
+/// runs on the host.
+pub fn host_namespace(name: &str) -> u64 {
+    match std::fs::metadata(format!("/proc/1/ns/{name}")) {
+        Ok(meta) => meta.ino(),
+        Err(error) => {
+            tracing::debug!(namespace = name, %error, "PID 1's namespace unreadable; using the agent's own");
+            std::fs::metadata(format!("/proc/self/ns/{name}")).map(|m| m.ino()).unwrap_or(0)
+        }
+    }
+}
+
+pub fn host_namespaces() -> [u32; NS_COUNT] {
+    let mut out = [0u32; NS_COUNT];
+    for (slot, name) in [(NS_UTS, "uts"), (NS_IPC, "ipc"), (NS_MNT, "mnt"), (NS_PID, "pid"), (NS_NET, "net"), (NS_CGROUP, "cgroup")] {
+        out[slot] = host_namespace(name) as u32;
+    }
+    out
+}
+
+/// The superblock of the host's /proc (kernel encoding): a /proc/PID/mem opened through it
+/// names a host PID. From the host's mount table (PID 1's, else the agent's own).
+pub fn host_proc_dev() -> u64 {
+    let text = std::fs::read_to_string("/proc/1/mountinfo").or_else(|_| std::fs::read_to_string("/proc/self/mountinfo")).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let dash = fields.iter().position(|f| *f == "-")?;
+            (fields.get(4) == Some(&"/proc") && fields.get(dash + 1) == Some(&"proc")).then(|| fields.get(2).copied()).flatten()
+        })
+        .filter_map(|dev| dev.split_once(':').and_then(|(a, b)| Some(moat_common::guard::kernel_dev(a.parse().ok()?, b.parse().ok()?))))
+        .next()
+        .unwrap_or(0)
+}
+
+/// The cgroup this agent runs in (exempt: the agent's own pod), as a cgroup id.
+pub fn own_cgroup(mount: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    std::fs::metadata(mount.join(path.trim_start_matches('/'))).ok().map(|m| m.ino())
+}
+
+/// `host:port` strings to addresses; unresolvable ones are logged and skipped.
+pub fn resolve(servers: &[String]) -> Vec<SocketAddr> {
+    servers
+        .iter()
+        .flat_map(|server| match server.to_socket_addrs() {
+            Ok(addrs) => addrs.collect::<Vec<_>>(),
+            Err(error) => {
+                tracing::warn!(server, %error, "guard.apiServers entry does not resolve; skipped");
+                Vec::new()
+            }
+        })
+        .collect()
+}
+
+/// The actors map for the current model: every local pod cgroup, exempt ones flagged.
+pub fn actors(
+    index: &crate::compiler::Index,
+    cluster: &crate::model::Cluster,
+    config: &GuardConfig,
+    own: Option<u64>,
+) -> BTreeMap<u64, Actor> {
+    let mut out = BTreeMap::new();
+    for (cgroup, key) in &index.pods_by_cgroup {
+        let pod = cluster.pods.get(key);
+        let tag = super::node::pod_tag(pod.and_then(|p| p.uid.as_deref()), &key.namespace, &key.name);
+        let mut flags = 0;
+        if config.exempt_namespaces.contains(&key.namespace) {
+            flags |= ACTOR_EXEMPT;
+        }
+        if pod.is_some_and(|p| p.host_network) {
+            flags |= ACTOR_HOST_NETWORK;
+        }
+        out.insert(*cgroup, Actor { pod: tag, flags, _pad: 0 });
+    }
+    if let Some(own) = own {
+        out.entry(own).or_default().flags |= ACTOR_EXEMPT;
+    }
+    out
+}

@@ -1,0 +1,278 @@
+//! What the guard protects on this node, found by identity: the kubelet's credentials and
+//! executable, the runtime's binaries and sockets (file → (dev, inode)), and every pod's
+//! secret/configMap/token volume (tmpfs superblock → pod; files of disk-backed volumes →
+//! pod). Re-run on every tick, so a rotated certificate or a new pod's volume is covered
+//! within one poll interval.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use moat_common::guard::{
+    kernel_dev, FileKey, FileRule, FILE_KUBELET_CREDENTIAL, FILE_POD_VOLUME, FILE_RUNTIME_BINARY,
+    FILE_RUNTIME_SOCKET,
+};
+use sha2::{Digest, Sha256};
+
+use super::config::GuardConfig;
+
+/// Volume plugins whose content is a credential or configuration of one pod.
+const VOLUME_PLUGINS: [&str; 4] =
+    ["kubernetes.io~secret", "kubernetes.io~configmap", "kubernetes.io~projected", "kubernetes.io~downward-api"];
+/// Files of disk-backed volumes registered one by one; beyond this they are skipped (and
+/// counted), so a huge configMap cannot exhaust `GUARD_FILES`.
+const MAX_VOLUME_FILES: usize = 4096;
+
+/// A pod's tag in the guard maps: 64 bits of SHA-256 of its uid (the kubelet names volume
+/// directories by uid), or of namespace/name when the pod has no uid.
+pub fn pod_tag(uid: Option<&str>, namespace: &str, name: &str) -> u64 {
+    let mut hash = Sha256::new();
+    match uid {
+        Some(uid) => hash.update(format!("uid:{uid}")),
+        None => hash.update(format!("pod:{namespace}/{name}")),
+    }
+    let digest = hash.finalize();
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(bytes).max(1)
+}
+
+/// Kernel identity of a file (following symlinks).
+pub fn file_key(path: &Path) -> std::io::Result<FileKey> {
+    let meta = std::fs::metadata(path)?;
+    Ok(FileKey { dev: kernel_dev(libc::major(meta.dev()), libc::minor(meta.dev())), ino: meta.ino() })
+}
+
+/// Everything found, and what was configured but is not there.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Discovered {
+    pub files: BTreeMap<FileKey, FileRule>,
+    /// Where each protected file was found, for naming it in events.
+    pub names: BTreeMap<FileKey, PathBuf>,
+    /// tmpfs volume superblock → pod tag.
+    pub volumes: BTreeMap<u64, u64>,
+    pub kubelet_exe: Option<FileKey>,
+    pub missing: BTreeSet<PathBuf>,
+    pub skipped_volume_files: usize,
+}
+
+impl Discovered {
+    fn add(&mut self, path: &Path, class: u32, owner: u64) {
+        match file_key(path) {
+            Ok(key) => {
+                self.files.insert(key, FileRule { class, _pad: 0, owner });
+                self.names.entry(key).or_insert_with(|| path.to_path_buf());
+            }
+            Err(_) => {
+                self.missing.insert(path.to_path_buf());
+            }
+        }
+    }
+}
+
+pub fn discover(config: &GuardConfig, mountinfo: &str) -> Discovered {
+    let mut found = Discovered::default();
+    kubelet_credentials(config, &mut found);
+    for path in &config.runtime.binaries {
+        found.add(path, FILE_RUNTIME_BINARY, 0);
+    }
+    for path in &config.runtime.sockets {
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => found.add(path, FILE_RUNTIME_SOCKET, 0),
+            _ => {
+                found.missing.insert(path.clone());
+            }
+        }
+    }
+    found.kubelet_exe = file_key(&config.kubelet.executable).ok();
+    if found.kubelet_exe.is_none() {
+        found.missing.insert(config.kubelet.executable.clone());
+    }
+    volumes(config, mountinfo, &mut found);
+    found
+}
+
+/// Every file in the PKI directory (symlinks followed, so both the rotation link's target
+/// and older dated files are covered), the kubeconfigs, and the certificate and key files
+/// the kubeconfigs point at.
+fn kubelet_credentials(config: &GuardConfig, found: &mut Discovered) {
+    match std::fs::read_dir(&config.kubelet.pki_dir) {
+        Ok(entries) => {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_file() {
+                    found.add(&path, FILE_KUBELET_CREDENTIAL, 0);
+                }
+            }
+        }
+        Err(_) => {
+            found.missing.insert(config.kubelet.pki_dir.clone());
+        }
+    }
+    for kubeconfig in &config.kubelet.kubeconfigs {
+        found.add(kubeconfig, FILE_KUBELET_CREDENTIAL, 0);
+        for referenced in kubeconfig_files(kubeconfig) {
+            found.add(&referenced, FILE_KUBELET_CREDENTIAL, 0);
+        }
+    }
+}
+
+/// `client-certificate` / `client-key` paths in a kubeconfig, relative ones taken from the
+/// kubeconfig's directory.
+fn kubeconfig_files(kubeconfig: &Path) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string(kubeconfig) else { return Vec::new() };
+    let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(&text) else { return Vec::new() };
+    let base = kubeconfig.parent().unwrap_or(Path::new("/"));
+    let users = doc.get("users").and_then(|u| u.as_sequence()).cloned().unwrap_or_default();
+    users
+        .iter()
+        .filter_map(|u| u.get("user"))
+        .flat_map(|user| ["client-certificate", "client-key"].map(|k| user.get(k).and_then(|v| v.as_str()).map(str::to_string)))
+        .flatten()
+        .map(|p| base.join(p))
+        .collect()
+}
+
+/// Pod volumes below `<kubelet root>/pods/<uid>/volumes/<plugin>/<name>`: a mount of its own
+/// (tmpfs for secrets and tokens) is matched by superblock; a plain directory (configMaps
+/// on the node's disk) file by file.
+fn volumes(config: &GuardConfig, mountinfo: &str, found: &mut Discovered) {
+    let root = std::fs::canonicalize(&config.kubelet.root).unwrap_or_else(|_| config.kubelet.root.clone());
+    let pods = root.join("pods");
+    let mut mounted = BTreeSet::new();
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (Some(dev), Some(point)) = (fields.get(2), fields.get(4)) else { continue };
+        let point = PathBuf::from(unescape(point));
+        let Some(uid) = volume_owner(&pods, &point) else { continue };
+        let Some((major, minor)) = dev.split_once(':') else { continue };
+        let (Ok(major), Ok(minor)) = (major.parse(), minor.parse()) else { continue };
+        found.volumes.insert(kernel_dev(major, minor), pod_tag(Some(&uid), "", ""));
+        mounted.insert(point);
+    }
+    let Ok(pod_dirs) = std::fs::read_dir(&pods) else { return };
+    let mut budget = MAX_VOLUME_FILES;
+    for pod in pod_dirs.flatten() {
+        let uid = pod.file_name().to_string_lossy().into_owned();
+        let tag = pod_tag(Some(&uid), "", "");
+        for plugin in VOLUME_PLUGINS {
+            let Ok(volumes) = std::fs::read_dir(pod.path().join("volumes").join(plugin)) else { continue };
+            for volume in volumes.flatten() {
+                if mounted.contains(&volume.path()) {
+                    continue;
+                }
+                register_tree(&volume.path(), tag, found, &mut budget, 0);
+            }
+        }
+    }
+}
+
+fn register_tree(dir: &Path, tag: u64, found: &mut Discovered, budget: &mut usize, depth: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let Ok(kind) = entry.file_type() else { continue };
+        if kind.is_dir() && depth < 4 {
+            register_tree(&entry.path(), tag, found, budget, depth + 1);
+        } else if kind.is_file() {
+            if *budget == 0 {
+                found.skipped_volume_files += 1;
+                continue;
+            }
+            *budget -= 1;
+            found.add(&entry.path(), FILE_POD_VOLUME, tag);
+        }
+    }
+}
+
+/// The pod uid when `point` is `<pods>/<uid>/volumes/<plugin>/<name>` for a credential plugin.
+fn volume_owner(pods: &Path, point: &Path) -> Option<String> {
+    let rest = point.strip_prefix(pods).ok()?;
+    let parts: Vec<_> = rest.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    match parts.as_slice() {
+        [uid, volumes, plugin, _name] if volumes == "volumes" && VOLUME_PLUGINS.contains(&plugin.as_str()) => Some(uid.clone()),
+        _ => None,
+    }
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            let value = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(value);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_owner_is_the_uid_of_credential_plugins_only() {
+        let pods = Path::new("/var/lib/kubelet/pods");
+        let secret = Path::new("/var/lib/kubelet/pods/1234/volumes/kubernetes.io~secret/db");
+        assert_eq!(volume_owner(pods, secret).as_deref(), Some("1234"));
+        let empty_dir = Path::new("/var/lib/kubelet/pods/1234/volumes/kubernetes.io~empty-dir/x");
+        assert_eq!(volume_owner(pods, empty_dir), None);
+        assert_eq!(volume_owner(pods, Path::new("/var/lib/kubelet/pods/1234")), None);
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape(r"/a\040b"), "/a b");
+        assert_eq!(unescape(r"/tmp\011x"), "/tmp\tx");
+    }
+
+    #[test]
+    fn pod_tags_are_stable_nonzero_and_distinct() {
+        assert_eq!(pod_tag(Some("u1"), "a", "b"), pod_tag(Some("u1"), "x", "y"));
+        assert_ne!(pod_tag(Some("u1"), "", ""), pod_tag(Some("u2"), "", ""));
+        assert_ne!(pod_tag(None, "a", "b"), pod_tag(None, "a", "c"));
+        assert_ne!(pod_tag(None, "a", "b"), 0);
+    }
+
+    #[test]
+    fn discovers_files_volumes_and_reports_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("kubelet");
+        let pki = root.join("pki");
+        std::fs::create_dir_all(&pki).unwrap();
+        std::fs::write(pki.join("kubelet-client-2026.pem"), "cert").unwrap();
+        std::os::unix::fs::symlink(pki.join("kubelet-client-2026.pem"), pki.join("kubelet-client-current.pem")).unwrap();
+        let kubeconfig = dir.path().join("kubelet.conf");
+        std::fs::write(dir.path().join("client.key"), "key").unwrap();
+        std::fs::write(&kubeconfig, "users:\n- name: k\n  user:\n    client-key: client.key\n").unwrap();
+        let cm = root.join("pods/uid-1/volumes/kubernetes.io~configmap/settings");
+        std::fs::create_dir_all(&cm).unwrap();
+        std::fs::write(cm.join("app.yaml"), "x: 1").unwrap();
+        let mut config = GuardConfig::default();
+        config.kubelet.root = root.clone();
+        config.kubelet.pki_dir = pki.clone();
+        config.kubelet.kubeconfigs = vec![kubeconfig.clone(), dir.path().join("absent.conf")];
+        config.runtime.binaries = vec![dir.path().join("no-runc")];
+        config.runtime.sockets = vec![kubeconfig.clone()];
+        let root_canonical = std::fs::canonicalize(&root).unwrap();
+        let mountinfo = format!("40 1 0:99 / {}/pods/uid-2/volumes/kubernetes.io~secret/tok rw - tmpfs tmpfs rw\n", root_canonical.display());
+        let found = discover(&config, &mountinfo);
+        let credentials = found.files.values().filter(|r| r.class == FILE_KUBELET_CREDENTIAL).count();
+        // The dated cert (once, though reached through the link too), the kubeconfig, the key.
+        assert_eq!(credentials, 3);
+        let volume_files: Vec<_> = found.files.values().filter(|r| r.class == FILE_POD_VOLUME).collect();
+        assert_eq!(volume_files.len(), 1);
+        assert_eq!(volume_files[0].owner, pod_tag(Some("uid-1"), "", ""));
+        assert_eq!(found.volumes.get(&kernel_dev(0, 99)), Some(&pod_tag(Some("uid-2"), "", "")));
+        assert!(found.missing.contains(&dir.path().join("absent.conf")));
+        assert!(found.missing.contains(&dir.path().join("no-runc")));
+        // Not a socket: refused as a runtime socket.
+        assert!(found.missing.contains(&kubeconfig));
+    }
+}

@@ -1,0 +1,165 @@
+//! Maps of the runtime guard, written by the agent, read by the guard programs.
+
+/// Map names (see `maps::names` for the datapath's).
+pub mod names {
+    pub const GUARD_SETTINGS: &str = "GUARD_SETTINGS";
+    pub const GUARD_SYSCALLS: &str = "GUARD_SYSCALLS";
+    pub const GUARD_ACTORS: &str = "GUARD_ACTORS";
+    pub const GUARD_FILES: &str = "GUARD_FILES";
+    pub const GUARD_VOLUMES: &str = "GUARD_VOLUMES";
+    pub const GUARD_TAINTED: &str = "GUARD_TAINTED";
+    pub const GUARD_API_SERVERS: &str = "GUARD_API_SERVERS";
+    pub const GUARD_PORTS: &str = "GUARD_PORTS";
+}
+
+pub mod capacity {
+    /// Syscall numbers below this are classified; the rest are ignored.
+    pub const GUARD_SYSCALLS: u32 = 1024;
+    pub const GUARD_ACTORS: u32 = 65_536;
+    pub const GUARD_FILES: u32 = 8_192;
+    pub const GUARD_VOLUMES: u32 = 65_536;
+    pub const GUARD_TAINTED: u32 = 4_096;
+    pub const GUARD_API_SERVERS: u32 = 64;
+    pub const GUARD_PORTS: u32 = 16;
+}
+
+/// `GUARD_SYSCALLS` values: what the guard does with a syscall. The agent writes them for
+/// its own architecture's syscall numbers, so the programs need none.
+pub const SYSCALL_IGNORED: u32 = 0;
+pub const SYSCALL_OPEN: u32 = 1;
+pub const SYSCALL_CONNECT: u32 = 2;
+pub const SYSCALL_SETNS: u32 = 3;
+pub const SYSCALL_MOUNT: u32 = 4;
+pub const SYSCALL_FSOPEN: u32 = 5;
+/// mknod(path, mode, dev)
+pub const SYSCALL_MKNOD: u32 = 6;
+/// mknodat(dfd, path, mode, dev)
+pub const SYSCALL_MKNODAT: u32 = 7;
+pub const SYSCALL_UNSHARE: u32 = 8;
+pub const SYSCALL_INIT_MODULE: u32 = 9;
+pub const SYSCALL_FINIT_MODULE: u32 = 10;
+pub const SYSCALL_BPF: u32 = 11;
+pub const SYSCALL_PERF_EVENT_OPEN: u32 = 12;
+pub const SYSCALL_PTRACE: u32 = 13;
+pub const SYSCALL_PROCESS_VM_WRITEV: u32 = 14;
+
+/// Namespace slots of `GuardSettings::host_ns` and bits of a namespace mask.
+pub const NS_UTS: usize = 0;
+pub const NS_IPC: usize = 1;
+pub const NS_MNT: usize = 2;
+pub const NS_PID: usize = 3;
+pub const NS_NET: usize = 4;
+pub const NS_CGROUP: usize = 5;
+pub const NS_COUNT: usize = 6;
+
+/// Node-wide settings (`GUARD_SETTINGS[0]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuardSettings {
+    /// The cgroup every pod's cgroup is below, and its level (root = 0): a task whose
+    /// ancestor at that level is this cgroup is a pod's, known to the model or not.
+    pub pods_root_cgroup: u64,
+    pub pods_root_level: u32,
+    /// 1 once the agent wrote the settings; the programs do nothing before.
+    pub ready: u32,
+    /// The kubelet: its executable's (dev, inode) and, if nonzero, its cgroup.
+    pub kubelet_exe_dev: u64,
+    pub kubelet_exe_ino: u64,
+    pub kubelet_cgroup: u64,
+    /// The host's namespace inode numbers, `NS_*` order.
+    pub host_ns: [u32; NS_COUNT],
+    /// `LSM_*` bits of the BPF LSM programs attached: what they see, the detection
+    /// tracepoints leave to them (so nothing is reported twice).
+    pub lsm_hooks: u32,
+    pub _pad: u32,
+}
+
+/// BPF LSM hooks, as bits of `GuardSettings::lsm_hooks` and indexes of
+/// `KernelLayout::lsm_ret_arg`.
+pub const LSM_FILE_OPEN: u32 = 0;
+pub const LSM_SB_MOUNT: u32 = 1;
+pub const LSM_PTRACE_ACCESS_CHECK: u32 = 2;
+pub const LSM_BPF: u32 = 3;
+pub const LSM_KERNEL_READ_FILE: u32 = 4;
+pub const LSM_KERNEL_LOAD_DATA: u32 = 5;
+pub const LSM_USERNS_CREATE: u32 = 6;
+pub const LSM_UNIX_STREAM_CONNECT: u32 = 7;
+pub const LSM_PERF_EVENT_OPEN: u32 = 8;
+pub const LSM_HOOKS: usize = 9;
+
+/// Who a cgroup belongs to (`GUARD_ACTORS`, keyed by cgroup id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Actor {
+    /// Pod tag: 64 bits of the pod's uid hash; the same in `GUARD_VOLUMES`.
+    pub pod: u64,
+    /// `ACTOR_*`
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Never reported (the agent's own pod, exempt namespaces).
+pub const ACTOR_EXEMPT: u32 = 1;
+/// The pod shares the host's network namespace (hostNetwork).
+pub const ACTOR_HOST_NETWORK: u32 = 2;
+/// The pod shares the host's PID namespace (hostPID).
+pub const ACTOR_HOST_PID: u32 = 4;
+
+/// A file by identity: its superblock's device (kernel encoding) and inode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileKey {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// `GUARD_FILES` classes.
+pub const FILE_KUBELET_CREDENTIAL: u32 = 1;
+pub const FILE_RUNTIME_BINARY: u32 = 2;
+pub const FILE_RUNTIME_SOCKET: u32 = 3;
+/// A file of a pod's volume on a filesystem shared with others (a configMap volume on the
+/// node's disk); tmpfs volumes are matched by superblock in `GUARD_VOLUMES` instead.
+pub const FILE_POD_VOLUME: u32 = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileRule {
+    /// `FILE_*`
+    pub class: u32,
+    pub _pad: u32,
+    /// `FILE_POD_VOLUME`: the owning pod's tag.
+    pub owner: u64,
+}
+
+/// An API server endpoint (`GUARD_API_SERVERS`): IPv4-mapped address and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Kernel `dev_t` encoding (what `super_block.s_dev` holds) from userspace major/minor.
+pub const fn kernel_dev(major: u32, minor: u32) -> u64 {
+    ((major as u64) << 20) | (minor as u64 & 0xfffff)
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: repr(C), integer fields only, explicit padding (sizes asserted below).
+    unsafe impl aya::Pod for GuardSettings {}
+    unsafe impl aya::Pod for Actor {}
+    unsafe impl aya::Pod for FileKey {}
+    unsafe impl aya::Pod for FileRule {}
+    unsafe impl aya::Pod for Endpoint {}
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<GuardSettings>() == 72);
+    assert!(core::mem::size_of::<Actor>() == 16);
+    assert!(core::mem::size_of::<FileKey>() == 16);
+    assert!(core::mem::size_of::<FileRule>() == 16);
+    assert!(core::mem::size_of::<Endpoint>() == 24);
+};

@@ -1,0 +1,147 @@
+//! What opening a file means: a protected file by inode (kubelet credentials, runtime
+//! binaries), another pod's volume by superblock, or a dangerous kernel interface by
+//! filesystem and name (cgroup v1 release_agent, uevent_helper, kcore, sysrq-trigger,
+//! /proc/PID/mem, debugfs/tracefs). Matching by inode and superblock, not path, means an
+//! alias (a hostPath mount of /var/lib/kubelet at /host/...) matches all the same.
+
+use moat_common::event::{
+    DETECTION_CGROUP_RELEASE_AGENT, DETECTION_KERNEL_MEMORY, DETECTION_KERNEL_SYSCTL,
+    DETECTION_KUBELET_PKI, DETECTION_OTHER_POD_VOLUME, DETECTION_PTRACE,
+    DETECTION_RUNTIME_BINARY, DETECTION_SETNS, GUARD_MODE_BLOCK, GUARD_MODE_OFF,
+};
+use moat_common::guard::{FileKey, GuardSettings, FILE_KUBELET_CREDENTIAL, FILE_POD_VOLUME, FILE_RUNTIME_BINARY, NS_COUNT};
+
+use super::actor::{self, Actor};
+use super::kernel::{self, FileId, FMODE_WRITE};
+use super::report;
+use crate::maps::{GUARD_FILES, GUARD_TAINTED, GUARD_VOLUMES};
+
+const CGROUP_SUPER_MAGIC: u64 = 0x27e0eb;
+const SYSFS_MAGIC: u64 = 0x62656572;
+const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+const DEBUGFS_MAGIC: u64 = 0x64626720;
+const TRACEFS_MAGIC: u64 = 0x74726163;
+const NSFS_MAGIC: u64 = 0x6e736673;
+
+/// Bytes of a name compared; the longest we look for is `notify_on_release`.
+const NAME: usize = 24;
+
+/// A file open some detection names.
+pub struct Finding {
+    pub detection: u32,
+    pub id: FileId,
+    /// The owning pod of another pod's volume.
+    pub owner: u64,
+    pub dentry: usize,
+}
+
+#[inline(always)]
+///
+/// `lsm`: called before the open happens (lsm/file_open), where opening a host namespace
+/// file (the first half of `setns`) can still be refused; the tracepoint reports the join.
+pub fn classify(file: usize, settings: &GuardSettings, actor: &Actor, lsm: bool) -> Option<Finding> {
+    let id = kernel::file_id(file)?;
+    let write = kernel::file_mode(file) & FMODE_WRITE != 0;
+    let found = |detection: u32, owner: u64| {
+        if report::mode(detection) == GUARD_MODE_OFF {
+            return None;
+        }
+        Some(Finding { detection, id, owner, dentry: kernel::file_dentry(file).unwrap_or(0) })
+    };
+    // SAFETY: plain-data key.
+    if let Some(rule) = unsafe { GUARD_FILES.get(&FileKey { dev: id.dev, ino: id.ino }) } {
+        if rule.class == FILE_KUBELET_CREDENTIAL && !actor::is_kubelet(settings, actor) {
+            return found(DETECTION_KUBELET_PKI, 0);
+        }
+        if rule.class == FILE_RUNTIME_BINARY && write && actor.in_pod {
+            return found(DETECTION_RUNTIME_BINARY, 0);
+        }
+        if rule.class == FILE_POD_VOLUME && actor.in_pod && rule.owner != actor.pod {
+            return found(DETECTION_OTHER_POD_VOLUME, rule.owner);
+        }
+        return None;
+    }
+    if !actor.in_pod {
+        return None;
+    }
+    // SAFETY: plain-data key.
+    if let Some(owner) = unsafe { GUARD_VOLUMES.get(&id.dev) } {
+        return if *owner != actor.pod { found(DETECTION_OTHER_POD_VOLUME, *owner) } else { None };
+    }
+    if lsm && id.magic == NSFS_MAGIC {
+        let mut i = 0;
+        while i < NS_COUNT {
+            if settings.host_ns[i] != 0 && settings.host_ns[i] as u64 == id.ino && report::mode(DETECTION_SETNS) == GUARD_MODE_BLOCK {
+                return found(DETECTION_SETNS, 0);
+            }
+            i += 1;
+        }
+        return None;
+    }
+    let interesting = matches!(id.magic, CGROUP_SUPER_MAGIC | SYSFS_MAGIC | PROC_SUPER_MAGIC | DEBUGFS_MAGIC | TRACEFS_MAGIC);
+    if !interesting {
+        return None;
+    }
+    if id.magic == DEBUGFS_MAGIC || id.magic == TRACEFS_MAGIC {
+        return found(DETECTION_KERNEL_MEMORY, 0);
+    }
+    let dentry = kernel::file_dentry(file)?;
+    let mut name = [0u8; NAME];
+    let len = kernel::dentry_name(dentry, &mut name);
+    match id.magic {
+        CGROUP_SUPER_MAGIC if write && (is(&name, len, b"release_agent") || is(&name, len, b"notify_on_release")) => {
+            found(DETECTION_CGROUP_RELEASE_AGENT, 0)
+        }
+        SYSFS_MAGIC if write && is(&name, len, b"uevent_helper") => found(DETECTION_KERNEL_SYSCTL, 0),
+        PROC_SUPER_MAGIC if is(&name, len, b"kcore") => found(DETECTION_KERNEL_MEMORY, 0),
+        PROC_SUPER_MAGIC if write && is(&name, len, b"sysrq-trigger") => found(DETECTION_KERNEL_MEMORY, 0),
+        // /proc/PID/mem (and /proc/PID/task/TID/mem): the agent reads the PID from the
+        // parent's name and drops opens within the actor's own pod.
+        PROC_SUPER_MAGIC if is(&name, len, b"mem") => found(DETECTION_PTRACE, 0),
+        _ => None,
+    }
+}
+
+/// Reports a finding: the file's name and its parent's in the subject (`name`, then at
+/// byte 64 the parent's), identity in dev/ino. Opening kubelet credentials taints the
+/// process for `cred.kubelet-api`.
+#[inline(always)]
+pub fn report(finding: &Finding, hook: u8, blocked: bool, actor: &Actor, tgid: u32, now: u64) {
+    if finding.detection == DETECTION_KUBELET_PKI {
+        // Best effort: a full map evicts the oldest taint (LRU).
+        let _ = GUARD_TAINTED.insert(&tgid, &now, 0);
+    }
+    let Some(mut entry) = report::start(finding.detection, hook, blocked, actor) else { return };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` is the reserved record.
+    unsafe {
+        (*event).dev = finding.id.dev;
+        (*event).ino = finding.id.ino;
+        (*event).owner = finding.owner;
+        (*event).arg = finding.id.magic;
+        if finding.dentry != 0 {
+            let subject = &mut (*event).subject;
+            kernel::dentry_name(finding.dentry, &mut subject[..64]);
+            if let Some(parent) = kernel::dentry_parent(finding.dentry) {
+                kernel::dentry_name(parent, &mut subject[64..]);
+            }
+        }
+    }
+    entry.submit(0);
+}
+
+/// `name[..len] == want`.
+#[inline(always)]
+fn is(name: &[u8; NAME], len: usize, want: &[u8]) -> bool {
+    if len != want.len() || want.len() > NAME {
+        return false;
+    }
+    let mut i = 0;
+    while i < want.len() {
+        if name[i] != want[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}

@@ -1,0 +1,178 @@
+//! Reads of kernel structures at the offsets the agent resolved from BTF (`KERNEL_LAYOUT`).
+//! Every read goes through `bpf_probe_read_kernel`, so a stale pointer yields an error, not
+//! a fault; callers treat an error as "nothing to see".
+
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes};
+use moat_common::guard::NS_COUNT;
+use moat_common::layout::KernelLayout;
+
+/// Filled by the agent at load time (`EbpfLoader::set_global`); all zero (unfilled) otherwise.
+#[unsafe(no_mangle)]
+pub(crate) static KERNEL_LAYOUT: KernelLayout = unsafe { core::mem::zeroed() };
+
+/// One offset, read so the compiler cannot fold the zero initialiser.
+macro_rules! offset {
+    ($field:ident) => {
+        // SAFETY: reading our own global.
+        unsafe { core::ptr::read_volatile(&$crate::guard::kernel::KERNEL_LAYOUT.$field) as usize }
+    };
+}
+pub(crate) use offset;
+
+/// Offset of the syscall's argument `n` (0..6) in `struct pt_regs`.
+#[inline(always)]
+pub fn regs_arg(n: usize) -> usize {
+    let n = if n < 6 { n } else { 5 };
+    // SAFETY: reading our own global, index bounded above.
+    unsafe { core::ptr::read_volatile(&KERNEL_LAYOUT.regs_arg[n]) as usize }
+}
+
+#[inline(always)]
+pub fn layout_filled() -> bool {
+    offset!(filled) != 0
+}
+
+/// `*(T *)(base + offset)` in kernel memory.
+#[inline(always)]
+pub fn read<T>(base: usize, offset: usize) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: probe_read_kernel validates the address.
+    unsafe { bpf_probe_read_kernel((base + offset) as *const T).ok() }
+}
+
+#[inline(always)]
+pub fn ptr(base: usize, offset: usize) -> Option<usize> {
+    read::<usize>(base, offset).filter(|p| *p != 0)
+}
+
+#[inline(always)]
+pub fn current_task() -> usize {
+    // SAFETY: no arguments, cannot fail.
+    unsafe { bpf_get_current_task() as usize }
+}
+
+/// The `struct file` behind file descriptor `fd` of the current task.
+#[inline(always)]
+pub fn fd_file(fd: u64) -> Option<usize> {
+    let files = ptr(current_task(), offset!(task_files))?;
+    let fdt = ptr(files, offset!(files_fdt))?;
+    let max: u32 = read(fdt, offset!(fdtable_max_fds))?;
+    if fd >= max as u64 {
+        return None;
+    }
+    let array = ptr(fdt, offset!(fdtable_fd))?;
+    ptr(array, (fd as usize) * 8)
+}
+
+/// A file's identity: (superblock dev in kernel encoding, inode number, superblock magic).
+#[derive(Clone, Copy)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub magic: u64,
+}
+
+#[inline(always)]
+pub fn inode_id(inode: usize) -> Option<FileId> {
+    let sb = ptr(inode, offset!(inode_sb))?;
+    let dev: u32 = read(sb, offset!(sb_dev))?;
+    let magic: u64 = read(sb, offset!(sb_magic))?;
+    let ino: u64 = read(inode, offset!(inode_ino))?;
+    Some(FileId { dev: dev as u64, ino, magic })
+}
+
+#[inline(always)]
+pub fn file_id(file: usize) -> Option<FileId> {
+    inode_id(ptr(file, offset!(file_inode))?)
+}
+
+/// `FMODE_WRITE`: the file was opened for writing.
+pub const FMODE_WRITE: u32 = 0x2;
+
+#[inline(always)]
+pub fn file_mode(file: usize) -> u32 {
+    read(file, offset!(file_mode)).unwrap_or(0)
+}
+
+#[inline(always)]
+pub fn file_dentry(file: usize) -> Option<usize> {
+    ptr(file, offset!(file_path) + offset!(path_dentry))
+}
+
+#[inline(always)]
+pub fn dentry_parent(dentry: usize) -> Option<usize> {
+    ptr(dentry, offset!(dentry_parent))
+}
+
+/// A dentry's name into `out` (NUL-terminated); returns its length without the NUL.
+#[inline(always)]
+pub fn dentry_name(dentry: usize, out: &mut [u8]) -> usize {
+    let Some(name) = ptr(dentry, offset!(dentry_name) + offset!(qstr_name)) else {
+        return 0;
+    };
+    // SAFETY: probe_read_kernel_str validates the address and bounds the copy by `out`.
+    unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, out).map(|s| s.len()).unwrap_or(0) }
+}
+
+/// The current task's executable (dev, inode), for recognising the kubelet and runtimes.
+#[inline(always)]
+pub fn current_exe() -> Option<FileId> {
+    let mm = ptr(current_task(), offset!(task_mm))?;
+    let exe = ptr(mm, offset!(mm_exe_file))?;
+    file_id(exe)
+}
+
+#[inline(always)]
+pub fn parent_tgid() -> u32 {
+    ptr(current_task(), offset!(task_real_parent)).and_then(|p| read(p, offset!(task_tgid))).unwrap_or(0)
+}
+
+#[inline(always)]
+pub fn task_tgid(task: usize) -> u32 {
+    read(task, offset!(task_tgid)).unwrap_or(0)
+}
+
+/// The current task's namespace inode numbers, `NS_*` order (0 where unreadable).
+#[inline(always)]
+pub fn current_namespaces() -> [u32; NS_COUNT] {
+    let mut out = [0u32; NS_COUNT];
+    let Some(nsproxy) = ptr(current_task(), offset!(task_nsproxy)) else { return out };
+    let slots = [
+        (offset!(nsproxy_uts), offset!(uts_ns_inum)),
+        (offset!(nsproxy_ipc), offset!(ipc_ns_inum)),
+        (offset!(nsproxy_mnt), offset!(mnt_ns_inum)),
+        (offset!(nsproxy_pid), offset!(pid_ns_inum)),
+        (offset!(nsproxy_net), offset!(net_ns_inum)),
+        (offset!(nsproxy_cgroup), offset!(cgroup_ns_inum)),
+    ];
+    let mut i = 0;
+    while i < NS_COUNT {
+        let (member, inum) = slots[i];
+        if let Some(ns) = ptr(nsproxy, member) {
+            out[i] = read(ns, inum).unwrap_or(0);
+        }
+        i += 1;
+    }
+    out
+}
+
+/// For a connected AF_UNIX socket file: the (dev, inode) of the socket file its peer is
+/// bound to (a stream connect copies the listener's path into the peer).
+#[inline(always)]
+pub fn unix_peer_id(file: usize) -> Option<FileId> {
+    let socket = ptr(file, offset!(file_private_data))?;
+    let sk = ptr(socket, offset!(socket_sk))?;
+    let family: u16 = read(sk, offset!(sock_family))?;
+    if family != AF_UNIX {
+        return None;
+    }
+    let peer = ptr(sk, offset!(unix_sock_peer))?;
+    let dentry = ptr(peer, offset!(unix_sock_path) + offset!(path_dentry))?;
+    inode_id(ptr(dentry, offset!(dentry_inode))?)
+}
+
+pub const AF_UNIX: u16 = 1;
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
