@@ -47,7 +47,11 @@ impl Sink for LogSink {
                     namespace = detection.namespace.as_deref(),
                     pod = detection.pod.as_deref(),
                     pid = detection.pid,
+                    container = detection.container.as_deref(),
                     executable = detection.executable.as_deref(),
+                    arguments = detection.arguments.as_deref(),
+                    parent_pid = detection.parent_pid,
+                    parent_executable = detection.parent_executable.as_deref(),
                     evidence = detection.evidence.as_deref(),
                     detail = %detection.message,
                     "detection"
