@@ -16,7 +16,8 @@ enum Command {
     Agent(runtime::AgentArgs),
     /// Explain what the datapath decides for a flow, and every rule that decided it.
     Explain(explain::ExplainArgs),
-    /// A local playground of pods (network namespaces plus cgroups) on the real kernel.
+    /// A local playground: a node with pods (cgroups and namespaces), a stand-in kubelet and
+    /// an agent, on the real kernel.
     #[command(subcommand)]
     Lab(lab::LabCommand),
     /// Follow flows and detections live, from the agent's admin socket.
@@ -26,6 +27,9 @@ enum Command {
     /// Runs inside a lab pod: serves its container ports.
     #[command(name = "__pod-serve", hide = true)]
     PodServe(lab::serve::ServeArgs),
+    /// A lab pod's sandbox: makes the pod's namespaces and root, then holds them as PID 1.
+    #[command(name = "__pod-sandbox", hide = true)]
+    PodSandbox(lab::sandbox::SandboxArgs),
     /// Runs inside a lab pod: floods UDP datagrams from one socket (event-path stress).
     #[command(name = "__pod-burst", hide = true)]
     PodBurst(lab::burst::BurstArgs),
@@ -52,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Command::Observe(args) => cli::observe::run(args)?,
         Command::Status(args) => cli::status::run(args)?,
         Command::PodServe(args) => lab::serve::run(args)?,
+        Command::PodSandbox(args) => lab::sandbox::run(args)?,
         Command::PodBurst(args) => lab::burst::run(args)?,
         Command::PodConnect(args) => std::process::exit(lab::connect::run(args)?),
         Command::BenchDatapath(args) => bench::datapath::run(args)?,

@@ -78,6 +78,11 @@ impl ApiServer {
         self.spawn(load, start_rv, &listen);
     }
 
+    /// `http://127.0.0.1:<port>`, e.g. for `UpOptions::api_server`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("kubeconfig")
     }
@@ -306,7 +311,7 @@ impl Drop for KubeAgent {
     }
 }
 
-/// `<cgroup2>/moat-lab-<name>`, where `moat lab up` puts the pods.
+/// `<cgroup2>/moat-lab-<name>/pods`, where `moat lab up` puts the pods.
 fn lab_cgroup_root(lab: &Lab) -> PathBuf {
-    crate::cgroup2_mount().expect("cgroup v2 is mounted").join(format!("moat-lab-{}", lab.name()))
+    crate::cgroup2_mount().expect("cgroup v2 is mounted").join(format!("moat-lab-{}/pods", lab.name()))
 }

@@ -1,5 +1,6 @@
 //! Harness for moat's privileged integration tests: drives the built `moat` binary and its
-//! lab (pods as network namespaces plus cgroups on the real kernel).
+//! lab (a node on the real kernel: pods with their own cgroups and namespaces, a node file
+//! tree with the kubelet's credentials and pod volumes, and a stand-in kubelet).
 //!
 //! Every test needs root. A test that is not root fails with a message saying so; nothing
 //! is skipped silently. Each [`Lab`] gets a unique short name and is torn down by `Drop`,
@@ -9,6 +10,8 @@
 //! assertions, and a test should stop at the first one.
 
 pub mod netpol;
+
+pub use moat_agent::lab::node::NodeLayout;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
@@ -117,6 +120,8 @@ pub struct UpOptions {
     pub no_agent: bool,
     /// `--config FILE`: the agent's configuration.
     pub config: Option<PathBuf>,
+    /// `--api-server URL`: the API server the stand-in kubelet talks to.
+    pub api_server: Option<String>,
 }
 
 /// What a command printed.
@@ -183,8 +188,27 @@ impl Lab {
     /// Like [`Lab::up`], but returns `up`'s output whatever its status. The lab is still torn
     /// down on drop.
     pub fn try_up<P: AsRef<Path>>(manifest_files: &[P], options: UpOptions) -> (Lab, Output) {
+        let lab = Lab::reserve();
+        let output = lab.try_start(manifest_files, options);
+        (lab, output)
+    }
+
+    /// A lab with a fresh unique name that is not up yet: its node paths ([`Lab::node`]) are
+    /// known, so manifests can name them (a hostPath of the kubelet's root). Bring it up with
+    /// [`Lab::start`]; it is torn down on drop either way.
+    pub fn reserve() -> Lab {
         require_root();
-        let lab = Lab { moat: moat_bin(), name: unique_name() };
+        Lab { moat: moat_bin(), name: unique_name() }
+    }
+
+    /// `moat lab up` for a [`Lab::reserve`]d lab; panics unless it succeeds.
+    pub fn start<P: AsRef<Path>>(&self, manifest_files: &[P], options: UpOptions) {
+        self.try_start(manifest_files, options).ok();
+    }
+
+    /// `moat lab up` for a [`Lab::reserve`]d lab, whatever its exit status.
+    pub fn try_start<P: AsRef<Path>>(&self, manifest_files: &[P], options: UpOptions) -> Output {
+        let lab = self;
         let mut args: Vec<String> = vec!["up".into(), "--name".into(), lab.name.clone()];
         for file in manifest_files {
             args.push("-f".into());
@@ -197,8 +221,11 @@ impl Lab {
             args.push("--config".into());
             args.push(config.display().to_string());
         }
-        let output = lab.lab(&args);
-        (lab, output)
+        if let Some(server) = &options.api_server {
+            args.push("--api-server".into());
+            args.push(server.clone());
+        }
+        lab.lab(&args)
     }
 
     pub fn name(&self) -> &str {
@@ -354,6 +381,114 @@ impl Lab {
     pub fn agent_log_json(&self) -> Vec<serde_json::Value> {
         self.agent_log().lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
     }
+
+    /// The lab's node: kubelet root, PKI, kubeconfigs, kubelet executable and cgroup, runtime
+    /// binaries and sockets (known before `up`: they derive from the name).
+    pub fn node(&self) -> NodeLayout {
+        NodeLayout::of(&self.name)
+    }
+
+    /// `<node>/var/lib/kubelet`.
+    pub fn kubelet_root(&self) -> PathBuf {
+        self.node().kubelet_root
+    }
+
+    /// `<node>/var/lib/kubelet/pki`.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.node().pki_dir
+    }
+
+    /// `<pki>/kubelet-client-current.pem`: the rotation symlink (not resolved).
+    pub fn current_cert(&self) -> PathBuf {
+        self.node().current_client_cert()
+    }
+
+    /// `kubelet.conf`, `bootstrap-kubelet.conf` and `<kubelet root>/kubeconfig`.
+    pub fn kubeconfigs(&self) -> Vec<PathBuf> {
+        self.node().kubeconfigs
+    }
+
+    /// `<node>/usr/bin/kubelet`: the stand-in kubelet's executable.
+    pub fn kubelet_executable(&self) -> PathBuf {
+        self.node().kubelet_executable
+    }
+
+    /// The stand-in kubelet's cgroup directory (absolute, under the cgroup2 mount).
+    pub fn kubelet_cgroup(&self) -> PathBuf {
+        let relative = self.node().kubelet_cgroup;
+        cgroup2_mount().expect("cgroup v2 is mounted").join(relative.strip_prefix("/").unwrap_or(&relative))
+    }
+
+    /// `<node>/usr/bin/runc`: the runtime binary stand-in.
+    pub fn runtime_binary(&self) -> PathBuf {
+        self.node().runtime_binaries[0].clone()
+    }
+
+    /// `<node>/run/containerd/containerd.sock`: served by the stand-in kubelet.
+    pub fn runtime_socket(&self) -> PathBuf {
+        self.node().runtime_sockets[0].clone()
+    }
+
+    /// The stand-in kubelet's pid (from the lab's status).
+    pub fn kubelet_pid(&self) -> u32 {
+        let status = self.status();
+        status["kubelet"]["pid"].as_u64().map(|pid| pid as u32).unwrap_or_else(|| panic!("no kubelet pid in the lab's status: {status}"))
+    }
+
+    /// `moat lab kubelet rotate`: the stand-in kubelet writes a new dated client certificate and
+    /// swaps the symlink. Returns the new certificate file.
+    pub fn kubelet_rotate(&self) -> PathBuf {
+        let output = self.lab(&["kubelet", "rotate", "--name", &self.name]).ok();
+        PathBuf::from(output.stdout.trim())
+    }
+
+    /// `moat lab kubelet read`: returns once the stand-in kubelet has read its credentials
+    /// (and reached the API server, if the lab has one).
+    pub fn kubelet_read(&self) {
+        self.lab(&["kubelet", "read", "--name", &self.name]).ok();
+    }
+
+    /// The uid of `pod` (`ns/name`): `metadata.uid`, or the one the lab derived.
+    pub fn pod_uid(&self, pod: &str) -> String {
+        let status = self.status();
+        status["pods"][pod]["uid"].as_str().map(String::from).unwrap_or_else(|| panic!("no uid for pod {pod}: {status}"))
+    }
+
+    /// Host pid of `pod`'s sandbox (PID 1 of its PID namespace, unless hostPID).
+    pub fn sandbox_pid(&self, pod: &str) -> u32 {
+        let status = self.status();
+        status["pods"][pod]["sandboxPid"].as_u64().map(|pid| pid as u32).unwrap_or_else(|| panic!("no sandbox for pod {pod}: {status}"))
+    }
+
+    /// Where volume `volume` of `pod` is on the node (for a hostPath, the host path).
+    pub fn pod_volume(&self, pod: &str, volume: &str) -> PathBuf {
+        let status = self.status();
+        let volumes = status["pods"][pod]["volumes"].as_array().cloned().unwrap_or_default();
+        volumes
+            .iter()
+            .find(|v| v["name"] == volume)
+            .and_then(|v| v["path"].as_str())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("no volume {volume} of pod {pod}: {status}"))
+    }
+
+    /// The pod's projected service-account volume (`kube-api-access-*`), holding `token`,
+    /// `ca.crt` and `namespace`.
+    pub fn pod_token_volume(&self, pod: &str) -> PathBuf {
+        let status = self.status();
+        let volumes = status["pods"][pod]["volumes"].as_array().cloned().unwrap_or_default();
+        volumes
+            .iter()
+            .filter_map(|v| v["path"].as_str())
+            .find(|path| path.contains("/kubernetes.io~projected/kube-api-access-"))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("no kube-api-access volume for pod {pod}: {status}"))
+    }
+
+    /// Like [`Lab::exec`], panicking unless the command exits 0; its stdout.
+    pub fn exec_ok<S: AsRef<std::ffi::OsStr>>(&self, pod: &str, args: &[S]) -> String {
+        self.exec(pod, args).ok().stdout
+    }
 }
 
 /// Calls `attempt` every 50 ms until it returns Some or `timeout` has passed (it is always
@@ -475,14 +610,32 @@ impl Drop for HeldConnection {
     }
 }
 
-/// Everything of lab `name` that exists: its run directory, cgroups, pins and network
-/// namespaces. Empty once `moat lab down` has run (or when `up` failed cleanly).
+/// Everything of lab `name` that exists: its run directory, cgroup, pins, network
+/// namespaces, mounts (pod volumes) and processes (sandboxes, kubelet). Empty once `moat lab
+/// down` has run (or when `up` failed cleanly).
 pub fn leftovers(name: &str) -> Vec<String> {
     let mut found = Vec::new();
-    let mut paths = vec![Path::new(LAB_RUN_DIR).join(name), PathBuf::from(format!("/sys/fs/bpf/moat/lab-{name}"))];
+    let run_dir = Path::new(LAB_RUN_DIR).join(name);
+    let mut paths = vec![run_dir.clone(), PathBuf::from(format!("/sys/fs/bpf/moat/lab-{name}"))];
     if let Some(cgroup2) = cgroup2_mount() {
         paths.push(cgroup2.join(format!("moat-lab-{name}")));
-        paths.push(cgroup2.join(format!("moat-lab-{name}-external")));
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in mountinfo.lines() {
+        if let Some(point) = line.split(' ').nth(4).filter(|point| Path::new(point).starts_with(&run_dir)) {
+            found.push(format!("mount {point}"));
+        }
+    }
+    // Processes whose command line names the lab's directory (sandboxes, the kubelet, its agent).
+    let own = std::process::id();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|pid| pid.parse::<u32>().ok()) else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let prefix = format!("{}/", run_dir.display());
+        if pid != own && cmdline.contains(&prefix) && !cmdline.contains(" lab down ") {
+            found.push(format!("process {pid}: {}", cmdline.trim()));
+        }
     }
     found.extend(paths.into_iter().filter(|path| path.exists()).map(|path| path.display().to_string()));
     let prefix = format!("moat-{name}-");

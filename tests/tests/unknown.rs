@@ -20,7 +20,7 @@ fn assert_external(lab: &Lab) {
     let host = &status["pods"]["outside/host"];
     assert_eq!(host["role"], "external", "{status}");
     let cgroup = host["cgroup"].as_str().unwrap_or_default();
-    assert!(cgroup.contains(&format!("/moat-lab-{}-external/", lab.name())), "{cgroup}");
+    assert!(cgroup.contains(&format!("/moat-lab-{}/external/", lab.name())), "{cgroup}");
     let cluster = std::fs::read_to_string(lab.manifests_dir().join("cluster.json")).unwrap();
     assert!(!cluster.contains("\"host\""), "the agent must not know the external host:\n{cluster}");
 }

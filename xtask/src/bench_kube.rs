@@ -57,7 +57,7 @@ pub fn kube(ctx: &Context) -> Result<Section> {
     let port: u16 = wait(Duration::from_secs(60), || std::fs::read_to_string(&port_file).ok()?.trim().parse().ok())
         .context("the test API server wrote no port")?;
 
-    let cgroup_root = cgroup2()?.join(format!("moat-lab-{LAB}"));
+    let cgroup_root = cgroup2()?.join(format!("moat-lab-{LAB}/pods"));
     let config = dir.join("agent.yaml");
     std::fs::write(&config, format!("instance: lab-{LAB}\ncgroupRoot: {}\ncgroupLayout: lab\n", cgroup_root.display()))?;
     let (log, ready) = (dir.join("agent.log"), dir.join("agent.ready"));

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use std::os::unix::process::CommandExt;
 
 use super::desired::manifests_dir;
+use super::node::{self, NodeLayout};
 use super::podexec::current_exe;
 use super::state::{write_atomic, AgentState, LabState};
 use super::{lab_dir, process, LabError, NameArg};
@@ -120,6 +121,7 @@ pub fn write_config(state: &LabState, user: Option<&Path>) -> Result<PathBuf, La
     ] {
         mapping.insert(key.into(), value.into());
     }
+    merge_guard(&mut mapping, state, user.unwrap_or(&config_path(&state.name)))?;
     // Never a fixed port: concurrent labs would collide. A free loopback port, kept in the
     // config so restarts of the lab's agent keep it.
     if !mapping.contains_key("metricsAddress") {
@@ -132,6 +134,49 @@ pub fn write_config(state: &LabState, user: Option<&Path>) -> Result<PathBuf, La
     Config::parse(&text, user.unwrap_or(&path))?;
     write_atomic(&path, text.as_bytes())?;
     Ok(path)
+}
+
+/// Points the guard at the lab's node: every location under `guard.kubelet` and
+/// `guard.runtime`, and `guard.apiServers` when the lab knows one, unless the user's
+/// configuration set it.
+fn merge_guard(mapping: &mut serde_yaml::Mapping, state: &LabState, file: &Path) -> Result<(), LabError> {
+    let layout = NodeLayout::of(&state.name);
+    let text = |path: &Path| serde_yaml::Value::from(path.display().to_string());
+    let list = |paths: &[PathBuf]| serde_yaml::Value::Sequence(paths.iter().map(|p| text(p)).collect());
+    let guard = child(mapping, "guard", "guard", file)?;
+    let kubelet = child(guard, "kubelet", "guard.kubelet", file)?;
+    for (key, value) in [
+        ("executable", text(&layout.kubelet_executable)),
+        ("cgroup", text(&layout.kubelet_cgroup)),
+        ("root", text(&layout.kubelet_root)),
+        ("pkiDir", text(&layout.pki_dir)),
+        ("kubeconfigs", list(&layout.kubeconfigs)),
+    ] {
+        kubelet.entry(key.into()).or_insert(value);
+    }
+    let runtime = child(guard, "runtime", "guard.runtime", file)?;
+    runtime.entry("binaries".into()).or_insert_with(|| list(&layout.runtime_binaries));
+    runtime.entry("sockets".into()).or_insert_with(|| list(&layout.runtime_sockets));
+    if let Some(server) = state.api_server.as_deref().and_then(node::host_port) {
+        guard.entry("apiServers".into()).or_insert_with(|| serde_yaml::Value::Sequence(vec![server.into()]));
+    }
+    Ok(())
+}
+
+/// The mapping under `key` (made when absent or null); an error naming the field otherwise.
+fn child<'a>(
+    mapping: &'a mut serde_yaml::Mapping,
+    key: &str,
+    field: &str,
+    file: &Path,
+) -> Result<&'a mut serde_yaml::Mapping, LabError> {
+    let value = mapping.entry(key.into()).or_insert(serde_yaml::Value::Null);
+    if value.is_null() {
+        *value = serde_yaml::Value::Mapping(serde_yaml::Mapping::new());
+    }
+    value
+        .as_mapping_mut()
+        .ok_or_else(|| LabError::Usage(format!("config {}: field {field}: not a mapping", file.display())))
 }
 
 /// `/run/moat/lab/<name>/admin.sock`: the lab's agent's admin socket.

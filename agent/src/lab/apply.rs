@@ -41,20 +41,28 @@ pub fn run(args: ApplyArgs) -> Result<(), LabError> {
     for (key, wanted) in &desired.pods {
         let id = key.to_string();
         let existing = state.pods.get(&id).cloned();
-        // A pod that becomes or stops being external moves to another cgroup tree: it is
-        // made anew (same addresses).
-        let moved = existing
-            .clone()
-            .filter(|current| current.cgroup != pod::cgroup_dir(&state, wanted));
-        if let Some(current) = &moved {
-            pod::remove(current)?;
+        // A pod that becomes or stops being external moves to another cgroup tree, and one
+        // whose uid, hostPID or mounts change needs another sandbox: it is made anew (same
+        // addresses).
+        let moved = existing.clone().and_then(|current| {
+            let why = if current.cgroup != pod::cgroup_dir(&state, wanted) {
+                format!("role {} -> {}", current.role.as_str(), wanted.role.as_str())
+            } else if current.uid != wanted.node.uid {
+                format!("uid {} -> {}", current.uid, wanted.node.uid)
+            } else if current.host_pid != wanted.node.host_pid {
+                format!("hostPID {} -> {}", current.host_pid, wanted.node.host_pid)
+            } else if current.mounts != wanted.node.mounts {
+                "volume mounts changed".to_string()
+            } else {
+                return None;
+            };
+            Some((current, why))
+        });
+        if let Some((current, why)) = &moved {
+            pod::remove(&state.name, current)?;
             state.pods.remove(&id);
             state.save()?;
-            changes.push(format!(
-                "~ {id} role {} -> {}; recreated",
-                current.role.as_str(),
-                wanted.role.as_str()
-            ));
+            changes.push(format!("~ {id} {why}; recreated"));
         }
         let Some(current) = existing.filter(|_| moved.is_none()) else {
             pod::create(&mut state, wanted)?;
@@ -70,6 +78,8 @@ pub fn run(args: ApplyArgs) -> Result<(), LabError> {
             continue;
         };
         let mut updated = current.clone();
+        // Secret, ConfigMap and token contents follow the manifests, as kubelet syncs them.
+        updated.volumes = pod::provision_volumes(&state, wanted)?;
         if current.role != wanted.role {
             updated.role = wanted.role;
             changes.push(format!(
@@ -119,7 +129,7 @@ pub fn run(args: ApplyArgs) -> Result<(), LabError> {
         .collect();
     for id in gone {
         if let Some(current) = state.pods.get(&id).cloned() {
-            pod::remove(&current)?;
+            pod::remove(&state.name, &current)?;
             state.pods.remove(&id);
             state.save()?;
             forget(

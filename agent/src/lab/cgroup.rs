@@ -1,4 +1,10 @@
-//! The lab's cgroup v2 tree: `<cgroup2>/moat-lab-<name>/<namespace>_<pod>`.
+//! The lab's cgroup v2 tree, one directory per lab so one `cgroup.kill` ends all of it:
+//!
+//! * `<cgroup2>/moat-lab-<name>/pods/<namespace>_<pod>`: pods (the agent's `cgroupRoot`);
+//! * `<cgroup2>/moat-lab-<name>/external/<namespace>_<pod>`: external hosts, outside the tree
+//!   the agent watches;
+//! * `<cgroup2>/moat-lab-<name>/kubelet`: the stand-in kubelet, outside the pods' root as a
+//!   real kubelet is.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -6,18 +12,34 @@ use std::time::{Duration, Instant};
 use super::LabError;
 use crate::node::mounts;
 
-/// `<cgroup2 mount>/moat-lab-<name>`.
-pub fn lab_root(lab: &str) -> Result<PathBuf, LabError> {
-    Ok(mounts::cgroup2()?.join(format!("moat-lab-{lab}")))
+pub const PODS: &str = "pods";
+pub const EXTERNAL: &str = "external";
+pub const KUBELET: &str = "kubelet";
+
+/// `moat-lab-<name>`: the lab's cgroup below the cgroup2 mount.
+pub fn lab_cgroup_name(lab: &str) -> String {
+    format!("moat-lab-{lab}")
 }
 
-/// `<cgroup2 mount>/moat-lab-<name>-external`, next to the pods' root: where `external` hosts
-/// live, outside the tree the lab's agent watches. Lab names cannot end in `-external`, so
-/// this is never another lab's pods' root.
+/// `<cgroup2 mount>/moat-lab-<name>`: everything the lab runs.
+pub fn lab_root(lab: &str) -> Result<PathBuf, LabError> {
+    Ok(mounts::cgroup2()?.join(lab_cgroup_name(lab)))
+}
+
+/// `<lab root>/pods`: the pods' root, where the lab's agent attaches.
+pub fn pods_root(lab_root: &Path) -> PathBuf {
+    lab_root.join(PODS)
+}
+
+/// `<lab root>/external`, next to the pods' root: where `external` hosts live, outside the
+/// tree the lab's agent watches.
 pub fn external_root(pods_root: &Path) -> PathBuf {
-    let mut name = pods_root.file_name().unwrap_or_default().to_os_string();
-    name.push("-external");
-    pods_root.with_file_name(name)
+    pods_root.with_file_name(EXTERNAL)
+}
+
+/// `<lab root>/kubelet`, next to the pods' root.
+pub fn kubelet_dir(pods_root: &Path) -> PathBuf {
+    pods_root.with_file_name(KUBELET)
 }
 
 pub fn pod_dir(root: &Path, namespace: &str, pod: &str) -> PathBuf {

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde_json::{json, Value};
 
 use super::addresses::{self, PodAddresses};
+use super::podspec::{self, Objects, PodNode};
 use super::role::{self, Role};
 use super::state::{write_atomic, PortState};
 use super::{lab_dir, LabError};
@@ -19,6 +20,8 @@ pub struct DesiredPod {
     pub addresses: PodAddresses,
     pub ports: Vec<PortState>,
     pub role: Role,
+    /// Uid, hostPID, volumes and mounts.
+    pub node: PodNode,
 }
 
 pub struct Desired {
@@ -116,8 +119,10 @@ pub fn compute(
     previous: &BTreeMap<PodKey, PodAddresses>,
 ) -> Result<Desired, LabError> {
     let mut documents = read_documents(paths)?;
+    let objects = Objects::from_items(documents.iter().map(|d| &d.value));
     let mut given = BTreeMap::new();
     let mut roles = BTreeMap::new();
+    let mut nodes = BTreeMap::new();
     for document in documents.iter().filter(|d| is_pod(&d.value)) {
         let bad = |message: String| LabError::BadObject {
             file: document.origin.file.clone(),
@@ -135,6 +140,10 @@ pub fn compute(
             continue;
         }
         if let Some(key) = pod_key(&document.value) {
+            let node = podspec::parse(&document.value, &key.namespace, &key.name, &objects).map_err(bad)?;
+            nodes.insert(key, node);
+        }
+        if let Some(key) = pod_key(&document.value) {
             given.insert(key, given_ips(&document.value));
         }
     }
@@ -144,8 +153,13 @@ pub fn compute(
         .collect();
     let assigned = addresses::assign(&given, previous, &avoid)?;
     for document in documents.iter_mut().filter(|d| is_pod(&d.value)) {
-        if let Some(addresses) = pod_key(&document.value).and_then(|key| assigned.get(&key)) {
+        let Some(key) = pod_key(&document.value) else { continue };
+        if let Some(addresses) = assigned.get(&key) {
             fill(&mut document.value, *addresses);
+        }
+        // The agent knows pods by uid (kubelet cgroup layouts): it must read the lab's.
+        if let Some(node) = nodes.get(&key) {
+            document.value["metadata"]["uid"] = json!(node.uid);
         }
     }
     let loaded = build_cluster(&documents)?;
@@ -159,6 +173,9 @@ pub fn compute(
         let addresses = *assigned
             .get(key)
             .ok_or_else(|| LabError::Internal(format!("pod {key} has no lab address")))?;
+        let node = nodes
+            .remove(key)
+            .ok_or_else(|| LabError::Internal(format!("pod {key} has no node spec")))?;
         let mut ports: Vec<PortState> = pod
             .ports
             .iter()
@@ -173,6 +190,7 @@ pub fn compute(
                 addresses,
                 ports,
                 role: roles.get(key).copied().unwrap_or_default(),
+                node,
             },
         );
     }

@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::mounts;
 use super::state::LabState;
-use super::{agent, cgroup, lab_dir, net, process, LabError};
+use super::{agent, cgroup, kubelet, lab_dir, net, process, LabError};
 
 pub fn run(name: &str) -> Result<(), LabError> {
     let existed = exists(name);
@@ -22,9 +23,7 @@ pub fn run(name: &str) -> Result<(), LabError> {
 pub fn exists(name: &str) -> bool {
     lab_dir(name).exists()
         || Path::new(&format!("/sys/fs/bpf/moat/lab-{name}")).exists()
-        || cgroup::lab_root(name)
-            .map(|root| root.exists() || cgroup::external_root(&root).exists())
-            .unwrap_or(false)
+        || cgroup::lab_root(name).map(|root| root.exists()).unwrap_or(false)
         || net::list_netns()
             .map(|all| !owned_netns(name, &all, &other_labs(name)).is_empty())
             .unwrap_or(false)
@@ -51,17 +50,19 @@ pub fn teardown(name: &str) -> Result<(), LabError> {
         process::terminate(pid, &marker, Duration::from_secs(5));
     }
     let bpffs = agent::bpffs_root(name);
+    kubelet::stop(name);
 
-    // Every process in the lab's cgroups (servers, probes, execs), then the cgroups: the
-    // pods' root and, next to it, the external hosts' root (derived from the name, so this
-    // works without state.json).
+    // Every process in the lab's cgroup (sandboxes and with them their PID namespaces,
+    // servers, probes, execs, the kubelet), then the cgroups. Derived from the name, so this
+    // works without state.json.
     match cgroup::lab_root(name) {
-        Ok(root) => {
-            note(cgroup::destroy(&root));
-            note(cgroup::destroy(&cgroup::external_root(&root)));
-        }
+        Ok(root) => note(cgroup::destroy(&root)),
         Err(error) => note(Err(error)),
     }
+
+    // The node's volumes (a tmpfs each), found in mountinfo: nothing else of the lab is
+    // mounted in the host's mount namespace.
+    note(mounts::detach_below(&lab_dir(name)).map(drop));
 
     // Network namespaces: pods and the bridge.
     match net::list_netns() {

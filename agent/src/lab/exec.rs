@@ -1,11 +1,11 @@
-//! `moat lab exec NS/POD -- CMD [ARGS...]`: runs CMD inside the pod's network namespace and
-//! cgroup with stdin, stdout and stderr inherited. `moat` enters the pod and then *becomes*
-//! CMD (execve), so the exit status and signals are CMD's own.
+//! `moat lab exec NS/POD -- CMD [ARGS...]`: runs CMD inside the pod (its cgroup and its
+//! sandbox's namespaces) with stdin, stdout and stderr inherited, as a tenant's process would.
+//! `moat` enters the pod and then *becomes* CMD (execve); in a pod with a PID namespace it
+//! forks first and stays as CMD's parent, exiting with CMD's status (see `podexec`).
 
 use std::os::unix::process::CommandExt;
 
-use super::net::netns_path;
-use super::podexec::PodPlace;
+use super::podexec::{PodPlace, Start};
 use super::state::LabState;
 use super::{parse_pod, LabError, NameArg};
 use crate::model::PodKey;
@@ -30,10 +30,10 @@ pub fn run(args: ExecArgs) -> Result<(), LabError> {
         .command
         .split_first()
         .ok_or_else(|| LabError::Usage("no command given after --".into()))?;
-    let place = PodPlace::new(netns_path(&pod.netns), &pod.cgroup);
-    // Without fork the setns/cgroup step of PodPlace runs in this (single-threaded) process
-    // right before execve.
-    let error = place.command(program, false)?.args(rest).exec();
+    // The pre-exec step of PodPlace runs in this (single-threaded) process right before
+    // execve, so joining the mount namespace is allowed.
+    let mut command = PodPlace::of(pod)?.command(program, Start::Attached)?;
+    let error = command.args(rest).exec();
     Err(LabError::Spawn {
         command: args.command.join(" "),
         source: error,

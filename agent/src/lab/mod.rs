@@ -1,9 +1,13 @@
-//! `moat lab`: pods as network namespaces plus cgroups, on the real kernel.
+//! `moat lab`: a node with pods, on the real kernel.
 //!
-//! Layout of a lab named N: bridge netns `moat-N-br` (bridge `br0`), one netns
-//! `moat-N-<ns>.<pod>` and one cgroup `<cgroup2>/moat-lab-N/<ns>_<pod>` per pod (external
-//! hosts: `<cgroup2>/moat-lab-N-external/<ns>_<pod>`, see `role`), files under
-//! `/run/moat/lab/N`. The host's root network namespace is never touched.
+//! Layout of a lab named N: bridge netns `moat-N-br` (bridge `br0`); per pod a netns
+//! `moat-N-<ns>.<pod>`, a cgroup `<cgroup2>/moat-lab-N/pods/<ns>_<pod>` (external hosts:
+//! `.../moat-lab-N/external/<ns>_<pod>`, see `role`) and a sandbox process holding the pod's
+//! mount, UTS, IPC and PID namespaces (`sandbox`, `podroot`); a node tree under
+//! `/run/moat/lab/N/node` with the kubelet's root, PKI and pod volumes (`node`, `volumes`)
+//! and a stand-in kubelet in `<cgroup2>/moat-lab-N/kubelet` (`kubelet`); files under
+//! `/run/moat/lab/N`. The host's root network namespace, its mounts and its files outside
+//! the lab's directory are never touched.
 
 pub mod addresses;
 pub mod agent;
@@ -15,17 +19,26 @@ pub mod connect;
 pub mod desired;
 pub mod down;
 pub mod exec;
+pub mod kubelet;
+pub mod mounts;
 pub mod net;
+pub mod node;
+pub mod pki;
 pub mod pod;
 pub mod podexec;
+pub mod podroot;
+pub mod podspec;
 pub mod probe;
 pub mod process;
 pub mod role;
+pub mod sandbox;
 pub mod serve;
 pub mod sock;
 pub mod state;
 pub mod status;
+pub mod sys;
 pub mod up;
+pub mod volumes;
 
 use std::path::PathBuf;
 
@@ -34,7 +47,7 @@ use crate::model::PodKey;
 /// Arguments every lab subcommand takes.
 #[derive(clap::Args, Clone, Debug)]
 pub struct NameArg {
-    /// Name of the lab: 1-20 characters of [a-z0-9-], not ending in `-external`.
+    /// Name of the lab: 1-20 characters of [a-z0-9-].
     #[arg(long, default_value = "default", value_parser = parse_name)]
     pub name: String,
 }
@@ -48,7 +61,8 @@ pub enum Output {
 
 #[derive(clap::Subcommand)]
 pub enum LabCommand {
-    /// Create a lab from manifests: pods, their servers and (unless --no-agent) an agent.
+    /// Create a lab from manifests: the node (stand-in kubelet, volumes), pods with their
+    /// sandboxes and servers, and (unless --no-agent) an agent.
     Up(up::UpArgs),
     /// Replace the lab's manifests: add new pods, remove gone ones, relabel.
     Apply(apply::ApplyArgs),
@@ -61,15 +75,21 @@ pub enum LabCommand {
     /// Start, stop or kill the lab's agent.
     #[command(subcommand)]
     Agent(agent::AgentCommand),
-    /// Run a command inside a pod (its netns and cgroup); exits with the command's status.
+    /// Run a command inside a pod (its cgroup and namespaces); exits with the command's status.
     Exec(exec::ExecArgs),
+    /// Ask the lab's stand-in kubelet to rotate its certificate or read its credentials.
+    #[command(subcommand)]
+    Kubelet(kubelet::KubeletCommand),
+    /// The stand-in kubelet itself (started by `lab up` from `<node>/usr/bin/kubelet`).
+    #[command(name = "kubelet-run", hide = true)]
+    KubeletRun(kubelet::RunArgs),
     /// Measure request/response rate or stream throughput between two pods.
     Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
-    #[error("invalid lab name {0:?}: want 1-20 characters of [a-z0-9-], not ending in -external")]
+    #[error("invalid lab name {0:?}: want 1-20 characters of [a-z0-9-]")]
     InvalidName(String),
     #[error(
         "lab {name:?} already exists (or left remains); run `moat lab down --name {name}` first"
@@ -146,6 +166,8 @@ pub fn run(command: LabCommand) -> Result<(), LabError> {
         LabCommand::Agent(command) => agent::run(command),
         LabCommand::Bench(args) => bench::run(args),
         LabCommand::Exec(args) => exec::run(args),
+        LabCommand::Kubelet(command) => kubelet::run_command(command),
+        LabCommand::KubeletRun(args) => kubelet::run(args),
     }
 }
 
@@ -154,9 +176,7 @@ pub fn parse_name(text: &str) -> Result<String, String> {
     let ok = (1..=20).contains(&text.len())
         && text
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        // `<lab>-external` names the cgroup of lab <lab>'s external hosts.
-        && !text.ends_with("-external");
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if ok {
         Ok(text.to_string())
     } else {
@@ -186,7 +206,6 @@ mod tests {
         assert!(parse_name("Upper").is_err());
         assert!(parse_name("a/b").is_err());
         assert!(parse_name("a".repeat(21).as_str()).is_err());
-        assert!(parse_name("a-external").is_err());
         assert!(parse_name("external").is_ok());
     }
 

@@ -8,8 +8,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use super::net::netns_path;
-use super::podexec::PodPlace;
+use super::podexec::{PodPlace, Start};
 use super::state::{LabState, PodState};
 use super::{parse_pod, LabError, NameArg, Output};
 use crate::model::{PodKey, Protocol};
@@ -261,9 +260,8 @@ fn probe_one(
 /// Runs `moat ARGV...` inside `pod` and returns its stdout. Exit codes 0 and 1 are answers;
 /// anything else is an error carrying stderr.
 pub fn run_in_pod(pod: &PodState, argv: &[String]) -> Result<String, LabError> {
-    let place = PodPlace::new(netns_path(&pod.netns), &pod.cgroup);
-    let output = place
-        .moat(false)?
+    let mut command = PodPlace::of(pod)?.moat(Start::Attached)?;
+    let output = command
         .args(argv)
         .stdin(Stdio::null())
         .output()

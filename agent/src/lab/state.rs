@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::kubelet::KubeletState;
+use super::node::NodeLayout;
+use super::podspec::Mount;
 use super::role::Role;
+use super::volumes::VolumeState;
 use super::{lab_dir, LabError};
 use crate::model::Protocol;
 
@@ -16,13 +20,22 @@ use crate::model::Protocol;
 pub struct LabState {
     pub name: String,
     pub bridge_netns: String,
-    /// `<cgroup2>/moat-lab-<name>`.
+    /// The pods' root: `<cgroup2>/moat-lab-<name>/pods`.
     pub cgroup_root: PathBuf,
     /// Next free bridge port number (veth names in the bridge netns are `vp<n>`).
     pub next_port: u32,
     /// Keyed by `namespace/pod`.
     pub pods: BTreeMap<String, PodState>,
     pub agent: Option<AgentState>,
+    /// The node's paths (see `node::NodeLayout`; derived from the name, kept for `status`).
+    #[serde(default)]
+    pub node: Option<NodeLayout>,
+    /// The stand-in kubelet.
+    #[serde(default)]
+    pub kubelet: Option<KubeletState>,
+    /// The API server the stand-in kubelet talks to (`lab up --api-server`).
+    #[serde(default)]
+    pub api_server: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,6 +55,22 @@ pub struct PodState {
     pub ports: Vec<PortState>,
     pub server_pid: Option<u32>,
     pub log: PathBuf,
+    /// `metadata.uid`, or derived from namespace and name (`podspec::derived_uid`).
+    #[serde(default)]
+    pub uid: String,
+    /// `spec.hostPID`: no PID namespace of its own.
+    #[serde(default)]
+    pub host_pid: bool,
+    /// The sandbox holding the pod's namespaces (PID 1 of its PID namespace).
+    #[serde(default)]
+    pub sandbox_pid: Option<u32>,
+    /// The sandbox's spec file; its command line carries the path.
+    #[serde(default)]
+    pub sandbox_spec: PathBuf,
+    #[serde(default)]
+    pub volumes: Vec<VolumeState>,
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -161,6 +190,12 @@ mod tests {
                 ports: vec![PortState::new(80, Protocol::Tcp)],
                 server_pid: Some(42),
                 log: "/run/moat/lab/t/pods/ns_a.log".into(),
+                uid: "u".into(),
+                host_pid: true,
+                sandbox_pid: Some(41),
+                sandbox_spec: "/run/moat/lab/t/sandbox/ns_a/spec.json".into(),
+                volumes: Vec::new(),
+                mounts: Vec::new(),
             },
         );
         state.agent = Some(AgentState {
@@ -174,6 +209,7 @@ mod tests {
         });
         let text = serde_json::to_string(&state).unwrap();
         assert!(text.contains("\"serverPid\":42"), "{text}");
+        assert!(text.contains("\"sandboxPid\":41") && text.contains("\"hostPid\":true"), "{text}");
         assert!(text.contains("\"role\":\"hidden\""), "{text}");
         assert_eq!(LabState::parse(&text, Path::new("s")).unwrap(), state);
         assert!(LabState::parse("{", Path::new("s")).is_err());

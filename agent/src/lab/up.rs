@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::desired::{self, Desired};
+use super::node::{self, NodeLayout};
 use super::state::LabState;
-use super::{agent, cgroup, down, lab_dir, net, pod, LabError, NameArg};
+use super::{agent, cgroup, down, kubelet, lab_dir, net, pod, LabError, NameArg};
 
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
@@ -17,9 +18,14 @@ pub struct UpArgs {
     /// Do not start the lab's agent (pods only).
     #[arg(long)]
     pub no_agent: bool,
-    /// Agent configuration (YAML); the lab overrides instance, cgroupRoot and cgroupLayout.
+    /// Agent configuration (YAML); the lab overrides instance, cgroupRoot and cgroupLayout,
+    /// and fills in the guard's node locations (`guard.kubelet`, `guard.runtime`) unset there.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// The API server (URL or host:port) the stand-in kubelet talks to, named in its
+    /// kubeconfigs and in the agent's `guard.apiServers`.
+    #[arg(long)]
+    pub api_server: Option<String>,
 }
 
 pub fn run(args: UpArgs) -> Result<(), LabError> {
@@ -29,7 +35,10 @@ pub fn run(args: UpArgs) -> Result<(), LabError> {
     }
     // Everything that only reads comes first: bad manifests leave nothing behind.
     let desired = desired::compute(&args.files, &BTreeMap::new())?;
-    let cgroup_root = cgroup::lab_root(&name)?;
+    if let Some(server) = args.api_server.as_deref().filter(|s| node::host_port(s).is_none()) {
+        return Err(LabError::Usage(format!("--api-server {server:?}: want a URL or host:port")));
+    }
+    let cgroup_root = cgroup::pods_root(&cgroup::lab_root(&name)?);
     let parent = lab_dir(&name)
         .parent()
         .map(PathBuf::from)
@@ -46,6 +55,8 @@ pub fn run(args: UpArgs) -> Result<(), LabError> {
         name: name.clone(),
         bridge_netns: net::bridge_netns(&name),
         cgroup_root,
+        node: Some(NodeLayout::of(&name)),
+        api_server: args.api_server.clone(),
         ..Default::default()
     };
     match build(&mut state, &desired, &args) {
@@ -65,15 +76,26 @@ pub fn run(args: UpArgs) -> Result<(), LabError> {
 
 fn build(state: &mut LabState, desired: &Desired, args: &UpArgs) -> Result<(), LabError> {
     let name = state.name.clone();
-    for dir in [desired::manifests_dir(&name), lab_dir(&name).join("pods")] {
+    for dir in [desired::manifests_dir(&name), lab_dir(&name).join("pods"), lab_dir(&name).join("sandbox")] {
         std::fs::create_dir_all(&dir).map_err(|e| LabError::io("creating", &dir, e))?;
     }
     state.save()?;
     agent::write_config(state, args.config.as_deref())?;
+    node::provision(&name, &NodeLayout::of(&name), state.api_server.as_deref())?;
     net::create_bridge(&state.bridge_netns)?;
+    if let Some(lab_root) = state.cgroup_root.parent() {
+        cgroup::create(lab_root)?;
+    }
     cgroup::create(&state.cgroup_root)?;
+    state.kubelet = Some(kubelet::start(&name, &state.cgroup_root)?);
+    state.save()?;
+    // Every pod's volumes exist before the first sandbox copies the host's mounts, so a
+    // hostPath of the kubelet's root shows every pod's volumes.
     for pod in desired.pods.values() {
-        pod::create(state, pod)?;
+        pod::prepare(state, pod)?;
+    }
+    for key in desired.pods.keys() {
+        pod::start(state, &key.to_string())?;
     }
     desired::write_cluster_json(&name, &desired.agent_items())?;
     if !args.no_agent {
@@ -101,6 +123,9 @@ fn print_summary(state: &LabState, desired: &Desired) {
     }
     for key in &desired.host_network {
         println!("  {key}: hostNetwork, not run in the lab");
+    }
+    if let (Some(node), Some(kubelet)) = (&state.node, &state.kubelet) {
+        println!("node {}: kubelet pid {} ({})", node.root.display(), kubelet.pid, node.kubelet_executable.display());
     }
     match &state.agent {
         Some(agent) => println!("agent pid {}, log {}", agent.pid, agent.log.display()),

@@ -32,7 +32,20 @@ pub fn is_mounted(path: &Path, fstype: &str) -> Result<bool, MountError> {
     Ok(mount_points(fstype)?.iter().any(|point| point == path))
 }
 
+/// Mount points at or below `prefix` (component-wise), in mount order. `mountinfo` names
+/// the mountinfo file to read (another process's, or another root's `/proc`).
+pub fn mount_points_below(mountinfo: &Path, prefix: &Path) -> Result<Vec<PathBuf>, MountError> {
+    let text = std::fs::read_to_string(mountinfo)
+        .map_err(|source| MountError::Read { path: mountinfo.into(), source })?;
+    Ok(parse_all(&text).into_iter().map(|(point, _)| point).filter(|point| point.starts_with(prefix)).collect())
+}
+
 fn parse_mount_points(mountinfo: &str, fstype: &str) -> Vec<PathBuf> {
+    parse_all(mountinfo).into_iter().filter(|(_, kind)| kind == fstype).map(|(point, _)| point).collect()
+}
+
+/// (mount point, filesystem type) of every line.
+fn parse_all(mountinfo: &str) -> Vec<(PathBuf, String)> {
     mountinfo
         .lines()
         .filter_map(|line| {
@@ -40,7 +53,7 @@ fn parse_mount_points(mountinfo: &str, fstype: &str) -> Vec<PathBuf> {
             let (before, after) = line.split_once(" - ")?;
             let mount_point = before.split(' ').nth(4)?;
             let kind = after.split(' ').next()?;
-            (kind == fstype).then(|| PathBuf::from(unescape(mount_point)))
+            Some((PathBuf::from(unescape(mount_point)), kind.to_string()))
         })
         .collect()
 }
