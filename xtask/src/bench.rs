@@ -83,6 +83,7 @@ const SECTIONS: &[(&str, SectionFn)] = &[
     ("np-iptables", crate::bench_iptables::iptables),
     ("np-compile", crate::bench_np::compile),
     ("kube", crate::bench_kube::kube),
+    ("guard", crate::bench_guard::guard),
 ];
 
 pub fn run_bench(args: &BenchArgs) -> Result<()> {

@@ -1,6 +1,7 @@
 //! Developer tasks: `cargo xtask setup | test | demo | bench`.
 
 mod bench;
+mod bench_guard;
 mod bench_iptables;
 mod bench_kube;
 mod bench_np;

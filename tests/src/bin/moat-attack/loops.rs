@@ -1,0 +1,154 @@
+//! `moat-attack loop ...`: the syscall loops `cargo xtask bench --only guard` times, inside a
+//! lab pod and on the host, to see what the guard's programs add to every open and exec.
+//! Only the loop is timed (not process start-up); setup happens before the clock starts.
+//! The loop runs in batches, each timed on its own, so a caller can see past interference.
+
+use std::ffi::CString;
+use std::io;
+use std::path::Path;
+use std::time::Instant;
+
+use crate::args::Loop;
+use crate::{c_path, Usage};
+
+/// Why a loop stopped early.
+#[derive(Debug)]
+pub enum LoopError {
+    Usage(Usage),
+    Syscall { call: &'static str, iteration: u64, source: io::Error },
+    Child { iteration: u64, status: libc::c_int },
+}
+
+impl std::fmt::Display for LoopError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Usage(Usage(message)) => write!(f, "{message}"),
+            Self::Syscall { call, iteration, source } => write!(f, "{call} failed at iteration {iteration}: {source}"),
+            Self::Child { iteration, status } => write!(f, "the program did not exit 0 at iteration {iteration} (wait status {status:#x})"),
+        }
+    }
+}
+
+/// Runs the loop and returns its JSON line: iterations, batches, total seconds, and ns per
+/// operation over the whole loop, in the fastest batch and in the median batch. On a busy
+/// machine the fastest batch is the one least disturbed by other work; what the guard adds
+/// to each call is in every batch.
+pub fn run(kind: &Loop) -> Result<String, LoopError> {
+    let (name, iterations, batches, timing) = match kind {
+        Loop::Open { iterations, path, batches } => ("open", *iterations, *batches, open_close(*iterations, *batches, path)?),
+        Loop::Exec { iterations, program, batches } => ("exec", *iterations, *batches, fork_exec(*iterations, *batches, program)?),
+    };
+    let mut per_batch = timing.batch_ns_per_op;
+    per_batch.sort_by(f64::total_cmp);
+    let ns_per_op = if iterations == 0 { 0.0 } else { timing.seconds * 1e9 / iterations as f64 };
+    Ok(serde_json::json!({
+        "loop": name,
+        "iterations": iterations,
+        "batches": batches,
+        "seconds": timing.seconds,
+        "ns_per_op": ns_per_op,
+        "min_ns_per_op": per_batch.first().copied().unwrap_or(0.0),
+        "median_ns_per_op": per_batch.get(per_batch.len().saturating_sub(1) / 2).copied().unwrap_or(0.0),
+    })
+    .to_string())
+}
+
+struct Timing {
+    seconds: f64,
+    batch_ns_per_op: Vec<f64>,
+}
+
+/// Runs `call` `iterations` times in `batches` timed batches (the last takes the remainder).
+fn batched(iterations: u64, batches: u64, mut call: impl FnMut(u64) -> Result<(), LoopError>) -> Result<Timing, LoopError> {
+    let batches = batches.clamp(1, iterations.max(1));
+    let size = iterations / batches;
+    let mut batch_ns_per_op = Vec::with_capacity(batches as usize);
+    let start = Instant::now();
+    let mut done = 0;
+    for batch in 0..batches {
+        let count = if batch + 1 == batches { iterations - done } else { size };
+        let batch_start = Instant::now();
+        for iteration in done..done + count {
+            call(iteration)?;
+        }
+        if count > 0 {
+            batch_ns_per_op.push(batch_start.elapsed().as_nanos() as f64 / count as f64);
+        }
+        done += count;
+    }
+    Ok(Timing { seconds: start.elapsed().as_secs_f64(), batch_ns_per_op })
+}
+
+fn open_close(iterations: u64, batches: u64, path: &Path) -> Result<Timing, LoopError> {
+    let path = c_path(path).map_err(LoopError::Usage)?;
+    batched(iterations, batches, |iteration| {
+        // SAFETY: path is a valid string; the fd is closed right away.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(LoopError::Syscall { call: "open", iteration, source: io::Error::last_os_error() });
+        }
+        unsafe { libc::close(fd) };
+        Ok(())
+    })
+}
+
+fn fork_exec(iterations: u64, batches: u64, program: &Path) -> Result<Timing, LoopError> {
+    let program = c_path(program).map_err(LoopError::Usage)?;
+    let argv: [*const libc::c_char; 2] = [program.as_ptr(), std::ptr::null()];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    batched(iterations, batches, |iteration| {
+        let status = spawn_and_wait(&program, &argv, &envp).map_err(|source| LoopError::Syscall { call: "fork/wait", iteration, source })?;
+        if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+            return Err(LoopError::Child { iteration, status });
+        }
+        Ok(())
+    })
+}
+
+/// fork(2), execve(2) in the child, waitpid(2) in the parent. The child makes only
+/// async-signal-safe calls on memory prepared before the fork.
+fn spawn_and_wait(program: &CString, argv: &[*const libc::c_char; 2], envp: &[*const libc::c_char; 1]) -> io::Result<libc::c_int> {
+    // SAFETY: this process is single-threaded; the child only calls execve and _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: all pointers were built before the fork and stay valid in the child.
+        unsafe {
+            libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for the child just forked.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+            return Ok(status);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_cover_every_iteration_once() {
+        let mut seen = Vec::new();
+        let timing = batched(10, 3, |i| {
+            seen.push(i);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+        assert_eq!(timing.batch_ns_per_op.len(), 3);
+        // More batches than iterations: one iteration each.
+        assert_eq!(batched(2, 5, |_| Ok(())).unwrap().batch_ns_per_op.len(), 2);
+        assert!(batched(0, 5, |_| Ok(())).unwrap().batch_ns_per_op.is_empty());
+    }
+}

@@ -1,0 +1,291 @@
+//! `cargo xtask bench --only guard`: what the runtime guard's programs add to the system
+//! calls they watch. Two loops of `moat-attack loop` (open+close of a regular file, and
+//! fork+exec of /bin/true) run in a lab pod, where the guard evaluates every actor fully,
+//! and on the host, under three configurations: no agent, the agent with the guard at its
+//! defaults, and the agent with every detection `off`.
+//!
+//! The guard's tracepoints are system-wide, so the configurations cannot run side by side
+//! (the no-agent baseline would pay for the other lab's programs): each round brings the lab
+//! up once per configuration, in an order that rotates from round to round, and `lab down`
+//! unpins (detaches) everything before the next one. Whatever the agent attaches is
+//! measured; the section lists it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, Result};
+use serde_json::Value;
+
+use crate::bench::{Context, Measurement, Row, Section};
+use crate::util::{cargo, check_interrupt, render, run, stdout_of, target_dir, workspace_root, Lab};
+
+const LAB: &str = "guard-bench";
+const POD: &str = "bench/client";
+const ROUNDS: usize = 5;
+/// Iterations per second of `--seconds`: each loop then runs for a fraction of it, so a
+/// round (three lab ups, twelve loops) stays short on a slow machine.
+const OPEN_PER_SECOND: u64 = 40_000;
+const EXEC_PER_SECOND: u64 = 100;
+const EXEC_PROGRAM: &str = "/bin/true";
+/// Calls per timed batch: short batches (a few ms), so on a busy machine some run
+/// undisturbed; the fastest batch of each run is its figure.
+const OPEN_BATCH: u64 = 1_000;
+const EXEC_BATCH: u64 = 10;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Config {
+    NoAgent,
+    Defaults,
+    Off,
+}
+
+impl Config {
+    const ALL: [Config; 3] = [Config::NoAgent, Config::Defaults, Config::Off];
+
+    fn label(self) -> &'static str {
+        match self {
+            Config::NoAgent => "no agent",
+            Config::Defaults => "guard at its defaults",
+            Config::Off => "every detection off",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Pod,
+    Host,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Loop {
+    Open,
+    Exec,
+}
+
+impl Loop {
+    fn label(self) -> &'static str {
+        match self {
+            Loop::Open => "open+close",
+            Loop::Exec => "fork+exec",
+        }
+    }
+}
+
+/// One loop run: ns per call in its fastest batch, and over the whole run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Sample {
+    fastest: f64,
+    mean: f64,
+}
+
+/// One configuration's samples: `[loop][place]`, one per round.
+type Samples = [[Vec<Sample>; 2]; 2];
+
+pub fn guard(ctx: &Context) -> Result<Section> {
+    run(cargo().args(["build", "-p", "moat-integration", "--bin", "moat-attack"]))?;
+    let attack = target_dir()?.join("debug").join("moat-attack");
+    let manifests = workspace_root().join("xtask/bench");
+    let iterations = |kind: Loop| match kind {
+        Loop::Open => OPEN_PER_SECOND * u64::from(ctx.seconds),
+        Loop::Exec => EXEC_PER_SECOND * u64::from(ctx.seconds),
+    };
+
+    // What the agent attaches, and the detection ids for the all-off configuration.
+    println!("\n== guard: what the lab's agent attaches");
+    let AgentStatus { programs, detections } = {
+        let _lab = Lab::up(&ctx.moat, LAB, std::slice::from_ref(&manifests), &[])?;
+        agent_status(&ctx.moat)?
+    };
+    let off_config = write_off_config(&detections)?;
+    let off_arg = off_config.display().to_string();
+
+    let mut samples: Vec<Samples> = Config::ALL.iter().map(|_| Samples::default()).collect();
+    for round in 0..ROUNDS {
+        for slot in order(round) {
+            let config = Config::ALL[slot];
+            println!("\n== guard: round {} of {ROUNDS}, {}", round + 1, config.label());
+            let extra: Vec<&str> = match config {
+                Config::NoAgent => vec!["--no-agent"],
+                Config::Defaults => vec![],
+                Config::Off => vec!["--config", &off_arg],
+            };
+            let lab = Lab::up(&ctx.moat, LAB, std::slice::from_ref(&manifests), &extra)?;
+            for (l, kind) in [Loop::Open, Loop::Exec].into_iter().enumerate() {
+                for (p, place) in [Place::Pod, Place::Host].into_iter().enumerate() {
+                    let sample = measure(&lab, &attack, kind, place, iterations(kind))?;
+                    samples[slot][l][p].push(sample);
+                }
+            }
+            drop(lab);
+        }
+    }
+
+    let mut rows = Vec::new();
+    let mut means = String::from("| loop | no agent | guard at its defaults | every detection off |\n|---|---:|---:|---:|\n");
+    for (l, kind) in [Loop::Open, Loop::Exec].into_iter().enumerate() {
+        for (p, place) in ["in a pod", "on the host"].into_iter().enumerate() {
+            let of = |slot: usize, pick: fn(&Sample) -> f64| median(&samples[slot][l][p].iter().map(pick).collect::<Vec<_>>());
+            let baseline = per_op(kind, of(0, |s| s.fastest)?);
+            for (slot, config) in Config::ALL.iter().enumerate().skip(1) {
+                rows.push(Row {
+                    metric: format!("{} {place}: {}", kind.label(), config.label()),
+                    baseline: baseline.clone(),
+                    moat: per_op(kind, of(slot, |s| s.fastest)?),
+                });
+            }
+            let mean = |slot: usize| -> Result<String> { Ok(format_per_op(&per_op(kind, of(slot, |s| s.mean)?))) };
+            means.push_str(&format!("| {} {place} | {} | {} | {} |\n", kind.label(), mean(0)?, mean(1)?, mean(2)?));
+        }
+    }
+    let notes = format!(
+        "Programs the lab's agent attached: {}. Detections at their defaults: {}.\n\n\
+         `moat-attack loop open N FILE` times N open(2)+close(2) of a regular file (the \
+         `moat-attack` binary itself, {} per run, in batches of {OPEN_BATCH}); `moat-attack \
+         loop exec N {EXEC_PROGRAM}` times N fork(2)+execve(2)+waitpid(2) ({} per run, in \
+         batches of {EXEC_BATCH}). Only the loop is timed. In a pod: through `moat lab exec` \
+         (the pod's cgroup and network namespace); on the host: from xtask's own cgroup. The \
+         table gives each run's fastest batch (the one least disturbed by other work on the \
+         machine; a cost the programs add to every call is in every batch), median over the \
+         rounds. Ratios are agent / no agent: above 1 is a cost.\n\n\
+         Mean over whole runs (median over the rounds), which includes the machine's other load:\n\n{means}",
+        if programs.is_empty() { "none".to_string() } else { programs.join(", ") },
+        detections.iter().map(|(id, mode)| format!("{id} {mode}")).collect::<Vec<_>>().join(", "),
+        iterations(Loop::Open),
+        iterations(Loop::Exec),
+    );
+    Ok(Section {
+        id: "guard",
+        title: "Runtime guard: open and exec with and without the agent",
+        columns: ["no agent", "agent"],
+        rows,
+        method: format!(
+            "Median of {ROUNDS} rounds; each round brings lab `{LAB}` up once per \
+             configuration (order rotating between rounds) and runs both loops in the pod and \
+             on the host"
+        ),
+        notes,
+        table: None,
+    })
+}
+
+/// The configurations' indices in round `round`: each leads once every three rounds, so
+/// a trend over the run (a build starting elsewhere) does not favour one of them.
+fn order(round: usize) -> [usize; 3] {
+    let n = Config::ALL.len();
+    [round % n, (round + 1) % n, (round + 2) % n]
+}
+
+/// What `moat status` says about the lab's agent.
+struct AgentStatus {
+    /// Attached programs, `name (hook)`.
+    programs: Vec<String>,
+    /// Each detection's id and effective mode.
+    detections: Vec<(String, String)>,
+}
+
+fn agent_status(moat: &Path) -> Result<AgentStatus> {
+    let mut cmd = Command::new(moat);
+    cmd.args(["status", "--lab", LAB, "-o", "json"]);
+    eprintln!("$ {}", render(&cmd));
+    let status: Value = serde_json::from_str(stdout_of(&mut cmd)?.trim()).context("`moat status -o json` printed no JSON")?;
+    let programs = status["programs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["attached"] == true)
+        .map(|p| format!("{} ({})", p["program"].as_str().unwrap_or("?"), p["hook"].as_str().unwrap_or("?")))
+        .collect();
+    let detections: Vec<(String, String)> = status["detections"]["configured"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| Some((d["id"].as_str()?.to_string(), d["effective"].as_str()?.to_string())))
+        .collect();
+    if detections.is_empty() {
+        anyhow::bail!("`moat status` lists no detections: {status}");
+    }
+    Ok(AgentStatus { programs, detections })
+}
+
+/// An agent config with every detection `off`, in the target directory.
+fn write_off_config(detections: &[(String, String)]) -> Result<PathBuf> {
+    let mut text = String::from("# cargo xtask bench --only guard: every detection off\nguard:\n  detections:\n");
+    for (id, _) in detections {
+        text.push_str(&format!("    {id}: \"off\"\n"));
+    }
+    let dir = target_dir()?.join("bench-guard");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("detections-off.yaml");
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// One loop run.
+fn measure(lab: &Lab, attack: &Path, kind: Loop, place: Place, iterations: u64) -> Result<Sample> {
+    check_interrupt()?;
+    let mut cmd = match place {
+        Place::Pod => {
+            let mut cmd = lab.command();
+            cmd.args(["exec", "--name", lab.name(), POD, "--"]).arg(attack);
+            cmd
+        }
+        Place::Host => Command::new(attack),
+    };
+    cmd.arg("loop");
+    let batches = match kind {
+        Loop::Open => {
+            cmd.args(["open", &iterations.to_string()]).arg(attack);
+            iterations.div_ceil(OPEN_BATCH)
+        }
+        Loop::Exec => {
+            cmd.args(["exec", &iterations.to_string(), EXEC_PROGRAM]);
+            iterations.div_ceil(EXEC_BATCH)
+        }
+    };
+    cmd.args(["--batches", &batches.to_string()]);
+    eprintln!("$ {}", render(&cmd));
+    let text = stdout_of(&mut cmd)?;
+    let value: Value = serde_json::from_str(text.trim()).with_context(|| format!("no JSON from the loop: {text:?}"))?;
+    let number = |key: &str| value[key].as_f64().with_context(|| format!("no {key} in {value}"));
+    let sample = Sample { fastest: number("min_ns_per_op")?, mean: number("ns_per_op")? };
+    eprintln!("  {}: fastest batch {:.1} ns/op, mean {:.1} ns/op", kind.label(), sample.fastest, sample.mean);
+    Ok(sample)
+}
+
+fn median(values: &[f64]) -> Result<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len().saturating_sub(1) / 2).copied().context("no measurements")
+}
+
+/// ns for open, µs for exec: the scale each is read at.
+fn per_op(kind: Loop, ns: f64) -> Measurement {
+    match kind {
+        Loop::Open => Measurement { rate: ns, unit: "ns/op".into() },
+        Loop::Exec => Measurement { rate: ns / 1_000.0, unit: "µs/op".into() },
+    }
+}
+
+fn format_per_op(measurement: &Measurement) -> String {
+    format!("{:.1} {}", measurement.rate, measurement.unit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_units() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]).unwrap(), 2.0);
+        assert!(median(&[]).is_err());
+        assert_eq!(per_op(Loop::Exec, 1_500_000.0), Measurement { rate: 1_500.0, unit: "µs/op".into() });
+    }
+
+    #[test]
+    fn every_configuration_takes_every_position() {
+        let rounds: Vec<[usize; 3]> = (0..3).map(order).collect();
+        assert_eq!(rounds, vec![[0, 1, 2], [1, 2, 0], [2, 0, 1]]);
+        assert_eq!(order(3), order(0));
+    }
+}
