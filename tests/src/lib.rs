@@ -9,6 +9,7 @@
 //! Failures of the lab commands panic with the command line and its output: these are
 //! assertions, and a test should stop at the first one.
 
+pub mod guard;
 pub mod netpol;
 
 pub use moat_agent::lab::node::NodeLayout;

@@ -1,0 +1,201 @@
+//! Support for runtime-guard tests: a lab whose pods alias the node's kubelet root, runtime
+//! binary and socket through hostPath volumes (as an escaped tenant would), an observer of
+//! every detection, `moat-attack` run inside pods, and a marker that proves silence.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::{eventually, moat_bin, namespace_yaml, Lab, Manifests, Output, UpOptions};
+
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Where pods see the node through hostPath (`/host/...`).
+pub const HOST_KUBELET: &str = "/host/var/lib/kubelet";
+pub const HOST_RUN: &str = "/host/run";
+pub const HOST_BIN: &str = "/host/usr/bin";
+
+/// `moat-attack`, built next to the agent binary.
+pub fn attack_bin() -> PathBuf {
+    moat_bin().with_file_name("moat-attack")
+}
+
+/// How a test pod is made.
+#[derive(Clone, Debug, Default)]
+pub struct PodSpec {
+    pub namespace: &'static str,
+    pub name: &'static str,
+    pub host_pid: bool,
+    /// hostPath aliases of the node's kubelet root, /run and /usr/bin at `/host/...`.
+    pub host_paths: bool,
+}
+
+impl PodSpec {
+    pub fn new(namespace: &'static str, name: &'static str) -> Self {
+        Self { namespace, name, ..Self::default() }
+    }
+
+    pub fn host_pid(mut self) -> Self {
+        self.host_pid = true;
+        self
+    }
+
+    pub fn host_paths(mut self) -> Self {
+        self.host_paths = true;
+        self
+    }
+
+    fn yaml(&self, lab: &Lab) -> String {
+        let root = node_root(lab);
+        let mut spec = String::new();
+        if self.host_pid {
+            spec.push_str("  hostPID: true\n");
+        }
+        let mut mounts = String::new();
+        if self.host_paths {
+            spec.push_str("  volumes:\n");
+            for (name, path, at) in [
+                ("kubelet", lab.kubelet_root(), HOST_KUBELET),
+                ("run", root.join("run"), HOST_RUN),
+                ("bin", root.join("usr/bin"), HOST_BIN),
+            ] {
+                spec.push_str(&format!("    - name: {name}\n      hostPath:\n        path: {}\n", path.display()));
+                mounts.push_str(&format!("        - name: {name}\n          mountPath: {at}\n"));
+            }
+        }
+        let mut yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\nspec:\n{spec}  containers:\n    - name: app\n      image: registry.k8s.io/e2e-test-images/agnhost:2.53\n",
+            self.name, self.namespace
+        );
+        if !mounts.is_empty() {
+            yaml.push_str(&format!("      volumeMounts:\n{mounts}"));
+        }
+        yaml
+    }
+}
+
+/// The lab's node directory (`<run dir>/node`).
+fn node_root(lab: &Lab) -> PathBuf {
+    lab.run_dir().join("node")
+}
+
+/// A lab with tenants and pods for guard tests, an agent with `config` (YAML, optional) and
+/// an observer of every detection.
+pub struct GuardLab {
+    pub lab: Lab,
+    pub observer: Observer,
+    _manifests: Manifests,
+}
+
+impl GuardLab {
+    /// `tenants`: (namespace, tenant). The namespace `marker` (tenant `marker`) with pod
+    /// `marker/m` is added for [`GuardLab::quiet_since`].
+    pub fn up(tenants: &[(&str, &str)], pods: &[PodSpec], config: Option<&str>, api_server: Option<String>) -> GuardLab {
+        let manifests = Manifests::new();
+        let lab = Lab::reserve();
+        let mut docs: Vec<String> = tenants.iter().map(|(ns, tenant)| namespace_yaml(ns, &[("tenant", tenant)])).collect();
+        docs.push(namespace_yaml("marker", &[("tenant", "marker")]));
+        docs.extend(pods.iter().map(|p| p.yaml(&lab)));
+        docs.push(PodSpec::new("marker", "m").yaml(&lab));
+        let file = manifests.write("cluster.yaml", &crate::documents(&docs));
+        let config = config.map(|c| manifests.write("moat.yaml", c));
+        lab.start(&[file], UpOptions { config, api_server, ..UpOptions::default() });
+        let observer = Observer::start(&lab);
+        let guard = GuardLab { lab, observer, _manifests: manifests };
+        guard.marker();
+        guard
+    }
+
+    /// `moat-attack ARGS...` inside `pod` (`NS/NAME`).
+    pub fn attack(&self, pod: &str, args: &[&str]) -> Output {
+        let bin = attack_bin();
+        let mut all = vec![bin.to_str().expect("UTF-8 path")];
+        all.extend_from_slice(args);
+        self.lab.exec(pod, &all)
+    }
+
+    /// Performs a marker detection (`bpf()` from `marker/m`) and waits until the observer
+    /// has it: every detection caused before is then in too (one ordered pipeline).
+    /// Returns how many marker detections have been seen.
+    pub fn marker(&self) -> usize {
+        let before = self.observer.matching(|e| e["pod"] == "m" && e["namespace"] == "marker").len();
+        let seen = eventually(DEADLINE, || {
+            self.attack("marker/m", &["bpf"]);
+            let now = self.observer.matching(|e| e["pod"] == "m" && e["namespace"] == "marker").len();
+            (now > before).then_some(now)
+        });
+        seen.unwrap_or_else(|| panic!("the marker detection never arrived; agent log:\n{}", self.lab.agent_log()))
+    }
+
+    /// Runs `action`, then a marker; returns the detections (marker excluded) seen in
+    /// between. For asserting silence (empty) or an exact set.
+    pub fn during(&self, action: impl FnOnce()) -> Vec<serde_json::Value> {
+        let start = self.observer.events().len();
+        action();
+        self.marker();
+        self.observer.events()[start..]
+            .iter()
+            .filter(|e| !(e["pod"] == "m" && e["namespace"] == "marker"))
+            .cloned()
+            .collect()
+    }
+
+    /// Waits for a detection matching `want` (panics with the agent log if none comes).
+    pub fn expect(&self, what: &str, want: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let found = eventually(DEADLINE, || self.observer.matching(&want).into_iter().next());
+        found.unwrap_or_else(|| {
+            panic!("no detection: {what}\nseen: {:#?}\nagent log:\n{}", self.observer.events(), self.lab.agent_log())
+        })
+    }
+}
+
+/// Asserts a detection names `id`, the pod, its tenant and the action.
+pub fn assert_detection(event: &serde_json::Value, id: &str, pod: &str, tenant: &str, action: &str) {
+    let (namespace, name) = pod.split_once('/').expect("NS/POD");
+    assert_eq!(event["type"], "detection", "{event}");
+    assert_eq!(event["id"], id, "{event}");
+    assert_eq!(event["namespace"], namespace, "{event}");
+    assert_eq!(event["pod"], name, "{event}");
+    assert_eq!(event["tenant"], tenant, "{event}");
+    assert_eq!(event["action"], action, "{event}");
+    assert!(event["pid"].as_u64().is_some_and(|p| p > 0), "{event}");
+    assert!(event["executable"].is_string(), "{event}");
+    assert!(event["evidence"].is_string(), "{event}");
+}
+
+/// `moat observe --lab NAME -o json`; killed on drop.
+pub struct Observer {
+    child: Child,
+    out: tempfile::NamedTempFile,
+}
+
+impl Observer {
+    pub fn start(lab: &Lab) -> Observer {
+        let out = tempfile::NamedTempFile::new().expect("temporary file");
+        let file = out.reopen().expect("reopening the temporary file");
+        let child = Command::new(lab.moat())
+            .args(["observe", "--lab", lab.name(), "-o", "json"])
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting moat observe");
+        Observer { child, out }
+    }
+
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.out.path()).unwrap_or_default();
+        text.lines().filter_map(|line| serde_json::from_str(line).ok()).filter(|e: &serde_json::Value| e["type"] == "detection").collect()
+    }
+
+    pub fn matching(&self, want: impl Fn(&serde_json::Value) -> bool) -> Vec<serde_json::Value> {
+        self.events().into_iter().filter(|e| want(e)).collect()
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
