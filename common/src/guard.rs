@@ -71,7 +71,8 @@ pub struct GuardSettings {
     /// `LSM_*` bits of the BPF LSM programs attached: what they see, the detection
     /// tracepoints leave to them (so nothing is reported twice).
     pub lsm_hooks: u32,
-    pub _pad: u32,
+    /// The agent's own process: it reads kubeconfigs and uses bpf(); never an actor.
+    pub agent_tgid: u32,
 }
 
 /// BPF LSM hooks, as bits of `GuardSettings::lsm_hooks` and indexes of

@@ -22,6 +22,8 @@ use crate::events::record::Detection;
 #[derive(Clone, Debug, Default)]
 pub struct GuardView {
     pub names: BTreeMap<FileKey, PathBuf>,
+    /// Pod tag → pod, for naming the owner of a volume.
+    pub pods_by_tag: BTreeMap<u64, crate::model::PodKey>,
     pub host_pid_ns: u64,
     pub host_proc_dev: u64,
 }
@@ -143,7 +145,10 @@ fn evidence(event: &GuardEvent, view: &GuardView) -> (String, String) {
         }
         DETECTION_KERNEL_MEMORY => ("access to kernel memory or debug interfaces".into(), dentry()),
         DETECTION_KUBELET_PKI => ("kubelet credentials opened by a process that is not the kubelet".into(), dentry()),
-        DETECTION_OTHER_POD_VOLUME => ("another pod's volume read".into(), dentry()),
+        DETECTION_OTHER_POD_VOLUME => {
+            let owner = view.pods_by_tag.get(&event.owner).map(|p| format!("{}/{}", p.namespace, p.name)).unwrap_or_else(|| "an unknown pod".into());
+            (format!("a volume of pod {owner} read"), format!("{} (volume of pod {owner})", dentry()))
+        }
         DETECTION_KUBELET_API => {
             let mut addr = [0u8; 16];
             addr.copy_from_slice(&event.subject[..16]);

@@ -170,11 +170,16 @@ pub fn host_proc_dev() -> u64 {
         .unwrap_or(0)
 }
 
-/// The cgroup this agent runs in (exempt: the agent's own pod), as a cgroup id.
-pub fn own_cgroup(mount: &Path) -> Option<u64> {
+/// The cgroup this agent runs in when it is a pod's (below `pods_root`), as a cgroup id: the
+/// agent's own bpf() calls are not an escape. An agent run on the host (the lab) shares its
+/// cgroup with other host processes, which must stay subject to the host-process rules.
+pub fn own_cgroup(mount: &Path, pods_root: &Path) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    std::fs::metadata(mount.join(path.trim_start_matches('/'))).ok().map(|m| m.ino())
+    let path = mount.join(text.lines().find_map(|l| l.strip_prefix("0::"))?.trim_start_matches('/'));
+    if !path.starts_with(pods_root) || path == pods_root {
+        return None;
+    }
+    std::fs::metadata(path).ok().map(|m| m.ino())
 }
 
 /// `host:port` strings to addresses; unresolvable ones are logged and skipped.

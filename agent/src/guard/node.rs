@@ -99,7 +99,9 @@ fn kubelet_credentials(config: &GuardConfig, found: &mut Discovered) {
     match std::fs::read_dir(&config.kubelet.pki_dir) {
         Ok(entries) => {
             for entry in entries.flatten() {
-                let path = entry.path();
+                // Named by the file itself (the dated one behind `-current`), which rotation
+                // changes and which an event should show.
+                let path = std::fs::canonicalize(entry.path()).unwrap_or_else(|_| entry.path());
                 if path.is_file() {
                     found.add(&path, FILE_KUBELET_CREDENTIAL, 0);
                 }

@@ -38,6 +38,7 @@ pub struct Guard {
     cgroup_mount: PathBuf,
     own_cgroup: Option<u64>,
     discovered: Discovered,
+    pods_by_tag: std::collections::BTreeMap<u64, crate::model::PodKey>,
 }
 
 impl Guard {
@@ -71,10 +72,10 @@ impl Guard {
             kubelet_cgroup: kubelet_cgroup.unwrap_or(0),
             host_ns: kernel_maps::host_namespaces(),
             lsm_hooks: 0,
-            _pad: 0,
+            agent_tgid: std::process::id(),
         };
-        let own_cgroup = kernel_maps::own_cgroup(cgroup_mount);
-        Ok(Self { maps, config: config.clone(), settings, cgroup_mount: cgroup_mount.into(), own_cgroup, discovered: Discovered::default() })
+        let own_cgroup = kernel_maps::own_cgroup(cgroup_mount, cgroup_root);
+        Ok(Self { maps, config: config.clone(), settings, cgroup_mount: cgroup_mount.into(), own_cgroup, discovered: Discovered::default(), pods_by_tag: Default::default() })
     }
 
     /// Brings actors, files and volumes up to date; writes settings when they change.
@@ -83,7 +84,12 @@ impl Guard {
         self.maps.sync_actors(actors)?;
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let found = node::discover(&self.config, &mountinfo);
-        if found != self.discovered {
+        let pods_by_tag: std::collections::BTreeMap<u64, crate::model::PodKey> = cluster
+            .pods
+            .iter()
+            .map(|(key, pod)| (node::pod_tag(pod.uid.as_deref(), &key.namespace, &key.name), key.clone()))
+            .collect();
+        if found != self.discovered || pods_by_tag != self.pods_by_tag {
             for path in found.missing.difference(&self.discovered.missing) {
                 tracing::info!(path = %path.display(), "guard: configured node path not found; skipped");
             }
@@ -93,10 +99,12 @@ impl Guard {
             self.maps.sync_node(&found)?;
             publish(GuardView {
                 names: found.names.clone(),
+                pods_by_tag: pods_by_tag.clone(),
                 host_pid_ns: kernel_maps::host_namespace("pid"),
                 host_proc_dev: kernel_maps::host_proc_dev(),
             });
             self.discovered = found;
+            self.pods_by_tag = pods_by_tag;
         }
         let (dev, ino) = self.discovered.kubelet_exe.map(|k| (k.dev, k.ino)).unwrap_or((0, 0));
         if (dev, ino) != (self.settings.kubelet_exe_dev, self.settings.kubelet_exe_ino) || self.settings.ready == 1 {

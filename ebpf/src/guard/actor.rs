@@ -1,7 +1,7 @@
 //! Who is acting: a pod (known to the model by cgroup, or only by being below the pods'
 //! cgroup root), the kubelet, or another host process.
 
-use aya_ebpf::helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id};
+use aya_ebpf::helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid};
 use moat_common::guard::{GuardSettings, ACTOR_EXEMPT, FILE_RUNTIME_BINARY, FileKey};
 
 use super::kernel;
@@ -30,6 +30,9 @@ pub fn settings() -> Option<GuardSettings> {
 /// namespaces): exempt actors are never reported.
 #[inline(always)]
 pub fn current(settings: &GuardSettings) -> Option<Actor> {
+    if settings.agent_tgid != 0 && (bpf_get_current_pid_tgid() >> 32) as u32 == settings.agent_tgid {
+        return None;
+    }
     // SAFETY: helpers without pointer arguments.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     if let Some(known) = unsafe { GUARD_ACTORS.get(&cgroup) } {

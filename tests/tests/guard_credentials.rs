@@ -1,0 +1,171 @@
+//! Runtime guard, credentials and the container runtime: the kubelet's certificate, key and
+//! kubeconfigs (matched by inode, following rotation), other pods' volumes (by superblock),
+//! the runtime's binary and socket, kubelet API ports, and a host process that reads the
+//! kubelet's key and then reaches the API server. Every technique is performed from a lab
+//! pod through a hostPath alias of the node (`/host/...`), as an escaped tenant would; the
+//! legitimate actors (the stand-in kubelet, a pod on its own volumes) stay silent.
+
+use std::path::Path;
+use std::process::Command;
+
+use moat_integration::guard::{assert_detection, GuardLab, PodSpec, HOST_BIN, HOST_KUBELET, HOST_RUN};
+use moat_integration::kube::ApiServer;
+use moat_integration::{eventually, Family};
+
+const TENANTS: &[(&str, &str)] = &[("alpha", "alpha"), ("beta", "beta")];
+
+fn lab(config: Option<&str>) -> GuardLab {
+    GuardLab::up(TENANTS, &[PodSpec::new("alpha", "spy").host_paths(), PodSpec::new("beta", "web")], config, None)
+}
+
+/// The node path `path` as pod `alpha/spy` sees it through its hostPath of the kubelet root.
+fn via_alias(g: &GuardLab, path: &Path) -> String {
+    let rel = path.strip_prefix(g.lab.kubelet_root()).unwrap_or_else(|_| panic!("{} is below the kubelet root", path.display()));
+    format!("{HOST_KUBELET}/{}", rel.display())
+}
+
+fn sha(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn kubelet_credentials_are_matched_by_inode_through_rotation_and_the_kubelet_is_silent() {
+    let g = lab(None);
+    let pki = g.lab.pki_dir();
+    let current = std::fs::canonicalize(g.lab.current_cert()).expect("current certificate");
+
+    // The kubelet reading its own credentials is normal.
+    let quiet = g.during(|| g.lab.kubelet_read());
+    assert!(quiet.is_empty(), "the kubelet reading its credentials was reported: {quiet:#?}");
+
+    // A pod reading them through its hostPath alias: reported, naming the dated file.
+    let link = via_alias(&g, &g.lab.current_cert());
+    g.attack("alpha/spy", &["open", &link, "--read-bytes", "16"]).ok();
+    let event = g.expect("the current certificate read through the alias", |e| {
+        e["id"] == "cred.kubelet-pki" && e["evidence"] == current.display().to_string()
+    });
+    assert_detection(&event, "cred.kubelet-pki", "alpha/spy", "alpha", "detected");
+    assert_eq!(event["severity"], "critical", "{event}");
+
+    let key = via_alias(&g, &pki.join("kubelet.key"));
+    g.attack("alpha/spy", &["open", &key]).ok();
+    g.expect("the serving key", |e| e["id"] == "cred.kubelet-pki" && e["evidence"].as_str().is_some_and(|p| p.ends_with("kubelet.key")));
+    let kubeconfig = format!("{HOST_KUBELET}/kubeconfig");
+    g.attack("alpha/spy", &["open", &kubeconfig]).ok();
+    g.expect("the kubelet's kubeconfig", |e| e["id"] == "cred.kubelet-pki" && e["evidence"].as_str().is_some_and(|p| p.ends_with("var/lib/kubelet/kubeconfig")));
+
+    // Rotation: the new dated file is protected as soon as the agent has seen it, reached
+    // through the same `-current` link; the kubelet reading it stays silent.
+    let rotated = std::fs::canonicalize(g.lab.kubelet_rotate()).expect("rotated certificate");
+    assert_ne!(rotated, current);
+    let seen = eventually(moat_integration::guard::DEADLINE, || {
+        g.attack("alpha/spy", &["open", &link]).ok();
+        g.observer
+            .matching(|e| e["id"] == "cred.kubelet-pki" && e["evidence"] == rotated.display().to_string())
+            .into_iter()
+            .next()
+    });
+    let seen = seen.unwrap_or_else(|| panic!("the rotated certificate was never reported; agent log:\n{}", g.lab.agent_log()));
+    assert_detection(&seen, "cred.kubelet-pki", "alpha/spy", "alpha", "detected");
+    let quiet = g.during(|| g.lab.kubelet_read());
+    assert!(quiet.is_empty(), "the kubelet reading its rotated credentials was reported: {quiet:#?}");
+}
+
+#[test]
+fn a_pod_reading_another_pods_volume_is_reported_and_its_own_is_not() {
+    let g = lab(None);
+    let theirs = g.lab.pod_token_volume("beta/web").join("token");
+    let mine = g.lab.pod_token_volume("alpha/spy").join("token");
+    assert_ne!(std::fs::metadata(&theirs).map(|m| std::os::unix::fs::MetadataExt::dev(&m)).ok(), std::fs::metadata(&mine).map(|m| std::os::unix::fs::MetadataExt::dev(&m)).ok(), "each volume is its own tmpfs");
+
+    let quiet = g.during(|| {
+        g.attack("alpha/spy", &["open", "/var/run/secrets/kubernetes.io/serviceaccount/token", "--read-bytes", "8"]).ok();
+        g.attack("alpha/spy", &["open", &via_alias(&g, &mine), "--read-bytes", "8"]).ok();
+        g.attack("beta/web", &["open", "/var/run/secrets/kubernetes.io/serviceaccount/token", "--read-bytes", "8"]).ok();
+    });
+    assert!(quiet.is_empty(), "a pod reading its own token was reported: {quiet:#?}");
+
+    g.attack("alpha/spy", &["open", &via_alias(&g, &theirs), "--read-bytes", "8"]).ok();
+    let event = g.expect("beta/web's token read by alpha/spy", |e| e["id"] == "cred.other-pod-volume");
+    assert_detection(&event, "cred.other-pod-volume", "alpha/spy", "alpha", "detected");
+    let evidence = event["evidence"].as_str().unwrap_or_default();
+    assert!(evidence.contains("token") && evidence.contains("volume of pod beta/web"), "{event}");
+}
+
+#[test]
+fn the_runtime_binary_and_socket_are_matched_through_an_alias() {
+    let g = lab(None);
+    let binary = g.lab.runtime_binary();
+    let before = sha(&binary);
+    let runc = format!("{HOST_BIN}/runc");
+    let quiet = g.during(|| {
+        g.attack("alpha/spy", &["open", &runc, "--read-bytes", "4"]).ok();
+    });
+    assert!(quiet.is_empty(), "reading the runtime binary was reported: {quiet:#?}");
+
+    g.attack("alpha/spy", &["open", &runc, "--write"]).ok();
+    let event = g.expect("the runtime binary opened for writing", |e| e["id"] == "escape.runtime-binary");
+    assert_detection(&event, "escape.runtime-binary", "alpha/spy", "alpha", "detected");
+    assert_eq!(event["evidence"], binary.display().to_string(), "{event}");
+    assert_eq!(sha(&binary), before, "the runtime binary is unchanged");
+
+    let socket = format!("{HOST_RUN}/containerd/containerd.sock");
+    g.attack("alpha/spy", &["connect-unix", &socket]).ok();
+    let event = g.expect("the runtime socket reached", |e| e["id"] == "escape.runtime-socket");
+    assert_detection(&event, "escape.runtime-socket", "alpha/spy", "alpha", "detected");
+    assert_eq!(event["evidence"], g.lab.runtime_socket().display().to_string(), "{event}");
+}
+
+#[test]
+fn pods_cannot_reach_kubelet_ports_in_block_mode_and_are_reported_in_detect_mode() {
+    // The pod's own address: tenant and NetworkPolicy rules allow it, so only the guard
+    // decides (nothing listens there, so a connect let through is refused by the peer).
+    let g = lab(None);
+    let target = g.lab.pod_ip("beta/web", Family::V4).to_string();
+    let refused = g.attack("beta/web", &["connect-tcp", &target, "10250"]);
+    assert!(!refused.success && refused.stdout.contains("EPERM"), "the connect is refused:\n{refused}");
+    let event = g.expect("connect to 10250", |e| e["id"] == "cred.kubelet-api");
+    assert_detection(&event, "cred.kubelet-api", "beta/web", "beta", "blocked");
+    assert_eq!(event["evidence"], format!("{target}:10250"), "{event}");
+    let quiet = g.during(|| {
+        g.attack("alpha/spy", &["connect-tcp", &target, "80"]);
+    });
+    assert!(quiet.is_empty(), "an ordinary connect was reported: {quiet:#?}");
+    drop(g);
+
+    let g = lab(Some("guard:\n  detections:\n    cred.kubelet-api: detect\n"));
+    let target = g.lab.pod_ip("beta/web", Family::V4).to_string();
+    let through = g.attack("beta/web", &["connect-tcp", &target, "10255"]);
+    assert!(!through.stdout.contains("EPERM"), "detect mode lets the connect through:\n{through}");
+    let event = g.expect("connect to 10255", |e| e["id"] == "cred.kubelet-api");
+    assert_detection(&event, "cred.kubelet-api", "beta/web", "beta", "detected");
+}
+
+#[test]
+fn a_host_process_that_read_the_kubelet_key_is_reported_reaching_the_api_server() {
+    let server = ApiServer::start(&[], 1);
+    let url = server.url();
+    let address = url.trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/').to_string();
+    let (host, port) = address.rsplit_once(':').expect("host:port");
+    let config = format!("guard:\n  apiServers: [\"{address}\"]\n");
+    // The stand-in kubelet reads its credentials and talks to the same API server: silent.
+    let g = GuardLab::up(TENANTS, &[PodSpec::new("alpha", "spy")], Some(&config), Some(url.clone()));
+    let quiet = g.during(|| g.lab.kubelet_read());
+    assert!(quiet.is_empty(), "the kubelet was reported: {quiet:#?}");
+
+    // A host shell reads the key itself (the redirect opens it in the shell), then becomes a
+    // client of the API server: both steps are reported, neither names a pod.
+    let key = g.lab.pki_dir().join("kubelet.key");
+    let attack = moat_integration::guard::attack_bin();
+    let script = format!("read -r line < {}; exec {} connect-tcp {host} {port}", key.display(), attack.display());
+    let output = Command::new("sh").args(["-c", &script]).output().expect("host shell");
+    assert!(output.status.success(), "the host process connects: {}", String::from_utf8_lossy(&output.stdout));
+    let read = g.expect("the host process read the key", |e| e["id"] == "cred.kubelet-pki" && e["pod"].is_null());
+    assert!(read["evidence"].as_str().is_some_and(|p| p.ends_with("kubelet.key")), "{read}");
+    assert!(read["namespace"].is_null() && read["tenant"].is_null(), "a host process has no pod: {read}");
+    let reached = g.expect("the host process reached the API server", |e| e["id"] == "cred.kubelet-api" && e["pod"].is_null());
+    assert_eq!(reached["pid"], read["pid"], "the same process: {reached}");
+    assert_eq!(reached["action"], "detected", "{reached}");
+    assert!(reached["evidence"].as_str().is_some_and(|e| e.ends_with(&format!(":{port}"))), "{reached}");
+    assert!(reached["message"].as_str().is_some_and(|m| m.contains("after reading kubelet credentials")), "{reached}");
+}
