@@ -145,7 +145,7 @@ fn status_socket_metrics_and_readiness() {
     assert_eq!(status["ready"], true, "{status}");
     assert_eq!(status["sync"]["first_sync_done"], true, "{status}");
     let programs = status["programs"].as_array().cloned().unwrap_or_default();
-    assert_eq!(programs.len(), 7, "every program: {status}");
+    assert_eq!(programs.len(), moat_agent::kernel::loader::PROGRAMS.len(), "every program: {status}");
     for program in &programs {
         assert_eq!((program["attached"].as_bool(), program["pinned"].as_bool()), (Some(true), Some(true)), "{program}");
     }

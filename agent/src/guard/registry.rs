@@ -160,7 +160,7 @@ pub const FOREIGN_TENANT: Spec = Spec {
     code: code::DETECTION_FOREIGN_TENANT,
     severity: "high",
     detect_hooks: "pod watch and node labels",
-    block_hooks: "all of the pod's traffic denied (cgroup_skb, cgroup/connect, cgroup/sendmsg)",
+    block_hooks: "denying all of the pod's traffic (cgroup_skb, cgroup/connect, cgroup/sendmsg)",
     blocking: Blocking::Always,
     lsm_hooks: &[],
 };
