@@ -51,18 +51,23 @@ impl PodsRoot {
 }
 
 impl GuardMaps {
+    /// Takes the maps. Pinned maps an earlier agent filled are adopted with their content,
+    /// so the first sync also removes what that agent left (a pod deleted meanwhile).
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, KernelError> {
+        let actors: HashMap<MapData, u64, Actor> = take(ebpf, names::GUARD_ACTORS)?;
+        let files: HashMap<MapData, FileKey, FileRule> = take(ebpf, names::GUARD_FILES)?;
+        let volumes: HashMap<MapData, u64, u64> = take(ebpf, names::GUARD_VOLUMES)?;
         Ok(Self {
             settings: take(ebpf, names::GUARD_SETTINGS)?,
             syscalls: take(ebpf, names::GUARD_SYSCALLS)?,
-            actors: take(ebpf, names::GUARD_ACTORS)?,
-            files: take(ebpf, names::GUARD_FILES)?,
-            volumes: take(ebpf, names::GUARD_VOLUMES)?,
+            written_actors: actors.iter().filter_map(Result::ok).collect(),
+            written_files: files.iter().filter_map(Result::ok).collect(),
+            written_volumes: volumes.iter().filter_map(Result::ok).collect(),
+            actors,
+            files,
+            volumes,
             api_servers: take(ebpf, names::GUARD_API_SERVERS)?,
             ports: take(ebpf, names::GUARD_PORTS)?,
-            written_actors: BTreeMap::new(),
-            written_files: BTreeMap::new(),
-            written_volumes: BTreeMap::new(),
         })
     }
 
