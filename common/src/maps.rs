@@ -16,11 +16,15 @@ pub mod names {
     pub const POLICY_RULES: &str = "POLICY_RULES";
     /// Runtime guard: detection code → `event::GUARD_MODE_*`, written by the agent.
     pub const GUARD_MODES: &str = "GUARD_MODES";
+    /// Address of a pod on this node → one of its cgroup ids: names the pod in the events of
+    /// the tc program, which sees no socket.
+    pub const LOCAL_ADDRESSES: &str = "LOCAL_ADDRESSES";
 }
 
 /// Capacities; the agent refuses a model that would not fit rather than writing part of it.
 pub mod capacity {
     pub const LOCAL_ENDPOINTS: u32 = 65_536;
+    pub const LOCAL_ADDRESSES: u32 = 65_536;
     pub const REMOTE_ENDPOINTS: u32 = 262_144;
     pub const REMOTE_NETWORKS: u32 = 16_384;
     pub const SHARED_PORTS: u32 = 16_384;

@@ -4,14 +4,15 @@
 
 mod floor;
 mod guard;
+mod icmp;
 mod maps;
 mod packet;
 
 use aya_ebpf::{
     bindings::{bpf_sock_addr, __sk_buff},
     helpers::{bpf_get_current_cgroup_id, bpf_skb_cgroup_id},
-    macros::{cgroup_device, cgroup_skb, cgroup_sock_addr, cgroup_sysctl, lsm, raw_tracepoint},
-    programs::{DeviceContext, LsmContext, RawTracePointContext, SkBuffContext, SockAddrContext, SysctlContext},
+    macros::{cgroup_device, cgroup_skb, cgroup_sock_addr, cgroup_sysctl, classifier, lsm, raw_tracepoint},
+    programs::{DeviceContext, LsmContext, RawTracePointContext, SkBuffContext, SockAddrContext, SysctlContext, TcContext},
 };
 use moat_common::{
     event::{HOOK_CONNECT, HOOK_SENDMSG, HOOK_SKB},
@@ -196,6 +197,12 @@ fn on_sock_addr(ctx: &SockAddrContext, ipv6: bool, hook: u8) -> i32 {
     }
     floor::report(&ends, [0; 16], hook, DIRECTION_EGRESS, reason);
     DROP
+}
+
+/// ICMP echo requests into a pod (tc ingress on its interfaces): see `icmp.rs`.
+#[classifier]
+pub fn moat_icmp_ingress(ctx: TcContext) -> i32 {
+    icmp::on_ingress(&ctx)
 }
 
 /// Runtime guard: writes to the host's kernel sysctls (`escape.kernel-sysctl`).

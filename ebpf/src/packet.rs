@@ -1,13 +1,13 @@
-//! Reads the addresses, protocol and ports of a packet seen by a cgroup_skb program
-//! (the data starts at the network header).
+//! Reads the addresses, protocol and ports of a packet, from the network header on: where a
+//! cgroup_skb program's data starts, or (tc) relative to it.
 
 use aya_ebpf::programs::SkBuffContext;
 use moat_common::{
     maps::ipv4_mapped, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
 };
 
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO_REQUEST: u8 = 8;
@@ -32,6 +32,38 @@ pub struct Packet {
     pub trackable: bool,
 }
 
+impl Packet {
+    /// An ICMP or ICMPv6 echo request (first fragment).
+    #[inline(always)]
+    pub fn is_echo_request(&self) -> bool {
+        matches!(
+            (self.protocol, self.icmp_type),
+            (IPPROTO_ICMP, ICMP_ECHO_REQUEST) | (IPPROTO_ICMPV6, ICMPV6_ECHO_REQUEST)
+        )
+    }
+}
+
+/// Where a program reads headers from; generic so each program's parser is monomorphized
+/// and the cgroup_skb path stays a plain `bpf_skb_load_bytes`.
+pub trait Headers {
+    /// `skb->protocol`: the ethertype, host order.
+    fn ethertype(&self) -> u16;
+    /// `size_of::<T>()` bytes at `offset` from the start of the network header.
+    fn load<T>(&self, offset: usize) -> Result<T, i64>;
+}
+
+impl Headers for SkBuffContext {
+    #[inline(always)]
+    fn ethertype(&self) -> u16 {
+        u16::from_be(self.skb.protocol() as u16)
+    }
+
+    #[inline(always)]
+    fn load<T>(&self, offset: usize) -> Result<T, i64> {
+        self.skb.load(offset)
+    }
+}
+
 pub enum Parsed {
     Ip(Packet),
     /// Not IPv4 or IPv6 (never seen on cgroup_skb in practice): let it through.
@@ -39,8 +71,8 @@ pub enum Parsed {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &SkBuffContext) -> Result<Parsed, i64> {
-    let ethertype = u16::from_be(ctx.skb.protocol() as u16);
+pub fn parse<H: Headers>(ctx: &H) -> Result<Parsed, i64> {
+    let ethertype = ctx.ethertype();
     let mut packet = Packet {
         protocol: 0,
         src_addr: [0; 16],
@@ -109,7 +141,7 @@ pub fn parse(ctx: &SkBuffContext) -> Result<Parsed, i64> {
 /// Follows up to four IPv6 extension headers. Returns the upper-layer protocol, its offset
 /// and whether this is the first fragment (the only one that carries ports).
 #[inline(always)]
-fn skip_ipv6_extensions(ctx: &SkBuffContext, first: u8) -> Result<(u8, usize, bool), i64> {
+fn skip_ipv6_extensions<H: Headers>(ctx: &H, first: u8) -> Result<(u8, usize, bool), i64> {
     const HOP_BY_HOP: u8 = 0;
     const ROUTING: u8 = 43;
     const FRAGMENT: u8 = 44;
