@@ -14,6 +14,8 @@ use crate::model::{PodKey, TenantName};
 pub struct Desired {
     /// cgroup id → endpoint, for pods on this node.
     pub local: BTreeMap<u64, Endpoint>,
+    /// Address of a pod on this node → its lowest cgroup id, for the tc program's events.
+    pub local_addresses: BTreeMap<[u8; 16], u64>,
     /// Pod address → endpoint, for every pod in the cluster.
     pub remote: BTreeMap<[u8; 16], Endpoint>,
     pub networks: BTreeMap<NetworkKey, Endpoint>,

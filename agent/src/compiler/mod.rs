@@ -107,6 +107,10 @@ pub fn compile_scoped(cluster: &Cluster, config: &Config, cgroups: &PodCgroups, 
             local_sets.extend([endpoint.ingress_policy, endpoint.egress_policy]);
             desired.local.insert(*cgroup, endpoint);
             desired.index.pods_by_cgroup.insert(*cgroup, key.clone());
+            let pod = &cluster.pods[key];
+            for ip in pod.ips.iter().filter(|_| !pod.host_network) {
+                desired.local_addresses.entry(mapped(*ip)).or_insert(*cgroup);
+            }
         }
     }
     let mut classified: BTreeMap<NetworkKey, Endpoint> = BTreeMap::new();
@@ -172,9 +176,10 @@ pub fn network_key(cidr: &Cidr) -> NetworkKey {
 }
 
 fn check_capacity(desired: &Desired) -> Result<(), CompileError> {
-    let checks: [(&'static str, usize, u32); 6] = [
+    let checks: [(&'static str, usize, u32); 7] = [
         ("POLICY_RULES", desired.policy_rules.len(), capacity::POLICY_RULES),
         ("LOCAL_ENDPOINTS", desired.local.len(), capacity::LOCAL_ENDPOINTS),
+        ("LOCAL_ADDRESSES", desired.local_addresses.len(), capacity::LOCAL_ADDRESSES),
         ("REMOTE_ENDPOINTS", desired.remote.len(), capacity::REMOTE_ENDPOINTS),
         ("REMOTE_NETWORKS", desired.networks.len(), capacity::REMOTE_NETWORKS),
         ("SHARED_PORTS", desired.shared_ports.len(), capacity::SHARED_PORTS),

@@ -154,3 +154,23 @@ fn one_pod_change_is_a_handful_of_writes() {
     let changes = diff::maps(&base.remote, &next.remote);
     assert_eq!(changes.len(), 1);
 }
+
+#[test]
+fn local_pod_addresses_name_their_lowest_cgroup() {
+    let mut cluster = cluster();
+    pod(&mut cluster, "beta", "host", "10.0.0.9", &[]);
+    if let Some(host) = cluster.pods.get_mut(&PodKey::new("beta", "host")) {
+        host.host_network = true;
+    }
+    let config = Config { node_name: Some("node-1".into()), ..Config::default() };
+    let cgroups: PodCgroups = [
+        (12, PodRef::Key(PodKey::new("alpha-web", "web"))),
+        (11, PodRef::Key(PodKey::new("alpha-web", "web"))),
+        (20, PodRef::Key(PodKey::new("beta", "host"))),
+    ]
+    .into();
+    let desired = compile(&cluster, &config, &cgroups).unwrap();
+    let web: IpAddr = "10.0.0.1".parse().unwrap();
+    // The pod's own address only: no remote pod's, no hostNetwork pod's (the node's address).
+    assert_eq!(desired.local_addresses, [(mapped(web), 11)].into());
+}

@@ -22,6 +22,7 @@ const PENDING: Endpoint = Endpoint::PENDING;
 
 pub struct KernelMaps {
     local: HashMap<MapData, u64, Endpoint>,
+    local_addresses: HashMap<MapData, [u8; 16], u64>,
     remote: HashMap<MapData, [u8; 16], Endpoint>,
     networks: LpmTrie<MapData, [u8; 16], Endpoint>,
     shared_ports: HashMap<MapData, SharedPortKey, u8>,
@@ -51,6 +52,7 @@ impl KernelMaps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, KernelError> {
         Ok(Self {
             local: take(ebpf, names::LOCAL_ENDPOINTS)?,
+            local_addresses: take(ebpf, names::LOCAL_ADDRESSES)?,
             remote: take(ebpf, names::REMOTE_ENDPOINTS)?,
             networks: take(ebpf, names::REMOTE_NETWORKS)?,
             shared_ports: take(ebpf, names::SHARED_PORTS)?,
@@ -78,6 +80,10 @@ impl KernelMaps {
             let (key, value) = entry.map_err(|e| KernelError::map(names::LOCAL_ENDPOINTS, e))?;
             state.local.insert(key, value);
         }
+        for entry in self.local_addresses.iter() {
+            let (key, value) = entry.map_err(|e| KernelError::map(names::LOCAL_ADDRESSES, e))?;
+            state.local_addresses.insert(key, value);
+        }
         for entry in self.remote.iter() {
             let (key, value) = entry.map_err(|e| KernelError::map(names::REMOTE_ENDPOINTS, e))?;
             state.remote.insert(key, value);
@@ -102,6 +108,7 @@ impl KernelMaps {
     /// Moves the maps from `from` (what they hold) to `to`, then arms the new state.
     pub fn apply(&mut self, from: &Desired, to: &Desired) -> Result<ApplyStats, KernelError> {
         let local = diff::maps(&from.local, &to.local);
+        let addresses = diff::maps(&from.local_addresses, &to.local_addresses);
         let remote = diff::maps(&from.remote, &to.remote);
         let networks = diff::maps(&from.networks, &to.networks);
         let shared = diff::sets(&from.shared_ports, &to.shared_ports);
@@ -139,6 +146,11 @@ impl KernelMaps {
         for (key, value) in local.added.iter().chain(&local.changed) {
             self.put_local(*key, *value, &mut stats)?;
         }
+        // Addresses only name pods in events: no ordering constraint of their own.
+        for (key, cgroup) in addresses.added.iter().chain(&addresses.changed) {
+            self.local_addresses.insert(key, cgroup, 0).map_err(|e| KernelError::map(names::LOCAL_ADDRESSES, e))?;
+            stats.writes += 1;
+        }
         for (key, value) in remote.added.iter().chain(&remote.changed) {
             self.put_remote(*key, *value, &mut stats)?;
         }
@@ -148,6 +160,9 @@ impl KernelMaps {
         // 3. Removals.
         for key in &local.removed {
             remove_tolerant(self.local.remove(key), names::LOCAL_ENDPOINTS)?;
+        }
+        for key in &addresses.removed {
+            remove_tolerant(self.local_addresses.remove(key), names::LOCAL_ADDRESSES)?;
         }
         for key in &remote.removed {
             remove_tolerant(self.remote.remove(key), names::REMOTE_ENDPOINTS)?;
@@ -165,6 +180,7 @@ impl KernelMaps {
             remove_tolerant(self.policy_rules.remove(&Key::new(*prefix_len, *data)), names::POLICY_RULES)?;
         }
         stats.removals = local.removed.len()
+            + addresses.removed.len()
             + remote.removed.len()
             + networks.removed.len()
             + shared.removed.len()
