@@ -2,7 +2,7 @@
 //! scanner walks that tree and reports every cgroup id with the pod it belongs to, if any.
 //! A cgroup that maps to no known pod gets no entry, and the datapath treats it as pending.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -56,6 +56,29 @@ const MAX_DEPTH: usize = 6;
 /// Walks `root`. Directories that vanish mid-walk (a container exiting) are skipped.
 pub fn scan(root: &Path, layout: &dyn CgroupLayout) -> Result<PodCgroups, CgroupError> {
     let mut found = PodCgroups::new();
+    walk(root, |_, parts, id| {
+        let borrowed: Vec<&str> = parts.iter().map(String::as_str).collect();
+        if let Some(pod) = layout.pod_of(&borrowed) {
+            found.insert(id, pod);
+        }
+    })?;
+    Ok(found)
+}
+
+/// The directories of the cgroups `ids` below `root` (those still there).
+pub fn paths(root: &Path, ids: &BTreeSet<u64>) -> Result<BTreeMap<u64, PathBuf>, CgroupError> {
+    let mut found = BTreeMap::new();
+    walk(root, |path, _, id| {
+        if ids.contains(&id) {
+            found.insert(id, path.to_path_buf());
+        }
+    })?;
+    Ok(found)
+}
+
+/// Calls `visit(path, parts below root, cgroup id)` for every directory below `root`, up to
+/// `MAX_DEPTH` deep.
+fn walk(root: &Path, mut visit: impl FnMut(&Path, &[String], u64)) -> Result<(), CgroupError> {
     std::fs::metadata(root).map_err(|source| CgroupError::Root { path: root.into(), source })?;
     let mut stack = vec![(root.to_path_buf(), Vec::<String>::new())];
     while let Some((dir, parts)) = stack.pop() {
@@ -67,17 +90,15 @@ pub fn scan(root: &Path, layout: &dyn CgroupLayout) -> Result<PodCgroups, Cgroup
             }
             let mut child_parts = parts.clone();
             child_parts.push(entry.file_name().to_string_lossy().into_owned());
-            let borrowed: Vec<&str> = child_parts.iter().map(String::as_str).collect();
+            let path = entry.path();
             // On cgroup v2 a directory's inode number is the cgroup id the kernel reports.
-            if let Some(pod) = layout.pod_of(&borrowed) {
-                found.insert(metadata.ino(), pod);
-            }
+            visit(&path, &child_parts, metadata.ino());
             if child_parts.len() < MAX_DEPTH {
-                stack.push((entry.path(), child_parts));
+                stack.push((path, child_parts));
             }
         }
     }
-    Ok(found)
+    Ok(())
 }
 
 /// Root of the kubelet's pods with the systemd cgroup driver, below the cgroup v2 mount.
@@ -147,5 +168,7 @@ mod tests {
         let ino = std::fs::metadata(dir.path().join("x_a/c1")).unwrap().ino();
         assert_eq!(found[&ino], PodRef::Key(PodKey::new("x", "a")));
         assert!(scan(&dir.path().join("missing"), &LabLayout).is_err());
+        let wanted = BTreeSet::from([ino, 1]);
+        assert_eq!(paths(dir.path(), &wanted).unwrap(), BTreeMap::from([(ino, dir.path().join("x_a/c1"))]));
     }
 }
