@@ -57,6 +57,8 @@ pub struct Config {
     pub kube_events: KubeEventsConfig,
     /// The runtime guard: a mode per detection (see `guard::GuardConfig`).
     pub guard: crate::guard::GuardConfig,
+    /// How the ICMP program attaches to pod interfaces: TCX links where the kernel has them.
+    pub tc_attach: TcAttach,
 }
 
 /// The event pipeline between the ring buffer and the sinks.
@@ -142,6 +144,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             kube_events: KubeEventsConfig::default(),
             guard: crate::guard::GuardConfig::default(),
+            tc_attach: TcAttach::Auto,
         }
     }
 }
@@ -151,6 +154,16 @@ impl Default for Config {
 pub enum Action {
     Allow,
     Deny,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TcAttach {
+    /// TCX (pinned bpf_links) on Linux >= 6.6, else netlink.
+    Auto,
+    Tcx,
+    /// A cls_bpf filter on the clsact qdisc (any kernel); for CNIs that need it.
+    Netlink,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]

@@ -20,6 +20,7 @@ use crate::kernel::bpffs::PinDirs;
 use crate::kernel::loader::Attached;
 use crate::kernel::maps::ApplyStats;
 use crate::kernel::stats::{Fill, KernelStats};
+use crate::kernel::tc_pods::TcStatus;
 use crate::kernel::KernelError;
 use crate::guard::{self, DetectionStatus};
 use crate::node::capabilities::{self, Capabilities};
@@ -74,6 +75,8 @@ pub struct Shared {
     pub losses: Arc<Losses>,
     pub sync: Mutex<SyncState>,
     pub attached: Mutex<Vec<Attached>>,
+    /// The ICMP program on pod interfaces.
+    pub tc: Mutex<Option<TcStatus>>,
     pub kernel: Mutex<Option<KernelStats>>,
     pub index: Mutex<Option<watch::Receiver<Arc<Index>>>>,
     pub capabilities: Mutex<Capabilities>,
@@ -109,6 +112,10 @@ impl Shared {
             .iter()
             .map(|a| ProgramStatus { program: a.program, hook: a.hook.name(), attached: true, pinned: a.pin.exists(), pin: a.pin.clone() })
             .collect()
+    }
+
+    pub fn tc(&self) -> Option<TcStatus> {
+        lock(&self.tc).clone()
     }
 
     pub fn capabilities(&self) -> Capabilities {
@@ -205,6 +212,7 @@ impl Observability {
             losses: Arc::new(Losses::default()),
             sync: Mutex::new(SyncState::default()),
             attached: Mutex::new(Vec::new()),
+            tc: Mutex::new(None),
             kernel: Mutex::new(None),
             index: Mutex::new(None),
             capabilities: Mutex::new(probed),
@@ -259,6 +267,13 @@ impl Observability {
         let mut sync = lock(&self.shared.sync);
         sync.last_success = Some(Instant::now());
         sync.last_success_unix_ms = Some(crate::events::record::now_unix_ms());
+    }
+
+    /// Where the ICMP program is attached; its attach failures feed `moat_program_failures_total`.
+    pub fn tc_pods(&self, status: TcStatus) {
+        let labels = metrics::ProgramLabels { program: status.program.into(), stage: "attach".into() };
+        metrics::raise_to(&self.shared.metrics.program_failures.get_or_create(&labels), status.attach_failures);
+        *lock(&self.shared.tc) = Some(status);
     }
 
     pub fn apply_failed(&self) {

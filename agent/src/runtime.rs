@@ -15,7 +15,8 @@ use tokio::sync::watch;
 use crate::compiler::{self, CompileError};
 use crate::config::{Config, ConfigError};
 use crate::events;
-use crate::kernel::{bpffs, loader, maps::KernelMaps, KernelError};
+use crate::kernel::tc_pods::TcPods;
+use crate::kernel::{bpffs, loader, maps::KernelMaps, tc, KernelError};
 use crate::model::Cluster;
 use crate::observability::{ObservabilityError, Observability};
 use crate::node::cgroups::{self, CgroupError, CgroupLayout, PodCgroups};
@@ -145,6 +146,12 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
         *shown = statuses;
     }
     observability.enforcing(&dirs, &attached, &stats);
+    // ICMP echo into pods: the tc program on every pod's interfaces, before the agent says
+    // it is ready; pods not ready for it yet are retried on every tick.
+    let tc_program_id = tc::load(&mut ebpf).inspect_err(|e| observability.kernel_failed(e))?;
+    let mut tc_pods = TcPods::new(tc_program_id, tc::Mode::choose(config.tc_attach), &dirs.tc, &cgroup_root);
+    tc_pods.reconcile(tc::program(&mut ebpf)?, &inputs.cgroups, &desired.index, &inputs.cluster);
+    observability.tc_pods(tc_pods.status());
     tracing::info!(
         pods = inputs.cluster.pods.len(),
         local_pods = desired.local.len(),
@@ -186,6 +193,8 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
         if let Err(error) = guard.refresh(&desired.index, &inputs.cluster) {
             tracing::error!(%error, "runtime guard: updating its maps failed");
         }
+        tc_pods.reconcile(tc::program(&mut ebpf)?, &inputs.cgroups, &desired.index, &inputs.cluster);
+        observability.tc_pods(tc_pods.status());
         if !changed && !resync {
             // Unchanged inputs only mean "in step" while the source itself is current: with
             // the API server gone, staleness keeps growing although nothing changes.

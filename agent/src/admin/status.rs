@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::guard::{DetectionStatus, GuardMode};
+use crate::kernel::tc_pods::TcStatus;
 use crate::node::capabilities::Capabilities;
 use crate::observability::{KernelReading, ProgramStatus, Shared, SyncState};
 
@@ -12,6 +13,8 @@ pub struct Status {
     pub ready: bool,
     pub capabilities: Capabilities,
     pub programs: Vec<ProgramStatus>,
+    /// The ICMP program on pod interfaces (tc ingress); None until the agent attached it.
+    pub icmp: Option<TcStatus>,
     pub sync: SyncState,
     /// Seconds since the last successful apply.
     pub staleness_seconds: Option<f64>,
@@ -44,6 +47,7 @@ pub fn report(shared: &Shared) -> Status {
         ready: sync.first_sync_done,
         capabilities: shared.capabilities(),
         programs: shared.programs(),
+        icmp: shared.tc(),
         staleness_seconds: sync.staleness_seconds(),
         sync,
         events_lost: EventsLost { kernel: kernel.events_lost_kernel, userspace: shared.losses.userspace() },

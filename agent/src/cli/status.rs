@@ -51,6 +51,20 @@ pub fn text(v: &Value) -> String {
             p["pin"].as_str().unwrap_or("")
         ));
     }
+    let icmp = &v["icmp"];
+    if icmp.is_object() {
+        line(format!(
+            "  {:<18} {:<20} on {} pods ({} interfaces, {}), waiting: {}, hostNetwork: {}, attach failures: {}",
+            icmp["program"].as_str().unwrap_or("?"),
+            icmp["hook"].as_str().unwrap_or("?"),
+            icmp["pods_attached"],
+            icmp["interfaces"],
+            icmp["mode"].as_str().unwrap_or("?"),
+            icmp["pods_waiting"],
+            icmp["pods_host_network"],
+            icmp["attach_failures"]
+        ));
+    }
     line("maps".into());
     for m in v["kernel"]["maps"].as_array().into_iter().flatten() {
         line(format!("  {:<18} {:>8} / {}", m["map"].as_str().unwrap_or("?"), m["entries"], m["capacity"]));

@@ -1,5 +1,5 @@
 //! Makes sure bpffs is mounted and lays out the per-instance pin directory:
-//! `<bpffs>/moat/<instance>/v<layout>/{maps,links}`. The layout version in the path keeps an
+//! `<bpffs>/moat/<instance>/v<layout>/{maps,links,tc}`. The layout version in the path keeps an
 //! agent from adopting maps whose key or value layout it does not understand.
 
 use std::ffi::CString;
@@ -13,12 +13,19 @@ pub struct PinDirs {
     pub instance: PathBuf,
     pub maps: PathBuf,
     pub links: PathBuf,
+    /// Links of the ICMP program on pod interfaces, a directory per pod.
+    pub tc: PathBuf,
 }
 
 pub fn pin_dirs(bpffs_root: &Path, instance: &str) -> PinDirs {
     let instance_dir = bpffs_root.join("moat").join(instance);
     let versioned = instance_dir.join(format!("v{}", moat_common::LAYOUT_VERSION));
-    PinDirs { instance: instance_dir, maps: versioned.join("maps"), links: versioned.join("links") }
+    PinDirs {
+        instance: instance_dir,
+        maps: versioned.join("maps"),
+        links: versioned.join("links"),
+        tc: versioned.join("tc"),
+    }
 }
 
 /// Mounts bpffs at `root` unless one is there already, then creates the pin directories.
@@ -36,7 +43,7 @@ pub fn prepare(root: &Path, dirs: &PinDirs) -> Result<(), KernelError> {
             return Err(error(format!("mount -t bpf failed: {}", std::io::Error::last_os_error())));
         }
     }
-    for dir in [&dirs.maps, &dirs.links] {
+    for dir in [&dirs.maps, &dirs.links, &dirs.tc] {
         std::fs::create_dir_all(dir).map_err(|e| error(format!("creating {}: {e}", dir.display())))?;
     }
     Ok(())

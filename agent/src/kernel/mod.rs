@@ -6,6 +6,8 @@ pub mod cgroup_link;
 pub mod loader;
 pub mod maps;
 pub mod stats;
+pub mod tc;
+pub mod tc_pods;
 
 pub use btf_layout::{kernel_layout, load as load_kernel_layout, Btf, LayoutError};
 
