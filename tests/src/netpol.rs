@@ -183,7 +183,7 @@ pub const CONVERGE: Duration = Duration::from_secs(30);
 
 /// Checks `want` against explain on the lab's manifests (at once) and against the probe
 /// matrix (polled until it matches or [`CONVERGE`] passes). Panics naming the case.
-pub fn check(lab: &Lab, config: Option<&Path>, case: &str, port: &str, family: Family, want: &Matrix, datapath: bool) {
+pub fn check(lab: &Lab, config: Option<&Path>, case: &str, port: &str, family: Family, want: &Matrix) {
     let pods: Vec<String> = {
         let mut pods: Vec<String> = want.keys().map(|(from, _)| from.clone()).collect();
         pods.dedup();
@@ -192,7 +192,7 @@ pub fn check(lab: &Lab, config: Option<&Path>, case: &str, port: &str, family: F
     let explained = explain_matrix(lab.moat(), &[lab.manifests_dir()], config, port, family);
     let diff = differences(want, &explained);
     assert!(diff.is_empty(), "{case}: {port} {family:?}: explain disagrees with the spec:\n{diff}\nwant:\n{}got:\n{}", grid(&pods, want), grid(&pods, &explained));
-    if !datapath || !datapath_can_serve(port) {
+    if !datapath_can_serve(port) {
         return;
     }
     let start = Instant::now();
@@ -230,18 +230,7 @@ pub struct Case<'a> {
     pub ports: &'a [&'a str],
     pub families: &'a [Family],
     pub allow: Expect<'a>,
-    /// Ports of `ports` checked through explain only (a known datapath divergence, see
-    /// [`ICMP_INGRESS`]).
-    pub explain_only: &'a [&'a str],
 }
-
-/// ICMP echo to an ingress-isolated pod, on the datapath: the destination's kernel answers
-/// an echo request itself, so it is never delivered to a socket and the destination's
-/// cgroup_skb ingress program never sees it (nor the reply, sent from the kernel's own ICMP
-/// socket). cgroup hooks therefore cannot enforce ICMP *ingress* policy; the source's egress
-/// (tenant floor, egress policy) still applies. Cases that isolate pods for ingress check ICMP
-/// through explain only; `netpol_model::icmp_echo_into_an_ingress_isolated_pod` shows the gap.
-pub const ICMP_INGRESS: &[&str] = &["icmp"];
 
 /// The ports most cases check.
 pub const PORTS: &[&str] = &["80/TCP", "81/TCP", "80/UDP", "80/SCTP"];
@@ -297,8 +286,7 @@ impl Scenario {
         for family in case.families {
             for port in case.ports {
                 let want = expected(&self.pods, |from, to| (case.allow)(from, to, port));
-                let datapath = !case.explain_only.contains(port);
-                check(&self.lab, self.config.as_deref(), case.name, port, *family, &want, datapath);
+                check(&self.lab, self.config.as_deref(), case.name, port, *family, &want);
             }
         }
         eprintln!("case {:?}: ok in {:.1?}", case.name, start.elapsed());

@@ -8,7 +8,7 @@
 //! `moat lab apply`. SCTP is checked through explain only: this kernel cannot serve it.
 
 use moat_integration::netpol::{
-    model, name, ns, policy, Case, Scenario, BOTH, ICMP_INGRESS, PORTS, PORTS_ICMP, TENANT, V4,
+    model, name, ns, policy, Case, Scenario, BOTH, PORTS, PORTS_ICMP, TENANT, V4,
 };
 use moat_integration::Family;
 
@@ -25,9 +25,8 @@ fn isolation_and_policy_types() {
     let mut s = Scenario::up(&one_tenant(), None);
     let cases = vec![
         Case {
-            explain_only: &[], name: "no policy: everything allowed in one tenant", policies: vec![], ports: PORTS_ICMP, families: BOTH, allow: Box::new(|_, _, _| true) },
+            name: "no policy: everything allowed in one tenant", policies: vec![], ports: PORTS_ICMP, families: BOTH, allow: Box::new(|_, _, _| true) },
         Case {
-            explain_only: ICMP_INGRESS,
             name: "deny-all ingress in x",
             policies: vec![policy("x", "deny-ingress", "  podSelector: {}\n  policyTypes: [Ingress]\n")],
             ports: PORTS_ICMP,
@@ -35,7 +34,6 @@ fn isolation_and_policy_types() {
             allow: Box::new(|_, to, _| ns(to) != "x"),
         },
         Case {
-            explain_only: &[],
             name: "deny-all egress in x (policyTypes: [Egress], no rules)",
             policies: vec![policy("x", "deny-egress", "  podSelector: {}\n  policyTypes: [Egress]\n")],
             ports: PORTS_ICMP,
@@ -43,7 +41,6 @@ fn isolation_and_policy_types() {
             allow: Box::new(|from, _, _| ns(from) != "x"),
         },
         Case {
-            explain_only: &[],
             name: "allow-all ingress and egress in x on top of deny-all",
             policies: vec![
                 policy("x", "deny-all", "  podSelector: {}\n  policyTypes: [Ingress, Egress]\n"),
@@ -54,7 +51,6 @@ fn isolation_and_policy_types() {
             allow: Box::new(|_, _, _| true),
         },
         Case {
-            explain_only: &[],
             // policyTypes defaults to [Ingress, Egress] when there are egress rules: x is isolated
             // for ingress (no rules: nothing in) and may only send to its own namespace.
             name: "only an egress section, no policyTypes: ingress is isolated too",
@@ -64,7 +60,6 @@ fn isolation_and_policy_types() {
             allow: Box::new(|from, to, _| ns(to) != "x" && ns(from) != "x"),
         },
         Case {
-            explain_only: &[],
             // `egress: []` is not "egress rules present": the default stays [Ingress].
             name: "empty egress list, no policyTypes: ingress-only deny",
             policies: vec![policy("x", "empty-egress", "  podSelector: {matchLabels: {pod: a}}\n  egress: []\n")],
@@ -73,7 +68,6 @@ fn isolation_and_policy_types() {
             allow: Box::new(|_, to, _| to != "x/a"),
         },
         Case {
-            explain_only: &[],
             name: "ingress: [] denies all ingress; ingress: [{}] allows all",
             policies: vec![
                 policy("x", "empty", "  podSelector: {matchLabels: {pod: a}}\n  ingress: []\n"),
@@ -84,7 +78,6 @@ fn isolation_and_policy_types() {
             allow: Box::new(|_, to, _| to != "x/a"),
         },
         Case {
-            explain_only: &[],
             // Rules of a direction not in policyTypes are ignored.
             name: "policyTypes: [Egress] ignores the ingress rules it carries",
             policies: vec![policy("x", "egress-typed", "  podSelector: {}\n  policyTypes: [Egress]\n  ingress: [{from: [{podSelector: {matchLabels: {pod: nobody}}}]}]\n  egress: [{}]\n")],
@@ -93,7 +86,6 @@ fn isolation_and_policy_types() {
             allow: Box::new(|_, _, _| true),
         },
         Case {
-            explain_only: ICMP_INGRESS,
             name: "podSelector of the policy: only x/a isolated",
             policies: vec![policy("x", "deny-a", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Ingress, Egress]\n")],
             ports: PORTS_ICMP,
@@ -111,7 +103,6 @@ fn peers_and_selectors() {
     let mut s = Scenario::up(&one_tenant(), None);
     let cases = vec![
         Case {
-            explain_only: ICMP_INGRESS,
             name: "podSelector-only peer means the policy's namespace",
             policies: vec![policy("x", "from-b", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]\n")],
             ports: PORTS_ICMP,
@@ -119,7 +110,6 @@ fn peers_and_selectors() {
             allow: Box::new(|from, to, _| to != "x/a" || from == "x/b"),
         },
         Case {
-            explain_only: &[],
             name: "namespaceSelector-only peer: every pod of the namespace",
             policies: vec![policy("x", "from-y", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]\n")],
             ports: PORTS,
@@ -127,7 +117,6 @@ fn peers_and_selectors() {
             allow: Box::new(|from, to, _| to != "x/a" || ns(from) == "y"),
         },
         Case {
-            explain_only: &[],
             name: "namespaceSelector and podSelector in one peer: both must match",
             policies: vec![policy("x", "from-yb", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: b}}}]}]\n")],
             ports: PORTS,
@@ -135,7 +124,6 @@ fn peers_and_selectors() {
             allow: Box::new(|from, to, _| to != "x/a" || from == "y/b"),
         },
         Case {
-            explain_only: &[],
             name: "namespaceSelector and podSelector as two peers: either matches",
             policies: vec![policy("x", "from-y-or-b", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}, {podSelector: {matchLabels: {pod: b}}}]}]\n")],
             ports: PORTS,
@@ -143,7 +131,6 @@ fn peers_and_selectors() {
             allow: Box::new(|from, to, _| to != "x/a" || ns(from) == "y" || from == "x/b"),
         },
         Case {
-            explain_only: &[],
             name: "matchExpressions In / NotIn",
             policies: vec![policy("x", "expr", "  podSelector: {}\n  ingress:\n  - from:\n    - namespaceSelector: {matchExpressions: [{key: ns, operator: NotIn, values: [y]}]}\n      podSelector: {matchExpressions: [{key: pod, operator: In, values: [a, c]}]}\n")],
             ports: PORTS,
@@ -151,7 +138,6 @@ fn peers_and_selectors() {
             allow: Box::new(|from, to, _| ns(to) != "x" || (ns(from) != "y" && name(from) != "b")),
         },
         Case {
-            explain_only: &[],
             name: "matchExpressions Exists / DoesNotExist, and the kubernetes.io/metadata.name label",
             policies: vec![
                 policy("x", "exists", "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchExpressions: [{key: ns, operator: Exists}, {key: kubernetes.io/metadata.name, operator: In, values: [z]}]}\n      podSelector: {matchExpressions: [{key: pod, operator: Exists}, {key: missing, operator: DoesNotExist}, {key: pod, operator: NotIn, values: [b]}]}\n"),
@@ -166,7 +152,6 @@ fn peers_and_selectors() {
             }),
         },
         Case {
-            explain_only: &[],
             name: "egress peers: x/a may reach namespace y only",
             policies: vec![policy("x", "to-y", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{namespaceSelector: {matchLabels: {ns: y}}}]}]\n")],
             ports: PORTS_ICMP,
@@ -174,7 +159,6 @@ fn peers_and_selectors() {
             allow: Box::new(|from, to, _| from != "x/a" || ns(to) == "y"),
         },
         Case {
-            explain_only: &[],
             name: "empty namespaceSelector: all namespaces; empty podSelector: all pods of the namespace",
             policies: vec![
                 policy("x", "all-ns", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {pod: c}}}]}]\n"),
@@ -199,7 +183,6 @@ fn ports_and_protocols() {
     let mut s = Scenario::up(&one_tenant(), None);
     let cases = vec![
         Case {
-            explain_only: ICMP_INGRESS,
             name: "port without protocol is TCP",
             policies: vec![policy("x", "tcp80", "  podSelector: {}\n  ingress: [{ports: [{port: 80}]}]\n")],
             ports: PORTS_ICMP,
@@ -207,7 +190,6 @@ fn ports_and_protocols() {
             allow: Box::new(|_, to, port| ns(to) != "x" || port == "80/TCP"),
         },
         Case {
-            explain_only: &[],
             name: "UDP port",
             policies: vec![policy("x", "udp80", "  podSelector: {}\n  ingress: [{ports: [{protocol: UDP, port: 80}]}]\n")],
             ports: PORTS,
@@ -215,7 +197,6 @@ fn ports_and_protocols() {
             allow: Box::new(|_, to, port| ns(to) != "x" || port == "80/UDP"),
         },
         Case {
-            explain_only: &[],
             name: "protocol without port: every port of it",
             policies: vec![policy("x", "udp", "  podSelector: {}\n  ingress: [{ports: [{protocol: UDP}, {protocol: SCTP, port: 80}]}]\n")],
             ports: &["80/TCP", "80/UDP", "81/UDP", "80/SCTP", "81/SCTP"],
@@ -223,7 +204,6 @@ fn ports_and_protocols() {
             allow: Box::new(|_, to, port| ns(to) != "x" || port.ends_with("/UDP") || port == "80/SCTP"),
         },
         Case {
-            explain_only: &[],
             name: "named ports on ingress resolve on the destination pod",
             policies: vec![policy("x", "named", "  podSelector: {}\n  ingress: [{ports: [{port: serve-81-tcp}, {protocol: UDP, port: serve-80-udp}, {protocol: SCTP, port: serve-81-sctp}]}]\n")],
             ports: &["80/TCP", "81/TCP", "80/UDP", "81/UDP", "80/SCTP", "81/SCTP"],
@@ -231,7 +211,6 @@ fn ports_and_protocols() {
             allow: Box::new(|_, to, port| ns(to) != "x" || matches!(port, "81/TCP" | "80/UDP" | "81/SCTP")),
         },
         Case {
-            explain_only: &[],
             // The name exists, but for UDP: with the default protocol (TCP) it resolves to nothing.
             name: "named port with the wrong protocol matches nothing",
             policies: vec![policy("x", "mismatch", "  podSelector: {}\n  ingress: [{ports: [{port: serve-80-udp}]}]\n")],
@@ -240,7 +219,6 @@ fn ports_and_protocols() {
             allow: Box::new(|_, to, _| ns(to) != "x"),
         },
         Case {
-            explain_only: &[],
             name: "named ports on egress resolve on the peer",
             policies: vec![policy("x", "egress-named", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{ports: [{port: serve-81-tcp}, {protocol: UDP, port: serve-80-udp}]}]\n")],
             ports: PORTS,
@@ -248,7 +226,6 @@ fn ports_and_protocols() {
             allow: Box::new(|from, _, port| from != "x/a" || matches!(port, "81/TCP" | "80/UDP")),
         },
         Case {
-            explain_only: &[],
             name: "endPort range 79-80 TCP, 81-90 UDP",
             policies: vec![policy("x", "range", "  podSelector: {}\n  ingress: [{ports: [{port: 79, endPort: 80}, {protocol: UDP, port: 81, endPort: 90}]}]\n")],
             ports: &["80/TCP", "81/TCP", "80/UDP", "81/UDP"],
@@ -256,7 +233,6 @@ fn ports_and_protocols() {
             allow: Box::new(|_, to, port| ns(to) != "x" || matches!(port, "80/TCP" | "81/UDP")),
         },
         Case {
-            explain_only: &[],
             name: "endPort range on egress covering both ports",
             policies: vec![policy("y", "range-egress", "  podSelector: {}\n  policyTypes: [Egress]\n  egress: [{to: [{namespaceSelector: {}}], ports: [{port: 1, endPort: 65535}]}]\n")],
             ports: PORTS_ICMP,
@@ -264,7 +240,6 @@ fn ports_and_protocols() {
             allow: Box::new(|from, _, port| ns(from) != "y" || is_tcp(port)),
         },
         Case {
-            explain_only: &[],
             name: "ports and peers in one rule: both must match",
             policies: vec![policy("x", "peer-port", "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}], ports: [{port: 81}]}]\n")],
             ports: PORTS,
@@ -282,7 +257,6 @@ fn policies_add_up_and_both_ends_must_allow() {
     let mut s = Scenario::up(&one_tenant(), None);
     let cases = vec![
         Case {
-            explain_only: &[],
             name: "several policies add up",
             policies: vec![
                 policy("x", "deny", "  podSelector: {}\n  ingress: []\n"),
@@ -294,7 +268,6 @@ fn policies_add_up_and_both_ends_must_allow() {
             allow: Box::new(|from, to, port| ns(to) != "x" || ns(from) == "y" || (to == "x/a" && port == "81/TCP")),
         },
         Case {
-            explain_only: &[],
             name: "egress of the source and ingress of the destination are both needed",
             policies: vec![
                 policy("y", "egress-to-xa", "  podSelector: {}\n  policyTypes: [Egress]\n  egress: [{to: [{namespaceSelector: {matchLabels: {ns: x}}, podSelector: {matchLabels: {pod: a}}}]}]\n"),
@@ -309,7 +282,6 @@ fn policies_add_up_and_both_ends_must_allow() {
             }),
         },
         Case {
-            explain_only: &[],
             name: "egress allowed only to x/a; x/a lets y in",
             policies: vec![
                 policy("y", "egress-to-xa", "  podSelector: {}\n  policyTypes: [Egress]\n  egress: [{to: [{namespaceSelector: {matchLabels: {ns: x}}, podSelector: {matchLabels: {pod: a}}}]}]\n"),
@@ -383,7 +355,6 @@ fn ip_blocks_with_except() {
             ports: PORTS_ICMP,
             families: &[family],
             allow,
-            explain_only: ICMP_INGRESS,
         };
         s.run(&case);
     }
@@ -400,9 +371,8 @@ fn tenant_floor_beneath_policy() {
     };
     let cases = vec![
         Case {
-            explain_only: &[], name: "floor without policies", policies: vec![], ports: PORTS_ICMP, families: BOTH, allow: Box::new(|f, t, _| same_tenant(f, t)) },
+            name: "floor without policies", policies: vec![], ports: PORTS_ICMP, families: BOTH, allow: Box::new(|f, t, _| same_tenant(f, t)) },
         Case {
-            explain_only: &[],
             name: "allow-all everywhere cannot open the floor",
             policies: vec![allow_all("x"), allow_all("y"), allow_all("z")],
             ports: PORTS_ICMP,
@@ -410,7 +380,6 @@ fn tenant_floor_beneath_policy() {
             allow: Box::new(|f, t, _| same_tenant(f, t)),
         },
         Case {
-            explain_only: &[],
             name: "a policy naming the other tenant's namespace cannot open the floor",
             policies: vec![
                 policy("x", "from-z", "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: z}}}]}]\n"),
@@ -431,9 +400,8 @@ fn default_deny_in_tenant() {
     let mut s = Scenario::up(&one_tenant(), Some("defaultDenyInTenant: true\n"));
     let cases = vec![
         Case {
-            explain_only: &[], name: "defaultDenyInTenant without policies denies everything", policies: vec![], ports: PORTS_ICMP, families: BOTH, allow: Box::new(|_, _, _| false) },
+            name: "defaultDenyInTenant without policies denies everything", policies: vec![], ports: PORTS_ICMP, families: BOTH, allow: Box::new(|_, _, _| false) },
         Case {
-            explain_only: &[],
             // Like a default-deny policy in both directions everywhere: x/a's ingress lets x/b
             // in, but x/b's egress is selected by nothing, so still denied.
             name: "an ingress policy alone is not enough",
@@ -443,7 +411,6 @@ fn default_deny_in_tenant() {
             allow: Box::new(|_, _, _| false),
         },
         Case {
-            explain_only: &[],
             name: "ingress and egress policies open exactly their flows",
             policies: vec![
                 policy("x", "a-from-x", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {}}]}]\n"),
@@ -459,12 +426,9 @@ fn default_deny_in_tenant() {
     }
 }
 
-/// The datapath half of [`ICMP_INGRESS`]: with x isolated for ingress, ICMP echo from y into
-/// x must be denied (explain says so), but the destination kernel answers echo requests
-/// without a socket, out of reach of cgroup hooks. Ignored until a hook that sees them
-/// (tc on the pod's interface) enforces ICMP ingress.
+/// ICMP echo from y into x isolated for ingress: the destination's kernel answers echo
+/// requests without a socket, so only the tc program on x's interfaces can deny them.
 #[test]
-#[ignore = "known limitation: cgroup hooks never see ICMP echo requests answered by the kernel (see netpol::ICMP_INGRESS)"]
 fn icmp_echo_into_an_ingress_isolated_pod() {
     let mut s = Scenario::up(&one_tenant(), None);
     s.run(&Case {
@@ -473,6 +437,5 @@ fn icmp_echo_into_an_ingress_isolated_pod() {
         ports: &["icmp"],
         families: BOTH,
         allow: Box::new(|_, to, _| ns(to) != "x"),
-        explain_only: &[],
     });
 }

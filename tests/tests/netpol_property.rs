@@ -1,7 +1,7 @@
 //! Property test through the real kernel: random clusters (2-4 namespaces, 1-3 pods each,
 //! labels from a small vocabulary, two tenants) with random policies are brought up in a lab,
-//! and `moat explain --matrix` must equal `moat lab probe --matrix` for TCP 80 and UDP 81 over
-//! IPv4 and IPv6. Seeds are fixed (override with MOAT_NETPOL_SEEDS=1,2,3); a mismatch prints
+//! and `moat explain --matrix` must equal `moat lab probe --matrix` for TCP 80, UDP 81 and ICMP
+//! echo over IPv4 and IPv6. Seeds are fixed (override with MOAT_NETPOL_SEEDS=1,2,3); a mismatch prints
 //! the seed, the manifests and both matrices.
 
 use moat_integration::netpol::{differences, explain_matrix, grid, namespace, pod, policy, probe_matrix, Matrix, CONVERGE};
@@ -132,7 +132,7 @@ fn check_seed(seed: u64) {
     let file = manifests.write("cluster.yaml", &yaml);
     let lab = Lab::up(&[&file], UpOptions::default());
     for family in Family::BOTH {
-        for port in ["80/TCP", "81/UDP"] {
+        for port in ["80/TCP", "81/UDP", "icmp"] {
             let explained = explain_matrix(lab.moat(), &[lab.manifests_dir()], None, port, family);
             let mut probed = Matrix::new();
             let same = eventually(CONVERGE / 3, || {
