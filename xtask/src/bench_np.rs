@@ -61,6 +61,14 @@ pub fn datapath(ctx: &Context) -> Result<Section> {
                 });
             }
         }
+        let echo_reason = value["tc"]["echo_reason"].as_str().unwrap_or("?");
+        for (key, label) in [("tcp", "TCP, passed on".to_string()), ("echo_request", format!("ICMP echo request ({echo_reason})"))] {
+            rows.push(Row {
+                metric: format!("{policies} policies: tc ingress (`moat_icmp_ingress`), {label}"),
+                baseline: ns(number(&value, &["established", "noop"])?),
+                moat: ns(number(&value, &["tc", key])?),
+            });
+        }
         let case = |name: &str| {
             let c = &value[name];
             format!("{} → {}:{} ({})", c["local"].as_str().unwrap_or("?"), c["remote"].as_str().unwrap_or("?"), c["port"], c["reason"].as_str().unwrap_or("?"))
@@ -83,7 +91,11 @@ pub fn datapath(ctx: &Context) -> Result<Section> {
          context, and the test-run skb's dummy socket is charged to that process's cgroup, so \
          `bpf_skb_cgroup_id` returns the benchmark's own cgroup id (not 0): the synthetic state \
          maps both that id and 0 to the local pod, and the table shows which one the programs \
-         saw (from the flow-table key).\n",
+         saw (from the flow-table key). tc ingress: `moat_icmp_ingress` as on a pod's \
+         interface, `repeat` = 5,000, on the ingress case's ACK (not ICMP: one header load, then \
+         passed on) and on an ICMP echo request between the same two pods (the first run \
+         decides it, the rest hit its flow entry if allowed, a denied one is reported every \
+         time); the baseline column is the same round's cgroup_skb `moat_noop`, for scale.\n",
     );
     Ok(Section {
         id: "np-datapath",

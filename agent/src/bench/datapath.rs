@@ -1,6 +1,8 @@
 //! `moat __bench-datapath`: ns per packet of `moat_egress` and `moat_ingress` under
 //! BPF_PROG_TEST_RUN, with the maps holding the compiled state of a synthetic cluster with N
-//! NetworkPolicies, against `moat_noop` (returns 1) measured in the same rounds.
+//! NetworkPolicies, against `moat_noop` (returns 1) measured in the same rounds; and of the tc
+//! program `moat_icmp_ingress` on a TCP packet (passed on after one header load) and on an
+//! ICMP echo request to the local pod.
 //!
 //! The real object is loaded into a private pin directory, `/sys/fs/bpf/moat/bench-<pid>`,
 //! removed on the way out whatever happens; nothing is attached to any cgroup.
@@ -16,20 +18,20 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData};
-use aya::programs::CgroupSkb;
+use aya::programs::{CgroupSkb, SchedClassifier};
 use aya::Ebpf;
 use moat_common::maps::{FlowKey, FlowState};
 use moat_common::verdict::{LocalEnd, Peer, Reason};
-use moat_common::IPPROTO_TCP;
+use moat_common::{IPPROTO_ICMP, IPPROTO_TCP};
 use serde_json::{json, Value};
 
 use super::synth::{self, Shape};
-use super::testrun::{self, tcp_frame, TCP_ACK, TCP_SYN};
+use super::testrun::{self, echo_request_frame, tcp_frame, TCP_ACK, TCP_SYN};
 use super::{median, BenchError};
 use crate::compiler::{compile, mapped, Desired};
 use crate::config::Config;
 use crate::kernel::maps::KernelMaps;
-use crate::kernel::{bpffs, loader};
+use crate::kernel::{bpffs, loader, tc};
 use crate::node::cgroups::{PodCgroups, PodRef};
 use crate::node::mounts;
 
@@ -96,6 +98,12 @@ pub fn run(args: DatapathArgs) -> Result<(), BenchError> {
     let noop = load_skb(&mut ebpf, "moat_noop")?;
     let egress_fd = load_skb(&mut ebpf, "moat_egress")?;
     let ingress_fd = load_skb(&mut ebpf, "moat_ingress")?;
+    let tc_fd = load_tc(&mut ebpf)?;
+    // The tc program decides an echo request by both addresses, as the source's node would.
+    let echo = echo_request_frame(ingress.remote, ingress.local, 4242);
+    let (echo_src, echo_dst) = (desired.remote_peer(&mapped(IpAddr::V4(ingress.remote))), desired.remote_peer(&mapped(IpAddr::V4(ingress.local))));
+    let echo_reason = desired.decide_at(echo_src, echo_dst, IPPROTO_ICMP, 0, LocalEnd::Destination);
+    let echo_retval = if echo_reason.is_allow() { TC_NEXT } else { TC_DROP };
 
     // Established: one SYN opens the flow, then ACKs of it are measured.
     let egress_syn = tcp_frame(egress.local, 65000, egress.remote, egress.port, TCP_SYN);
@@ -106,13 +114,18 @@ pub fn run(args: DatapathArgs) -> Result<(), BenchError> {
     expect_pass("moat_ingress", "opening SYN", test_run("moat_ingress", ingress_fd, &ingress_syn, 1)?)?;
     let cgroup_seen = cgroup_seen(&mut ebpf, &mapped(IpAddr::V4(egress.remote)))?;
 
-    let mut results: [Vec<f64>; 6] = Default::default();
+    let mut results: [Vec<f64>; 8] = Default::default();
     let mut next_port: u16 = 1024;
     for _ in 0..args.rounds {
         let cases = [(noop, &egress_ack, "moat_noop"), (egress_fd, &egress_ack, "moat_egress"), (ingress_fd, &ingress_ack, "moat_ingress")];
         for (slot, (fd, packet, name)) in cases.into_iter().enumerate() {
             let outcome = test_run(name, fd, packet, args.packets)?;
             expect_pass(name, "established", outcome)?;
+            results[slot].push(f64::from(outcome.duration_ns));
+        }
+        for (slot, packet, case, retval) in [(6, &ingress_ack, "TCP", TC_NEXT), (7, &echo, "echo request", echo_retval)] {
+            let outcome = test_run(tc::PROGRAM, tc_fd, packet, args.packets)?;
+            expect(tc::PROGRAM, case, outcome, retval)?;
             results[slot].push(f64::from(outcome.duration_ns));
         }
         // New flows: a fresh source port per packet, one test run each, so every packet
@@ -135,7 +148,7 @@ pub fn run(args: DatapathArgs) -> Result<(), BenchError> {
             results[3 + slot].push(*sum as f64 / f64::from(args.packets.max(1)));
         }
     }
-    let [est_noop, est_egress, est_ingress, new_noop, new_egress, new_ingress] = results.map(|mut values| median(&mut values).unwrap_or(f64::NAN));
+    let [est_noop, est_egress, est_ingress, new_noop, new_egress, new_ingress, tc_tcp, tc_echo] = results.map(|mut values| median(&mut values).unwrap_or(f64::NAN));
     let out = json!({
         "policies": cluster.network_policies.len(),
         "pods": cluster.pods.len(),
@@ -149,6 +162,7 @@ pub fn run(args: DatapathArgs) -> Result<(), BenchError> {
         "ingress_case": describe(&ingress),
         "established": {"noop": est_noop, "egress": est_egress, "ingress": est_ingress},
         "new_flow": {"noop": new_noop, "egress": new_egress, "ingress": new_ingress},
+        "tc": {"tcp": tc_tcp, "echo_request": tc_echo, "echo_reason": echo_reason.name()},
         "unit": "ns/packet",
     });
     println!("{out}");
@@ -204,19 +218,35 @@ fn load_skb(ebpf: &mut Ebpf, name: &'static str) -> Result<RawFd, BenchError> {
     Ok(fd.as_fd().as_raw_fd())
 }
 
+fn load_tc(ebpf: &mut Ebpf) -> Result<RawFd, BenchError> {
+    let fail = |message: String| BenchError::Program { program: tc::PROGRAM, message };
+    tc::load(ebpf)?;
+    let program: &mut SchedClassifier = tc::program(ebpf)?;
+    let fd = program.fd().map_err(|e| fail(format!("{e}")))?;
+    Ok(fd.as_fd().as_raw_fd())
+}
+
+/// tc verdicts as BPF_PROG_TEST_RUN reports them (`TC_ACT_UNSPEC` is -1).
+const TC_NEXT: u32 = u32::MAX;
+const TC_DROP: u32 = 2;
+
 fn test_run(program: &'static str, fd: RawFd, packet: &[u8], repeat: u32) -> Result<testrun::Outcome, BenchError> {
     testrun::run(fd, packet, repeat).map_err(|source| BenchError::TestRun { program, source })
 }
 
 fn expect_pass(program: &'static str, case: &'static str, outcome: testrun::Outcome) -> Result<(), BenchError> {
-    if outcome.retval == 1 {
+    expect(program, case, outcome, 1)
+}
+
+fn expect(program: &'static str, case: &'static str, outcome: testrun::Outcome, expected: u32) -> Result<(), BenchError> {
+    if outcome.retval == expected {
         return Ok(());
     }
     Err(BenchError::Verdict {
         program,
         case,
         retval: outcome.retval,
-        expected: 1,
+        expected,
         hint: "the programs did not see the local pod's cgroup, or the state differs from the userspace verdict",
     })
 }

@@ -1,5 +1,7 @@
 //! BPF_PROG_TEST_RUN through the raw bpf(2) syscall, and the packets fed to it.
 //!
+//! For tc (sched_cls) the program sees the frame from its Ethernet header, as on a device.
+//!
 //! For cgroup_skb the kernel (`bpf_prog_test_run_skb`) builds an skb from `data_in`, runs
 //! `eth_type_trans` on it and leaves the data pointer at the network header, so `data_in`
 //! holds an Ethernet header and the program sees the packet from its IP header on, as on a
@@ -95,6 +97,21 @@ pub fn tcp_frame(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8
     frame
 }
 
+/// An Ethernet + IPv4 + ICMP echo request frame from `src` to `dst` with identifier `id`.
+pub fn echo_request_frame(src: Ipv4Addr, dst: Ipv4Addr, id: u16) -> Vec<u8> {
+    let mut frame = tcp_frame(src, 0, dst, 0, 0);
+    frame.truncate(34);
+    frame[16..18].copy_from_slice(&28u16.to_be_bytes()); // total length: IP + ICMP headers
+    frame[23] = moat_common::IPPROTO_ICMP;
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let checksum = ipv4_checksum(&frame[14..34]);
+    frame[24..26].copy_from_slice(&checksum.to_be_bytes());
+    frame.extend_from_slice(&[8, 0, 0, 0]); // echo request, code 0, checksum (unchecked)
+    frame.extend_from_slice(&id.to_be_bytes());
+    frame.extend_from_slice(&1u16.to_be_bytes()); // sequence
+    frame
+}
+
 fn ipv4_checksum(header: &[u8]) -> u16 {
     let mut sum: u32 = header.chunks(2).map(|pair| u32::from(u16::from_be_bytes([pair[0], pair[1]]))).sum();
     while sum > 0xffff {
@@ -116,5 +133,10 @@ mod tests {
         assert_eq!(u16::from_be_bytes([frame[34], frame[35]]), 1234);
         assert_eq!(frame[47], TCP_SYN);
         assert_eq!(ipv4_checksum(&frame[14..34]), 0, "a valid header sums to zero");
+        let echo = echo_request_frame(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 7);
+        assert_eq!(echo.len(), 14 + 20 + 8);
+        assert_eq!((echo[23], echo[34]), (1, 8), "ICMP, echo request");
+        assert_eq!(u16::from_be_bytes([echo[38], echo[39]]), 7);
+        assert_eq!(ipv4_checksum(&echo[14..34]), 0);
     }
 }
