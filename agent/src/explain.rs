@@ -11,9 +11,10 @@ use serde::Serialize;
 
 use crate::compiler::{self, CompileError, Desired, Scope};
 use crate::config::{Config, ConfigError};
+use crate::guard::GuardMode;
 use crate::lab::probe::{Family, Target};
 use crate::lab::parse_pod;
-use crate::model::{Cluster, PodKey};
+use crate::model::{Cluster, Labels, PodKey};
 use crate::node::cgroups::PodCgroups;
 use crate::sources::manifests::{self, ManifestError};
 
@@ -25,6 +26,10 @@ pub struct ExplainArgs {
     /// Agent configuration (tenant label, exceptions, defaults) to explain under.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// The node's labels, `KEY=VALUE[,KEY=VALUE...]`, instead of a Node in the manifests
+    /// (`guard.nodeTenantLabel` reserves a node for one tenant).
+    #[arg(long, value_parser = parse_labels)]
+    pub node_labels: Option<Labels>,
     #[arg(long, value_parser = parse_pod, required_unless_present = "matrix", conflicts_with = "matrix")]
     pub from: Option<PodKey>,
     #[arg(long, value_parser = parse_pod, required_unless_present = "matrix", conflicts_with = "matrix")]
@@ -84,7 +89,10 @@ pub fn run(args: ExplainArgs) -> Result<(), ExplainError> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    let cluster = manifests::load(&args.files)?.cluster;
+    let mut cluster = manifests::load_for_node(&args.files, config.node_name.as_deref())?.cluster;
+    if let Some(labels) = &args.node_labels {
+        cluster.node_labels = labels.clone();
+    }
     let desired = compiler::compile_scoped(&cluster, &config, &PodCgroups::new(), Scope::Cluster)?;
     let pairs: Vec<(PodKey, PodKey)> = match (&args.from, &args.to) {
         (Some(from), Some(to)) => vec![(from.clone(), to.clone())],
@@ -137,6 +145,7 @@ pub fn explain(cluster: &Cluster, desired: &Desired, from: &PodKey, to: &PodKey,
     let mut reasons = Vec::new();
     let floor = desired.decide(src, dst, protocol, port);
     reasons.push(describe_floor(desired, floor, from, to, &src, &dst));
+    reasons.extend(describe_foreign(desired, [from, to]));
     if !floor.is_allow() {
         return Ok(Explanation { from: from.to_string(), to: to.to_string(), verdict: "deny", reasons });
     }
@@ -194,6 +203,44 @@ fn describe_floor(desired: &Desired, floor: Reason, from: &PodKey, to: &PodKey, 
         Reason::TenantPair => format!("tenant floor: {a} -> {b} allowed by an allowedTenantPairs exception"),
         Reason::CrossTenant => format!("tenant floor: {a} -> {b} crosses tenants and no exception allows it (NetworkPolicies cannot widen this)"),
         Reason::Pending => format!("tenant floor: {a} -> {b}: a pending endpoint gets no cross-tenant traffic"),
+        Reason::ForeignTenant => {
+            format!("{}: a pod of another tenant on a node reserved for one tenant gets no traffic at all", floor.name())
+        }
         other => format!("tenant floor: {}", verdict::Reason::name(other)),
     }
 }
+
+/// For each of `pods` that is foreign on this node: why, and whether it is blocked (the
+/// verdict above says so already) or only reported (detect mode).
+fn describe_foreign(desired: &Desired, pods: [&PodKey; 2]) -> Vec<String> {
+    let foreign = &desired.index.foreign;
+    let Some(profile) = &foreign.profile else { return Vec::new() };
+    let effect = match profile.mode {
+        GuardMode::Block => "all its traffic is denied",
+        GuardMode::Detect | GuardMode::Off => "reported, not blocked (node.foreign-tenant: detect)",
+    };
+    pods.into_iter()
+        .filter_map(|pod| {
+            let tenant = foreign.pods.get(pod)?;
+            Some(format!(
+                "node profile: {pod} is tenant {tenant} on a node reserved for tenant {} (node label {}={}); {effect}",
+                profile.tenant, profile.label, profile.tenant
+            ))
+        })
+        .collect()
+}
+
+/// `KEY=VALUE[,KEY=VALUE...]`.
+fn parse_labels(text: &str) -> Result<Labels, String> {
+    text.split(',')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+            _ => Err(format!("{pair:?} is not KEY=VALUE")),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[path = "explain_tests.rs"]
+mod tests;

@@ -122,6 +122,11 @@ impl Shared {
         lock(&self.capabilities).clone()
     }
 
+    /// The names behind the state the kernel enforces (None before the first sync).
+    pub fn index(&self) -> Option<Arc<Index>> {
+        lock(&self.index).as_ref().map(|rx| rx.borrow().clone())
+    }
+
     pub fn metrics_url(&self) -> Option<String> {
         lock(&self.metrics_url).clone()
     }
@@ -144,7 +149,7 @@ impl Shared {
         }
         let kernel = lock(&self.kernel);
         let Some(stats) = kernel.as_ref() else { return KernelReading::default() };
-        let index = lock(&self.index).as_ref().map(|rx| rx.borrow().clone());
+        let index = self.index();
         let mut tenants_seen = std::collections::HashSet::new();
         for (key, counter) in stats.counters() {
             let mut tenant = match (key.tenant, &index) {

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::compiler::{self, CompileError};
 use crate::config::{Config, ConfigError};
 use crate::events;
+use crate::guard;
 use crate::kernel::tc_pods::TcPods;
 use crate::kernel::{bpffs, loader, maps::KernelMaps, tc, KernelError};
 use crate::model::Cluster;
@@ -97,7 +98,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
         let options = KubeOptions { kubeconfig: args.kubeconfig.clone(), node_name: config.node_name.clone() };
         Source::Kube(KubeSource::start(&options).await.map_err(SourceError::from)?)
     } else {
-        Source::manifests(ManifestWatcher::new(args.files.clone()))
+        Source::manifests(ManifestWatcher::new(args.files.clone()).for_node(config.node_name.clone()))
     };
     // For the API server: every watch has listed once, so this first apply prunes whatever
     // an earlier agent left behind against the whole cluster.
@@ -172,7 +173,9 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     let (index_tx, index_rx) = watch::channel(Arc::new(desired.index.clone()));
     let ring_map = ebpf.take_map(names::EVENTS).ok_or_else(|| KernelError::map(names::EVENTS, "missing"))?;
     let ring = RingBuf::try_from(ring_map).map_err(|e| KernelError::map(names::EVENTS, e))?;
-    let events_task = tokio::spawn(events::reader::run(ring, observability.pipeline(index_rx).await?));
+    let submitter = observability.pipeline(index_rx).await?;
+    let events_task = tokio::spawn(events::reader::run(ring, submitter.clone()));
+    guard::foreign::report(&submitter, &Default::default(), &desired.index.foreign);
 
     let mut tick = tokio::time::interval(Duration::from_millis(config.poll_interval_ms));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -220,6 +223,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
                     tracing::info!(writes = stats.writes, removals = stats.removals, generation = stats.generation, resource_version, "applied");
                 }
                 observability.applied(&stats);
+                guard::foreign::report(&submitter, &desired.index.foreign, &next.index.foreign);
                 desired = next;
                 let _ = index_tx.send(Arc::new(desired.index.clone()));
                 if let Err(error) = guard.refresh(&desired.index, &inputs.cluster) {

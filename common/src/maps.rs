@@ -40,6 +40,9 @@ pub const ENDPOINT_PENDING: u32 = 1;
 /// Not a pod: an address range named only by NetworkPolicy ipBlocks. Follows the
 /// unknown-endpoint rule, but carries a CIDR identity for policy matching.
 pub const ENDPOINT_EXTERNAL: u32 = 2;
+/// A pod of another tenant on a node reserved for one tenant (`node.foreign-tenant` in block
+/// mode): every flow to or from it is denied, before anything else is considered.
+pub const ENDPOINT_FOREIGN: u32 = 4;
 
 /// Policy-set id of an endpoint no NetworkPolicy isolates (in that direction).
 pub const NOT_ISOLATED: u64 = 0;
@@ -82,6 +85,10 @@ impl Endpoint {
 
     pub const fn is_external(&self) -> bool {
         self.flags & ENDPOINT_EXTERNAL != 0
+    }
+
+    pub const fn is_foreign(&self) -> bool {
+        self.flags & ENDPOINT_FOREIGN != 0
     }
 }
 

@@ -32,6 +32,8 @@ pub enum Reason {
     PolicyEgressDenied = 68,
     /// Same tenant, no policy selects the pod, and the config denies by default in tenants.
     TenantDefaultDeny = 69,
+    /// One end is a pod of another tenant on a node reserved for one tenant.
+    ForeignTenant = 70,
 }
 
 impl Reason {
@@ -55,6 +57,7 @@ impl Reason {
             67 => Self::PolicyIngressDenied,
             68 => Self::PolicyEgressDenied,
             69 => Self::TenantDefaultDeny,
+            70 => Self::ForeignTenant,
             _ => return None,
         })
     }
@@ -76,6 +79,7 @@ impl Reason {
             Self::PolicyIngressDenied => "network-policy-ingress",
             Self::PolicyEgressDenied => "network-policy-egress",
             Self::TenantDefaultDeny => "tenant-default-deny",
+            Self::ForeignTenant => "node.foreign-tenant",
         }
     }
 }
@@ -178,6 +182,10 @@ pub fn decide<E: Exceptions>(
     if settings.ready == 0 {
         return Reason::NotReady;
     }
+    // First: a foreign pod talks to nothing, not even hosts or the outside world.
+    if src.endpoint.is_foreign() || dst.endpoint.is_foreign() {
+        return Reason::ForeignTenant;
+    }
     if matches!(src.class, PeerClass::Unknown) || matches!(dst.class, PeerClass::Unknown) {
         return if settings.unknown == UNKNOWN_ALLOW {
             Reason::UnknownAllowed
@@ -276,7 +284,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::maps::{UNKNOWN_DENY, ENDPOINT_PENDING};
+    use crate::maps::{UNKNOWN_DENY, ENDPOINT_FOREIGN, ENDPOINT_PENDING};
 
     #[derive(Default)]
     struct Tables {
@@ -320,6 +328,27 @@ mod tests {
         assert_eq!(super::decide(&strict, Peer::UNKNOWN, pod(1, 0), 17, 80, &tables), Reason::UnknownDenied);
         let unarmed = Settings { ready: 0, ..READY };
         assert_eq!(super::decide(&unarmed, pod(1, 0), pod(2, 0), 17, 80, &tables), Reason::NotReady);
+    }
+
+    #[test]
+    fn a_foreign_end_is_denied_before_every_exception() {
+        let mut tables = Tables::default();
+        tables.shared.insert((1, 53, 17));
+        tables.pairs.insert((1, 2));
+        tables.pairs.insert((2, 1));
+        let foreign = |tenant, shared| Peer::known(Endpoint { tenant, shared, flags: ENDPOINT_FOREIGN, ..Endpoint::EMPTY });
+        let decide = |src, dst, port| decide(&READY, src, dst, 17, port, &tables);
+        assert_eq!(decide(foreign(1, 0), pod(1, 0), 80), Reason::ForeignTenant, "same tenant");
+        assert_eq!(decide(pod(1, 0), foreign(1, 0), 80), Reason::ForeignTenant, "same tenant, inbound");
+        assert_eq!(decide(foreign(1, 0), pod(2, 0), 80), Reason::ForeignTenant, "allowed tenant pair");
+        assert_eq!(decide(pod(2, 0), foreign(1, 1), 53), Reason::ForeignTenant, "to a shared service");
+        assert_eq!(decide(foreign(1, 0), Peer::UNKNOWN, 80), Reason::ForeignTenant, "to the outside world");
+        assert_eq!(decide(Peer::UNKNOWN, foreign(1, 0), 80), Reason::ForeignTenant, "from the outside world");
+        assert_eq!(decide(pod(1, 0), pod(2, 0), 80), Reason::TenantPair, "the others are untouched");
+        let unarmed = Settings { ready: 0, ..READY };
+        assert_eq!(super::decide(&unarmed, foreign(1, 0), pod(1, 0), 17, 80, &tables), Reason::NotReady);
+        assert!(!Reason::ForeignTenant.is_allow());
+        assert_eq!(Reason::ForeignTenant.name(), "node.foreign-tenant");
     }
 
     #[test]

@@ -3,7 +3,6 @@
 //! every detection, `moat-attack` run inside pods, and a marker that proves silence.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::{eventually, moat_bin, namespace_yaml, Lab, Manifests, Output, UpOptions};
@@ -163,39 +162,19 @@ pub fn assert_detection(event: &serde_json::Value, id: &str, pod: &str, tenant: 
     assert!(event["evidence"].is_string(), "{event}");
 }
 
-/// `moat observe --lab NAME -o json`; killed on drop.
-pub struct Observer {
-    child: Child,
-    out: tempfile::NamedTempFile,
-}
+/// `moat observe --lab NAME -o json`, its detections; killed on drop.
+pub struct Observer(crate::observe::Observer);
 
 impl Observer {
     pub fn start(lab: &Lab) -> Observer {
-        let out = tempfile::NamedTempFile::new().expect("temporary file");
-        let file = out.reopen().expect("reopening the temporary file");
-        let child = Command::new(lab.moat())
-            .args(["observe", "--lab", lab.name(), "-o", "json"])
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting moat observe");
-        Observer { child, out }
+        Observer(crate::observe::Observer::start(&["--lab", lab.name()]))
     }
 
     pub fn events(&self) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(self.out.path()).unwrap_or_default();
-        text.lines().filter_map(|line| serde_json::from_str(line).ok()).filter(|e: &serde_json::Value| e["type"] == "detection").collect()
+        self.0.events().into_iter().filter(|e| e["type"] == "detection").collect()
     }
 
     pub fn matching(&self, want: impl Fn(&serde_json::Value) -> bool) -> Vec<serde_json::Value> {
         self.events().into_iter().filter(|e| want(e)).collect()
-    }
-}
-
-impl Drop for Observer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

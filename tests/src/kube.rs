@@ -210,6 +210,12 @@ pub struct KubeAgent {
 impl KubeAgent {
     /// Starts the agent and waits (60 s) for its ready file.
     pub fn start(lab: &Lab, server: &ApiServer) -> KubeAgent {
+        KubeAgent::start_with(lab, server, "")
+    }
+
+    /// Like [`KubeAgent::start`], with `extra` (YAML lines, e.g. `nodeName: n1\n`) added to
+    /// the agent's configuration.
+    pub fn start_with(lab: &Lab, server: &ApiServer, extra: &str) -> KubeAgent {
         let status = lab.status();
         let cgroup_root = status["cgroupRoot"]
             .as_str()
@@ -224,7 +230,7 @@ impl KubeAgent {
             lab.name(),
             cgroup_root.display(),
             dir.join("kube-agent.sock").display()
-        );
+        ) + extra;
         std::fs::write(&config, text).unwrap_or_else(|err| panic!("{}: {err}", config.display()));
         let mut agent = KubeAgent {
             child: None,

@@ -11,6 +11,7 @@
 
 pub mod guard;
 pub mod netpol;
+pub mod observe;
 
 pub use moat_agent::lab::node::NodeLayout;
 

@@ -5,9 +5,10 @@
 //! unchanged afterwards: lab pods share the host's /proc, and core_pattern is not namespaced.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use moat_integration::observe::Observer;
 use moat_integration::{documents, eventually, namespace_yaml, pod_yaml, Lab, Manifests, UpOptions};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -31,37 +32,9 @@ fn host_core_pattern() -> String {
     std::fs::read_to_string(CORE_PATTERN).expect("reading the host's core_pattern")
 }
 
-/// `moat observe --lab NAME -o json --detection escape.kernel-sysctl`; killed on drop.
-struct Observer {
-    child: Child,
-    out: tempfile::NamedTempFile,
-}
-
-impl Observer {
-    fn start(lab: &Lab) -> Observer {
-        let out = tempfile::NamedTempFile::new().expect("temporary file");
-        let file = out.reopen().expect("reopening the temporary file");
-        let child = Command::new(lab.moat())
-            .args(["observe", "--lab", lab.name(), "-o", "json", "--detection", "escape.kernel-sysctl"])
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting moat observe");
-        Observer { child, out }
-    }
-
-    fn events(&self) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(self.out.path()).unwrap_or_default();
-        text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
-    }
-}
-
-impl Drop for Observer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `moat observe --lab NAME -o json --detection escape.kernel-sysctl`.
+fn observe(lab: &Lab) -> Observer {
+    Observer::start(&["--lab", lab.name(), "--detection", "escape.kernel-sysctl"])
 }
 
 /// Runs `attempt` until the observer has seen a detection (it connects asynchronously, so
@@ -106,7 +79,7 @@ fn block_mode_refuses_core_pattern_and_stays_silent_on_reads_and_own_sysctls() {
     let sysctl = sysctl.unwrap_or_else(|| panic!("status lists the detection: {status}"));
     assert_eq!((sysctl["configured"].as_str(), sysctl["effective"].as_str()), (Some("block"), Some("block")), "{status}");
 
-    let observer = Observer::start(&lab);
+    let observer = observe(&lab);
     // Normal activity first: nothing may be reported for it.
     lab.exec("a1/quiet", &["cat", CORE_PATTERN]).ok();
     lab.exec("a1/quiet", &["sh", "-c", OWN_SYSCTL]).ok();
@@ -128,7 +101,7 @@ fn detect_mode_reports_and_lets_the_write_through() {
     let manifests = Manifests::new();
     let config = manifests.write("moat.yaml", "guard:\n  detections:\n    escape.kernel-sysctl: detect\n");
     let lab = Lab::up(&[cluster(&manifests)], UpOptions { config: Some(config), ..UpOptions::default() });
-    let observer = Observer::start(&lab);
+    let observer = observe(&lab);
     let (seen, last) = write_until_seen(&lab, &observer);
     assert!(last.success, "the write goes through in detect mode:\n{last}");
     for event in &seen {

@@ -5,9 +5,10 @@
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use moat_integration::observe::Observer;
 use moat_integration::{documents, eventually, namespace_yaml, pod_yaml, Family, Lab, Manifests, UpOptions};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -30,45 +31,9 @@ fn three_tenants() -> (Manifests, PathBuf) {
     (manifests, file)
 }
 
-/// `moat observe --lab NAME -o json ARGS...` writing to a temporary file; killed on drop.
-struct Observer {
-    child: Child,
-    out: tempfile::NamedTempFile,
-    args: Vec<String>,
-}
-
-impl Observer {
-    fn start(lab: &Lab, args: &[&str]) -> Observer {
-        let out = tempfile::NamedTempFile::new().expect("temporary file");
-        let file = out.reopen().expect("reopening the temporary file");
-        let child = Command::new(lab.moat())
-            .args(["observe", "--lab", lab.name(), "-o", "json"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting moat observe");
-        Observer { child, out, args: args.iter().map(|s| s.to_string()).collect() }
-    }
-
-    fn events(&self) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(self.out.path()).unwrap_or_default();
-        text.lines()
-            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("observe {:?} printed non-JSON {line:?}: {e}", self.args)))
-            .collect()
-    }
-
-    fn exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
-    }
-}
-
-impl Drop for Observer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `moat observe --lab NAME -o json ARGS...`.
+fn observe(lab: &Lab, args: &[&str]) -> Observer {
+    Observer::start(&[&["--lab", lab.name()], args].concat())
 }
 
 fn ends(event: &serde_json::Value) -> (String, String) {
@@ -99,11 +64,11 @@ fn http_get(address: &str, path: &str) -> (u16, String) {
 fn observe_names_both_ends_and_filters_by_tenant_namespace_and_pod() {
     let (_manifests, file) = three_tenants();
     let lab = Lab::up(&[file], UpOptions::default());
-    let mut all = Observer::start(&lab, &["--verdict", "deny", "--max-events", "2"]);
-    let mut by_tenant = Observer::start(&lab, &["--tenant", "c", "--max-events", "1"]);
-    let mut by_namespace = Observer::start(&lab, &["--namespace", "c1", "--max-events", "1"]);
-    let mut by_pod = Observer::start(&lab, &["--pod", "c1/p3", "--max-events", "1"]);
-    let mut allows = Observer::start(&lab, &["--verdict", "allow", "--max-events", "1"]);
+    let mut all = observe(&lab, &["--verdict", "deny", "--max-events", "2"]);
+    let mut by_tenant = observe(&lab, &["--tenant", "c", "--max-events", "1"]);
+    let mut by_namespace = observe(&lab, &["--namespace", "c1", "--max-events", "1"]);
+    let mut by_pod = observe(&lab, &["--pod", "c1/p3", "--max-events", "1"]);
+    let mut allows = observe(&lab, &["--verdict", "allow", "--max-events", "1"]);
     // Probe a -> b, then c -> a, until every observer has what it waits for: observers
     // connect asynchronously, so the first rounds may come before they listen.
     let done = eventually(DEADLINE, || {
@@ -202,7 +167,7 @@ impl Drop for Stopped {
 fn ring_buffer_overflow_is_counted_and_the_flood_aggregated() {
     let (_manifests, file) = three_tenants();
     let lab = Lab::up(&[file], UpOptions::default());
-    let mut observer = Observer::start(&lab, &["--pod", "a1/p1"]);
+    let mut observer = observe(&lab, &["--pod", "a1/p1"]);
     let pid = lab.status()["agent"]["pid"].as_i64().unwrap_or_else(|| panic!("no agent pid: {}", lab.status())) as i32;
     let lost = |status: &serde_json::Value| status["events_lost"]["kernel"].as_u64().unwrap_or(0);
     let before = lost(&moat_json(&lab, &["status", "--lab", lab.name(), "-o", "json"]));
@@ -256,7 +221,7 @@ fn allowed_flows_are_reported_when_asked_for() {
     );
     let config = manifests.write("agent.yaml", "events:\n  reportAllowedFlows: true\n");
     let lab = Lab::up(&[file], UpOptions { config: Some(config), ..UpOptions::default() });
-    let mut allows = Observer::start(&lab, &["--verdict", "allow", "--max-events", "1"]);
+    let mut allows = observe(&lab, &["--verdict", "allow", "--max-events", "1"]);
     let done = eventually(DEADLINE, || {
         lab.probe("a1/p1", "a1/p2", "80/TCP");
         allows.exited().then_some(())

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::guard::foreign::{self, ForeignStatus};
 use crate::guard::{DetectionStatus, GuardMode};
 use crate::kernel::tc_pods::TcStatus;
 use crate::node::capabilities::Capabilities;
@@ -36,6 +37,8 @@ pub struct Detections {
     /// Each detection, its configured and effective mode and the hook behind it.
     pub configured: Vec<DetectionStatus>,
     pub note: String,
+    /// `node.foreign-tenant`: this node's profile and the pods it makes foreign.
+    pub foreign_tenant: ForeignStatus,
 }
 
 /// Builds the report (reads the pinned maps: blocking).
@@ -52,13 +55,16 @@ pub fn report(shared: &Shared) -> Status {
         sync,
         events_lost: EventsLost { kernel: kernel.events_lost_kernel, userspace: shared.losses.userspace() },
         kernel,
-        detections: detections(&shared.guard.lock().map(|g| g.clone()).unwrap_or_default()),
+        detections: detections(
+            &shared.guard.lock().map(|g| g.clone()).unwrap_or_default(),
+            shared.index().map(|index| foreign::status(&index.foreign)).unwrap_or_default(),
+        ),
         metrics_url: shared.metrics_url(),
         admin_socket: shared.admin_socket.display().to_string(),
     }
 }
 
-fn detections(guard: &[DetectionStatus]) -> Detections {
+fn detections(guard: &[DetectionStatus], foreign_tenant: ForeignStatus) -> Detections {
     let note = guard
         .iter()
         .map(|d| match (d.configured, d.effective) {
@@ -69,5 +75,5 @@ fn detections(guard: &[DetectionStatus]) -> Detections {
         .join(", ");
     let blocking = guard.iter().filter(|d| d.effective == GuardMode::Block).count();
     let note = if note.is_empty() { "no detections".into() } else { format!("{note} ({blocking} blocking)") };
-    Detections { configured: guard.to_vec(), note }
+    Detections { configured: guard.to_vec(), note, foreign_tenant }
 }

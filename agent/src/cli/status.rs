@@ -76,6 +76,12 @@ pub fn text(v: &Value) -> String {
         sync["first_sync_done"], sync["generation"], sync["failures"]
     ));
     line(format!("detections {}", v["detections"]["note"].as_str().unwrap_or("")));
+    let foreign = &v["detections"]["foreign_tenant"];
+    if let Some(profile) = foreign["node_profile"].as_str() {
+        let pods: Vec<&str> = foreign["pods"].as_array().into_iter().flatten().filter_map(|p| p.as_str()).collect();
+        let pods = if pods.is_empty() { "none".to_string() } else { pods.join(", ") };
+        line(format!("node       reserved by {profile} ({}): foreign pods: {pods}", foreign["mode"].as_str().unwrap_or("?")));
+    }
     line(format!("events     lost in the kernel: {}   lost in userspace: {}", v["events_lost"]["kernel"], v["events_lost"]["userspace"]));
     line(format!("metrics    {}", v["metrics_url"].as_str().unwrap_or("-")));
     out

@@ -41,6 +41,8 @@ pub struct Index {
     /// Addresses claimed by pods of different tenants.
     pub conflicts: BTreeSet<IpAddr>,
     pub policy_sets: BTreeMap<u64, PolicySet>,
+    /// Pods of another tenant on a node reserved for one (`node.foreign-tenant`).
+    pub foreign: super::foreign::Foreign,
 }
 
 impl Exceptions for Desired {

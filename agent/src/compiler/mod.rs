@@ -4,6 +4,7 @@
 pub mod desired;
 pub mod diff;
 mod endpoints;
+pub mod foreign;
 pub mod policy;
 
 use std::collections::BTreeMap;
@@ -12,7 +13,7 @@ use std::net::IpAddr;
 use std::collections::BTreeSet;
 
 use moat_common::maps::{
-    capacity, Endpoint, NetworkKey, TenantPairKey, ENDPOINT_EXTERNAL, NOT_ISOLATED,
+    capacity, Endpoint, NetworkKey, TenantPairKey, ENDPOINT_EXTERNAL, ENDPOINT_FOREIGN, NOT_ISOLATED,
     SETTING_DEFAULT_DENY_IN_TENANT, SETTING_REPORT_ALLOWED,
 };
 
@@ -60,6 +61,20 @@ pub fn compile_scoped(cluster: &Cluster, config: &Config, cgroups: &PodCgroups, 
             | if config.events.report_allowed_flows { SETTING_REPORT_ALLOWED } else { 0 },
         ..Desired::default()
     };
+    // The pods running here: by their cgroups for the kernel; for explain (no cgroups), every
+    // pod scheduled here.
+    let lookup = endpoints::PodLookup::new(cluster);
+    let mut local_pods: BTreeMap<u64, &PodKey> = BTreeMap::new();
+    for (cgroup, pod_ref) in cgroups {
+        if let Some(key) = lookup.resolve(pod_ref).filter(|key| foreign::scheduled_here(config, &cluster.pods[*key])) {
+            local_pods.insert(*cgroup, key);
+        }
+    }
+    let on_node: BTreeSet<&PodKey> = match scope {
+        Scope::Node => local_pods.values().copied().collect(),
+        Scope::Cluster => cluster.pods.iter().filter(|(_, pod)| foreign::scheduled_here(config, pod)).map(|(key, _)| key).collect(),
+    };
+    desired.index.foreign = foreign::Foreign::find(cluster, config, on_node, &tenants.of_namespace);
     let mut pod_endpoints: BTreeMap<&PodKey, Endpoint> = BTreeMap::new();
     for (key, pod) in &cluster.pods {
         let tenant = &tenants.of_namespace[&key.namespace];
@@ -70,7 +85,8 @@ pub fn compile_scoped(cluster: &Cluster, config: &Config, cgroups: &PodCgroups, 
             ingress_policy,
             egress_policy,
             shared: shared.group_of(key),
-            flags: 0,
+            // On the remote entry too, so this node's other pods are refused at once as well.
+            flags: if desired.index.foreign.blocks(key) { ENDPOINT_FOREIGN } else { 0 },
         };
         pod_endpoints.insert(key, endpoint);
         desired.index.pod_tenants.insert(key.clone(), tenant.clone());
@@ -95,22 +111,14 @@ pub fn compile_scoped(cluster: &Cluster, config: &Config, cgroups: &PodCgroups, 
         }
     }
     let mut local_sets = BTreeSet::new();
-    let lookup = endpoints::PodLookup::new(cluster);
-    for (cgroup, pod_ref) in cgroups {
-        let Some(key) = lookup.resolve(pod_ref) else { continue };
-        let local = match (&config.node_name, &cluster.pods[key].node_name) {
-            (Some(node), Some(pod_node)) => node == pod_node,
-            _ => true,
-        };
-        if local {
-            let endpoint = pod_endpoints[key];
-            local_sets.extend([endpoint.ingress_policy, endpoint.egress_policy]);
-            desired.local.insert(*cgroup, endpoint);
-            desired.index.pods_by_cgroup.insert(*cgroup, key.clone());
-            let pod = &cluster.pods[key];
-            for ip in pod.ips.iter().filter(|_| !pod.host_network) {
-                desired.local_addresses.entry(mapped(*ip)).or_insert(*cgroup);
-            }
+    for (cgroup, key) in local_pods {
+        let endpoint = pod_endpoints[key];
+        local_sets.extend([endpoint.ingress_policy, endpoint.egress_policy]);
+        desired.local.insert(cgroup, endpoint);
+        desired.index.pods_by_cgroup.insert(cgroup, key.clone());
+        let pod = &cluster.pods[key];
+        for ip in pod.ips.iter().filter(|_| !pod.host_network) {
+            desired.local_addresses.entry(mapped(*ip)).or_insert(cgroup);
         }
     }
     let mut classified: BTreeMap<NetworkKey, Endpoint> = BTreeMap::new();

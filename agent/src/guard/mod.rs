@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod decode;
+pub mod foreign;
 pub mod kernel_maps;
 pub mod node;
 pub mod registry;

@@ -118,6 +118,6 @@ pub struct Cluster {
     pub network_policies:
         BTreeMap<ObjectKey, k8s_openapi::api::networking::v1::NetworkPolicy>,
     /// Labels of this agent's own Node (they select node profiles); empty when the source
-    /// has no Node (manifest files, or no node name given).
+    /// has no Node (the API server without a node name, files without a matching Node).
     pub node_labels: Labels,
 }

@@ -10,7 +10,7 @@ use k8s_openapi::api::networking::v1 as networking;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::manifests::validate_policy;
-use crate::model::{ContainerPort, Namespace, ObjectKey, Pod, Protocol};
+use crate::model::{ContainerPort, Labels, Namespace, ObjectKey, Pod, Protocol};
 
 /// Why one object is refused: the field (a path into the object; empty for the whole) and
 /// what is wrong with it.
@@ -50,6 +50,12 @@ pub fn namespace(namespace: &core::Namespace) -> Result<Namespace, Rejection> {
     let name = name(&namespace.metadata)?;
     let labels = namespace.metadata.labels.clone().unwrap_or_default();
     Ok(Namespace { name, labels })
+}
+
+/// A Node: its name and labels (the labels select node profiles).
+pub fn node(node: &core::Node) -> Result<(String, Labels), Rejection> {
+    let name = name(&node.metadata)?;
+    Ok((name, node.metadata.labels.clone().unwrap_or_default()))
 }
 
 /// Whether a pod has finished: its IPs may already belong to new pods, so it is not in the

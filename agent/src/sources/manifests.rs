@@ -8,11 +8,15 @@
 //! - Unknown fields inside objects are accepted. `kubectl` output from newer clusters carries
 //!   fields the bundled k8s-openapi types do not know, and refusing them would make the agent
 //!   unusable after a cluster upgrade; they never feed the model.
-//! - Kinds other than Namespace, Pod and NetworkPolicy are skipped and counted in
+//! - Kinds other than Namespace, Pod, Node and NetworkPolicy are skipped and counted in
 //!   [`Loaded::skipped`], so a full dump of a namespace can be fed in as-is. An object of the
 //!   same kind in another API group (Calico's `projectcalico.org/v3` NetworkPolicy) is another
 //!   resource and is counted as `Kind (apiVersion)`; an old version of a supported object
 //!   (`extensions/v1beta1` NetworkPolicy) is an error, as skipping it would drop policy.
+//!
+//! Node objects (`kubectl get nodes -o yaml`) give this node's labels, which select node
+//! profiles: the Node named like the agent's `nodeName`, or without one the only Node in the
+//! files (several Nodes and no `nodeName` is an error naming them all).
 //!
 //! Directories are read non-recursively; names starting with `.` are ignored (editor lock and
 //! swap files, the `..data` links of ConfigMap volumes).
@@ -26,7 +30,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::model::Cluster;
+use crate::model::{Cluster, Labels};
 
 pub use build::build_cluster;
 pub(crate) use policy::validate as validate_policy;
@@ -71,11 +75,42 @@ pub struct Loaded {
     pub cluster: Cluster,
     /// Objects not in the model, by kind (and `Pod (Succeeded/Failed)` for finished pods).
     pub skipped: BTreeMap<String, usize>,
+    /// Every Node read, by name; [`Loaded::for_node`] puts this node's labels in the model.
+    pub nodes: BTreeMap<String, NodeFound>,
 }
 
-/// [`read_documents`] + [`build_cluster`].
+/// A Node object in the files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeFound {
+    pub labels: Labels,
+    pub origin: Origin,
+}
+
+impl Loaded {
+    /// Sets `cluster.node_labels` to this node's: the Node named `node_name`, or without a
+    /// name the only Node read. No matching Node leaves them empty (no node profile).
+    pub fn for_node(mut self, node_name: Option<&str>) -> Result<Self, ManifestError> {
+        let labels = match node_name {
+            Some(name) => self.nodes.get(name).map(|node| node.labels.clone()),
+            None if self.nodes.len() > 1 => {
+                let nodes = self.nodes.iter().map(|(name, node)| (name.clone(), node.origin.clone())).collect();
+                return Err(ManifestError::SeveralNodes { nodes });
+            }
+            None => self.nodes.values().next().map(|node| node.labels.clone()),
+        };
+        self.cluster.node_labels = labels.unwrap_or_default();
+        Ok(self)
+    }
+}
+
+/// [`load_for_node`] without a node name.
 pub fn load(paths: &[PathBuf]) -> Result<Loaded, ManifestError> {
-    build_cluster(&read_documents(paths)?)
+    load_for_node(paths, None)
+}
+
+/// [`read_documents`] + [`build_cluster`] + [`Loaded::for_node`].
+pub fn load_for_node(paths: &[PathBuf], node_name: Option<&str>) -> Result<Loaded, ManifestError> {
+    build_cluster(&read_documents(paths)?)?.for_node(node_name)
 }
 
 #[cfg(test)]
@@ -85,3 +120,7 @@ mod read_tests;
 #[cfg(test)]
 #[path = "manifests/build_tests.rs"]
 mod build_tests;
+
+#[cfg(test)]
+#[path = "manifests/node_tests.rs"]
+mod node_tests;

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
-use super::manifests::{list_files, load, Loaded, ManifestError, MAX_FILE_BYTES};
+use super::manifests::{list_files, load_for_node, Loaded, ManifestError, MAX_FILE_BYTES};
 
 /// A file whose mtime is this close to the moment it was hashed may be written again without
 /// its metadata changing (coarse timestamps), so its cached hash is not trusted.
@@ -21,6 +21,8 @@ const RACY_WINDOW: Duration = Duration::from_secs(2);
 /// changes the inode) or its contents.
 pub struct ManifestWatcher {
     paths: Vec<PathBuf>,
+    /// This node's name: which Node object's labels are the node's.
+    node_name: Option<String>,
     /// The state that the last load (good or bad) saw; None before the first poll.
     last: Option<Fingerprint>,
     hashes: HashMap<PathBuf, CachedHash>,
@@ -59,9 +61,16 @@ impl ManifestWatcher {
     pub fn new(paths: Vec<PathBuf>) -> Self {
         Self {
             paths,
+            node_name: None,
             last: None,
             hashes: HashMap::new(),
         }
+    }
+
+    /// The watcher for node `node_name` (see [`crate::sources::manifests::Loaded::for_node`]).
+    pub fn for_node(mut self, node_name: Option<String>) -> Self {
+        self.node_name = node_name;
+        self
     }
 
     /// Loads the manifests if anything changed since the last load, successful or not: a bad
@@ -74,7 +83,7 @@ impl ManifestWatcher {
             return None;
         }
         self.last = Some(fingerprint);
-        Some(load(&self.paths))
+        Some(load_for_node(&self.paths, self.node_name.as_deref()))
     }
 
     fn fingerprint(&mut self) -> Fingerprint {

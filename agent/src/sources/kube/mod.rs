@@ -149,7 +149,7 @@ impl KubeSource {
                     let cluster = snapshot(&state);
                     drop(state);
                     self.shared.sync.mark_synced();
-                    return Loaded { cluster, skipped: BTreeMap::new() };
+                    return Loaded { cluster, ..Loaded::default() };
                 }
             }
             notified.await;
@@ -163,7 +163,7 @@ impl KubeSource {
             return None;
         }
         self.seen = state.generation;
-        Some(Loaded { cluster: snapshot(&state), skipped: BTreeMap::new() })
+        Some(Loaded { cluster: snapshot(&state), ..Loaded::default() })
     }
 
     pub async fn changed(&self) {

@@ -101,7 +101,7 @@ impl Reflected for core::Node {
         convert::name(&self.metadata)
     }
     fn convert(self) -> Result<Option<Labels>, Rejection> {
-        Ok(Some(self.metadata.labels.unwrap_or_default()))
+        convert::node(&self).map(|(_, labels)| Some(labels))
     }
     fn slot(state: &mut ModelState) -> &mut BTreeMap<String, Labels> {
         &mut state.nodes

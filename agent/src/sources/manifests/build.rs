@@ -8,16 +8,17 @@ use k8s_openapi::api::networking::v1 as networking;
 use serde::de::DeserializeOwned;
 
 use super::read::{header, invalid, object_name};
-use super::{Document, Loaded, ManifestError, Origin, MAX_OBJECTS};
+use super::{Document, Loaded, ManifestError, NodeFound, Origin, MAX_OBJECTS};
 use crate::model::Cluster;
 use crate::sources::convert::{self, Rejection};
 
 /// Skipped-count key for pods that have finished: their IPs may already belong to new pods.
 const FINISHED_PODS: &str = "Pod (Succeeded/Failed)";
 
-/// Builds the model from documents. Reads Namespace, Pod and networking.k8s.io/v1
+/// Builds the model from documents. Reads Namespace, Pod, Node and networking.k8s.io/v1
 /// NetworkPolicy objects; other kinds are counted and skipped (returned in `Loaded::skipped`
-/// as kind -> count).
+/// as kind -> count). Nodes are kept in `Loaded::nodes`; [`Loaded::for_node`] picks this
+/// node's.
 pub fn build_cluster(documents: &[Document]) -> Result<Loaded, ManifestError> {
     if let Some(extra) = documents.get(MAX_OBJECTS) {
         return Err(ManifestError::TooManyObjects {
@@ -32,6 +33,7 @@ pub fn build_cluster(documents: &[Document]) -> Result<Loaded, ManifestError> {
     Ok(Loaded {
         cluster: builder.cluster,
         skipped: builder.skipped,
+        nodes: builder.nodes,
     })
 }
 
@@ -39,6 +41,7 @@ pub fn build_cluster(documents: &[Document]) -> Result<Loaded, ManifestError> {
 struct Builder {
     cluster: Cluster,
     skipped: BTreeMap<String, usize>,
+    nodes: BTreeMap<String, NodeFound>,
     /// (kind, namespace, name) → where it was first defined. Namespaces use "" as namespace.
     seen: BTreeMap<(&'static str, String, String), Origin>,
 }
@@ -63,7 +66,7 @@ impl Builder {
             object: object_name(&document.value),
         };
         let supported = match kind {
-            "Namespace" | "Pod" => "v1",
+            "Namespace" | "Pod" | "Node" => "v1",
             "NetworkPolicy" => "networking.k8s.io/v1",
             _ => {
                 *self.skipped.entry(kind.to_string()).or_default() += 1;
@@ -91,6 +94,12 @@ impl Builder {
                 let namespace = convert::namespace(&namespace).map_err(reject)?;
                 self.first_definition("Namespace", "", &namespace.name, &cx)?;
                 self.cluster.namespaces.insert(namespace.name.clone(), namespace);
+            }
+            "Node" => {
+                let node: core::Node = decode(&cx, &document.value)?;
+                let (name, labels) = convert::node(&node).map_err(reject)?;
+                self.first_definition("Node", "", &name, &cx)?;
+                self.nodes.insert(name, NodeFound { labels, origin: document.origin.clone() });
             }
             "Pod" => {
                 let pod: core::Pod = decode(&cx, &document.value)?;

@@ -39,6 +39,14 @@ pub enum ManifestError {
         first: Box<Origin>,
         second: Box<Origin>,
     },
+    /// Node objects give this node's labels; with several and no node name there is no
+    /// telling which one is this node.
+    #[error("several Node objects and no nodeName to pick this node's ({}); set nodeName in the config (or --node-name)", list_nodes(.nodes))]
+    SeveralNodes { nodes: Vec<(String, Origin)> },
+}
+
+fn list_nodes(nodes: &[(String, Origin)]) -> String {
+    nodes.iter().map(|(name, origin)| format!("Node {name} at {origin}")).collect::<Vec<_>>().join(", ")
 }
 
 fn describe(object: &Option<String>, field: &str, message: &str) -> String {

@@ -1,0 +1,87 @@
+//! Explain with a node profile: a Node manifest (or --node-labels) makes a pod foreign, and
+//! explain reports what the node's own entries decide.
+
+use std::path::PathBuf;
+
+use moat_common::verdict::{LocalEnd, Peer};
+
+use super::*;
+use crate::lab::probe::{Family, Target};
+use crate::model::Protocol;
+use crate::node::cgroups::PodRef;
+
+fn pod(ns: &str, name: &str, ip: &str) -> String {
+    format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  containers:\n  - name: c\n    image: x\nstatus:\n  podIP: {ip}\n")
+}
+
+/// alpha/web, beta/web, beta/api and a Node reserved for alpha, in one file.
+fn manifests(dir: &std::path::Path) -> PathBuf {
+    let text = [
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: alpha\n  labels:\n    tenant: alpha\n".to_string(),
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: beta\n  labels:\n    tenant: beta\n".to_string(),
+        pod("alpha", "web", "10.0.0.1"),
+        pod("beta", "web", "10.0.0.2"),
+        pod("beta", "api", "10.0.0.3"),
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n  labels:\n    node-restriction.kubernetes.io/tenant: alpha\n".to_string(),
+    ]
+    .join("---\n");
+    let path = dir.join("cluster.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn explain_with(cluster: &Cluster, config: &Config, from: &str, to: &str) -> Explanation {
+    let desired = compiler::compile_scoped(cluster, config, &PodCgroups::new(), Scope::Cluster).unwrap();
+    let (from, to) = (PodKey::parse(from).unwrap(), PodKey::parse(to).unwrap());
+    explain(cluster, &desired, &from, &to, Target::Port(80, Protocol::Tcp), Family::V4).unwrap()
+}
+
+#[test]
+fn a_node_manifest_makes_a_pod_foreign_and_explain_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = manifests::load(&[manifests(dir.path())]).unwrap().cluster;
+    let config = Config::default();
+    let within_beta = explain_with(&cluster, &config, "beta/web", "beta/api");
+    assert_eq!(within_beta.verdict, "deny", "{within_beta:?}");
+    assert!(within_beta.reasons[0].starts_with("node.foreign-tenant:"), "{within_beta:?}");
+    assert!(
+        within_beta.reasons.iter().any(|r| r.contains("beta/web is tenant beta on a node reserved for tenant alpha (node label node-restriction.kubernetes.io/tenant=alpha); all its traffic is denied")),
+        "{within_beta:?}"
+    );
+    assert_eq!(within_beta.reasons.len(), 3, "both ends are foreign: {within_beta:?}");
+
+    // What the node's kernel decides over the entries it writes is the same.
+    let cgroups: PodCgroups = [(7, PodRef::Key(PodKey::new("beta", "web")))].into();
+    let node = compiler::compile(&cluster, &config, &cgroups).unwrap();
+    let local = Peer::local(node.local.get(&7).copied());
+    let reason = node.decide_at(local, node.remote_peer(&compiler::mapped("10.0.0.3".parse().unwrap())), 6, 80, LocalEnd::Source);
+    assert_eq!(reason.name(), "node.foreign-tenant");
+
+    let at_home = explain_with(&cluster, &config, "alpha/web", "alpha/web");
+    assert_eq!(at_home.verdict, "allow", "{at_home:?}");
+}
+
+#[test]
+fn detect_mode_allows_with_a_note_and_node_labels_override_the_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = manifests::load(&[manifests(dir.path())]).unwrap().cluster;
+    let mut detect = Config::default();
+    detect.guard.detections.insert("node.foreign-tenant".into(), GuardMode::Detect);
+    let noted = explain_with(&cluster, &detect, "beta/web", "beta/api");
+    assert_eq!(noted.verdict, "allow", "{noted:?}");
+    assert!(noted.reasons.iter().any(|r| r.contains("beta/api is tenant beta") && r.contains("reported, not blocked")), "{noted:?}");
+
+    // --node-labels: the node is beta's now.
+    cluster.node_labels = parse_labels("node-restriction.kubernetes.io/tenant=beta,zone=a").unwrap();
+    let config = Config::default();
+    assert_eq!(explain_with(&cluster, &config, "beta/web", "beta/api").verdict, "allow");
+    let alpha = explain_with(&cluster, &config, "alpha/web", "beta/web");
+    assert!(alpha.reasons.iter().any(|r| r.contains("alpha/web is tenant alpha on a node reserved for tenant beta")), "{alpha:?}");
+}
+
+#[test]
+fn node_labels_are_key_value_pairs() {
+    assert_eq!(parse_labels("a=b,c=").unwrap(), [("a".to_string(), "b".to_string()), ("c".to_string(), String::new())].into());
+    assert!(parse_labels("a").unwrap_err().contains("\"a\" is not KEY=VALUE"));
+    assert!(parse_labels("=b").is_err());
+}
