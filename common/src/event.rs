@@ -112,7 +112,8 @@ pub struct GuardEvent {
     /// in the actor's PID namespace.
     pub target_pid: u32,
     /// The file touched: its superblock's device (kernel encoding, MAJOR << 20 | MINOR) and
-    /// inode; 0 when none.
+    /// inode; 0 when none. A sys_enter ptrace/process_vm_writev record has the actor's PID
+    /// namespace inode in `ino` (the namespace `target_pid` is in).
     pub dev: u64,
     pub ino: u64,
     /// Per detection: open flags, mount flags, namespace type, syscall number, port...

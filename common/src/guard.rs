@@ -8,6 +8,8 @@ pub mod names {
     pub const GUARD_FILES: &str = "GUARD_FILES";
     pub const GUARD_VOLUMES: &str = "GUARD_VOLUMES";
     pub const GUARD_TAINTED: &str = "GUARD_TAINTED";
+    pub const GUARD_SETNS: &str = "GUARD_SETNS";
+    pub const GUARD_DEVICE_SEEN: &str = "GUARD_DEVICE_SEEN";
     pub const GUARD_API_SERVERS: &str = "GUARD_API_SERVERS";
     pub const GUARD_PORTS: &str = "GUARD_PORTS";
 }
@@ -19,6 +21,10 @@ pub mod capacity {
     pub const GUARD_FILES: u32 = 8_192;
     pub const GUARD_VOLUMES: u32 = 65_536;
     pub const GUARD_TAINTED: u32 = 4_096;
+    /// Threads inside setns at once.
+    pub const GUARD_SETNS: u32 = 1_024;
+    /// Threads whose last block device check is remembered (LRU).
+    pub const GUARD_DEVICE_SEEN: u32 = 1_024;
     pub const GUARD_API_SERVERS: u32 = 64;
     pub const GUARD_PORTS: u32 = 16;
 }

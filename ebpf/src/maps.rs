@@ -6,6 +6,7 @@ use aya_ebpf::{
 };
 use moat_common::guard::{
     capacity as guard_capacity, Actor, Endpoint as GuardEndpoint, FileKey, FileRule, GuardSettings,
+    NS_COUNT,
 };
 use moat_common::maps::{
     capacity, Counter, CounterKey, Endpoint, FlowKey, FlowState, PolicyMatch, Settings,
@@ -78,6 +79,15 @@ pub static GUARD_VOLUMES: HashMap<u64, u64> = HashMap::pinned(guard_capacity::GU
 /// Processes that opened kubelet credentials (tgid → when), and their children.
 #[map]
 pub static GUARD_TAINTED: LruHashMap<u32, u64> = LruHashMap::pinned(guard_capacity::GUARD_TAINTED, 0);
+
+/// Threads inside setns (pid_tgid) → their namespaces when they entered it (`NS_*` order).
+#[map]
+pub static GUARD_SETNS: LruHashMap<u64, [u32; NS_COUNT]> = LruHashMap::pinned(guard_capacity::GUARD_SETNS, 0);
+
+/// Threads (pid_tgid) → the block device check cgroup/dev last reported in detect mode:
+/// `[device, access type, when]`, so the kernel's second check of one open is not reported.
+#[map]
+pub static GUARD_DEVICE_SEEN: LruHashMap<u64, [u64; 3]> = LruHashMap::pinned(guard_capacity::GUARD_DEVICE_SEEN, 0);
 
 /// API server endpoints a tainted process must not reach.
 #[map]

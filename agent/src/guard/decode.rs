@@ -88,7 +88,10 @@ fn evidence(event: &GuardEvent, view: &GuardView) -> (String, String) {
     let dentry = || {
         let name = text(&event.subject[..64]);
         let parent = text(&event.subject[64..]);
-        named.clone().unwrap_or_else(|| format!("{parent}/{name} (device {}:{}, inode {})", event.dev >> 20, event.dev & 0xfffff, event.ino))
+        named.clone().unwrap_or_else(|| {
+            let on = kernel_fs(event.arg).map(|fs| format!(" on {fs}")).unwrap_or_default();
+            format!("{}{on} (device {}:{}, inode {})", dentry_path(&parent, &name), event.dev >> 20, event.dev & 0xfffff, event.ino)
+        })
     };
     match event.detection as u32 {
         DETECTION_KERNEL_SYSCTL if event.hook == GUARD_HOOK_SYSCTL => {
@@ -165,12 +168,40 @@ fn evidence(event: &GuardEvent, view: &GuardView) -> (String, String) {
     }
 }
 
+/// `parent/name` of an opened file, from the two dentry names the kernel sent. A
+/// filesystem's root dentry is named `/`: a file at the root is `/name`, the root itself `/`.
+fn dentry_path(parent: &str, name: &str) -> String {
+    if name == "/" {
+        return name.to_string();
+    }
+    format!("{}/{name}", parent.trim_end_matches('/'))
+}
+
+/// The kernel interfaces file detections match by filesystem (`GuardEvent::arg` carries the
+/// superblock magic for file findings).
+fn kernel_fs(magic: u64) -> Option<&'static str> {
+    match magic {
+        0x0027_e0eb => Some("cgroup"),
+        0x6265_6572 => Some("sysfs"),
+        0x9fa0 => Some("proc"),
+        0x6462_6720 => Some("debugfs"),
+        0x7472_6163 => Some("tracefs"),
+        _ => None,
+    }
+}
+
 /// A ptrace/process_vm_writev or /proc/PID/mem whose target is in the actor's own pod.
 /// Outside the host's PID namespace a pod names only its own processes; with hostPID (or
 /// the host's /proc mounted in) the PID is global and the target's cgroup tells its pod.
 fn same_pod(event: &GuardEvent, index: &Index, view: &GuardView) -> bool {
     let (pid, global) = if event.hook == GUARD_HOOK_SYS_ENTER {
-        let actor_ns = std::fs::metadata(format!("/proc/{}/ns/pid", event.tgid)).map(|m| m.ino()).ok();
+        // The actor's PID namespace as the kernel saw it at the call (`ino`); /proc is only
+        // a fallback, the actor may have exited before its record is decoded.
+        let actor_ns = if event.ino != 0 {
+            Some(event.ino)
+        } else {
+            std::fs::metadata(format!("/proc/{}/ns/pid", event.tgid)).map(|m| m.ino()).ok()
+        };
         (event.target_pid, actor_ns.is_none_or(|ns| ns == view.host_pid_ns))
     } else {
         let Ok(pid) = text(&event.subject[64..]).parse::<u32>() else { return false };

@@ -146,3 +146,51 @@ fn ptrace_inside_a_pods_own_pid_namespace_is_dropped() {
     raw.target_pid = 4_000_000;
     assert!(decode(&raw, &index).is_some());
 }
+
+#[test]
+fn mknod_names_the_device_number_the_kernel_sends() {
+    // sys_enter mknodat: `arg` is the call's dev argument (userspace encoding), the subject
+    // the path.
+    let mut raw = event(DETECTION_HOST_MOUNT, GUARD_HOOK_SYS_ENTER);
+    raw.owner = u64::from(moat_common::guard::SYSCALL_MKNODAT);
+    raw.arg = libc::makedev(254, 3) as u64;
+    raw.subject[..8].copy_from_slice(b"/dev/sdz");
+    let detection = decode(&raw, &Index::default()).expect("reported");
+    assert_eq!(detection.evidence.as_deref(), Some("/dev/sdz"));
+    assert!(detection.message.starts_with("mknod of block device 254:3 at /dev/sdz"), "{}", detection.message);
+}
+
+#[test]
+fn kernel_interface_files_name_their_filesystem_and_path() {
+    let file = |detection: u32, magic: u64, parent: &str, name: &str| {
+        let mut raw = event(detection, GUARD_HOOK_SYS_EXIT);
+        raw.arg = magic;
+        raw.dev = moat_common::guard::kernel_dev(0, 49);
+        raw.ino = 7;
+        raw.subject[..name.len()].copy_from_slice(name.as_bytes());
+        raw.subject[64..64 + parent.len()].copy_from_slice(parent.as_bytes());
+        decode(&raw, &Index::default()).expect("reported").evidence.unwrap_or_default()
+    };
+    // A file at a filesystem's root (whose dentry is named "/"), the root itself, a deeper file.
+    assert_eq!(file(DETECTION_CGROUP_RELEASE_AGENT, 0x27e0eb, "/", "release_agent"), "/release_agent on cgroup (device 0:49, inode 7)");
+    assert_eq!(file(DETECTION_KERNEL_MEMORY, 0x6462_6720, "/", "/"), "/ on debugfs (device 0:49, inode 7)");
+    assert_eq!(file(DETECTION_KERNEL_MEMORY, 0x6462_6720, "tracing", "trace"), "tracing/trace on debugfs (device 0:49, inode 7)");
+    // Other filesystems (pod volumes) are named by path alone.
+    assert_eq!(file(DETECTION_OTHER_POD_VOLUME, 0x0102_1994, "..2024_01_01", "token"), "..2024_01_01/token (device 0:49, inode 7)");
+}
+
+#[test]
+fn ptrace_by_an_exited_actor_uses_the_pid_namespace_the_kernel_recorded() {
+    let host_pid_ns = kernel_maps::host_namespace("pid");
+    decode::publish(decode::GuardView { host_pid_ns, ..Default::default() });
+    // The actor (tgid u32::MAX) is gone: /proc cannot say which PID namespace it was in.
+    let mut raw = event(DETECTION_PTRACE, GUARD_HOOK_SYS_ENTER);
+    raw.owner = u64::from(moat_common::guard::SYSCALL_PROCESS_VM_WRITEV);
+    raw.target_pid = 4_000_000;
+    // A pod's own PID namespace: the target can only be one of its own processes.
+    raw.ino = host_pid_ns + 1;
+    assert!(decode(&raw, &Index::default()).is_none());
+    // The host's: a global PID, here of no process in the actor's pod.
+    raw.ino = host_pid_ns;
+    assert!(decode(&raw, &Index::default()).is_some());
+}

@@ -2,10 +2,13 @@
 //! (`escape.host-mount`: a pod that can open the node's disk owns the node). Works without
 //! BPF LSM. Character devices are left to the runtime's own device cgroup rules.
 
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use aya_ebpf::programs::DeviceContext;
 use moat_common::event::{DETECTION_HOST_MOUNT, GUARD_HOOK_DEVICE, GUARD_MODE_BLOCK, GUARD_MODE_OFF};
+use moat_common::guard::kernel_dev;
 
 use super::{actor, report};
+use crate::maps::GUARD_DEVICE_SEEN;
 
 const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
@@ -13,6 +16,11 @@ const REFUSE: i32 = 0;
 const DEV_BLOCK: u32 = 1;
 /// `BPF_DEVCG_ACC_MKNOD` in the high 16 bits.
 const ACC_MKNOD: u32 = 1;
+/// The kernel checks a block device open twice (`inode_permission` on the path, then
+/// `bdev_permission` as the device opens). In detect mode the first check lets the open go
+/// on, so both would report: a thread's second check of the same device and access within
+/// this long is the same open.
+const SAME_OPEN_NS: u64 = 10_000_000;
 
 pub fn on_device(ctx: &DeviceContext) -> i32 {
     // SAFETY: the program's own context.
@@ -32,16 +40,33 @@ pub fn on_device(ctx: &DeviceContext) -> i32 {
     let blocked = mode == GUARD_MODE_BLOCK;
     // In detect mode the sys_enter tracepoint reports mknod; report each action once.
     let mknod = (access_type >> 16) & ACC_MKNOD != 0;
-    if blocked || !mknod {
+    let dev = kernel_dev(major, minor);
+    if blocked || (!mknod && first_check(dev, access_type)) {
         if let Some(mut entry) = report::start(DETECTION_HOST_MOUNT, GUARD_HOOK_DEVICE, blocked, &actor) {
             let event = entry.as_mut_ptr();
             // SAFETY: the reserved record.
             unsafe {
                 (*event).arg = access_type as u64;
-                (*event).dev = moat_common::guard::kernel_dev(major, minor);
+                (*event).dev = dev;
             }
             entry.submit(0);
         }
     }
     if blocked { REFUSE } else { ALLOW }
+}
+
+/// Whether this check is not the second of one open (see [`SAME_OPEN_NS`]); remembers it.
+#[inline(always)]
+fn first_check(dev: u64, access_type: u32) -> bool {
+    let thread = bpf_get_current_pid_tgid();
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: plain-data key and value.
+    if let Some(last) = unsafe { GUARD_DEVICE_SEEN.get(&thread) } {
+        if last[0] == dev && last[1] == access_type as u64 && now.wrapping_sub(last[2]) < SAME_OPEN_NS {
+            return false;
+        }
+    }
+    let _ = GUARD_DEVICE_SEEN.insert(&thread, &[dev, access_type as u64, now], 0);
+    true
 }

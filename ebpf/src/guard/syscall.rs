@@ -2,9 +2,9 @@
 //! LSM is missing). The agent maps its architecture's syscall numbers to classes in
 //! `GUARD_SYSCALLS`, so every other syscall costs one array lookup.
 //!
-//! sys_enter sees arguments (mount, mknod, unshare, module/bpf/perf, ptrace); sys_exit sees
-//! results: the file an open returned, the peer a connect reached, the namespaces a setns
-//! joined.
+//! sys_enter sees arguments (mount, mknod, unshare, module/bpf/perf, ptrace) and the
+//! namespaces a setns starts from; sys_exit sees results: the file an open returned, the
+//! peer a connect reached, the namespaces a setns joined.
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_str_bytes};
 use aya_ebpf::programs::RawTracePointContext;
@@ -24,7 +24,7 @@ use super::actor::{self, Actor};
 use super::kernel::{self, offset, AF_INET, AF_INET6};
 use super::mount::{self, starts, MountKind};
 use super::{file, report};
-use crate::maps::{GUARD_API_SERVERS, GUARD_FILES, GUARD_SYSCALLS, GUARD_TAINTED};
+use crate::maps::{GUARD_API_SERVERS, GUARD_FILES, GUARD_SETNS, GUARD_SYSCALLS, GUARD_TAINTED};
 
 /// The syscall's argument `n` from the saved user registers.
 #[inline(always)]
@@ -77,10 +77,13 @@ pub fn on_enter(ctx: &RawTracePointContext) -> u32 {
         g::SYSCALL_MOUNT => on_mount(regs, &actor, false),
         g::SYSCALL_FSOPEN => on_mount(regs, &actor, true),
         g::SYSCALL_MKNOD | g::SYSCALL_MKNODAT => {
-            let (path, mode) = if class == g::SYSCALL_MKNOD { (arg(regs, 0), arg(regs, 1)) } else { (arg(regs, 1), arg(regs, 2)) };
-            // In block mode cgroup/dev refuses it and reports; do not report twice.
+            // mknod(path, mode, dev), mknodat(dirfd, path, mode, dev)
+            let first = if class == g::SYSCALL_MKNOD { 0 } else { 1 };
+            let (path, mode, dev) = (arg(regs, first), arg(regs, first + 1), arg(regs, first + 2));
+            // In block mode cgroup/dev refuses it and reports; do not report twice. The
+            // record carries the device number (the mode is S_IFBLK by now).
             if mode & S_IFMT == S_IFBLK && report::mode(DETECTION_HOST_MOUNT) == GUARD_MODE_DETECT {
-                simple(DETECTION_HOST_MOUNT, &actor, class, mode, path);
+                simple(DETECTION_HOST_MOUNT, &actor, class, dev, path);
             }
         }
         g::SYSCALL_UNSHARE => {
@@ -98,6 +101,12 @@ pub fn on_enter(ctx: &RawTracePointContext) -> u32 {
             }
         }
         g::SYSCALL_PROCESS_VM_WRITEV => targeted(&actor, class, 0, arg(regs, 0) as u32),
+        g::SYSCALL_SETNS if report::mode(DETECTION_SETNS) != GUARD_MODE_OFF => {
+            // The namespaces the thread is in before: joining one it already shares with
+            // the host (a hostPID pod's PID namespace, a cgroup namespace the runtime did
+            // not unshare) is no escape. Taken back at sys_exit.
+            let _ = GUARD_SETNS.insert(&bpf_get_current_pid_tgid(), &kernel::current_namespaces(), 0);
+        }
         _ => {}
     }
     0
@@ -135,6 +144,9 @@ fn targeted(actor: &Actor, class: u32, request: u64, target: u32) {
         (*event).arg = request;
         (*event).owner = class as u64;
         (*event).target_pid = target;
+        // The PID namespace `target` is a number in: the agent cannot read it from /proc
+        // once the actor has exited, which a process_vm_writev caller does at once.
+        (*event).ino = kernel::current_namespaces()[NS_PID] as u64;
     }
     entry.submit(0);
 }
@@ -219,7 +231,15 @@ pub fn on_exit(ctx: &RawTracePointContext) -> u32 {
             }
         }
         g::SYSCALL_CONNECT if ret == 0 || ret == -EINPROGRESS => on_connect(regs, &settings, &actor),
-        g::SYSCALL_SETNS if ret == 0 && actor.in_pod => on_setns(regs, &settings, &actor),
+        g::SYSCALL_SETNS if actor.in_pod => {
+            let thread = bpf_get_current_pid_tgid();
+            // SAFETY: plain-data key; the value is copied out before the entry is removed.
+            let before = unsafe { GUARD_SETNS.get(&thread) }.copied();
+            let _ = GUARD_SETNS.remove(&thread);
+            if ret == 0 {
+                on_setns(regs, &settings, &actor, before);
+            }
+        }
         _ => {}
     }
     0
@@ -293,10 +313,11 @@ fn on_connect(regs: usize, settings: &GuardSettings, actor: &Actor) {
 
 /// After a successful setns from a pod: which host namespaces it joined. An nsfs fd names
 /// one namespace (its inode number is the namespace's); a pidfd joins the types in
-/// `nstype`, compared with the task's namespaces afterwards. hostNetwork/hostPID pods
-/// already share those by design.
+/// `nstype`, compared with the task's namespaces afterwards. A host namespace the thread
+/// was in already (`before`, from sys_enter) is no change: hostNetwork/hostPID pods share
+/// those by design, and a runtime may leave e.g. the cgroup namespace shared.
 #[inline(always)]
-fn on_setns(regs: usize, settings: &GuardSettings, actor: &Actor) {
+fn on_setns(regs: usize, settings: &GuardSettings, actor: &Actor, before: Option<[u32; NS_COUNT]>) {
     if report::mode(DETECTION_SETNS) == GUARD_MODE_OFF {
         return;
     }
@@ -327,6 +348,15 @@ fn on_setns(regs: usize, settings: &GuardSettings, actor: &Actor) {
     }
     if actor.flags & ACTOR_HOST_PID != 0 {
         joined &= !(1 << NS_PID);
+    }
+    if let Some(before) = before {
+        let mut i = 0;
+        while i < NS_COUNT {
+            if before[i] != 0 && before[i] == settings.host_ns[i] {
+                joined &= !(1 << i);
+            }
+            i += 1;
+        }
     }
     if joined == 0 {
         return;

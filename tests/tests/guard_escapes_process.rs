@@ -1,0 +1,179 @@
+//! Runtime guard, container escapes through other processes and the kernel, each done for
+//! real from a lab pod with `moat-attack`: `escape.setns` (joining the host's namespaces,
+//! creating a user namespace), `escape.kernel-module` (init_module, finit_module, bpf,
+//! perf_event_open) and `escape.ptrace` (ptrace, process_vm_writev, /proc/PID/mem on a host
+//! process). Each detection is checked exactly (id, pod, tenant, action, mode, evidence), and
+//! the same calls within the pod's own namespaces, processes and exempt namespaces are
+//! checked silent. On this kernel class (no BPF LSM) these are detected, not refused.
+//!
+//! The host side: the stand-in kubelet is the host process whose namespaces are joined (PID
+//! 1 is not inspectable everywhere); the traced process is a `sleep` this test starts and
+//! kills. A successful setns or unshare changes only the `moat-attack` process, which exits.
+//! Mounts, devices and kernel interfaces: `guard_escapes.rs`.
+
+mod escapes;
+
+use escapes::{
+    assert_exact, assert_silent, attack, attack_path, by, evidence, line, lines, message, script, single, succeeded, up, HostProcess,
+    NS,
+};
+use moat_integration::guard::PodSpec;
+
+const BAD: &str = "esc/bad";
+const HOSTPID: &str = "esc/hostpid";
+
+fn pods() -> Vec<PodSpec> {
+    vec![PodSpec::new(NS, "bad"), PodSpec::new(NS, "hostpid").host_pid()]
+}
+
+/// The namespaces (in the order detections name them) process `a` has of its own, not
+/// shared with process `b`.
+fn not_shared(a: u32, b: u32) -> Vec<&'static str> {
+    let ns = |pid: u32, name: &str| std::fs::read_link(format!("/proc/{pid}/ns/{name}")).unwrap_or_else(|e| panic!("/proc/{pid}/ns/{name}: {e}"));
+    ["uts", "ipc", "mnt", "pid", "net", "cgroup"].into_iter().filter(|name| ns(a, name) != ns(b, name)).collect()
+}
+
+#[test]
+fn joining_host_namespaces_and_creating_user_namespaces_are_detected() {
+    moat_integration::require_root();
+    let guard = up(&[], &pods(), None);
+    let id = "escape.setns";
+    let kubelet = guard.lab.kubelet_pid().to_string();
+
+    // A hostPID pod sees every host process: it joins the kubelet's network namespace.
+    let (output, seen) = attack(&guard, HOSTPID, &["setns", &format!("/proc/{kubelet}/ns/net"), "--type", "net"]);
+    succeeded(&output);
+    let event = single(&seen, "setns into the host's net namespace");
+    assert_exact(&event, id, HOSTPID, "detected");
+    assert_eq!(evidence(&event), "host namespaces: net", "{event}");
+    assert!(message(&event).starts_with("setns into the host's net namespace"), "{event}");
+    assert!(by(&event, "moat-attack"), "{event}");
+
+    // Through a pidfd, every namespace at once. Only those the pod did not share with the
+    // host already are joined: not the PID namespace (hostPID), nor any other the lab's
+    // sandbox leaves shared (the cgroup namespace, here).
+    let sandbox = guard.lab.sandbox_pid(HOSTPID);
+    let own = not_shared(sandbox, guard.lab.kubelet_pid());
+    assert!(own.contains(&"net") && own.contains(&"mnt") && !own.contains(&"pid"), "the pod's own namespaces: {own:?}");
+    let (output, seen) = attack(&guard, HOSTPID, &["setns-pid", &kubelet]);
+    succeeded(&output);
+    let event = single(&seen, "setns into all of the kubelet's namespaces");
+    assert_exact(&event, id, HOSTPID, "detected");
+    assert_eq!(evidence(&event), format!("host namespaces: {}", own.join(",")), "{event}");
+
+    // The first step of the user-namespace escapes: a user namespace of its own.
+    let (output, seen) = attack(&guard, BAD, &["unshare-user"]);
+    succeeded(&output);
+    let event = single(&seen, "unshare(CLONE_NEWUSER)");
+    assert_exact(&event, id, BAD, "detected");
+    assert_eq!(evidence(&event), format!("unshare flags {:#x}", libc::CLONE_NEWUSER), "{event}");
+    assert!(message(&event).starts_with("unshare of a user namespace"), "{event}");
+
+    // Normal: `moat lab exec` itself entering the pods (every attack above did too), a pod
+    // joining its own namespaces (by path, and through its PID 1, the sandbox), and the
+    // hostPID pod joining the PID namespace it already has.
+    let seen = guard.during(|| {
+        guard.lab.exec(BAD, &["true"]).ok();
+        guard.lab.exec(HOSTPID, &["true"]).ok();
+    });
+    assert!(seen.is_empty(), "moat lab exec is silent: {seen:#?}");
+    let kubelet_pid_ns = format!("/proc/{kubelet}/ns/pid");
+    assert_silent(
+        &guard,
+        "joining one's own namespaces",
+        &[
+            (BAD, &["setns", "/proc/self/ns/net", "--type", "net"]),
+            (BAD, &["setns-pid", "1"]),
+            (HOSTPID, &["setns", &kubelet_pid_ns, "--type", "pid"]),
+        ],
+    );
+}
+
+#[test]
+fn module_loading_bpf_and_perf_events_are_detected_outside_exempt_namespaces() {
+    moat_integration::require_root();
+    let mut pods = pods();
+    pods.push(PodSpec::new("trusted", "cni"));
+    let config = "guard:\n  exemptNamespaces: [trusted]\n";
+    let guard = up(&[("trusted", "infra")], &pods, Some(config));
+    let id = "escape.kernel-module";
+
+    // The module images are not ELF: the kernel can only refuse them (ENOEXEC, or ENOSYS on
+    // a kernel without module support), but the call was made.
+    for (args, call) in [
+        (&["init-module"][..], "init_module"),
+        (&["finit-module", "/etc/passwd"], "finit_module"),
+        (&["bpf"], "bpf"),
+        (&["perf-event-open"], "perf_event_open"),
+    ] {
+        let (output, seen) = attack(&guard, BAD, args);
+        let result = line(&output);
+        if call.ends_with("module") {
+            assert!(result["ok"] == false, "a bogus module is never loaded:\n{output}");
+        } else {
+            succeeded(&output);
+        }
+        let event = single(&seen, call);
+        assert_exact(&event, id, BAD, "detected");
+        assert!(evidence(&event).starts_with(&format!("syscall {call} (first argument ")), "{event}");
+        assert!(message(&event).starts_with(&format!("{call}() from a pod")), "{event}");
+    }
+
+    // Normal: an exempt namespace's pod (a CNI loading eBPF) and the host itself.
+    assert_silent(&guard, "an exempt namespace", &[("trusted/cni", &["bpf"]), ("trusted/cni", &["perf-event-open"])]);
+    let seen = guard.during(|| {
+        let host = std::process::Command::new(attack_path()).arg("bpf").output().expect("moat-attack on the host");
+        assert!(host.status.success(), "{host:?}");
+    });
+    assert!(seen.is_empty(), "the host is silent: {seen:#?}");
+}
+
+#[test]
+fn tracing_a_host_process_is_detected_and_the_pods_own_processes_are_not() {
+    moat_integration::require_root();
+    let guard = up(&[], &pods(), None);
+    let id = "escape.ptrace";
+    let mut target = HostProcess::start();
+    let pid = target.pid().to_string();
+
+    let (output, seen) = attack(&guard, HOSTPID, &["ptrace-attach", &pid]);
+    assert!(succeeded(&output)["detail"].as_str().unwrap_or_default().ends_with("detached"), "{output}");
+    let event = single(&seen, "ptrace of a host process");
+    assert_exact(&event, id, HOSTPID, "detected");
+    assert_eq!(evidence(&event), format!("ptrace target pid {pid}"), "{event}");
+    assert!(message(&event).starts_with(&format!("ptrace on pid {pid} outside the pod")), "{event}");
+
+    let (output, seen) = attack(&guard, HOSTPID, &["process-vm-writev", &pid, "0x1000"]);
+    succeeded(&output);
+    let event = single(&seen, "process_vm_writev into a host process");
+    assert_exact(&event, id, HOSTPID, "detected");
+    assert_eq!(evidence(&event), format!("process_vm_writev target pid {pid}"), "{event}");
+
+    let (output, seen) = attack(&guard, HOSTPID, &["proc-mem", &pid]);
+    succeeded(&output);
+    let event = single(&seen, "/proc/PID/mem of a host process");
+    assert_exact(&event, id, HOSTPID, "detected");
+    assert_eq!(evidence(&event), format!("/proc/{pid}/mem"), "{event}");
+    assert!(target.running(), "the host process runs on, untraced");
+
+    // Normal: the same three on a process the pod started itself, in its own PID namespace
+    // and in the host's (hostPID: the target's cgroup says it is the pod's). The target
+    // lives until the detections are in: the agent looks its cgroup up when decoding.
+    let tool = attack_path();
+    for pod in [BAD, HOSTPID] {
+        let (output, seen) = script(
+            &guard,
+            pod,
+            &format!(
+                "sleep 60 >/dev/null 2>&1 & s=$!
+                 echo target=$s
+                 {tool} ptrace-attach $s; {tool} proc-mem $s; {tool} process-vm-writev $s 0x1000"
+            ),
+        );
+        let sleeper = output.stdout.lines().find_map(|l| l.strip_prefix("target=")).unwrap_or_else(|| panic!("{output}"));
+        guard.lab.exec(pod, &["kill", sleeper]).ok();
+        let done = lines(&output);
+        assert!(done.len() == 3 && done.iter().all(|l| l["ok"] == true), "all three succeed:\n{output}");
+        assert!(seen.is_empty(), "{pod}: tracing the pod's own process is silent: {seen:#?}");
+    }
+}
