@@ -59,7 +59,10 @@ fn bench_loops_report_time_per_operation() {
     assert_eq!(line["loop"], "open");
     assert_eq!(line["iterations"], 100);
     assert!(line["ns_per_op"].as_f64().is_some_and(|ns| ns > 0.0), "{line}");
-    let (output, line) = attack(&["loop", "exec", "3", "/bin/true"]);
+    let (output, line) = attack(&["loop", "exec", "4", "/bin/true", "--batches", "2"]);
     assert_eq!(output.status.code(), Some(0), "{output:?}");
-    assert!(line["us_per_op"].as_f64().is_some_and(|us| us > 0.0), "{line}");
+    assert_eq!(line["batches"], 2);
+    let fastest = line["min_ns_per_op"].as_f64().unwrap_or(0.0);
+    let median = line["median_ns_per_op"].as_f64().unwrap_or(0.0);
+    assert!(fastest > 0.0 && fastest <= median, "{line}");
 }

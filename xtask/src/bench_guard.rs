@@ -10,6 +10,7 @@
 //! unpins (detaches) everything before the next one. Whatever the agent attaches is
 //! measured; the section lists it.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -17,11 +18,12 @@ use anyhow::{Context as _, Result};
 use serde_json::Value;
 
 use crate::bench::{Context, Measurement, Row, Section};
+use crate::bench_guard_agent::{agent_status, lab_agent_pid, raw_tracepoints_elsewhere, AgentStatus};
 use crate::util::{cargo, check_interrupt, render, run, stdout_of, target_dir, workspace_root, Lab};
 
 const LAB: &str = "guard-bench";
 const POD: &str = "bench/client";
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 /// Iterations per second of `--seconds`: each loop then runs for a fraction of it, so a
 /// round (three lab ups, twelve loops) stays short on a slow machine.
 const OPEN_PER_SECOND: u64 = 40_000;
@@ -29,8 +31,8 @@ const EXEC_PER_SECOND: u64 = 100;
 const EXEC_PROGRAM: &str = "/bin/true";
 /// Calls per timed batch: short batches (a few ms), so on a busy machine some run
 /// undisturbed; the fastest batch of each run is its figure.
-const OPEN_BATCH: u64 = 1_000;
-const EXEC_BATCH: u64 = 10;
+const OPEN_BATCH: u64 = 100;
+const EXEC_BATCH: u64 = 2;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Config {
@@ -55,6 +57,15 @@ impl Config {
 enum Place {
     Pod,
     Host,
+}
+
+impl Place {
+    fn label(self) -> &'static str {
+        match self {
+            Place::Pod => "in a pod",
+            Place::Host => "on the host",
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -84,75 +95,47 @@ type Samples = [[Vec<Sample>; 2]; 2];
 
 pub fn guard(ctx: &Context) -> Result<Section> {
     run(cargo().args(["build", "-p", "moat-integration", "--bin", "moat-attack"]))?;
-    let attack = target_dir()?.join("debug").join("moat-attack");
-    let manifests = workspace_root().join("xtask/bench");
-    let iterations = |kind: Loop| match kind {
-        Loop::Open => OPEN_PER_SECOND * u64::from(ctx.seconds),
-        Loop::Exec => EXEC_PER_SECOND * u64::from(ctx.seconds),
+    let bench = Bench {
+        moat: ctx.moat.clone(),
+        attack: target_dir()?.join("debug").join("moat-attack"),
+        manifests: workspace_root().join("xtask/bench"),
+        seconds: u64::from(ctx.seconds),
     };
 
     // What the agent attaches, and the detection ids for the all-off configuration.
     println!("\n== guard: what the lab's agent attaches");
     let AgentStatus { programs, detections } = {
-        let _lab = Lab::up(&ctx.moat, LAB, std::slice::from_ref(&manifests), &[])?;
-        agent_status(&ctx.moat)?
+        let _lab = bench.lab(&[])?;
+        agent_status(&bench.moat, LAB)?
     };
     let off_config = write_off_config(&detections)?;
-    let off_arg = off_config.display().to_string();
+    let (samples, foreign) = bench.rounds(&off_config)?;
+    let (rows, spread) = tables(&samples)?;
 
-    let mut samples: Vec<Samples> = Config::ALL.iter().map(|_| Samples::default()).collect();
-    for round in 0..ROUNDS {
-        for slot in order(round) {
-            let config = Config::ALL[slot];
-            println!("\n== guard: round {} of {ROUNDS}, {}", round + 1, config.label());
-            let extra: Vec<&str> = match config {
-                Config::NoAgent => vec!["--no-agent"],
-                Config::Defaults => vec![],
-                Config::Off => vec!["--config", &off_arg],
-            };
-            let lab = Lab::up(&ctx.moat, LAB, std::slice::from_ref(&manifests), &extra)?;
-            for (l, kind) in [Loop::Open, Loop::Exec].into_iter().enumerate() {
-                for (p, place) in [Place::Pod, Place::Host].into_iter().enumerate() {
-                    let sample = measure(&lab, &attack, kind, place, iterations(kind))?;
-                    samples[slot][l][p].push(sample);
-                }
-            }
-            drop(lab);
-        }
-    }
-
-    let mut rows = Vec::new();
-    let mut means = String::from("| loop | no agent | guard at its defaults | every detection off |\n|---|---:|---:|---:|\n");
-    for (l, kind) in [Loop::Open, Loop::Exec].into_iter().enumerate() {
-        for (p, place) in ["in a pod", "on the host"].into_iter().enumerate() {
-            let of = |slot: usize, pick: fn(&Sample) -> f64| median(&samples[slot][l][p].iter().map(pick).collect::<Vec<_>>());
-            let baseline = per_op(kind, of(0, |s| s.fastest)?);
-            for (slot, config) in Config::ALL.iter().enumerate().skip(1) {
-                rows.push(Row {
-                    metric: format!("{} {place}: {}", kind.label(), config.label()),
-                    baseline: baseline.clone(),
-                    moat: per_op(kind, of(slot, |s| s.fastest)?),
-                });
-            }
-            let mean = |slot: usize| -> Result<String> { Ok(format_per_op(&per_op(kind, of(slot, |s| s.mean)?))) };
-            means.push_str(&format!("| {} {place} | {} | {} | {} |\n", kind.label(), mean(0)?, mean(1)?, mean(2)?));
-        }
-    }
+    let foreign = if foreign.is_empty() {
+        "No other process held a raw tracepoint link during the measurements.".to_string()
+    } else {
+        format!(
+            "Other processes held raw tracepoint links during the measurements (they cost every configuration alike): {}.",
+            foreign.into_iter().collect::<Vec<_>>().join(", ")
+        )
+    };
     let notes = format!(
-        "Programs the lab's agent attached: {}. Detections at their defaults: {}.\n\n\
+        "Programs the lab's agent attached: {}. Detections at their defaults: {}. {foreign}\n\n\
          `moat-attack loop open N FILE` times N open(2)+close(2) of a regular file (the \
          `moat-attack` binary itself, {} per run, in batches of {OPEN_BATCH}); `moat-attack \
          loop exec N {EXEC_PROGRAM}` times N fork(2)+execve(2)+waitpid(2) ({} per run, in \
          batches of {EXEC_BATCH}). Only the loop is timed. In a pod: through `moat lab exec` \
-         (the pod's cgroup and network namespace); on the host: from xtask's own cgroup. The \
+         (the pod's cgroup and namespaces); on the host: from xtask's own cgroup. The \
          table gives each run's fastest batch (the one least disturbed by other work on the \
          machine; a cost the programs add to every call is in every batch), median over the \
          rounds. Ratios are agent / no agent: above 1 is a cost.\n\n\
-         Mean over whole runs (median over the rounds), which includes the machine's other load:\n\n{means}",
+         Run to run: the fastest batch of every run, and the mean over whole runs, which \
+         carries the machine's other load:\n\n{spread}",
         if programs.is_empty() { "none".to_string() } else { programs.join(", ") },
         detections.iter().map(|(id, mode)| format!("{id} {mode}")).collect::<Vec<_>>().join(", "),
-        iterations(Loop::Open),
-        iterations(Loop::Exec),
+        bench.iterations(Loop::Open),
+        bench.iterations(Loop::Exec),
     );
     Ok(Section {
         id: "guard",
@@ -169,43 +152,105 @@ pub fn guard(ctx: &Context) -> Result<Section> {
     })
 }
 
+struct Bench {
+    moat: PathBuf,
+    attack: PathBuf,
+    manifests: PathBuf,
+    seconds: u64,
+}
+
+impl Bench {
+    fn lab(&self, extra: &[&str]) -> Result<Lab> {
+        Lab::up(&self.moat, LAB, std::slice::from_ref(&self.manifests), extra)
+    }
+
+    fn iterations(&self, kind: Loop) -> u64 {
+        match kind {
+            Loop::Open => OPEN_PER_SECOND * self.seconds,
+            Loop::Exec => EXEC_PER_SECOND * self.seconds,
+        }
+    }
+
+    /// Every round, every configuration: each configuration's samples, and the raw
+    /// tracepoint links other processes held meanwhile.
+    fn rounds(&self, off_config: &Path) -> Result<(Vec<Samples>, BTreeSet<String>)> {
+        let off_arg = off_config.display().to_string();
+        let mut samples: Vec<Samples> = Config::ALL.iter().map(|_| Samples::default()).collect();
+        let mut foreign = BTreeSet::new();
+        for round in 0..ROUNDS {
+            for slot in order(round) {
+                let config = Config::ALL[slot];
+                println!("\n== guard: round {} of {ROUNDS}, {}", round + 1, config.label());
+                let extra: Vec<&str> = match config {
+                    Config::NoAgent => vec!["--no-agent"],
+                    Config::Defaults => vec![],
+                    Config::Off => vec!["--config", &off_arg],
+                };
+                let lab = self.lab(&extra)?;
+                let ours = lab_agent_pid(&self.moat, LAB)?;
+                foreign.extend(raw_tracepoints_elsewhere(ours).into_iter().map(|l| format!("pid {}: {}", l.pid, l.description)));
+                for (l, kind) in [Loop::Open, Loop::Exec].into_iter().enumerate() {
+                    for (p, place) in [Place::Pod, Place::Host].into_iter().enumerate() {
+                        let sample = measure(&lab, &self.attack, kind, place, self.iterations(kind))?;
+                        eprintln!(
+                            "  {} {}, {}: fastest batch {:.1} ns/op, mean {:.1} ns/op",
+                            kind.label(),
+                            place.label(),
+                            config.label(),
+                            sample.fastest,
+                            sample.mean
+                        );
+                        samples[slot][l][p].push(sample);
+                    }
+                }
+            }
+        }
+        Ok((samples, foreign))
+    }
+}
+
+/// The section's rows (each agent configuration against no agent, fastest batches), and a
+/// markdown table of the run-to-run spread.
+fn tables(samples: &[Samples]) -> Result<(Vec<Row>, String)> {
+    let mut rows = Vec::new();
+    let mut spread = String::from(
+        "| loop | configuration | fastest batch: lowest – highest run | whole-run mean (median run) |\n|---|---|---:|---:|\n",
+    );
+    for (l, kind) in [Loop::Open, Loop::Exec].into_iter().enumerate() {
+        for (p, place) in [Place::Pod, Place::Host].into_iter().enumerate() {
+            let of = |slot: usize, pick: fn(&Sample) -> f64| median(&samples[slot][l][p].iter().map(pick).collect::<Vec<_>>());
+            let baseline = per_op(kind, of(0, |s| s.fastest)?);
+            for (slot, config) in Config::ALL.iter().enumerate().skip(1) {
+                rows.push(Row {
+                    metric: format!("{} {}: {}", kind.label(), place.label(), config.label()),
+                    baseline: baseline.clone(),
+                    moat: per_op(kind, of(slot, |s| s.fastest)?),
+                });
+            }
+            for (slot, config) in Config::ALL.iter().enumerate() {
+                let fastest: Vec<f64> = samples[slot][l][p].iter().map(|s| s.fastest).collect();
+                let low = fastest.iter().copied().fold(f64::INFINITY, f64::min);
+                let high = fastest.iter().copied().fold(0.0, f64::max);
+                spread.push_str(&format!(
+                    "| {} {} | {} | {} – {} | {} |\n",
+                    kind.label(),
+                    place.label(),
+                    config.label(),
+                    format_per_op(&per_op(kind, low)),
+                    format_per_op(&per_op(kind, high)),
+                    format_per_op(&per_op(kind, of(slot, |s| s.mean)?)),
+                ));
+            }
+        }
+    }
+    Ok((rows, spread))
+}
+
 /// The configurations' indices in round `round`: each leads once every three rounds, so
 /// a trend over the run (a build starting elsewhere) does not favour one of them.
 fn order(round: usize) -> [usize; 3] {
     let n = Config::ALL.len();
     [round % n, (round + 1) % n, (round + 2) % n]
-}
-
-/// What `moat status` says about the lab's agent.
-struct AgentStatus {
-    /// Attached programs, `name (hook)`.
-    programs: Vec<String>,
-    /// Each detection's id and effective mode.
-    detections: Vec<(String, String)>,
-}
-
-fn agent_status(moat: &Path) -> Result<AgentStatus> {
-    let mut cmd = Command::new(moat);
-    cmd.args(["status", "--lab", LAB, "-o", "json"]);
-    eprintln!("$ {}", render(&cmd));
-    let status: Value = serde_json::from_str(stdout_of(&mut cmd)?.trim()).context("`moat status -o json` printed no JSON")?;
-    let programs = status["programs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["attached"] == true)
-        .map(|p| format!("{} ({})", p["program"].as_str().unwrap_or("?"), p["hook"].as_str().unwrap_or("?")))
-        .collect();
-    let detections: Vec<(String, String)> = status["detections"]["configured"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|d| Some((d["id"].as_str()?.to_string(), d["effective"].as_str()?.to_string())))
-        .collect();
-    if detections.is_empty() {
-        anyhow::bail!("`moat status` lists no detections: {status}");
-    }
-    Ok(AgentStatus { programs, detections })
 }
 
 /// An agent config with every detection `off`, in the target directory.
@@ -248,9 +293,7 @@ fn measure(lab: &Lab, attack: &Path, kind: Loop, place: Place, iterations: u64) 
     let text = stdout_of(&mut cmd)?;
     let value: Value = serde_json::from_str(text.trim()).with_context(|| format!("no JSON from the loop: {text:?}"))?;
     let number = |key: &str| value[key].as_f64().with_context(|| format!("no {key} in {value}"));
-    let sample = Sample { fastest: number("min_ns_per_op")?, mean: number("ns_per_op")? };
-    eprintln!("  {}: fastest batch {:.1} ns/op, mean {:.1} ns/op", kind.label(), sample.fastest, sample.mean);
-    Ok(sample)
+    Ok(Sample { fastest: number("min_ns_per_op")?, mean: number("ns_per_op")? })
 }
 
 fn median(values: &[f64]) -> Result<f64> {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_guard;
+mod bench_guard_agent;
 mod bench_iptables;
 mod bench_kube;
 mod bench_np;
