@@ -126,16 +126,25 @@ impl GuardLab {
         seen.unwrap_or_else(|| panic!("the marker detection never arrived; agent log:\n{}", self.lab.agent_log()))
     }
 
-    /// Runs `action`, then a marker; returns the detections (marker excluded) seen in
-    /// between. For asserting silence (empty) or an exact set.
+    /// Runs `action`, then a marker; returns the detections (marker excluded) the agent
+    /// received from the start of `action` on. For asserting silence (empty) or an exact set.
+    ///
+    /// Events are taken by the agent's receive time, not by their position in the observer's
+    /// output (a line still being written when the window opens would otherwise slip in). An
+    /// aggregated report (the agent's end-of-window count of identical events) of an event
+    /// seen before the window is not new either.
     pub fn during(&self, action: impl FnOnce()) -> Vec<serde_json::Value> {
-        let start = self.observer.events().len();
+        let key = |e: &serde_json::Value| (e["id"].clone(), e["pod"].clone(), e["namespace"].clone(), e["evidence"].clone(), e["pid"].clone());
+        let start_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let earlier: Vec<_> = self.observer.events().iter().map(key).collect();
         action();
         self.marker();
-        self.observer.events()[start..]
-            .iter()
+        self.observer
+            .events()
+            .into_iter()
+            .filter(|e| e["time_unix_ms"].as_u64().is_some_and(|t| t >= start_ms))
             .filter(|e| !(e["pod"] == "m" && e["namespace"] == "marker"))
-            .cloned()
+            .filter(|e| !(e["aggregated"] == true && earlier.contains(&key(e))))
             .collect()
     }
 
