@@ -175,8 +175,8 @@ fn kernel_interface_files_name_their_filesystem_and_path() {
     assert_eq!(file(DETECTION_CGROUP_RELEASE_AGENT, 0x27e0eb, "/", "release_agent"), "/release_agent on cgroup (device 0:49, inode 7)");
     assert_eq!(file(DETECTION_KERNEL_MEMORY, 0x6462_6720, "/", "/"), "/ on debugfs (device 0:49, inode 7)");
     assert_eq!(file(DETECTION_KERNEL_MEMORY, 0x6462_6720, "tracing", "trace"), "tracing/trace on debugfs (device 0:49, inode 7)");
-    // Other filesystems (pod volumes) are named by path alone.
-    assert_eq!(file(DETECTION_OTHER_POD_VOLUME, 0x0102_1994, "..2024_01_01", "token"), "..2024_01_01/token (device 0:49, inode 7)");
+    // Other filesystems are named by path alone.
+    assert_eq!(file(DETECTION_RUNTIME_BINARY, 0xef53, "bin", "runc"), "bin/runc (device 0:49, inode 7)");
 }
 
 #[test]
