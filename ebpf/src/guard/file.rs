@@ -12,6 +12,7 @@ use moat_common::event::{
 use moat_common::guard::{FileKey, GuardSettings, FILE_KUBELET_CREDENTIAL, FILE_POD_VOLUME, FILE_RUNTIME_BINARY, NS_COUNT};
 
 use super::actor::{self, Actor};
+use super::bytes::eq;
 use super::kernel::{self, FileId, FMODE_WRITE};
 use super::report;
 use crate::maps::{GUARD_FILES, GUARD_TAINTED, GUARD_VOLUMES};
@@ -89,15 +90,15 @@ pub fn classify(file: usize, settings: &GuardSettings, actor: &Actor, lsm: bool)
     let mut name = [0u8; NAME];
     let len = kernel::dentry_name(dentry, &mut name);
     match id.magic {
-        CGROUP_SUPER_MAGIC if write && (is(&name, len, b"release_agent") || is(&name, len, b"notify_on_release")) => {
+        CGROUP_SUPER_MAGIC if write && (eq(&name, len, b"release_agent") || eq(&name, len, b"notify_on_release")) => {
             found(DETECTION_CGROUP_RELEASE_AGENT, 0)
         }
-        SYSFS_MAGIC if write && is(&name, len, b"uevent_helper") => found(DETECTION_KERNEL_SYSCTL, 0),
-        PROC_SUPER_MAGIC if is(&name, len, b"kcore") => found(DETECTION_KERNEL_MEMORY, 0),
-        PROC_SUPER_MAGIC if write && is(&name, len, b"sysrq-trigger") => found(DETECTION_KERNEL_MEMORY, 0),
+        SYSFS_MAGIC if write && eq(&name, len, b"uevent_helper") => found(DETECTION_KERNEL_SYSCTL, 0),
+        PROC_SUPER_MAGIC if eq(&name, len, b"kcore") => found(DETECTION_KERNEL_MEMORY, 0),
+        PROC_SUPER_MAGIC if write && eq(&name, len, b"sysrq-trigger") => found(DETECTION_KERNEL_MEMORY, 0),
         // /proc/PID/mem (and /proc/PID/task/TID/mem): the agent reads the PID from the
         // parent's name and drops opens within the actor's own pod.
-        PROC_SUPER_MAGIC if is(&name, len, b"mem") => found(DETECTION_PTRACE, 0),
+        PROC_SUPER_MAGIC if eq(&name, len, b"mem") => found(DETECTION_PTRACE, 0),
         _ => None,
     }
 }
@@ -128,20 +129,4 @@ pub fn report(finding: &Finding, hook: u8, blocked: bool, actor: &Actor, tgid: u
         }
     }
     entry.submit(0);
-}
-
-/// `name[..len] == want`.
-#[inline(always)]
-fn is(name: &[u8; NAME], len: usize, want: &[u8]) -> bool {
-    if len != want.len() || want.len() > NAME {
-        return false;
-    }
-    let mut i = 0;
-    while i < want.len() {
-        if name[i] != want[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
 }

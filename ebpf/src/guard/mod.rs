@@ -3,6 +3,7 @@
 //! sys_exit, sched_process_fork) for everything else.
 
 mod actor;
+mod bytes;
 pub mod device;
 mod file;
 mod kernel;

@@ -2,6 +2,8 @@
 //! securityfs or bpffs, a remount of /proc or /sys, or a block device. Shared by the
 //! sys_enter tracepoint (user strings) and lsm/sb_mount (kernel strings).
 
+use super::bytes::{eq, starts};
+
 pub enum MountKind {
     CgroupFs,
     HostMount,
@@ -26,26 +28,4 @@ pub fn classify(fstype: &[u8; 16], fstype_len: usize, source: &[u8; 8], source_l
         && (eq(fstype, fstype_len, b"proc") || eq(fstype, fstype_len, b"sysfs") || target_is_kernel_fs);
     let block_device = flags & (MS_BIND | MS_REMOUNT) == 0 && starts(source, source_len, b"/dev/");
     if kernel_fs || remount || block_device { MountKind::HostMount } else { MountKind::Normal }
-}
-
-/// `buf[..len] == want`
-#[inline(always)]
-pub fn eq<const N: usize>(buf: &[u8; N], len: usize, want: &[u8]) -> bool {
-    len == want.len() && starts(buf, len, want)
-}
-
-/// `buf[..len]` starts with `want`
-#[inline(always)]
-pub fn starts<const N: usize>(buf: &[u8; N], len: usize, want: &[u8]) -> bool {
-    if len < want.len() || want.len() > N {
-        return false;
-    }
-    let mut i = 0;
-    while i < want.len() {
-        if buf[i] != want[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
 }

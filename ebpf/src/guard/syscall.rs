@@ -22,7 +22,8 @@ use moat_common::maps::ipv4_mapped;
 
 use super::actor::{self, Actor};
 use super::kernel::{self, offset, AF_INET, AF_INET6};
-use super::mount::{self, starts, MountKind};
+use super::bytes::starts;
+use super::mount::{self, MountKind};
 use super::{file, report};
 use crate::maps::{GUARD_API_SERVERS, GUARD_FILES, GUARD_SETNS, GUARD_SYSCALLS, GUARD_TAINTED};
 

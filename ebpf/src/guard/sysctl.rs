@@ -14,6 +14,7 @@ use moat_common::event::{
     GUARD_MODE_OFF, SUBJECT_LEN, SYSCTL_NAME_LEN,
 };
 
+use super::bytes::eq;
 use crate::maps::{EVENTS, EVENTS_LOST, GUARD_MODES};
 
 const ALLOW: i32 = 1;
@@ -41,28 +42,13 @@ pub fn on_sysctl(ctx: &SysctlContext) -> i32 {
     // or -E2BIG when cut (no name we look for is that long).
     // SAFETY: the buffer is ours and its length is passed.
     let len = unsafe { bpf_sysctl_get_name(ctx.sysctl, name.as_mut_ptr().cast(), SYSCTL_NAME_LEN as u64, 0) };
-    if !(equals(&name, len, CORE_PATTERN) || equals(&name, len, MODPROBE)) {
+    let len = if len < 0 { 0 } else { len as usize };
+    if !(eq(&name, len, CORE_PATTERN) || eq(&name, len, MODPROBE)) {
         return ALLOW;
     }
     let blocked = mode == GUARD_MODE_BLOCK;
     report(&name, blocked);
     if blocked { REFUSE } else { ALLOW }
-}
-
-/// `name[..len] == want`, over a fixed-size buffer with a loop bounded by `want`'s length.
-#[inline(always)]
-fn equals(name: &[u8; SYSCTL_NAME_LEN], len: i64, want: &[u8]) -> bool {
-    if len != want.len() as i64 || want.len() > SYSCTL_NAME_LEN {
-        return false;
-    }
-    let mut i = 0;
-    while i < want.len() {
-        if name[i] != want[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
 }
 
 #[inline(always)]
