@@ -12,6 +12,8 @@ pub mod names {
     pub const GUARD_DEVICE_SEEN: &str = "GUARD_DEVICE_SEEN";
     pub const GUARD_API_SERVERS: &str = "GUARD_API_SERVERS";
     pub const GUARD_PORTS: &str = "GUARD_PORTS";
+    pub const GUARD_SOCKET_PATHS: &str = "GUARD_SOCKET_PATHS";
+    pub const GUARD_UNIX_REFUSED: &str = "GUARD_UNIX_REFUSED";
 }
 
 pub mod capacity {
@@ -27,6 +29,10 @@ pub mod capacity {
     pub const GUARD_DEVICE_SEEN: u32 = 1_024;
     pub const GUARD_API_SERVERS: u32 = 64;
     pub const GUARD_PORTS: u32 = 16;
+    /// (pod, path) pairs under which pods reach a runtime socket.
+    pub const GUARD_SOCKET_PATHS: u32 = 16_384;
+    /// Threads between a refused connect and its sys_exit (LRU).
+    pub const GUARD_UNIX_REFUSED: u32 = 1_024;
 }
 
 /// `GUARD_SYSCALLS` values: what the guard does with a syscall. The agent writes them for
@@ -79,6 +85,10 @@ pub struct GuardSettings {
     pub lsm_hooks: u32,
     /// The agent's own process: it reads kubeconfigs and uses bpf(); never an actor.
     pub agent_tgid: u32,
+    /// `bpf_sock_addr_kern.uaddr` and `.uaddrlen` offsets for cgroup/connect_unix, which is
+    /// loaded by hand without the `KERNEL_LAYOUT` global; 0 until known.
+    pub sock_addr_uaddr: u32,
+    pub sock_addr_uaddrlen: u32,
 }
 
 /// BPF LSM hooks, as bits of `GuardSettings::lsm_hooks` and indexes of
@@ -147,6 +157,43 @@ pub struct Endpoint {
     pub _pad: [u8; 6],
 }
 
+/// Length of `sockaddr_un.sun_path`.
+pub const SOCKET_PATH_LEN: usize = 108;
+
+/// `GUARD_SOCKET_PATHS` key: a path under which one pod reaches a runtime socket, exactly as
+/// connect() must name it (an absolute path in the pod's mount namespace), zero-padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SocketPath {
+    /// The pod's tag (`Actor::pod`).
+    pub pod: u64,
+    pub path: [u8; SOCKET_PATH_LEN],
+    pub _pad: [u8; 4],
+}
+
+impl SocketPath {
+    /// `None` when `path` does not fit `sun_path` (such a path cannot be connected to).
+    pub fn new(pod: u64, path: &[u8]) -> Option<Self> {
+        if path.is_empty() || path.len() >= SOCKET_PATH_LEN || path.contains(&0) {
+            return None;
+        }
+        let mut key = Self { pod, path: [0; SOCKET_PATH_LEN], _pad: [0; 4] };
+        key.path[..path.len()].copy_from_slice(path);
+        Some(key)
+    }
+}
+
+/// `GUARD_UNIX_REFUSED` value: what cgroup/connect_unix refused a thread, for its sys_exit
+/// to report (the cgroup program cannot: it has no kernel layout).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixRefusal {
+    /// The runtime socket the path leads to.
+    pub socket: FileKey,
+    pub path: [u8; SOCKET_PATH_LEN],
+    pub _pad: [u8; 4],
+}
+
 /// Kernel `dev_t` encoding (what `super_block.s_dev` holds) from userspace major/minor.
 pub const fn kernel_dev(major: u32, minor: u32) -> u64 {
     ((major as u64) << 20) | (minor as u64 & 0xfffff)
@@ -161,10 +208,14 @@ mod pod {
     unsafe impl aya::Pod for FileKey {}
     unsafe impl aya::Pod for FileRule {}
     unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for SocketPath {}
+    unsafe impl aya::Pod for UnixRefusal {}
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<GuardSettings>() == 72);
+    assert!(core::mem::size_of::<GuardSettings>() == 80);
+    assert!(core::mem::size_of::<SocketPath>() == 120);
+    assert!(core::mem::size_of::<UnixRefusal>() == 128);
     assert!(core::mem::size_of::<Actor>() == 16);
     assert!(core::mem::size_of::<FileKey>() == 16);
     assert!(core::mem::size_of::<FileRule>() == 16);

@@ -73,6 +73,8 @@ impl Guard {
             host_ns: kernel_maps::host_namespaces(),
             lsm_hooks: 0,
             agent_tgid: std::process::id(),
+            sock_addr_uaddr: 0,
+            sock_addr_uaddrlen: 0,
         };
         let own_cgroup = kernel_maps::own_cgroup(cgroup_mount, cgroup_root);
         Ok(Self { maps, config: config.clone(), settings, cgroup_mount: cgroup_mount.into(), own_cgroup, discovered: Discovered::default(), pods_by_tag: Default::default() })
