@@ -111,6 +111,8 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     bpffs::prepare(&config.bpffs_root, &dirs)?;
     let (kernel_layout, layout_error) = crate::guard::run::kernel_layout();
     let mut ebpf = loader::load(&dirs, &kernel_layout).inspect_err(|e| observability.kernel_failed(e))?;
+    // Before any map leaves `ebpf`: the hand-loaded program is linked against all of them.
+    let unix_connect = loader::load_unix_connect(&ebpf);
     let mut maps = KernelMaps::take(&mut ebpf)?;
     // Adopt whatever an earlier agent left: reconcile from the maps' actual content, never
     // from empty, so nothing is cleared first.
@@ -129,7 +131,18 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     for failure in &lsm.failures {
         tracing::info!(%failure, "BPF LSM program not attached; its detections fall back to tracepoints");
     }
-    let mut statuses = crate::guard::statuses(&config.guard, lsm.hooks);
+    // Runtime sockets without BPF LSM, where the kernel has cgroup/connect_unix (6.7+).
+    let unix_connect = unix_connect.and_then(|program| loader::attach_unix_connect(&program, &cgroup_root, &dirs));
+    let optional_hooks = match &unix_connect {
+        Ok(_) => 1 << crate::guard::registry::HOOK_CGROUP_UNIX_CONNECT,
+        Err(error) => {
+            tracing::info!(%error, "cgroup/connect_unix not attached; runtime sockets are blocked only with BPF LSM");
+            0
+        }
+    };
+    let mut attached = attached;
+    attached.extend(unix_connect.ok());
+    let mut statuses = crate::guard::statuses(&config.guard, lsm.hooks | optional_hooks);
     crate::guard::write_modes(&mut ebpf, &statuses)?;
     if let Err(error) = guard.set_lsm_hooks(lsm.hooks) {
         tracing::error!(%error, "runtime guard: writing its settings failed");

@@ -75,6 +75,11 @@ pub const GUARD_HOOK_SYS_EXIT: u8 = 3;
 pub const GUARD_HOOK_DEVICE: u8 = 4;
 pub const GUARD_HOOK_CONNECT: u8 = 5;
 pub const GUARD_HOOK_LSM: u8 = 6;
+pub const GUARD_HOOK_CONNECT_UNIX: u8 = 7;
+
+/// `GuardEvent::blocked` when the action went through and the process was then killed
+/// (before it could use what it got).
+pub const GUARD_ACTION_KILLED: u8 = 2;
 
 pub const COMM_LEN: usize = 16;
 /// Bytes of evidence text kept; longer text is cut.
@@ -94,7 +99,8 @@ pub struct GuardEvent {
     pub kind: u8,
     /// `DETECTION_*` as u8.
     pub detection: u8,
-    /// 1: the kernel refused the operation (mode block); 0: reported only.
+    /// 1: the kernel refused the operation (mode block); `GUARD_ACTION_KILLED`: it went
+    /// through and the process was killed; 0: reported only.
     pub blocked: u8,
     /// `GUARD_HOOK_*`
     pub hook: u8,

@@ -131,6 +131,14 @@ pub fn moat_connect6(ctx: SockAddrContext) -> i32 {
     on_sock_addr(&ctx, true, HOOK_CONNECT)
 }
 
+/// Runtime guard: a pod's connect() to a container runtime's socket path. aya 0.14 knows no
+/// connect_unix section: it parses this one as connect4 and never loads it; the agent loads
+/// it with the BPF_CGROUP_UNIX_CONNECT attach type (`kernel::unix_connect`).
+#[cgroup_sock_addr(connect4)]
+pub fn moat_connect_unix(ctx: SockAddrContext) -> i32 {
+    guard::unix_connect::connect(&ctx)
+}
+
 #[cgroup_sock_addr(sendmsg4)]
 pub fn moat_sendmsg4(ctx: SockAddrContext) -> i32 {
     on_sock_addr(&ctx, false, HOOK_SENDMSG)

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use moat_common::guard::{
     capacity as guard_capacity, Actor, Endpoint as GuardEndpoint, FileKey, FileRule, GuardSettings,
-    NS_COUNT,
+    SocketPath, UnixRefusal, NS_COUNT,
 };
 use moat_common::maps::{
     capacity, Counter, CounterKey, Endpoint, FlowKey, FlowState, PolicyMatch, Settings,
@@ -97,3 +97,11 @@ pub static GUARD_API_SERVERS: HashMap<GuardEndpoint, u8> =
 /// Kubelet API ports pods must not connect to (port in host order → 1).
 #[map]
 pub static GUARD_PORTS: HashMap<u16, u8> = HashMap::pinned(guard_capacity::GUARD_PORTS, 0);
+
+/// (pod, path) → the runtime socket that path reaches in that pod (cgroup/connect_unix).
+#[map]
+pub static GUARD_SOCKET_PATHS: HashMap<SocketPath, FileKey> = HashMap::pinned(guard_capacity::GUARD_SOCKET_PATHS, 0);
+
+/// Threads (pid_tgid) whose connect cgroup/connect_unix refused, until their sys_exit reports it.
+#[map]
+pub static GUARD_UNIX_REFUSED: LruHashMap<u64, UnixRefusal> = LruHashMap::pinned(guard_capacity::GUARD_UNIX_REFUSED, 0);

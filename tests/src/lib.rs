@@ -132,6 +132,8 @@ pub struct Output {
     pub command: String,
     pub success: bool,
     pub code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
@@ -148,7 +150,10 @@ impl Output {
 
 impl std::fmt::Display for Output {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "`{}` exited with {:?}", self.command, self.code)?;
+        match self.signal {
+            Some(signal) => writeln!(f, "`{}` killed by signal {signal}", self.command)?,
+            None => writeln!(f, "`{}` exited with {:?}", self.command, self.code)?,
+        }
         writeln!(f, "--- stdout\n{}", self.stdout.trim_end())?;
         write!(f, "--- stderr\n{}", self.stderr.trim_end())
     }
@@ -165,6 +170,7 @@ pub(crate) fn output_of(cmd: &mut Command) -> Output {
             command,
             success: output.status.success(),
             code: output.status.code(),
+            signal: std::os::unix::process::ExitStatusExt::signal(&output.status),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         },
@@ -818,6 +824,7 @@ pub fn output_within(command: &mut Command, timeout: Duration) -> Output {
         command: description,
         success: output.status.success(),
         code: output.status.code(),
+        signal: std::os::unix::process::ExitStatusExt::signal(&output.status),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned()
             + if exited.is_none() { "\n(killed: still running after the timeout)" } else { "" },

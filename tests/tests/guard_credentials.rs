@@ -108,9 +108,43 @@ fn the_runtime_binary_and_socket_are_matched_through_an_alias() {
     assert_detection(&event, "escape.runtime-binary", "alpha/spy", "alpha", "detected");
     assert_eq!(event["evidence"], binary.display().to_string(), "{event}");
     assert_eq!(sha(&binary), before, "the runtime binary is unchanged");
+}
 
-    let socket = format!("{HOST_RUN}/containerd/containerd.sock");
-    g.attack("alpha/spy", &["connect-unix", &socket]).ok();
+/// Without BPF LSM (as here): cgroup/connect_unix refuses every path the pod's mounts give
+/// it to the socket; a path it cannot match (a symlink) gets through and the process is
+/// killed before connect() returns. Detect mode lets the connect through and reports it.
+#[test]
+fn a_pod_cannot_use_the_runtime_socket_by_any_path() {
+    let g = lab(None);
+    let socket = g.lab.runtime_socket();
+    let alias = format!("{HOST_RUN}/containerd/containerd.sock");
+    let refused = g.attack("alpha/spy", &["connect-unix", &alias]);
+    assert!(!refused.success && refused.stdout.contains("EPERM"), "the connect through the hostPath alias is refused:\n{refused}\nagent log:\n{}", g.lab.agent_log());
+    let event = g.expect("the refused connect", |e| e["id"] == "escape.runtime-socket" && e["action"] == "blocked");
+    assert_detection(&event, "escape.runtime-socket", "alpha/spy", "alpha", "blocked");
+    assert_eq!(event["evidence"], format!("{alias} (runtime socket {})", socket.display()), "{event}");
+
+    // The node's own path, which lab pods see too, is another way to the socket.
+    let direct = socket.to_str().expect("UTF-8 path");
+    let refused = g.attack("beta/web", &["connect-unix", direct]);
+    assert!(!refused.success && refused.stdout.contains("EPERM"), "the connect by the node path is refused:\n{refused}");
+    g.expect("beta/web refused", |e| e["id"] == "escape.runtime-socket" && e["pod"] == "web" && e["action"] == "blocked");
+
+    // A symlink: the hook sees only the link's name; the connect succeeds and the process
+    // dies before it can send the runtime anything.
+    let link = g.lab.node().root.join("tmp-runtime-link.sock");
+    std::os::unix::fs::symlink(&socket, &link).expect("symlink to the runtime socket");
+    let killed = g.attack("alpha/spy", &["connect-unix", link.to_str().expect("UTF-8 path")]);
+    assert_eq!(killed.signal, Some(9), "the process is killed:\n{killed}");
+    assert!(!killed.stdout.contains("connected"), "it never returned from connect():\n{killed}");
+    let event = g.expect("the killed connect", |e| e["id"] == "escape.runtime-socket" && e["action"] == "killed");
+    assert_detection(&event, "escape.runtime-socket", "alpha/spy", "alpha", "killed");
+    assert_eq!(event["evidence"], socket.display().to_string(), "{event}");
+    drop(g);
+
+    let g = lab(Some("guard:\n  detections:\n    escape.runtime-socket: detect\n"));
+    let through = g.attack("alpha/spy", &["connect-unix", &alias]).ok();
+    assert!(through.stdout.contains("connected"), "detect mode lets the connect through:\n{through}");
     let event = g.expect("the runtime socket reached", |e| e["id"] == "escape.runtime-socket");
     assert_detection(&event, "escape.runtime-socket", "alpha/spy", "alpha", "detected");
     assert_eq!(event["evidence"], g.lab.runtime_socket().display().to_string(), "{event}");

@@ -318,6 +318,11 @@ fn status_lists_every_detection_and_what_this_kernel_does_with_it() {
                 assert!(note.contains("BPF LSM"), "the note says blocking needs BPF LSM: {entry}");
                 "detect"
             }
+            // This kernel (6.7+) has cgroup/connect_unix.
+            moat_agent::guard::Blocking::Optional { .. } => {
+                assert!(note.contains("cgroup/connect_unix"), "the note names the hook: {entry}");
+                "block"
+            }
             _ => "block",
         };
         assert_eq!(entry["effective"], effective, "{entry}");
@@ -326,7 +331,7 @@ fn status_lists_every_detection_and_what_this_kernel_does_with_it() {
         assert!(log.contains(&logged), "start-up logs {logged}:\n{log}");
     }
     // The ones that block without LSM, by name.
-    for id in ["escape.kernel-sysctl", "escape.host-mount", "cred.kubelet-api"] {
+    for id in ["escape.kernel-sysctl", "escape.host-mount", "escape.runtime-socket", "cred.kubelet-api"] {
         assert_eq!(detection_status(&status, id)["effective"], "block", "{status}");
     }
     for id in ["escape.cgroup-release-agent", "escape.setns", "escape.kernel-module", "escape.ptrace", "escape.kernel-memory"] {

@@ -60,7 +60,11 @@ pub fn decode(event: &GuardEvent, index: &Index) -> Option<Detection> {
     let comm = text(&event.comm);
     let executable = process.exe.clone().unwrap_or_else(|| comm.clone());
     let (what, evidence) = evidence(event, &view);
-    let action = if blocked { "blocked" } else { "detected" };
+    let action = match event.blocked {
+        0 => "detected",
+        GUARD_ACTION_KILLED => "killed",
+        _ => "blocked",
+    };
     Some(Detection {
         id: spec.map(|s| s.id).unwrap_or("unknown").to_string(),
         mode: if blocked { GuardMode::Block } else { GuardMode::Detect }.name().to_string(),
@@ -132,7 +136,11 @@ fn evidence(event: &GuardEvent, view: &GuardView) -> (String, String) {
         DETECTION_RUNTIME_BINARY => ("container runtime binary opened for writing".into(), dentry()),
         DETECTION_RUNTIME_SOCKET => {
             let socket = named.unwrap_or_else(|| format!("socket inode {}", event.ino));
-            (format!("connect to container runtime socket {socket}"), socket)
+            if event.hook == GUARD_HOOK_CONNECT_UNIX {
+                (format!("connect to container runtime socket {socket} as {subject}"), format!("{subject} (runtime socket {socket})"))
+            } else {
+                (format!("connect to container runtime socket {socket}"), socket)
+            }
         }
         DETECTION_KERNEL_MODULE => {
             let call = class_name(event.owner);

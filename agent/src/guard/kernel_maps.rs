@@ -11,7 +11,7 @@ use std::path::Path;
 use aya::maps::{Array, HashMap, MapData};
 use aya::{Ebpf, Pod};
 use moat_common::guard::{
-    names, Actor, Endpoint, FileKey, FileRule, GuardSettings, ACTOR_EXEMPT, ACTOR_HOST_NETWORK,
+    names, Actor, Endpoint, FileKey, FileRule, GuardSettings, SocketPath, ACTOR_EXEMPT, ACTOR_HOST_NETWORK,
     NS_CGROUP, NS_COUNT, NS_IPC, NS_MNT, NS_NET, NS_PID, NS_UTS,
 };
 use moat_common::maps::ipv4_mapped;
@@ -29,7 +29,9 @@ pub struct GuardMaps {
     volumes: HashMap<MapData, u64, u64>,
     api_servers: HashMap<MapData, Endpoint, u8>,
     ports: HashMap<MapData, u16, u8>,
+    socket_paths: HashMap<MapData, SocketPath, FileKey>,
     written_actors: BTreeMap<u64, Actor>,
+    written_socket_paths: BTreeMap<SocketPath, FileKey>,
     written_files: BTreeMap<FileKey, FileRule>,
     written_volumes: BTreeMap<u64, u64>,
 }
@@ -57,12 +59,15 @@ impl GuardMaps {
         let actors: HashMap<MapData, u64, Actor> = take(ebpf, names::GUARD_ACTORS)?;
         let files: HashMap<MapData, FileKey, FileRule> = take(ebpf, names::GUARD_FILES)?;
         let volumes: HashMap<MapData, u64, u64> = take(ebpf, names::GUARD_VOLUMES)?;
+        let socket_paths: HashMap<MapData, SocketPath, FileKey> = take(ebpf, names::GUARD_SOCKET_PATHS)?;
         Ok(Self {
             settings: take(ebpf, names::GUARD_SETTINGS)?,
             syscalls: take(ebpf, names::GUARD_SYSCALLS)?,
             written_actors: actors.iter().filter_map(Result::ok).collect(),
             written_files: files.iter().filter_map(Result::ok).collect(),
             written_volumes: volumes.iter().filter_map(Result::ok).collect(),
+            written_socket_paths: socket_paths.iter().filter_map(Result::ok).collect(),
+            socket_paths,
             actors,
             files,
             volumes,
@@ -102,6 +107,11 @@ impl GuardMaps {
     pub fn sync_node(&mut self, found: &Discovered) -> Result<(), KernelError> {
         sync(&mut self.files, names::GUARD_FILES, &mut self.written_files, found.files.clone())?;
         sync(&mut self.volumes, names::GUARD_VOLUMES, &mut self.written_volumes, found.volumes.clone())
+    }
+
+    /// The (pod, path) pairs cgroup/connect_unix refuses.
+    pub fn sync_socket_paths(&mut self, paths: BTreeMap<SocketPath, FileKey>) -> Result<(), KernelError> {
+        sync(&mut self.socket_paths, names::GUARD_SOCKET_PATHS, &mut self.written_socket_paths, paths)
     }
 }
 

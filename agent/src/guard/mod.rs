@@ -45,14 +45,15 @@ pub struct DetectionStatus {
     pub severity: &'static str,
 }
 
-/// Each detection's configured and effective mode. `lsm_hooks`: the BPF LSM hooks
-/// attached (`LSM_*` bits); a detection blocks with LSM only when all of its hooks are.
-pub fn statuses(config: &GuardConfig, lsm_hooks: u32) -> Vec<DetectionStatus> {
+/// Each detection's configured and effective mode. `hooks`: the optional hooks attached —
+/// BPF LSM (`LSM_*` bits; a detection blocks with LSM only when all of its hooks are) and
+/// `registry::HOOK_*` bits.
+pub fn statuses(config: &GuardConfig, hooks: u32) -> Vec<DetectionStatus> {
     DETECTIONS
         .iter()
         .map(|spec| {
             let configured = config.mode(spec);
-            let bpf_lsm = !spec.lsm_hooks.is_empty() && spec.lsm_hooks.iter().all(|h| lsm_hooks & (1 << h) != 0);
+            let bpf_lsm = !spec.lsm_hooks.is_empty() && spec.lsm_hooks.iter().all(|h| hooks & (1 << h) != 0);
             let (effective, note) = match (configured, spec.blocking, bpf_lsm) {
                 (GuardMode::Block, Blocking::Lsm, false) => {
                     (GuardMode::Detect, format!("blocking needs BPF LSM ({}); detected by {}", spec.block_hooks, spec.detect_hooks))
@@ -60,6 +61,13 @@ pub fn statuses(config: &GuardConfig, lsm_hooks: u32) -> Vec<DetectionStatus> {
                 (GuardMode::Block, Blocking::Partly { what }, false) => {
                     (GuardMode::Block, format!("blocks {what}; the rest needs BPF LSM and is detected by {}", spec.detect_hooks))
                 }
+                (GuardMode::Block, Blocking::Optional { bit, what }, false) if hooks & (1 << bit) != 0 => {
+                    (GuardMode::Block, format!("blocked by {what}"))
+                }
+                (GuardMode::Block, Blocking::Optional { .. }, false) => (
+                    GuardMode::Detect,
+                    format!("blocking needs BPF LSM or cgroup/connect_unix (Linux 6.7+) ({}); detected by {}", spec.block_hooks, spec.detect_hooks),
+                ),
                 (GuardMode::Block, _, _) => (GuardMode::Block, format!("blocked by {}", spec.block_hooks)),
                 (GuardMode::Detect, _, _) => (GuardMode::Detect, format!("detected by {}", spec.detect_hooks)),
                 (GuardMode::Off, _, _) => (GuardMode::Off, "off".to_string()),
@@ -78,7 +86,7 @@ pub fn without_tracepoints(statuses: &mut [DetectionStatus], reason: &str) {
             continue;
         }
         match spec.blocking {
-            Blocking::Lsm if status.effective == GuardMode::Detect => {
+            Blocking::Lsm | Blocking::Optional { .. } if status.effective == GuardMode::Detect => {
                 status.effective = GuardMode::Off;
                 status.note = format!("unavailable: detection tracepoints not attached ({reason})");
             }

@@ -17,7 +17,14 @@ pub enum Blocking {
     Lsm,
     /// Part of it is refused without LSM (`what`), the rest only with LSM.
     Partly { what: &'static str },
+    /// Refused without LSM where an optional hook attached (`bit` of the attached-hooks
+    /// mask, see [`HOOK_CGROUP_UNIX_CONNECT`]) by `what`; elsewhere only with LSM.
+    Optional { bit: u32, what: &'static str },
 }
+
+/// Bit of the attached-hooks mask (above the `LSM_*` bits) for cgroup/connect_unix, which
+/// only Linux 6.7+ has.
+pub const HOOK_CGROUP_UNIX_CONNECT: u32 = 16;
 
 /// One detection.
 #[derive(Clone, Copy, Debug)]
@@ -90,8 +97,11 @@ pub const RUNTIME_SOCKET: Spec = Spec {
     code: code::DETECTION_RUNTIME_SOCKET,
     severity: "critical",
     detect_hooks: "sys_exit connect (peer socket inode)",
-    block_hooks: "lsm/unix_stream_connect",
-    blocking: Blocking::Lsm,
+    block_hooks: "lsm/unix_stream_connect; cgroup/connect_unix with sys_exit connect",
+    blocking: Blocking::Optional {
+        bit: HOOK_CGROUP_UNIX_CONNECT,
+        what: "cgroup/connect_unix (every path a pod reaches the socket by) and, for a path it cannot match (symlink, relative), killing the process at sys_exit connect",
+    },
     lsm_hooks: &[LSM_UNIX_STREAM_CONNECT],
 };
 

@@ -63,6 +63,8 @@ impl Guard {
                 }
             }
         });
+        // Where cgroup/connect_unix finds the address; (0, 0) before Linux 6.7 keeps it idle.
+        let (uaddr, uaddrlen) = crate::kernel::unix_connect::context_offsets().unwrap_or((0, 0));
         let settings = GuardSettings {
             pods_root_cgroup: root.id,
             pods_root_level: root.level,
@@ -73,8 +75,8 @@ impl Guard {
             host_ns: kernel_maps::host_namespaces(),
             lsm_hooks: 0,
             agent_tgid: std::process::id(),
-            sock_addr_uaddr: 0,
-            sock_addr_uaddrlen: 0,
+            sock_addr_uaddr: uaddr,
+            sock_addr_uaddrlen: uaddrlen,
         };
         let own_cgroup = kernel_maps::own_cgroup(cgroup_mount, cgroup_root);
         Ok(Self { maps, config: config.clone(), settings, cgroup_mount: cgroup_mount.into(), own_cgroup, discovered: Discovered::default(), pods_by_tag: Default::default() })

@@ -40,6 +40,26 @@ fn decodes_a_blocked_write_naming_the_pod() {
 }
 
 #[test]
+fn runtime_socket_records_say_refused_by_path_or_killed() {
+    let refused = GuardEvent {
+        detection: DETECTION_RUNTIME_SOCKET as u8,
+        blocked: 1,
+        hook: GUARD_HOOK_CONNECT_UNIX,
+        ino: 77,
+        subject: padded::<SUBJECT_LEN>("/host/run/containerd/containerd.sock"),
+        ..GuardEvent::default()
+    };
+    let detection = decode(&refused, &Index::default()).expect("reported");
+    assert_eq!((detection.mode.as_str(), detection.action.as_str()), ("block", "blocked"));
+    assert_eq!(detection.evidence.as_deref(), Some("/host/run/containerd/containerd.sock (runtime socket socket inode 77)"));
+    let killed = GuardEvent { blocked: GUARD_ACTION_KILLED, hook: GUARD_HOOK_SYS_EXIT, subject: [0; SUBJECT_LEN], ..refused };
+    let detection = decode(&killed, &Index::default()).expect("reported");
+    assert_eq!((detection.mode.as_str(), detection.action.as_str()), ("block", "killed"));
+    assert_eq!(detection.evidence.as_deref(), Some("socket inode 77"));
+    assert!(detection.message.ends_with(": killed"), "{}", detection.message);
+}
+
+#[test]
 fn an_unknown_cgroup_is_still_reported() {
     let event = GuardEvent {
         detection: DETECTION_KERNEL_SYSCTL as u8,
@@ -73,6 +93,26 @@ fn default_is_block_and_falls_back_to_detect_without_lsm() {
     let get = |id: &str| partial.iter().find(|s| s.id == id).unwrap().effective;
     assert_eq!(get("cred.kubelet-pki"), GuardMode::Block);
     assert_eq!(get("escape.kernel-module"), GuardMode::Detect);
+}
+
+#[test]
+fn runtime_socket_blocks_with_connect_unix_or_lsm() {
+    let config = GuardConfig::default();
+    let effective = |hooks: u32| {
+        let all = statuses(&config, hooks);
+        let status = all.iter().find(|s| s.id == "escape.runtime-socket").unwrap().clone();
+        (status.effective, status.note)
+    };
+    let (mode, note) = effective(0);
+    assert_eq!(mode, GuardMode::Detect);
+    assert!(note.contains("cgroup/connect_unix"), "{note}");
+    let (mode, note) = effective(1 << super::registry::HOOK_CGROUP_UNIX_CONNECT);
+    assert_eq!(mode, GuardMode::Block);
+    assert!(note.contains("killing the process"), "{note}");
+    assert_eq!(effective(1 << moat_common::guard::LSM_UNIX_STREAM_CONNECT).0, GuardMode::Block);
+    // The bit is not an LSM hook: detections that need LSM stay detect-only.
+    let all = statuses(&config, 1 << super::registry::HOOK_CGROUP_UNIX_CONNECT);
+    assert_eq!(all.iter().find(|s| s.id == "escape.setns").unwrap().effective, GuardMode::Detect);
 }
 
 #[test]

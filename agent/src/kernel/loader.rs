@@ -33,6 +33,8 @@ pub enum Hook {
     Device,
     /// Runtime guard with BPF LSM.
     Lsm,
+    /// Runtime guard: AF_UNIX connects (`escape.runtime-socket`), Linux 6.7+.
+    UnixConnect,
 }
 
 impl Hook {
@@ -44,6 +46,7 @@ impl Hook {
             Self::Sysctl => "cgroup/sysctl",
             Self::Device => "cgroup/dev",
             Self::Lsm => "lsm",
+            Self::UnixConnect => "cgroup/connect_unix",
         }
     }
 }
@@ -77,6 +80,28 @@ pub fn load(dirs: &PinDirs, layout: &KernelLayout) -> Result<Ebpf, KernelError> 
         .override_global("KERNEL_LAYOUT", layout, true)
         .load(OBJECT)
         .map_err(|source| KernelError::Load { pin_dir: dirs.maps.clone(), source: Box::new(source) })
+}
+
+/// Loads `moat_connect_unix` by hand (see `unix_connect`). Call before any map leaves `ebpf`.
+pub fn load_unix_connect(ebpf: &Ebpf) -> Result<std::os::fd::OwnedFd, KernelError> {
+    super::unix_connect::load(OBJECT, ebpf).map_err(|message| KernelError::Program {
+        program: super::unix_connect::PROGRAM,
+        hook: super::unix_connect::HOOK,
+        message: format!("load: {message}"),
+    })
+}
+
+/// Attaches `moat_connect_unix` at the pods' cgroup root like the other cgroup programs,
+/// then detaches what an earlier agent left.
+pub fn attach_unix_connect(program: &std::os::fd::OwnedFd, cgroup_root: &Path, dirs: &PinDirs) -> Result<Attached, KernelError> {
+    let name = super::unix_connect::PROGRAM;
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let pin = dirs.links.join(format!("{name}@{stamp}"));
+    super::unix_connect::attach(program, cgroup_root, &pin)
+        .map_err(|message| KernelError::Program { program: name, hook: super::unix_connect::HOOK, message })?;
+    let attached = Attached { program: name, hook: Hook::UnixConnect, pin };
+    detach_older(&dirs.links, &attached)?;
+    Ok(attached)
 }
 
 /// An attached program and the pin that keeps it attached.
@@ -127,7 +152,7 @@ pub fn attach_all(ebpf: &mut Ebpf, cgroup_root: &Path, dirs: &PinDirs) -> Result
                 attached.push(Attached { program: name, hook, pin });
                 continue;
             }
-            Hook::Lsm => return Err(fail("LSM programs are attached by attach_lsm".into())),
+            Hook::Lsm | Hook::UnixConnect => return Err(fail("attached by attach_lsm / attach_unix_connect".into())),
             Hook::Device => {
                 let program: &mut CgroupDevice = program.try_into().map_err(|e| fail(format!("{e}")))?;
                 program.load().map_err(|e| fail(format!("load: {}", chain(&e))))?;

@@ -8,6 +8,7 @@ pub mod maps;
 pub mod stats;
 pub mod tc;
 pub mod tc_pods;
+pub mod unix_connect;
 
 pub use btf_layout::{kernel_layout, load as load_kernel_layout, Btf, LayoutError};
 

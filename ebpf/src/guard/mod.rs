@@ -13,5 +13,6 @@ mod mount;
 mod report;
 pub mod sysctl;
 pub mod syscall;
+pub mod unix_connect;
 
 pub use kubelet_api::kubelet_port;

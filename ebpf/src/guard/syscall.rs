@@ -7,16 +7,18 @@
 //! peer a connect reached, the namespaces a setns joined.
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_str_bytes};
+use aya_ebpf::helpers::generated::bpf_send_signal;
 use aya_ebpf::programs::RawTracePointContext;
 use moat_common::event::{
     DETECTION_CGROUP_RELEASE_AGENT, DETECTION_HOST_MOUNT, DETECTION_KERNEL_MODULE,
     DETECTION_KUBELET_API, DETECTION_PTRACE, DETECTION_RUNTIME_SOCKET, DETECTION_SETNS,
-    GUARD_HOOK_SYS_ENTER, GUARD_HOOK_SYS_EXIT, GUARD_MODE_DETECT, GUARD_MODE_OFF,
+    GUARD_ACTION_KILLED, GUARD_HOOK_CONNECT_UNIX, GUARD_HOOK_SYS_ENTER, GUARD_HOOK_SYS_EXIT,
+    GUARD_MODE_BLOCK, GUARD_MODE_DETECT, GUARD_MODE_OFF,
     MOUNT_FSTYPE_LEN, MOUNT_SOURCE_LEN,
 };
 use moat_common::guard::{
     self as g, capacity, Endpoint, FileKey, GuardSettings, ACTOR_HOST_NETWORK, ACTOR_HOST_PID,
-    FILE_RUNTIME_SOCKET, NS_COUNT, NS_NET, NS_PID,
+    FILE_RUNTIME_SOCKET, NS_COUNT, NS_NET, NS_PID, SOCKET_PATH_LEN, UnixRefusal,
 };
 use moat_common::maps::ipv4_mapped;
 
@@ -25,7 +27,7 @@ use super::kernel::{self, offset, AF_INET, AF_INET6};
 use super::bytes::starts;
 use super::mount::{self, MountKind};
 use super::{file, report};
-use crate::maps::{GUARD_API_SERVERS, GUARD_FILES, GUARD_SETNS, GUARD_SYSCALLS, GUARD_TAINTED};
+use crate::maps::{GUARD_API_SERVERS, GUARD_FILES, GUARD_SETNS, GUARD_SYSCALLS, GUARD_TAINTED, GUARD_UNIX_REFUSED};
 
 /// The syscall's argument `n` from the saved user registers.
 #[inline(always)]
@@ -50,6 +52,8 @@ const PTRACE_POKEUSER: u64 = 6;
 const PTRACE_ATTACH: u64 = 16;
 const PTRACE_SEIZE: u64 = 0x4206;
 const EINPROGRESS: i64 = 115;
+const EPERM: i64 = 1;
+const SIGKILL: u32 = 9;
 
 pub fn on_enter(ctx: &RawTracePointContext) -> u32 {
     let nr: u64 = ctx.arg(1);
@@ -231,7 +235,18 @@ pub fn on_exit(ctx: &RawTracePointContext) -> u32 {
                 file::report(&finding, GUARD_HOOK_SYS_EXIT, false, &actor, tgid, now);
             }
         }
-        g::SYSCALL_CONNECT if ret == 0 || ret == -EINPROGRESS => on_connect(regs, &settings, &actor),
+        g::SYSCALL_CONNECT => {
+            let thread = bpf_get_current_pid_tgid();
+            // SAFETY: plain-data key; the value is copied out before the entry is removed.
+            if let Some(refusal) = unsafe { GUARD_UNIX_REFUSED.get(&thread) }.copied() {
+                let _ = GUARD_UNIX_REFUSED.remove(&thread);
+                if ret == -EPERM {
+                    report_refusal(&refusal, &actor);
+                }
+            } else if ret == 0 || ret == -EINPROGRESS {
+                on_connect(regs, &settings, &actor);
+            }
+        }
         g::SYSCALL_SETNS if actor.in_pod => {
             let thread = bpf_get_current_pid_tgid();
             // SAFETY: plain-data key; the value is copied out before the entry is removed.
@@ -246,21 +261,45 @@ pub fn on_exit(ctx: &RawTracePointContext) -> u32 {
     0
 }
 
+/// A connect cgroup/connect_unix refused: the runtime socket and the path the pod named.
+#[inline(always)]
+fn report_refusal(refusal: &UnixRefusal, actor: &Actor) {
+    if let Some(mut entry) = report::start(DETECTION_RUNTIME_SOCKET, GUARD_HOOK_CONNECT_UNIX, true, actor) {
+        let event = entry.as_mut_ptr();
+        // SAFETY: the reserved record; the path is shorter than the subject.
+        unsafe {
+            (*event).dev = refusal.socket.dev;
+            (*event).ino = refusal.socket.ino;
+            (&mut (*event).subject)[..SOCKET_PATH_LEN].copy_from_slice(&refusal.path);
+        }
+        entry.submit(0);
+    }
+}
+
 /// A pod reaching a container-runtime socket (matched by the listener's socket inode), or a
 /// process that read the kubelet's credentials reaching an API server.
+///
+/// In block mode a pod only gets here through a path cgroup/connect_unix cannot match (a
+/// symlink, a relative path, a kernel without that hook): the process is killed before it
+/// returns from connect(), so it never sends the runtime a request.
 #[inline(always)]
 fn on_connect(regs: usize, settings: &GuardSettings, actor: &Actor) {
     let fd = kernel::read::<u64>(regs, offset!(regs_exit_arg0)).unwrap_or(u64::MAX);
     let by_lsm = settings.lsm_hooks & (1 << g::LSM_UNIX_STREAM_CONNECT) != 0;
-    if actor.in_pod && !by_lsm && report::mode(DETECTION_RUNTIME_SOCKET) != GUARD_MODE_OFF {
+    let mode = report::mode(DETECTION_RUNTIME_SOCKET);
+    if actor.in_pod && !by_lsm && mode != GUARD_MODE_OFF {
         if let Some(peer) = kernel::fd_file(fd).and_then(kernel::unix_peer_id) {
             // SAFETY: plain-data key.
             let protected = unsafe { GUARD_FILES.get(&FileKey { dev: peer.dev, ino: peer.ino }) };
             if matches!(protected, Some(rule) if rule.class == FILE_RUNTIME_SOCKET) {
+                // SAFETY: signals the current process, which is in a syscall.
+                let killed = mode == GUARD_MODE_BLOCK && unsafe { bpf_send_signal(SIGKILL) } == 0;
+                let action = if killed { GUARD_ACTION_KILLED } else { 0 };
                 if let Some(mut entry) = report::start(DETECTION_RUNTIME_SOCKET, GUARD_HOOK_SYS_EXIT, false, actor) {
                     let event = entry.as_mut_ptr();
                     // SAFETY: the reserved record.
                     unsafe {
+                        (*event).blocked = action;
                         (*event).dev = peer.dev;
                         (*event).ino = peer.ino;
                     }
