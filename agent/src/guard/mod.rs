@@ -11,6 +11,7 @@ pub mod kernel_maps;
 pub mod node;
 pub mod registry;
 pub mod run;
+pub mod socket_paths;
 pub mod syscalls;
 
 use aya::maps::Array;
