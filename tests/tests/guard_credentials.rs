@@ -93,7 +93,7 @@ fn a_pod_reading_another_pods_volume_is_reported_and_its_own_is_not() {
 }
 
 #[test]
-fn the_runtime_binary_and_socket_are_matched_through_an_alias() {
+fn the_runtime_binary_is_matched_through_an_alias() {
     let g = lab(None);
     let binary = g.lab.runtime_binary();
     let before = sha(&binary);

@@ -8,10 +8,14 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use aya::Ebpf;
-use moat_common::guard::GuardSettings;
+use std::collections::{BTreeMap, BTreeSet};
+
+use moat_common::guard::{GuardSettings, FILE_RUNTIME_SOCKET};
 use moat_common::layout::KernelLayout;
 
 use super::config::GuardConfig;
+use super::socket_paths::{PodProcesses, RuntimeSocket, SocketPaths};
+use crate::node::cgroups;
 use super::decode::{publish, GuardView};
 use super::kernel_maps::{self, GuardMaps, PodsRoot};
 use super::node::{self, Discovered};
@@ -39,6 +43,10 @@ pub struct Guard {
     own_cgroup: Option<u64>,
     discovered: Discovered,
     pods_by_tag: std::collections::BTreeMap<u64, crate::model::PodKey>,
+    cgroup_root: PathBuf,
+    /// Pod cgroup ids → their directories, found again when the set of ids changes.
+    pod_dirs: (BTreeSet<u64>, BTreeMap<u64, PathBuf>),
+    socket_paths: SocketPaths,
 }
 
 impl Guard {
@@ -79,7 +87,18 @@ impl Guard {
             sock_addr_uaddrlen: uaddrlen,
         };
         let own_cgroup = kernel_maps::own_cgroup(cgroup_mount, cgroup_root);
-        Ok(Self { maps, config: config.clone(), settings, cgroup_mount: cgroup_mount.into(), own_cgroup, discovered: Discovered::default(), pods_by_tag: Default::default() })
+        Ok(Self {
+            maps,
+            config: config.clone(),
+            settings,
+            cgroup_mount: cgroup_mount.into(),
+            own_cgroup,
+            discovered: Discovered::default(),
+            pods_by_tag: Default::default(),
+            cgroup_root: cgroup_root.into(),
+            pod_dirs: Default::default(),
+            socket_paths: SocketPaths::default(),
+        })
     }
 
     /// Brings actors, files and volumes up to date; writes settings when they change.
@@ -110,6 +129,7 @@ impl Guard {
             self.discovered = found;
             self.pods_by_tag = pods_by_tag;
         }
+        self.sync_socket_paths(index, cluster)?;
         let (dev, ino) = self.discovered.kubelet_exe.map(|k| (k.dev, k.ino)).unwrap_or((0, 0));
         if (dev, ino) != (self.settings.kubelet_exe_dev, self.settings.kubelet_exe_ino) || self.settings.ready == 1 {
             self.settings.kubelet_exe_dev = dev;
@@ -119,6 +139,44 @@ impl Guard {
             self.maps.write_settings(&self.settings)?;
         }
         Ok(())
+    }
+
+    /// Every path under which each (non-exempt) pod reaches a runtime socket, for
+    /// cgroup/connect_unix. Paths beyond the map's capacity are left out with a warning;
+    /// the sys_exit check still stops connects through them.
+    fn sync_socket_paths(&mut self, index: &Index, cluster: &Cluster) -> Result<(), KernelError> {
+        let ids: BTreeSet<u64> = index.pods_by_cgroup.keys().copied().collect();
+        if ids != self.pod_dirs.0 {
+            match cgroups::paths(&self.cgroup_root, &ids) {
+                Ok(dirs) => self.pod_dirs = (ids, dirs),
+                Err(error) => tracing::warn!(%error, "guard: finding pod cgroup directories failed; runtime socket paths not updated"),
+            }
+        }
+        let mut pods: BTreeMap<u64, PodProcesses> = BTreeMap::new();
+        for (cgroup, key) in &index.pods_by_cgroup {
+            if self.config.exempt_namespaces.contains(&key.namespace) {
+                continue;
+            }
+            let Some(dir) = self.pod_dirs.1.get(cgroup) else { continue };
+            let uid = cluster.pods.get(key).and_then(|p| p.uid.as_deref());
+            let tag = node::pod_tag(uid, &key.namespace, &key.name);
+            pods.entry(tag).or_insert_with(|| PodProcesses { tag, cgroups: Vec::new() }).cgroups.push(dir.clone());
+        }
+        let sockets: Vec<RuntimeSocket> = self
+            .discovered
+            .files
+            .iter()
+            .filter(|(_, rule)| rule.class == FILE_RUNTIME_SOCKET)
+            .filter_map(|(file, _)| Some(RuntimeSocket { path: self.discovered.names.get(file)?.clone(), file: *file }))
+            .collect();
+        let pods: Vec<PodProcesses> = pods.into_values().collect();
+        let mut paths = self.socket_paths.compute(&sockets, &pods);
+        let capacity = moat_common::guard::capacity::GUARD_SOCKET_PATHS as usize;
+        if paths.len() > capacity {
+            tracing::warn!(paths = paths.len(), capacity, "guard: more runtime socket paths than the map holds; the rest are stopped at sys_exit only");
+            paths = paths.into_iter().take(capacity).collect();
+        }
+        self.maps.sync_socket_paths(paths)
     }
 
     /// The BPF LSM hooks attached: tracepoint paths they cover stop reporting.
