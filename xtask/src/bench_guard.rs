@@ -1,6 +1,6 @@
 //! `cargo xtask bench --only guard`: what the runtime guard's programs add to the system
-//! calls they watch. Two loops of `moat-attack loop` (open+close of a regular file, and
-//! fork+exec of /bin/true) run in a lab pod, where the guard evaluates every actor fully,
+//! calls they watch. Three loops of `moat-attack loop` (open+close of a regular file,
+//! fork+exec of /bin/true, connect+accept+close on a unix socket) run in a lab pod, where the guard evaluates every actor fully,
 //! and on the host, under three configurations: no agent, the agent with the guard at its
 //! defaults, and the agent with every detection `off`.
 //!
@@ -25,14 +25,16 @@ const LAB: &str = "guard-bench";
 const POD: &str = "bench/client";
 const ROUNDS: usize = 7;
 /// Iterations per second of `--seconds`: each loop then runs for a fraction of it, so a
-/// round (three lab ups, twelve loops) stays short on a slow machine.
+/// round (three lab ups, eighteen loops) stays short on a slow machine.
 const OPEN_PER_SECOND: u64 = 40_000;
 const EXEC_PER_SECOND: u64 = 100;
+const CONNECT_PER_SECOND: u64 = 20_000;
 const EXEC_PROGRAM: &str = "/bin/true";
 /// Calls per timed batch: short batches (a few ms), so on a busy machine some run
 /// undisturbed; the fastest batch of each run is its figure.
 const OPEN_BATCH: u64 = 100;
 const EXEC_BATCH: u64 = 2;
+const CONNECT_BATCH: u64 = 100;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Config {
@@ -72,13 +74,17 @@ impl Place {
 enum Loop {
     Open,
     Exec,
+    Connect,
 }
 
 impl Loop {
+    const ALL: [Loop; 3] = [Loop::Open, Loop::Exec, Loop::Connect];
+
     fn label(self) -> &'static str {
         match self {
             Loop::Open => "open+close",
             Loop::Exec => "fork+exec",
+            Loop::Connect => "unix connect",
         }
     }
 }
@@ -91,7 +97,7 @@ struct Sample {
 }
 
 /// One configuration's samples: `[loop][place]`, one per round.
-type Samples = [[Vec<Sample>; 2]; 2];
+type Samples = [[Vec<Sample>; 2]; 3];
 
 pub fn guard(ctx: &Context) -> Result<Section> {
     run(cargo().args(["build", "-p", "moat-integration", "--bin", "moat-attack"]))?;
@@ -125,7 +131,9 @@ pub fn guard(ctx: &Context) -> Result<Section> {
          `moat-attack loop open N FILE` times N open(2)+close(2) of a regular file (the \
          `moat-attack` binary itself, {} per run, in batches of {OPEN_BATCH}); `moat-attack \
          loop exec N {EXEC_PROGRAM}` times N fork(2)+execve(2)+waitpid(2) ({} per run, in \
-         batches of {EXEC_BATCH}). Only the loop is timed. In a pod: through `moat lab exec` \
+         batches of {EXEC_BATCH}); `moat-attack loop connect-unix N` times N connect(2) to a \
+         unix socket of its own, accept(2) and two close(2) ({} per run, in batches of \
+         {CONNECT_BATCH}: cgroup/connect_unix looks the path up, sys_exit the peer). Only the loop is timed. In a pod: through `moat lab exec` \
          (the pod's cgroup and namespaces); on the host: from xtask's own cgroup. The \
          table gives each run's fastest batch (the one least disturbed by other work on the \
          machine; a cost the programs add to every call is in every batch), median over the \
@@ -136,15 +144,16 @@ pub fn guard(ctx: &Context) -> Result<Section> {
         detections.iter().map(|(id, mode)| format!("{id} {mode}")).collect::<Vec<_>>().join(", "),
         bench.iterations(Loop::Open),
         bench.iterations(Loop::Exec),
+        bench.iterations(Loop::Connect),
     );
     Ok(Section {
         id: "guard",
-        title: "Runtime guard: open and exec with and without the agent",
+        title: "Runtime guard: open, exec and unix connect with and without the agent",
         columns: ["no agent", "agent"],
         rows,
         method: format!(
             "Median of {ROUNDS} rounds; each round brings lab `{LAB}` up once per \
-             configuration (order rotating between rounds) and runs both loops in the pod and \
+             configuration (order rotating between rounds) and runs every loop in the pod and \
              on the host"
         ),
         notes,
@@ -168,6 +177,7 @@ impl Bench {
         match kind {
             Loop::Open => OPEN_PER_SECOND * self.seconds,
             Loop::Exec => EXEC_PER_SECOND * self.seconds,
+            Loop::Connect => CONNECT_PER_SECOND * self.seconds,
         }
     }
 
@@ -189,7 +199,7 @@ impl Bench {
                 let lab = self.lab(&extra)?;
                 let ours = lab_agent_pid(&self.moat, LAB)?;
                 foreign.extend(raw_tracepoints_elsewhere(ours).into_iter().map(|l| format!("pid {}: {}", l.pid, l.description)));
-                for (l, kind) in [Loop::Open, Loop::Exec].into_iter().enumerate() {
+                for (l, kind) in Loop::ALL.into_iter().enumerate() {
                     for (p, place) in [Place::Pod, Place::Host].into_iter().enumerate() {
                         let sample = measure(&lab, &self.attack, kind, place, self.iterations(kind))?;
                         eprintln!(
@@ -216,7 +226,7 @@ fn tables(samples: &[Samples]) -> Result<(Vec<Row>, String)> {
     let mut spread = String::from(
         "| loop | configuration | fastest batch: lowest – highest run | whole-run mean (median run) |\n|---|---|---:|---:|\n",
     );
-    for (l, kind) in [Loop::Open, Loop::Exec].into_iter().enumerate() {
+    for (l, kind) in Loop::ALL.into_iter().enumerate() {
         for (p, place) in [Place::Pod, Place::Host].into_iter().enumerate() {
             let of = |slot: usize, pick: fn(&Sample) -> f64| median(&samples[slot][l][p].iter().map(pick).collect::<Vec<_>>());
             let baseline = per_op(kind, of(0, |s| s.fastest)?);
@@ -287,6 +297,10 @@ fn measure(lab: &Lab, attack: &Path, kind: Loop, place: Place, iterations: u64) 
             cmd.args(["exec", &iterations.to_string(), EXEC_PROGRAM]);
             iterations.div_ceil(EXEC_BATCH)
         }
+        Loop::Connect => {
+            cmd.args(["connect-unix", &iterations.to_string()]);
+            iterations.div_ceil(CONNECT_BATCH)
+        }
     };
     cmd.args(["--batches", &batches.to_string()]);
     eprintln!("$ {}", render(&cmd));
@@ -305,7 +319,7 @@ fn median(values: &[f64]) -> Result<f64> {
 /// ns for open, µs for exec: the scale each is read at.
 fn per_op(kind: Loop, ns: f64) -> Measurement {
     match kind {
-        Loop::Open => Measurement { rate: ns, unit: "ns/op".into() },
+        Loop::Open | Loop::Connect => Measurement { rate: ns, unit: "ns/op".into() },
         Loop::Exec => Measurement { rate: ns / 1_000.0, unit: "µs/op".into() },
     }
 }

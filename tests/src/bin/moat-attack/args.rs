@@ -105,6 +105,13 @@ pub enum Loop {
         #[arg(long, default_value_t = 1)]
         batches: u64,
     },
+    /// connect(2) to a unix socket of its own (accepted, both ends closed), N times.
+    ConnectUnix {
+        iterations: u64,
+        /// Time the loop in this many batches.
+        #[arg(long, default_value_t = 1)]
+        batches: u64,
+    },
     /// fork(2) + execve(2) of PROGRAM (no arguments) and wait, N times.
     Exec {
         iterations: u64,
@@ -287,6 +294,10 @@ mod tests {
             Command::Loop(Loop::Exec { iterations: 10, program: "/bin/true".into(), batches: 1 })
         );
         assert!(parse(&["loop", "exec", "many"]).is_err());
+        assert_eq!(
+            parse(&["loop", "connect-unix", "5", "--batches", "2"]).unwrap(),
+            Command::Loop(Loop::ConnectUnix { iterations: 5, batches: 2 })
+        );
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! `moat-attack loop ...`: the syscall loops `cargo xtask bench --only guard` times, inside a
-//! lab pod and on the host, to see what the guard's programs add to every open and exec.
+//! lab pod and on the host, to see what the guard's programs add to every open, exec and
+//! unix-socket connect.
 //! Only the loop is timed (not process start-up); setup happens before the clock starts.
 //! The loop runs in batches, each timed on its own, so a caller can see past interference.
 
 use std::ffi::CString;
 use std::io;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::Instant;
 
@@ -37,6 +39,7 @@ pub fn run(kind: &Loop) -> Result<String, LoopError> {
     let (name, iterations, batches, timing) = match kind {
         Loop::Open { iterations, path, batches } => ("open", *iterations, *batches, open_close(*iterations, *batches, path)?),
         Loop::Exec { iterations, program, batches } => ("exec", *iterations, *batches, fork_exec(*iterations, *batches, program)?),
+        Loop::ConnectUnix { iterations, batches } => ("connect-unix", *iterations, *batches, connect_close(*iterations, *batches)?),
     };
     let mut per_batch = timing.batch_ns_per_op;
     per_batch.sort_by(f64::total_cmp);
@@ -90,6 +93,21 @@ fn open_close(iterations: u64, batches: u64, path: &Path) -> Result<Timing, Loop
         unsafe { libc::close(fd) };
         Ok(())
     })
+}
+
+/// One thread: connect (the listener's backlog completes it), accept, close both ends.
+fn connect_close(iterations: u64, batches: u64) -> Result<Timing, LoopError> {
+    let path = std::env::temp_dir().join(format!("moat-attack-loop-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).map_err(|source| LoopError::Syscall { call: "bind", iteration: 0, source })?;
+    let timing = batched(iterations, batches, |iteration| {
+        let client = UnixStream::connect(&path).map_err(|source| LoopError::Syscall { call: "connect", iteration, source })?;
+        let (server, _) = listener.accept().map_err(|source| LoopError::Syscall { call: "accept", iteration, source })?;
+        drop((client, server));
+        Ok(())
+    });
+    let _ = std::fs::remove_file(&path);
+    timing
 }
 
 fn fork_exec(iterations: u64, batches: u64, program: &Path) -> Result<Timing, LoopError> {
@@ -150,5 +168,13 @@ mod tests {
         // More batches than iterations: one iteration each.
         assert_eq!(batched(2, 5, |_| Ok(())).unwrap().batch_ns_per_op.len(), 2);
         assert!(batched(0, 5, |_| Ok(())).unwrap().batch_ns_per_op.is_empty());
+    }
+
+    #[test]
+    fn the_connect_loop_connects_and_cleans_up() {
+        let timing = connect_close(20, 4).unwrap();
+        assert_eq!(timing.batch_ns_per_op.len(), 4);
+        let leftover = std::env::temp_dir().join(format!("moat-attack-loop-{}.sock", std::process::id()));
+        assert!(!leftover.exists());
     }
 }
