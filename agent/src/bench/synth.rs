@@ -73,6 +73,7 @@ pub fn cluster(shape: Shape) -> Result<Cluster, SynthError> {
             ips: vec![IpAddr::V4(Ipv4Addr::from(next_ip))],
             node_name: None,
             host_network: false,
+            host_pid: false,
             ports,
         };
         next_ip += 1;

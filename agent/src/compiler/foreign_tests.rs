@@ -29,6 +29,7 @@ fn cluster(node_tenant: Option<&str>) -> Cluster {
             ips: vec![ip.parse().unwrap()],
             node_name: Some("node-1".into()),
             host_network: false,
+            host_pid: false,
             ports: vec![],
         };
         cluster.pods.insert(key, pod);

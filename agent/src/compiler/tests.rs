@@ -24,6 +24,7 @@ fn pod(cluster: &mut Cluster, ns: &str, name: &str, ip: &str, labels: &[(&str, &
             ips: vec![ip.parse().unwrap()],
             node_name: Some("node-1".into()),
             host_network: false,
+            host_pid: false,
             ports: vec![],
         },
     );

@@ -11,7 +11,7 @@ use std::path::Path;
 use aya::maps::{Array, HashMap, MapData};
 use aya::{Ebpf, Pod};
 use moat_common::guard::{
-    names, Actor, Endpoint, FileKey, FileRule, GuardSettings, SocketPath, ACTOR_EXEMPT, ACTOR_HOST_NETWORK,
+    names, Actor, Endpoint, FileKey, FileRule, GuardSettings, SocketPath, ACTOR_EXEMPT, ACTOR_HOST_NETWORK, ACTOR_HOST_PID,
     NS_CGROUP, NS_COUNT, NS_IPC, NS_MNT, NS_NET, NS_PID, NS_UTS,
 };
 use moat_common::maps::ipv4_mapped;
@@ -228,6 +228,9 @@ pub fn actors(
         }
         if pod.is_some_and(|p| p.host_network) {
             flags |= ACTOR_HOST_NETWORK;
+        }
+        if pod.is_some_and(|p| p.host_pid) {
+            flags |= ACTOR_HOST_PID;
         }
         out.insert(*cgroup, Actor { pod: tag, flags, _pad: 0 });
     }

@@ -234,3 +234,18 @@ fn ptrace_by_an_exited_actor_uses_the_pid_namespace_the_kernel_recorded() {
     raw.ino = host_pid_ns;
     assert!(decode(&raw, &Index::default()).is_some());
 }
+
+#[test]
+fn actors_carry_host_network_and_host_pid() {
+    use moat_common::guard::{ACTOR_HOST_NETWORK, ACTOR_HOST_PID};
+    let mut index = Index::default();
+    let mut cluster = crate::model::Cluster::default();
+    for (cgroup, name, host_network, host_pid) in [(1, "plain", false, false), (2, "net", true, false), (3, "pid", false, true)] {
+        let key = PodKey::new("ns", name);
+        index.pods_by_cgroup.insert(cgroup, key.clone());
+        let pod = crate::model::Pod { key: key.clone(), uid: None, labels: Default::default(), ips: vec![], node_name: None, host_network, host_pid, ports: vec![] };
+        cluster.pods.insert(key, pod);
+    }
+    let actors = kernel_maps::actors(&index, &cluster, &GuardConfig::default(), None);
+    assert_eq!([actors[&1].flags, actors[&2].flags, actors[&3].flags], [0, ACTOR_HOST_NETWORK, ACTOR_HOST_PID]);
+}

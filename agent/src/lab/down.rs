@@ -80,6 +80,11 @@ pub fn teardown(name: &str) -> Result<(), LabError> {
     pins.dedup();
     for pin in pins {
         note(remove_all(&pin));
+        // The shared `moat` directory the agent created, once no lab or agent uses it;
+        // remove_dir fails harmlessly while anything else is pinned there.
+        if let Some(parent) = pin.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
     note(remove_all(&lab_dir(name)));
     match first_error {

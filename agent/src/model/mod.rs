@@ -106,6 +106,8 @@ pub struct Pod {
     pub node_name: Option<String>,
     /// hostNetwork pods share the node's address, so their IPs never identify them.
     pub host_network: bool,
+    /// hostPID pods share the node's PID namespace: being in it is not an escape.
+    pub host_pid: bool,
     pub ports: Vec<ContainerPort>,
 }
 

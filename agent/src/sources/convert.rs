@@ -108,6 +108,7 @@ pub fn pod(pod: &core::Pod) -> Result<Pod, Rejection> {
         ips,
         node_name: spec.node_name.clone().filter(|name| !name.is_empty()),
         host_network: spec.host_network.unwrap_or(false),
+        host_pid: spec.host_pid.unwrap_or(false),
         ports,
     })
 }

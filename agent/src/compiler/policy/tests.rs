@@ -34,6 +34,7 @@ fn cluster(policies: &[&str]) -> Cluster {
                     ips: vec![format!("10.0.{n}.{}", p + 1).parse().unwrap()],
                     node_name: None,
                     host_network: false,
+                    host_pid: false,
                     ports,
                 },
             );

@@ -65,7 +65,8 @@ fn kubectl_pod_list_maps_to_the_model() {
         ]
     );
     let proxy = &pods[&ObjectKey::new("kube-system", "kube-proxy-9xk2p")];
-    assert!(proxy.host_network);
+    assert!(proxy.host_network && proxy.host_pid);
+    assert!(!web.host_pid);
     assert_eq!(proxy.uid, None);
 
     assert!(!pods.contains_key(&ObjectKey::new("team-a", "backup-28912345-q7v4d")));
