@@ -132,7 +132,14 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
         tracing::info!(%failure, "BPF LSM program not attached; its detections fall back to tracepoints");
     }
     // Runtime sockets without BPF LSM, where the kernel has cgroup/connect_unix (6.7+).
-    let unix_connect = unix_connect.and_then(|program| loader::attach_unix_connect(&program, &cgroup_root, &dirs));
+    let unix_connect = unix_connect.and_then(|program| {
+        if !guard.unix_connect_ready() {
+            // Attached without its offsets it would refuse nothing while status says it blocks.
+            let message = "kernel BTF has no bpf_sock_addr_kern.uaddr/uaddrlen".to_string();
+            return Err(KernelError::Program { program: crate::kernel::unix_connect::PROGRAM, hook: crate::kernel::unix_connect::HOOK, message });
+        }
+        loader::attach_unix_connect(&program, &cgroup_root, &dirs)
+    });
     let optional_hooks = match &unix_connect {
         Ok(_) => 1 << crate::guard::registry::HOOK_CGROUP_UNIX_CONNECT,
         Err(error) => {

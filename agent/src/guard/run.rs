@@ -188,6 +188,11 @@ impl Guard {
         Ok(())
     }
 
+    /// Whether cgroup/connect_unix can find the address (its offsets came from BTF).
+    pub fn unix_connect_ready(&self) -> bool {
+        self.settings.sock_addr_uaddr != 0 && self.settings.sock_addr_uaddrlen != 0
+    }
+
     pub fn cgroup_mount(&self) -> &Path {
         &self.cgroup_mount
     }
