@@ -351,6 +351,9 @@ impl Config {
         }
         self.validate_observability()?;
         self.guard.validate()?;
+        if self.shared_services.len() > MAX_SHARED_SERVICES {
+            return Err(("sharedServices".into(), format!("at most {MAX_SHARED_SERVICES} services (a pod's group of services is a 32-bit mask, one bit is cluster DNS)")));
+        }
         for (index, service) in self.shared_services.iter().enumerate() {
             if service.name.is_empty() || service.namespace.is_empty() {
                 return Err((
@@ -377,6 +380,9 @@ impl Config {
         Ok(())
     }
 }
+
+/// Most `sharedServices` entries: with cluster DNS, one bit each of a pod's 32-bit group id.
+pub const MAX_SHARED_SERVICES: usize = 31;
 
 impl Config {
     /// The admin socket path: `adminSocket`, else `/run/moat/<instance>/admin.sock`.

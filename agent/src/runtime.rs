@@ -12,19 +12,19 @@ use aya::maps::RingBuf;
 use moat_common::maps::names;
 use tokio::sync::watch;
 
-use crate::compiler::{self, CompileError};
+use crate::compiler::{CompileError, Incremental};
 use crate::config::{Config, ConfigError};
 use crate::events;
 use crate::guard;
 use crate::kernel::tc_pods::TcPods;
 use crate::kernel::{bpffs, loader, maps::KernelMaps, tc, KernelError};
-use crate::model::Cluster;
+use crate::model::{Change, Cluster};
 use crate::observability::{ObservabilityError, Observability};
 use crate::node::cgroups::{self, CgroupError, CgroupLayout, PodCgroups};
 use crate::node::mounts::{self, MountError};
 use crate::sources::kube::{KubeOptions, KubeSource};
 use crate::sources::watch::ManifestWatcher;
-use crate::sources::{Source, SourceError};
+use crate::sources::{Source, SourceError, Update};
 
 #[derive(clap::Args, Debug)]
 pub struct AgentArgs {
@@ -77,12 +77,6 @@ pub fn run(args: AgentArgs) -> Result<(), RuntimeError> {
     runtime.block_on(run_agent(args))
 }
 
-/// The node-local inputs to the compiler, kept so a change of either triggers a recompile.
-struct Inputs {
-    cluster: Cluster,
-    cgroups: PodCgroups,
-}
-
 async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
@@ -104,8 +98,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     // an earlier agent left behind against the whole cluster.
     let loaded = source.initial().await?;
     warn_skipped(&loaded.skipped);
-    let mut inputs = Inputs { cluster: loaded.cluster, cgroups: cgroups::scan(&cgroup_root, layout.as_ref())? };
-    let mut desired = compiler::compile(&inputs.cluster, &config, &inputs.cgroups)?;
+    let mut compiler = Incremental::new(&config, loaded.cluster, cgroups::scan(&cgroup_root, layout.as_ref())?)?;
 
     let dirs = bpffs::pin_dirs(&config.bpffs_root, &config.instance);
     bpffs::prepare(&config.bpffs_root, &dirs)?;
@@ -117,12 +110,12 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     // Adopt whatever an earlier agent left: reconcile from the maps' actual content, never
     // from empty, so nothing is cleared first.
     let adopted = maps.read()?;
-    let stats = maps.apply(&adopted, &desired)?;
+    let stats = maps.apply(&adopted, compiler.desired())?;
     let statuses = observability.shared.guard.lock().map(|g| g.clone()).unwrap_or_default();
     crate::guard::write_modes(&mut ebpf, &statuses)?;
     let api_servers = guard_api_servers(&config, &args).await;
     let mut guard = crate::guard::run::Guard::start(&mut ebpf, &config.guard, &cgroup_root, &mounts::cgroup2()?, &api_servers)?;
-    if let Err(error) = guard.refresh(&desired.index, &inputs.cluster) {
+    if let Err(error) = guard.refresh(&compiler.desired().index, compiler.cluster()) {
         tracing::error!(%error, "runtime guard: writing its maps failed");
     }
     let attached = loader::attach_all(&mut ebpf, &cgroup_root, &dirs).inspect_err(|e| observability.kernel_failed(e))?;
@@ -171,11 +164,11 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     // it is ready; pods not ready for it yet are retried on every tick.
     let tc_program_id = tc::load(&mut ebpf).inspect_err(|e| observability.kernel_failed(e))?;
     let mut tc_pods = TcPods::new(tc_program_id, tc::Mode::choose(config.tc_attach), &dirs.tc, &cgroup_root);
-    tc_pods.reconcile(tc::program(&mut ebpf)?, &inputs.cgroups, &desired.index, &inputs.cluster);
+    tc_pods.reconcile(tc::program(&mut ebpf)?, compiler.cgroups(), &compiler.desired().index, compiler.cluster());
     observability.tc_pods(tc_pods.status());
     tracing::info!(
-        pods = inputs.cluster.pods.len(),
-        local_pods = desired.local.len(),
+        pods = compiler.cluster().pods.len(),
+        local_pods = compiler.desired().local.len(),
         adopted_entries = adopted.local.len() + adopted.remote.len(),
         writes = stats.writes,
         removals = stats.removals,
@@ -190,12 +183,12 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
             .map_err(|source| RuntimeError::ReadyFile { path: path.clone(), source })?;
     }
 
-    let (index_tx, index_rx) = watch::channel(Arc::new(desired.index.clone()));
+    let (index_tx, index_rx) = watch::channel(Arc::new(compiler.desired().index.clone()));
     let ring_map = ebpf.take_map(names::EVENTS).ok_or_else(|| KernelError::map(names::EVENTS, "missing"))?;
     let ring = RingBuf::try_from(ring_map).map_err(|e| KernelError::map(names::EVENTS, e))?;
     let submitter = observability.pipeline(index_rx).await?;
     let events_task = tokio::spawn(events::reader::run(ring, submitter.clone()));
-    guard::foreign::report(&submitter, &Default::default(), &desired.index.foreign);
+    guard::foreign::report(&submitter, &Default::default(), &compiler.desired().index.foreign);
 
     let mut tick = tokio::time::interval(Duration::from_millis(config.poll_interval_ms));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -212,30 +205,31 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
         if events_task.is_finished() {
             tracing::error!("event reader stopped; enforcement continues without events");
         }
-        let changed = refresh(&mut source, &mut inputs, &cgroup_root, layout.as_ref());
-        if let Err(error) = guard.refresh(&desired.index, &inputs.cluster) {
-            tracing::error!(%error, "runtime guard: updating its maps failed");
-        }
-        tc_pods.reconcile(tc::program(&mut ebpf)?, &inputs.cgroups, &desired.index, &inputs.cluster);
-        observability.tc_pods(tc_pods.status());
-        if !changed && !resync {
+        let (changes, cgroups) = refresh(&mut source, compiler.cluster(), compiler.cgroups(), &cgroup_root, layout.as_ref());
+        if changes.is_empty() && cgroups.is_none() && !resync {
             // Unchanged inputs only mean "in step" while the source itself is current: with
             // the API server gone, staleness keeps growing although nothing changes.
             if source.sync_state().is_healthy() {
                 observability.in_sync();
             }
+            after_apply(&mut guard, &mut tc_pods, &mut ebpf, &compiler, &observability)?;
             continue;
         }
-        let next = match compiler::compile(&inputs.cluster, &config, &inputs.cgroups) {
-            Ok(next) => next,
+        let old_index = compiler.desired().index.clone();
+        let delta = match compiler.apply(changes, cgroups) {
+            Ok(delta) => delta,
             Err(error) => {
                 tracing::error!(%error, "cluster state does not compile; last good state stays enforced");
                 continue;
             }
         };
+        let next = compiler.desired();
+        // Names for events decided under the old maps or the new ones, published before the
+        // maps change; the exact new index follows the writes.
+        let _ = index_tx.send(Arc::new(next.index.naming_also(&old_index)));
         // After a failed apply the maps hold an unknown mix: reconcile from what they hold.
-        let base = if resync { maps.read()? } else { desired.clone() };
-        match maps.apply(&base, &next) {
+        let applied = if resync { maps.read().and_then(|held| maps.apply(&held, next)) } else { maps.apply_delta(&delta, next) };
+        match applied {
             Ok(stats) => {
                 resync = false;
                 if stats.writes + stats.removals > 0 {
@@ -243,12 +237,8 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
                     tracing::info!(writes = stats.writes, removals = stats.removals, generation = stats.generation, resource_version, "applied");
                 }
                 observability.applied(&stats);
-                guard::foreign::report(&submitter, &desired.index.foreign, &next.index.foreign);
-                desired = next;
-                let _ = index_tx.send(Arc::new(desired.index.clone()));
-                if let Err(error) = guard.refresh(&desired.index, &inputs.cluster) {
-                    tracing::error!(%error, "runtime guard: updating its maps failed");
-                }
+                let _ = index_tx.send(Arc::new(next.index.clone()));
+                guard::foreign::report(&submitter, &old_index.foreign, &next.index.foreign);
             }
             Err(error) => {
                 tracing::error!(%error, "applying to the kernel failed; will reconcile from the maps' content");
@@ -256,6 +246,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
                 resync = true;
             }
         }
+        after_apply(&mut guard, &mut tc_pods, &mut ebpf, &compiler, &observability)?;
     }
     tracing::info!("stopping; programs and maps stay pinned and keep enforcing the last state");
     Ok(())
@@ -273,31 +264,41 @@ async fn guard_api_servers(config: &Config, args: &AgentArgs) -> Vec<std::net::S
     crate::guard::kernel_maps::resolve(&servers)
 }
 
-/// Re-reads manifests and cgroups. Returns whether the compiler's inputs changed.
-fn refresh(source: &mut Source, inputs: &mut Inputs, root: &Path, layout: &dyn CgroupLayout) -> bool {
-    let mut changed = false;
-    match source.poll() {
-        Some(Ok(loaded)) => {
+/// What changed since the last round: the source's changes (a re-read of manifests as the
+/// changes from the model), and this node's pod cgroups if they differ.
+fn refresh(source: &mut Source, cluster: &Cluster, known: &PodCgroups, root: &Path, layout: &dyn CgroupLayout) -> (Vec<Change>, Option<PodCgroups>) {
+    let changes = match source.poll() {
+        Some(Ok(Update::Whole(loaded))) => {
             warn_skipped(&loaded.skipped);
-            if loaded.cluster != inputs.cluster {
-                inputs.cluster = loaded.cluster;
-                changed = true;
-            }
+            cluster.changes_to(&loaded.cluster)
         }
+        Some(Ok(Update::Changes(changes))) => changes,
         Some(Err(error)) => {
             tracing::error!(%error, "manifests rejected; last good state stays enforced");
+            Vec::new()
         }
-        None => {}
-    }
-    match cgroups::scan(root, layout) {
-        Ok(found) if found != inputs.cgroups => {
-            inputs.cgroups = found;
-            changed = true;
+        None => Vec::new(),
+    };
+    let cgroups = match cgroups::scan(root, layout) {
+        Ok(found) if found != *known => Some(found),
+        Ok(_) => None,
+        Err(error) => {
+            tracing::error!(%error, "scanning pod cgroups failed");
+            None
         }
-        Ok(_) => {}
-        Err(error) => tracing::error!(%error, "scanning pod cgroups failed"),
+    };
+    (changes, cgroups)
+}
+
+/// Every round, after the maps: the runtime guard's maps and the ICMP program on pods'
+/// interfaces, kept off the path from a watch event to the map write.
+fn after_apply(guard: &mut crate::guard::run::Guard, tc_pods: &mut TcPods, ebpf: &mut aya::Ebpf, compiler: &Incremental, observability: &Observability) -> Result<(), RuntimeError> {
+    if let Err(error) = guard.refresh(&compiler.desired().index, compiler.cluster()) {
+        tracing::error!(%error, "runtime guard: updating its maps failed");
     }
-    changed
+    tc_pods.reconcile(tc::program(ebpf)?, compiler.cgroups(), &compiler.desired().index, compiler.cluster());
+    observability.tc_pods(tc_pods.status());
+    Ok(())
 }
 
 fn warn_skipped(skipped: &std::collections::BTreeMap<String, usize>) {

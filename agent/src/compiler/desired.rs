@@ -3,7 +3,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use moat_common::maps::{Endpoint, NetworkKey, PolicyMatch, Settings, SharedPortKey, TenantPairKey};
+use imbl::{OrdMap, OrdSet};
+
+use moat_common::maps::{
+    Endpoint, NetworkKey, PolicyMatch, Settings, SharedPortKey, TenantPairKey,
+};
 use moat_common::verdict::{self, Exceptions, LocalEnd, Peer, PolicyRules, Reason};
 
 use super::policy::{covering_rules, PolicySet, RuleKey, RuleRef};
@@ -30,19 +34,60 @@ pub struct Desired {
     pub index: Index,
 }
 
-/// Names for the ids in the maps, for events and explain. Not written to the kernel.
+/// Names for the ids in the maps, for events and explain. Not written to the kernel. The
+/// maps that grow with the cluster are persistent (`imbl`): the event pipeline gets a copy
+/// after every apply, which then costs O(1) instead of a copy of every pod.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Index {
-    pub tenants: BTreeMap<u64, TenantName>,
-    pub pods_by_ip: BTreeMap<IpAddr, PodKey>,
-    pub pods_by_cgroup: BTreeMap<u64, PodKey>,
-    pub pod_tenants: BTreeMap<PodKey, TenantName>,
+    pub tenants: OrdMap<u64, TenantName>,
+    pub pods_by_ip: OrdMap<IpAddr, PodKey>,
+    pub pods_by_cgroup: OrdMap<u64, PodKey>,
+    pub pod_tenants: OrdMap<PodKey, TenantName>,
     pub shared_names: BTreeMap<u32, String>,
     /// Addresses claimed by pods of different tenants.
-    pub conflicts: BTreeSet<IpAddr>,
-    pub policy_sets: BTreeMap<u64, PolicySet>,
+    pub conflicts: OrdSet<IpAddr>,
+    pub policy_sets: OrdMap<u64, PolicySet>,
     /// Pods of another tenant on a node reserved for one (`node.foreign-tenant`).
     pub foreign: super::foreign::Foreign,
+}
+
+impl Index {
+    /// This index, still naming what `old` named and this one does not (tenants, cgroups,
+    /// addresses): published before the maps are written, so an event decided under either
+    /// the old or the new maps finds its names. Ids are content hashes, so a name kept
+    /// from `old` can only be right.
+    pub fn naming_also(&self, old: &Index) -> Index {
+        let mut both = self.clone();
+        for (id, name) in old
+            .tenants
+            .iter()
+            .filter(|(id, _)| !self.tenants.contains_key(*id))
+        {
+            both.tenants.insert(*id, name.clone());
+        }
+        for (cgroup, pod) in old
+            .pods_by_cgroup
+            .iter()
+            .filter(|(cgroup, _)| !self.pods_by_cgroup.contains_key(*cgroup))
+        {
+            both.pods_by_cgroup.insert(*cgroup, pod.clone());
+        }
+        for (ip, pod) in old
+            .pods_by_ip
+            .iter()
+            .filter(|(ip, _)| !self.pods_by_ip.contains_key(*ip))
+        {
+            both.pods_by_ip.insert(*ip, pod.clone());
+        }
+        for (pod, tenant) in old
+            .pod_tenants
+            .iter()
+            .filter(|(pod, _)| !self.pod_tenants.contains_key(*pod))
+        {
+            both.pod_tenants.insert(pod.clone(), tenant.clone());
+        }
+        both
+    }
 }
 
 impl Exceptions for Desired {
@@ -58,7 +103,13 @@ impl Exceptions for Desired {
 impl Desired {
     /// The settings an agent writes once this state is in the maps.
     pub fn settings(&self, generation: u64) -> Settings {
-        Settings { generation, unknown: self.unknown, ready: 1, flags: self.flags, _pad: 0 }
+        Settings {
+            generation,
+            unknown: self.unknown,
+            ready: 1,
+            flags: self.flags,
+            _pad: 0,
+        }
     }
 
     /// Remote lookup exactly as the datapath does it: exact address and longest prefix.
@@ -78,16 +129,30 @@ impl Desired {
     }
 
     /// The verdict the node of `local` reaches for a new flow, as its kernel decides it.
-    pub fn decide_at(&self, src: Peer, dst: Peer, protocol: u8, dst_port: u16, local: LocalEnd) -> Reason {
+    pub fn decide_at(
+        &self,
+        src: Peer,
+        dst: Peer,
+        protocol: u8,
+        dst_port: u16,
+        local: LocalEnd,
+    ) -> Reason {
         verdict::decide_flow(&self.settings(0), src, dst, protocol, dst_port, local, self)
     }
 
     /// The rules of `set` that let `peer` through on `protocol`/`port` (for explanations).
     pub fn allowing_rules(&self, set: u64, peer: &Peer, protocol: u8, port: u16) -> Vec<&RuleRef> {
         let mut found = Vec::new();
-        for identity in [peer.endpoint.identity, peer.cidr_identity, moat_common::maps::IDENTITY_ANY] {
+        for identity in [
+            peer.endpoint.identity,
+            peer.cidr_identity,
+            moat_common::maps::IDENTITY_ANY,
+        ] {
             if identity != 0 {
-                found.extend(covering_rules(&self.policy_rules, &PolicyMatch::new(set, identity, protocol, port)));
+                found.extend(covering_rules(
+                    &self.policy_rules,
+                    &PolicyMatch::new(set, identity, protocol, port),
+                ));
             }
         }
         found.sort();

@@ -10,18 +10,26 @@ use crate::model::selector::matches_labels;
 use crate::model::{Cluster, Labels, Namespace, PodKey, TenantName};
 use crate::node::cgroups::PodRef;
 
-pub(super) struct Tenants {
+pub(crate) struct Tenants {
     pub of_namespace: BTreeMap<String, TenantName>,
 }
 
 /// The tenant of every namespace, including namespaces only pods mention.
-pub(super) fn tenants(cluster: &Cluster, config: &Config) -> Result<Tenants, CompileError> {
+pub(crate) fn tenants(cluster: &Cluster, config: &Config) -> Result<Tenants, CompileError> {
     let source = config.tenants();
     let mut of_namespace = BTreeMap::new();
     let mut seen = BTreeMap::new();
-    let implied = cluster.pods.keys().map(|key| &key.namespace).filter(|ns| !cluster.namespaces.contains_key(*ns));
-    let implied: Vec<Namespace> =
-        implied.map(|name| Namespace { name: name.clone(), labels: Labels::new() }).collect();
+    let implied = cluster
+        .pods
+        .keys()
+        .map(|key| &key.namespace)
+        .filter(|ns| !cluster.namespaces.contains_key(*ns));
+    let implied: Vec<Namespace> = implied
+        .map(|name| Namespace {
+            name: name.clone(),
+            labels: Labels::new(),
+        })
+        .collect();
     for namespace in cluster.namespaces.values().chain(implied.iter()) {
         let name = source.tenant_of(namespace);
         check_collision(&mut seen, &name)?;
@@ -34,55 +42,111 @@ pub(super) fn tenants(cluster: &Cluster, config: &Config) -> Result<Tenants, Com
 }
 
 /// One declared service every tenant may reach.
-struct Service {
+pub(crate) struct Service {
     name: String,
     namespace: String,
     match_labels: Labels,
     ports: Vec<PortSpec>,
 }
 
+/// The shared services of `config`: cluster DNS (if enabled) first, then `sharedServices`.
+pub(crate) fn services(config: &Config) -> Vec<Service> {
+    let mut services = Vec::new();
+    if config.cluster_dns.enabled {
+        services.push(Service {
+            name: "cluster-dns".into(),
+            namespace: config.cluster_dns.namespace.clone(),
+            match_labels: config.cluster_dns.match_labels.clone(),
+            ports: config.cluster_dns.ports.clone(),
+        });
+    }
+    services.extend(config.shared_services.iter().map(|service| Service {
+        name: service.name.clone(),
+        namespace: service.namespace.clone(),
+        match_labels: service.match_labels.clone(),
+        ports: service.ports.clone(),
+    }));
+    services
+}
+
 /// A pod may belong to several shared services; each distinct set of services is one group
-/// with the union of their ports, since an endpoint carries a single group id.
+/// with the union of their ports, since an endpoint carries a single group id. The id is the
+/// bit mask of the services (config validation keeps them within 32), so it depends on the
+/// group alone, never on which other pods exist.
+pub(crate) fn group_of(services: &[Service], pod: &PodKey, labels: &Labels) -> u32 {
+    services
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.namespace == pod.namespace && matches_labels(&s.match_labels, labels))
+        .fold(0, |mask, (index, _)| {
+            mask | 1u32.checked_shl(index as u32).unwrap_or(0)
+        })
+}
+
+fn members(services: &[Service], group: u32) -> impl Iterator<Item = &Service> {
+    services
+        .iter()
+        .enumerate()
+        .filter(move |(index, _)| group & 1u32.checked_shl(*index as u32).unwrap_or(0) != 0)
+        .map(|(_, s)| s)
+}
+
+/// The `SHARED_PORTS` entries of `group`.
+pub(crate) fn group_ports(services: &[Service], group: u32) -> Vec<SharedPortKey> {
+    let mut ports = Vec::new();
+    for service in members(services, group) {
+        if service.ports.is_empty() {
+            ports.push(SharedPortKey {
+                shared: group,
+                port: 0,
+                protocol: 0,
+                _pad: 0,
+            });
+        }
+        for port in &service.ports {
+            ports.push(SharedPortKey {
+                shared: group,
+                port: port.port,
+                protocol: port.protocol.number(),
+                _pad: 0,
+            });
+        }
+    }
+    ports
+}
+
+/// `cluster-dns+registry`: the names of the group's services.
+pub(crate) fn group_name(services: &[Service], group: u32) -> String {
+    members(services, group)
+        .map(|s| s.name.as_str())
+        .collect::<Vec<_>>()
+        .join("+")
+}
+
+/// Every pod's group, for the full compiler.
 pub(super) struct SharedGroups {
     services: Vec<Service>,
-    groups: BTreeMap<BTreeSet<usize>, u32>,
+    groups: BTreeSet<u32>,
     of_pod: BTreeMap<PodKey, u32>,
 }
 
 impl SharedGroups {
     pub fn new(cluster: &Cluster, config: &Config) -> Self {
-        let mut services = Vec::new();
-        if config.cluster_dns.enabled {
-            services.push(Service {
-                name: "cluster-dns".into(),
-                namespace: config.cluster_dns.namespace.clone(),
-                match_labels: config.cluster_dns.match_labels.clone(),
-                ports: config.cluster_dns.ports.clone(),
-            });
-        }
-        services.extend(config.shared_services.iter().map(|service| Service {
-            name: service.name.clone(),
-            namespace: service.namespace.clone(),
-            match_labels: service.match_labels.clone(),
-            ports: service.ports.clone(),
-        }));
-        let mut groups = BTreeMap::new();
+        let services = services(config);
+        let mut groups = BTreeSet::new();
         let mut of_pod = BTreeMap::new();
         for (key, pod) in &cluster.pods {
-            let members: BTreeSet<usize> = services
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.namespace == key.namespace && matches_labels(&s.match_labels, &pod.labels))
-                .map(|(index, _)| index)
-                .collect();
-            if members.is_empty() {
-                continue;
+            let id = group_of(&services, key, &pod.labels);
+            if id != 0 {
+                groups.insert(id);
+                of_pod.insert(key.clone(), id);
             }
-            let next = groups.len() as u32 + 1;
-            let id = *groups.entry(members).or_insert(next);
-            of_pod.insert(key.clone(), id);
         }
-        Self { services, groups, of_pod }
+        Self {
+            services,
+            groups,
+            of_pod,
+        }
     }
 
     pub fn group_of(&self, pod: &PodKey) -> u32 {
@@ -90,28 +154,16 @@ impl SharedGroups {
     }
 
     pub fn ports(&self) -> BTreeSet<SharedPortKey> {
-        let mut ports = BTreeSet::new();
-        for (members, id) in &self.groups {
-            for index in members {
-                let service = &self.services[*index];
-                if service.ports.is_empty() {
-                    ports.insert(SharedPortKey { shared: *id, port: 0, protocol: 0, _pad: 0 });
-                }
-                for port in &service.ports {
-                    ports.insert(SharedPortKey { shared: *id, port: port.port, protocol: port.protocol.number(), _pad: 0 });
-                }
-            }
-        }
-        ports
+        self.groups
+            .iter()
+            .flat_map(|id| group_ports(&self.services, *id))
+            .collect()
     }
 
     pub fn names(&self) -> BTreeMap<u32, String> {
         self.groups
             .iter()
-            .map(|(members, id)| {
-                let names: Vec<&str> = members.iter().map(|i| self.services[*i].name.as_str()).collect();
-                (*id, names.join("+"))
-            })
+            .map(|id| (*id, group_name(&self.services, *id)))
             .collect()
     }
 }
@@ -125,7 +177,11 @@ pub(super) struct PodLookup<'a> {
 
 impl<'a> PodLookup<'a> {
     pub fn new(cluster: &'a Cluster) -> Self {
-        let by_uid = cluster.pods.iter().filter_map(|(key, pod)| Some((pod.uid.as_deref()?, key))).collect();
+        let by_uid = cluster
+            .pods
+            .iter()
+            .filter_map(|(key, pod)| Some((pod.uid.as_deref()?, key)))
+            .collect();
         Self { cluster, by_uid }
     }
 

@@ -1,10 +1,12 @@
 //! Turns the model into the exact entries the kernel maps must hold (`Desired`), plus the
 //! index that maps ids back to names for events and explain.
 
+pub mod delta;
 pub mod desired;
 pub mod diff;
 mod endpoints;
 pub mod foreign;
+pub mod incremental;
 pub mod policy;
 
 use std::collections::BTreeMap;
@@ -13,24 +15,34 @@ use std::net::IpAddr;
 use std::collections::BTreeSet;
 
 use moat_common::maps::{
-    capacity, Endpoint, NetworkKey, TenantPairKey, ENDPOINT_EXTERNAL, ENDPOINT_FOREIGN, NOT_ISOLATED,
-    SETTING_DEFAULT_DENY_IN_TENANT, SETTING_REPORT_ALLOWED,
+    capacity, Endpoint, NetworkKey, TenantPairKey, ENDPOINT_EXTERNAL, ENDPOINT_FOREIGN,
+    NOT_ISOLATED, SETTING_DEFAULT_DENY_IN_TENANT, SETTING_REPORT_ALLOWED,
 };
 
-use crate::config::{Action, Config, Cidr};
+use crate::config::{Action, Cidr, Config};
 use crate::model::{Cluster, PodKey, TenantId, TenantName};
 use crate::node::cgroups::PodCgroups;
 
+pub use delta::Delta;
 pub use desired::{Desired, Index};
+pub use incremental::Incremental;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum CompileError {
     #[error("tenants {first} and {second} hash to the same id {id:#x}; rename one of them")]
-    TenantCollision { first: String, second: String, id: u64 },
+    TenantCollision {
+        first: String,
+        second: String,
+        id: u64,
+    },
     #[error(transparent)]
     Policy(#[from] Box<policy::PolicyCompileError>),
     #[error("{map} would need {needed} entries but holds at most {capacity}")]
-    Capacity { map: &'static str, needed: usize, capacity: u32 },
+    Capacity {
+        map: &'static str,
+        needed: usize,
+        capacity: u32,
+    },
 }
 
 /// What the compiler produces policy entries for.
@@ -43,22 +55,43 @@ pub enum Scope {
 }
 
 /// Compiles the cluster for this node. `cgroups` are the pod cgroups found on this node.
-pub fn compile(cluster: &Cluster, config: &Config, cgroups: &PodCgroups) -> Result<Desired, CompileError> {
+pub fn compile(
+    cluster: &Cluster,
+    config: &Config,
+    cgroups: &PodCgroups,
+) -> Result<Desired, CompileError> {
     compile_scoped(cluster, config, cgroups, Scope::Node)
 }
 
-pub fn compile_scoped(cluster: &Cluster, config: &Config, cgroups: &PodCgroups, scope: Scope) -> Result<Desired, CompileError> {
+pub fn compile_scoped(
+    cluster: &Cluster,
+    config: &Config,
+    cgroups: &PodCgroups,
+    scope: Scope,
+) -> Result<Desired, CompileError> {
     let tenants = endpoints::tenants(cluster, config)?;
     let shared = endpoints::SharedGroups::new(cluster, config);
-    let config_networks: Vec<Cidr> = config.cluster_cidrs.iter().chain(config.tenant_networks.iter().map(|n| &n.cidr)).copied().collect();
+    let config_networks: Vec<Cidr> = config
+        .cluster_cidrs
+        .iter()
+        .chain(config.tenant_networks.iter().map(|n| &n.cidr))
+        .copied()
+        .collect();
     let policies = policy::compile(cluster, &config_networks).map_err(Box::new)?;
     let mut desired = Desired {
         unknown: match config.unknown_endpoints {
             Action::Allow => moat_common::maps::UNKNOWN_ALLOW,
             Action::Deny => moat_common::maps::UNKNOWN_DENY,
         },
-        flags: if config.default_deny_in_tenant { SETTING_DEFAULT_DENY_IN_TENANT } else { 0 }
-            | if config.events.report_allowed_flows { SETTING_REPORT_ALLOWED } else { 0 },
+        flags: if config.default_deny_in_tenant {
+            SETTING_DEFAULT_DENY_IN_TENANT
+        } else {
+            0
+        } | if config.events.report_allowed_flows {
+            SETTING_REPORT_ALLOWED
+        } else {
+            0
+        },
         ..Desired::default()
     };
     // The pods running here: by their cgroups for the kernel; for explain (no cgroups), every
@@ -66,19 +99,31 @@ pub fn compile_scoped(cluster: &Cluster, config: &Config, cgroups: &PodCgroups, 
     let lookup = endpoints::PodLookup::new(cluster);
     let mut local_pods: BTreeMap<u64, &PodKey> = BTreeMap::new();
     for (cgroup, pod_ref) in cgroups {
-        if let Some(key) = lookup.resolve(pod_ref).filter(|key| foreign::scheduled_here(config, &cluster.pods[*key])) {
+        if let Some(key) = lookup
+            .resolve(pod_ref)
+            .filter(|key| foreign::scheduled_here(config, &cluster.pods[*key]))
+        {
             local_pods.insert(*cgroup, key);
         }
     }
     let on_node: BTreeSet<&PodKey> = match scope {
         Scope::Node => local_pods.values().copied().collect(),
-        Scope::Cluster => cluster.pods.iter().filter(|(_, pod)| foreign::scheduled_here(config, pod)).map(|(key, _)| key).collect(),
+        Scope::Cluster => cluster
+            .pods
+            .iter()
+            .filter(|(_, pod)| foreign::scheduled_here(config, pod))
+            .map(|(key, _)| key)
+            .collect(),
     };
     desired.index.foreign = foreign::Foreign::find(cluster, config, on_node, &tenants.of_namespace);
     let mut pod_endpoints: BTreeMap<&PodKey, Endpoint> = BTreeMap::new();
     for (key, pod) in &cluster.pods {
         let tenant = &tenants.of_namespace[&key.namespace];
-        let (ingress_policy, egress_policy) = policies.pod_sets.get(key).copied().unwrap_or((NOT_ISOLATED, NOT_ISOLATED));
+        let (ingress_policy, egress_policy) = policies
+            .pod_sets
+            .get(key)
+            .copied()
+            .unwrap_or((NOT_ISOLATED, NOT_ISOLATED));
         let endpoint = Endpoint {
             tenant: tenant.id().0,
             identity: policies.pod_identity.get(key).copied().unwrap_or(0),
@@ -86,10 +131,17 @@ pub fn compile_scoped(cluster: &Cluster, config: &Config, cgroups: &PodCgroups, 
             egress_policy,
             shared: shared.group_of(key),
             // On the remote entry too, so this node's other pods are refused at once as well.
-            flags: if desired.index.foreign.blocks(key) { ENDPOINT_FOREIGN } else { 0 },
+            flags: if desired.index.foreign.blocks(key) {
+                ENDPOINT_FOREIGN
+            } else {
+                0
+            },
         };
         pod_endpoints.insert(key, endpoint);
-        desired.index.pod_tenants.insert(key.clone(), tenant.clone());
+        desired
+            .index
+            .pod_tenants
+            .insert(key.clone(), tenant.clone());
         if pod.host_network {
             continue;
         }
@@ -127,7 +179,13 @@ pub fn compile_scoped(cluster: &Cluster, config: &Config, cgroups: &PodCgroups, 
     }
     for network in &config.tenant_networks {
         let tenant = TenantName::Label(network.tenant.clone());
-        classified.insert(network_key(&network.cidr), Endpoint { tenant: tenant.id().0, ..Endpoint::EMPTY });
+        classified.insert(
+            network_key(&network.cidr),
+            Endpoint {
+                tenant: tenant.id().0,
+                ..Endpoint::EMPTY
+            },
+        );
         desired.index.tenants.insert(tenant.id().0, tenant);
     }
     for (range, identity) in &policies.blocks {
@@ -138,13 +196,25 @@ pub fn compile_scoped(cluster: &Cluster, config: &Config, cgroups: &PodCgroups, 
             .filter(|(outer, _)| policy::contains(outer, range))
             .max_by_key(|(outer, _)| outer.prefix_len)
             .map(|(_, endpoint)| *endpoint)
-            .unwrap_or(Endpoint { flags: ENDPOINT_EXTERNAL, ..Endpoint::EMPTY });
-        desired.networks.insert(*range, Endpoint { identity: *identity, ..class });
+            .unwrap_or(Endpoint {
+                flags: ENDPOINT_EXTERNAL,
+                ..Endpoint::EMPTY
+            });
+        desired.networks.insert(
+            *range,
+            Endpoint {
+                identity: *identity,
+                ..class
+            },
+        );
     }
     for pair in &config.allowed_tenant_pairs {
         let src = TenantName::Label(pair.from.clone());
         let dst = TenantName::Label(pair.to.clone());
-        desired.tenant_pairs.insert(TenantPairKey { src: src.id().0, dst: dst.id().0 });
+        desired.tenant_pairs.insert(TenantPairKey {
+            src: src.id().0,
+            dst: dst.id().0,
+        });
     }
     desired.shared_ports = shared.ports();
     desired.index.shared_names = shared.names();
@@ -156,7 +226,7 @@ pub fn compile_scoped(cluster: &Cluster, config: &Config, cgroups: &PodCgroups, 
             desired.policy_rules.insert(key, refs);
         }
     }
-    desired.index.policy_sets = policies.sets;
+    desired.index.policy_sets = policies.sets.into_iter().collect();
     check_capacity(&desired)?;
     Ok(desired)
 }
@@ -183,19 +253,51 @@ pub fn network_key(cidr: &Cidr) -> NetworkKey {
     NetworkKey { prefix_len, addr }
 }
 
-fn check_capacity(desired: &Desired) -> Result<(), CompileError> {
+pub(crate) fn check_capacity(desired: &Desired) -> Result<(), CompileError> {
     let checks: [(&'static str, usize, u32); 7] = [
-        ("POLICY_RULES", desired.policy_rules.len(), capacity::POLICY_RULES),
-        ("LOCAL_ENDPOINTS", desired.local.len(), capacity::LOCAL_ENDPOINTS),
-        ("LOCAL_ADDRESSES", desired.local_addresses.len(), capacity::LOCAL_ADDRESSES),
-        ("REMOTE_ENDPOINTS", desired.remote.len(), capacity::REMOTE_ENDPOINTS),
-        ("REMOTE_NETWORKS", desired.networks.len(), capacity::REMOTE_NETWORKS),
-        ("SHARED_PORTS", desired.shared_ports.len(), capacity::SHARED_PORTS),
-        ("TENANT_PAIRS", desired.tenant_pairs.len(), capacity::TENANT_PAIRS),
+        (
+            "POLICY_RULES",
+            desired.policy_rules.len(),
+            capacity::POLICY_RULES,
+        ),
+        (
+            "LOCAL_ENDPOINTS",
+            desired.local.len(),
+            capacity::LOCAL_ENDPOINTS,
+        ),
+        (
+            "LOCAL_ADDRESSES",
+            desired.local_addresses.len(),
+            capacity::LOCAL_ADDRESSES,
+        ),
+        (
+            "REMOTE_ENDPOINTS",
+            desired.remote.len(),
+            capacity::REMOTE_ENDPOINTS,
+        ),
+        (
+            "REMOTE_NETWORKS",
+            desired.networks.len(),
+            capacity::REMOTE_NETWORKS,
+        ),
+        (
+            "SHARED_PORTS",
+            desired.shared_ports.len(),
+            capacity::SHARED_PORTS,
+        ),
+        (
+            "TENANT_PAIRS",
+            desired.tenant_pairs.len(),
+            capacity::TENANT_PAIRS,
+        ),
     ];
     for (map, needed, capacity) in checks {
         if needed > capacity as usize {
-            return Err(CompileError::Capacity { map, needed, capacity });
+            return Err(CompileError::Capacity {
+                map,
+                needed,
+                capacity,
+            });
         }
     }
     Ok(())
@@ -219,7 +321,6 @@ pub(crate) fn check_collision(
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests;

@@ -9,8 +9,16 @@ use crate::model::{Namespace, Pod, Protocol};
 use crate::node::cgroups::PodRef;
 
 fn namespace(cluster: &mut Cluster, name: &str, tenant: Option<&str>) {
-    let labels = tenant.map(|t| [("tenant".to_string(), t.to_string())].into()).unwrap_or_default();
-    cluster.namespaces.insert(name.into(), Namespace { name: name.into(), labels });
+    let labels = tenant
+        .map(|t| [("tenant".to_string(), t.to_string())].into())
+        .unwrap_or_default();
+    cluster.namespaces.insert(
+        name.into(),
+        Namespace {
+            name: name.into(),
+            labels,
+        },
+    );
 }
 
 fn pod(cluster: &mut Cluster, ns: &str, name: &str, ip: &str, labels: &[(&str, &str)]) {
@@ -20,7 +28,10 @@ fn pod(cluster: &mut Cluster, ns: &str, name: &str, ip: &str, labels: &[(&str, &
         Pod {
             key,
             uid: Some(format!("uid-{ns}-{name}")),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ips: vec![ip.parse().unwrap()],
             node_name: Some("node-1".into()),
             host_network: false,
@@ -39,7 +50,13 @@ fn cluster() -> Cluster {
     pod(&mut c, "alpha-web", "web", "10.0.0.1", &[]);
     pod(&mut c, "alpha-db", "db", "10.0.0.2", &[]);
     pod(&mut c, "beta", "web", "10.0.0.3", &[]);
-    pod(&mut c, "kube-system", "coredns", "10.0.0.53", &[("k8s-app", "kube-dns")]);
+    pod(
+        &mut c,
+        "kube-system",
+        "coredns",
+        "10.0.0.53",
+        &[("k8s-app", "kube-dns")],
+    );
     c
 }
 
@@ -50,20 +67,45 @@ fn remote(desired: &Desired, ip: &str) -> Peer {
 #[test]
 fn same_tenant_across_namespaces_allowed_cross_tenant_denied() {
     let desired = compile(&cluster(), &Config::default(), &PodCgroups::new()).unwrap();
-    let (web, db, beta) = (remote(&desired, "10.0.0.1"), remote(&desired, "10.0.0.2"), remote(&desired, "10.0.0.3"));
-    assert_eq!(desired.decide(web, db, IPPROTO_TCP, 5432), Reason::SameTenant);
-    assert_eq!(desired.decide(web, beta, IPPROTO_TCP, 80), Reason::CrossTenant);
-    assert_eq!(desired.decide(beta, web, IPPROTO_TCP, 80), Reason::CrossTenant);
+    let (web, db, beta) = (
+        remote(&desired, "10.0.0.1"),
+        remote(&desired, "10.0.0.2"),
+        remote(&desired, "10.0.0.3"),
+    );
+    assert_eq!(
+        desired.decide(web, db, IPPROTO_TCP, 5432),
+        Reason::SameTenant
+    );
+    assert_eq!(
+        desired.decide(web, beta, IPPROTO_TCP, 80),
+        Reason::CrossTenant
+    );
+    assert_eq!(
+        desired.decide(beta, web, IPPROTO_TCP, 80),
+        Reason::CrossTenant
+    );
 }
 
 #[test]
 fn cluster_dns_reachable_on_53_only_and_not_the_other_way() {
     let desired = compile(&cluster(), &Config::default(), &PodCgroups::new()).unwrap();
     let (web, dns) = (remote(&desired, "10.0.0.1"), remote(&desired, "10.0.0.53"));
-    assert_eq!(desired.decide(web, dns, IPPROTO_UDP, 53), Reason::SharedService);
-    assert_eq!(desired.decide(web, dns, IPPROTO_TCP, 53), Reason::SharedService);
-    assert_eq!(desired.decide(web, dns, IPPROTO_TCP, 80), Reason::CrossTenant);
-    assert_eq!(desired.decide(dns, web, IPPROTO_UDP, 53), Reason::CrossTenant);
+    assert_eq!(
+        desired.decide(web, dns, IPPROTO_UDP, 53),
+        Reason::SharedService
+    );
+    assert_eq!(
+        desired.decide(web, dns, IPPROTO_TCP, 53),
+        Reason::SharedService
+    );
+    assert_eq!(
+        desired.decide(web, dns, IPPROTO_TCP, 80),
+        Reason::CrossTenant
+    );
+    assert_eq!(
+        desired.decide(dns, web, IPPROTO_UDP, 53),
+        Reason::CrossTenant
+    );
     assert_eq!(desired.index.shared_names[&1], "cluster-dns");
 }
 
@@ -74,16 +116,38 @@ fn declared_shared_service_and_tenant_pair() {
         name: "db".into(),
         namespace: "alpha-db".into(),
         match_labels: Default::default(),
-        ports: vec![PortSpec { port: 5432, protocol: Protocol::Tcp }],
+        ports: vec![PortSpec {
+            port: 5432,
+            protocol: Protocol::Tcp,
+        }],
     });
-    config.allowed_tenant_pairs.push(TenantPair { from: "beta".into(), to: "alpha".into() });
+    config.allowed_tenant_pairs.push(TenantPair {
+        from: "beta".into(),
+        to: "alpha".into(),
+    });
     let desired = compile(&cluster(), &config, &PodCgroups::new()).unwrap();
-    let (web, db, beta) = (remote(&desired, "10.0.0.1"), remote(&desired, "10.0.0.2"), remote(&desired, "10.0.0.3"));
+    let (web, db, beta) = (
+        remote(&desired, "10.0.0.1"),
+        remote(&desired, "10.0.0.2"),
+        remote(&desired, "10.0.0.3"),
+    );
     let dns = remote(&desired, "10.0.0.53");
-    assert_eq!(desired.decide(dns, db, IPPROTO_TCP, 5432), Reason::SharedService);
-    assert_eq!(desired.decide(dns, db, IPPROTO_TCP, 80), Reason::CrossTenant);
-    assert_eq!(desired.decide(beta, web, IPPROTO_TCP, 80), Reason::TenantPair);
-    assert_eq!(desired.decide(web, beta, IPPROTO_TCP, 80), Reason::CrossTenant);
+    assert_eq!(
+        desired.decide(dns, db, IPPROTO_TCP, 5432),
+        Reason::SharedService
+    );
+    assert_eq!(
+        desired.decide(dns, db, IPPROTO_TCP, 80),
+        Reason::CrossTenant
+    );
+    assert_eq!(
+        desired.decide(beta, web, IPPROTO_TCP, 80),
+        Reason::TenantPair
+    );
+    assert_eq!(
+        desired.decide(web, beta, IPPROTO_TCP, 80),
+        Reason::CrossTenant
+    );
 }
 
 #[test]
@@ -96,16 +160,31 @@ fn local_cgroups_map_to_pods_and_strays_stay_pending() {
     .into();
     let desired = compile(&cluster(), &Config::default(), &cgroups).unwrap();
     assert_eq!(desired.local.len(), 2);
-    assert_eq!(desired.local[&100].tenant, TenantName::Label("alpha".into()).id().0);
-    assert_eq!(desired.index.pods_by_cgroup[&101], PodKey::new("beta", "web"));
+    assert_eq!(
+        desired.local[&100].tenant,
+        TenantName::Label("alpha".into()).id().0
+    );
+    assert_eq!(
+        desired.index.pods_by_cgroup[&101],
+        PodKey::new("beta", "web")
+    );
     let stray = Peer::local(desired.local.get(&102).copied());
-    assert_eq!(desired.decide(stray, remote(&desired, "10.0.0.1"), IPPROTO_TCP, 80), Reason::Pending);
-    assert_eq!(desired.decide(stray, remote(&desired, "10.0.0.53"), IPPROTO_UDP, 53), Reason::SharedService);
+    assert_eq!(
+        desired.decide(stray, remote(&desired, "10.0.0.1"), IPPROTO_TCP, 80),
+        Reason::Pending
+    );
+    assert_eq!(
+        desired.decide(stray, remote(&desired, "10.0.0.53"), IPPROTO_UDP, 53),
+        Reason::SharedService
+    );
 }
 
 #[test]
 fn pods_of_other_nodes_are_not_local() {
-    let config = Config { node_name: Some("node-2".into()), ..Config::default() };
+    let config = Config {
+        node_name: Some("node-2".into()),
+        ..Config::default()
+    };
     let cgroups: PodCgroups = [(100, PodRef::Key(PodKey::new("alpha-web", "web")))].into();
     let desired = compile(&cluster(), &config, &cgroups).unwrap();
     assert!(desired.local.is_empty());
@@ -117,22 +196,40 @@ fn address_claimed_by_two_tenants_is_pending() {
     pod(&mut c, "beta", "thief", "10.0.0.1", &[]);
     let desired = compile(&c, &Config::default(), &PodCgroups::new()).unwrap();
     assert_eq!(remote(&desired, "10.0.0.1"), Peer::PENDING);
-    assert!(desired.index.conflicts.contains(&"10.0.0.1".parse::<IpAddr>().unwrap()));
+    assert!(desired
+        .index
+        .conflicts
+        .contains(&"10.0.0.1".parse::<IpAddr>().unwrap()));
 }
 
 #[test]
 fn unknown_addresses_follow_the_rule_and_cluster_cidrs_are_pending() {
     let mut config = Config::default();
     config.cluster_cidrs.push("10.0.0.0/16".parse().unwrap());
-    config.tenant_networks.push(crate::config::TenantNetwork { cidr: "192.0.2.0/24".parse().unwrap(), tenant: "beta".into() });
+    config.tenant_networks.push(crate::config::TenantNetwork {
+        cidr: "192.0.2.0/24".parse().unwrap(),
+        tenant: "beta".into(),
+    });
     let desired = compile(&cluster(), &config, &PodCgroups::new()).unwrap();
     let web = remote(&desired, "10.0.0.1");
-    assert_eq!(desired.decide(web, remote(&desired, "8.8.8.8"), IPPROTO_TCP, 443), Reason::UnknownAllowed);
-    assert_eq!(desired.decide(web, remote(&desired, "10.0.9.9"), IPPROTO_TCP, 80), Reason::Pending);
-    assert_eq!(desired.decide(web, remote(&desired, "192.0.2.7"), IPPROTO_TCP, 80), Reason::CrossTenant);
+    assert_eq!(
+        desired.decide(web, remote(&desired, "8.8.8.8"), IPPROTO_TCP, 443),
+        Reason::UnknownAllowed
+    );
+    assert_eq!(
+        desired.decide(web, remote(&desired, "10.0.9.9"), IPPROTO_TCP, 80),
+        Reason::Pending
+    );
+    assert_eq!(
+        desired.decide(web, remote(&desired, "192.0.2.7"), IPPROTO_TCP, 80),
+        Reason::CrossTenant
+    );
     config.unknown_endpoints = crate::config::Action::Deny;
     let desired = compile(&cluster(), &config, &PodCgroups::new()).unwrap();
-    assert_eq!(desired.decide(web, remote(&desired, "8.8.8.8"), IPPROTO_TCP, 443), Reason::UnknownDenied);
+    assert_eq!(
+        desired.decide(web, remote(&desired, "8.8.8.8"), IPPROTO_TCP, 443),
+        Reason::UnknownDenied
+    );
 }
 
 #[test]
@@ -163,7 +260,10 @@ fn local_pod_addresses_name_their_lowest_cgroup() {
     if let Some(host) = cluster.pods.get_mut(&PodKey::new("beta", "host")) {
         host.host_network = true;
     }
-    let config = Config { node_name: Some("node-1".into()), ..Config::default() };
+    let config = Config {
+        node_name: Some("node-1".into()),
+        ..Config::default()
+    };
     let cgroups: PodCgroups = [
         (12, PodRef::Key(PodKey::new("alpha-web", "web"))),
         (11, PodRef::Key(PodKey::new("alpha-web", "web"))),
@@ -174,4 +274,34 @@ fn local_pod_addresses_name_their_lowest_cgroup() {
     let web: IpAddr = "10.0.0.1".parse().unwrap();
     // The pod's own address only: no remote pod's, no hostNetwork pod's (the node's address).
     assert_eq!(desired.local_addresses, [(mapped(web), 11)].into());
+}
+
+#[test]
+fn index_published_before_the_writes_names_the_old_and_the_new_state() {
+    // A namespace moves from alpha to gamma: alpha's last namespace. Events decided under the
+    // old maps still carry alpha's id while the new maps are written.
+    let config = Config::default();
+    let old = compile(&cluster(), &config, &PodCgroups::new()).unwrap();
+    let mut moved = cluster();
+    namespace(&mut moved, "alpha-web", Some("gamma"));
+    namespace(&mut moved, "alpha-db", Some("gamma"));
+    moved.pods.remove(&PodKey::new("beta", "web"));
+    let new = compile(&moved, &config, &PodCgroups::new()).unwrap();
+    let alpha = TenantName::Label("alpha".into()).id().0;
+    let gamma = TenantName::Label("gamma".into()).id().0;
+    assert!(!new.index.tenants.contains_key(&alpha));
+    let both = new.index.naming_also(&old.index);
+    assert_eq!(both.tenants[&alpha].to_string(), "alpha");
+    assert_eq!(both.tenants[&gamma].to_string(), "gamma");
+    let gone: IpAddr = "10.0.0.3".parse().unwrap();
+    assert_eq!(
+        both.pods_by_ip[&gone],
+        PodKey::new("beta", "web"),
+        "a removed pod is still named"
+    );
+    assert_eq!(
+        both.pod_tenants[&PodKey::new("alpha-web", "web")].to_string(),
+        "gamma",
+        "the new state wins"
+    );
 }

@@ -5,9 +5,6 @@
 //! nothing cross-tenant), then given its new value; removals come last. The generation is
 //! bumped at the end so live flows are re-decided under the complete new state.
 
-
-use std::collections::BTreeSet;
-
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::Ebpf;
@@ -16,7 +13,7 @@ use moat_common::maps::{
 };
 
 use super::KernelError;
-use crate::compiler::{diff, Desired};
+use crate::compiler::{Delta, Desired};
 
 const PENDING: Endpoint = Endpoint::PENDING;
 
@@ -40,11 +37,16 @@ pub struct ApplyStats {
     pub generation: u64,
 }
 
-pub(crate) fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
+pub(crate) fn take<T: TryFrom<aya::maps::Map>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, KernelError>
 where
     T::Error: std::fmt::Display,
 {
-    let map = ebpf.take_map(name).ok_or_else(|| KernelError::map(name, "missing from the object"))?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| KernelError::map(name, "missing from the object"))?;
     T::try_from(map).map_err(|e| KernelError::map(name, e))
 }
 
@@ -64,18 +66,27 @@ impl KernelMaps {
     }
 
     pub fn settings(&self) -> Result<Settings, KernelError> {
-        self.settings.get(&0, 0).map_err(|e| KernelError::map(names::SETTINGS, e))
+        self.settings
+            .get(&0, 0)
+            .map_err(|e| KernelError::map(names::SETTINGS, e))
     }
 
     pub fn events_lost(&self) -> Result<u64, KernelError> {
-        let values = self.events_lost.get(&0, 0).map_err(|e| KernelError::map(names::EVENTS_LOST, e))?;
+        let values = self
+            .events_lost
+            .get(&0, 0)
+            .map_err(|e| KernelError::map(names::EVENTS_LOST, e))?;
         Ok(values.iter().sum())
     }
 
     /// What the maps hold now (an earlier agent's state after a restart). No index.
     pub fn read(&self) -> Result<Desired, KernelError> {
         let settings = self.settings()?;
-        let mut state = Desired { unknown: settings.unknown, flags: settings.flags, ..Desired::default() };
+        let mut state = Desired {
+            unknown: settings.unknown,
+            flags: settings.flags,
+            ..Desired::default()
+        };
         for entry in self.local.iter() {
             let (key, value) = entry.map_err(|e| KernelError::map(names::LOCAL_ENDPOINTS, e))?;
             state.local.insert(key, value);
@@ -90,32 +101,49 @@ impl KernelMaps {
         }
         for entry in self.networks.iter() {
             let (key, value) = entry.map_err(|e| KernelError::map(names::REMOTE_NETWORKS, e))?;
-            state.networks.insert(NetworkKey { prefix_len: key.prefix_len(), addr: key.data() }, value);
+            state.networks.insert(
+                NetworkKey {
+                    prefix_len: key.prefix_len(),
+                    addr: key.data(),
+                },
+                value,
+            );
         }
         for key in self.shared_ports.keys() {
-            state.shared_ports.insert(key.map_err(|e| KernelError::map(names::SHARED_PORTS, e))?);
+            state
+                .shared_ports
+                .insert(key.map_err(|e| KernelError::map(names::SHARED_PORTS, e))?);
         }
         for key in self.tenant_pairs.keys() {
-            state.tenant_pairs.insert(key.map_err(|e| KernelError::map(names::TENANT_PAIRS, e))?);
+            state
+                .tenant_pairs
+                .insert(key.map_err(|e| KernelError::map(names::TENANT_PAIRS, e))?);
         }
         for key in self.policy_rules.keys() {
             let key = key.map_err(|e| KernelError::map(names::POLICY_RULES, e))?;
-            state.policy_rules.insert((key.prefix_len(), key.data()), Default::default());
+            state
+                .policy_rules
+                .insert((key.prefix_len(), key.data()), Default::default());
         }
         Ok(state)
     }
 
     /// Moves the maps from `from` (what they hold) to `to`, then arms the new state.
     pub fn apply(&mut self, from: &Desired, to: &Desired) -> Result<ApplyStats, KernelError> {
-        let local = diff::maps(&from.local, &to.local);
-        let addresses = diff::maps(&from.local_addresses, &to.local_addresses);
-        let remote = diff::maps(&from.remote, &to.remote);
-        let networks = diff::maps(&from.networks, &to.networks);
-        let shared = diff::sets(&from.shared_ports, &to.shared_ports);
-        let pairs = diff::sets(&from.tenant_pairs, &to.tenant_pairs);
-        let from_rules: BTreeSet<_> = from.policy_rules.keys().copied().collect();
-        let to_rules: BTreeSet<_> = to.policy_rules.keys().copied().collect();
-        let rules = diff::sets(&from_rules, &to_rules);
+        self.apply_delta(&Delta::between(from, to), to)
+    }
+
+    /// Writes `delta` (what changed on the way to `to`), then arms the new state.
+    pub fn apply_delta(&mut self, delta: &Delta, to: &Desired) -> Result<ApplyStats, KernelError> {
+        let Delta {
+            local,
+            local_addresses: addresses,
+            remote,
+            networks,
+            shared_ports: shared,
+            tenant_pairs: pairs,
+            policy_rules: rules,
+        } = delta;
         let mut stats = ApplyStats::default();
 
         // 1. Endpoints that change become pending first.
@@ -130,11 +158,15 @@ impl KernelMaps {
         }
         // 2. New and final values; exceptions before the endpoints that rely on them.
         for (key, ()) in &shared.added {
-            self.shared_ports.insert(key, 1, 0).map_err(|e| KernelError::map(names::SHARED_PORTS, e))?;
+            self.shared_ports
+                .insert(key, 1, 0)
+                .map_err(|e| KernelError::map(names::SHARED_PORTS, e))?;
             stats.writes += 1;
         }
         for (key, ()) in &pairs.added {
-            self.tenant_pairs.insert(key, 1, 0).map_err(|e| KernelError::map(names::TENANT_PAIRS, e))?;
+            self.tenant_pairs
+                .insert(key, 1, 0)
+                .map_err(|e| KernelError::map(names::TENANT_PAIRS, e))?;
             stats.writes += 1;
         }
         for ((prefix_len, data), ()) in &rules.added {
@@ -148,7 +180,9 @@ impl KernelMaps {
         }
         // Addresses only name pods in events: no ordering constraint of their own.
         for (key, cgroup) in addresses.added.iter().chain(&addresses.changed) {
-            self.local_addresses.insert(key, cgroup, 0).map_err(|e| KernelError::map(names::LOCAL_ADDRESSES, e))?;
+            self.local_addresses
+                .insert(key, cgroup, 0)
+                .map_err(|e| KernelError::map(names::LOCAL_ADDRESSES, e))?;
             stats.writes += 1;
         }
         for (key, value) in remote.added.iter().chain(&remote.changed) {
@@ -168,7 +202,10 @@ impl KernelMaps {
             remove_tolerant(self.remote.remove(key), names::REMOTE_ENDPOINTS)?;
         }
         for key in &networks.removed {
-            remove_tolerant(self.networks.remove(&Key::new(key.prefix_len, key.addr)), names::REMOTE_NETWORKS)?;
+            remove_tolerant(
+                self.networks.remove(&Key::new(key.prefix_len, key.addr)),
+                names::REMOTE_NETWORKS,
+            )?;
         }
         for key in &shared.removed {
             remove_tolerant(self.shared_ports.remove(key), names::SHARED_PORTS)?;
@@ -177,7 +214,10 @@ impl KernelMaps {
             remove_tolerant(self.tenant_pairs.remove(key), names::TENANT_PAIRS)?;
         }
         for (prefix_len, data) in &rules.removed {
-            remove_tolerant(self.policy_rules.remove(&Key::new(*prefix_len, *data)), names::POLICY_RULES)?;
+            remove_tolerant(
+                self.policy_rules.remove(&Key::new(*prefix_len, *data)),
+                names::POLICY_RULES,
+            )?;
         }
         stats.removals = local.removed.len()
             + addresses.removed.len()
@@ -193,7 +233,11 @@ impl KernelMaps {
             || current.unknown != to.unknown
             || current.flags != to.flags
             || current.ready == 0;
-        let generation = if changed { current.generation + 1 } else { current.generation };
+        let generation = if changed {
+            current.generation + 1
+        } else {
+            current.generation
+        };
         self.settings
             .set(0, to.settings(generation), 0)
             .map_err(|e| KernelError::map(names::SETTINGS, e))?;
@@ -201,19 +245,38 @@ impl KernelMaps {
         Ok(stats)
     }
 
-    fn put_local(&mut self, key: u64, value: Endpoint, stats: &mut ApplyStats) -> Result<(), KernelError> {
-        self.local.insert(key, value, 0).map_err(|e| KernelError::map(names::LOCAL_ENDPOINTS, e))?;
+    fn put_local(
+        &mut self,
+        key: u64,
+        value: Endpoint,
+        stats: &mut ApplyStats,
+    ) -> Result<(), KernelError> {
+        self.local
+            .insert(key, value, 0)
+            .map_err(|e| KernelError::map(names::LOCAL_ENDPOINTS, e))?;
         stats.writes += 1;
         Ok(())
     }
 
-    fn put_remote(&mut self, key: [u8; 16], value: Endpoint, stats: &mut ApplyStats) -> Result<(), KernelError> {
-        self.remote.insert(key, value, 0).map_err(|e| KernelError::map(names::REMOTE_ENDPOINTS, e))?;
+    fn put_remote(
+        &mut self,
+        key: [u8; 16],
+        value: Endpoint,
+        stats: &mut ApplyStats,
+    ) -> Result<(), KernelError> {
+        self.remote
+            .insert(key, value, 0)
+            .map_err(|e| KernelError::map(names::REMOTE_ENDPOINTS, e))?;
         stats.writes += 1;
         Ok(())
     }
 
-    fn put_network(&mut self, key: &NetworkKey, value: Endpoint, stats: &mut ApplyStats) -> Result<(), KernelError> {
+    fn put_network(
+        &mut self,
+        key: &NetworkKey,
+        value: Endpoint,
+        stats: &mut ApplyStats,
+    ) -> Result<(), KernelError> {
         self.networks
             .insert(&Key::new(key.prefix_len, key.addr), value, 0)
             .map_err(|e| KernelError::map(names::REMOTE_NETWORKS, e))?;
@@ -223,10 +286,12 @@ impl KernelMaps {
 }
 
 /// A key already gone (removed by hand, or by an apply that failed midway) is not an error.
-fn remove_tolerant(result: Result<(), aya::maps::MapError>, map: &'static str) -> Result<(), KernelError> {
+fn remove_tolerant(
+    result: Result<(), aya::maps::MapError>,
+    map: &'static str,
+) -> Result<(), KernelError> {
     match result {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(error) => Err(KernelError::map(map, error)),
     }
 }
-

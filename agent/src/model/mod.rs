@@ -1,5 +1,6 @@
 //! The cluster as moat sees it: plain data, no I/O. Sources build it, the compiler reads it.
 
+pub mod change;
 pub mod policy;
 pub mod selector;
 pub mod tenant;
@@ -8,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
+pub use change::Change;
 pub use tenant::{TenantId, TenantName};
 
 pub type Labels = BTreeMap<String, String>;
@@ -21,7 +23,10 @@ pub struct ObjectKey {
 
 impl ObjectKey {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), name: name.into() }
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 
     /// Parses `namespace/name`.
@@ -117,8 +122,7 @@ pub struct Pod {
 pub struct Cluster {
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: BTreeMap<PodKey, Pod>,
-    pub network_policies:
-        BTreeMap<ObjectKey, k8s_openapi::api::networking::v1::NetworkPolicy>,
+    pub network_policies: BTreeMap<ObjectKey, k8s_openapi::api::networking::v1::NetworkPolicy>,
     /// Labels of this agent's own Node (they select node profiles); empty when the source
     /// has no Node (the API server without a node name, files without a matching Node).
     pub node_labels: Labels,

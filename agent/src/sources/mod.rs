@@ -1,6 +1,7 @@
 //! Where the cluster comes from: manifest files on disk (re-read when they change), or the
-//! Kubernetes API server (list, then watch). Either way the runtime asks one question: "the
-//! newest `Cluster`, if it changed".
+//! Kubernetes API server (list, then watch). Either way the runtime asks one question: "what
+//! changed since I last asked" — the whole newest `Cluster` from files, the watch events'
+//! changes from the API server.
 
 pub mod convert;
 pub mod kube;
@@ -12,8 +13,9 @@ use std::sync::Arc;
 
 use self::kube::{KubeError, KubeSource};
 use self::manifests::{Loaded, ManifestError};
-use self::watch::ManifestWatcher;
 pub use self::sync::SyncState;
+use self::watch::ManifestWatcher;
+use crate::model::Change;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -23,14 +25,28 @@ pub enum SourceError {
     Kube(#[from] KubeError),
 }
 
+/// What changed since the last poll.
+pub enum Update {
+    /// Everything, re-read (manifest files).
+    Whole(Loaded),
+    /// Watch events, in order.
+    Changes(Vec<Change>),
+}
+
 pub enum Source {
-    Manifests { watcher: ManifestWatcher, sync: Arc<SyncState> },
+    Manifests {
+        watcher: ManifestWatcher,
+        sync: Arc<SyncState>,
+    },
     Kube(KubeSource),
 }
 
 impl Source {
     pub fn manifests(watcher: ManifestWatcher) -> Self {
-        Self::Manifests { watcher, sync: Arc::new(SyncState::new()) }
+        Self::Manifests {
+            watcher,
+            sync: Arc::new(SyncState::new()),
+        }
     }
 
     /// The first complete state: the manifests as read, or everything the API server
@@ -52,13 +68,15 @@ impl Source {
         }
     }
 
-    /// The newest state if it changed since the last call. An Err is a bad edit of the
+    /// What changed since the last call, if anything. An Err is a bad edit of the
     /// manifests: the caller keeps the last good state. The API server source logs objects
     /// it refuses and keeps their last good version itself, so it never returns Err.
-    pub fn poll(&mut self) -> Option<Result<Loaded, SourceError>> {
+    pub fn poll(&mut self) -> Option<Result<Update, SourceError>> {
         match self {
-            Self::Manifests { watcher, .. } => watcher.poll().map(|result| result.map_err(SourceError::from)),
-            Self::Kube(source) => source.poll().map(Ok),
+            Self::Manifests { watcher, .. } => watcher
+                .poll()
+                .map(|result| result.map(Update::Whole).map_err(SourceError::from)),
+            Self::Kube(source) => source.poll().map(|changes| Ok(Update::Changes(changes))),
         }
     }
 

@@ -7,12 +7,14 @@
 
 mod identity;
 pub mod prefixes;
-mod targets;
+pub mod targets;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use moat_common::maps::{NetworkKey, PolicyMatch, IDENTITY_ANY, NOT_ISOLATED, POLICY_FULL_BITS, POLICY_SET_IDENTITY_BITS};
+use moat_common::maps::{
+    NetworkKey, PolicyMatch, IDENTITY_ANY, NOT_ISOLATED, POLICY_FULL_BITS, POLICY_SET_IDENTITY_BITS,
+};
 
 use super::network_key;
 use crate::config::Cidr;
@@ -22,7 +24,8 @@ use crate::model::{Cluster, ContainerPort, Labels, ObjectKey, PodKey, Protocol};
 
 pub use identity::{cidr_identity, pod_identity};
 use prefixes::{port_blocks, PROTOCOL_BITS};
-use targets::{Pods, Target};
+use targets::Pods;
+pub use targets::{PeerIndex, PodView, Target};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Direction {
@@ -73,10 +76,14 @@ pub enum PolicyCompileError {
     #[error(transparent)]
     Policy(#[from] Box<PolicyError>),
     #[error("NetworkPolicy {policy}: {field}: {source}")]
-    Selector { policy: ObjectKey, field: String, source: Box<SelectorError> },
+    Selector {
+        policy: ObjectKey,
+        field: String,
+        source: Box<SelectorError>,
+    },
 }
 
-struct PodFacts<'a> {
+pub(crate) struct PodFacts<'a> {
     key: &'a PodKey,
     labels: &'a Labels,
     ports: &'a [ContainerPort],
@@ -86,7 +93,10 @@ struct PodFacts<'a> {
 
 /// Compiles every policy in the cluster. `config_networks` are the config's address ranges,
 /// which take part in the partition of the address space like ipBlocks.
-pub fn compile(cluster: &Cluster, config_networks: &[Cidr]) -> Result<Compiled, PolicyCompileError> {
+pub fn compile(
+    cluster: &Cluster,
+    config_networks: &[Cidr],
+) -> Result<Compiled, PolicyCompileError> {
     let policies: Vec<Policy> = cluster
         .network_policies
         .iter()
@@ -112,35 +122,42 @@ pub fn compile(cluster: &Cluster, config_networks: &[Cidr]) -> Result<Compiled, 
     // A policy selects pods of its own namespace only.
     let mut policies_by_namespace: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (index, policy) in policies.iter().enumerate() {
-        policies_by_namespace.entry(policy.key.namespace.as_str()).or_default().push(index);
+        policies_by_namespace
+            .entry(policy.key.namespace.as_str())
+            .or_default()
+            .push(index);
     }
     let indexed = Pods::new(&pods, cluster);
+    let indexed: &dyn PeerIndex = &indexed;
     let mut cache = targets::Cache::new();
 
     // Which policies select each pod, per direction → sets.
     let mut set_members: BTreeMap<u64, (Direction, Vec<usize>, &PodFacts)> = BTreeMap::new();
     for pod in &pods {
         let mut ids = [NOT_ISOLATED, NOT_ISOLATED];
-        for (slot, direction) in [Direction::Ingress, Direction::Egress].into_iter().enumerate() {
+        for (slot, direction) in [Direction::Ingress, Direction::Egress]
+            .into_iter()
+            .enumerate()
+        {
             let mut selecting = Vec::new();
-            for index in policies_by_namespace.get(pod.key.namespace.as_str()).into_iter().flatten().copied() {
-                let policy = &policies[index];
-                let affects = match direction {
-                    Direction::Ingress => policy.ingress.is_some(),
-                    Direction::Egress => policy.egress.is_some(),
-                };
-                if affects && select(policy, &policy.pod_selector, pod.labels, "spec.podSelector")? {
+            for index in policies_by_namespace
+                .get(pod.key.namespace.as_str())
+                .into_iter()
+                .flatten()
+                .copied()
+            {
+                if selects(&policies[index], direction, pod.labels)? {
                     selecting.push(index);
                 }
             }
             if selecting.is_empty() {
                 continue;
             }
-            let names: Vec<u8> = selecting.iter().flat_map(|i| format!("{}\0", policies[*i].key).into_bytes()).collect();
-            // Ingress named ports resolve on the selected pod itself, so its named ports are
-            // part of what the set means.
-            let ports = if direction == Direction::Ingress { identity::named_ports_bytes(pod.ports) } else { Vec::new() };
-            let id = identity::hash_id(&[direction.as_str().as_bytes(), &names, &ports]);
+            let id = set_id(
+                direction,
+                selecting.iter().map(|i| &policies[*i].key),
+                pod.ports,
+            );
             ids[slot] = id;
             set_members.entry(id).or_insert((direction, selecting, pod));
         }
@@ -148,29 +165,134 @@ pub fn compile(cluster: &Cluster, config_networks: &[Cidr]) -> Result<Compiled, 
     }
 
     for (set, (direction, selecting, representative)) in &set_members {
-        out.sets.insert(*set, PolicySet { direction: *direction, policies: selecting.iter().map(|i| policies[*i].key.clone()).collect() });
+        out.sets.insert(
+            *set,
+            PolicySet {
+                direction: *direction,
+                policies: selecting.iter().map(|i| policies[*i].key.clone()).collect(),
+            },
+        );
         for policy_index in selecting {
             let policy = &policies[*policy_index];
-            let rules = match direction {
-                Direction::Ingress => policy.ingress.as_deref(),
-                Direction::Egress => policy.egress.as_deref(),
-            };
-            for (index, rule) in rules.into_iter().flatten().enumerate() {
-                let rule_ref = RuleRef { policy: policy.key.clone(), direction: *direction, index };
-                let targets = targets::cached(&mut cache, *policy_index, policy, rule, &indexed, &out.blocks, *direction, index)?;
-                for (target, ports) in expand(rule, targets, *direction, representative, &pods) {
-                    for key in keys(*set, target, &ports) {
-                        out.rules.entry(key).or_default().insert(rule_ref.clone());
-                    }
-                }
+            for (index, rule) in rules_of(policy, *direction).iter().enumerate() {
+                let rule_ref = RuleRef {
+                    policy: policy.key.clone(),
+                    direction: *direction,
+                    index,
+                };
+                let targets = targets::cached(
+                    &mut cache,
+                    *policy_index,
+                    policy,
+                    rule,
+                    indexed,
+                    &out.blocks,
+                    *direction,
+                    index,
+                )?;
+                rule_entries(
+                    *set,
+                    rule,
+                    rule_ref,
+                    targets,
+                    representative.ports,
+                    indexed,
+                    &mut out.rules,
+                );
             }
         }
     }
     Ok(out)
 }
 
-fn select(policy: &Policy, selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector, labels: &Labels, field: &str) -> Result<bool, PolicyCompileError> {
-    selector::matches(selector, labels).map_err(|source| PolicyCompileError::Selector { policy: policy.key.clone(), field: field.into(), source: Box::new(source) })
+/// The rules of `policy` in `direction`.
+pub fn rules_of(policy: &Policy, direction: Direction) -> &[Rule] {
+    match direction {
+        Direction::Ingress => policy.ingress.as_deref().unwrap_or_default(),
+        Direction::Egress => policy.egress.as_deref().unwrap_or_default(),
+    }
+}
+
+/// Whether `policy` selects a pod with `labels` for `direction`.
+pub fn selects(
+    policy: &Policy,
+    direction: Direction,
+    labels: &Labels,
+) -> Result<bool, PolicyCompileError> {
+    let affects = match direction {
+        Direction::Ingress => policy.ingress.is_some(),
+        Direction::Egress => policy.egress.is_some(),
+    };
+    Ok(affects && select(policy, &policy.pod_selector, labels, "spec.podSelector")?)
+}
+
+/// The id of the set of `policies` (in key order) selecting a pod with `ports` in `direction`.
+pub fn set_id<'a>(
+    direction: Direction,
+    policies: impl IntoIterator<Item = &'a ObjectKey>,
+    ports: &[ContainerPort],
+) -> u64 {
+    let names: Vec<u8> = policies
+        .into_iter()
+        .flat_map(|key| format!("{key}\0").into_bytes())
+        .collect();
+    // Ingress named ports resolve on the selected pod itself, so its named ports are part of
+    // what the set means.
+    let ports = if direction == Direction::Ingress {
+        identity::named_ports_bytes(ports)
+    } else {
+        Vec::new()
+    };
+    identity::hash_id(&[direction.as_str().as_bytes(), &names, &ports])
+}
+
+/// The entries one rule (`rule_ref`) gives set `set`, whose pods have `selected_ports`.
+pub fn rule_entries(
+    set: u64,
+    rule: &Rule,
+    rule_ref: RuleRef,
+    targets: &[Target],
+    selected_ports: &[ContainerPort],
+    index: &dyn PeerIndex,
+    out: &mut BTreeMap<RuleKey, BTreeSet<RuleRef>>,
+) {
+    for (target, ports) in expand(rule, targets, rule_ref.direction, selected_ports, index) {
+        for key in keys(set, target, &ports) {
+            out.entry(key).or_default().insert(rule_ref.clone());
+        }
+    }
+}
+
+/// The address ranges `policy`'s ipBlocks name (cidrs and excepts).
+pub fn block_ranges(policy: &Policy) -> Vec<NetworkKey> {
+    let mut ranges = Vec::new();
+    for rule in policy
+        .ingress
+        .iter()
+        .flatten()
+        .chain(policy.egress.iter().flatten())
+    {
+        for peer in rule.peers.iter().flatten() {
+            if let Peer::Block { cidr, except } = peer {
+                ranges.push(network_key(cidr));
+                ranges.extend(except.iter().map(network_key));
+            }
+        }
+    }
+    ranges
+}
+
+fn select(
+    policy: &Policy,
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    labels: &Labels,
+    field: &str,
+) -> Result<bool, PolicyCompileError> {
+    selector::matches(selector, labels).map_err(|source| PolicyCompileError::Selector {
+        policy: policy.key.clone(),
+        field: field.into(),
+        source: Box::new(source),
+    })
 }
 
 /// What one target may reach: numbered (protocol, port range) pairs, or every port.
@@ -181,7 +303,13 @@ enum Ports {
 
 /// Pairs each target with the ports it may use, resolving named ports on the destination:
 /// the selected pod for ingress, the peer for egress.
-fn expand(rule: &Rule, targets: &[Target], direction: Direction, selected: &PodFacts, pods: &[PodFacts]) -> Vec<(u64, Ports)> {
+fn expand(
+    rule: &Rule,
+    targets: &[Target],
+    direction: Direction,
+    selected_ports: &[ContainerPort],
+    index: &dyn PeerIndex,
+) -> Vec<(u64, Ports)> {
     let mut out = Vec::new();
     let Some(port_rules) = &rule.ports else {
         for target in targets {
@@ -194,21 +322,35 @@ fn expand(rule: &Rule, targets: &[Target], direction: Direction, selected: &PodF
         }
         return out;
     };
-    let numbered: Vec<(Protocol, Option<(u16, u16)>)> = port_rules.iter().filter_map(numbered_port).collect();
-    let named: Vec<&PortRule> = port_rules.iter().filter(|rule| matches!(rule.port, PortRef::Named(_))).collect();
+    let numbered: Vec<(Protocol, Option<(u16, u16)>)> =
+        port_rules.iter().filter_map(numbered_port).collect();
+    let named: Vec<&PortRule> = port_rules
+        .iter()
+        .filter(|rule| matches!(rule.port, PortRef::Named(_)))
+        .collect();
     for target in targets {
         let identity = match target {
             Target::Any => IDENTITY_ANY,
             Target::Pod(pod) | Target::PodInBlock(pod) => pod.identity,
             Target::Block(id) => *id,
         };
-        let mut ports = if matches!(target, Target::PodInBlock(_)) { Vec::new() } else { numbered.clone() };
+        let mut ports = if matches!(target, Target::PodInBlock(_)) {
+            Vec::new()
+        } else {
+            numbered.clone()
+        };
         for rule in &named {
-            let PortRef::Named(name) = &rule.port else { continue };
+            let PortRef::Named(name) = &rule.port else {
+                continue;
+            };
             match (direction, target) {
                 (Direction::Ingress, Target::PodInBlock(_)) => {}
-                (Direction::Ingress, _) => ports.extend(resolve(selected.ports, name, rule.protocol)),
-                (Direction::Egress, Target::Pod(pod) | Target::PodInBlock(pod)) => ports.extend(resolve(pod.ports, name, rule.protocol)),
+                (Direction::Ingress, _) => {
+                    ports.extend(resolve(selected_ports, name, rule.protocol))
+                }
+                (Direction::Egress, Target::Pod(pod) | Target::PodInBlock(pod)) => {
+                    ports.extend(resolve(pod.ports, name, rule.protocol))
+                }
                 // A named port can only be resolved on a pod: expand "any peer" to the pods.
                 (Direction::Egress, Target::Any) => {}
                 (Direction::Egress, Target::Block(_)) => {}
@@ -220,11 +362,14 @@ fn expand(rule: &Rule, targets: &[Target], direction: Direction, selected: &PodF
     }
     // Egress to every peer on a named port: each pod that has such a port, by its identity.
     if direction == Direction::Egress && targets.iter().any(|t| matches!(t, Target::Any)) {
-        for pod in pods {
-            let ports: Vec<_> = named.iter().filter_map(|rule| match &rule.port {
-                PortRef::Named(name) => resolve(pod.ports, name, rule.protocol),
-                _ => None,
-            }).collect();
+        for pod in index.all() {
+            let ports: Vec<_> = named
+                .iter()
+                .filter_map(|rule| match &rule.port {
+                    PortRef::Named(name) => resolve(pod.ports, name, rule.protocol),
+                    _ => None,
+                })
+                .collect();
             if !ports.is_empty() {
                 out.push((pod.identity, Ports::Some(ports)));
             }
@@ -241,7 +386,11 @@ fn numbered_port(rule: &PortRule) -> Option<(Protocol, Option<(u16, u16)>)> {
     }
 }
 
-fn resolve(ports: &[ContainerPort], name: &str, protocol: Protocol) -> Option<(Protocol, Option<(u16, u16)>)> {
+fn resolve(
+    ports: &[ContainerPort],
+    name: &str,
+    protocol: Protocol,
+) -> Option<(Protocol, Option<(u16, u16)>)> {
     ports
         .iter()
         .find(|port| port.name.as_deref() == Some(name) && port.protocol == protocol)
@@ -250,16 +399,28 @@ fn resolve(ports: &[ContainerPort], name: &str, protocol: Protocol) -> Option<(P
 
 fn keys(set: u64, identity: u64, ports: &Ports) -> Vec<RuleKey> {
     match ports {
-        Ports::All => vec![(POLICY_SET_IDENTITY_BITS, PolicyMatch::new(set, identity, 0, 0))],
+        Ports::All => vec![(
+            POLICY_SET_IDENTITY_BITS,
+            PolicyMatch::new(set, identity, 0, 0),
+        )],
         Ports::Some(list) => {
             let mut keys = Vec::new();
             for (protocol, range) in list {
                 match range {
-                    None => keys.push((PROTOCOL_BITS, PolicyMatch::new(set, identity, protocol.number(), 0))),
+                    None => keys.push((
+                        PROTOCOL_BITS,
+                        PolicyMatch::new(set, identity, protocol.number(), 0),
+                    )),
                     Some((start, end)) => {
                         for (port, bits) in port_blocks(*start, *end) {
                             let prefix = PROTOCOL_BITS + bits;
-                            keys.push((prefix, prefixes::mask(&PolicyMatch::new(set, identity, protocol.number(), port), prefix)));
+                            keys.push((
+                                prefix,
+                                prefixes::mask(
+                                    &PolicyMatch::new(set, identity, protocol.number(), port),
+                                    prefix,
+                                ),
+                            ));
                         }
                     }
                 }
@@ -292,23 +453,23 @@ fn network_key_masked(key: &NetworkKey, prefix_len: u32) -> [u8; 16] {
 fn block_identities(policies: &[Policy], config_networks: &[Cidr]) -> BTreeMap<NetworkKey, u64> {
     let mut ranges: BTreeSet<NetworkKey> = config_networks.iter().map(network_key).collect();
     for policy in policies {
-        for rule in policy.ingress.iter().flatten().chain(policy.egress.iter().flatten()) {
-            for peer in rule.peers.iter().flatten() {
-                if let Peer::Block { cidr, except } = peer {
-                    ranges.insert(network_key(cidr));
-                    ranges.extend(except.iter().map(network_key));
-                }
-            }
-        }
+        ranges.extend(block_ranges(policy));
     }
-    ranges.into_iter().map(|key| (key, cidr_identity(&key))).collect()
+    ranges
+        .into_iter()
+        .map(|key| (key, cidr_identity(&key)))
+        .collect()
 }
 
 /// Whether a full-length key is covered by any entry (what an LPM lookup finds), and which
 /// rules the covering entries came from.
-pub fn covering_rules<'a>(rules: &'a BTreeMap<RuleKey, BTreeSet<RuleRef>>, key: &PolicyMatch) -> Vec<&'a RuleRef> {
+pub fn covering_rules<'a>(
+    rules: &'a BTreeMap<RuleKey, BTreeSet<RuleRef>>,
+    key: &PolicyMatch,
+) -> Vec<&'a RuleRef> {
     let mut found = Vec::new();
-    for prefix in std::iter::once(POLICY_SET_IDENTITY_BITS).chain(PROTOCOL_BITS..=POLICY_FULL_BITS) {
+    for prefix in std::iter::once(POLICY_SET_IDENTITY_BITS).chain(PROTOCOL_BITS..=POLICY_FULL_BITS)
+    {
         if let Some(refs) = rules.get(&(prefix, prefixes::mask(key, prefix))) {
             found.extend(refs.iter());
         }
@@ -319,6 +480,6 @@ pub fn covering_rules<'a>(rules: &'a BTreeMap<RuleKey, BTreeSet<RuleRef>>, key: 
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod spec_tests;
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,6 @@
-//! Whom a rule's peers cover. Evaluated once per (policy, direction, rule) and shared by
-//! every policy set the policy belongs to; pods are looked at by namespace, and a
-//! namespace selector is evaluated once per namespace rather than once per pod.
+//! Whom a rule's peers cover. Evaluated over a [`PeerIndex`]: the full compiler's index of
+//! every pod (built per compile), or the incremental compiler's standing one. Pods are looked
+//! at by namespace, and a namespace selector is evaluated once per namespace, not per pod.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -11,25 +11,44 @@ use super::{contains, select, Direction, PodFacts, PolicyCompileError};
 use crate::compiler::network_key;
 use crate::model::policy::{Peer, Policy, Rule};
 use crate::model::selector;
-use crate::model::{Cluster, Labels};
+use crate::model::{Cluster, ContainerPort, Labels};
 
-/// Whom a rule's peers cover.
-#[derive(Clone)]
-pub(super) enum Target<'a> {
-    /// Every peer, pods or not.
-    Any,
-    Pod(&'a PodFacts<'a>),
-    Block(u64),
-    /// A pod covered only through an ipBlock (for named ports, which need the pod's ports).
-    PodInBlock(&'a PodFacts<'a>),
+/// What the rules need of a pod.
+#[derive(Clone, Copy, Debug)]
+pub struct PodView<'a> {
+    pub identity: u64,
+    pub labels: &'a Labels,
+    pub ports: &'a [ContainerPort],
 }
 
 /// The pods, indexed for peer evaluation.
+pub trait PeerIndex {
+    /// Every namespace that has pods, with its labels plus `kubernetes.io/metadata.name`.
+    fn namespaces(&self) -> Vec<(&str, &Labels)>;
+    fn in_namespace(&self, namespace: &str) -> Vec<PodView<'_>>;
+    /// Pods with an address inside `outer` and in none of `excluded` (hostNetwork pods have
+    /// no address of their own).
+    fn in_block(&self, outer: &NetworkKey, excluded: &[NetworkKey]) -> Vec<PodView<'_>>;
+    /// Every pod.
+    fn all(&self) -> Vec<PodView<'_>>;
+}
+
+/// Whom a rule's peers cover.
+#[derive(Clone, Copy)]
+pub enum Target<'a> {
+    /// Every peer, pods or not.
+    Any,
+    Pod(PodView<'a>),
+    Block(u64),
+    /// A pod covered only through an ipBlock (for named ports, which need the pod's ports).
+    PodInBlock(PodView<'a>),
+}
+
+/// The full compiler's index: built once per compile over every pod.
 pub(super) struct Pods<'a> {
-    pub all: &'a [PodFacts<'a>],
+    all: &'a [PodFacts<'a>],
     /// Indices into `all` per namespace, in `all`'s order (namespaces sorted, as pod keys are).
     by_namespace: BTreeMap<&'a str, Vec<usize>>,
-    /// Each namespace's labels plus `kubernetes.io/metadata.name`.
     namespace_labels: BTreeMap<&'a str, Labels>,
     /// Each pod's addresses as host prefixes.
     hosts: Vec<Vec<NetworkKey>>,
@@ -39,31 +58,93 @@ impl<'a> Pods<'a> {
     pub fn new(all: &'a [PodFacts<'a>], cluster: &Cluster) -> Self {
         let mut by_namespace: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (index, pod) in all.iter().enumerate() {
-            by_namespace.entry(pod.key.namespace.as_str()).or_default().push(index);
+            by_namespace
+                .entry(pod.key.namespace.as_str())
+                .or_default()
+                .push(index);
         }
-        let namespace_labels = by_namespace.keys().map(|namespace| (*namespace, namespace_labels(cluster, namespace))).collect();
-        let hosts = all
-            .iter()
-            .map(|pod| {
-                pod.ips
-                    .iter()
-                    .map(|ip| network_key(&crate::config::Cidr { addr: *ip, prefix_len: if ip.is_ipv4() { 32 } else { 128 } }))
-                    .collect()
+        let namespace_labels = by_namespace
+            .keys()
+            .map(|namespace| {
+                (
+                    *namespace,
+                    namespace_labels(
+                        cluster.namespaces.get(*namespace).map(|ns| &ns.labels),
+                        namespace,
+                    ),
+                )
             })
             .collect();
-        Self { all, by_namespace, namespace_labels, hosts }
-    }
-
-    /// Pods of one namespace, in order.
-    pub fn in_namespace(&self, namespace: &str) -> impl Iterator<Item = &'a PodFacts<'a>> + '_ {
-        self.by_namespace.get(namespace).into_iter().flatten().map(|index| &self.all[*index])
+        let hosts = all
+            .iter()
+            .map(|pod| pod.ips.iter().map(|ip| host_key(*ip)).collect())
+            .collect();
+        Self {
+            all,
+            by_namespace,
+            namespace_labels,
+            hosts,
+        }
     }
 }
 
+fn view<'a>(pod: &'a PodFacts<'a>) -> PodView<'a> {
+    PodView {
+        identity: pod.identity,
+        labels: pod.labels,
+        ports: pod.ports,
+    }
+}
+
+impl PeerIndex for Pods<'_> {
+    fn namespaces(&self) -> Vec<(&str, &Labels)> {
+        self.namespace_labels
+            .iter()
+            .map(|(name, labels)| (*name, labels))
+            .collect()
+    }
+
+    fn in_namespace(&self, namespace: &str) -> Vec<PodView<'_>> {
+        self.by_namespace
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .map(|index| view(&self.all[*index]))
+            .collect()
+    }
+
+    fn in_block(&self, outer: &NetworkKey, excluded: &[NetworkKey]) -> Vec<PodView<'_>> {
+        self.all
+            .iter()
+            .zip(&self.hosts)
+            .filter(|(_, hosts)| hosts.iter().any(|host| in_block(host, outer, excluded)))
+            .map(|(pod, _)| view(pod))
+            .collect()
+    }
+
+    fn all(&self) -> Vec<PodView<'_>> {
+        self.all.iter().map(view).collect()
+    }
+}
+
+/// An address as a host prefix.
+pub fn host_key(ip: std::net::IpAddr) -> NetworkKey {
+    network_key(&crate::config::Cidr {
+        addr: ip,
+        prefix_len: if ip.is_ipv4() { 32 } else { 128 },
+    })
+}
+
+pub fn in_block(host: &NetworkKey, outer: &NetworkKey, excluded: &[NetworkKey]) -> bool {
+    contains(outer, host) && !excluded.iter().any(|e| contains(e, host))
+}
+
 /// Namespace labels, with the `kubernetes.io/metadata.name` label the API server always sets.
-fn namespace_labels(cluster: &Cluster, namespace: &str) -> Labels {
-    let mut labels = cluster.namespaces.get(namespace).map(|ns| ns.labels.clone()).unwrap_or_default();
-    labels.entry("kubernetes.io/metadata.name".into()).or_insert_with(|| namespace.into());
+pub fn namespace_labels(labels: Option<&Labels>, namespace: &str) -> Labels {
+    let mut labels = labels.cloned().unwrap_or_default();
+    labels
+        .entry("kubernetes.io/metadata.name".into())
+        .or_insert_with(|| namespace.into());
     labels
 }
 
@@ -79,7 +160,7 @@ pub(super) fn cached<'c, 'a>(
     policy_index: usize,
     policy: &Policy,
     rule: &Rule,
-    pods: &Pods<'a>,
+    pods: &'a dyn PeerIndex,
     blocks: &BTreeMap<NetworkKey, u64>,
     direction: Direction,
     index: usize,
@@ -92,20 +173,25 @@ pub(super) fn cached<'c, 'a>(
     }
 }
 
-fn targets<'a>(
+pub fn targets<'a>(
     policy: &Policy,
     rule: &Rule,
-    pods: &Pods<'a>,
+    pods: &'a dyn PeerIndex,
     blocks: &BTreeMap<NetworkKey, u64>,
     direction: Direction,
     index: usize,
 ) -> Result<Vec<Target<'a>>, PolicyCompileError> {
-    let Some(peers) = &rule.peers else { return Ok(vec![Target::Any]) };
+    let Some(peers) = &rule.peers else {
+        return Ok(vec![Target::Any]);
+    };
     let field = format!("spec.{}[{index}]", direction.as_str());
     let mut out = Vec::new();
     for peer in peers {
         match peer {
-            Peer::Pods { namespaces, pods: pod_selector } => {
+            Peer::Pods {
+                namespaces,
+                pods: pod_selector,
+            } => {
                 // A pod selector is checked for validity even where no namespace matches, as
                 // evaluating it pod by pod would.
                 let check_pods = |selector: &LabelSelector| -> Result<(), PolicyCompileError> {
@@ -116,10 +202,15 @@ fn targets<'a>(
                     })
                 };
                 let mut namespaces_in: Vec<&str> = Vec::new();
-                for (position, (namespace, labels)) in pods.namespace_labels.iter().enumerate() {
+                for (position, (namespace, labels)) in pods.namespaces().into_iter().enumerate() {
                     let namespace_ok = match namespaces {
-                        None => *namespace == policy.key.namespace,
-                        Some(selector) => select(policy, selector, labels, &format!("{field}.namespaceSelector"))?,
+                        None => namespace == policy.key.namespace,
+                        Some(selector) => select(
+                            policy,
+                            selector,
+                            labels,
+                            &format!("{field}.namespaceSelector"),
+                        )?,
                     };
                     if position == 0 {
                         if let Some(selector) = pod_selector {
@@ -134,7 +225,12 @@ fn targets<'a>(
                     for pod in pods.in_namespace(namespace) {
                         let pod_ok = match pod_selector {
                             None => true,
-                            Some(selector) => select(policy, selector, pod.labels, &format!("{field}.podSelector"))?,
+                            Some(selector) => select(
+                                policy,
+                                selector,
+                                pod.labels,
+                                &format!("{field}.podSelector"),
+                            )?,
                         };
                         if pod_ok {
                             out.push(Target::Pod(pod));
@@ -150,12 +246,11 @@ fn targets<'a>(
                         out.push(Target::Block(*id));
                     }
                 }
-                for (pod, hosts) in pods.all.iter().zip(&pods.hosts) {
-                    let inside = hosts.iter().any(|host| contains(&outer, host) && !excluded.iter().any(|e| contains(e, host)));
-                    if inside {
-                        out.push(Target::PodInBlock(pod));
-                    }
-                }
+                out.extend(
+                    pods.in_block(&outer, &excluded)
+                        .into_iter()
+                        .map(Target::PodInBlock),
+                );
             }
         }
     }

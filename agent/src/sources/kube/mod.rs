@@ -5,8 +5,9 @@
 //!   (`InitDone`), so the first apply — which prunes whatever an earlier agent left in the
 //!   maps — sees the whole cluster.
 //! - After that each change wakes the runtime at once ([`KubeSource::changed`]).
-//! - Watch errors are retried with backoff and jitter; an expired resourceVersion (410 Gone)
-//!   re-lists, swapped in whole when the list is complete.
+//! - Watches resume from the last version seen; failures retry with jittered backoff; an
+//!   expired version (410 Gone) re-lists at once, handed over as changes against what was
+//!   listed before (see [`reflect`]).
 //! - While the API server is unreachable the last state stays enforced (fail-static);
 //!   [`SyncState`] says how stale it is and a warning is logged every
 //!   [`STALE_LOG_INTERVAL`].
@@ -14,28 +15,30 @@
 pub mod client;
 pub mod reflect;
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as networking;
-use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::manifests::Loaded;
 use super::SyncState;
-use crate::model::{Cluster, Labels};
+use crate::model::{Change, Cluster, ObjectKey};
 
 pub const STALE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
     #[error("kubeconfig {path}: {source}")]
-    Kubeconfig { path: PathBuf, source: kube::config::KubeconfigError },
+    Kubeconfig {
+        path: PathBuf,
+        source: kube::config::KubeconfigError,
+    },
     #[error("no Kubernetes configuration (not in a cluster, and no KUBECONFIG or ~/.kube/config; or give --kubeconfig or -f): {0}")]
     Infer(kube::config::InferConfigError),
     #[error("client for the API server {server}: {source}")]
@@ -51,16 +54,19 @@ pub struct KubeOptions {
     pub node_name: Option<String>,
 }
 
-/// The reflected state, shared by the watch tasks and the source.
+/// What the watch tasks have seen and the runtime has not taken yet. Objects themselves
+/// live in one place only, the compiler's model: here are just their keys (to turn a
+/// re-list into removals) and the changes not yet taken.
 #[derive(Default)]
 pub struct ModelState {
-    pub cluster: Cluster,
-    /// This node's Node object (at most one), name → labels.
-    pub nodes: BTreeMap<String, Labels>,
+    pub namespaces: BTreeSet<String>,
+    pub pods: BTreeSet<ObjectKey>,
+    pub policies: BTreeSet<ObjectKey>,
+    pub nodes: BTreeSet<String>,
+    /// Changes in the order they were seen, not yet taken by the runtime.
+    pub pending: Vec<Change>,
     /// Bit per watch that finished its first list.
     pub initialized: u32,
-    /// Bumped on every change of `cluster` or `nodes`.
-    pub generation: u64,
     /// Highest resourceVersion seen (when the server's versions are numbers).
     pub resource_version: Option<u64>,
 }
@@ -81,17 +87,55 @@ pub struct Shared {
 
 impl Shared {
     /// The state; a watch task that panicked while holding it left consistent data (every
-    /// update is one assignment), so a poisoned lock is taken over.
+    /// update completes under the lock), so a poisoned lock is taken over.
     fn lock(&self) -> MutexGuard<'_, ModelState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn bump(&self, mut state: MutexGuard<'_, ModelState>, changed: bool) {
-        if changed {
-            state.generation += 1;
+    /// One object set (`Some`) or removed (`None`) by a watch event.
+    fn changed<K: reflect::Reflected>(
+        &self,
+        key: K::Key,
+        value: Option<K::Value>,
+        version: Option<u64>,
+    ) {
+        let mut state = self.lock();
+        state.see_version(version);
+        let present = value.is_some();
+        // A removal of an object never listed (a refused one) changes nothing.
+        let known = if present {
+            K::keys(&mut state).insert(key.clone());
+            true
+        } else {
+            K::keys(&mut state).remove(&key)
+        };
+        if known {
+            state.pending.push(K::change(key, value));
             drop(state);
             self.notify.notify_one();
         }
+    }
+
+    /// A complete (re-)list: every object listed, and removals for the keys it no longer has.
+    fn relisted<K: reflect::Reflected>(
+        &self,
+        listed: BTreeSet<K::Key>,
+        changes: Vec<Change>,
+        version: Option<u64>,
+    ) {
+        let mut state = self.lock();
+        state.see_version(version);
+        let gone: Vec<K::Key> = K::keys(&mut state).difference(&listed).cloned().collect();
+        state.pending.extend(changes);
+        state
+            .pending
+            .extend(gone.into_iter().map(|key| K::change(key, None)));
+        *K::keys(&mut state) = listed;
+        state.initialized |= 1 << K::WATCH;
+        drop(state);
+        self.notify.notify_one();
     }
 }
 
@@ -99,8 +143,6 @@ pub struct KubeSource {
     shared: Arc<Shared>,
     /// Watches that must finish their first list before the first state is handed out.
     expected: u32,
-    /// Generation last handed out by `poll`.
-    seen: u64,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -118,24 +160,44 @@ impl KubeSource {
 
     pub fn with_client(client: Client, node_name: Option<&str>) -> Self {
         let sync = Arc::new(SyncState::new());
-        let shared = Arc::new(Shared { state: Mutex::new(ModelState::default()), notify: Notify::new(), sync });
-        let config = watcher::Config::default();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(ModelState::default()),
+            notify: Notify::new(),
+            sync,
+        });
         let mut tasks = vec![
-            tokio::spawn(reflect::run(Api::<core::Namespace>::all(client.clone()), config.clone(), Arc::clone(&shared))),
-            tokio::spawn(reflect::run(Api::<core::Pod>::all(client.clone()), config.clone(), Arc::clone(&shared))),
-            tokio::spawn(reflect::run(Api::<networking::NetworkPolicy>::all(client.clone()), config.clone(), Arc::clone(&shared))),
+            tokio::spawn(reflect::run(
+                Api::<core::Namespace>::all(client.clone()),
+                None,
+                Arc::clone(&shared),
+            )),
+            tokio::spawn(reflect::run(
+                Api::<core::Pod>::all(client.clone()),
+                None,
+                Arc::clone(&shared),
+            )),
+            tokio::spawn(reflect::run(
+                Api::<networking::NetworkPolicy>::all(client.clone()),
+                None,
+                Arc::clone(&shared),
+            )),
         ];
-        let mut expected = 1 << reflect::NAMESPACES | 1 << reflect::PODS | 1 << reflect::NETWORK_POLICIES;
+        let mut expected =
+            1 << reflect::NAMESPACES | 1 << reflect::PODS | 1 << reflect::NETWORK_POLICIES;
         match node_name {
             Some(node) => {
-                let config = config.fields(&format!("metadata.name={node}"));
-                tasks.push(tokio::spawn(reflect::run(Api::<core::Node>::all(client), config, Arc::clone(&shared))));
+                let fields = Some(format!("metadata.name={node}"));
+                tasks.push(tokio::spawn(reflect::run(Api::<core::Node>::all(client), fields, Arc::clone(&shared))));
                 expected |= 1 << reflect::NODE;
             }
             None => tracing::warn!("no node name (--node-name or NODE_NAME): node labels are empty and every pod whose cgroup is found is local"),
         }
         tasks.push(tokio::spawn(report_staleness(Arc::clone(&shared.sync))));
-        Self { shared, expected, seen: 0, tasks }
+        Self {
+            shared,
+            expected,
+            tasks,
+        }
     }
 
     /// Waits until every watch has listed once, then returns that state.
@@ -143,27 +205,32 @@ impl KubeSource {
         loop {
             let notified = self.shared.notify.notified();
             {
-                let state = self.shared.lock();
+                let mut state = self.shared.lock();
                 if state.initialized & self.expected == self.expected {
-                    self.seen = state.generation;
-                    let cluster = snapshot(&state);
+                    let changes = std::mem::take(&mut state.pending);
                     drop(state);
+                    let mut cluster = Cluster::default();
+                    for change in changes {
+                        cluster.apply(change);
+                    }
                     self.shared.sync.mark_synced();
-                    return Loaded { cluster, ..Loaded::default() };
+                    return Loaded {
+                        cluster,
+                        ..Loaded::default()
+                    };
                 }
             }
             notified.await;
         }
     }
 
-    /// The newest state, if it changed since the last call.
-    pub fn poll(&mut self) -> Option<Loaded> {
-        let state = self.shared.lock();
-        if state.generation == self.seen {
+    /// The changes seen since the last call, if any.
+    pub fn poll(&mut self) -> Option<Vec<Change>> {
+        let mut state = self.shared.lock();
+        if state.pending.is_empty() {
             return None;
         }
-        self.seen = state.generation;
-        Some(Loaded { cluster: snapshot(&state), ..Loaded::default() })
+        Some(std::mem::take(&mut state.pending))
     }
 
     pub async fn changed(&self) {
@@ -185,12 +252,6 @@ impl Drop for KubeSource {
             task.abort();
         }
     }
-}
-
-fn snapshot(state: &ModelState) -> Cluster {
-    let mut cluster = state.cluster.clone();
-    cluster.node_labels = state.nodes.values().next().cloned().unwrap_or_default();
-    cluster
 }
 
 /// Logs, while any watch fails, how old the enforced state is.

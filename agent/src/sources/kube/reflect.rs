@@ -1,24 +1,31 @@
-//! One watch per resource, reflected straight into the model: a watch event is converted
-//! (with the manifests source's code) and applied to the shared `Cluster`. A (re-)list is
-//! buffered and swapped in whole at `InitDone`, as kube-runtime's reflector store does, so a
-//! re-list never shows a half-listed cluster. Keeping model objects instead of API objects
-//! keeps memory proportional to what moat uses.
+//! One list/watch loop per resource, reflected into the model as [`Change`]s.
+//!
+//! - List once, in pages (`limit`/`continue`), then watch from the list's resourceVersion
+//!   with bookmarks; a watch the server ends (its timeout, a restart) is resumed at once from
+//!   the last version seen — an object's or a bookmark's — so a reconnect costs no re-list.
+//! - `410 Gone` (the version was compacted away) re-lists at once: it means "your version is
+//!   too old", not "the server is failing". The re-list is handed over as changes against what
+//!   was listed before, so the enforced state never goes through an empty or partial model.
+//! - Failures (connection refused, 5xx, a broken stream) retry with jittered exponential
+//!   backoff from the last version seen, so thousands of agents reconnecting after an outage
+//!   spread out and resume instead of re-listing.
+//! - Health follows the watch itself: a successful list, a (re)connected watch and a bookmark
+//!   mark it healthy, as much as an object event does.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::fmt::{Debug, Display};
-use std::pin::pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as networking;
-use kube::runtime::watcher::{self, watcher, Event};
-use kube::runtime::WatchStreamExt;
+use kube::api::{ListParams, WatchEvent, WatchParams};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::{ModelState, Shared};
-use crate::model::{self, Labels, ObjectKey};
+use crate::model::{self, Change, Labels, ObjectKey};
 use crate::sources::convert::{self, Rejection};
 
 /// Watch numbers, for [`crate::sources::SyncState`] and the InitDone mask.
@@ -27,8 +34,17 @@ pub const PODS: u32 = 1;
 pub const NETWORK_POLICIES: u32 = 2;
 pub const NODE: u32 = 3;
 
+/// Objects per list page.
+const PAGE: u32 = 500;
+/// Server-side watch timeout; the watch is resumed when it ends.
+const WATCH_TIMEOUT_SECONDS: u32 = 290;
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
 /// An API resource moat reflects into the model.
-pub trait Reflected: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {
+pub trait Reflected:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
     const WATCH: u32;
     const KIND: &'static str;
     type Key: Ord + Clone + Display + Send;
@@ -36,7 +52,9 @@ pub trait Reflected: Resource<DynamicType = ()> + Clone + DeserializeOwned + Deb
     fn key(&self) -> Result<Self::Key, Rejection>;
     /// None: valid, but not part of the model (a finished pod).
     fn convert(self) -> Result<Option<Self::Value>, Rejection>;
-    fn slot(state: &mut ModelState) -> &mut BTreeMap<Self::Key, Self::Value>;
+    fn change(key: Self::Key, value: Option<Self::Value>) -> Change;
+    /// The keys of this kind in the model.
+    fn keys(state: &mut ModelState) -> &mut BTreeSet<Self::Key>;
 }
 
 impl Reflected for core::Namespace {
@@ -50,8 +68,11 @@ impl Reflected for core::Namespace {
     fn convert(self) -> Result<Option<model::Namespace>, Rejection> {
         convert::namespace(&self).map(Some)
     }
-    fn slot(state: &mut ModelState) -> &mut BTreeMap<String, model::Namespace> {
-        &mut state.cluster.namespaces
+    fn change(key: String, value: Option<model::Namespace>) -> Change {
+        Change::Namespace(key, value)
+    }
+    fn keys(state: &mut ModelState) -> &mut BTreeSet<String> {
+        &mut state.namespaces
     }
 }
 
@@ -67,8 +88,11 @@ impl Reflected for core::Pod {
         let pod = convert::pod(&self)?;
         Ok((!convert::pod_finished(&self)).then_some(pod))
     }
-    fn slot(state: &mut ModelState) -> &mut BTreeMap<ObjectKey, model::Pod> {
-        &mut state.cluster.pods
+    fn change(key: ObjectKey, value: Option<model::Pod>) -> Change {
+        Change::Pod(key, value)
+    }
+    fn keys(state: &mut ModelState) -> &mut BTreeSet<ObjectKey> {
+        &mut state.pods
     }
 }
 
@@ -82,13 +106,20 @@ impl Reflected for networking::NetworkPolicy {
     }
     fn convert(mut self) -> Result<Option<networking::NetworkPolicy>, Rejection> {
         convert::network_policy(&self)?;
-        // Bookkeeping the model never reads.
-        self.metadata.managed_fields = None;
-        self.metadata.annotations = None;
+        // Only the spec and the key are read; the rest (managedFields, annotations, labels)
+        // would only cost memory.
+        self.metadata = kube::api::ObjectMeta {
+            name: self.metadata.name,
+            namespace: self.metadata.namespace,
+            ..Default::default()
+        };
         Ok(Some(self))
     }
-    fn slot(state: &mut ModelState) -> &mut BTreeMap<ObjectKey, networking::NetworkPolicy> {
-        &mut state.cluster.network_policies
+    fn change(key: ObjectKey, value: Option<networking::NetworkPolicy>) -> Change {
+        Change::Policy(key, value)
+    }
+    fn keys(state: &mut ModelState) -> &mut BTreeSet<ObjectKey> {
+        &mut state.policies
     }
 }
 
@@ -103,93 +134,173 @@ impl Reflected for core::Node {
     fn convert(self) -> Result<Option<Labels>, Rejection> {
         convert::node(&self).map(|(_, labels)| Some(labels))
     }
-    fn slot(state: &mut ModelState) -> &mut BTreeMap<String, Labels> {
+    fn change(_: String, value: Option<Labels>) -> Change {
+        Change::NodeLabels(value.unwrap_or_default())
+    }
+    fn keys(state: &mut ModelState) -> &mut BTreeSet<String> {
         &mut state.nodes
     }
 }
 
-/// Runs the watch of `K` until the task is aborted. Errors are retried with kube-runtime's
-/// default backoff (exponential, with jitter); an expired resourceVersion re-lists.
-pub async fn run<K: Reflected>(api: Api<K>, config: watcher::Config, shared: Arc<Shared>) {
-    let mut stream = pin!(watcher(api, config).default_backoff());
-    let mut buffer: Option<BTreeMap<K::Key, K::Value>> = None;
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(event) => {
-                shared.sync.ok(K::WATCH);
-                handle(event, &mut buffer, &shared);
-            }
-            Err(error) => {
-                shared.sync.failed(K::WATCH);
-                tracing::warn!(kind = K::KIND, %error, "watch failed; retrying with backoff, the last synced state stays enforced");
+/// How one watch ended.
+enum Ended {
+    /// The server closed it: resume from this version at once.
+    Resume(String),
+    /// 410 Gone: re-list at once.
+    Expired,
+    /// A failure: retry from this version after a backoff.
+    Failed(String, String),
+}
+
+/// Runs the list/watch of `K` until the task is aborted. `fields`: a field selector (this
+/// node's name for the Node watch).
+pub async fn run<K: Reflected>(api: Api<K>, fields: Option<String>, shared: Arc<Shared>) {
+    let mut backoff = Backoff::new();
+    let mut resume: Option<String> = None;
+    loop {
+        let version = match resume.take() {
+            Some(version) => version,
+            None => match list(&api, fields.as_deref(), &shared).await {
+                Ok(version) => version,
+                Err(error) => {
+                    failed::<K>(&shared, &error);
+                    backoff.wait().await;
+                    continue;
+                }
+            },
+        };
+        match watch(&api, fields.as_deref(), version, &shared, &mut backoff).await {
+            Ended::Resume(version) => resume = Some(version),
+            Ended::Expired => tracing::info!(
+                kind = K::KIND,
+                "watch version expired (410 Gone); re-listing now"
+            ),
+            Ended::Failed(version, error) => {
+                failed::<K>(&shared, &error);
+                backoff.wait().await;
+                resume = Some(version);
             }
         }
     }
 }
 
-fn handle<K: Reflected>(event: Event<K>, buffer: &mut Option<BTreeMap<K::Key, K::Value>>, shared: &Shared) {
-    match event {
-        Event::Init => *buffer = Some(BTreeMap::new()),
-        Event::InitApply(object) => {
-            let version = resource_version(&object);
-            let Some(listed) = buffer.as_mut() else { return };
-            let Ok(key) = checked(object.key(), &object) else { return };
-            match checked(object.clone().convert(), &object) {
-                Ok(Some(value)) => {
-                    listed.insert(key, value);
-                }
-                Ok(None) => {}
-                // Refused: its last good version (if any) stays.
-                Err(()) => {
-                    if let Some(old) = K::slot(&mut shared.lock()).get(&key) {
-                        listed.insert(key, old.clone());
-                    }
-                }
-            }
-            shared.lock().see_version(version);
-        }
-        Event::InitDone => {
-            let listed = buffer.take().unwrap_or_default();
-            let count = listed.len();
-            let mut state = shared.lock();
-            let changed = *K::slot(&mut state) != listed;
-            *K::slot(&mut state) = listed;
-            let first = state.initialized & (1 << K::WATCH) == 0;
-            state.initialized |= 1 << K::WATCH;
-            if changed || first {
-                state.generation += 1;
-            }
-            drop(state);
-            shared.sync.listed();
-            tracing::info!(kind = K::KIND, objects = count, "listed");
-            shared.notify.notify_one();
-        }
-        Event::Apply(object) => {
-            let version = resource_version(&object);
-            let Ok(key) = checked(object.key(), &object) else { return };
-            let converted = checked(object.clone().convert(), &object);
-            let mut state = shared.lock();
-            state.see_version(version);
-            let changed = match converted {
-                Ok(Some(value)) => {
-                    let slot = K::slot(&mut state);
-                    let changed = slot.get(&key) != Some(&value);
-                    slot.insert(key, value);
-                    changed
-                }
-                Ok(None) => K::slot(&mut state).remove(&key).is_some(),
-                Err(()) => false,
+fn failed<K: Reflected>(shared: &Shared, error: &str) {
+    shared.sync.failed(K::WATCH);
+    tracing::warn!(kind = K::KIND, %error, "watch failed; retrying with backoff, the last synced state stays enforced");
+}
+
+/// Lists every object in pages and hands the result over as changes; returns the list's
+/// resourceVersion.
+async fn list<K: Reflected>(
+    api: &Api<K>,
+    fields: Option<&str>,
+    shared: &Shared,
+) -> Result<String, String> {
+    let mut params = ListParams::default().limit(PAGE);
+    params.field_selector = fields.map(str::to_string);
+    let mut listed = BTreeSet::new();
+    let mut changes = Vec::new();
+    let version = loop {
+        let page = api.list(&params).await.map_err(|error| error.to_string())?;
+        for object in page.items {
+            let Ok(key) = checked(object.key(), &object) else {
+                continue;
             };
-            shared.bump(state, changed);
+            // A refused object keeps its last good version: listed, but no change.
+            listed.insert(key.clone());
+            if let Ok(value) = checked(object.clone().convert(), &object) {
+                changes.push(K::change(key, value));
+            }
         }
-        Event::Delete(object) => {
-            let version = resource_version(&object);
-            let Ok(key) = checked(object.key(), &object) else { return };
-            let mut state = shared.lock();
-            state.see_version(version);
-            let changed = K::slot(&mut state).remove(&key).is_some();
-            shared.bump(state, changed);
+        match page.metadata.continue_.filter(|token| !token.is_empty()) {
+            Some(token) => params.continue_token = Some(token),
+            None => break page.metadata.resource_version.unwrap_or_default(),
         }
+    };
+    let count = listed.len();
+    shared.relisted::<K>(listed, changes, numeric(&version));
+    shared.sync.ok(K::WATCH);
+    shared.sync.listed();
+    tracing::info!(kind = K::KIND, objects = count, "listed");
+    Ok(version)
+}
+
+async fn watch<K: Reflected>(
+    api: &Api<K>,
+    fields: Option<&str>,
+    mut version: String,
+    shared: &Shared,
+    backoff: &mut Backoff,
+) -> Ended {
+    // Bookmarks are on by default: they carry the version to resume from.
+    let mut params = WatchParams::default().timeout(WATCH_TIMEOUT_SECONDS);
+    params.field_selector = fields.map(str::to_string);
+    let stream = match api.watch(&params, &version).await {
+        Ok(stream) => stream,
+        Err(kube::Error::Api(status)) if status.code == 410 => return Ended::Expired,
+        Err(error) => return Ended::Failed(version, error.to_string()),
+    };
+    // Connected: the watch is healthy again, whether or not anything changes.
+    shared.sync.ok(K::WATCH);
+    let mut stream = std::pin::pin!(stream);
+    while let Some(item) = stream.next().await {
+        let event = match item {
+            Ok(event) => event,
+            Err(error) => return Ended::Failed(version, error.to_string()),
+        };
+        backoff.reset();
+        match event {
+            WatchEvent::Added(object) | WatchEvent::Modified(object) => {
+                version = object.resource_version().unwrap_or(version);
+                let Ok(key) = checked(object.key(), &object) else {
+                    continue;
+                };
+                if let Ok(value) = checked(object.clone().convert(), &object) {
+                    shared.changed::<K>(key, value, numeric(&version));
+                }
+            }
+            WatchEvent::Deleted(object) => {
+                version = object.resource_version().unwrap_or(version);
+                let Ok(key) = checked(object.key(), &object) else {
+                    continue;
+                };
+                shared.changed::<K>(key, None, numeric(&version));
+            }
+            WatchEvent::Bookmark(bookmark) => {
+                version = bookmark.metadata.resource_version;
+                shared.sync.ok(K::WATCH);
+            }
+            WatchEvent::Error(status) if status.code == 410 => return Ended::Expired,
+            WatchEvent::Error(status) => {
+                return Ended::Failed(version, format!("{} ({})", status.message, status.code))
+            }
+        }
+    }
+    Ended::Resume(version)
+}
+
+/// Exponential backoff with jitter: each wait is drawn from [d/2, d], d doubling from
+/// [`BACKOFF_FIRST`] to [`BACKOFF_MAX`]; reset once the watch delivers again.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self {
+            next: BACKOFF_FIRST,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = BACKOFF_FIRST;
+    }
+
+    async fn wait(&mut self) {
+        let full = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        let jittered = full / 2 + full.mul_f64(fastrand::f64() / 2.0);
+        tokio::time::sleep(jittered).await;
     }
 }
 
@@ -205,6 +316,6 @@ fn checked<K: Reflected, T>(result: Result<T, Rejection>, object: &K) -> Result<
     })
 }
 
-fn resource_version<K: Reflected>(object: &K) -> Option<u64> {
-    object.resource_version()?.parse().ok()
+fn numeric(version: &str) -> Option<u64> {
+    version.parse().ok()
 }

@@ -14,7 +14,9 @@ const DEADLINE: Duration = Duration::from_secs(20);
 
 async fn client(server: &TestServer) -> Client {
     let file = Kubeconfig::from_yaml(&kubeconfig(&server.url())).expect("kubeconfig");
-    let config = Config::from_custom_kubeconfig(file, &KubeConfigOptions::default()).await.expect("config");
+    let config = Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+        .await
+        .expect("config");
     Client::try_from(config).expect("client")
 }
 
@@ -39,8 +41,8 @@ fn node(name: &str, profile: &str) -> Value {
 async fn until(source: &mut KubeSource, last: &mut Cluster, done: impl Fn(&Cluster) -> bool) {
     let waited = tokio::time::timeout(DEADLINE, async {
         loop {
-            if let Some(loaded) = source.poll() {
-                *last = loaded.cluster;
+            for change in source.poll().into_iter().flatten() {
+                last.apply(change);
             }
             if done(last) {
                 return;
@@ -49,39 +51,69 @@ async fn until(source: &mut KubeSource, last: &mut Cluster, done: impl Fn(&Clust
         }
     })
     .await;
-    assert!(waited.is_ok(), "condition not reached within {DEADLINE:?}; last cluster: {last:#?}");
+    assert!(
+        waited.is_ok(),
+        "condition not reached within {DEADLINE:?}; last cluster: {last:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_everything_then_follows_changes() {
     let store = Store::new();
-    for object in [namespace("a", "x"), namespace("b", "y"), pod("a", "p", "10.0.0.1"), node("n1", "gpu"), node("n2", "other")] {
+    for object in [
+        namespace("a", "x"),
+        namespace("b", "y"),
+        pod("a", "p", "10.0.0.1"),
+        node("n1", "gpu"),
+        node("n2", "other"),
+    ] {
         store.apply(object).expect("seed");
     }
     let server = TestServer::start(store.clone()).await.expect("server");
     let mut source = KubeSource::with_client(client(&server).await, Some("n1"));
-    let first = tokio::time::timeout(DEADLINE, source.initial()).await.expect("initial sync");
+    let first = tokio::time::timeout(DEADLINE, source.initial())
+        .await
+        .expect("initial sync");
     let mut cluster = first.cluster;
     assert_eq!(cluster.namespaces.len(), 2);
-    assert_eq!(cluster.pods[&ObjectKey::new("a", "p")].uid.as_deref(), Some("uid-p"));
-    assert_eq!(cluster.node_labels.get("profile").map(String::as_str), Some("gpu"), "only this node's labels");
+    assert_eq!(
+        cluster.pods[&ObjectKey::new("a", "p")].uid.as_deref(),
+        Some("uid-p")
+    );
+    assert_eq!(
+        cluster.node_labels.get("profile").map(String::as_str),
+        Some("gpu"),
+        "only this node's labels"
+    );
     assert!(source.sync_state().is_synced());
 
     store.apply(pod("b", "q", "10.0.0.2")).expect("add pod");
     store.apply(namespace("a", "z")).expect("relabel");
     until(&mut source, &mut cluster, |c| {
-        c.pods.contains_key(&ObjectKey::new("b", "q")) && c.namespaces["a"].labels.get("tenant").map(String::as_str) == Some("z")
+        c.pods.contains_key(&ObjectKey::new("b", "q"))
+            && c.namespaces["a"].labels.get("tenant").map(String::as_str) == Some("z")
     })
     .await;
 
     // A pod the manifests source would refuse: refused here too, its last good version kept.
     store.apply(pod("a", "p", "127.0.0.1")).expect("bad pod");
     store.apply(node("n1", "cpu")).expect("node relabel");
-    until(&mut source, &mut cluster, |c| c.node_labels.get("profile").map(String::as_str) == Some("cpu")).await;
-    assert_eq!(cluster.pods[&ObjectKey::new("a", "p")].ips, vec!["10.0.0.1".parse::<std::net::IpAddr>().unwrap()]);
+    until(&mut source, &mut cluster, |c| {
+        c.node_labels.get("profile").map(String::as_str) == Some("cpu")
+    })
+    .await;
+    assert_eq!(
+        cluster.pods[&ObjectKey::new("a", "p")].ips,
+        vec!["10.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+    );
 
-    store.delete(moat_testapi::PODS, Some("b"), "q").expect("delete");
-    until(&mut source, &mut cluster, |c| !c.pods.contains_key(&ObjectKey::new("b", "q"))).await;
+    store
+        .delete(moat_testapi::PODS, Some("b"), "q")
+        .expect("delete");
+    until(&mut source, &mut cluster, |c| {
+        !c.pods.contains_key(&ObjectKey::new("b", "q"))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,7 +122,10 @@ async fn expired_watch_relists_and_converges() {
     store.apply(namespace("a", "x")).expect("seed");
     let server = TestServer::start(store.clone()).await.expect("server");
     let mut source = KubeSource::with_client(client(&server).await, None);
-    let mut cluster = tokio::time::timeout(DEADLINE, source.initial()).await.expect("initial sync").cluster;
+    let mut cluster = tokio::time::timeout(DEADLINE, source.initial())
+        .await
+        .expect("initial sync")
+        .cluster;
     let lists = source.sync_state().lists();
 
     // Changes made while the watches are dropped and history is compacted: only a re-list
@@ -99,8 +134,14 @@ async fn expired_watch_relists_and_converges() {
     store.compact();
     store.drop_watches();
     store.apply(pod("c", "r", "10.0.0.3")).expect("add pod");
-    until(&mut source, &mut cluster, |c| c.namespaces.contains_key("c") && c.pods.contains_key(&ObjectKey::new("c", "r"))).await;
-    assert!(cluster.namespaces.contains_key("a"), "nothing lost in the re-list");
+    until(&mut source, &mut cluster, |c| {
+        c.namespaces.contains_key("c") && c.pods.contains_key(&ObjectKey::new("c", "r"))
+    })
+    .await;
+    assert!(
+        cluster.namespaces.contains_key("a"),
+        "nothing lost in the re-list"
+    );
     let relisted = tokio::time::timeout(DEADLINE, async {
         while source.sync_state().lists() <= lists {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -108,4 +149,148 @@ async fn expired_watch_relists_and_converges() {
     })
     .await;
     assert!(relisted.is_ok(), "no re-list after the compaction");
+}
+
+/// A TCP proxy in front of the test API server that can be cut (every connection dropped,
+/// the port refusing) and restored on the same port: an outage as the client sees it.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    upstream: std::net::SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let mut proxy = Self {
+            addr,
+            upstream,
+            task: None,
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let upstream = self.upstream;
+        self.task = Some(tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Drops the listener and every connection (the JoinSet aborts them).
+    fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    async fn restore(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("rebind the proxy port");
+        self.serve(listener);
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+async fn client_at(url: &str) -> Client {
+    let file = Kubeconfig::from_yaml(&kubeconfig(url)).expect("kubeconfig");
+    let config = Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+        .await
+        .expect("config");
+    Client::try_from(config).expect("client")
+}
+
+async fn until_true(what: &str, deadline: Duration, check: impl Fn() -> bool) {
+    let waited = tokio::time::timeout(deadline, async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "{what}: not within {deadline:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumed_watches_are_healthy_without_any_object_changing() {
+    let store = Store::new();
+    store.apply(namespace("a", "x")).expect("seed");
+    let server = TestServer::start(store.clone()).await.expect("server");
+    let mut proxy = Proxy::start(server.addr).await;
+    let mut source = KubeSource::with_client(client_at(&proxy.url()).await, None);
+    tokio::time::timeout(DEADLINE, source.initial())
+        .await
+        .expect("initial sync");
+    let sync = source.sync_state();
+    let lists = sync.lists();
+
+    proxy.cut();
+    until_true("watches failing during the outage", DEADLINE, || {
+        !sync.is_healthy()
+    })
+    .await;
+    assert!(sync.seconds_since_sync().is_some_and(|s| s >= 0.0));
+    proxy.restore().await;
+    // Nothing changes in the cluster: reconnecting (and the bookmarks) must be enough.
+    until_true("healthy again after the outage", DEADLINE, || {
+        sync.is_healthy()
+    })
+    .await;
+    assert_eq!(sync.seconds_since_sync(), Some(0.0));
+    assert_eq!(
+        sync.lists(),
+        lists,
+        "resumed from the last version, no re-list"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_version_after_an_outage_relists_at_once() {
+    let store = Store::new();
+    store.apply(namespace("a", "x")).expect("seed");
+    let server = TestServer::start(store.clone()).await.expect("server");
+    let mut proxy = Proxy::start(server.addr).await;
+    let mut source = KubeSource::with_client(client_at(&proxy.url()).await, None);
+    let mut cluster = tokio::time::timeout(DEADLINE, source.initial())
+        .await
+        .expect("initial sync")
+        .cluster;
+    let sync = source.sync_state();
+
+    proxy.cut();
+    until_true("watches failing during the outage", DEADLINE, || {
+        !sync.is_healthy()
+    })
+    .await;
+    // A change the watches miss, and history compacted: resuming gets 410 Gone.
+    store.apply(namespace("b", "y")).expect("add");
+    store.compact();
+    let errors = sync.errors();
+    proxy.restore().await;
+    // The first retry after the restore is at most one backoff step away (the outage was
+    // short); the 410 it meets must re-list right away, not back off as from a failure.
+    until(&mut source, &mut cluster, |c| {
+        c.namespaces.contains_key("b")
+    })
+    .await;
+    assert!(
+        sync.errors() <= errors + 3,
+        "a 410 is not a failure: {} errors after the restore",
+        sync.errors() - errors
+    );
+    until_true("healthy after the re-list", DEADLINE, || sync.is_healthy()).await;
 }

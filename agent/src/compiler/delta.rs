@@ -1,0 +1,184 @@
+//! What one apply changes in each map: the full diff of two states (start-up, resync), or the
+//! journal of what the incremental compiler touched (one watch event).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use moat_common::maps::{Endpoint, NetworkKey, SharedPortKey, TenantPairKey};
+
+use super::diff::{self, Changes};
+use super::policy::RuleKey;
+use super::Desired;
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Delta {
+    pub local: Changes<u64, Endpoint>,
+    pub local_addresses: Changes<[u8; 16], u64>,
+    pub remote: Changes<[u8; 16], Endpoint>,
+    pub networks: Changes<NetworkKey, Endpoint>,
+    pub shared_ports: Changes<SharedPortKey, ()>,
+    pub tenant_pairs: Changes<TenantPairKey, ()>,
+    pub policy_rules: Changes<RuleKey, ()>,
+}
+
+impl Delta {
+    /// Everything that differs between `from` and `to`.
+    pub fn between(from: &Desired, to: &Desired) -> Self {
+        let from_rules: BTreeSet<RuleKey> = from.policy_rules.keys().copied().collect();
+        let to_rules: BTreeSet<RuleKey> = to.policy_rules.keys().copied().collect();
+        Self {
+            local: diff::maps(&from.local, &to.local),
+            local_addresses: diff::maps(&from.local_addresses, &to.local_addresses),
+            remote: diff::maps(&from.remote, &to.remote),
+            networks: diff::maps(&from.networks, &to.networks),
+            shared_ports: diff::sets(&from.shared_ports, &to.shared_ports),
+            tenant_pairs: diff::sets(&from.tenant_pairs, &to.tenant_pairs),
+            policy_rules: diff::sets(&from_rules, &to_rules),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.local.len()
+            + self.local_addresses.len()
+            + self.remote.len()
+            + self.networks.len()
+            + self.shared_ports.len()
+            + self.tenant_pairs.len()
+            + self.policy_rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The value each touched key had before, recorded on first touch; turned into a [`Delta`]
+/// against the new state, or used to put the old state back when a change does not compile.
+#[derive(Default)]
+pub struct Journal {
+    pub local: BTreeMap<u64, Option<Endpoint>>,
+    pub local_addresses: BTreeMap<[u8; 16], Option<u64>>,
+    pub remote: BTreeMap<[u8; 16], Option<Endpoint>>,
+    pub networks: BTreeMap<NetworkKey, Option<Endpoint>>,
+    pub shared_ports: BTreeMap<SharedPortKey, bool>,
+    pub policy_rules: BTreeMap<RuleKey, bool>,
+}
+
+/// Sets `map[key]` to `value`, recording the old value in `journal` on first touch.
+pub fn put<K: Ord + Copy, V: Clone>(
+    map: &mut BTreeMap<K, V>,
+    journal: &mut BTreeMap<K, Option<V>>,
+    key: K,
+    value: Option<V>,
+) {
+    journal.entry(key).or_insert_with(|| map.get(&key).cloned());
+    match value {
+        Some(value) => {
+            map.insert(key, value);
+        }
+        None => {
+            map.remove(&key);
+        }
+    }
+}
+
+/// Adds or removes `key` in `set`, recording whether it was there on first touch.
+pub fn mark<K: Ord + Copy>(
+    set: &mut BTreeSet<K>,
+    journal: &mut BTreeMap<K, bool>,
+    key: K,
+    present: bool,
+) {
+    journal.entry(key).or_insert_with(|| set.contains(&key));
+    if present {
+        set.insert(key);
+    } else {
+        set.remove(&key);
+    }
+}
+
+fn changes<K: Ord + Copy, V: Clone + PartialEq>(
+    journal: BTreeMap<K, Option<V>>,
+    now: &BTreeMap<K, V>,
+) -> Changes<K, V> {
+    let mut out = Changes {
+        added: Vec::new(),
+        changed: Vec::new(),
+        removed: Vec::new(),
+    };
+    for (key, before) in journal {
+        match (before, now.get(&key)) {
+            (None, Some(value)) => out.added.push((key, value.clone())),
+            (Some(before), Some(value)) if before != *value => {
+                out.changed.push((key, value.clone()))
+            }
+            (Some(_), None) => out.removed.push(key),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn presence<K: Ord + Copy>(journal: BTreeMap<K, bool>, now: impl Fn(&K) -> bool) -> Changes<K, ()> {
+    let mut out = Changes {
+        added: Vec::new(),
+        changed: Vec::new(),
+        removed: Vec::new(),
+    };
+    for (key, before) in journal {
+        match (before, now(&key)) {
+            (false, true) => out.added.push((key, ())),
+            (true, false) => out.removed.push(key),
+            _ => {}
+        }
+    }
+    out
+}
+
+impl Journal {
+    pub fn into_delta(self, now: &Desired) -> Delta {
+        Delta {
+            local: changes(self.local, &now.local),
+            local_addresses: changes(self.local_addresses, &now.local_addresses),
+            remote: changes(self.remote, &now.remote),
+            networks: changes(self.networks, &now.networks),
+            shared_ports: presence(self.shared_ports, |key| now.shared_ports.contains(key)),
+            tenant_pairs: Changes {
+                added: Vec::new(),
+                changed: Vec::new(),
+                removed: Vec::new(),
+            },
+            policy_rules: presence(self.policy_rules, |key| now.policy_rules.contains_key(key)),
+        }
+    }
+
+    /// Puts back every map entry touched since the journal was started. Policy entries come
+    /// back without the rules they name (only their keys matter to the kernel).
+    pub fn rollback(self, desired: &mut Desired) {
+        fn restore<K: Ord, V>(map: &mut BTreeMap<K, V>, journal: BTreeMap<K, Option<V>>) {
+            for (key, before) in journal {
+                match before {
+                    Some(value) => map.insert(key, value),
+                    None => map.remove(&key),
+                };
+            }
+        }
+        restore(&mut desired.local, self.local);
+        restore(&mut desired.local_addresses, self.local_addresses);
+        restore(&mut desired.remote, self.remote);
+        restore(&mut desired.networks, self.networks);
+        for (key, before) in self.shared_ports {
+            if before {
+                desired.shared_ports.insert(key);
+            } else {
+                desired.shared_ports.remove(&key);
+            }
+        }
+        for (key, before) in self.policy_rules {
+            if before {
+                desired.policy_rules.entry(key).or_default();
+            } else {
+                desired.policy_rules.remove(&key);
+            }
+        }
+    }
+}

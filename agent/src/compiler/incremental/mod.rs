@@ -1,0 +1,573 @@
+//! The incremental compiler: keeps the model and everything derived from it, takes watch
+//! events one [`Change`] at a time and works out only what they touch — the pods whose
+//! endpoint may change, the addresses whose owner may change, the policy sets of this node
+//! whose entries may change — and returns the [`Delta`] of map entries to write.
+//!
+//! [`super::compile`] stays the specification: after any sequence of changes, [`Incremental::
+//! desired`] equals a full compile of the same model (`tests.rs` checks it over thousands of
+//! random event sequences). The standing state, per object:
+//! - pods: identity, policy sets, shared group and endpoint; addresses → the pods claiming
+//!   them (two tenants on one address make it pending, as in the full compile);
+//! - namespaces: tenant and labels; policies: normalized, by namespace; ipBlock ranges,
+//!   counted; every policy set in the cluster, counted by member pods;
+//! - this node: cgroup → pod, and the entries of the sets its pods use — the only sets whose
+//!   rules are evaluated, so policies that select no local pod cost one selector check per
+//!   pod of their namespace and nothing more.
+//!
+//! A change that does not compile (a tenant id collision, a map over capacity) leaves the
+//! last good state and marks the compiler stale: the next change rebuilds it from the model.
+
+mod peers;
+mod settle;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use moat_common::maps::{
+    Endpoint, NetworkKey, TenantPairKey, ENDPOINT_EXTERNAL, SETTING_DEFAULT_DENY_IN_TENANT,
+    SETTING_REPORT_ALLOWED,
+};
+
+use super::delta::{Delta, Journal};
+use super::endpoints::{self, Service};
+use super::policy::{self, PolicyCompileError, PolicySet, RuleKey, RuleRef};
+use super::{check_collision, network_key, CompileError, Desired};
+use crate::config::{Action, Config};
+use crate::model::policy::Policy;
+use crate::model::{
+    Change, Cluster, ContainerPort, Labels, Namespace, ObjectKey, PodKey, TenantName,
+};
+use crate::node::cgroups::PodCgroups;
+
+/// What the compiler keeps per pod.
+#[derive(Clone, Debug, PartialEq)]
+struct PodState {
+    identity: u64,
+    endpoint: Endpoint,
+    /// Addresses it claims (none for hostNetwork pods).
+    addresses: Vec<IpAddr>,
+}
+
+/// A policy set and how many pods use it.
+struct SetState {
+    set: PolicySet,
+    members: usize,
+    /// A member's container ports: ingress named ports resolve on them (the set id includes
+    /// the named ports, so every member has the same).
+    ports: Vec<ContainerPort>,
+}
+
+/// What the changes taken since the last settle may have made stale.
+#[derive(Default)]
+struct Dirty {
+    pods: BTreeSet<PodKey>,
+    addresses: BTreeSet<[u8; 16]>,
+    /// Local sets whose rules must be evaluated again.
+    sets: BTreeSet<u64>,
+    /// Every local set (too many changes to look at one by one, or ipBlock ranges changed).
+    all_sets: bool,
+    /// cgroups must be resolved to pods again.
+    local: bool,
+    /// Number of changes taken.
+    changes: usize,
+}
+
+pub struct Incremental {
+    config: Config,
+    services: Vec<Service>,
+    /// The config's networks, classed (cluster CIDRs pending, tenant networks their tenant).
+    classes: BTreeMap<NetworkKey, Endpoint>,
+    cluster: Cluster,
+    cgroups: PodCgroups,
+    policies: BTreeMap<ObjectKey, Policy>,
+    policies_by_namespace: BTreeMap<String, BTreeSet<ObjectKey>>,
+    pods_by_namespace: BTreeMap<String, BTreeSet<PodKey>>,
+    /// Labels (plus `kubernetes.io/metadata.name`) of each namespace that has pods.
+    namespace_labels: BTreeMap<String, Labels>,
+    tenants: BTreeMap<String, TenantName>,
+    /// Tenant id → name and how many namespaces (and tenant networks) have it.
+    tenant_refs: BTreeMap<u64, (TenantName, usize)>,
+    pods: BTreeMap<PodKey, PodState>,
+    by_uid: HashMap<String, BTreeSet<PodKey>>,
+    /// Address (key form) → the address and the pods claiming it.
+    claims: BTreeMap<[u8; 16], (IpAddr, BTreeSet<PodKey>)>,
+    local_pods: BTreeMap<u64, PodKey>,
+    /// Local address → the cgroups of local pods that have it.
+    local_claims: BTreeMap<[u8; 16], BTreeSet<u64>>,
+    sets: BTreeMap<u64, SetState>,
+    /// Entries of the sets this node's pods use.
+    set_rules: BTreeMap<u64, BTreeMap<RuleKey, BTreeSet<RuleRef>>>,
+    /// ipBlock ranges (and the config's networks) → identity and how many policies name them.
+    blocks: BTreeMap<NetworkKey, (u64, usize)>,
+    groups: BTreeMap<u32, usize>,
+    desired: Desired,
+    dirty: Dirty,
+    journal: Journal,
+    /// A change did not compile: rebuild from the model on the next one.
+    stale: bool,
+}
+
+impl Incremental {
+    /// Compiles `cluster` for this node from nothing.
+    pub fn new(
+        config: &Config,
+        cluster: Cluster,
+        cgroups: PodCgroups,
+    ) -> Result<Self, CompileError> {
+        let mut compiler = Self::empty(config)?;
+        compiler.apply(cluster.changes_from_empty(), Some(cgroups))?;
+        Ok(compiler)
+    }
+
+    fn empty(config: &Config) -> Result<Self, CompileError> {
+        let mut desired = Desired {
+            unknown: match config.unknown_endpoints {
+                Action::Allow => moat_common::maps::UNKNOWN_ALLOW,
+                Action::Deny => moat_common::maps::UNKNOWN_DENY,
+            },
+            flags: if config.default_deny_in_tenant {
+                SETTING_DEFAULT_DENY_IN_TENANT
+            } else {
+                0
+            } | if config.events.report_allowed_flows {
+                SETTING_REPORT_ALLOWED
+            } else {
+                0
+            },
+            ..Desired::default()
+        };
+        let mut classes = BTreeMap::new();
+        for cidr in &config.cluster_cidrs {
+            classes.insert(network_key(cidr), Endpoint::PENDING);
+        }
+        let mut tenant_refs: BTreeMap<u64, (TenantName, usize)> = BTreeMap::new();
+        let mut seen = BTreeMap::new();
+        for network in &config.tenant_networks {
+            let tenant = TenantName::Label(network.tenant.clone());
+            let id = check_collision(&mut seen, &tenant)?;
+            classes.insert(
+                network_key(&network.cidr),
+                Endpoint {
+                    tenant: id.0,
+                    ..Endpoint::EMPTY
+                },
+            );
+            tenant_refs.entry(id.0).or_insert((tenant.clone(), 0)).1 += 1;
+            desired.index.tenants.insert(id.0, tenant);
+        }
+        for pair in &config.allowed_tenant_pairs {
+            let src = TenantName::Label(pair.from.clone()).id().0;
+            let dst = TenantName::Label(pair.to.clone()).id().0;
+            desired.tenant_pairs.insert(TenantPairKey { src, dst });
+        }
+        let mut compiler = Self {
+            config: config.clone(),
+            services: endpoints::services(config),
+            classes,
+            cluster: Cluster::default(),
+            cgroups: PodCgroups::new(),
+            policies: BTreeMap::new(),
+            policies_by_namespace: BTreeMap::new(),
+            pods_by_namespace: BTreeMap::new(),
+            namespace_labels: BTreeMap::new(),
+            tenants: BTreeMap::new(),
+            tenant_refs,
+            pods: BTreeMap::new(),
+            by_uid: HashMap::new(),
+            claims: BTreeMap::new(),
+            local_pods: BTreeMap::new(),
+            local_claims: BTreeMap::new(),
+            sets: BTreeMap::new(),
+            set_rules: BTreeMap::new(),
+            blocks: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            desired,
+            dirty: Dirty::default(),
+            journal: Journal::default(),
+            stale: false,
+        };
+        let networks: Vec<NetworkKey> = compiler.classes.keys().copied().collect();
+        for range in networks {
+            compiler.count_block(range, 1);
+        }
+        Ok(compiler)
+    }
+
+    /// What the maps must hold (and the index naming it), as of the last successful apply.
+    pub fn desired(&self) -> &Desired {
+        &self.desired
+    }
+
+    /// The model, with every change taken (also those that did not compile).
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    pub fn cgroups(&self) -> &PodCgroups {
+        &self.cgroups
+    }
+
+    /// Takes `changes` (and this node's pod cgroups, if they were scanned again) and returns
+    /// the map entries that changed. On error the last good state stays and the maps need no
+    /// writes; the compiler rebuilds itself from the model on the next call.
+    pub fn apply(
+        &mut self,
+        changes: Vec<Change>,
+        cgroups: Option<PodCgroups>,
+    ) -> Result<Delta, CompileError> {
+        if self.stale {
+            return self.rebuild(changes, cgroups);
+        }
+        self.dirty.changes += changes.len();
+        let taken = self.take_all(changes, cgroups).and_then(|()| self.settle());
+        let journal = std::mem::take(&mut self.journal);
+        self.dirty = Dirty::default();
+        match taken {
+            Ok(()) => Ok(journal.into_delta(&self.desired)),
+            Err(error) => {
+                journal.rollback(&mut self.desired);
+                self.stale = true;
+                Err(error)
+            }
+        }
+    }
+
+    fn take_all(
+        &mut self,
+        changes: Vec<Change>,
+        cgroups: Option<PodCgroups>,
+    ) -> Result<(), CompileError> {
+        // Past this many changes, evaluating every local set once is cheaper than checking
+        // each change against each set (a re-list, the first build).
+        if self.dirty.changes > 1_000 {
+            self.dirty.all_sets = true;
+        }
+        let mut failed = None;
+        for change in changes {
+            // Every change reaches the model, also after one failed: the rebuild needs it.
+            if let Err(error) = self.take(change) {
+                failed.get_or_insert(error);
+            }
+        }
+        if let Some(cgroups) = cgroups.filter(|cgroups| *cgroups != self.cgroups) {
+            self.cgroups = cgroups;
+            self.dirty.local = true;
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// A fresh compiler over the model plus `changes`; the delta from what the maps hold.
+    fn rebuild(
+        &mut self,
+        changes: Vec<Change>,
+        cgroups: Option<PodCgroups>,
+    ) -> Result<Delta, CompileError> {
+        let mut cluster = std::mem::take(&mut self.cluster);
+        for change in changes {
+            cluster.apply(change);
+        }
+        let cgroups = cgroups.unwrap_or_else(|| std::mem::take(&mut self.cgroups));
+        match Self::new(&self.config, cluster.clone(), cgroups.clone()) {
+            Ok(fresh) => {
+                let delta = Delta::between(&self.desired, &fresh.desired);
+                *self = fresh;
+                Ok(delta)
+            }
+            Err(error) => {
+                self.cluster = cluster;
+                self.cgroups = cgroups;
+                Err(error)
+            }
+        }
+    }
+
+    fn take(&mut self, change: Change) -> Result<(), CompileError> {
+        match change {
+            Change::Namespace(name, value) => self.take_namespace(name, value),
+            Change::Pod(key, value) => self.take_pod(key, value),
+            Change::Policy(key, value) => {
+                let Some(Change::Policy(_, old)) =
+                    self.cluster.apply(Change::Policy(key.clone(), value))
+                else {
+                    return Ok(());
+                };
+                self.take_policy(key, old.is_some())
+            }
+            Change::NodeLabels(labels) => {
+                // The node profile only changes which local pods are foreign: settle looks.
+                self.cluster.apply(Change::NodeLabels(labels));
+                Ok(())
+            }
+        }
+    }
+
+    fn take_namespace(
+        &mut self,
+        name: String,
+        value: Option<Namespace>,
+    ) -> Result<(), CompileError> {
+        let Some(Change::Namespace(_, old)) =
+            self.cluster.apply(Change::Namespace(name.clone(), value))
+        else {
+            return Ok(());
+        };
+        if self.namespace_labels.contains_key(&name) {
+            let old_labels =
+                policy::targets::namespace_labels(old.as_ref().map(|ns| &ns.labels), &name);
+            let new_labels = policy::targets::namespace_labels(
+                self.cluster.namespaces.get(&name).map(|ns| &ns.labels),
+                &name,
+            );
+            self.mark_sets_for_namespace(&old_labels, &new_labels);
+            self.namespace_labels.insert(name.clone(), new_labels);
+        }
+        self.refresh_tenant(&name)
+    }
+
+    fn take_pod(
+        &mut self,
+        key: PodKey,
+        value: Option<crate::model::Pod>,
+    ) -> Result<(), CompileError> {
+        let Some(Change::Pod(_, old)) = self.cluster.apply(Change::Pod(key.clone(), value)) else {
+            return Ok(());
+        };
+        let new = self.cluster.pods.get(&key).cloned();
+        for pod in old.iter().chain(new.iter()) {
+            self.mark_sets_for_pod(pod);
+        }
+        if let Some(uid) = old.as_ref().and_then(|pod| pod.uid.as_ref()) {
+            if let Some(keys) = self.by_uid.get_mut(uid) {
+                keys.remove(&key);
+                if keys.is_empty() {
+                    self.by_uid.remove(uid);
+                }
+            }
+        }
+        if let Some(uid) = new.as_ref().and_then(|pod| pod.uid.clone()) {
+            self.by_uid.entry(uid).or_default().insert(key.clone());
+        }
+        let namespace = key.namespace.clone();
+        match (old.is_some(), new.is_some()) {
+            (false, true) => {
+                let members = self.pods_by_namespace.entry(namespace.clone()).or_default();
+                members.insert(key.clone());
+                if members.len() == 1 {
+                    let labels = policy::targets::namespace_labels(
+                        self.cluster.namespaces.get(&namespace).map(|ns| &ns.labels),
+                        &namespace,
+                    );
+                    self.namespace_labels.insert(namespace.clone(), labels);
+                }
+            }
+            (true, false) => {
+                if let Some(members) = self.pods_by_namespace.get_mut(&namespace) {
+                    members.remove(&key);
+                    if members.is_empty() {
+                        self.pods_by_namespace.remove(&namespace);
+                        self.namespace_labels.remove(&namespace);
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.dirty.pods.insert(key);
+        self.dirty.local = true;
+        self.refresh_tenant(&namespace)
+    }
+
+    fn take_policy(&mut self, key: ObjectKey, existed: bool) -> Result<(), CompileError> {
+        let normalized = match self.cluster.network_policies.get(&key) {
+            Some(api) => Some(Policy::from_api(&key, api).map_err(|e| {
+                CompileError::Policy(Box::new(PolicyCompileError::Policy(Box::new(e))))
+            })?),
+            None => None,
+        };
+        if let Some(policy) = &normalized {
+            validate_selectors(policy)?;
+        }
+        let old = self.policies.remove(&key);
+        // Sets of this node that hold the policy; sets it joins appear through their pods.
+        for (set, _) in self.set_rules.iter() {
+            if self
+                .sets
+                .get(set)
+                .is_some_and(|state| state.set.policies.contains(&key))
+            {
+                self.dirty.sets.insert(*set);
+            }
+        }
+        let old_ranges = old.as_ref().map(policy::block_ranges).unwrap_or_default();
+        let new_ranges = normalized
+            .as_ref()
+            .map(policy::block_ranges)
+            .unwrap_or_default();
+        for range in dedup(old_ranges) {
+            self.count_block(range, -1);
+        }
+        for range in dedup(new_ranges) {
+            self.count_block(range, 1);
+        }
+        match normalized {
+            Some(policy) => {
+                self.policies.insert(key.clone(), policy);
+                self.policies_by_namespace
+                    .entry(key.namespace.clone())
+                    .or_default()
+                    .insert(key.clone());
+            }
+            None if existed => {
+                if let Some(keys) = self.policies_by_namespace.get_mut(&key.namespace) {
+                    keys.remove(&key);
+                    if keys.is_empty() {
+                        self.policies_by_namespace.remove(&key.namespace);
+                    }
+                }
+            }
+            None => {}
+        }
+        // Which of its namespace's pods it selects may have changed.
+        if let Some(members) = self.pods_by_namespace.get(&key.namespace) {
+            self.dirty.pods.extend(members.iter().cloned());
+        }
+        Ok(())
+    }
+
+    /// Counts an ipBlock range in or out; a range appearing or going changes the partition
+    /// of the address space, so every local set with an ipBlock is evaluated again.
+    fn count_block(&mut self, range: NetworkKey, by: isize) {
+        let entry = self
+            .blocks
+            .entry(range)
+            .or_insert((policy::cidr_identity(&range), 0));
+        entry.1 = entry.1.saturating_add_signed(by);
+        let (identity, count) = *entry;
+        let exists = self.desired.networks.contains_key(&range);
+        if count == 0 {
+            self.blocks.remove(&range);
+            super::delta::put(
+                &mut self.desired.networks,
+                &mut self.journal.networks,
+                range,
+                None,
+            );
+        } else if !exists {
+            // A range takes its class from the most specific config network holding it;
+            // ranges only policies name are outside the cluster.
+            let class = self
+                .classes
+                .iter()
+                .filter(|(outer, _)| policy::contains(outer, &range))
+                .max_by_key(|(outer, _)| outer.prefix_len)
+                .map(|(_, endpoint)| *endpoint)
+                .unwrap_or(Endpoint {
+                    flags: ENDPOINT_EXTERNAL,
+                    ..Endpoint::EMPTY
+                });
+            super::delta::put(
+                &mut self.desired.networks,
+                &mut self.journal.networks,
+                range,
+                Some(Endpoint { identity, ..class }),
+            );
+        } else {
+            return;
+        }
+        self.dirty.all_sets = true;
+    }
+
+    /// Recomputes the tenant of `namespace` (known if it exists or has pods).
+    fn refresh_tenant(&mut self, namespace: &str) -> Result<(), CompileError> {
+        let known = self.cluster.namespaces.contains_key(namespace)
+            || self.pods_by_namespace.contains_key(namespace);
+        let new = known.then(|| {
+            let implied = Namespace {
+                name: namespace.into(),
+                labels: Labels::new(),
+            };
+            self.config
+                .tenants()
+                .tenant_of(self.cluster.namespaces.get(namespace).unwrap_or(&implied))
+        });
+        let old = self.tenants.get(namespace).cloned();
+        if old == new {
+            return Ok(());
+        }
+        if let Some(new) = &new {
+            let id = new.id().0;
+            if let Some((existing, _)) = self
+                .tenant_refs
+                .get(&id)
+                .filter(|(existing, _)| existing != new)
+            {
+                return Err(CompileError::TenantCollision {
+                    first: existing.to_string(),
+                    second: new.to_string(),
+                    id,
+                });
+            }
+            self.tenant_refs
+                .entry(id)
+                .or_insert_with(|| (new.clone(), 0))
+                .1 += 1;
+            self.desired.index.tenants.insert(id, new.clone());
+            self.tenants.insert(namespace.into(), new.clone());
+        } else {
+            self.tenants.remove(namespace);
+        }
+        if let Some(old) = old {
+            let id = old.id().0;
+            if let Some(entry) = self.tenant_refs.get_mut(&id) {
+                entry.1 -= 1;
+                if entry.1 == 0 {
+                    self.tenant_refs.remove(&id);
+                    self.desired.index.tenants.remove(&id);
+                }
+            }
+        }
+        if let Some(members) = self.pods_by_namespace.get(namespace) {
+            self.dirty.pods.extend(members.iter().cloned());
+        }
+        Ok(())
+    }
+}
+
+fn dedup(mut ranges: Vec<NetworkKey>) -> Vec<NetworkKey> {
+    ranges.sort();
+    ranges.dedup();
+    ranges
+}
+
+/// Every selector of `policy` checked up front: the full compiler reports an invalid one
+/// wherever it is first evaluated, the incremental one evaluates only this node's sets.
+fn validate_selectors(policy: &Policy) -> Result<(), CompileError> {
+    let error = |field: String, source| {
+        CompileError::Policy(Box::new(PolicyCompileError::Selector {
+            policy: policy.key.clone(),
+            field,
+            source: Box::new(source),
+        }))
+    };
+    crate::model::selector::validate(&policy.pod_selector)
+        .map_err(|e| error("spec.podSelector".into(), e))?;
+    for direction in [policy::Direction::Ingress, policy::Direction::Egress] {
+        for (index, rule) in policy::rules_of(policy, direction).iter().enumerate() {
+            for peer in rule.peers.iter().flatten() {
+                if let crate::model::policy::Peer::Pods { namespaces, pods } = peer {
+                    let field = format!("spec.{}[{index}]", direction.as_str());
+                    for (selector, name) in
+                        [(namespaces, "namespaceSelector"), (pods, "podSelector")]
+                    {
+                        if let Some(selector) = selector {
+                            crate::model::selector::validate(selector)
+                                .map_err(|e| error(format!("{field}.{name}"), e))?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
