@@ -9,7 +9,9 @@ use super::{Cluster, Labels, Namespace, ObjectKey, Pod, PodKey};
 pub enum Change {
     Namespace(String, Option<Namespace>),
     Pod(PodKey, Option<Pod>),
-    Policy(ObjectKey, Option<NetworkPolicy>),
+    /// Boxed: a NetworkPolicy is several times the size of the other variants, and a first
+    /// list hands over one change per object.
+    Policy(ObjectKey, Option<Box<NetworkPolicy>>),
     /// This node's labels (empty when the Node is gone).
     NodeLabels(Labels),
 }
@@ -36,7 +38,7 @@ impl Cluster {
             }
             Change::Pod(key, value) => Change::Pod(key.clone(), put(&mut self.pods, &key, value)?),
             Change::Policy(key, value) => {
-                Change::Policy(key.clone(), put(&mut self.network_policies, &key, value)?)
+                Change::Policy(key.clone(), put(&mut self.network_policies, &key, value.map(|policy| *policy))?.map(Box::new))
             }
             Change::NodeLabels(labels) if labels == self.node_labels => return None,
             Change::NodeLabels(labels) => {
@@ -58,7 +60,7 @@ impl Cluster {
         changes.extend(
             self.network_policies
                 .into_iter()
-                .map(|(key, policy)| Change::Policy(key, Some(policy))),
+                .map(|(key, policy)| Change::Policy(key, Some(Box::new(policy)))),
         );
         changes.extend(
             self.pods
@@ -82,7 +84,7 @@ impl Cluster {
             &self.network_policies,
             &new.network_policies,
             &mut changes,
-            Change::Policy,
+            |key, policy| Change::Policy(key, policy.map(Box::new)),
         );
         diff(&self.pods, &new.pods, &mut changes, Change::Pod);
         if self.node_labels != new.node_labels {

@@ -204,7 +204,7 @@ fn random_change(rng: &mut Rng) -> Change {
         }
         8..=10 => {
             let key = ObjectKey::new(ns, format!("np{}", rng.below(3)));
-            let value = (!rng.chance(30)).then(|| policy(rng, &key));
+            let value = (!rng.chance(30)).then(|| Box::new(policy(rng, &key)));
             Change::Policy(key, value)
         }
         _ => {
@@ -237,27 +237,19 @@ fn random_cgroups(rng: &mut Rng) -> PodCgroups {
 }
 
 fn config() -> Config {
-    let mut config = Config::default();
-    config.node_name = Some("n1".into());
-    config.cluster_cidrs = vec!["10.0.0.0/8".parse::<Cidr>().unwrap()];
-    config.tenant_networks = vec![TenantNetwork {
-        cidr: "192.168.10.0/24".parse().unwrap(),
-        tenant: "t1".into(),
-    }];
-    config.allowed_tenant_pairs = vec![TenantPair {
-        from: "t0".into(),
-        to: "t2".into(),
-    }];
-    config.shared_services = vec![SharedService {
-        name: "registry".into(),
-        namespace: "ns5".into(),
-        match_labels: labels(&[("app", "api")]),
-        ports: vec![PortSpec {
-            port: 5000,
-            protocol: Protocol::Tcp,
+    Config {
+        node_name: Some("n1".into()),
+        cluster_cidrs: vec!["10.0.0.0/8".parse::<Cidr>().unwrap()],
+        tenant_networks: vec![TenantNetwork { cidr: "192.168.10.0/24".parse().unwrap(), tenant: "t1".into() }],
+        allowed_tenant_pairs: vec![TenantPair { from: "t0".into(), to: "t2".into() }],
+        shared_services: vec![SharedService {
+            name: "registry".into(),
+            namespace: "ns5".into(),
+            match_labels: labels(&[("app", "api")]),
+            ports: vec![PortSpec { port: 5000, protocol: Protocol::Tcp }],
         }],
-    }];
-    config
+        ..Config::default()
+    }
 }
 
 /// The kernel's maps as the deltas leave them.
@@ -409,7 +401,7 @@ fn a_change_that_does_not_compile_keeps_the_last_state_until_fixed() {
     .unwrap();
     let key = ObjectKey::new("ns0", "bad");
     let error = compiler
-        .apply(vec![Change::Policy(key.clone(), Some(bad))], None)
+        .apply(vec![Change::Policy(key.clone(), Some(Box::new(bad)))], None)
         .unwrap_err();
     assert!(error.to_string().contains("ns0/bad"), "{error}");
     assert_eq!(compiler.desired(), &good, "last good state kept");

@@ -116,7 +116,7 @@ impl Reflected for networking::NetworkPolicy {
         Ok(Some(self))
     }
     fn change(key: ObjectKey, value: Option<networking::NetworkPolicy>) -> Change {
-        Change::Policy(key, value)
+        Change::Policy(key, value.map(Box::new))
     }
     fn keys(state: &mut ModelState) -> &mut BTreeSet<ObjectKey> {
         &mut state.policies
