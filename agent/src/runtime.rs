@@ -226,7 +226,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
         let next = compiler.desired();
         // Names for events decided under the old maps or the new ones, published before the
         // maps change; the exact new index follows the writes.
-        let _ = index_tx.send(Arc::new(next.index.naming_also(&old_index)));
+        let _ = index_tx.send(Arc::new(next.index.naming_also(&old_index, &delta)));
         // After a failed apply the maps hold an unknown mix: reconcile from what they hold.
         let applied = if resync { maps.read().and_then(|held| maps.apply(&held, next)) } else { maps.apply_delta(&delta, next) };
         match applied {

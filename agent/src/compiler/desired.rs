@@ -52,39 +52,32 @@ pub struct Index {
 }
 
 impl Index {
-    /// This index, still naming what `old` named and this one does not (tenants, cgroups,
-    /// addresses): published before the maps are written, so an event decided under either
+    /// This index, still naming what `old` named and this one does not (tenants, and the
+    /// cgroups and addresses `delta` removes): published before the maps are written, so an event decided under either
     /// the old or the new maps finds its names. Ids are content hashes, so a name kept
     /// from `old` can only be right.
-    pub fn naming_also(&self, old: &Index) -> Index {
+    pub fn naming_also(&self, old: &Index, delta: &super::Delta) -> Index {
         let mut both = self.clone();
-        for (id, name) in old
-            .tenants
-            .iter()
-            .filter(|(id, _)| !self.tenants.contains_key(*id))
-        {
+        for (id, name) in old.tenants.iter().filter(|(id, _)| !self.tenants.contains_key(*id)) {
             both.tenants.insert(*id, name.clone());
         }
-        for (cgroup, pod) in old
-            .pods_by_cgroup
-            .iter()
-            .filter(|(cgroup, _)| !self.pods_by_cgroup.contains_key(*cgroup))
-        {
-            both.pods_by_cgroup.insert(*cgroup, pod.clone());
+        // Only what the delta removed can be missing: O(change), not O(cluster).
+        for cgroup in &delta.local.removed {
+            if let Some(pod) = old.pods_by_cgroup.get(cgroup) {
+                both.pods_by_cgroup.insert(*cgroup, pod.clone());
+                if let Some(tenant) = old.pod_tenants.get(pod) {
+                    both.pod_tenants.entry(pod.clone()).or_insert_with(|| tenant.clone());
+                }
+            }
         }
-        for (ip, pod) in old
-            .pods_by_ip
-            .iter()
-            .filter(|(ip, _)| !self.pods_by_ip.contains_key(*ip))
-        {
-            both.pods_by_ip.insert(*ip, pod.clone());
-        }
-        for (pod, tenant) in old
-            .pod_tenants
-            .iter()
-            .filter(|(pod, _)| !self.pod_tenants.contains_key(*pod))
-        {
-            both.pod_tenants.insert(pod.clone(), tenant.clone());
+        for address in &delta.remote.removed {
+            let ip = IpAddr::from(*address).to_canonical();
+            if let Some(pod) = old.pods_by_ip.get(&ip) {
+                both.pods_by_ip.insert(ip, pod.clone());
+                if let Some(tenant) = old.pod_tenants.get(pod) {
+                    both.pod_tenants.entry(pod.clone()).or_insert_with(|| tenant.clone());
+                }
+            }
         }
         both
     }

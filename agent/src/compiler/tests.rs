@@ -290,7 +290,7 @@ fn index_published_before_the_writes_names_the_old_and_the_new_state() {
     let alpha = TenantName::Label("alpha".into()).id().0;
     let gamma = TenantName::Label("gamma".into()).id().0;
     assert!(!new.index.tenants.contains_key(&alpha));
-    let both = new.index.naming_also(&old.index);
+    let both = new.index.naming_also(&old.index, &Delta::between(&old, &new));
     assert_eq!(both.tenants[&alpha].to_string(), "alpha");
     assert_eq!(both.tenants[&gamma].to_string(), "gamma");
     let gone: IpAddr = "10.0.0.3".parse().unwrap();

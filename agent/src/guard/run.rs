@@ -43,6 +43,8 @@ pub struct Guard {
     own_cgroup: Option<u64>,
     discovered: Discovered,
     pods_by_tag: std::collections::BTreeMap<u64, crate::model::PodKey>,
+    /// `Cluster::revision` `pods_by_tag` was computed from.
+    cluster_revision: u64,
     cgroup_root: PathBuf,
     /// Pod cgroup ids → their directories, found again when the set of ids changes.
     pod_dirs: (BTreeSet<u64>, BTreeMap<u64, PathBuf>),
@@ -95,6 +97,7 @@ impl Guard {
             own_cgroup,
             discovered: Discovered::default(),
             pods_by_tag: Default::default(),
+            cluster_revision: 0,
             cgroup_root: cgroup_root.into(),
             pod_dirs: Default::default(),
             socket_paths: SocketPaths::default(),
@@ -107,12 +110,14 @@ impl Guard {
         self.maps.sync_actors(actors)?;
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let found = node::discover(&self.config, &mountinfo);
-        let pods_by_tag: std::collections::BTreeMap<u64, crate::model::PodKey> = cluster
-            .pods
-            .iter()
-            .map(|(key, pod)| (node::pod_tag(pod.uid.as_deref(), &key.namespace, &key.name), key.clone()))
-            .collect();
-        if found != self.discovered || pods_by_tag != self.pods_by_tag {
+        // A SHA-256 per pod: only when the model changed (its revision), not every tick.
+        let model_changed = cluster.revision == 0 || cluster.revision != self.cluster_revision;
+        self.cluster_revision = cluster.revision;
+        let pods_by_tag: Option<std::collections::BTreeMap<u64, crate::model::PodKey>> = model_changed.then(|| {
+            cluster.pods.iter().map(|(key, pod)| (node::pod_tag(pod.uid.as_deref(), &key.namespace, &key.name), key.clone())).collect()
+        });
+        let tags_changed = pods_by_tag.as_ref().is_some_and(|tags| *tags != self.pods_by_tag);
+        if found != self.discovered || tags_changed {
             for path in found.missing.difference(&self.discovered.missing) {
                 tracing::info!(path = %path.display(), "guard: configured node path not found; skipped");
             }
@@ -120,14 +125,16 @@ impl Guard {
                 tracing::warn!(skipped = found.skipped_volume_files, "guard: too many files in disk-backed pod volumes; some are not protected");
             }
             self.maps.sync_node(&found)?;
+            if let Some(tags) = pods_by_tag.filter(|_| tags_changed) {
+                self.pods_by_tag = tags;
+            }
             publish(GuardView {
                 names: found.names.clone(),
-                pods_by_tag: pods_by_tag.clone(),
+                pods_by_tag: self.pods_by_tag.clone(),
                 host_pid_ns: kernel_maps::host_namespace("pid"),
                 host_proc_dev: kernel_maps::host_proc_dev(),
             });
             self.discovered = found;
-            self.pods_by_tag = pods_by_tag;
         }
         self.sync_socket_paths(index, cluster)?;
         let (dev, ino) = self.discovered.kubelet_exe.map(|k| (k.dev, k.ino)).unwrap_or((0, 0));

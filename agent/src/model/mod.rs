@@ -118,12 +118,26 @@ pub struct Pod {
 
 /// Everything the sources know. Keyed maps keep iteration order deterministic, so the
 /// compiler's output (and explain's) does not depend on input order.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub struct Cluster {
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: BTreeMap<PodKey, Pod>,
-    pub network_policies: BTreeMap<ObjectKey, k8s_openapi::api::networking::v1::NetworkPolicy>,
+    pub network_policies:
+        BTreeMap<ObjectKey, k8s_openapi::api::networking::v1::NetworkPolicy>,
     /// Labels of this agent's own Node (they select node profiles); empty when the source
     /// has no Node (the API server without a node name, files without a matching Node).
     pub node_labels: Labels,
+    /// Changes on every [`Cluster::apply`] that changes something, to a value no other
+    /// cluster had (0: never changed that way): lets readers skip work on an unchanged model.
+    /// Not part of equality.
+    pub revision: u64,
+}
+
+impl PartialEq for Cluster {
+    fn eq(&self, other: &Self) -> bool {
+        self.namespaces == other.namespaces
+            && self.pods == other.pods
+            && self.network_policies == other.network_policies
+            && self.node_labels == other.node_labels
+    }
 }

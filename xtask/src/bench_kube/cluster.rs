@@ -23,7 +23,11 @@ pub fn tenant_of(n: usize) -> String {
 pub fn pod(n: usize, name: &str, i: usize) -> Value {
     let ip = format!("10.{}.{}.{}", 64 + i / 65536, (i / 256) % 256, i % 256);
     let app = format!("app{}", i % 3);
-    let tier = if i.is_multiple_of(2) { "frontend" } else { "backend" };
+    let tier = if i.is_multiple_of(2) {
+        "frontend"
+    } else {
+        "backend"
+    };
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": format!("ns{n}"), "uid": format!("00000000-0000-4000-8000-{i:012}"),
@@ -46,13 +50,15 @@ pub fn policy(n: usize, k: usize) -> Value {
                                  "ports": [{"port": "http"}, {"port": 8443}]}]}),
         // app1 in and out: scrapes from the cluster network minus a range, egress to prod
         // namespaces' app2 on the named metrics port and to the internet minus link-local.
-        _ => json!({"podSelector": {"matchLabels": {"app": "app1"}}, "policyTypes": ["Ingress", "Egress"],
+        _ => {
+            json!({"podSelector": {"matchLabels": {"app": "app1"}}, "policyTypes": ["Ingress", "Egress"],
                     "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": [format!("10.{}.0.0/16", n % 64)]}}],
                                  "ports": [{"protocol": "TCP", "port": 9090}]}],
                     "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"env": "prod"}}, "podSelector": {"matchLabels": {"app": "app2"}}}],
                                 "ports": [{"port": "metrics"}]},
                                {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.0.0/16"]}}],
-                                "ports": [{"protocol": "TCP", "port": 443}]}]}),
+                                "ports": [{"protocol": "TCP", "port": 443}]}]})
+        }
     };
     json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
            "metadata": {"name": name, "namespace": format!("ns{n}")}, "spec": spec})
@@ -68,7 +74,8 @@ pub fn added_policy(n: usize, name: &str) -> Value {
 /// `pods` pods in `pods / 10` namespaces, as one List.
 pub fn cluster(pods: usize) -> Value {
     let namespaces = pods / PODS_PER_NAMESPACE;
-    let mut items = Vec::with_capacity(namespaces * (1 + PODS_PER_NAMESPACE + POLICIES_PER_NAMESPACE));
+    let mut items =
+        Vec::with_capacity(namespaces * (1 + PODS_PER_NAMESPACE + POLICIES_PER_NAMESPACE));
     for n in 0..namespaces {
         items.push(namespace(n, &tenant_of(n)));
         for p in 0..PODS_PER_NAMESPACE {

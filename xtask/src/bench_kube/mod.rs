@@ -68,11 +68,18 @@ struct Latencies(Vec<Duration>);
 
 impl Latencies {
     fn pct(&self, p: f64) -> f64 {
-        let index = ((self.0.len() as f64 * p).ceil() as usize).saturating_sub(1).min(self.0.len() - 1);
+        let index = ((self.0.len() as f64 * p).ceil() as usize)
+            .saturating_sub(1)
+            .min(self.0.len() - 1);
         self.0[index].as_secs_f64() * 1000.0
     }
     fn cells(&self) -> String {
-        format!("{:.1} / {:.1} / {:.1}", self.pct(0.50), self.pct(0.99), self.pct(1.0))
+        format!(
+            "{:.1} / {:.1} / {:.1}",
+            self.pct(0.50),
+            self.pct(0.99),
+            self.pct(1.0)
+        )
     }
 }
 
@@ -92,10 +99,16 @@ struct Run {
 impl Run {
     /// Every event's latency, for the overall percentiles.
     fn all(&self) -> Latencies {
-        let mut all: Vec<Duration> = [&self.relabels, &self.pod_adds, &self.local_adds, &self.policy_adds, &self.policy_deletes]
-            .iter()
-            .flat_map(|l| l.0.iter().copied())
-            .collect();
+        let mut all: Vec<Duration> = [
+            &self.relabels,
+            &self.pod_adds,
+            &self.local_adds,
+            &self.policy_adds,
+            &self.policy_deletes,
+        ]
+        .iter()
+        .flat_map(|l| l.0.iter().copied())
+        .collect();
         all.sort();
         Latencies(all)
     }
@@ -106,13 +119,22 @@ pub fn kube(ctx: &Context) -> Result<Section> {
     let moat = ctx.moat_release()?;
     run(cargo().args(["build", "--release", "-p", "moat-testapi"]))?;
     let apiserver = moat.with_file_name("moat-test-apiserver");
-    let lab = Lab::up(&ctx.moat, LAB, &[workspace_root().join("xtask/bench")], &["--no-agent"])?;
+    let lab = Lab::up(
+        &ctx.moat,
+        LAB,
+        &[workspace_root().join("xtask/bench")],
+        &["--no-agent"],
+    )?;
     let dir = target_dir()?.join("bench-kube");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let cgroup_root = cgroup2()?.join(format!("moat-lab-{LAB}/pods"));
     let mut runs = Vec::new();
     for pods in SIZES {
-        println!("\n== kube: {} namespaces, {pods} pods, {} NetworkPolicies", pods / 10, pods / 5);
+        println!(
+            "\n== kube: {} namespaces, {pods} pods, {} NetworkPolicies",
+            pods / 10,
+            pods / 5
+        );
         runs.push(measure(&moat, &apiserver, pods, &dir, &cgroup_root, LAB)?);
     }
     drop(lab);
@@ -130,15 +152,29 @@ pub fn kube(ctx: &Context) -> Result<Section> {
     // Memory per pod (with its tenth of a namespace and fifth of a policy): the slope of
     // RSS between the smallest and the largest cluster.
     let (first, last) = (&runs[0], &runs[runs.len() - 1]);
-    let per_pod = (last.rss_synced as f64 - first.rss_synced as f64) * 1024.0 / (last.pods - first.pods) as f64;
+    let per_pod = (last.rss_synced as f64 - first.rss_synced as f64) * 1024.0
+        / (last.pods - first.pods) as f64;
     let _ = writeln!(table, "\nMemory per pod (with a tenth of a namespace and a fifth of a NetworkPolicy), RSS slope {}k → {}k pods: {per_pod:.0} bytes.", first.pods / 1000, last.pods / 1000);
     let points: Vec<plot::Point> = runs
         .iter()
-        .map(|r| plot::Point { pods: r.pods, p50_ms: r.all().pct(0.5), p99_ms: r.all().pct(0.99), rss_mib: mib(r.rss_after), peak_mib: mib(r.hwm) })
+        .map(|r| plot::Point {
+            pods: r.pods,
+            p50_ms: r.all().pct(0.5),
+            p99_ms: r.all().pct(0.99),
+            rss_mib: mib(r.rss_after),
+            peak_mib: mib(r.hwm),
+        })
         .collect();
     let figure = workspace_root().join("docs/kube-scale.svg");
-    std::fs::write(&figure, plot::svg(&points, &[(10_000, 5.0), (100_000, 20.0)], &[(10_000, 64.0), (100_000, 256.0)]))
-        .with_context(|| format!("writing {}", figure.display()))?;
+    std::fs::write(
+        &figure,
+        plot::svg(
+            &points,
+            &[(10_000, 5.0), (100_000, 20.0)],
+            &[(10_000, 64.0), (100_000, 256.0)],
+        ),
+    )
+    .with_context(|| format!("writing {}", figure.display()))?;
     table.push_str("\n![watch event → map write latency and agent memory against cluster size](kube-scale.svg)\n");
     Ok(Section {
         id: "kube",
@@ -155,10 +191,18 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-fn measure(moat: &Path, apiserver: &Path, pods: usize, dir: &Path, cgroup_root: &Path, lab: &str) -> Result<Run> {
+fn measure(
+    moat: &Path,
+    apiserver: &Path,
+    pods: usize,
+    dir: &Path,
+    cgroup_root: &Path,
+    lab: &str,
+) -> Result<Run> {
     let namespaces = pods / cluster::PODS_PER_NAMESPACE;
     let state = dir.join("state.json");
-    std::fs::write(&state, cluster::cluster(pods).to_string()).context("writing the bench state")?;
+    std::fs::write(&state, cluster::cluster(pods).to_string())
+        .context("writing the bench state")?;
     let (port_file, kubeconfig) = (dir.join("port"), dir.join("kubeconfig"));
     let _ = std::fs::remove_file(&port_file);
     let _server = Killed(
@@ -174,8 +218,14 @@ fn measure(moat: &Path, apiserver: &Path, pods: usize, dir: &Path, cgroup_root: 
             .spawn()
             .with_context(|| format!("starting {}", apiserver.display()))?,
     );
-    let port: u16 = wait(Duration::from_secs(300), || std::fs::read_to_string(&port_file).ok()?.trim().parse().ok())
-        .context("the test API server wrote no port")?;
+    let port: u16 = wait(Duration::from_secs(300), || {
+        std::fs::read_to_string(&port_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    })
+    .context("the test API server wrote no port")?;
 
     // This node's pods: cgroups in the lab's layout (`<namespace>_<pod>`).
     let mut cgroups = Cgroups(Vec::new());
@@ -189,7 +239,10 @@ fn measure(moat: &Path, apiserver: &Path, pods: usize, dir: &Path, cgroup_root: 
         &config,
         format!("instance: lab-{lab}\ncgroupRoot: {}\ncgroupLayout: lab\npollIntervalMs: {POLL_MS}\nclusterCidrs: [10.0.0.0/8]\n", cgroup_root.display()),
     )?;
-    let (log, ready) = (dir.join(format!("agent-{pods}.log")), dir.join("agent.ready"));
+    let (log, ready) = (
+        dir.join(format!("agent-{pods}.log")),
+        dir.join("agent.ready"),
+    );
     let _ = std::fs::remove_file(&ready);
     let log_file = std::fs::File::create(&log)?;
     let started = Instant::now();
@@ -207,18 +260,20 @@ fn measure(moat: &Path, apiserver: &Path, pods: usize, dir: &Path, cgroup_root: 
             .spawn()
             .context("starting moat agent")?,
     );
-    wait(Duration::from_secs(600), || ready.exists().then_some(())).context("the agent did not get ready in 600 s")?;
+    wait(Duration::from_secs(600), || ready.exists().then_some(()))
+        .context("the agent did not get ready in 600 s")?;
     let sync = started.elapsed();
     // Let the first rounds after ready (guard, tc) settle before memory and latency.
     std::thread::sleep(Duration::from_secs(2));
     let (rss_synced, _) = memory(agent.0.id())?;
-    let mut reader = std::fs::File::open(&log)?;
-    reader.seek(SeekFrom::End(0))?;
+    let mut tail = LogTail::open(&log)?;
     let mut timed = |method: &str, path: &str, body: Option<&Value>| -> Result<Duration> {
         let sent = Instant::now();
         let rv = request(port, method, path, body)?;
-        wait(Duration::from_secs(60), || applied_at_least(&mut reader, rv).then_some(()))
-            .with_context(|| format!("{method} {path}: no `applied` line for resourceVersion {rv}"))?;
+        wait(Duration::from_secs(60), || {
+            tail.applied_at_least(rv).then_some(())
+        })
+        .with_context(|| format!("{method} {path}: no `applied` line for resourceVersion {rv}"))?;
         Ok(sent.elapsed())
     };
 
@@ -226,14 +281,26 @@ fn measure(moat: &Path, apiserver: &Path, pods: usize, dir: &Path, cgroup_root: 
     for i in 0..RELABELS {
         // Moves a namespace with local pods between tenants and back.
         let n = i % LOCAL_NAMESPACES;
-        let tenant = if (i / LOCAL_NAMESPACES).is_multiple_of(2) { "moved".to_string() } else { cluster::tenant_of(n) };
-        relabels.push(timed("PUT", &format!("/api/v1/namespaces/ns{n}"), Some(&cluster::namespace(n, &tenant)))?);
+        let tenant = if (i / LOCAL_NAMESPACES).is_multiple_of(2) {
+            "moved".to_string()
+        } else {
+            cluster::tenant_of(n)
+        };
+        relabels.push(timed(
+            "PUT",
+            &format!("/api/v1/namespaces/ns{n}"),
+            Some(&cluster::namespace(n, &tenant)),
+        )?);
     }
     let mut pod_adds = Vec::new();
     for i in 0..POD_ADDS {
         let n = (i * 37 + LOCAL_NAMESPACES) % namespaces;
         let pod = cluster::pod(n, &format!("extra{i}"), pods + i);
-        pod_adds.push(timed("POST", &format!("/api/v1/namespaces/ns{n}/pods"), Some(&pod))?);
+        pod_adds.push(timed(
+            "POST",
+            &format!("/api/v1/namespaces/ns{n}/pods"),
+            Some(&pod),
+        )?);
     }
     let mut local_adds = Vec::new();
     for i in 0..LOCAL_POD_ADDS {
@@ -242,17 +309,29 @@ fn measure(moat: &Path, apiserver: &Path, pods: usize, dir: &Path, cgroup_root: 
         cgroups.make(cgroup_root.join(format!("ns{n}_local{i}")))?;
         std::thread::sleep(Duration::from_millis(3 * POLL_MS));
         let pod = cluster::pod(n, &format!("local{i}"), pods + POD_ADDS + i);
-        local_adds.push(timed("POST", &format!("/api/v1/namespaces/ns{n}/pods"), Some(&pod))?);
+        local_adds.push(timed(
+            "POST",
+            &format!("/api/v1/namespaces/ns{n}/pods"),
+            Some(&pod),
+        )?);
     }
     let mut policy_adds = Vec::new();
     let mut policy_deletes = Vec::new();
     let targets: Vec<usize> = (0..POLICY_CHANGES).map(|i| (i * 53) % namespaces).collect();
     for (i, n) in targets.iter().enumerate() {
         let policy = cluster::added_policy(*n, &format!("bench{i}"));
-        policy_adds.push(timed("POST", &format!("/apis/networking.k8s.io/v1/namespaces/ns{n}/networkpolicies"), Some(&policy))?);
+        policy_adds.push(timed(
+            "POST",
+            &format!("/apis/networking.k8s.io/v1/namespaces/ns{n}/networkpolicies"),
+            Some(&policy),
+        )?);
     }
     for (i, n) in targets.iter().enumerate() {
-        policy_deletes.push(timed("DELETE", &format!("/apis/networking.k8s.io/v1/namespaces/ns{n}/networkpolicies/bench{i}"), None)?);
+        policy_deletes.push(timed(
+            "DELETE",
+            &format!("/apis/networking.k8s.io/v1/namespaces/ns{n}/networkpolicies/bench{i}"),
+            None,
+        )?);
     }
     let (rss_after, hwm) = memory(agent.0.id())?;
     drop(agent);
@@ -274,21 +353,49 @@ fn measure(moat: &Path, apiserver: &Path, pods: usize, dir: &Path, cgroup_root: 
     })
 }
 
-/// Whether a new `applied` line with resource_version ≥ `rv` was logged since the last read.
-fn applied_at_least(reader: &mut std::fs::File, rv: u64) -> bool {
-    let mut text = String::new();
-    if reader.read_to_string(&mut text).is_err() {
-        return false;
+/// The agent's log from where it was opened, read as it grows; a line the agent is still
+/// writing stays pending until complete.
+struct LogTail {
+    file: std::fs::File,
+    pending: String,
+}
+
+impl LogTail {
+    fn open(path: &Path) -> Result<Self> {
+        let mut file = std::fs::File::open(path)?;
+        file.seek(SeekFrom::End(0))?;
+        Ok(Self {
+            file,
+            pending: String::new(),
+        })
     }
-    text.lines().filter_map(|line| serde_json::from_str::<Value>(line).ok()).any(|line| {
-        line["message"] == "applied" && line["resource_version"].as_u64().is_some_and(|seen| seen >= rv)
-    })
+
+    /// Whether a new `applied` line with resource_version ≥ `rv` was logged since the last read.
+    fn applied_at_least(&mut self, rv: u64) -> bool {
+        if self.file.read_to_string(&mut self.pending).is_err() {
+            return false;
+        }
+        let Some(end) = self.pending.rfind('\n') else {
+            return false;
+        };
+        let complete: String = self.pending.drain(..=end).collect();
+        complete
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .any(|line| {
+                line["message"] == "applied"
+                    && line["resource_version"]
+                        .as_u64()
+                        .is_some_and(|seen| seen >= rv)
+            })
+    }
 }
 
 /// One API request; returns the resourceVersion of the object in the answer.
 fn request(port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<u64> {
     let body = body.map(Value::to_string).unwrap_or_default();
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).context("connecting to the test API server")?;
+    let mut stream =
+        TcpStream::connect(("127.0.0.1", port)).context("connecting to the test API server")?;
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -298,8 +405,12 @@ fn request(port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<
     stream.read_to_string(&mut response)?;
     let json_start = response.find("{\"").context("no JSON in the response")?;
     let json_end = response.rfind('}').context("no JSON in the response")?;
-    let object: Value = serde_json::from_str(&response[json_start..=json_end]).context("response JSON")?;
-    match object["metadata"]["resourceVersion"].as_str().and_then(|rv| rv.parse().ok()) {
+    let object: Value =
+        serde_json::from_str(&response[json_start..=json_end]).context("response JSON")?;
+    match object["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|rv| rv.parse().ok())
+    {
         Some(rv) => Ok(rv),
         None => bail!("{method} {path}: {object}"),
     }
@@ -309,9 +420,19 @@ fn request(port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<
 fn memory(pid: u32) -> Result<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| -> Option<u64> {
-        status.lines().find_map(|line| line.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse().ok())
+        status.lines().find_map(|line| {
+            line.strip_prefix(name)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
     };
-    Ok((field("VmRSS:").context("no VmRSS")?, field("VmHWM:").context("no VmHWM")?))
+    Ok((
+        field("VmRSS:").context("no VmRSS")?,
+        field("VmHWM:").context("no VmHWM")?,
+    ))
 }
 
 fn cgroup2() -> Result<PathBuf> {

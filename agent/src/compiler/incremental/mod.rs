@@ -18,11 +18,12 @@
 //! last good state and marks the compiler stale: the next change rebuilds it from the model.
 
 mod peers;
+mod rules;
 mod settle;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use moat_common::maps::{
@@ -32,7 +33,7 @@ use moat_common::maps::{
 
 use super::delta::{Delta, Journal};
 use super::endpoints::{self, Service};
-use super::policy::{self, PolicyCompileError, PolicySet, RuleKey, RuleRef};
+use super::policy::{self, PolicyCompileError, PolicySet};
 use super::{check_collision, network_key, CompileError, Desired};
 use crate::config::{Action, Config};
 use crate::model::policy::Policy;
@@ -90,15 +91,17 @@ pub struct Incremental {
     /// Tenant id → name and how many namespaces (and tenant networks) have it.
     tenant_refs: BTreeMap<u64, (TenantName, usize)>,
     pods: BTreeMap<PodKey, PodState>,
-    by_uid: HashMap<String, BTreeSet<PodKey>>,
+    /// (hash of uid, pod): pods by uid in a few bytes each (a hash match is checked).
+    by_uid: BTreeSet<(u64, PodKey)>,
     /// Address (key form) → the address and the pods claiming it.
-    claims: BTreeMap<[u8; 16], (IpAddr, BTreeSet<PodKey>)>,
+    /// Claimants sorted; nearly always one, so a Vec rather than a set per address.
+    claims: BTreeMap<[u8; 16], (IpAddr, Vec<PodKey>)>,
     local_pods: BTreeMap<u64, PodKey>,
     /// Local address → the cgroups of local pods that have it.
     local_claims: BTreeMap<[u8; 16], BTreeSet<u64>>,
     sets: BTreeMap<u64, SetState>,
     /// Entries of the sets this node's pods use.
-    set_rules: BTreeMap<u64, BTreeMap<RuleKey, BTreeSet<RuleRef>>>,
+    set_rules: BTreeMap<u64, rules::SetRules>,
     /// ipBlock ranges (and the config's networks) → identity and how many policies name them.
     blocks: BTreeMap<NetworkKey, (u64, usize)>,
     groups: BTreeMap<u32, usize>,
@@ -175,7 +178,7 @@ impl Incremental {
             tenants: BTreeMap::new(),
             tenant_refs,
             pods: BTreeMap::new(),
-            by_uid: HashMap::new(),
+            by_uid: BTreeSet::new(),
             claims: BTreeMap::new(),
             local_pods: BTreeMap::new(),
             local_claims: BTreeMap::new(),
@@ -320,7 +323,9 @@ impl Incremental {
                 self.cluster.namespaces.get(&name).map(|ns| &ns.labels),
                 &name,
             );
-            self.mark_sets_for_namespace(&old_labels, &new_labels);
+            if old_labels != new_labels {
+                self.namespace_relabelled(&name, &old_labels, &new_labels);
+            }
             self.namespace_labels.insert(name.clone(), new_labels);
         }
         self.refresh_tenant(&name)
@@ -335,19 +340,12 @@ impl Incremental {
             return Ok(());
         };
         let new = self.cluster.pods.get(&key).cloned();
-        for pod in old.iter().chain(new.iter()) {
-            self.mark_sets_for_pod(pod);
+        self.pod_changed(old.as_ref(), new.as_ref());
+        if let Some(uid) = old.as_ref().and_then(|pod| pod.uid.as_deref()) {
+            self.by_uid.remove(&(uid_hash(uid), key.clone()));
         }
-        if let Some(uid) = old.as_ref().and_then(|pod| pod.uid.as_ref()) {
-            if let Some(keys) = self.by_uid.get_mut(uid) {
-                keys.remove(&key);
-                if keys.is_empty() {
-                    self.by_uid.remove(uid);
-                }
-            }
-        }
-        if let Some(uid) = new.as_ref().and_then(|pod| pod.uid.clone()) {
-            self.by_uid.entry(uid).or_default().insert(key.clone());
+        if let Some(uid) = new.as_ref().and_then(|pod| pod.uid.as_deref()) {
+            self.by_uid.insert((uid_hash(uid), key.clone()));
         }
         let namespace = key.namespace.clone();
         match (old.is_some(), new.is_some()) {
@@ -570,4 +568,26 @@ fn validate_selectors(policy: &Policy) -> Result<(), CompileError> {
         }
     }
     Ok(())
+}
+
+/// A uid's hash, to index pods by uid without keeping the uid twice.
+fn uid_hash(uid: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    uid.hash(&mut hasher);
+    hasher.finish()
+}
+
+impl Incremental {
+    /// The pod with `uid`; of two claiming it, the last in key order (as the full compile's
+    /// index keeps).
+    fn pod_by_uid(&self, uid: &str) -> Option<&PodKey> {
+        let hash = uid_hash(uid);
+        self.by_uid
+            .range((hash, PodKey::new("", ""))..)
+            .take_while(|(h, _)| *h == hash)
+            .map(|(_, key)| key)
+            .filter(|key| self.cluster.pods.get(*key).and_then(|pod| pod.uid.as_deref()) == Some(uid))
+            .last()
+    }
 }

@@ -11,7 +11,7 @@ use super::{Incremental, PodState, SetState};
 use crate::compiler::delta::{mark, put};
 use crate::compiler::endpoints;
 use crate::compiler::foreign::{self, Foreign};
-use crate::compiler::policy::{self, Direction, PolicyCompileError, PolicySet, RuleRef};
+use crate::compiler::policy::{self, Direction, PolicySet};
 use crate::compiler::{check_capacity, CompileError};
 use crate::model::PodKey;
 use crate::node::cgroups::PodRef;
@@ -50,7 +50,7 @@ impl Incremental {
                 PodRef::Key(key) => self.cluster.pods.contains_key(key).then_some(key),
                 // Two pods claiming one uid: the last in key order, as the full compile's
                 // index keeps.
-                PodRef::Uid(uid) => self.by_uid.get(uid).and_then(|keys| keys.last()),
+                PodRef::Uid(uid) => self.pod_by_uid(uid),
             };
             if let Some(key) =
                 key.filter(|key| foreign::scheduled_here(&self.config, &self.cluster.pods[*key]))
@@ -173,7 +173,7 @@ impl Incremental {
             for ip in &old.addresses {
                 let address = key_of(*ip);
                 if let Some((_, claimants)) = self.claims.get_mut(&address) {
-                    claimants.remove(key);
+                    claimants.retain(|claimant| claimant != key);
                     if claimants.is_empty() {
                         self.claims.remove(&address);
                     }
@@ -186,11 +186,14 @@ impl Incremental {
                 self.count_group(state.endpoint.shared, 1);
                 for ip in &state.addresses {
                     let address = key_of(*ip);
-                    self.claims
+                    let claimants = &mut self
+                        .claims
                         .entry(address)
-                        .or_insert_with(|| (*ip, BTreeSet::new()))
-                        .1
-                        .insert(key.clone());
+                        .or_insert_with(|| (*ip, Vec::new()))
+                        .1;
+                    if let Err(at) = claimants.binary_search(key) {
+                        claimants.insert(at, key.clone());
+                    }
                     self.dirty.addresses.insert(address);
                 }
                 self.pods.insert(key.clone(), state);
@@ -348,7 +351,7 @@ impl Incremental {
             .copied()
             .collect();
         for set in gone {
-            self.replace_rules(set, BTreeMap::new());
+            self.replace_rules(set, None);
             self.set_rules.remove(&set);
         }
         let stale: Vec<u64> = local
@@ -361,62 +364,8 @@ impl Incremental {
             .collect();
         for set in stale {
             let rules = self.evaluate(set).map_err(Box::new)?;
-            self.replace_rules(set, rules);
+            self.replace_rules(set, Some(rules));
         }
         Ok(())
-    }
-
-    fn evaluate(
-        &self,
-        set: u64,
-    ) -> Result<BTreeMap<policy::RuleKey, BTreeSet<RuleRef>>, PolicyCompileError> {
-        let mut out = BTreeMap::new();
-        let Some(state) = self.sets.get(&set) else {
-            return Ok(out);
-        };
-        let blocks: BTreeMap<_, u64> = self
-            .blocks
-            .iter()
-            .map(|(range, (identity, _))| (*range, *identity))
-            .collect();
-        for policy_key in &state.set.policies {
-            let policy = &self.policies[policy_key];
-            for (index, rule) in policy::rules_of(policy, state.set.direction)
-                .iter()
-                .enumerate()
-            {
-                let targets = policy::targets::targets(
-                    policy,
-                    rule,
-                    self,
-                    &blocks,
-                    state.set.direction,
-                    index,
-                )?;
-                let rule_ref = RuleRef {
-                    policy: policy_key.clone(),
-                    direction: state.set.direction,
-                    index,
-                };
-                policy::rule_entries(set, rule, rule_ref, &targets, &state.ports, self, &mut out);
-            }
-        }
-        Ok(out)
-    }
-
-    fn replace_rules(&mut self, set: u64, rules: BTreeMap<policy::RuleKey, BTreeSet<RuleRef>>) {
-        let old = self.set_rules.remove(&set).unwrap_or_default();
-        for key in old.keys().filter(|key| !rules.contains_key(*key)) {
-            self.journal.policy_rules.entry(*key).or_insert(true);
-            self.desired.policy_rules.remove(key);
-        }
-        for (key, refs) in &rules {
-            self.journal
-                .policy_rules
-                .entry(*key)
-                .or_insert_with(|| self.desired.policy_rules.contains_key(key));
-            self.desired.policy_rules.insert(*key, refs.clone());
-        }
-        self.set_rules.insert(set, rules);
     }
 }

@@ -362,20 +362,30 @@ fn expand(
     }
     // Egress to every peer on a named port: each pod that has such a port, by its identity.
     if direction == Direction::Egress && targets.iter().any(|t| matches!(t, Target::Any)) {
-        for pod in index.all() {
-            let ports: Vec<_> = named
-                .iter()
-                .filter_map(|rule| match &rule.port {
-                    PortRef::Named(name) => resolve(pod.ports, name, rule.protocol),
-                    _ => None,
-                })
-                .collect();
-            if !ports.is_empty() {
-                out.push((pod.identity, Ports::Some(ports)));
-            }
-        }
+        out.extend(index.all().into_iter().filter_map(|pod| named_for_any(&named, pod)));
     }
     out
+}
+
+/// What "every peer on a named port" gives one pod: its identity on the ports it names.
+fn named_for_any(named: &[&PortRule], pod: PodView) -> Option<(u64, Ports)> {
+    let ports: Vec<_> = named
+        .iter()
+        .filter_map(|rule| match &rule.port {
+            PortRef::Named(name) => resolve(pod.ports, name, rule.protocol),
+            _ => None,
+        })
+        .collect();
+    (!ports.is_empty()).then_some((pod.identity, Ports::Some(ports)))
+}
+
+/// The entries an egress rule without peers gives set `set` for one pod on its named ports
+/// (the full compile's "every peer on a named port", one pod at a time).
+pub fn any_named_entries(set: u64, rule: &Rule, rule_ref: &RuleRef, pod: PodView, out: &mut Vec<(RuleKey, RuleRef)>) {
+    let named: Vec<&PortRule> = rule.ports.iter().flatten().filter(|port| matches!(port.port, PortRef::Named(_))).collect();
+    if let Some((identity, ports)) = named_for_any(&named, pod) {
+        out.extend(keys(set, identity, &ports).into_iter().map(|key| (key, rule_ref.clone())));
+    }
 }
 
 fn numbered_port(rule: &PortRule) -> Option<(Protocol, Option<(u16, u16)>)> {

@@ -1,0 +1,507 @@
+//! The entries of this node's policy sets, kept per contribution: each (rule, kind of target,
+//! pod identity) counts the pods that make it a target, each entry counts the contributions
+//! giving it. A pod event adjusts the counts of the rules that cover its old or new version
+//! and writes only the entries whose count reaches or leaves zero; a namespace relabel does
+//! the same for the pods of that namespace. A set is evaluated whole only when it appears,
+//! when one of its policies changes, or when the ipBlock partition changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use moat_common::maps::NetworkKey;
+
+use super::Incremental;
+use crate::compiler::network_key;
+use crate::compiler::policy::targets::{host_key, in_block, namespace_labels};
+use crate::compiler::policy::{
+    self, Direction, PeerIndex, PodView, PolicyCompileError, RuleKey, RuleRef, Target,
+};
+use crate::model::policy::{Peer, Policy, PortRef, Rule};
+use crate::model::selector;
+use crate::model::{Labels, Pod, PodKey};
+
+/// How a pod is a target of a rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Kind {
+    /// Selected by a pod/namespace selector peer.
+    Pod,
+    /// Inside an ipBlock peer.
+    InBlock,
+    /// Named ports of "every peer" in an egress rule.
+    AnyNamed,
+}
+
+/// The entries of one local set, with their counts.
+#[derive(Default)]
+pub(super) struct SetRules {
+    contributions: BTreeMap<(RuleRef, Kind, u64), u32>,
+    entries: BTreeMap<RuleKey, BTreeMap<RuleRef, u32>>,
+}
+
+/// An index without pods: what a rule gives whatever the pods are (every peer, ipBlocks).
+struct NoPods;
+
+impl PeerIndex for NoPods {
+    fn namespaces(&self) -> Vec<(&str, &Labels)> {
+        Vec::new()
+    }
+    fn in_namespace(&self, _: &str) -> Vec<PodView<'_>> {
+        Vec::new()
+    }
+    fn in_block(&self, _: &NetworkKey, _: &[NetworkKey]) -> Vec<PodView<'_>> {
+        Vec::new()
+    }
+    fn all(&self) -> Vec<PodView<'_>> {
+        Vec::new()
+    }
+}
+
+/// The kinds by which `pod`, in a namespace labelled `labels`, is a target of `rule`.
+fn kinds(
+    policy: &Policy,
+    direction: Direction,
+    rule: &Rule,
+    pod: &Pod,
+    labels: &Labels,
+) -> Vec<Kind> {
+    let matches = |sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+                   labels: &Labels| {
+        // Selectors were validated when the policy was taken.
+        selector::matches(sel, labels).unwrap_or(false)
+    };
+    let Some(peers) = &rule.peers else {
+        let named = rule.ports.iter().flatten().any(|port| match &port.port {
+            PortRef::Named(name) => pod
+                .ports
+                .iter()
+                .any(|p| p.name.as_deref() == Some(name) && p.protocol == port.protocol),
+            _ => false,
+        });
+        return if direction == Direction::Egress && named {
+            vec![Kind::AnyNamed]
+        } else {
+            Vec::new()
+        };
+    };
+    let mut out = Vec::new();
+    let selected = peers.iter().any(|peer| match peer {
+        Peer::Pods { namespaces, pods } => {
+            let namespace_ok = match namespaces {
+                None => pod.key.namespace == policy.key.namespace,
+                Some(sel) => matches(sel, labels),
+            };
+            namespace_ok && pods.as_ref().is_none_or(|sel| matches(sel, &pod.labels))
+        }
+        Peer::Block { .. } => false,
+    });
+    if selected {
+        out.push(Kind::Pod);
+    }
+    let hosts: Vec<NetworkKey> = if pod.host_network {
+        Vec::new()
+    } else {
+        pod.ips.iter().map(|ip| host_key(*ip)).collect()
+    };
+    let inside = peers.iter().any(|peer| match peer {
+        Peer::Block { cidr, except } => {
+            let outer = network_key(cidr);
+            let excluded: Vec<NetworkKey> = except.iter().map(network_key).collect();
+            hosts.iter().any(|host| in_block(host, &outer, &excluded))
+        }
+        Peer::Pods { .. } => false,
+    });
+    if inside {
+        out.push(Kind::InBlock);
+    }
+    out
+}
+
+/// One change to a contribution's count, with the entries it gives.
+struct Step {
+    set: u64,
+    contribution: (RuleRef, Kind, u64),
+    by: i32,
+    entries: Vec<(RuleKey, RuleRef)>,
+}
+
+impl Incremental {
+    fn entries_of(
+        &self,
+        set: u64,
+        rule: &Rule,
+        rule_ref: &RuleRef,
+        kind: Kind,
+        view: PodView,
+    ) -> Vec<(RuleKey, RuleRef)> {
+        let Some(state) = self.sets.get(&set) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        match kind {
+            Kind::AnyNamed => policy::any_named_entries(set, rule, rule_ref, view, &mut out),
+            Kind::Pod | Kind::InBlock => {
+                let target = if kind == Kind::Pod {
+                    Target::Pod(view)
+                } else {
+                    Target::PodInBlock(view)
+                };
+                let mut map = BTreeMap::new();
+                policy::rule_entries(
+                    set,
+                    rule,
+                    rule_ref.clone(),
+                    &[target],
+                    &state.ports,
+                    &NoPods,
+                    &mut map,
+                );
+                out.extend(
+                    map.into_iter()
+                        .flat_map(|(key, refs)| refs.into_iter().map(move |r| (key, r))),
+                );
+            }
+        }
+        out
+    }
+
+    /// The steps for `pod` (with `identity`, in a namespace labelled `labels`) entering
+    /// (`by` 1) or leaving (-1) the targets of every local set's rules; `only_namespace_selectors`
+    /// limits them to rules that select namespaces by labels.
+    fn steps(
+        &self,
+        pod: &Pod,
+        identity: u64,
+        labels: &Labels,
+        by: i32,
+        only_namespace_selectors: bool,
+        out: &mut Vec<Step>,
+    ) {
+        let view = PodView {
+            identity,
+            labels: &pod.labels,
+            ports: &pod.ports,
+        };
+        for set in self.set_rules.keys() {
+            if self.dirty.sets.contains(set) {
+                continue;
+            }
+            let Some(state) = self.sets.get(set) else {
+                continue;
+            };
+            for policy_key in &state.set.policies {
+                let Some(policy) = self.policies.get(policy_key) else {
+                    continue;
+                };
+                for (index, rule) in policy::rules_of(policy, state.set.direction)
+                    .iter()
+                    .enumerate()
+                {
+                    if only_namespace_selectors
+                        && !rule.peers.iter().flatten().any(|peer| {
+                            matches!(
+                                peer,
+                                Peer::Pods {
+                                    namespaces: Some(_),
+                                    ..
+                                }
+                            )
+                        })
+                    {
+                        continue;
+                    }
+                    let rule_ref = RuleRef {
+                        policy: policy_key.clone(),
+                        direction: state.set.direction,
+                        index,
+                    };
+                    for kind in kinds(policy, state.set.direction, rule, pod, labels) {
+                        let entries = self.entries_of(*set, rule, &rule_ref, kind, view);
+                        out.push(Step {
+                            set: *set,
+                            contribution: (rule_ref.clone(), kind, identity),
+                            by,
+                            entries,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// A pod changed from `old` to `new`: adjusts the local sets' contributions.
+    pub(super) fn pod_changed(&mut self, old: Option<&Pod>, new: Option<&Pod>) {
+        if self.dirty.all_sets || self.set_rules.is_empty() {
+            return;
+        }
+        let Some(namespace) = new.or(old).map(|pod| pod.key.namespace.clone()) else {
+            return;
+        };
+        let labels = namespace_labels(
+            self.cluster.namespaces.get(&namespace).map(|ns| &ns.labels),
+            &namespace,
+        );
+        let mut steps = Vec::new();
+        // Gains first, so an unchanged contribution never drops to zero on the way.
+        if let Some(pod) = new {
+            self.steps(
+                pod,
+                policy::pod_identity(&pod.key.namespace, &pod.labels, &pod.ports),
+                &labels,
+                1,
+                false,
+                &mut steps,
+            );
+        }
+        if let Some(pod) = old {
+            self.steps(
+                pod,
+                policy::pod_identity(&pod.key.namespace, &pod.labels, &pod.ports),
+                &labels,
+                -1,
+                false,
+                &mut steps,
+            );
+        }
+        self.take_steps(steps);
+    }
+
+    /// Namespace `name` relabelled from `old` to `new`: its pods' contributions to rules
+    /// that select namespaces.
+    pub(super) fn namespace_relabelled(&mut self, name: &str, old: &Labels, new: &Labels) {
+        if self.dirty.all_sets || self.set_rules.is_empty() {
+            return;
+        }
+        let keys: Vec<PodKey> = self
+            .pods_by_namespace
+            .get(name)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        let mut steps = Vec::new();
+        for key in keys {
+            let Some(pod) = self.cluster.pods.get(&key) else {
+                continue;
+            };
+            let identity = policy::pod_identity(&key.namespace, &pod.labels, &pod.ports);
+            self.steps(pod, identity, new, 1, true, &mut steps);
+            self.steps(pod, identity, old, -1, true, &mut steps);
+        }
+        self.take_steps(steps);
+    }
+
+    fn take_steps(&mut self, steps: Vec<Step>) {
+        for step in steps {
+            let Some(rules) = self.set_rules.get_mut(&step.set) else {
+                continue;
+            };
+            let count = rules
+                .contributions
+                .entry(step.contribution.clone())
+                .or_insert(0);
+            let before = *count;
+            *count = count.saturating_add_signed(step.by);
+            let after = *count;
+            if after == 0 {
+                rules.contributions.remove(&step.contribution);
+            }
+            let by = match (before, after) {
+                (0, 1..) => 1,
+                (1.., 0) => -1,
+                _ => continue,
+            };
+            for (key, rule_ref) in step.entries {
+                count_entry(
+                    rules,
+                    &mut self.desired.policy_rules,
+                    &mut self.journal.policy_rules,
+                    key,
+                    rule_ref,
+                    by,
+                );
+            }
+        }
+    }
+
+    /// Evaluates local set `set` whole.
+    pub(super) fn evaluate(&self, set: u64) -> Result<SetRules, PolicyCompileError> {
+        let mut out = SetRules::default();
+        let Some(state) = self.sets.get(&set) else {
+            return Ok(out);
+        };
+        let blocks: BTreeMap<_, u64> = self
+            .blocks
+            .iter()
+            .map(|(range, (identity, _))| (*range, *identity))
+            .collect();
+        let mut sink = BTreeMap::new();
+        for policy_key in &state.set.policies {
+            let policy = &self.policies[policy_key];
+            for (index, rule) in policy::rules_of(policy, state.set.direction)
+                .iter()
+                .enumerate()
+            {
+                let rule_ref = RuleRef {
+                    policy: policy_key.clone(),
+                    direction: state.set.direction,
+                    index,
+                };
+                // What the rule gives whatever the pods: every peer, ipBlock ranges.
+                let fixed = policy::targets::targets(
+                    policy,
+                    rule,
+                    &NoPods,
+                    &blocks,
+                    state.set.direction,
+                    index,
+                )?;
+                let mut map = BTreeMap::new();
+                policy::rule_entries(
+                    set,
+                    rule,
+                    rule_ref.clone(),
+                    &fixed,
+                    &state.ports,
+                    &NoPods,
+                    &mut map,
+                );
+                for (key, refs) in map {
+                    for r in refs {
+                        count_entry(&mut out, &mut sink, &mut BTreeMap::new(), key, r, 1);
+                    }
+                }
+                for key in self.candidates(policy, rule) {
+                    let Some(pod) = self.cluster.pods.get(&key) else {
+                        continue;
+                    };
+                    let Some(labels) = self.namespace_labels.get(&key.namespace) else {
+                        continue;
+                    };
+                    let Some(pod_state) = self.pods.get(&key) else {
+                        continue;
+                    };
+                    let view = PodView {
+                        identity: pod_state.identity,
+                        labels: &pod.labels,
+                        ports: &pod.ports,
+                    };
+                    for kind in kinds(policy, state.set.direction, rule, pod, labels) {
+                        let contribution = (rule_ref.clone(), kind, pod_state.identity);
+                        let count = out.contributions.entry(contribution).or_insert(0);
+                        *count += 1;
+                        if *count == 1 {
+                            for (key, r) in self.entries_of(set, rule, &rule_ref, kind, view) {
+                                count_entry(&mut out, &mut sink, &mut BTreeMap::new(), key, r, 1);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Pods that may be targets of `rule`: those of the namespaces its selectors can match,
+    /// those inside its ipBlocks, every pod for "every peer" on named ports.
+    fn candidates(&self, policy: &Policy, rule: &Rule) -> BTreeSet<PodKey> {
+        let mut out = BTreeSet::new();
+        let Some(peers) = &rule.peers else {
+            if rule
+                .ports
+                .iter()
+                .flatten()
+                .any(|port| matches!(port.port, PortRef::Named(_)))
+            {
+                out.extend(self.pods.keys().cloned());
+            }
+            return out;
+        };
+        for peer in peers {
+            match peer {
+                Peer::Pods {
+                    namespaces: None, ..
+                } => {
+                    out.extend(
+                        self.pods_by_namespace
+                            .get(&policy.key.namespace)
+                            .into_iter()
+                            .flatten()
+                            .cloned(),
+                    );
+                }
+                Peer::Pods {
+                    namespaces: Some(sel),
+                    ..
+                } => {
+                    for (namespace, labels) in &self.namespace_labels {
+                        if selector::matches(sel, labels).unwrap_or(false) {
+                            out.extend(
+                                self.pods_by_namespace
+                                    .get(namespace)
+                                    .into_iter()
+                                    .flatten()
+                                    .cloned(),
+                            );
+                        }
+                    }
+                }
+                Peer::Block { cidr, except } => {
+                    let excluded: Vec<NetworkKey> = except.iter().map(network_key).collect();
+                    out.extend(self.keys_in_block(&network_key(cidr), &excluded));
+                }
+            }
+        }
+        out
+    }
+
+    /// Replaces the entries of local set `set` (`None`: the set is no longer local).
+    pub(super) fn replace_rules(&mut self, set: u64, rules: Option<SetRules>) {
+        let old = self.set_rules.remove(&set).unwrap_or_default();
+        let new_entries = rules.as_ref().map(|rules| &rules.entries);
+        for key in old
+            .entries
+            .keys()
+            .filter(|key| !new_entries.is_some_and(|entries| entries.contains_key(*key)))
+        {
+            self.journal.policy_rules.entry(*key).or_insert(true);
+            self.desired.policy_rules.remove(key);
+        }
+        if let Some(rules) = rules {
+            for (key, refs) in &rules.entries {
+                self.journal
+                    .policy_rules
+                    .entry(*key)
+                    .or_insert_with(|| self.desired.policy_rules.contains_key(key));
+                self.desired
+                    .policy_rules
+                    .insert(*key, refs.keys().cloned().collect());
+            }
+            self.set_rules.insert(set, rules);
+        }
+    }
+}
+
+/// Counts `rule_ref`'s share of `key` up or down, keeping `desired` (and its journal) in step.
+fn count_entry(
+    rules: &mut SetRules,
+    desired: &mut BTreeMap<RuleKey, BTreeSet<RuleRef>>,
+    journal: &mut BTreeMap<RuleKey, bool>,
+    key: RuleKey,
+    rule_ref: RuleRef,
+    by: i32,
+) {
+    let refs = rules.entries.entry(key).or_default();
+    let count = refs.entry(rule_ref.clone()).or_insert(0);
+    *count = count.saturating_add_signed(by);
+    if *count == 0 {
+        refs.remove(&rule_ref);
+    }
+    journal
+        .entry(key)
+        .or_insert_with(|| desired.contains_key(&key));
+    if refs.is_empty() {
+        rules.entries.remove(&key);
+        desired.remove(&key);
+    } else {
+        desired.insert(key, refs.keys().cloned().collect());
+    }
+}
