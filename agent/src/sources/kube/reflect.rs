@@ -218,9 +218,10 @@ async fn list<K: Reflected>(
         }
     };
     let count = listed.len();
-    shared.relisted::<K>(listed, changes, numeric(&version));
+    // Counted before the hand-over wakes anyone waiting for the first complete state.
     shared.sync.ok(K::WATCH);
     shared.sync.listed();
+    shared.relisted::<K>(listed, changes, numeric(&version));
     tracing::info!(kind = K::KIND, objects = count, "listed");
     Ok(version)
 }
