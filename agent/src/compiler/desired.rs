@@ -94,6 +94,20 @@ impl Exceptions for Desired {
 }
 
 impl Desired {
+    /// Nothing in the maps yet, with the settings `config` gives.
+    pub fn for_config(config: &crate::config::Config) -> Self {
+        use moat_common::maps::{SETTING_DEFAULT_DENY_IN_TENANT, SETTING_REPORT_ALLOWED, UNKNOWN_ALLOW, UNKNOWN_DENY};
+        Self {
+            unknown: match config.unknown_endpoints {
+                crate::config::Action::Allow => UNKNOWN_ALLOW,
+                crate::config::Action::Deny => UNKNOWN_DENY,
+            },
+            flags: if config.default_deny_in_tenant { SETTING_DEFAULT_DENY_IN_TENANT } else { 0 }
+                | if config.events.report_allowed_flows { SETTING_REPORT_ALLOWED } else { 0 },
+            ..Self::default()
+        }
+    }
+
     /// The settings an agent writes once this state is in the maps.
     pub fn settings(&self, generation: u64) -> Settings {
         Settings {

@@ -16,10 +16,10 @@ use std::collections::BTreeSet;
 
 use moat_common::maps::{
     capacity, Endpoint, NetworkKey, TenantPairKey, ENDPOINT_EXTERNAL, ENDPOINT_FOREIGN,
-    NOT_ISOLATED, SETTING_DEFAULT_DENY_IN_TENANT, SETTING_REPORT_ALLOWED,
+    NOT_ISOLATED,
 };
 
-use crate::config::{Action, Cidr, Config};
+use crate::config::{Cidr, Config};
 use crate::model::{Cluster, PodKey, TenantId, TenantName};
 use crate::node::cgroups::PodCgroups;
 
@@ -78,22 +78,7 @@ pub fn compile_scoped(
         .copied()
         .collect();
     let policies = policy::compile(cluster, &config_networks).map_err(Box::new)?;
-    let mut desired = Desired {
-        unknown: match config.unknown_endpoints {
-            Action::Allow => moat_common::maps::UNKNOWN_ALLOW,
-            Action::Deny => moat_common::maps::UNKNOWN_DENY,
-        },
-        flags: if config.default_deny_in_tenant {
-            SETTING_DEFAULT_DENY_IN_TENANT
-        } else {
-            0
-        } | if config.events.report_allowed_flows {
-            SETTING_REPORT_ALLOWED
-        } else {
-            0
-        },
-        ..Desired::default()
-    };
+    let mut desired = Desired::for_config(config);
     // The pods running here: by their cgroups for the kernel; for explain (no cgroups), every
     // pod scheduled here.
     let lookup = endpoints::PodLookup::new(cluster);

@@ -26,16 +26,13 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use moat_common::maps::{
-    Endpoint, NetworkKey, TenantPairKey, ENDPOINT_EXTERNAL, SETTING_DEFAULT_DENY_IN_TENANT,
-    SETTING_REPORT_ALLOWED,
-};
+use moat_common::maps::{Endpoint, NetworkKey, TenantPairKey, ENDPOINT_EXTERNAL};
 
 use super::delta::{Delta, Journal};
 use super::endpoints::{self, Service};
 use super::policy::{self, PolicyCompileError, PolicySet};
 use super::{check_collision, network_key, CompileError, Desired};
-use crate::config::{Action, Config};
+use crate::config::Config;
 use crate::model::policy::Policy;
 use crate::model::{
     Change, Cluster, ContainerPort, Labels, Namespace, ObjectKey, PodKey, TenantName,
@@ -125,22 +122,7 @@ impl Incremental {
     }
 
     fn empty(config: &Config) -> Result<Self, CompileError> {
-        let mut desired = Desired {
-            unknown: match config.unknown_endpoints {
-                Action::Allow => moat_common::maps::UNKNOWN_ALLOW,
-                Action::Deny => moat_common::maps::UNKNOWN_DENY,
-            },
-            flags: if config.default_deny_in_tenant {
-                SETTING_DEFAULT_DENY_IN_TENANT
-            } else {
-                0
-            } | if config.events.report_allowed_flows {
-                SETTING_REPORT_ALLOWED
-            } else {
-                0
-            },
-            ..Desired::default()
-        };
+        let mut desired = Desired::for_config(config);
         let mut classes = BTreeMap::new();
         for cidr in &config.cluster_cidrs {
             classes.insert(network_key(cidr), Endpoint::PENDING);
