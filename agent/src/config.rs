@@ -67,9 +67,17 @@ pub struct Config {
 pub struct EventsConfig {
     /// Identical events within this window are reported once more at its end, with a count.
     pub aggregation_window_ms: u64,
-    /// Events buffered between the ring-buffer reader and the sinks; beyond it they are
-    /// dropped and counted as lost in userspace.
+    /// Flow events buffered between the ring-buffer reader and the sinks, shared fairly by
+    /// the tenants: when full, the tenant with the most waiting loses one (counted).
     pub buffer: usize,
+    /// Detections buffered, apart from flow events, which can neither fill nor delay them.
+    pub detection_buffer: usize,
+    /// Distinct flow events of one shape (one pod to one remote namespace, same rule) reported
+    /// one by one per window; beyond, they are folded into one report with their spread.
+    /// 0: never fold distinct events.
+    pub flood_threshold: usize,
+    /// Per-tenant and per-pod budgets before the ring buffer (see `events::budget`).
+    pub budget: crate::events::budget::BudgetConfig,
     /// JSON lines written to a file as well as stdout.
     pub file: Option<FileSinkConfig>,
     /// Also report every newly admitted flow (one event per flow, not per packet), for
@@ -79,7 +87,15 @@ pub struct EventsConfig {
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        Self { aggregation_window_ms: 1000, buffer: 4096, file: None, report_allowed_flows: false }
+        Self {
+            aggregation_window_ms: 1000,
+            buffer: 4096,
+            detection_buffer: 4096,
+            flood_threshold: 16,
+            budget: crate::events::budget::BudgetConfig::default(),
+            file: None,
+            report_allowed_flows: false,
+        }
     }
 }
 
@@ -402,6 +418,10 @@ impl Config {
         if self.events.buffer == 0 || self.events.buffer > 1 << 20 {
             return Err(("events.buffer".into(), "must be 1..=1048576".into()));
         }
+        if self.events.detection_buffer == 0 || self.events.detection_buffer > 1 << 20 {
+            return Err(("events.detectionBuffer".into(), "must be 1..=1048576".into()));
+        }
+        self.events.budget.validate()?;
         if let Some(file) = &self.events.file {
             if file.max_size_bytes < 4096 {
                 return Err(("events.file.maxSizeBytes".into(), "must be at least 4096".into()));

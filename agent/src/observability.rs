@@ -2,7 +2,6 @@
 //! agent loop (`runtime.rs`) only reports what happened: loaded, applied, failed.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -14,9 +13,11 @@ use tokio::sync::{broadcast, watch};
 use crate::admin::{self, AdminError};
 use crate::compiler::Index;
 use crate::config::Config;
-use crate::events::pipeline::{self, Losses, Sink, Submitter};
+use crate::events::losses::{Losses, Named};
+use crate::events::pipeline::{self, Sink, Submitter};
 use crate::events::record::Event;
 use crate::kernel::bpffs::PinDirs;
+use crate::kernel::event_budgets::BudgetReader;
 use crate::kernel::loader::Attached;
 use crate::kernel::maps::ApplyStats;
 use crate::kernel::stats::{Fill, KernelStats};
@@ -140,16 +141,13 @@ impl Shared {
         metrics::raise_to(&m.sync_failures, sync.failures);
         m.sync_staleness.set(sync.staleness_seconds().unwrap_or(0.0));
         m.programs_attached.set(i64::try_from(lock(&self.attached).len()).unwrap_or(0));
-        for (reason, value) in [
-            ("buffer-full", &self.losses.buffer_full),
-            ("observer-lagged", &self.losses.observer_lagged),
-            ("sink-dropped", &self.losses.sink_dropped),
-        ] {
-            metrics::raise_to(&m.events_lost.get_or_create(&metrics::lost("userspace", reason)), value.load(Ordering::Relaxed));
+        let index = self.index();
+        self.losses.poll_kernel();
+        for (labels, total) in loss_series(&self.losses, index.as_deref()) {
+            metrics::raise_to(&m.events_lost.get_or_create(&labels), total);
         }
         let kernel = lock(&self.kernel);
         let Some(stats) = kernel.as_ref() else { return KernelReading::default() };
-        let index = self.index();
         let mut tenants_seen = std::collections::HashSet::new();
         for (key, counter) in stats.counters() {
             let mut tenant = match (key.tenant, &index) {
@@ -174,7 +172,6 @@ impl Shared {
             tracing::warn!(%error, "reading EVENTS_LOST failed");
             0
         });
-        metrics::raise_to(&m.events_lost.get_or_create(&metrics::lost("kernel", "ring-buffer-full")), events_lost_kernel);
         let maps = stats.fill();
         for fill in &maps {
             let labels = metrics::MapLabels { map: fill.map.into() };
@@ -183,6 +180,25 @@ impl Shared {
         }
         KernelReading { maps, events_lost_kernel }
     }
+}
+
+/// Loss totals summed per metric label set; tenants beyond the label cap are `other`.
+pub fn loss_series(losses: &Losses, index: Option<&Index>) -> Vec<(metrics::LostLabels, u64)> {
+    let mut series: std::collections::BTreeMap<(String, String, String, String), u64> = Default::default();
+    let mut tenants = std::collections::HashSet::new();
+    for (key, total) in losses.totals() {
+        let named = Named::new(&key, index);
+        let mut tenant = named.tenant.unwrap_or_default();
+        if tenants.len() >= metrics::MAX_TENANT_LABELS && !tenants.contains(&tenant) {
+            tenant = "other".into();
+        }
+        tenants.insert(tenant.clone());
+        *series.entry((named.stage.into(), named.reason.into(), tenant, named.events.into())).or_default() += total;
+    }
+    series
+        .into_iter()
+        .map(|((stage, reason, tenant, kind), total)| (metrics::LostLabels { stage, reason, tenant, kind }, total))
+        .collect()
 }
 
 /// The agent's handle on everything observable.
@@ -254,6 +270,10 @@ impl Observability {
             Ok(kernel) => *lock(&self.shared.kernel) = Some(kernel),
             Err(error) => tracing::error!(%error, "opening the pinned maps for metrics failed; map metrics stay empty"),
         }
+        match BudgetReader::open(&dirs.maps) {
+            Ok(reader) => self.shared.losses.attach_kernel(reader),
+            Err(error) => tracing::error!(%error, "opening the event budgets failed; losses in the kernel are not counted per tenant"),
+        }
         self.applied(stats);
         let mut sync = lock(&self.shared.sync);
         sync.first_sync_done = true;
@@ -304,9 +324,16 @@ impl Observability {
                 Err(error) => tracing::error!(%error, "Kubernetes Events sink disabled"),
             }
         }
-        let window = Duration::from_millis(self.config.events.aggregation_window_ms);
-        let (pipeline, submitter) =
-            pipeline::new(self.config.events.buffer, window, index, sinks, shared.hub.clone(), shared.losses.clone());
+        let events = &self.config.events;
+        let window = Duration::from_millis(events.aggregation_window_ms);
+        let settings = pipeline::Settings {
+            buffer: events.buffer,
+            detection_buffer: events.detection_buffer,
+            window,
+            flood_threshold: events.flood_threshold,
+            summary_period: window.max(Duration::from_secs(1)),
+        };
+        let (pipeline, submitter) = pipeline::new(settings, index, sinks, shared.hub.clone(), shared.losses.clone());
         tokio::spawn(pipeline.run());
         Ok(submitter)
     }

@@ -103,7 +103,8 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     let dirs = bpffs::pin_dirs(&config.bpffs_root, &config.instance);
     bpffs::prepare(&config.bpffs_root, &dirs)?;
     let (kernel_layout, layout_error) = crate::guard::run::kernel_layout();
-    let mut ebpf = loader::load(&dirs, &kernel_layout).inspect_err(|e| observability.kernel_failed(e))?;
+    let budget = config.events.budget.kernel();
+    let mut ebpf = loader::load_budgeted(&dirs, &kernel_layout, &budget).inspect_err(|e| observability.kernel_failed(e))?;
     // Before any map leaves `ebpf`: the hand-loaded program is linked against all of them.
     let unix_connect = loader::load_unix_connect(&ebpf);
     let mut maps = KernelMaps::take(&mut ebpf)?;

@@ -5,6 +5,7 @@
 //! The verdict logic lives here too, so the kernel and `moat explain` run the same code.
 #![no_std]
 
+pub mod budget;
 pub mod event;
 pub mod guard;
 pub mod layout;

@@ -11,9 +11,10 @@ use moat_common::{
     verdict::{decide_flow, Exceptions, LocalEnd, Peer, PolicyRules, Reason},
 };
 
+use crate::budget;
 use crate::maps::{
-    COUNTERS, EVENTS, EVENTS_LOST, FLOWS, LOCAL_ENDPOINTS, POLICY_RULES, REMOTE_ENDPOINTS,
-    REMOTE_NETWORKS, SETTINGS, SHARED_PORTS, TENANT_PAIRS,
+    COUNTERS, FLOWS, LOCAL_ENDPOINTS, POLICY_RULES, REMOTE_ENDPOINTS, REMOTE_NETWORKS, SETTINGS,
+    SHARED_PORTS, TENANT_PAIRS,
 };
 
 /// Refresh a flow's timestamp at most this often, to keep map writes off most packets.
@@ -211,11 +212,7 @@ pub fn count(tenant: u64, direction: u8, reason: Reason, bytes: u64) {
 
 #[inline(always)]
 pub fn report(ends: &Ends, local_addr: [u8; 16], hook: u8, direction: u8, reason: Reason) {
-    let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
-        if let Some(lost) = EVENTS_LOST.get_ptr_mut(0) {
-            // SAFETY: per-CPU slot.
-            unsafe { *lost += 1 };
-        }
+    let Some(mut entry) = budget::reserve_flow(&ends.local_tenant(), reason.is_allow()) else {
         return;
     };
     entry.write(FlowEvent {

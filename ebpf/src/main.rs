@@ -2,6 +2,7 @@
 #![no_std]
 #![no_main]
 
+mod budget;
 mod floor;
 mod guard;
 mod icmp;

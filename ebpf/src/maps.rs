@@ -4,6 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
+use moat_common::budget::{BudgetKey, BudgetState, EVENT_BUDGETS_CAPACITY};
 use moat_common::guard::{
     capacity as guard_capacity, Actor, Endpoint as GuardEndpoint, FileKey, FileRule, GuardSettings,
     SocketPath, UnixRefusal, NS_COUNT,
@@ -104,4 +105,20 @@ pub static GUARD_SOCKET_PATHS: HashMap<SocketPath, FileKey> = HashMap::pinned(gu
 
 /// Threads (pid_tgid) whose connect cgroup/connect_unix refused, until their sys_exit reports it.
 #[map]
-pub static GUARD_UNIX_REFUSED: LruHashMap<u64, UnixRefusal> = LruHashMap::pinned(guard_capacity::GUARD_UNIX_REFUSED, 0);
+pub static GUARD_UNIX_REFUSED: LruHashMap<u64, UnixRefusal> =
+    LruHashMap::pinned(guard_capacity::GUARD_UNIX_REFUSED, 0);
+
+/// Event budgets (`moat_common::budget`): each local tenant's deny events, per CPU.
+#[map]
+pub static FLOW_BUDGETS: LruPerCpuHashMap<u64, BudgetState> =
+    LruPerCpuHashMap::pinned(EVENT_BUDGETS_CAPACITY, 0);
+
+/// Each local tenant's allowed-flow events, per CPU.
+#[map]
+pub static ALLOW_BUDGETS: LruPerCpuHashMap<u64, BudgetState> =
+    LruPerCpuHashMap::pinned(EVENT_BUDGETS_CAPACITY, 0);
+
+/// Each pod's detections, per detection and CPU.
+#[map]
+pub static DETECTION_BUDGETS: LruPerCpuHashMap<BudgetKey, BudgetState> =
+    LruPerCpuHashMap::pinned(EVENT_BUDGETS_CAPACITY, 0);

@@ -171,8 +171,19 @@ impl Drop for Stopped {
 
 #[test]
 fn ring_buffer_overflow_is_counted_and_the_flood_aggregated() {
-    let (_manifests, file) = three_tenants();
-    let lab = Lab::up(&[file], UpOptions::default());
+    let (manifests, file) = three_tenants();
+    // No budget, and the whole ring open to flow events: the ring itself must overflow.
+    let config = manifests.write(
+        "agent.yaml",
+        "events:\n  budget: {tenantEventsPerSecond: 0, flowRingPercent: 100}\n",
+    );
+    let lab = Lab::up(
+        &[file],
+        UpOptions {
+            config: Some(config),
+            ..UpOptions::default()
+        },
+    );
     let mut observer = observe(&lab, &["--pod", "a1/p1"]);
     let pid = lab.status()["agent"]["pid"].as_i64().unwrap_or_else(|| panic!("no agent pid: {}", lab.status())) as i32;
     let lost = |status: &serde_json::Value| status["events_lost"]["kernel"].as_u64().unwrap_or(0);
@@ -208,10 +219,24 @@ fn ring_buffer_overflow_is_counted_and_the_flood_aggregated() {
     let (_, body) = http_get(&metrics_address, "/metrics");
     let kernel_lost = body
         .lines()
-        .find(|l| l.starts_with(r#"moat_events_lost_total{stage="kernel""#))
+        .find(|l| l.starts_with(r#"moat_events_lost_total{stage="kernel",reason="ring-full",tenant="a",kind="deny"}"#))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<u64>().ok());
-    assert!(kernel_lost.is_some_and(|n| n > 0), "kernel losses in /metrics:\n{body}");
+    assert!(
+        kernel_lost.is_some_and(|n| n > 0),
+        "tenant a's kernel losses in /metrics:\n{body}"
+    );
+    let status = moat_json(&lab, &["status", "--lab", lab.name(), "-o", "json"]);
+    let by_tenant = status["events_lost"]["by_tenant"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        by_tenant.iter().any(|loss| loss["reason"] == "ring-full")
+            && by_tenant.iter().all(|loss| loss["tenant"] == "a"),
+        "the full ring lost events, all of them tenant a's: {}",
+        status["events_lost"]
+    );
 }
 
 #[test]

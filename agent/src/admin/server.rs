@@ -2,7 +2,6 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -75,7 +74,7 @@ async fn serve(stream: UnixStream, shared: Arc<Shared>) {
                         }
                         Ok(_) => {}
                         Err(RecvError::Lagged(count)) => {
-                            shared.losses.observer_lagged.fetch_add(count, Ordering::Relaxed);
+                            shared.losses.observer_lagged(count);
                             if send(&mut write, &Notice::Lost { count }).await.is_err() { break; }
                         }
                         Err(RecvError::Closed) => break,

@@ -28,8 +28,20 @@ pub struct Status {
 
 #[derive(Debug, Serialize)]
 pub struct EventsLost {
+    /// Over budget, or with the ring buffer full.
     pub kernel: u64,
     pub userspace: u64,
+    /// Every loss by tenant, kind, stage and reason (as `moat_events_lost_total`).
+    pub by_tenant: Vec<TenantLoss>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TenantLoss {
+    pub tenant: String,
+    pub kind: String,
+    pub stage: String,
+    pub reason: String,
+    pub count: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -53,7 +65,7 @@ pub fn report(shared: &Shared) -> Status {
         icmp: shared.tc(),
         staleness_seconds: sync.staleness_seconds(),
         sync,
-        events_lost: EventsLost { kernel: kernel.events_lost_kernel, userspace: shared.losses.userspace() },
+        events_lost: events_lost(shared),
         kernel,
         detections: detections(
             &shared.guard.lock().map(|g| g.clone()).unwrap_or_default(),
@@ -62,6 +74,16 @@ pub fn report(shared: &Shared) -> Status {
         metrics_url: shared.metrics_url(),
         admin_socket: shared.admin_socket.display().to_string(),
     }
+}
+
+fn events_lost(shared: &Shared) -> EventsLost {
+    let (kernel, userspace) = shared.losses.by_stage();
+    let by_tenant = crate::observability::loss_series(&shared.losses, shared.index().as_deref())
+        .into_iter()
+        .filter(|(_, count)| *count > 0)
+        .map(|(l, count)| TenantLoss { tenant: l.tenant, kind: l.kind, stage: l.stage, reason: l.reason, count })
+        .collect();
+    EventsLost { kernel, userspace, by_tenant }
 }
 
 fn detections(guard: &[DetectionStatus], foreign_tenant: ForeignStatus) -> Detections {

@@ -97,7 +97,12 @@ fn end(value: &Value) -> String {
 /// One readable line per event.
 pub fn text(value: &Value) -> String {
     let time = clock(value["time_unix_ms"].as_u64().unwrap_or(0));
+    let spread = &value["spread"];
     let count = match value["count"].as_u64() {
+        Some(n) if spread.is_object() => format!(
+            " (flood: x{n} in the window to {} ports {}-{} on {} addresses)",
+            spread["remote_ports"], spread["remote_port_min"], spread["remote_port_max"], spread["remote_addresses"]
+        ),
         Some(n) if value["aggregated"] == true => format!(" (x{n} more in the window)"),
         _ => String::new(),
     };
@@ -122,6 +127,15 @@ pub fn text(value: &Value) -> String {
             s(value, "message"),
         ),
         Some("lost") => format!("!! this observer missed {} events (too slow)", value["count"]),
+        Some("dropped") => {
+            let whose = match (value["namespace"].as_str(), value["pod"].as_str(), value["tenant"].as_str()) {
+                (Some(ns), Some(pod), tenant) => format!("pod {ns}/{pod} ({})", tenant.unwrap_or("no tenant")),
+                (_, _, Some(tenant)) => format!("tenant {tenant}"),
+                _ => "the node".into(),
+            };
+            let what = value["detection"].as_str().unwrap_or(s(value, "events"));
+            format!("{time} DROPPED {} {what} events of {whose} ({}: {})", value["count"], s(value, "stage"), s(value, "reason"))
+        }
         _ => value.to_string(),
     }
 }
@@ -142,5 +156,22 @@ mod tests {
             text(&value),
             "01:02:03.004 DENY egress connect TCP  a1/web (alpha) 10.0.0.1:40000 -> b1/db (beta) [fd00::2]:80 rule=tenant-floor (x5 more in the window)"
         );
+    }
+
+    #[test]
+    fn text_lines_for_floods_and_drops() {
+        let flood = serde_json::json!({
+            "time_unix_ms": 0u64, "count": 900, "aggregated": true, "type": "flow",
+            "spread": {"remote_ports": 900, "remote_port_min": 1000, "remote_port_max": 1899, "remote_addresses": 1},
+            "verdict": "deny", "direction": "egress", "hook": "connect", "protocol": "TCP", "rule": "tenant-floor",
+            "src": {"tenant": "beta", "namespace": "b1", "pod": "scan", "ip": null, "port": 0},
+            "dst": {"tenant": "alpha", "namespace": "a1", "pod": null, "ip": null, "port": 0},
+        });
+        assert!(text(&flood).ends_with("(flood: x900 in the window to 900 ports 1000-1899 on 1 addresses)"), "{}", text(&flood));
+        let dropped = serde_json::json!({
+            "time_unix_ms": 0u64, "count": 23000, "aggregated": false, "type": "dropped",
+            "tenant": "beta", "namespace": null, "pod": null, "events": "deny", "stage": "kernel", "reason": "over-budget",
+        });
+        assert_eq!(text(&dropped), "00:00:00.000 DROPPED 23000 deny events of tenant beta (kernel: over-budget)");
     }
 }

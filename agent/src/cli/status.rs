@@ -83,6 +83,16 @@ pub fn text(v: &Value) -> String {
         line(format!("node       reserved by {profile} ({}): foreign pods: {pods}", foreign["mode"].as_str().unwrap_or("?")));
     }
     line(format!("events     lost in the kernel: {}   lost in userspace: {}", v["events_lost"]["kernel"], v["events_lost"]["userspace"]));
+    for loss in v["events_lost"]["by_tenant"].as_array().into_iter().flatten() {
+        let tenant = loss["tenant"].as_str().filter(|t| !t.is_empty()).unwrap_or("(node)");
+        line(format!(
+            "  {tenant:<18} {:>10} {} events ({}, {})",
+            loss["count"],
+            loss["kind"].as_str().unwrap_or("?"),
+            loss["stage"].as_str().unwrap_or("?"),
+            loss["reason"].as_str().unwrap_or("?")
+        ));
+    }
     line(format!("metrics    {}", v["metrics_url"].as_str().unwrap_or("-")));
     out
 }

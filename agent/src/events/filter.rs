@@ -48,6 +48,17 @@ impl Filter {
                         detection.namespace.as_deref() == Some(n) && detection.pod.as_deref() == Some(p)
                     })
             }
+            // Losses of the events the filter asks for: a tenant's (or a pod's) flows of the
+            // verdict, detections of the id; the node's own only when nothing is narrowed.
+            Payload::Dropped(dropped) => {
+                self.verdict.as_deref().is_none_or(|v| v == dropped.events)
+                    && self.detection.as_deref().is_none_or(|d| Some(d) == dropped.detection)
+                    && tenant.is_none_or(|t| dropped.tenant.as_deref() == Some(t))
+                    && namespace.is_none_or(|n| dropped.namespace.as_deref() == Some(n))
+                    && pod.is_none_or(|(n, p)| {
+                        dropped.namespace.as_deref() == Some(n) && dropped.pod.as_deref() == Some(p)
+                    })
+            }
         }
     }
 }
@@ -118,5 +129,22 @@ mod tests {
         assert!(!filter(|f| f.detection = Some("other".into())).matches(&event));
         assert!(filter(|f| f.pod = Some("a1/web".into())).matches(&event));
         assert!(!filter(|f| f.verdict = Some("deny".into())).matches(&event));
+    }
+
+    #[test]
+    fn losses_match_their_tenant_and_kind() {
+        use crate::events::losses::{Kind, LossKey, Named, Owner, Reason};
+        let mut index = crate::compiler::Index::default();
+        let beta = crate::model::TenantName::Label("beta".into());
+        index.tenants.insert(beta.id().0, beta.clone());
+        let key = LossKey::userspace(Owner::Tenant(beta.id().0), Kind::Deny, Reason::QueueFull);
+        let event = Event::new(Payload::Dropped(Named::new(&key, Some(&index))));
+        assert!(Filter::default().matches(&event));
+        assert!(filter(|f| f.tenant = Some("beta".into())).matches(&event));
+        assert!(!filter(|f| f.tenant = Some("alpha".into())).matches(&event));
+        assert!(filter(|f| f.verdict = Some("deny".into())).matches(&event));
+        assert!(!filter(|f| f.verdict = Some("allow".into())).matches(&event));
+        assert!(!filter(|f| f.detection = Some("escape.host-mount".into())).matches(&event));
+        assert!(!filter(|f| f.namespace = Some("b1".into())).matches(&event));
     }
 }

@@ -1,12 +1,19 @@
-//! Events from the kernel and the guard, in one pipeline: the ring buffer is drained
-//! (`reader`), records are decoded and named from the model (`deny`, `record`), identical
-//! events within a window are folded into one with a count (`aggregate`), and the result is
-//! fanned out to the sinks and to live observers (`pipeline`). Every event dropped on the way
-//! — in the kernel (ring buffer full) or here (a full buffer, a slow observer) — is counted.
+//! Events from the kernel and the guard, in one pipeline. In the kernel each tenant's flow
+//! events and each pod's detections have a budget (`budget`); the ring buffer is drained
+//! (`reader`) into a buffer fair per tenant (`queue`); records are decoded and named from the
+//! model (`deny`, `record`), identical events within a window and floods of distinct ones are
+//! folded into counted reports (`aggregate`, `flood`), and the result is fanned out to the
+//! sinks and to live observers (`pipeline`). Every event dropped on the way — over budget or
+//! with the ring full in the kernel, a full buffer, a slow observer or sink here — is counted
+//! for whom it was dropped (`losses`) and reported.
 
 pub mod aggregate;
+pub mod budget;
 pub mod deny;
 pub mod filter;
+pub mod flood;
+pub mod losses;
 pub mod pipeline;
+pub mod queue;
 pub mod reader;
 pub mod record;

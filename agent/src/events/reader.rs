@@ -26,7 +26,10 @@ pub async fn run(ring: RingBuf<MapData>, submitter: Submitter) -> Result<(), Ker
             };
             match input {
                 Some(input) => submitter.submit(input),
-                None => tracing::warn!(len = item.len(), "undecodable event from the kernel"),
+                None => {
+                    submitter.undecodable();
+                    tracing::debug!(len = item.len(), "undecodable event from the kernel");
+                }
             }
         }
         guard.clear_ready();

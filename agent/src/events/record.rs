@@ -5,13 +5,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::deny::DenyRecord;
+use super::flood::Spread;
+use super::losses::Named;
 
-/// What happened: a flow verdict or a runtime-guard detection.
+/// What happened: a flow verdict, a runtime-guard detection, or events dropped on the way.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Payload {
     Flow(DenyRecord),
     Detection(Detection),
+    /// `count` events of one owner were lost since the last such report: who, which events,
+    /// where and why.
+    Dropped(Named),
 }
 
 /// A runtime-guard detection on a pod.
@@ -65,13 +70,17 @@ pub struct Event {
     pub count: u64,
     /// True for a report closing an aggregation window (the first event was reported alone).
     pub aggregated: bool,
+    /// For a flood folded into one report: how many remote ports and addresses it touched
+    /// (the report's remote address, pod and both ports are then left out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spread: Option<Spread>,
     #[serde(flatten)]
     pub payload: Payload,
 }
 
 impl Event {
     pub fn new(payload: Payload) -> Self {
-        Self { time_unix_ms: now_unix_ms(), count: 1, aggregated: false, payload }
+        Self { time_unix_ms: now_unix_ms(), count: 1, aggregated: false, spread: None, payload }
     }
 
     /// The identity used for aggregation: everything but the time and the count.

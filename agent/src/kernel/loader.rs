@@ -13,6 +13,7 @@ use aya::programs::links::{FdLink, PinnedLink};
 use std::os::fd::AsFd;
 
 use aya::programs::{CgroupAttachMode, CgroupDevice, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, CgroupSysctl, Lsm, RawTracePoint};
+use moat_common::budget::{names as budget_names, EventBudget};
 use moat_common::layout::KernelLayout;
 use aya::{Ebpf, EbpfLoader};
 
@@ -75,9 +76,15 @@ pub const TRACEPOINTS: [(&str, &str); 3] = [
 /// `layout` tells the guard programs where to read kernel structures (all zero: they stay
 /// idle).
 pub fn load(dirs: &PinDirs, layout: &KernelLayout) -> Result<Ebpf, KernelError> {
+    load_budgeted(dirs, layout, &EventBudget::default())
+}
+
+/// [`load`], with the event budgets the programs admit events at (`events::budget`).
+pub fn load_budgeted(dirs: &PinDirs, layout: &KernelLayout, budget: &EventBudget) -> Result<Ebpf, KernelError> {
     EbpfLoader::new()
         .default_map_pin_directory(&dirs.maps)
         .override_global("KERNEL_LAYOUT", layout, true)
+        .override_global(budget_names::EVENT_BUDGET, budget, true)
         .load(OBJECT)
         .map_err(|source| KernelError::Load { pin_dir: dirs.maps.clone(), source: Box::new(source) })
 }

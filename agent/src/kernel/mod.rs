@@ -3,6 +3,7 @@
 pub mod bpffs;
 pub mod btf_layout;
 pub mod cgroup_link;
+pub mod event_budgets;
 pub mod loader;
 pub mod maps;
 pub mod stats;

@@ -101,6 +101,13 @@ pub fn dual_stack(kind: libc::c_int, protocol: libc::c_int, port: u16) -> io::Re
     Ok(fd)
 }
 
+/// One connect(2) call (on a non-blocking socket: EINPROGRESS while it goes on).
+pub fn connect(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
+    let (storage, len) = sockaddr(addr);
+    // SAFETY: storage/len come from sockaddr().
+    check(unsafe { libc::connect(fd.as_raw_fd(), (&storage as *const libc::sockaddr_storage).cast(), len) }).map(drop)
+}
+
 /// Connects a stream socket of `protocol` (TCP or SCTP) to `addr` within `timeout`; the
 /// returned socket is blocking.
 pub fn connect_stream(
@@ -114,17 +121,7 @@ pub fn connect_stream(
         libc::AF_INET6
     };
     let fd = socket(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, protocol)?;
-    let (storage, len) = sockaddr(addr);
-    // SAFETY: storage/len come from sockaddr().
-    let result = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            (&storage as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    };
-    if result < 0 {
-        let error = io::Error::last_os_error();
+    if let Err(error) = connect(&fd, addr) {
         if error.raw_os_error() != Some(libc::EINPROGRESS) {
             return Err(error);
         }

@@ -5,11 +5,11 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::config::FileSinkConfig;
-use crate::events::pipeline::{Losses, Sink};
+use crate::events::losses::Losses;
+use crate::events::pipeline::Sink;
 use crate::events::record::Event;
 
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +108,7 @@ impl Sink for FileSink {
         match self.file.write_line(&event.to_json()) {
             Ok(()) => self.failing = false,
             Err(error) => {
-                self.losses.sink_dropped.fetch_add(1, Ordering::Relaxed);
+                self.losses.sink_dropped();
                 if !self.failing {
                     tracing::error!(%error, "event file sink failed; events are counted as lost");
                 }

@@ -4,7 +4,6 @@
 //! API server never stalls the pipeline; what the queue cannot take is counted as lost.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,8 @@ use kube::api::{Api, PostParams};
 use tokio::sync::mpsc;
 
 use crate::config::KubeEventsConfig;
-use crate::events::pipeline::{Losses, Sink};
+use crate::events::losses::Losses;
+use crate::events::pipeline::Sink;
 use crate::events::record::{Detection, Event, Payload};
 
 const QUEUE: usize = 256;
@@ -66,7 +66,7 @@ impl Sink for KubeEventsSink {
     fn emit(&mut self, event: &Event) {
         if let Payload::Detection(detection) = &event.payload {
             if detection.namespace.is_some() && detection.pod.is_some() && self.tx.try_send((detection.clone(), event.count)).is_err() {
-                self.losses.sink_dropped.fetch_add(1, Ordering::Relaxed);
+                self.losses.sink_dropped();
             }
         }
     }

@@ -57,6 +57,20 @@ impl Sink for LogSink {
                     "detection"
                 );
             }
+            Payload::Dropped(dropped) => {
+                tracing::warn!(
+                    target: "moat::dropped",
+                    count = event.count,
+                    tenant = dropped.tenant.as_deref(),
+                    namespace = dropped.namespace.as_deref(),
+                    pod = dropped.pod.as_deref(),
+                    events = dropped.events,
+                    detection = dropped.detection,
+                    stage = dropped.stage,
+                    reason = dropped.reason,
+                    "events dropped"
+                );
+            }
         }
     }
 }

@@ -40,6 +40,11 @@ pub struct LostLabels {
     /// `kernel` or `userspace`.
     pub stage: String,
     pub reason: String,
+    /// Whose events: the local tenant of flow events, the pod's tenant for detections, `none`
+    /// for pods without one, empty for losses of the node as a whole (an observer, a sink).
+    pub tenant: String,
+    /// `deny`, `allow`, `detection`, or `any`.
+    pub kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -100,7 +105,7 @@ impl Metrics {
         r.register("verdict_bytes", "Bytes decided by the datapath, by local tenant", metrics.verdict_bytes.clone());
         r.register("detections", "Runtime-guard detections by id, mode and tenant", metrics.detections.clone());
         r.register("events", "Events reported by the pipeline (aggregated ones by their count)", metrics.events.clone());
-        r.register("events_lost", "Events lost: in the kernel (ring buffer full) or in userspace", metrics.events_lost.clone());
+        r.register("events_lost", "Events lost, by stage (kernel, userspace), reason, tenant and kind", metrics.events_lost.clone());
         r.register("map_entries", "Entries in each pinned map", metrics.map_entries.clone());
         r.register("map_capacity", "Capacity of each pinned map", metrics.map_capacity.clone());
         r.register("sync_ready", "1 once the first complete state has reached the kernel", metrics.sync_ready.clone());
@@ -109,9 +114,10 @@ impl Metrics {
         r.register("policy_generation", "Generation of the state the kernel enforces", metrics.policy_generation.clone());
         r.register("programs_attached", "Programs attached by this agent", metrics.programs_attached.clone());
         r.register("program_failures", "Programs that failed to load or attach", metrics.program_failures.clone());
-        // Pre-create the loss series so a dashboard sees zeros, not gaps.
-        for (stage, reason) in LOSS_SERIES {
-            drop(metrics.events_lost.get_or_create(&lost(stage, reason)));
+        // Pre-create the node-wide loss series so a dashboard sees zeros, not gaps; a
+        // tenant's series appear with its first loss.
+        for reason in ["observer-lagged", "sink-dropped"] {
+            drop(metrics.events_lost.get_or_create(&lost("userspace", reason, "", "any")));
         }
         Self { registry, ..metrics }
     }
@@ -150,15 +156,8 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
     out
 }
 
-pub const LOSS_SERIES: [(&str, &str); 4] = [
-    ("kernel", "ring-buffer-full"),
-    ("userspace", "buffer-full"),
-    ("userspace", "observer-lagged"),
-    ("userspace", "sink-dropped"),
-];
-
-pub fn lost(stage: &str, reason: &str) -> LostLabels {
-    LostLabels { stage: stage.into(), reason: reason.into() }
+pub fn lost(stage: &str, reason: &str, tenant: &str, kind: &str) -> LostLabels {
+    LostLabels { stage: stage.into(), reason: reason.into(), tenant: tenant.into(), kind: kind.into() }
 }
 
 /// Raises a counter to an absolute value read elsewhere (a kernel counter, an atomic).
@@ -175,6 +174,8 @@ pub struct MetricsSink(pub std::sync::Arc<Metrics>);
 impl Sink for MetricsSink {
     fn emit(&mut self, event: &Event) {
         let kind = match &event.payload {
+            // Losses are counted where they happen (`moat_events_lost_total`).
+            Payload::Dropped(_) => return,
             Payload::Flow(_) => "flow",
             Payload::Detection(detection) => {
                 let labels = DetectionLabels {
@@ -214,7 +215,7 @@ mod tests {
         );
         assert!(text.contains("moat_sync_ready 1"), "{text}");
         assert!(text.contains("moat_sync_staleness_seconds 1.5"), "{text}");
-        assert!(text.contains(r#"moat_events_lost_total{stage="kernel",reason="ring-buffer-full"} 0"#), "{text}");
+        assert!(text.contains(r#"moat_events_lost_total{stage="userspace",reason="observer-lagged",tenant="",kind="any"} 0"#), "{text}");
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
         let prometheus = to_prometheus_text(&text);
         assert!(prometheus.contains("# TYPE moat_verdict_packets_total counter\n"), "{prometheus}");

@@ -7,7 +7,8 @@ use moat_common::event::{GuardEvent, EVENT_KIND_DETECTION, GUARD_MODE_OFF, SUBJE
 
 use super::actor::Actor;
 use super::kernel;
-use crate::maps::{EVENTS, EVENTS_LOST, GUARD_MODES};
+use crate::budget;
+use crate::maps::GUARD_MODES;
 
 /// The detection's mode (`GUARD_MODE_*`); off when unset.
 #[inline(always)]
@@ -18,14 +19,13 @@ pub fn mode(detection: u32) -> u32 {
 /// A reserved record with the header filled: detection, hook, actor, process. The caller
 /// fills the evidence and submits (or discards) it.
 #[inline(always)]
-pub fn start(detection: u32, hook: u8, blocked: bool, actor: &Actor) -> Option<RingBufEntry<GuardEvent>> {
-    let Some(mut entry) = EVENTS.reserve::<GuardEvent>(0) else {
-        if let Some(lost) = EVENTS_LOST.get_ptr_mut(0) {
-            // SAFETY: per-CPU slot.
-            unsafe { *lost += 1 };
-        }
-        return None;
-    };
+pub fn start(
+    detection: u32,
+    hook: u8,
+    blocked: bool,
+    actor: &Actor,
+) -> Option<RingBufEntry<GuardEvent>> {
+    let mut entry = budget::reserve_detection(actor.cgroup, detection)?;
     let pid_tgid = bpf_get_current_pid_tgid();
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points at the reserved record; every field is written before submit.

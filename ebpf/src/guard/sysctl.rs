@@ -15,7 +15,8 @@ use moat_common::event::{
 };
 
 use super::bytes::eq;
-use crate::maps::{EVENTS, EVENTS_LOST, GUARD_MODES};
+use crate::budget;
+use crate::maps::GUARD_MODES;
 
 const ALLOW: i32 = 1;
 /// The writer gets EPERM.
@@ -53,11 +54,9 @@ pub fn on_sysctl(ctx: &SysctlContext) -> i32 {
 
 #[inline(always)]
 fn report(name: &[u8; SYSCTL_NAME_LEN], blocked: bool) {
-    let Some(mut entry) = EVENTS.reserve::<GuardEvent>(0) else {
-        if let Some(lost) = EVENTS_LOST.get_ptr_mut(0) {
-            // SAFETY: per-CPU slot.
-            unsafe { *lost += 1 };
-        }
+    // SAFETY: helper without arguments.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    let Some(mut entry) = budget::reserve_detection(cgroup, DETECTION_KERNEL_SYSCTL) else {
         return;
     };
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -71,7 +70,7 @@ fn report(name: &[u8; SYSCTL_NAME_LEN], blocked: bool) {
         _pad: [0; 4],
         // SAFETY: helpers without arguments that may fail.
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
-        cgroup: unsafe { bpf_get_current_cgroup_id() },
+        cgroup,
         pid: pid_tgid as u32,
         tgid: (pid_tgid >> 32) as u32,
         ppid: 0,
