@@ -31,6 +31,8 @@ use crate::sinks::{kube_events, log::LogSink};
 
 /// Observers that fall further behind than this many events miss events (counted).
 const HUB_CAPACITY: usize = 4096;
+/// The maps are walked at most this often for metrics and status.
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObservabilityError {
@@ -84,6 +86,8 @@ pub struct Shared {
     /// The runtime guard's detections and their effective modes on this kernel.
     pub guard: Mutex<Vec<DetectionStatus>>,
     pub metrics_url: Mutex<Option<String>>,
+    /// The last reading of the maps, and when it was taken.
+    refreshed: Mutex<Option<(Instant, KernelReading)>>,
     pub instance: String,
     pub admin_socket: PathBuf,
 }
@@ -133,7 +137,21 @@ impl Shared {
     }
 
     /// Reads the pinned maps and brings every metric up to date. Walks the maps: blocking.
+    /// Done at most once per `MIN_REFRESH_INTERVAL`, however many scrapes and status requests
+    /// come: concurrent callers wait for the one walk and share it.
     pub fn refresh(&self) -> KernelReading {
+        let mut last = lock(&self.refreshed);
+        if let Some((at, reading)) = last.as_ref() {
+            if at.elapsed() < MIN_REFRESH_INTERVAL {
+                return reading.clone();
+            }
+        }
+        let reading = self.refresh_now();
+        *last = Some((Instant::now(), reading.clone()));
+        reading
+    }
+
+    fn refresh_now(&self) -> KernelReading {
         let sync = self.sync_state();
         let m = &self.metrics;
         m.sync_ready.set(i64::from(sync.first_sync_done));
@@ -239,6 +257,7 @@ impl Observability {
             capabilities: Mutex::new(probed),
             guard: Mutex::new(guard),
             metrics_url: Mutex::new(None),
+            refreshed: Mutex::new(None),
             instance: config.instance.clone(),
             admin_socket: config.admin_socket_path(),
         });

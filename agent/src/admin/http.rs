@@ -4,14 +4,16 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use super::AdminError;
 use crate::observability::Shared;
@@ -20,27 +22,47 @@ use crate::sinks::metrics;
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// Connections served at once; more are closed at once (counted).
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a client has to send a request's headers (also an idle keep-alive connection's).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection is closed after this, whatever it does, so a client that stops reading a
+/// response cannot hold its slot.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
 /// Binds `address` and serves on a spawned task; returns the bound address (port 0 picks one).
 pub async fn start(address: &str, shared: Arc<Shared>) -> Result<SocketAddr, AdminError> {
     let error = |source| AdminError::Http { address: address.into(), source };
     let listener = TcpListener::bind(address).await.map_err(error)?;
     let local = listener.local_addr().map_err(error)?;
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let (stream, _) = match listener.accept().await {
                 Ok(connection) => connection,
                 Err(error) => {
                     tracing::warn!(%error, "metrics server accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                shared.metrics.refusals.get_or_create(&metrics::RefusalLabels { server: "http".into(), reason: "too-many-clients".into() }).inc();
+                continue;
             };
             let shared = shared.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request| handle(request, shared.clone()));
-                if let Err(error) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
-                    tracing::debug!(%error, "metrics connection ended with an error");
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service);
+                match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                    Ok(Err(error)) => tracing::debug!(%error, "metrics connection ended with an error"),
+                    Err(_) => tracing::debug!("metrics connection closed after its lifetime"),
+                    Ok(Ok(())) => {}
                 }
+                drop(slot);
             });
         }
     });

@@ -3,6 +3,7 @@
 //! and `moat status`; and the HTTP server for `/metrics`, `/healthz` and `/readyz`.
 
 pub mod http;
+pub mod protocol;
 pub mod server;
 pub mod status;
 

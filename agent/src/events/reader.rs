@@ -9,6 +9,9 @@ use tokio::io::unix::AsyncFd;
 use super::pipeline::{Input, Submitter};
 use crate::kernel::KernelError;
 
+/// Records drained before the reader yields to the runtime.
+const YIELD_EVERY: u32 = 1024;
+
 /// Submits every flow event and detection until the ring buffer fails.
 pub async fn run(ring: RingBuf<MapData>, submitter: Submitter) -> Result<(), KernelError> {
     // SAFETY: the ring buffer owns its map fd for its whole life and never swaps it.
@@ -17,7 +20,14 @@ pub async fn run(ring: RingBuf<MapData>, submitter: Submitter) -> Result<(), Ker
     loop {
         let mut guard = fd.readable_mut().await.map_err(|e| KernelError::map(names::EVENTS, e))?;
         let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
+        let mut drained = 0u32;
+        loop {
+            // A long drain under a storm lets the other tasks (admin socket, metrics) run.
+            drained = drained.wrapping_add(1);
+            if drained.is_multiple_of(YIELD_EVERY) {
+                tokio::task::yield_now().await;
+            }
+            let Some(item) = ring.next() else { break };
             // Every record starts with its kind byte.
             let input = match item.first() {
                 Some(&(EVENT_KIND_DENY | EVENT_KIND_ALLOW)) => decode::<FlowEvent>(&item).map(Input::Deny),

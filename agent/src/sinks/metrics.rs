@@ -48,6 +48,13 @@ pub struct LostLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `admin-socket` or `http`.
+    pub server: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabels {
     pub r#type: String,
 }
@@ -73,6 +80,7 @@ pub struct Metrics {
     pub policy_generation: Gauge,
     pub programs_attached: Gauge,
     pub program_failures: Family<ProgramLabels, Counter>,
+    pub refusals: Family<RefusalLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -99,6 +107,7 @@ impl Metrics {
             policy_generation: Gauge::default(),
             programs_attached: Gauge::default(),
             program_failures: Family::default(),
+            refusals: Family::default(),
         };
         let r = &mut registry;
         r.register("verdict_packets", "Packets decided by the datapath, by local tenant", metrics.verdict_packets.clone());
@@ -114,12 +123,18 @@ impl Metrics {
         r.register("policy_generation", "Generation of the state the kernel enforces", metrics.policy_generation.clone());
         r.register("programs_attached", "Programs attached by this agent", metrics.programs_attached.clone());
         r.register("program_failures", "Programs that failed to load or attach", metrics.program_failures.clone());
+        r.register("requests_refused", "Clients of the admin socket or the metrics server refused, by reason", metrics.refusals.clone());
         // Pre-create the node-wide loss series so a dashboard sees zeros, not gaps; a
         // tenant's series appear with its first loss.
         for reason in ["observer-lagged", "sink-dropped"] {
             drop(metrics.events_lost.get_or_create(&lost("userspace", reason, "", "any")));
         }
         Self { registry, ..metrics }
+    }
+
+    /// A client of the admin socket was refused (`too-many-clients`, `bad-request`).
+    pub fn admin_refused(&self, reason: &str) {
+        self.refusals.get_or_create(&RefusalLabels { server: "admin-socket".into(), reason: reason.into() }).inc();
     }
 
     /// OpenMetrics text.
