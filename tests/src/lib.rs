@@ -914,3 +914,15 @@ mod tests {
     }
 }
 pub mod kube;
+
+/// GET `http://ADDRESS/PATH` (HTTP/1.1, connection closed after): (status code, body).
+pub fn http_get(address: &str, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(address).unwrap_or_else(|e| panic!("connecting to {address}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("read timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").expect("sending the request");
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, body.to_string())
+}

@@ -2,14 +2,14 @@
 //! the admin socket's permissions, `/metrics` (checked by promtool) and `/readyz`, and an
 //! overflowing ring buffer whose losses are counted and whose flood is aggregated.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use moat_integration::observe::Observer;
-use moat_integration::{documents, eventually, namespace_yaml, pod_yaml, Family, Lab, Manifests, UpOptions};
+use moat_integration::{documents, http_get, eventually, namespace_yaml, pod_yaml, Family, Lab, Manifests, UpOptions};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -48,17 +48,6 @@ fn moat_json(lab: &Lab, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("moat {args:?} is not JSON ({e}): {stdout}"))
 }
 
-/// GET `http://ADDRESS/PATH`: (status code, body).
-fn http_get(address: &str, path: &str) -> (u16, String) {
-    let mut stream = std::net::TcpStream::connect(address).unwrap_or_else(|e| panic!("connecting to {address}: {e}"));
-    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").expect("sending the request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("reading the response");
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, body.to_string())
-}
 
 #[test]
 fn observe_names_both_ends_and_filters_by_tenant_namespace_and_pod() {

@@ -4,13 +4,12 @@
 //! `/metrics` answer, abusive clients get a clear refusal, and the agent's memory does not
 //! grow with what the clients send.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use moat_integration::{documents, namespace_yaml, pod_yaml, Family, Lab, Manifests, UpOptions};
+use moat_integration::{documents, http_get, namespace_yaml, pod_yaml, Family, Lab, Manifests, UpOptions};
 
 /// How long a client waits for any one answer: generous, this is about answering at all.
 const ANSWER: Duration = Duration::from_secs(30);
@@ -27,15 +26,6 @@ fn rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
-fn http_get(address: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).unwrap_or_else(|e| panic!("connecting to {address}: {e}"));
-    stream.set_read_timeout(Some(ANSWER)).expect("read timeout");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").expect("sending the request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap_or_else(|e| panic!("GET {path}: {e}"));
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    (head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), body.to_string())
-}
 
 fn status(lab: &Lab) -> serde_json::Value {
     let output = Command::new(lab.moat()).args(["status", "--lab", lab.name(), "-o", "json"]).output().expect("moat status");
