@@ -23,7 +23,9 @@ use crate::kernel::maps::ApplyStats;
 use crate::kernel::stats::{Fill, KernelStats};
 use crate::kernel::tc_pods::TcStatus;
 use crate::kernel::KernelError;
+use crate::guard::hooks::GuardHooks;
 use crate::guard::{self, DetectionStatus};
+use crate::kernel::guard_probes::ProbeStatus;
 use crate::node::capabilities::{self, Capabilities};
 use crate::sinks::file::{FileSink, RotatingFile};
 use crate::sinks::metrics::{self, Metrics, MetricsSink, VerdictLabels};
@@ -85,6 +87,8 @@ pub struct Shared {
     pub capabilities: Mutex<Capabilities>,
     /// The runtime guard's detections and their effective modes on this kernel.
     pub guard: Mutex<Vec<DetectionStatus>>,
+    /// The guard's probes: how each is attached on this kernel, and why not better.
+    pub probes: Mutex<Vec<ProbeStatus>>,
     pub metrics_url: Mutex<Option<String>>,
     /// The last reading of the maps, and when it was taken.
     refreshed: Mutex<Option<(Instant, KernelReading)>>,
@@ -243,8 +247,8 @@ impl Observability {
     pub async fn start(config: &Config) -> Result<Self, ObservabilityError> {
         let (hub, _) = broadcast::channel(HUB_CAPACITY);
         let probed = capabilities::probe();
-        // Until the agent has tried attaching its LSM programs, assume none.
-        let guard = guard::statuses(&config.guard, 0);
+        // Until the agent has planned the guard's hooks, nothing is attached.
+        let guard = guard::statuses(&config.guard, &guard::Attached::default());
         let shared = Arc::new(Shared {
             metrics: Arc::new(Metrics::new()),
             hub,
@@ -256,6 +260,7 @@ impl Observability {
             index: Mutex::new(None),
             capabilities: Mutex::new(probed),
             guard: Mutex::new(guard),
+            probes: Mutex::new(Vec::new()),
             metrics_url: Mutex::new(None),
             refreshed: Mutex::new(None),
             instance: config.instance.clone(),
@@ -279,6 +284,19 @@ impl Observability {
         };
         let labels = metrics::ProgramLabels { program: program.into(), stage: stage.into() };
         self.shared.metrics.program_failures.get_or_create(&labels).inc();
+    }
+
+    /// The guard's hooks are planned: what each detection does, how each probe is attached,
+    /// what the kernel offers.
+    pub fn guard_planned(&self, statuses: &[DetectionStatus], hooks: &GuardHooks) {
+        *lock(&self.shared.guard) = statuses.to_vec();
+        *lock(&self.shared.probes) = hooks.probe_statuses();
+        let connect_unix = match hooks.connect_unix() {
+            Ok(Some(_)) => "attached".to_string(),
+            Ok(None) => "not needed".to_string(),
+            Err(error) => format!("unavailable: {error}"),
+        };
+        lock(&self.shared.capabilities).guard(&hooks.kernel(), connect_unix);
     }
 
     /// The first complete state is enforced: programs attached, maps written. Ready.

@@ -16,7 +16,7 @@ use crate::compiler::{CompileError, Incremental};
 use crate::config::{Config, ConfigError};
 use crate::events;
 use crate::guard;
-use crate::kernel::tc_pods::TcPods;
+use crate::kernel::tc_pods::{TcPods, TcStatus};
 use crate::kernel::{bpffs, loader, maps::KernelMaps, tc, KernelError};
 use crate::model::{Change, Cluster};
 use crate::observability::{ObservabilityError, Observability};
@@ -112,61 +112,42 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     // from empty, so nothing is cleared first.
     let adopted = maps.read()?;
     let stats = maps.apply(&adopted, compiler.desired())?;
-    let statuses = observability.shared.guard.lock().map(|g| g.clone()).unwrap_or_default();
-    crate::guard::write_modes(&mut ebpf, &statuses)?;
+    // Modes before any program attaches, so each acts on them from its first call (and an
+    // adopted, still attached program keeps refusing what it refused).
+    crate::guard::write_modes(&mut ebpf, &config.guard)?;
     let api_servers = guard_api_servers(&config, &args).await;
     let mut guard = crate::guard::run::Guard::start(&mut ebpf, &config.guard, &cgroup_root, &mounts::cgroup2()?, &api_servers)?;
     if let Err(error) = guard.refresh(&compiler.desired().index, compiler.cluster()) {
         tracing::error!(%error, "runtime guard: writing its maps failed");
     }
-    let attached = loader::attach_all(&mut ebpf, &cgroup_root, &dirs).inspect_err(|e| observability.kernel_failed(e))?;
-    // BPF LSM where the kernel has it: the detections it covers switch to blocking.
-    let lsm = if layout_error.is_none() { loader::attach_lsm(&mut ebpf, &dirs) } else { loader::LsmOutcome::default() };
-    for failure in &lsm.failures {
-        tracing::info!(%failure, "BPF LSM program not attached; its detections fall back to tracepoints");
+    let mut attached = loader::attach_all(&mut ebpf, &cgroup_root, &dirs).inspect_err(|e| observability.kernel_failed(e))?;
+    // The guard's hooks: for what the configured detections need, the best way this kernel
+    // offers (BPF LSM, fentry, syscall tracepoints), and cgroup/connect_unix.
+    let run_dir = config.admin_socket_path().parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/run/moat"));
+    let mut hooks = crate::guard::hooks::GuardHooks::new(&dirs, &run_dir, &cgroup_root, unix_connect, guard.unix_connect_ready(), layout_error);
+    let statuses = hooks.plan(&mut ebpf, &config.guard);
+    if let Ok(Some(connect_unix)) = hooks.connect_unix() {
+        attached.push(connect_unix.clone());
     }
-    // Runtime sockets without BPF LSM, where the kernel has cgroup/connect_unix (6.7+).
-    let unix_connect = unix_connect.and_then(|program| {
-        if !guard.unix_connect_ready() {
-            // Attached without its offsets it would refuse nothing while status says it blocks.
-            let message = "kernel BTF has no bpf_sock_addr_kern.uaddr/uaddrlen".to_string();
-            return Err(KernelError::Program { program: crate::kernel::unix_connect::PROGRAM, hook: crate::kernel::unix_connect::HOOK, message });
-        }
-        loader::attach_unix_connect(&program, &cgroup_root, &dirs)
-    });
-    let optional_hooks = match &unix_connect {
-        Ok(_) => 1 << crate::guard::registry::HOOK_CGROUP_UNIX_CONNECT,
-        Err(error) => {
-            tracing::info!(%error, "cgroup/connect_unix not attached; runtime sockets are blocked only with BPF LSM");
-            0
-        }
-    };
-    let mut attached = attached;
-    attached.extend(unix_connect.ok());
-    let mut statuses = crate::guard::statuses(&config.guard, lsm.hooks | optional_hooks);
-    crate::guard::write_modes(&mut ebpf, &statuses)?;
-    if let Err(error) = guard.set_lsm_hooks(lsm.hooks) {
-        tracing::error!(%error, "runtime guard: writing its settings failed");
-    }
-    let tracepoint_error = layout_error.or_else(|| {
-        let failures: Vec<String> = loader::attach_tracepoints(&mut ebpf).into_iter().filter_map(Result::err).map(|e| e.to_string()).collect();
-        (!failures.is_empty()).then(|| failures.join("; "))
-    });
-    if let Some(reason) = tracepoint_error {
-        tracing::error!(%reason, "runtime guard: detection tracepoints unavailable; blocking hooks stay in place");
-        crate::guard::without_tracepoints(&mut statuses, &reason);
-    }
+    observability.guard_planned(&statuses, &hooks);
     crate::guard::log_modes(&statuses);
-    if let Ok(mut shown) = observability.shared.guard.lock() {
-        *shown = statuses;
-    }
     observability.enforcing(&dirs, &attached, &stats);
     // ICMP echo into pods: the tc program on every pod's interfaces, before the agent says
     // it is ready; pods not ready for it yet are retried on every tick.
-    let tc_program_id = tc::load(&mut ebpf).inspect_err(|e| observability.kernel_failed(e))?;
-    let mut tc_pods = TcPods::new(tc_program_id, tc::Mode::choose(config.tc_attach), &dirs.tc, &cgroup_root);
-    tc_pods.reconcile(tc::program(&mut ebpf)?, compiler.cgroups(), &compiler.desired().index, compiler.cluster());
-    observability.tc_pods(tc_pods.status());
+    // A kernel whose verifier rejects it runs without: everything else still enforces.
+    let mut tc_pods = match tc::load(&mut ebpf) {
+        Ok(id) => Some(TcPods::new(id, tc::Mode::choose(config.tc_attach), &dirs.tc, &cgroup_root)),
+        Err(error) => {
+            observability.kernel_failed(&error);
+            tracing::error!(%error, "ICMP echo requests into pods are not enforced on this kernel; every other hook is");
+            observability.tc_pods(TcStatus::unavailable(error.to_string().lines().next().unwrap_or_default().to_string()));
+            None
+        }
+    };
+    if let Some(tc_pods) = tc_pods.as_mut() {
+        tc_pods.reconcile(tc::program(&mut ebpf)?, compiler.cgroups(), &compiler.desired().index, compiler.cluster());
+        observability.tc_pods(tc_pods.status());
+    }
     tracing::info!(
         pods = compiler.cluster().pods.len(),
         local_pods = compiler.desired().local.len(),
@@ -293,12 +274,14 @@ fn refresh(source: &mut Source, cluster: &Cluster, known: &PodCgroups, root: &Pa
 
 /// Every round, after the maps: the runtime guard's maps and the ICMP program on pods'
 /// interfaces, kept off the path from a watch event to the map write.
-fn after_apply(guard: &mut crate::guard::run::Guard, tc_pods: &mut TcPods, ebpf: &mut aya::Ebpf, compiler: &Incremental, observability: &Observability) -> Result<(), RuntimeError> {
+fn after_apply(guard: &mut crate::guard::run::Guard, tc_pods: &mut Option<TcPods>, ebpf: &mut aya::Ebpf, compiler: &Incremental, observability: &Observability) -> Result<(), RuntimeError> {
     if let Err(error) = guard.refresh(&compiler.desired().index, compiler.cluster()) {
         tracing::error!(%error, "runtime guard: updating its maps failed");
     }
-    tc_pods.reconcile(tc::program(ebpf)?, compiler.cgroups(), &compiler.desired().index, compiler.cluster());
-    observability.tc_pods(tc_pods.status());
+    if let Some(tc_pods) = tc_pods.as_mut() {
+        tc_pods.reconcile(tc::program(ebpf)?, compiler.cgroups(), &compiler.desired().index, compiler.cluster());
+        observability.tc_pods(tc_pods.status());
+    }
     Ok(())
 }
 

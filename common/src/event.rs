@@ -76,12 +76,45 @@ pub const GUARD_HOOK_DEVICE: u8 = 4;
 pub const GUARD_HOOK_CONNECT: u8 = 5;
 pub const GUARD_HOOK_LSM: u8 = 6;
 pub const GUARD_HOOK_CONNECT_UNIX: u8 = 7;
+/// An fentry program at a `security_*` function: it sees what BPF LSM would, but cannot
+/// refuse (the kernel has trampolines, not an active BPF LSM).
+pub const GUARD_HOOK_FENTRY: u8 = 8;
+
+/// `GuardEvent::evidence`: which fields of the record carry what (independent of the hook
+/// that saw it, since one action is seen by different hooks on different kernels).
+/// A file: `dev`/`ino`, superblock magic in `arg`, its dentry name and parent's in `subject`.
+pub const EVIDENCE_FILE: u8 = 1;
+/// A mount: `subject` = fstype | source | target, flags in `arg`, the call in `owner`.
+pub const EVIDENCE_MOUNT: u8 = 2;
+/// mknod: the path in `subject`, the device number (userspace encoding) in `arg`.
+pub const EVIDENCE_MKNOD: u8 = 3;
+/// cgroup/dev: the device in `dev` (kernel encoding), access type in `arg`.
+pub const EVIDENCE_DEVICE: u8 = 4;
+/// A call: which (`SYSCALL_*`) in `owner`, its first argument in `arg`.
+pub const EVIDENCE_CALL: u8 = 5;
+/// A call on another process: `target_pid` in the PID namespace whose inode is in `ino`,
+/// the request in `arg`, the call in `owner`.
+pub const EVIDENCE_TARGET: u8 = 6;
+/// A setns from a pod: the fd's filesystem magic in `arg` and inode in `ino`, nstype in
+/// `owner`, the `NS_*` mask of namespaces the pod shares with the host by design
+/// (hostNetwork, hostPID) in `target_pid`, and in `subject` the thread's namespace inodes
+/// before and after (`NS_COUNT` u32 each, `NS_*` order). The agent works out which host
+/// namespaces were joined.
+pub const EVIDENCE_NAMESPACES: u8 = 7;
+/// A runtime socket: `dev`/`ino`; `subject` the path a refused connect named.
+pub const EVIDENCE_SOCKET: u8 = 8;
+/// A network endpoint: IPv4-mapped address in `subject[..16]`, port in `arg`.
+pub const EVIDENCE_ADDRESS: u8 = 9;
+/// A sysctl: its name in `subject`.
+pub const EVIDENCE_SYSCTL: u8 = 10;
 
 /// `GuardEvent::blocked` when the action went through and the process was then killed
 /// (before it could use what it got).
 pub const GUARD_ACTION_KILLED: u8 = 2;
 
 pub const COMM_LEN: usize = 16;
+/// Bytes of the executable's file name kept.
+pub const EXE_NAME_LEN: usize = 32;
 /// Bytes of evidence text kept; longer text is cut.
 pub const SUBJECT_LEN: usize = 128;
 /// Bytes of a sysctl name kept (`kernel/core_pattern`); longer names are cut.
@@ -104,7 +137,9 @@ pub struct GuardEvent {
     pub blocked: u8,
     /// `GUARD_HOOK_*`
     pub hook: u8,
-    pub _pad: [u8; 4],
+    /// `EVIDENCE_*`
+    pub evidence: u8,
+    pub _pad: [u8; 3],
     pub timestamp_ns: u64,
     /// cgroup of the acting task: identifies the pod (or the host service).
     pub cgroup: u64,
@@ -128,6 +163,11 @@ pub struct GuardEvent {
     pub owner: u64,
     /// The task's comm, NUL-padded.
     pub comm: [u8; COMM_LEN],
+    /// The executable the task ran when it acted (its file's superblock device in kernel
+    /// encoding, inode and name), so a later exec cannot change who is named.
+    pub exe_dev: u64,
+    pub exe_ino: u64,
+    pub exe_name: [u8; EXE_NAME_LEN],
     /// What was touched, as text: a sysctl or file name, a syscall, a mount's fields.
     pub subject: [u8; SUBJECT_LEN],
 }
@@ -139,7 +179,8 @@ impl Default for GuardEvent {
             detection: 0,
             blocked: 0,
             hook: 0,
-            _pad: [0; 4],
+            evidence: 0,
+            _pad: [0; 3],
             timestamp_ns: 0,
             cgroup: 0,
             pid: 0,
@@ -151,6 +192,9 @@ impl Default for GuardEvent {
             arg: 0,
             owner: 0,
             comm: [0; COMM_LEN],
+            exe_dev: 0,
+            exe_ino: 0,
+            exe_name: [0; EXE_NAME_LEN],
             subject: [0; SUBJECT_LEN],
         }
     }
@@ -160,4 +204,4 @@ impl Default for GuardEvent {
 // SAFETY: repr(C), integers and byte arrays only, no implicit padding (size asserted below).
 unsafe impl aya::Pod for GuardEvent {}
 
-const _: () = assert!(core::mem::size_of::<GuardEvent>() == 216);
+const _: () = assert!(core::mem::size_of::<GuardEvent>() == 264);

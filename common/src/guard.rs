@@ -3,7 +3,6 @@
 /// Map names (see `maps::names` for the datapath's).
 pub mod names {
     pub const GUARD_SETTINGS: &str = "GUARD_SETTINGS";
-    pub const GUARD_SYSCALLS: &str = "GUARD_SYSCALLS";
     pub const GUARD_ACTORS: &str = "GUARD_ACTORS";
     pub const GUARD_FILES: &str = "GUARD_FILES";
     pub const GUARD_VOLUMES: &str = "GUARD_VOLUMES";
@@ -14,11 +13,10 @@ pub mod names {
     pub const GUARD_PORTS: &str = "GUARD_PORTS";
     pub const GUARD_SOCKET_PATHS: &str = "GUARD_SOCKET_PATHS";
     pub const GUARD_UNIX_REFUSED: &str = "GUARD_UNIX_REFUSED";
+    pub const GUARD_CONNECTING: &str = "GUARD_CONNECTING";
 }
 
 pub mod capacity {
-    /// Syscall numbers below this are classified; the rest are ignored.
-    pub const GUARD_SYSCALLS: u32 = 1024;
     pub const GUARD_ACTORS: u32 = 65_536;
     pub const GUARD_FILES: u32 = 8_192;
     pub const GUARD_VOLUMES: u32 = 65_536;
@@ -31,12 +29,13 @@ pub mod capacity {
     pub const GUARD_PORTS: u32 = 16;
     /// (pod, path) pairs under which pods reach a runtime socket.
     pub const GUARD_SOCKET_PATHS: u32 = 16_384;
-    /// Threads between a refused connect and its sys_exit (LRU).
+    /// Threads between a refused connect and its exit (LRU).
     pub const GUARD_UNIX_REFUSED: u32 = 1_024;
+    /// Pods' threads between an AF_UNIX connect's entry and exit (LRU).
+    pub const GUARD_CONNECTING: u32 = 1_024;
 }
 
-/// `GUARD_SYSCALLS` values: what the guard does with a syscall. The agent writes them for
-/// its own architecture's syscall numbers, so the programs need none.
+/// System calls, as records name them (`GuardEvent::owner` of call evidence).
 pub const SYSCALL_IGNORED: u32 = 0;
 pub const SYSCALL_OPEN: u32 = 1;
 pub const SYSCALL_CONNECT: u32 = 2;
@@ -54,6 +53,9 @@ pub const SYSCALL_BPF: u32 = 11;
 pub const SYSCALL_PERF_EVENT_OPEN: u32 = 12;
 pub const SYSCALL_PTRACE: u32 = 13;
 pub const SYSCALL_PROCESS_VM_WRITEV: u32 = 14;
+/// Set in `GuardEvent::owner` when the rest is the architecture's syscall number (a
+/// security hook knows the caller's number, not which of these it is).
+pub const SYSCALL_NUMBER: u64 = 1 << 63;
 
 /// Namespace slots of `GuardSettings::host_ns` and bits of a namespace mask.
 pub const NS_UTS: usize = 0;
@@ -80,9 +82,9 @@ pub struct GuardSettings {
     pub kubelet_cgroup: u64,
     /// The host's namespace inode numbers, `NS_*` order.
     pub host_ns: [u32; NS_COUNT],
-    /// `LSM_*` bits of the BPF LSM programs attached: what they see, the detection
-    /// tracepoints leave to them (so nothing is reported twice).
-    pub lsm_hooks: u32,
+    /// Unused (was the BPF LSM hooks attached; each action is now seen by exactly one
+    /// attached program, so no program needs to know which).
+    pub _reserved: u32,
     /// The agent's own process: it reads kubeconfigs and uses bpf(); never an actor.
     pub agent_tgid: u32,
     /// `bpf_sock_addr_kern.uaddr` and `.uaddrlen` offsets for cgroup/connect_unix, which is
@@ -90,19 +92,6 @@ pub struct GuardSettings {
     pub sock_addr_uaddr: u32,
     pub sock_addr_uaddrlen: u32,
 }
-
-/// BPF LSM hooks, as bits of `GuardSettings::lsm_hooks` and indexes of
-/// `KernelLayout::lsm_ret_arg`.
-pub const LSM_FILE_OPEN: u32 = 0;
-pub const LSM_SB_MOUNT: u32 = 1;
-pub const LSM_PTRACE_ACCESS_CHECK: u32 = 2;
-pub const LSM_BPF: u32 = 3;
-pub const LSM_KERNEL_READ_FILE: u32 = 4;
-pub const LSM_KERNEL_LOAD_DATA: u32 = 5;
-pub const LSM_USERNS_CREATE: u32 = 6;
-pub const LSM_UNIX_STREAM_CONNECT: u32 = 7;
-pub const LSM_PERF_EVENT_OPEN: u32 = 8;
-pub const LSM_HOOKS: usize = 9;
 
 /// Who a cgroup belongs to (`GUARD_ACTORS`, keyed by cgroup id).
 #[repr(C)]
@@ -194,6 +183,16 @@ pub struct UnixRefusal {
     pub _pad: [u8; 4],
 }
 
+/// `GUARD_SETNS` value: a pod's thread inside setns — its namespaces before the call and
+/// the call's arguments (the exit tracepoint has none).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetnsEntry {
+    pub before: [u32; NS_COUNT],
+    pub fd: u64,
+    pub nstype: u64,
+}
+
 /// Kernel `dev_t` encoding (what `super_block.s_dev` holds) from userspace major/minor.
 pub const fn kernel_dev(major: u32, minor: u32) -> u64 {
     ((major as u64) << 20) | (minor as u64 & 0xfffff)
@@ -210,6 +209,7 @@ mod pod {
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for SocketPath {}
     unsafe impl aya::Pod for UnixRefusal {}
+    unsafe impl aya::Pod for SetnsEntry {}
 }
 
 const _: () = {
@@ -220,4 +220,5 @@ const _: () = {
     assert!(core::mem::size_of::<FileKey>() == 16);
     assert!(core::mem::size_of::<FileRule>() == 16);
     assert!(core::mem::size_of::<Endpoint>() == 24);
+    assert!(core::mem::size_of::<SetnsEntry>() == 40);
 };

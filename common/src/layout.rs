@@ -86,11 +86,6 @@ pub struct KernelLayout {
     pub sock_family: u32,
     pub unix_sock_peer: u32,
     pub unix_sock_path: u32,
-
-    /// For each BPF LSM hook (`guard::LSM_*`), the index of the program argument holding the
-    /// previous programs' verdict: the hook's parameter count, which differs between kernel
-    /// versions (`bpf` gained a parameter in 6.16). 0: hook absent.
-    pub lsm_ret_arg: [u32; crate::guard::LSM_HOOKS],
 }
 
 // SAFETY: repr(C), u32 fields only, no padding.

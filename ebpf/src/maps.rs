@@ -7,7 +7,7 @@ use aya_ebpf::{
 use moat_common::budget::{BudgetKey, BudgetState, EVENT_BUDGETS_CAPACITY};
 use moat_common::guard::{
     capacity as guard_capacity, Actor, Endpoint as GuardEndpoint, FileKey, FileRule, GuardSettings,
-    SocketPath, UnixRefusal, NS_COUNT,
+    SetnsEntry, SocketPath, UnixRefusal,
 };
 use moat_common::maps::{
     capacity, Counter, CounterKey, Endpoint, FlowKey, FlowState, PolicyMatch, Settings,
@@ -61,10 +61,6 @@ pub static GUARD_MODES: Array<u32> = Array::pinned(moat_common::event::DETECTION
 #[map]
 pub static GUARD_SETTINGS: Array<GuardSettings> = Array::pinned(1, 0);
 
-/// Syscall number → `SYSCALL_*` class.
-#[map]
-pub static GUARD_SYSCALLS: Array<u32> = Array::pinned(guard_capacity::GUARD_SYSCALLS, 0);
-
 /// cgroup id → the pod it belongs to.
 #[map]
 pub static GUARD_ACTORS: HashMap<u64, Actor> = HashMap::pinned(guard_capacity::GUARD_ACTORS, 0);
@@ -81,9 +77,9 @@ pub static GUARD_VOLUMES: HashMap<u64, u64> = HashMap::pinned(guard_capacity::GU
 #[map]
 pub static GUARD_TAINTED: LruHashMap<u32, u64> = LruHashMap::pinned(guard_capacity::GUARD_TAINTED, 0);
 
-/// Threads inside setns (pid_tgid) → their namespaces when they entered it (`NS_*` order).
+/// Pods' threads inside setns (pid_tgid) → their namespaces before it and its arguments.
 #[map]
-pub static GUARD_SETNS: LruHashMap<u64, [u32; NS_COUNT]> = LruHashMap::pinned(guard_capacity::GUARD_SETNS, 0);
+pub static GUARD_SETNS: LruHashMap<u64, SetnsEntry> = LruHashMap::pinned(guard_capacity::GUARD_SETNS, 0);
 
 /// Threads (pid_tgid) → the block device check cgroup/dev last reported in detect mode:
 /// `[device, access type, when]`, so the kernel's second check of one open is not reported.
@@ -103,10 +99,16 @@ pub static GUARD_PORTS: HashMap<u16, u8> = HashMap::pinned(guard_capacity::GUARD
 #[map]
 pub static GUARD_SOCKET_PATHS: HashMap<SocketPath, FileKey> = HashMap::pinned(guard_capacity::GUARD_SOCKET_PATHS, 0);
 
-/// Threads (pid_tgid) whose connect cgroup/connect_unix refused, until their sys_exit reports it.
+/// Threads (pid_tgid) whose connect cgroup/connect_unix refused, until their connect's exit
+/// reports it.
 #[map]
 pub static GUARD_UNIX_REFUSED: LruHashMap<u64, UnixRefusal> =
     LruHashMap::pinned(guard_capacity::GUARD_UNIX_REFUSED, 0);
+
+/// Pods' threads (pid_tgid) in an AF_UNIX connect → its fd, for the exit tracepoint (which
+/// has no arguments) to find the peer.
+#[map]
+pub static GUARD_CONNECTING: LruHashMap<u64, u64> = LruHashMap::pinned(guard_capacity::GUARD_CONNECTING, 0);
 
 /// Event budgets (`moat_common::budget`): each local tenant's deny events, per CPU.
 #[map]

@@ -105,6 +105,13 @@ impl GuardLab {
         guard
     }
 
+    /// `moat status --lab NAME -o json`: capabilities, probes, detections.
+    pub fn status(&self) -> serde_json::Value {
+        let output = std::process::Command::new(self.lab.moat()).args(["status", "--lab", self.lab.name(), "-o", "json"]).output().expect("moat status");
+        assert!(output.status.success(), "moat status: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).expect("moat status prints JSON")
+    }
+
     /// `moat-attack ARGS...` inside `pod` (`NS/NAME`).
     pub fn attack(&self, pod: &str, args: &[&str]) -> Output {
         let bin = attack_bin();
@@ -154,6 +161,42 @@ impl GuardLab {
         found.unwrap_or_else(|| {
             panic!("no detection: {what}\nseen: {:#?}\nagent log:\n{}", self.observer.events(), self.lab.agent_log())
         })
+    }
+}
+
+/// How the lab's agent attached each guard probe on this kernel (`moat status`).
+pub struct Probes(serde_json::Value);
+
+impl Probes {
+    pub fn of(guard: &GuardLab) -> Probes {
+        Probes(guard.status())
+    }
+
+    /// `lsm`, `fentry`, `tracepoint`, `raw-tracepoint`; empty when not attached.
+    pub fn kind(&self, probe: &str) -> String {
+        let probes = self.0["probes"].as_array().cloned().unwrap_or_default();
+        let entry = probes.iter().find(|p| p["probe"] == probe).unwrap_or_else(|| panic!("moat status lists no probe {probe}: {}", self.0));
+        entry["kind"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// Whether what `probe` sees is refused in block mode (it runs as BPF LSM).
+    pub fn refuses(&self, probe: &str) -> bool {
+        self.kind(probe) == "lsm"
+    }
+
+    /// Whether `probe` runs at security hooks (BPF LSM or fentry), which see the kernel's
+    /// view of a call rather than the system call itself.
+    pub fn at_security_hooks(&self, probe: &str) -> bool {
+        matches!(self.kind(probe).as_str(), "lsm" | "fentry")
+    }
+
+    /// The action a block-mode detection that `probe` sees reports.
+    pub fn action(&self, probe: &str) -> &'static str {
+        if self.refuses(probe) {
+            "blocked"
+        } else {
+            "detected"
+        }
     }
 }
 

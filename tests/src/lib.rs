@@ -499,10 +499,17 @@ impl Lab {
     }
 }
 
-/// Calls `attempt` every 50 ms until it returns Some or `timeout` has passed (it is always
-/// called at least once, and once more at the deadline).
+/// `timeout` stretched by `MOAT_TEST_TIME_SCALE` (an emulated VM of the kernel matrix runs
+/// several times slower than the host; `cargo xtask vm` sets it).
+pub fn scaled(timeout: Duration) -> Duration {
+    let scale = std::env::var("MOAT_TEST_TIME_SCALE").ok().and_then(|s| s.parse::<u32>().ok()).unwrap_or(1);
+    timeout * scale.max(1)
+}
+
+/// Calls `attempt` every 50 ms until it returns Some or `timeout` (scaled, see [`scaled`])
+/// has passed (it is always called at least once, and once more at the deadline).
 pub fn eventually<T>(timeout: Duration, mut attempt: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + scaled(timeout);
     loop {
         if let Some(value) = attempt() {
             return Some(value);

@@ -8,7 +8,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use moat_integration::guard::{assert_detection, GuardLab, PodSpec, HOST_BIN, HOST_KUBELET, HOST_RUN};
+use moat_integration::guard::{assert_detection, GuardLab, PodSpec, Probes, HOST_BIN, HOST_KUBELET, HOST_RUN};
+use moat_integration::Output;
 use moat_integration::kube::ApiServer;
 use moat_integration::{eventually, Family};
 
@@ -24,6 +25,15 @@ fn via_alias(g: &GuardLab, path: &Path) -> String {
     format!("{HOST_KUBELET}/{}", rel.display())
 }
 
+/// A pod's open: refused with EPERM where BPF LSM sees opens, through otherwise.
+fn opened(output: &Output, refused: bool) {
+    if refused {
+        assert!(!output.success && output.stdout.contains("EPERM"), "BPF LSM refuses the open:\n{output}");
+    } else {
+        assert!(output.success, "the open goes through (reported only):\n{output}");
+    }
+}
+
 fn sha(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -31,6 +41,8 @@ fn sha(path: &Path) -> Vec<u8> {
 #[test]
 fn kubelet_credentials_are_matched_by_inode_through_rotation_and_the_kubelet_is_silent() {
     let g = lab(None);
+    let probes = Probes::of(&g);
+    let (refused, action) = (probes.refuses("file-open"), probes.action("file-open"));
     let pki = g.lab.pki_dir();
     let current = std::fs::canonicalize(g.lab.current_cert()).expect("current certificate");
 
@@ -40,18 +52,18 @@ fn kubelet_credentials_are_matched_by_inode_through_rotation_and_the_kubelet_is_
 
     // A pod reading them through its hostPath alias: reported, naming the dated file.
     let link = via_alias(&g, &g.lab.current_cert());
-    g.attack("alpha/spy", &["open", &link, "--read-bytes", "16"]).ok();
+    opened(&g.attack("alpha/spy", &["open", &link, "--read-bytes", "16"]), refused);
     let event = g.expect("the current certificate read through the alias", |e| {
         e["id"] == "cred.kubelet-pki" && e["evidence"] == current.display().to_string()
     });
-    assert_detection(&event, "cred.kubelet-pki", "alpha/spy", "alpha", "detected");
+    assert_detection(&event, "cred.kubelet-pki", "alpha/spy", "alpha", action);
     assert_eq!(event["severity"], "critical", "{event}");
 
     let key = via_alias(&g, &pki.join("kubelet.key"));
-    g.attack("alpha/spy", &["open", &key]).ok();
+    opened(&g.attack("alpha/spy", &["open", &key]), refused);
     g.expect("the serving key", |e| e["id"] == "cred.kubelet-pki" && e["evidence"].as_str().is_some_and(|p| p.ends_with("kubelet.key")));
     let kubeconfig = format!("{HOST_KUBELET}/kubeconfig");
-    g.attack("alpha/spy", &["open", &kubeconfig]).ok();
+    opened(&g.attack("alpha/spy", &["open", &kubeconfig]), refused);
     g.expect("the kubelet's kubeconfig", |e| e["id"] == "cred.kubelet-pki" && e["evidence"].as_str().is_some_and(|p| p.ends_with("var/lib/kubelet/kubeconfig")));
 
     // Rotation: the new dated file is protected as soon as the agent has seen it, reached
@@ -59,14 +71,14 @@ fn kubelet_credentials_are_matched_by_inode_through_rotation_and_the_kubelet_is_
     let rotated = std::fs::canonicalize(g.lab.kubelet_rotate()).expect("rotated certificate");
     assert_ne!(rotated, current);
     let seen = eventually(moat_integration::guard::DEADLINE, || {
-        g.attack("alpha/spy", &["open", &link]).ok();
+        g.attack("alpha/spy", &["open", &link]);
         g.observer
             .matching(|e| e["id"] == "cred.kubelet-pki" && e["evidence"] == rotated.display().to_string())
             .into_iter()
             .next()
     });
     let seen = seen.unwrap_or_else(|| panic!("the rotated certificate was never reported; agent log:\n{}", g.lab.agent_log()));
-    assert_detection(&seen, "cred.kubelet-pki", "alpha/spy", "alpha", "detected");
+    assert_detection(&seen, "cred.kubelet-pki", "alpha/spy", "alpha", action);
     // The loop's later opens may still be on their way: let them all in before the window.
     g.marker();
     let quiet = g.during(|| g.lab.kubelet_read());
@@ -87,9 +99,10 @@ fn a_pod_reading_another_pods_volume_is_reported_and_its_own_is_not() {
     });
     assert!(quiet.is_empty(), "a pod reading its own token was reported: {quiet:#?}");
 
-    g.attack("alpha/spy", &["open", &via_alias(&g, &theirs), "--read-bytes", "8"]).ok();
+    let probes = Probes::of(&g);
+    opened(&g.attack("alpha/spy", &["open", &via_alias(&g, &theirs), "--read-bytes", "8"]), probes.refuses("file-open"));
     let event = g.expect("beta/web's token read by alpha/spy", |e| e["id"] == "cred.other-pod-volume");
-    assert_detection(&event, "cred.other-pod-volume", "alpha/spy", "alpha", "detected");
+    assert_detection(&event, "cred.other-pod-volume", "alpha/spy", "alpha", probes.action("file-open"));
     let evidence = event["evidence"].as_str().unwrap_or_default();
     assert!(evidence.contains("token") && evidence.contains("volume of pod beta/web"), "{event}");
 }
@@ -105,43 +118,54 @@ fn the_runtime_binary_is_matched_through_an_alias() {
     });
     assert!(quiet.is_empty(), "reading the runtime binary was reported: {quiet:#?}");
 
-    g.attack("alpha/spy", &["open", &runc, "--write"]).ok();
+    let probes = Probes::of(&g);
+    opened(&g.attack("alpha/spy", &["open", &runc, "--write"]), probes.refuses("file-open"));
     let event = g.expect("the runtime binary opened for writing", |e| e["id"] == "escape.runtime-binary");
-    assert_detection(&event, "escape.runtime-binary", "alpha/spy", "alpha", "detected");
+    assert_detection(&event, "escape.runtime-binary", "alpha/spy", "alpha", probes.action("file-open"));
     assert_eq!(event["evidence"], binary.display().to_string(), "{event}");
     assert_eq!(sha(&binary), before, "the runtime binary is unchanged");
 }
 
-/// Without BPF LSM (as here): cgroup/connect_unix refuses every path the pod's mounts give
-/// it to the socket; a path it cannot match (a symlink) gets through and the process is
-/// killed before connect() returns. Detect mode lets the connect through and reports it.
+/// With BPF LSM, unix_stream_connect refuses every connect to the socket by its inode.
+/// Without it, cgroup/connect_unix (Linux 6.7+) refuses every path the pod's mounts give it
+/// to the socket; a path it cannot match (a symlink) — or any path, where that hook is
+/// missing — gets through, and the process is killed before connect() returns. Detect mode
+/// lets the connect through and reports it.
 #[test]
 fn a_pod_cannot_use_the_runtime_socket_by_any_path() {
     let g = lab(None);
+    let probes = Probes::of(&g);
+    let by_lsm = probes.refuses("unix-connect");
+    let by_path = g.status()["capabilities"]["cgroup_connect_unix"] == "attached";
     let socket = g.lab.runtime_socket();
     let alias = format!("{HOST_RUN}/containerd/containerd.sock");
-    let refused = g.attack("alpha/spy", &["connect-unix", &alias]);
-    assert!(!refused.success && refused.stdout.contains("EPERM"), "the connect through the hostPath alias is refused:\n{refused}\nagent log:\n{}", g.lab.agent_log());
-    let event = g.expect("the refused connect", |e| e["id"] == "escape.runtime-socket" && e["action"] == "blocked");
-    assert_detection(&event, "escape.runtime-socket", "alpha/spy", "alpha", "blocked");
-    assert_eq!(event["evidence"], format!("{alias} (runtime socket {})", socket.display()), "{event}");
-
-    // The node's own path, which lab pods see too, is another way to the socket.
-    let direct = socket.to_str().expect("UTF-8 path");
-    let refused = g.attack("beta/web", &["connect-unix", direct]);
-    assert!(!refused.success && refused.stdout.contains("EPERM"), "the connect by the node path is refused:\n{refused}");
-    g.expect("beta/web refused", |e| e["id"] == "escape.runtime-socket" && e["pod"] == "web" && e["action"] == "blocked");
-
-    // A symlink: the hook sees only the link's name; the connect succeeds and the process
-    // dies before it can send the runtime anything.
     let link = g.lab.node().root.join("tmp-runtime-link.sock");
     std::os::unix::fs::symlink(&socket, &link).expect("symlink to the runtime socket");
-    let killed = g.attack("alpha/spy", &["connect-unix", link.to_str().expect("UTF-8 path")]);
-    assert_eq!(killed.signal, Some(9), "the process is killed:\n{killed}");
-    assert!(!killed.stdout.contains("connected"), "it never returned from connect():\n{killed}");
-    let event = g.expect("the killed connect", |e| e["id"] == "escape.runtime-socket" && e["action"] == "killed");
-    assert_detection(&event, "escape.runtime-socket", "alpha/spy", "alpha", "killed");
-    assert_eq!(event["evidence"], socket.display().to_string(), "{event}");
+    let direct = socket.to_str().expect("UTF-8 path").to_string();
+    // (pod, path, whether cgroup/connect_unix can match the path)
+    let tries = [("alpha/spy", alias.clone(), true), ("beta/web", direct, true), ("alpha/spy", link.to_str().expect("UTF-8 path").to_string(), false)];
+    for (pod, path, matchable) in tries {
+        let mut output = None;
+        let seen = g.during(|| output = Some(g.attack(pod, &["connect-unix", &path])));
+        let output = output.expect("the connect ran");
+        let event = match seen.as_slice() {
+            [one] => one.clone(),
+            _ => panic!("{pod} connecting to {path}: one detection, got {seen:#?}\nagent log:\n{}", g.lab.agent_log()),
+        };
+        if by_lsm || (by_path && matchable) {
+            assert!(!output.success && output.stdout.contains("EPERM"), "{path} is refused:\n{output}\nagent log:\n{}", g.lab.agent_log());
+            assert_detection(&event, "escape.runtime-socket", pod, pod.split_once('/').map(|(ns, _)| ns).unwrap_or(pod), "blocked");
+            let want = if by_lsm { socket.display().to_string() } else { format!("{path} (runtime socket {})", socket.display()) };
+            assert_eq!(event["evidence"], want, "{event}");
+        } else {
+            // The hook sees only the link's name: the connect succeeds and the process dies
+            // before it can send the runtime anything.
+            assert_eq!(output.signal, Some(9), "the process is killed:\n{output}");
+            assert!(!output.stdout.contains("connected"), "it never returned from connect():\n{output}");
+            assert_detection(&event, "escape.runtime-socket", pod, pod.split_once('/').map(|(ns, _)| ns).unwrap_or(pod), "killed");
+            assert_eq!(event["evidence"], socket.display().to_string(), "{event}");
+        }
+    }
     drop(g);
 
     let g = lab(Some("guard:\n  detections:\n    escape.runtime-socket: detect\n"));

@@ -2,7 +2,9 @@
 //! for real from a lab pod (`moat-attack`; `mount(8)` where a mount has to stay while files on
 //! it are opened): `escape.cgroup-release-agent`, `escape.host-mount`, `escape.kernel-memory`;
 //! then the modes: `detect` and `off` as configured, and what `moat status` says each
-//! detection does on this kernel. Each detection is checked exactly (id, pod, tenant, action,
+//! detection does on this kernel. Where the agent runs the probe that sees a technique as BPF
+//! LSM, the technique is refused (EPERM) and reported `blocked`; elsewhere it goes through
+//! and is reported `detected`. Each detection is checked exactly (id, pod, tenant, action,
 //! mode, evidence), and normal activity next to it is checked silent.
 //!
 //! What a pod mounts or makes lives in its own root (a tmpfs in the pod's mount namespace,
@@ -16,7 +18,7 @@ use std::time::Duration;
 
 use escapes::{
     agent_status, assert_exact, assert_silent, attack, attack_path, by, detection_status, evidence, failed_with, line,
-    lines, message, script, single, succeeded, up, HostBlockDevice, NS,
+    lines, message, outcome, script, single, succeeded, up, HostBlockDevice, Probes, NS,
 };
 use moat_integration::eventually;
 use moat_integration::guard::PodSpec;
@@ -40,17 +42,21 @@ fn cgroup_v1_mounts_and_release_files_opened_for_writing_are_detected() {
     moat_integration::require_root();
     let guard = up(&[], &pods(), None);
     let id = "escape.cgroup-release-agent";
+    let probes = Probes::of(&guard);
+    let mount = probes.action("mount");
 
     // mount(2) of cgroup without options asks for every v1 controller: on a host that has
     // them mounted separately (hybrid layout) the kernel refuses with EBUSY, elsewhere it
-    // mounts (and the tool unmounts). The call is seen either way.
+    // mounts (and the tool unmounts). The call is seen either way; BPF LSM refuses it.
     let (output, seen) = attack(&guard, BAD, &["mount", "cgroup", "cgroup", "/esc-cgroup", "--mkdir"]);
     let result = line(&output);
-    if result["ok"] == false {
+    if probes.refuses("mount") {
+        failed_with(&output, "EPERM");
+    } else if result["ok"] == false {
         eprintln!("note: the kernel refused the plain cgroup v1 mount here ({}); asserting the detection of the call", result["errno"]);
     }
     let event = single(&seen, "mount -t cgroup");
-    assert_exact(&event, id, BAD, "detected");
+    assert_exact(&event, id, BAD, mount);
     assert_eq!(evidence(&event), "mount type=cgroup source=cgroup target=/esc-cgroup", "{event}");
     assert!(by(&event, "moat-attack"), "{event}");
 
@@ -83,10 +89,11 @@ fn cgroup_v1_mounts_and_release_files_opened_for_writing_are_detected() {
     let gone = eventually(Duration::from_secs(10), || (!v1_hierarchies().contains(&format!("name={name}"))).then_some(()));
     assert!(gone.is_some(), "the pod's hierarchy is gone:\n{}", v1_hierarchies());
     let mounts: Vec<_> = seen.iter().filter(|e| evidence(e).starts_with("mount ")).collect();
-    let [mount] = mounts.as_slice() else { panic!("one mount detection: {seen:#?}") };
-    assert_exact(mount, id, BAD, "detected");
-    assert_eq!(evidence(mount), "mount type=cgroup source=cgroup target=/esc-v1", "{mount}");
-    assert!(by(mount, "mount"), "{mount}");
+    let [mounted] = mounts.as_slice() else { panic!("one mount detection: {seen:#?}") };
+    assert_exact(mounted, id, BAD, mount);
+    assert_eq!(evidence(mounted), "mount type=cgroup source=cgroup target=/esc-v1", "{mounted}");
+    assert!(by(mounted, "mount"), "{mounted}");
+    assert!(!probes.refuses("mount") || output.stdout.contains("v1-refused"), "BPF LSM refuses the mount:\n{output}");
     if output.stdout.contains("v1-refused") {
         eprintln!("note: this kernel refuses a named cgroup v1 hierarchy; only the mount attempt is checked:\n{output}");
         assert_eq!(seen.len(), 1, "{seen:#?}");
@@ -111,6 +118,8 @@ fn block_devices_are_refused_and_kernel_filesystem_mounts_detected() {
     moat_integration::require_root();
     let guard = up(&[], &pods(), None);
     let id = "escape.host-mount";
+    let probes = Probes::of(&guard);
+    let refused = probes.refuses("mount");
     let device = HostBlockDevice::find();
     let number = device.number();
     let path = device.path.to_str().expect("UTF-8 path");
@@ -132,11 +141,12 @@ fn block_devices_are_refused_and_kernel_filesystem_mounts_detected() {
     assert_eq!(evidence(&event), format!("block device {number}"), "{event}");
     assert!(message(&event).starts_with(&format!("open of block device {number} ")), "{event}");
 
-    // Mounting debugfs, and remounting /proc: seen at the call; refusing them needs BPF LSM.
+    // Mounting debugfs, and remounting /proc: seen at the call; refused by BPF LSM.
     let (output, seen) = attack(&guard, BAD, &["mount", "debugfs", "debugfs", "/esc-debugfs", "--mkdir"]);
-    assert!(succeeded(&output)["detail"].as_str().unwrap_or_default().contains("unmounted again"), "{output}");
+    let result = outcome(&output, refused);
+    assert!(refused || result["detail"].as_str().unwrap_or_default().contains("unmounted again"), "{output}");
     let event = single(&seen, "mount -t debugfs");
-    assert_exact(&event, id, BAD, "detected");
+    assert_exact(&event, id, BAD, probes.action("mount"));
     assert_eq!(evidence(&event), "mount type=debugfs source=debugfs target=/esc-debugfs", "{event}");
 
     let (output, seen) = attack(&guard, BAD, &["fsopen", "debugfs"]);
@@ -148,9 +158,9 @@ fn block_devices_are_refused_and_kernel_filesystem_mounts_detected() {
     // The pod's own /proc, with the flags it has: nothing changes, but a remount of proc is
     // how a container makes /proc writable again.
     let (output, seen) = attack(&guard, BAD, &["mount", "proc", "proc", "/proc", "--remount"]);
-    succeeded(&output);
+    outcome(&output, refused);
     let event = single(&seen, "mount -o remount /proc");
-    assert_exact(&event, id, BAD, "detected");
+    assert_exact(&event, id, BAD, probes.action("mount"));
     assert_eq!(evidence(&event), "mount type=proc source=proc target=/proc", "{event}");
     let flags = message(&event).split("flags 0x").nth(1).and_then(|rest| rest.split(')').next()).map(|hex| u64::from_str_radix(hex, 16));
     assert!(matches!(flags, Some(Ok(flags)) if flags & libc::MS_REMOUNT != 0), "the message has MS_REMOUNT: {event}");
@@ -174,12 +184,57 @@ fn debugfs_files_and_kernel_memory_interfaces_are_detected() {
     moat_integration::require_root();
     let guard = up(&[], &pods(), None);
     let id = "escape.kernel-memory";
-    let tool = attack_path();
+    let probes = Probes::of(&guard);
+    if probes.refuses("mount") {
+        debugfs_through_the_nodes_mount(&guard, &probes);
+    } else {
+        debugfs_mounted_in_the_pod(&guard);
+    }
 
-    // debugfs mounted in the pod, then one of its read-only files and its root opened
-    // (read-only: nothing is read or written).
-    let (output, seen) = script(
+    // The host's kernel memory and sysrq, and the hotplug helper (an escape.kernel-sysctl
+    // through sysfs); this kernel may have none of them. Opening is all (nothing read or
+    // written).
+    let interfaces = [
+        ("/proc/kcore", false, id, "/kcore on proc (device "),
+        ("/proc/sysrq-trigger", true, id, "/sysrq-trigger on proc (device "),
+        ("/sys/kernel/uevent_helper", true, "escape.kernel-sysctl", "kernel/uevent_helper on sysfs (device "),
+    ];
+    for (path, write, detection, want) in interfaces {
+        if !std::path::Path::new(path).exists() {
+            eprintln!("skipped {path}: it does not exist on this kernel");
+            continue;
+        }
+        let mut args = vec!["open", path];
+        if write {
+            args.push("--write");
+        }
+        let (output, seen) = attack(&guard, BAD, &args);
+        outcome(&output, probes.refuses("file-open"));
+        let event = single(&seen, path);
+        assert_exact(&event, detection, BAD, probes.action("file-open"));
+        assert!(evidence(&event).starts_with(want), "evidence names {want:?}: {event}");
+    }
+
+    // Normal: the pod reading ordinary /proc and /sys files.
+    assert_silent(
         &guard,
+        "ordinary /proc and /sys reads",
+        &[
+            (QUIET, &["open", "/proc/self/status", "--read-bytes", "16"]),
+            (QUIET, &["open", "/proc/meminfo", "--read-bytes", "16"]),
+            (QUIET, &["open", "/proc/sys/kernel/hostname", "--read-bytes", "16"]),
+            (QUIET, &["open", "/sys/devices/system/cpu/online", "--read-bytes", "16"]),
+        ],
+    );
+}
+
+/// debugfs mounted by the pod itself, then one of its read-only files and its root opened
+/// (read-only: nothing is read or written) — where mounting is not refused.
+fn debugfs_mounted_in_the_pod(guard: &moat_integration::guard::GuardLab) {
+    let id = "escape.kernel-memory";
+    let tool = attack_path();
+    let (output, seen) = script(
+        guard,
         BAD,
         &format!(
             "set -e
@@ -211,42 +266,31 @@ fn debugfs_files_and_kernel_memory_interfaces_are_detected() {
         assert!(evidence(event).starts_with(&want), "evidence names {want:?}: {event}");
         assert!(message(event).starts_with("access to kernel memory or debug interfaces"), "{event}");
     }
+}
 
-    // The host's kernel memory and sysrq, and the hotplug helper (an escape.kernel-sysctl
-    // through sysfs); this kernel may have none of them. Opening is all (nothing read or
-    // written).
-    let interfaces = [
-        ("/proc/kcore", false, id, "/kcore on proc (device "),
-        ("/proc/sysrq-trigger", true, id, "/sysrq-trigger on proc (device "),
-        ("/sys/kernel/uevent_helper", true, "escape.kernel-sysctl", "kernel/uevent_helper on sysfs (device "),
-    ];
-    for (path, write, detection, want) in interfaces {
-        if !std::path::Path::new(path).exists() {
-            eprintln!("skipped {path}: it does not exist on this kernel");
-            continue;
-        }
-        let mut args = vec!["open", path];
-        if write {
-            args.push("--write");
-        }
-        let (output, seen) = attack(&guard, BAD, &args);
-        succeeded(&output);
-        let event = single(&seen, path);
-        assert_exact(&event, detection, BAD, "detected");
-        assert!(evidence(&event).starts_with(want), "evidence names {want:?}: {event}");
-    }
-
-    // Normal: the pod reading ordinary /proc and /sys files.
-    assert_silent(
-        &guard,
-        "ordinary /proc and /sys reads",
-        &[
-            (QUIET, &["open", "/proc/self/status", "--read-bytes", "16"]),
-            (QUIET, &["open", "/proc/meminfo", "--read-bytes", "16"]),
-            (QUIET, &["open", "/proc/sys/kernel/hostname", "--read-bytes", "16"]),
-            (QUIET, &["open", "/sys/devices/system/cpu/online", "--read-bytes", "16"]),
-        ],
-    );
+/// Where BPF LSM refuses the pod's debugfs mount: the mount fails, and the node's own debugfs
+/// (which the pod reaches through the host's /sys) refuses the pod's opens.
+fn debugfs_through_the_nodes_mount(guard: &moat_integration::guard::GuardLab, probes: &Probes) {
+    let id = "escape.kernel-memory";
+    let (output, seen) = script(guard, BAD, "mkdir /esc-debugfs; mount -t debugfs debugfs /esc-debugfs; echo status=$?; rmdir /esc-debugfs");
+    assert!(output.stdout.contains("status=") && !output.stdout.contains("status=0"), "the mount is refused:\n{output}");
+    let mount = single(&seen, "mount -t debugfs (refused)");
+    assert_exact(&mount, "escape.host-mount", BAD, "blocked");
+    let node = std::path::Path::new("/sys/kernel/debug");
+    let file = std::fs::read_dir(node)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("this node has no debugfs at {} to try from the pod", node.display()));
+    let path = file.to_str().expect("UTF-8 path");
+    let (output, seen) = attack(guard, BAD, &["open", path]);
+    outcome(&output, probes.refuses("file-open"));
+    let event = single(&seen, "open of the node's debugfs");
+    assert_exact(&event, id, BAD, probes.action("file-open"));
+    let want = format!("/{} on debugfs (device ", file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    assert!(evidence(&event).starts_with(&want), "evidence names {want:?}: {event}");
 }
 
 #[test]
@@ -303,41 +347,54 @@ fn status_lists_every_detection_and_what_this_kernel_does_with_it() {
     moat_integration::require_root();
     let guard = up(&[], &[], None);
     let status = agent_status(&guard.lab);
+    let probes = Probes::of(&guard);
     let listed = status["detections"]["configured"].as_array().cloned().unwrap_or_default();
     let ids: Vec<&str> = listed.iter().filter_map(|d| d["id"].as_str()).collect();
     let registry: Vec<&str> = moat_agent::guard::DETECTIONS.iter().map(|s| s.id).collect();
     assert_eq!(ids, registry, "every detection, once, in registry order: {status}");
     let log = guard.lab.agent_log();
+    let connect_unix = status["capabilities"]["cgroup_connect_unix"] == "attached";
     for spec in moat_agent::guard::DETECTIONS.iter() {
         let entry = detection_status(&status, spec.id);
         assert_eq!(entry["configured"], "block", "the default: {entry}");
         let note = entry["note"].as_str().unwrap_or_default();
-        let effective = match spec.blocking {
-            // Only BPF LSM could refuse these, and this kernel has none (`escapes::up`).
-            moat_agent::guard::Blocking::Lsm => {
-                assert!(note.contains("BPF LSM"), "the note says blocking needs BPF LSM: {entry}");
-                "detect"
-            }
-            // This kernel (6.7+) has cgroup/connect_unix.
-            moat_agent::guard::Blocking::Optional { .. } => {
-                assert!(note.contains("cgroup/connect_unix"), "the note names the hook: {entry}");
-                "block"
-            }
-            _ => "block",
-        };
+        // Refused where every probe it needs refusing by is BPF LSM, or a hook every kernel
+        // has refuses part of it; cgroup/connect_unix refuses runtime sockets (6.7+).
+        let lsm = !spec.lsm_refuses.is_empty() && spec.lsm_refuses.iter().all(|p| probes.refuses(p.name()));
+        let runtime_socket = spec.id == "escape.runtime-socket" && connect_unix;
+        let effective = if lsm || runtime_socket || spec.always_refused.is_some() { "block" } else { "detect" };
         assert_eq!(entry["effective"], effective, "{entry}");
+        if effective == "detect" {
+            assert!(note.contains("BPF LSM"), "the note says refusing needs BPF LSM: {entry}");
+        }
         assert_eq!(entry["severity"], spec.severity, "{entry}");
+        // It holds exactly the hooks of its probes (and cgroup/connect_unix).
+        let hooks: Vec<String> = entry["hooks"].as_array().into_iter().flatten().filter_map(|h| h.as_str().map(String::from)).collect();
+        for probe in spec.probes {
+            let attached = status["probes"].as_array().into_iter().flatten().find(|p| p["probe"] == probe.name()).cloned().unwrap_or_default();
+            for hook in attached["hooks"].as_array().into_iter().flatten().filter_map(|h| h.as_str()) {
+                assert!(hooks.iter().any(|h| h == hook), "{} holds {hook} of probe {}: {entry}", spec.id, probe.name());
+            }
+        }
+        if spec.probes.iter().any(|p| !matches!(p, moat_agent::kernel::guard_probes::Probe::Mknod | moat_agent::kernel::guard_probes::Probe::ConnectRefusals)) {
+            assert!(!hooks.is_empty(), "every detection with probes holds some hook here: {entry}");
+        }
         let logged = format!("\"detection\":\"{}\",\"mode\":\"{effective}\"", spec.id);
         assert!(log.contains(&logged), "start-up logs {logged}:\n{log}");
     }
-    // The ones that block without LSM, by name.
-    for id in ["escape.kernel-sysctl", "escape.host-mount", "escape.runtime-socket", "cred.kubelet-api"] {
+    // What refuses without BPF LSM on every kernel, by name.
+    for id in ["escape.kernel-sysctl", "escape.host-mount", "cred.kubelet-api", "node.foreign-tenant"] {
         assert_eq!(detection_status(&status, id)["effective"], "block", "{status}");
-    }
-    for id in ["escape.cgroup-release-agent", "escape.setns", "escape.kernel-module", "escape.ptrace", "escape.kernel-memory"] {
-        assert_eq!(detection_status(&status, id)["effective"], "detect", "{status}");
     }
     let host_mount = detection_status(&status, "escape.host-mount");
     let note = host_mount["note"].as_str().unwrap_or_default();
-    assert!(note.contains("cgroup/dev") && note.contains("BPF LSM"), "blocks devices, the rest needs BPF LSM: {host_mount}");
+    assert!(note.contains("cgroup/dev") || probes.refuses("mount"), "names cgroup/dev: {host_mount}");
+    // Every probe the default configuration needs is attached one way or another, except
+    // module loading on a kernel without modules.
+    for probe in status["probes"].as_array().into_iter().flatten() {
+        let modules = std::path::Path::new("/proc/modules").exists();
+        if probe["needed"] == true && (probe["probe"] != "module-load" || modules) {
+            assert!(probe["kind"].is_string(), "attached: {probe}");
+        }
+    }
 }

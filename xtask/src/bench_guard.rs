@@ -1,8 +1,9 @@
 //! `cargo xtask bench --only guard`: what the runtime guard's programs add to the system
-//! calls they watch. Three loops of `moat-attack loop` (open+close of a regular file,
-//! fork+exec of /bin/true, connect+accept+close on a unix socket) run in a lab pod, where the guard evaluates every actor fully,
-//! and on the host, under three configurations: no agent, the agent with the guard at its
-//! defaults, and the agent with every detection `off`.
+//! calls they watch, and to those they do not. Five loops of `moat-attack loop` (open+close
+//! of a regular file, stat of it, getppid, connect+accept+close on a unix socket, fork+exec
+//! of /bin/true) run in a lab pod, where the guard evaluates every actor fully, and on the
+//! host, under three configurations: no agent, the agent with the guard at its defaults,
+//! and the agent with every detection `off`.
 //!
 //! The guard's tracepoints are system-wide, so the configurations cannot run side by side
 //! (the no-agent baseline would pay for the other lab's programs): each round brings the lab
@@ -27,12 +28,16 @@ const ROUNDS: usize = 7;
 /// Iterations per second of `--seconds`: each loop then runs for a fraction of it, so a
 /// round (three lab ups, eighteen loops) stays short on a slow machine.
 const OPEN_PER_SECOND: u64 = 40_000;
+const STAT_PER_SECOND: u64 = 60_000;
+const GETPPID_PER_SECOND: u64 = 400_000;
 const EXEC_PER_SECOND: u64 = 100;
 const CONNECT_PER_SECOND: u64 = 20_000;
 const EXEC_PROGRAM: &str = "/bin/true";
 /// Calls per timed batch: short batches (a few ms), so on a busy machine some run
 /// undisturbed; the fastest batch of each run is its figure.
 const OPEN_BATCH: u64 = 100;
+const STAT_BATCH: u64 = 100;
+const GETPPID_BATCH: u64 = 1_000;
 const EXEC_BATCH: u64 = 2;
 const CONNECT_BATCH: u64 = 100;
 
@@ -73,18 +78,22 @@ impl Place {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Loop {
     Open,
-    Exec,
+    Stat,
+    Getppid,
     Connect,
+    Exec,
 }
 
 impl Loop {
-    const ALL: [Loop; 3] = [Loop::Open, Loop::Exec, Loop::Connect];
+    const ALL: [Loop; 5] = [Loop::Open, Loop::Stat, Loop::Getppid, Loop::Connect, Loop::Exec];
 
     fn label(self) -> &'static str {
         match self {
             Loop::Open => "open+close",
-            Loop::Exec => "fork+exec",
+            Loop::Stat => "stat",
+            Loop::Getppid => "getppid",
             Loop::Connect => "unix connect",
+            Loop::Exec => "fork+exec",
         }
     }
 }
@@ -97,7 +106,7 @@ struct Sample {
 }
 
 /// One configuration's samples: `[loop][place]`, one per round.
-type Samples = [[Vec<Sample>; 2]; 3];
+type Samples = [[Vec<Sample>; 2]; 5];
 
 pub fn guard(ctx: &Context) -> Result<Section> {
     run(cargo().args(["build", "-p", "moat-integration", "--bin", "moat-attack"]))?;
@@ -129,11 +138,14 @@ pub fn guard(ctx: &Context) -> Result<Section> {
     let notes = format!(
         "Programs the lab's agent attached: {}. Detections at their defaults: {}. {foreign}\n\n\
          `moat-attack loop open N FILE` times N open(2)+close(2) of a regular file (the \
-         `moat-attack` binary itself, {} per run, in batches of {OPEN_BATCH}); `moat-attack \
+         `moat-attack` binary itself, {} per run, in batches of {OPEN_BATCH}); `loop stat` \
+         stat(2)s the same file ({} per run, in batches of {STAT_BATCH}) and `loop getppid` \
+         makes the cheapest system call ({} per run, in batches of {GETPPID_BATCH}): no \
+         detection watches either; `moat-attack \
          loop exec N {EXEC_PROGRAM}` times N fork(2)+execve(2)+waitpid(2) ({} per run, in \
          batches of {EXEC_BATCH}); `moat-attack loop connect-unix N` times N connect(2) to a \
          unix socket of its own, accept(2) and two close(2) ({} per run, in batches of \
-         {CONNECT_BATCH}: cgroup/connect_unix looks the path up, sys_exit the peer). Only the loop is timed. In a pod: through `moat lab exec` \
+         {CONNECT_BATCH}: cgroup/connect_unix looks the path up, the connect probe the peer). Only the loop is timed. In a pod: through `moat lab exec` \
          (the pod's cgroup and namespaces); on the host: from xtask's own cgroup. The \
          table gives each run's fastest batch (the one least disturbed by other work on the \
          machine; a cost the programs add to every call is in every batch), median over the \
@@ -143,12 +155,14 @@ pub fn guard(ctx: &Context) -> Result<Section> {
         if programs.is_empty() { "none".to_string() } else { programs.join(", ") },
         detections.iter().map(|(id, mode)| format!("{id} {mode}")).collect::<Vec<_>>().join(", "),
         bench.iterations(Loop::Open),
+        bench.iterations(Loop::Stat),
+        bench.iterations(Loop::Getppid),
         bench.iterations(Loop::Exec),
         bench.iterations(Loop::Connect),
     );
     Ok(Section {
         id: "guard",
-        title: "Runtime guard: open, exec and unix connect with and without the agent",
+        title: "Runtime guard: system calls watched and not, with and without the agent",
         columns: ["no agent", "agent"],
         rows,
         method: format!(
@@ -176,6 +190,8 @@ impl Bench {
     fn iterations(&self, kind: Loop) -> u64 {
         match kind {
             Loop::Open => OPEN_PER_SECOND * self.seconds,
+            Loop::Stat => STAT_PER_SECOND * self.seconds,
+            Loop::Getppid => GETPPID_PER_SECOND * self.seconds,
             Loop::Exec => EXEC_PER_SECOND * self.seconds,
             Loop::Connect => CONNECT_PER_SECOND * self.seconds,
         }
@@ -293,6 +309,14 @@ fn measure(lab: &Lab, attack: &Path, kind: Loop, place: Place, iterations: u64) 
             cmd.args(["open", &iterations.to_string()]).arg(attack);
             iterations.div_ceil(OPEN_BATCH)
         }
+        Loop::Stat => {
+            cmd.args(["stat", &iterations.to_string()]).arg(attack);
+            iterations.div_ceil(STAT_BATCH)
+        }
+        Loop::Getppid => {
+            cmd.args(["getppid", &iterations.to_string()]);
+            iterations.div_ceil(GETPPID_BATCH)
+        }
         Loop::Exec => {
             cmd.args(["exec", &iterations.to_string(), EXEC_PROGRAM]);
             iterations.div_ceil(EXEC_BATCH)
@@ -319,7 +343,7 @@ fn median(values: &[f64]) -> Result<f64> {
 /// ns for open, µs for exec: the scale each is read at.
 fn per_op(kind: Loop, ns: f64) -> Measurement {
     match kind {
-        Loop::Open | Loop::Connect => Measurement { rate: ns, unit: "ns/op".into() },
+        Loop::Open | Loop::Stat | Loop::Getppid | Loop::Connect => Measurement { rate: ns, unit: "ns/op".into() },
         Loop::Exec => Measurement { rate: ns / 1_000.0, unit: "µs/op".into() },
     }
 }

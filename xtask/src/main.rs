@@ -10,6 +10,7 @@ mod demo;
 mod setup;
 mod util;
 mod validate;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -42,6 +43,8 @@ enum Task {
     Validate,
     /// setup, build, then benchmarks: moat attached versus no program attached.
     Bench(bench::BenchArgs),
+    /// The privileged integration tests on Debian's 6.1 and 6.12 kernels, booted under QEMU.
+    Vm(vm::VmArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Task::Demo => demo::run_demo(),
         Task::Validate => validate::validate_manifests(),
         Task::Bench(args) => bench::run_bench(&args),
+        Task::Vm(args) => vm::run_vm(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,7 +10,8 @@ use crate::util::{capture, find_on_path, is_root, on_path, render, run, stdout_o
 
 /// Debian packages: LLVM for bpf-linker, iproute2 and procps for the lab, prometheus for
 /// `promtool check metrics` in the observability tests, python3-venv for manifest validation,
-/// iptables for the NetworkPolicy benchmark (rules only ever go inside a lab pod's netns).
+/// iptables for the NetworkPolicy benchmark (rules only ever go inside a lab pod's netns),
+/// QEMU, busybox, kmod, cpio, xz and zstd for the kernel matrix (`cargo xtask vm`).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -21,6 +22,12 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
     "python3-venv",
     "iptables",
+    "qemu-system-x86",
+    "busybox-static",
+    "kmod",
+    "cpio",
+    "xz-utils",
+    "zstd",
 ];
 /// Needed to link anything (and to build bpf-linker); only installed when `cc` is missing.
 const APT_COMPILER: &[&str] = &["gcc", "libc6-dev"];

@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::guard::foreign::{self, ForeignStatus};
 use crate::guard::{DetectionStatus, GuardMode};
+use crate::kernel::guard_probes::ProbeStatus;
 use crate::kernel::tc_pods::TcStatus;
 use crate::node::capabilities::Capabilities;
 use crate::observability::{KernelReading, ProgramStatus, Shared, SyncState};
@@ -22,6 +23,8 @@ pub struct Status {
     pub kernel: KernelReading,
     pub events_lost: EventsLost,
     pub detections: Detections,
+    /// The runtime guard's probes: how each is attached on this kernel.
+    pub probes: Vec<ProbeStatus>,
     pub metrics_url: Option<String>,
     pub admin_socket: String,
 }
@@ -71,6 +74,7 @@ pub fn report(shared: &Shared) -> Status {
             &shared.guard.lock().map(|g| g.clone()).unwrap_or_default(),
             shared.index().map(|index| foreign::status(&index.foreign)).unwrap_or_default(),
         ),
+        probes: shared.probes.lock().map(|p| p.clone()).unwrap_or_default(),
         metrics_url: shared.metrics_url(),
         admin_socket: shared.admin_socket.display().to_string(),
     }

@@ -35,10 +35,16 @@ pub fn text(v: &Value) -> String {
     line(format!("instance   {}   ready: {}", v["instance"].as_str().unwrap_or("?"), v["ready"]));
     let caps = &v["capabilities"];
     line(format!(
-        "kernel     BTF: {}   cgroup hooks: {}   BPF LSM: {}",
+        "kernel     BTF: {}   cgroup hooks: {}   cgroup/connect_unix: {}",
         if caps["btf"] == true { "present" } else { "missing" },
         caps["cgroup_hooks"].as_str().unwrap_or("?"),
-        caps["bpf_lsm"].as_str().unwrap_or("?")
+        caps["cgroup_connect_unix"].as_str().unwrap_or("?")
+    ));
+    line(format!(
+        "           BPF LSM: {}   fentry: {}   syscall tracepoints: {}",
+        caps["bpf_lsm"].as_str().unwrap_or("?"),
+        caps["trampolines"].as_str().unwrap_or("?"),
+        caps["syscall_tracepoints"].as_str().unwrap_or("?")
     ));
     line("programs".into());
     for p in v["programs"].as_array().into_iter().flatten() {
@@ -52,7 +58,9 @@ pub fn text(v: &Value) -> String {
         ));
     }
     let icmp = &v["icmp"];
-    if icmp.is_object() {
+    if let Some(why) = icmp["unavailable"].as_str() {
+        line(format!("  {:<18} {:<20} unavailable: {why}", icmp["program"].as_str().unwrap_or("?"), icmp["hook"].as_str().unwrap_or("?")));
+    } else if icmp.is_object() {
         line(format!(
             "  {:<18} {:<20} on {} pods ({} interfaces, {}), waiting: {}, hostNetwork: {}, attach failures: {}",
             icmp["program"].as_str().unwrap_or("?"),
@@ -76,6 +84,19 @@ pub fn text(v: &Value) -> String {
         sync["first_sync_done"], sync["generation"], sync["failures"]
     ));
     line(format!("detections {}", v["detections"]["note"].as_str().unwrap_or("")));
+    for d in v["detections"]["configured"].as_array().into_iter().flatten() {
+        line(format!("  {:<28} {:<7} {}", d["id"].as_str().unwrap_or("?"), d["effective"].as_str().unwrap_or("?"), d["note"].as_str().unwrap_or("")));
+    }
+    line("probes".into());
+    for p in v["probes"].as_array().into_iter().flatten() {
+        let hooks: Vec<&str> = p["hooks"].as_array().into_iter().flatten().filter_map(|h| h.as_str()).collect();
+        let how = match p["kind"].as_str() {
+            Some(kind) => format!("{kind}: {}", hooks.join(", ")),
+            None if p["needed"] == true => "not attached".to_string(),
+            None => "not needed".to_string(),
+        };
+        line(format!("  {:<18} {how}", p["probe"].as_str().unwrap_or("?")));
+    }
     let foreign = &v["detections"]["foreign_tenant"];
     if let Some(profile) = foreign["node_profile"].as_str() {
         let pods: Vec<&str> = foreign["pods"].as_array().into_iter().flatten().filter_map(|p| p.as_str()).collect();

@@ -25,6 +25,8 @@ pub struct GuardView {
     /// Pod tag → pod, for naming the owner of a volume.
     pub pods_by_tag: BTreeMap<u64, crate::model::PodKey>,
     pub host_pid_ns: u64,
+    /// The host's namespace inodes, `NS_*` order (0 where unknown).
+    pub host_ns: [u32; NS_COUNT],
     pub host_proc_dev: u64,
 }
 
@@ -55,10 +57,12 @@ pub fn decode(event: &GuardEvent, index: &Index) -> Option<Detection> {
     if detection == DETECTION_PTRACE && same_pod(event, index, &view) {
         return None;
     }
+    if event.evidence == EVIDENCE_NAMESPACES && host_namespaces_joined(event, &view.host_ns) == 0 {
+        return None;
+    }
     let blocked = event.blocked != 0;
     let process = Process::read(event.tgid);
-    let comm = text(&event.comm);
-    let executable = process.exe.clone().unwrap_or_else(|| comm.clone());
+    let executable = executable(event, &process);
     let (what, evidence) = evidence(event, &view);
     let action = match event.blocked {
         0 => "detected",
@@ -84,7 +88,7 @@ pub fn decode(event: &GuardEvent, index: &Index) -> Option<Detection> {
     })
 }
 
-/// (what happened, the evidence) for each detection.
+/// (what happened, the evidence), from what the record carries (`GuardEvent::evidence`).
 fn evidence(event: &GuardEvent, view: &GuardView) -> (String, String) {
     let subject = text(&event.subject);
     let file = FileKey { dev: event.dev, ino: event.ino };
@@ -97,70 +101,56 @@ fn evidence(event: &GuardEvent, view: &GuardView) -> (String, String) {
             format!("{}{on} (device {}:{}, inode {})", dentry_path(&parent, &name), event.dev >> 20, event.dev & 0xfffff, event.ino)
         })
     };
-    match event.detection as u32 {
-        DETECTION_KERNEL_SYSCTL if event.hook == GUARD_HOOK_SYSCTL => {
-            (format!("write to /proc/sys/{subject}"), format!("/proc/sys/{subject}"))
+    let detection = u32::from(event.detection);
+    match event.evidence {
+        EVIDENCE_SYSCTL => (format!("write to /proc/sys/{subject}"), format!("/proc/sys/{subject}")),
+        EVIDENCE_MKNOD => {
+            let (major, minor) = (libc::major(event.arg as libc::dev_t), libc::minor(event.arg as libc::dev_t));
+            (format!("mknod of block device {major}:{minor} at {subject}"), subject)
         }
-        DETECTION_KERNEL_SYSCTL => ("write to /sys/kernel/uevent_helper".into(), dentry()),
-        DETECTION_CGROUP_RELEASE_AGENT | DETECTION_HOST_MOUNT if event.hook == GUARD_HOOK_SYS_ENTER => {
-            let class = event.owner;
-            if class == u64::from(moat_common::guard::SYSCALL_MKNOD) || class == u64::from(moat_common::guard::SYSCALL_MKNODAT) {
-                let (major, minor) = (libc::major(event.arg as libc::dev_t), libc::minor(event.arg as libc::dev_t));
-                return (format!("mknod of block device {major}:{minor} at {subject}"), subject);
-            }
+        EVIDENCE_MOUNT => {
             let fstype = text(&event.subject[..MOUNT_FSTYPE_LEN]);
             let source = text(&event.subject[MOUNT_FSTYPE_LEN..MOUNT_FSTYPE_LEN + MOUNT_SOURCE_LEN]);
             let target = text(&event.subject[MOUNT_FSTYPE_LEN + MOUNT_SOURCE_LEN..]);
-            let call = class_name(class);
+            let call = class_name(event.owner);
             (format!("{call} of {fstype} ({source} on {target}, flags {:#x})", event.arg), format!("{call} type={fstype} source={source} target={target}"))
         }
-        DETECTION_CGROUP_RELEASE_AGENT => ("write to a cgroup v1 release file".into(), dentry()),
-        DETECTION_HOST_MOUNT => {
+        EVIDENCE_DEVICE => {
             let (major, minor) = (event.dev >> 20, event.dev & 0xfffff);
             let verb = if (event.arg >> 16) & 1 != 0 { "mknod" } else { "open" };
             (format!("{verb} of block device {major}:{minor}"), format!("block device {major}:{minor}"))
         }
-        DETECTION_SETNS if event.hook == GUARD_HOOK_SYS_ENTER => {
+        EVIDENCE_CALL if detection == DETECTION_SETNS => {
             ("unshare of a user namespace".into(), format!("unshare flags {:#x}", event.arg))
         }
-        DETECTION_SETNS => {
+        EVIDENCE_CALL => {
+            let call = class_name(event.owner);
+            (format!("{call}() from a pod"), format!("syscall {call} (first argument {})", event.arg))
+        }
+        EVIDENCE_TARGET => {
+            let call = class_name(event.owner);
+            (format!("{call} on pid {} outside the pod", event.target_pid), format!("{call} target pid {}", event.target_pid))
+        }
+        EVIDENCE_NAMESPACES => {
+            let mask = host_namespaces_joined(event, &view.host_ns);
             let joined: Vec<&str> = ["uts", "ipc", "mnt", "pid", "net", "cgroup"]
                 .iter()
                 .take(NS_COUNT)
                 .enumerate()
-                .filter(|(i, _)| event.arg & (1 << i) != 0)
+                .filter(|(i, _)| mask & (1 << i) != 0)
                 .map(|(_, n)| *n)
                 .collect();
             (format!("setns into the host's {} namespace", joined.join("+")), format!("host namespaces: {}", joined.join(",")))
         }
-        DETECTION_RUNTIME_BINARY => ("container runtime binary opened for writing".into(), dentry()),
-        DETECTION_RUNTIME_SOCKET => {
+        EVIDENCE_SOCKET => {
             let socket = named.unwrap_or_else(|| format!("socket inode {}", event.ino));
-            if event.hook == GUARD_HOOK_CONNECT_UNIX {
-                (format!("connect to container runtime socket {socket} as {subject}"), format!("{subject} (runtime socket {socket})"))
-            } else {
+            if subject.is_empty() {
                 (format!("connect to container runtime socket {socket}"), socket)
+            } else {
+                (format!("connect to container runtime socket {socket} as {subject}"), format!("{subject} (runtime socket {socket})"))
             }
         }
-        DETECTION_KERNEL_MODULE => {
-            let call = class_name(event.owner);
-            (format!("{call}() from a pod"), format!("syscall {call} (first argument {})", event.arg))
-        }
-        DETECTION_PTRACE if event.hook == GUARD_HOOK_SYS_ENTER => {
-            let call = class_name(event.owner);
-            (format!("{call} on pid {} outside the pod", event.target_pid), format!("{call} target pid {}", event.target_pid))
-        }
-        DETECTION_PTRACE => {
-            let parent = text(&event.subject[64..]);
-            (format!("open of /proc/{parent}/mem outside the pod"), format!("/proc/{parent}/mem"))
-        }
-        DETECTION_KERNEL_MEMORY => ("access to kernel memory or debug interfaces".into(), dentry()),
-        DETECTION_KUBELET_PKI => ("kubelet credentials opened by a process that is not the kubelet".into(), dentry()),
-        DETECTION_OTHER_POD_VOLUME => {
-            let owner = view.pods_by_tag.get(&event.owner).map(|p| format!("{}/{}", p.namespace, p.name)).unwrap_or_else(|| "an unknown pod".into());
-            (format!("a volume of pod {owner} read"), format!("{} (volume of pod {owner})", dentry()))
-        }
-        DETECTION_KUBELET_API => {
+        EVIDENCE_ADDRESS => {
             let mut addr = [0u8; 16];
             addr.copy_from_slice(&event.subject[..16]);
             let ip = std::net::Ipv6Addr::from(addr);
@@ -172,8 +162,68 @@ fn evidence(event: &GuardEvent, view: &GuardView) -> (String, String) {
                 (format!("connect to the API server {target} after reading kubelet credentials"), target)
             }
         }
-        code => (format!("detection code {code}"), subject),
+        EVIDENCE_FILE => match detection {
+            DETECTION_KERNEL_SYSCTL => ("write to /sys/kernel/uevent_helper".into(), dentry()),
+            DETECTION_CGROUP_RELEASE_AGENT => ("write to a cgroup v1 release file".into(), dentry()),
+            DETECTION_SETNS => ("open of a host namespace".into(), dentry()),
+            DETECTION_RUNTIME_BINARY => ("container runtime binary opened for writing".into(), dentry()),
+            DETECTION_PTRACE => {
+                let parent = text(&event.subject[64..]);
+                (format!("open of /proc/{parent}/mem outside the pod"), format!("/proc/{parent}/mem"))
+            }
+            DETECTION_KERNEL_MEMORY => ("access to kernel memory or debug interfaces".into(), dentry()),
+            DETECTION_KUBELET_PKI => ("kubelet credentials opened by a process that is not the kubelet".into(), dentry()),
+            DETECTION_OTHER_POD_VOLUME => {
+                let owner = view.pods_by_tag.get(&event.owner).map(|p| format!("{}/{}", p.namespace, p.name)).unwrap_or_else(|| "an unknown pod".into());
+                (format!("a volume of pod {owner} read"), format!("{} (volume of pod {owner})", dentry()))
+            }
+            code => (format!("detection code {code} on a file"), dentry()),
+        },
+        kind => (format!("detection code {detection} (evidence {kind})"), subject),
     }
+}
+
+/// The executable that acted. /proc gives its full path only while the process still runs
+/// the file the kernel recorded (same inode, or on stacked filesystems whose devices differ,
+/// the same name); after an exec (`nsenter ... -- sh`) the recorded file name stands, so the
+/// event never names what ran afterwards.
+fn executable(event: &GuardEvent, process: &Process) -> String {
+    let recorded = text(&event.exe_name);
+    if event.exe_ino == 0 || recorded.is_empty() {
+        return process.exe.clone().unwrap_or_else(|| text(&event.comm));
+    }
+    let same_file = process.exe_id == Some((event.exe_dev, event.exe_ino));
+    match &process.exe {
+        Some(path) if same_file || path.rsplit('/').next() == Some(recorded.as_str()) => path.clone(),
+        _ => recorded,
+    }
+}
+
+/// The host namespaces (`NS_*` bits) a setns record says the thread joined: the one an nsfs
+/// fd names, or those of `nstype` a pidfd put it in — leaving out namespaces it was in before
+/// and those its pod shares with the host by design (hostNetwork, hostPID).
+pub fn host_namespaces_joined(event: &GuardEvent, host: &[u32; NS_COUNT]) -> u64 {
+    const NSFS_MAGIC: u64 = 0x6e73_6673;
+    let requested = [libc::CLONE_NEWUTS, libc::CLONE_NEWIPC, libc::CLONE_NEWNS, libc::CLONE_NEWPID, libc::CLONE_NEWNET, libc::CLONE_NEWCGROUP];
+    let slot = |offset: usize, i: usize| {
+        let at = offset + 4 * i;
+        u32::from_ne_bytes([event.subject[at], event.subject[at + 1], event.subject[at + 2], event.subject[at + 3]])
+    };
+    let mut joined = 0;
+    for (i, &host_ns) in host.iter().enumerate() {
+        if host_ns == 0 || event.target_pid & (1 << i) != 0 || slot(0, i) == host_ns {
+            continue;
+        }
+        let into = if event.arg == NSFS_MAGIC {
+            event.ino == u64::from(host_ns)
+        } else {
+            event.owner & requested[i] as u64 != 0 && slot(4 * NS_COUNT, i) == host_ns
+        };
+        if into {
+            joined |= 1 << i;
+        }
+    }
+    joined
 }
 
 /// `parent/name` of an opened file, from the two dentry names the kernel sent. A
@@ -202,7 +252,7 @@ fn kernel_fs(magic: u64) -> Option<&'static str> {
 /// Outside the host's PID namespace a pod names only its own processes; with hostPID (or
 /// the host's /proc mounted in) the PID is global and the target's cgroup tells its pod.
 fn same_pod(event: &GuardEvent, index: &Index, view: &GuardView) -> bool {
-    let (pid, global) = if event.hook == GUARD_HOOK_SYS_ENTER {
+    let (pid, global) = if event.evidence == EVIDENCE_TARGET {
         // The actor's PID namespace as the kernel saw it at the call (`ino`); /proc is only
         // a fallback, the actor may have exited before its record is decoded.
         let actor_ns = if event.ino != 0 {
@@ -234,6 +284,8 @@ fn cgroup_of(pid: u32) -> Option<u64> {
 #[derive(Default)]
 struct Process {
     exe: Option<String>,
+    /// The executable's (device in kernel encoding, inode), as the kernel records them.
+    exe_id: Option<(u64, u64)>,
     cmdline: Option<String>,
     container: Option<String>,
 }
@@ -241,6 +293,9 @@ struct Process {
 impl Process {
     fn read(pid: u32) -> Self {
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string());
+        let exe_id = std::fs::metadata(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|m| (moat_common::guard::kernel_dev(libc::major(m.dev()), libc::minor(m.dev())), m.ino()));
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok().filter(|b| !b.is_empty()).map(|bytes| {
             bytes.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect::<Vec<_>>().join(" ")
         });
@@ -248,7 +303,7 @@ impl Process {
             let path = t.lines().find_map(|l| l.strip_prefix("0::"))?.to_string();
             container_id(&path)
         });
-        Self { exe, cmdline, container }
+        Self { exe, exe_id, cmdline, container }
     }
 }
 

@@ -23,7 +23,6 @@ use crate::kernel::KernelError;
 
 pub struct GuardMaps {
     settings: Array<MapData, GuardSettings>,
-    syscalls: Array<MapData, u32>,
     actors: HashMap<MapData, u64, Actor>,
     files: HashMap<MapData, FileKey, FileRule>,
     volumes: HashMap<MapData, u64, u64>,
@@ -62,7 +61,6 @@ impl GuardMaps {
         let socket_paths: HashMap<MapData, SocketPath, FileKey> = take(ebpf, names::GUARD_SOCKET_PATHS)?;
         Ok(Self {
             settings: take(ebpf, names::GUARD_SETTINGS)?,
-            syscalls: take(ebpf, names::GUARD_SYSCALLS)?,
             written_actors: actors.iter().filter_map(Result::ok).collect(),
             written_files: files.iter().filter_map(Result::ok).collect(),
             written_volumes: volumes.iter().filter_map(Result::ok).collect(),
@@ -76,12 +74,9 @@ impl GuardMaps {
         })
     }
 
-    /// Syscall classes, kubelet ports and API servers. Written before `settings`, which
+    /// Kubelet ports and API servers. Written before `settings`, which
     /// turns the programs on.
     pub fn write_static(&mut self, config: &GuardConfig, api_servers: &[SocketAddr]) -> Result<(), KernelError> {
-        for (nr, class) in super::syscalls::table() {
-            self.syscalls.set(nr, class, 0).map_err(|e| KernelError::map(names::GUARD_SYSCALLS, e))?;
-        }
         replace(&mut self.ports, names::GUARD_PORTS, config.kubelet.ports.iter().map(|p| (*p, 1u8)).collect())?;
         let endpoints = api_servers
             .iter()

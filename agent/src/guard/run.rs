@@ -83,7 +83,7 @@ impl Guard {
             kubelet_exe_ino: 0,
             kubelet_cgroup: kubelet_cgroup.unwrap_or(0),
             host_ns: kernel_maps::host_namespaces(),
-            lsm_hooks: 0,
+            _reserved: 0,
             agent_tgid: std::process::id(),
             sock_addr_uaddr: uaddr,
             sock_addr_uaddrlen: uaddrlen,
@@ -132,6 +132,7 @@ impl Guard {
                 names: found.names.clone(),
                 pods_by_tag: self.pods_by_tag.clone(),
                 host_pid_ns: kernel_maps::host_namespace("pid"),
+                host_ns: kernel_maps::host_namespaces(),
                 host_proc_dev: kernel_maps::host_proc_dev(),
             });
             self.discovered = found;
@@ -184,15 +185,6 @@ impl Guard {
             paths = paths.into_iter().take(capacity).collect();
         }
         self.maps.sync_socket_paths(paths)
-    }
-
-    /// The BPF LSM hooks attached: tracepoint paths they cover stop reporting.
-    pub fn set_lsm_hooks(&mut self, hooks: u32) -> Result<(), KernelError> {
-        self.settings.lsm_hooks = hooks;
-        if self.settings.ready != 0 {
-            self.maps.write_settings(&self.settings)?;
-        }
-        Ok(())
     }
 
     /// Whether cgroup/connect_unix can find the address (its offsets came from BTF).

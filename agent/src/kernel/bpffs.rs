@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use super::KernelError;
 use crate::node::mounts;
 
+#[derive(Clone, Debug)]
 pub struct PinDirs {
     pub instance: PathBuf,
     pub maps: PathBuf,

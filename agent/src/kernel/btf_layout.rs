@@ -34,9 +34,7 @@ pub enum LayoutError {
 
 /// Reads `/sys/kernel/btf/vmlinux` and resolves the whole layout.
 pub fn load() -> Result<KernelLayout, LayoutError> {
-    let path = Path::new(BTF_PATH);
-    let bytes = std::fs::read(path).map_err(|source| LayoutError::Read { path: path.into(), source })?;
-    kernel_layout(&Btf::parse(&bytes)?)
+    kernel_layout(&read()?)
 }
 
 /// Every field of `KernelLayout` from `btf`, with `filled = 1`.
@@ -45,7 +43,6 @@ pub fn kernel_layout(btf: &Btf) -> Result<KernelLayout, LayoutError> {
     let at = |struct_name: &str, member: &str| btf.offset_of(struct_name, member);
     Ok(KernelLayout {
         filled: 1,
-        lsm_ret_arg: lsm_ret_args(btf),
         regs_arg: regs.args,
         regs_syscall_nr: regs.syscall_nr,
         regs_exit_arg0: regs.exit_arg0,
@@ -135,13 +132,15 @@ fn pt_regs_aarch64(btf: &Btf) -> Result<Regs, LayoutError> {
     Ok(Regs { args, syscall_nr: at("syscallno")?, exit_arg0: at("orig_x0")? })
 }
 
-/// For each BPF LSM hook, the index of the argument after the hook's own (where a BPF LSM
-/// program finds the previous programs' verdict): the parameter count of `bpf_lsm_<hook>`.
-/// 0 when the kernel has no such hook.
-fn lsm_ret_args(btf: &Btf) -> [u32; moat_common::guard::LSM_HOOKS] {
-    let mut out = [0; moat_common::guard::LSM_HOOKS];
-    for (bit, _, hook) in crate::kernel::loader::LSM_PROGRAMS {
-        out[bit as usize] = btf.param_count(&format!("bpf_lsm_{hook}")).unwrap_or(0);
-    }
-    out
+/// A BPF LSM hook's parameter count (`bpf_lsm_<hook>`): where a program finds the previous
+/// programs' verdict. None when the kernel has no such hook.
+pub fn lsm_hook_params(btf: &Btf, hook: &str) -> Option<u32> {
+    btf.param_count(&format!("bpf_lsm_{hook}"))
+}
+
+/// The running kernel's BTF, parsed by the project's own reader.
+pub fn read() -> Result<Btf, LayoutError> {
+    let path = Path::new(BTF_PATH);
+    let bytes = std::fs::read(path).map_err(|source| LayoutError::Read { path: path.into(), source })?;
+    Btf::parse(&bytes)
 }

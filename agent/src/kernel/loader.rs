@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use aya::programs::links::{FdLink, PinnedLink};
 use std::os::fd::AsFd;
 
-use aya::programs::{CgroupAttachMode, CgroupDevice, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, CgroupSysctl, Lsm, RawTracePoint};
+use aya::programs::{CgroupAttachMode, CgroupDevice, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, CgroupSysctl};
 use moat_common::budget::{names as budget_names, EventBudget};
 use moat_common::layout::KernelLayout;
 use aya::{Ebpf, EbpfLoader};
@@ -32,8 +32,6 @@ pub enum Hook {
     Sysctl,
     /// Runtime guard: device access (`escape.host-mount`, block devices).
     Device,
-    /// Runtime guard with BPF LSM.
-    Lsm,
     /// Runtime guard: AF_UNIX connects (`escape.runtime-socket`), Linux 6.7+.
     UnixConnect,
 }
@@ -46,7 +44,6 @@ impl Hook {
             Self::SockAddr => "cgroup/sock_addr",
             Self::Sysctl => "cgroup/sysctl",
             Self::Device => "cgroup/dev",
-            Self::Lsm => "lsm",
             Self::UnixConnect => "cgroup/connect_unix",
         }
     }
@@ -62,14 +59,6 @@ pub const PROGRAMS: [(&str, Hook); 8] = [
     ("moat_sendmsg6", Hook::SockAddr),
     ("moat_sysctl", Hook::Sysctl),
     ("moat_device", Hook::Device),
-];
-
-/// The guard's detection tracepoints: attached for the agent's lifetime (not pinned), since
-/// they only report, and reports need a running agent to read them.
-pub const TRACEPOINTS: [(&str, &str); 3] = [
-    ("moat_sys_enter", "sys_enter"),
-    ("moat_sys_exit", "sys_exit"),
-    ("moat_sched_fork", "sched_process_fork"),
 ];
 
 /// Loads the object. Maps already pinned under `dirs.maps` are reused with their contents.
@@ -159,7 +148,7 @@ pub fn attach_all(ebpf: &mut Ebpf, cgroup_root: &Path, dirs: &PinDirs) -> Result
                 attached.push(Attached { program: name, hook, pin });
                 continue;
             }
-            Hook::Lsm | Hook::UnixConnect => return Err(fail("attached by attach_lsm / attach_unix_connect".into())),
+            Hook::UnixConnect => return Err(fail("attached by attach_unix_connect".into())),
             Hook::Device => {
                 let program: &mut CgroupDevice = program.try_into().map_err(|e| fail(format!("{e}")))?;
                 program.load().map_err(|e| fail(format!("load: {}", chain(&e))))?;
@@ -209,13 +198,18 @@ pub fn remove_pins(dir: &Path) -> Result<(), KernelError> {
 
 /// Unpins (and so detaches) every link of `current.program` other than `current.pin`.
 fn detach_older(links_dir: &Path, current: &Attached) -> Result<(), KernelError> {
+    detach_links(links_dir, current.program, Some(&current.pin))
+}
+
+/// Unpins (and so detaches) every pinned link of `program` but `keep`.
+pub fn detach_links(links_dir: &Path, program: &str, keep: Option<&Path>) -> Result<(), KernelError> {
     let entries = std::fs::read_dir(links_dir)
         .map_err(|e| KernelError::LinkPin { path: links_dir.into(), message: e.to_string() })?;
-    let prefix = format!("{}@", current.program);
+    let prefix = format!("{program}@");
     for entry in entries.flatten() {
         let path = entry.path();
-        let is_older = entry.file_name().to_string_lossy().starts_with(&prefix) && path != current.pin;
-        if !is_older {
+        let is_other = entry.file_name().to_string_lossy().starts_with(&prefix) && Some(path.as_path()) != keep;
+        if !is_other {
             continue;
         }
         let unpinned = PinnedLink::from_pin(&path)
@@ -238,82 +232,4 @@ pub fn pinned_links(dirs: &PinDirs) -> Vec<PathBuf> {
     std::fs::read_dir(&dirs.links)
         .map(|entries| entries.flatten().map(|e| e.path()).collect())
         .unwrap_or_default()
-}
-
-/// Attaches the guard's tracepoints. They stay attached while `ebpf` lives. A failure is
-/// returned per program so the agent can keep enforcing the network without them.
-pub fn attach_tracepoints(ebpf: &mut Ebpf) -> Vec<Result<&'static str, KernelError>> {
-    TRACEPOINTS
-        .iter()
-        .map(|&(name, tracepoint)| {
-            let fail = |message: String| KernelError::Program { program: name, hook: "raw_tracepoint", message: format!("{tracepoint}: {message}") };
-            let program = ebpf.program_mut(name).ok_or_else(|| fail("missing from the object".into()))?;
-            let program: &mut RawTracePoint = program.try_into().map_err(|e| fail(format!("{e}")))?;
-            program.load().map_err(|e| fail(format!("load: {}", chain(&e))))?;
-            program.attach(tracepoint).map_err(|e| fail(format!("attach: {}", chain(&e))))?;
-            Ok(name)
-        })
-        .collect()
-}
-
-/// The BPF LSM programs and their hooks (`guard::LSM_*` bit, program, hook name).
-pub const LSM_PROGRAMS: [(u32, &str, &str); 9] = [
-    (moat_common::guard::LSM_FILE_OPEN, "moat_lsm_file_open", "file_open"),
-    (moat_common::guard::LSM_SB_MOUNT, "moat_lsm_sb_mount", "sb_mount"),
-    (moat_common::guard::LSM_PTRACE_ACCESS_CHECK, "moat_lsm_ptrace_access_check", "ptrace_access_check"),
-    (moat_common::guard::LSM_BPF, "moat_lsm_bpf", "bpf"),
-    (moat_common::guard::LSM_KERNEL_READ_FILE, "moat_lsm_kernel_read_file", "kernel_read_file"),
-    (moat_common::guard::LSM_KERNEL_LOAD_DATA, "moat_lsm_kernel_load_data", "kernel_load_data"),
-    (moat_common::guard::LSM_USERNS_CREATE, "moat_lsm_userns_create", "userns_create"),
-    (moat_common::guard::LSM_UNIX_STREAM_CONNECT, "moat_lsm_unix_stream_connect", "unix_stream_connect"),
-    (moat_common::guard::LSM_PERF_EVENT_OPEN, "moat_lsm_perf_event_open", "perf_event_open"),
-];
-
-/// What attaching the LSM programs gave: the hooks attached (`LSM_*` bits) and why the
-/// others were not.
-#[derive(Clone, Debug, Default)]
-pub struct LsmOutcome {
-    pub hooks: u32,
-    pub failures: Vec<String>,
-}
-
-/// Loads and attaches every BPF LSM program, pinning their links like the cgroup programs'
-/// so blocking outlives the agent. Failing is a finding (no BPF LSM on this kernel, or a
-/// hook it lacks), not an error: those detections fall back to the tracepoints.
-pub fn attach_lsm(ebpf: &mut Ebpf, dirs: &PinDirs) -> LsmOutcome {
-    let mut outcome = LsmOutcome::default();
-    let btf = match aya::Btf::from_sys_fs() {
-        Ok(btf) => btf,
-        Err(e) => {
-            outcome.failures.push(format!("kernel BTF: {}", chain(&e)));
-            return outcome;
-        }
-    };
-    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let mut attached = Vec::new();
-    for (bit, name, hook) in LSM_PROGRAMS {
-        let result = (|| -> Result<Attached, String> {
-            let program = ebpf.program_mut(name).ok_or("missing from the object")?;
-            let program: &mut Lsm = program.try_into().map_err(|e| format!("{e}"))?;
-            program.load(hook, &btf).map_err(|e| format!("load: {}", chain(&e)))?;
-            let id = program.attach().map_err(|e| format!("attach: {}", chain(&e)))?;
-            let link: FdLink = program.take_link(id).map_err(|e| format!("{e}"))?.into();
-            let pin = dirs.links.join(format!("{name}@{stamp}"));
-            link.pin(&pin).map_err(|e| format!("pin {}: {e}", pin.display()))?;
-            Ok(Attached { program: name, hook: Hook::Lsm, pin })
-        })();
-        match result {
-            Ok(done) => {
-                outcome.hooks |= 1 << bit;
-                attached.push(done);
-            }
-            Err(message) => outcome.failures.push(format!("program {name} (lsm/{hook}): {message}")),
-        }
-    }
-    for current in &attached {
-        if let Err(error) = detach_older(&dirs.links, current) {
-            outcome.failures.push(error.to_string());
-        }
-    }
-    outcome
 }

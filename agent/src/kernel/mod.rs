@@ -4,11 +4,13 @@ pub mod bpffs;
 pub mod btf_layout;
 pub mod cgroup_link;
 pub mod event_budgets;
+pub mod guard_probes;
 pub mod loader;
 pub mod maps;
 pub mod stats;
 pub mod tc;
 pub mod tc_pods;
+pub mod tracepoint;
 pub mod unix_connect;
 
 pub use btf_layout::{kernel_layout, load as load_kernel_layout, Btf, LayoutError};

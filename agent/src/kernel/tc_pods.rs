@@ -41,6 +41,26 @@ pub struct TcStatus {
     pub pods_host_network: usize,
     /// Attach attempts that failed since the agent started.
     pub attach_failures: u64,
+    /// Why the program is not in use at all (it does not load on this kernel).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+}
+
+impl TcStatus {
+    /// The program could not be loaded: ICMP echo into pods is not enforced.
+    pub fn unavailable(reason: String) -> Self {
+        Self {
+            program: super::tc::PROGRAM,
+            hook: "tc/ingress",
+            mode: "none",
+            pods_attached: 0,
+            interfaces: 0,
+            pods_waiting: 0,
+            pods_host_network: 0,
+            attach_failures: 0,
+            unavailable: Some(reason),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -203,6 +223,7 @@ impl TcPods {
             pods_waiting: self.pods.values().filter(|p| !p.host_network && p.interfaces == 0).count(),
             pods_host_network: self.pods.values().filter(|p| p.host_network).count(),
             attach_failures: self.failures,
+            unavailable: None,
         }
     }
 }

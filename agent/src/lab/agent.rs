@@ -15,7 +15,17 @@ use super::state::{write_atomic, AgentState, LabState};
 use super::{lab_dir, process, LabError, NameArg};
 use crate::config::Config;
 
+/// How long `lab up` waits for the agent; `MOAT_LAB_READY_SECS` raises it where the kernel is
+/// slow to verify programs (emulated VMs of the kernel matrix).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn ready_timeout() -> Duration {
+    std::env::var("MOAT_LAB_READY_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(READY_TIMEOUT)
+}
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(clap::Subcommand)]
@@ -253,7 +263,8 @@ pub fn start(lab: &str) -> Result<AgentState, LabError> {
         log: log.clone(),
         tail: tail(&log, 20),
     };
-    let deadline = Instant::now() + READY_TIMEOUT;
+    let timeout = ready_timeout();
+    let deadline = Instant::now() + timeout;
     loop {
         if ready_file.exists() {
             break;
@@ -266,7 +277,7 @@ pub fn start(lab: &str) -> Result<AgentState, LabError> {
             let _ = child.wait();
             return Err(failed(format!(
                 "not ready after {} s",
-                READY_TIMEOUT.as_secs()
+                timeout.as_secs()
             )));
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -1,11 +1,11 @@
-//! What this kernel offers moat: BTF, cgroup hooks, BPF LSM (the runtime guard needs it).
+//! What this kernel offers moat: BTF, cgroup hooks, and for the runtime guard BPF LSM, BPF
+//! trampolines (fentry) and syscall tracepoints — found by attaching, shown by `moat status`.
 
 use std::path::Path;
 
-use aya::programs::{LsmAttachType, ProgramType};
 use serde::Serialize;
 
-use crate::kernel::error_chain as chain;
+use crate::kernel::guard_probes::GuardKernel;
 
 pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
@@ -13,24 +13,41 @@ pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 pub struct Capabilities {
     /// `/sys/kernel/btf/vmlinux` exists.
     pub btf: bool,
-    /// `available`, or `unavailable: <why>` (loading a trivial LSM program failed).
-    pub bpf_lsm: String,
-    /// The active LSMs (`/sys/kernel/security/lsm`), when readable.
-    pub lsm_list: Option<String>,
     /// cgroup_skb and cgroup/sock_addr programs: `available` once attached.
     pub cgroup_hooks: String,
+    /// The active LSMs (`/sys/kernel/security/lsm`), when readable.
+    pub lsm_list: Option<String>,
+    /// `active`, `inactive: <why>` or `unknown: <why>`.
+    pub bpf_lsm: String,
+    /// fentry/fexit: `available` or `unavailable: <why>` (`untried` when nothing needed them).
+    pub trampolines: String,
+    /// `syscalls/*` tracepoints, likewise.
+    pub syscall_tracepoints: String,
+    /// cgroup/connect_unix (Linux 6.7+): `attached`, `not needed`, or `unavailable: <why>`.
+    pub cgroup_connect_unix: String,
 }
 
-/// Probes once at start. Loading the LSM program needs root; failing is a finding, not an
-/// error.
+/// What is known before anything is attached.
 pub fn probe() -> Capabilities {
-    let lsm_list = std::fs::read_to_string("/sys/kernel/security/lsm").ok().map(|s| s.trim().to_string());
-    let bpf_lsm = match aya::sys::is_program_supported(ProgramType::Lsm(LsmAttachType::Mac)) {
-        Ok(true) if lsm_list.as_deref().is_none_or(|l| l.split(',').any(|m| m == "bpf")) => "available".into(),
-        Ok(true) => "unavailable: bpf is not in the active LSM list (boot with lsm=...,bpf)".into(),
-        Ok(false) => "unavailable: the kernel does not support BPF LSM programs".into(),
-        Err(error) => format!("unavailable: loading a trivial LSM program failed: {}", chain(&error)),
-    };
-    Capabilities { btf: Path::new(BTF_PATH).exists(), bpf_lsm, lsm_list, cgroup_hooks: "not attached yet".into() }
+    let pending = || "not probed yet".to_string();
+    Capabilities {
+        btf: Path::new(BTF_PATH).exists(),
+        cgroup_hooks: "not attached yet".into(),
+        lsm_list: None,
+        bpf_lsm: pending(),
+        trampolines: pending(),
+        syscall_tracepoints: pending(),
+        cgroup_connect_unix: pending(),
+    }
 }
 
+impl Capabilities {
+    /// Takes in what planning the guard's hooks found.
+    pub fn guard(&mut self, kernel: &GuardKernel, connect_unix: String) {
+        self.lsm_list = kernel.lsm_list.clone();
+        self.bpf_lsm = kernel.bpf_lsm.clone();
+        self.trampolines = kernel.trampolines.clone();
+        self.syscall_tracepoints = kernel.syscall_tracepoints.clone();
+        self.cgroup_connect_unix = connect_unix;
+    }
+}

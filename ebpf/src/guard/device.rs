@@ -4,7 +4,7 @@
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use aya_ebpf::programs::DeviceContext;
-use moat_common::event::{DETECTION_HOST_MOUNT, GUARD_HOOK_DEVICE, GUARD_MODE_BLOCK, GUARD_MODE_OFF};
+use moat_common::event::{DETECTION_HOST_MOUNT, EVIDENCE_DEVICE, GUARD_HOOK_DEVICE, GUARD_MODE_BLOCK, GUARD_MODE_OFF};
 use moat_common::guard::kernel_dev;
 
 use super::{actor, report};
@@ -38,19 +38,17 @@ pub fn on_device(ctx: &DeviceContext) -> i32 {
         return ALLOW;
     }
     let blocked = mode == GUARD_MODE_BLOCK;
-    // In detect mode the sys_enter tracepoint reports mknod; report each action once.
+    // In detect mode the mknod probe reports mknod (with its path); report each action once.
     let mknod = (access_type >> 16) & ACC_MKNOD != 0;
     let dev = kernel_dev(major, minor);
     if blocked || (!mknod && first_check(dev, access_type)) {
-        if let Some(mut entry) = report::start(DETECTION_HOST_MOUNT, GUARD_HOOK_DEVICE, blocked, &actor) {
-            let event = entry.as_mut_ptr();
+        report::emit(DETECTION_HOST_MOUNT, GUARD_HOOK_DEVICE, blocked, &actor, EVIDENCE_DEVICE, |event| {
             // SAFETY: the reserved record.
             unsafe {
                 (*event).arg = access_type as u64;
                 (*event).dev = dev;
             }
-            entry.submit(0);
-        }
+        });
     }
     if blocked { REFUSE } else { ALLOW }
 }

@@ -7,7 +7,7 @@
 use moat_common::event::{
     DETECTION_CGROUP_RELEASE_AGENT, DETECTION_KERNEL_MEMORY, DETECTION_KERNEL_SYSCTL,
     DETECTION_KUBELET_PKI, DETECTION_OTHER_POD_VOLUME, DETECTION_PTRACE,
-    DETECTION_RUNTIME_BINARY, DETECTION_SETNS, GUARD_MODE_BLOCK, GUARD_MODE_OFF,
+    DETECTION_RUNTIME_BINARY, DETECTION_SETNS, EVIDENCE_FILE, GUARD_MODE_BLOCK, GUARD_MODE_OFF,
 };
 use moat_common::guard::{FileKey, GuardSettings, FILE_KUBELET_CREDENTIAL, FILE_POD_VOLUME, FILE_RUNTIME_BINARY, NS_COUNT};
 
@@ -36,11 +36,23 @@ pub struct Finding {
     pub dentry: usize,
 }
 
+/// Where a file open is seen.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// BPF LSM, before the open happens: opening a host namespace file (the first half of
+    /// `setns`) can still be refused here; elsewhere the setns probe reports the join.
+    Lsm,
+    /// fentry at security_file_open.
+    Fentry,
+    /// The open's syscall exit.
+    Syscall,
+}
+
+/// What opening `file` means, if anything. `/proc/PID/mem` is only classified at the
+/// syscall: where security hooks run, the ptrace hook sees that open with its target task
+/// (and can tell the actor's own processes apart in the kernel, which a refusal needs).
 #[inline(always)]
-///
-/// `lsm`: called before the open happens (lsm/file_open), where opening a host namespace
-/// file (the first half of `setns`) can still be refused; the tracepoint reports the join.
-pub fn classify(file: usize, settings: &GuardSettings, actor: &Actor, lsm: bool) -> Option<Finding> {
+pub fn classify(file: usize, settings: &GuardSettings, actor: &Actor, via: Via) -> Option<Finding> {
     let id = kernel::file_id(file)?;
     let write = kernel::file_mode(file) & FMODE_WRITE != 0;
     let found = |detection: u32, owner: u64| {
@@ -69,7 +81,7 @@ pub fn classify(file: usize, settings: &GuardSettings, actor: &Actor, lsm: bool)
     if let Some(owner) = unsafe { GUARD_VOLUMES.get(&id.dev) } {
         return if *owner != actor.pod { found(DETECTION_OTHER_POD_VOLUME, *owner) } else { None };
     }
-    if lsm && id.magic == NSFS_MAGIC {
+    if via == Via::Lsm && id.magic == NSFS_MAGIC {
         let mut i = 0;
         while i < NS_COUNT {
             if settings.host_ns[i] != 0 && settings.host_ns[i] as u64 == id.ino && report::mode(DETECTION_SETNS) == GUARD_MODE_BLOCK {
@@ -98,7 +110,7 @@ pub fn classify(file: usize, settings: &GuardSettings, actor: &Actor, lsm: bool)
         PROC_SUPER_MAGIC if write && eq(&name, len, b"sysrq-trigger") => found(DETECTION_KERNEL_MEMORY, 0),
         // /proc/PID/mem (and /proc/PID/task/TID/mem): the agent reads the PID from the
         // parent's name and drops opens within the actor's own pod.
-        PROC_SUPER_MAGIC if eq(&name, len, b"mem") => found(DETECTION_PTRACE, 0),
+        PROC_SUPER_MAGIC if via == Via::Syscall && eq(&name, len, b"mem") => found(DETECTION_PTRACE, 0),
         _ => None,
     }
 }
@@ -112,8 +124,7 @@ pub fn report(finding: &Finding, hook: u8, blocked: bool, actor: &Actor, tgid: u
         // Best effort: a full map evicts the oldest taint (LRU).
         let _ = GUARD_TAINTED.insert(&tgid, &now, 0);
     }
-    let Some(mut entry) = report::start(finding.detection, hook, blocked, actor) else { return };
-    let event = entry.as_mut_ptr();
+    report::emit(finding.detection, hook, blocked, actor, EVIDENCE_FILE, |event| {
     // SAFETY: `event` is the reserved record.
     unsafe {
         (*event).dev = finding.id.dev;
@@ -128,5 +139,5 @@ pub fn report(finding: &Finding, hook: u8, blocked: bool, actor: &Actor, tgid: u
             }
         }
     }
-    entry.submit(0);
+    });
 }

@@ -2,6 +2,7 @@
 //! Every read goes through `bpf_probe_read_kernel`, so a stale pointer yields an error, not
 //! a fault; callers treat an error as "nothing to see".
 
+use aya_ebpf::helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs};
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes};
 use moat_common::guard::NS_COUNT;
 use moat_common::layout::KernelLayout;
@@ -19,7 +20,7 @@ macro_rules! offset {
 }
 pub(crate) use offset;
 
-/// Offset of the syscall's argument `n` (0..6) in `struct pt_regs`.
+/// Offset of a syscall's argument `n` (0..6) in `struct pt_regs`.
 #[inline(always)]
 pub fn regs_arg(n: usize) -> usize {
     let n = if n < 6 { n } else { 5 };
@@ -51,6 +52,27 @@ pub fn ptr(base: usize, offset: usize) -> Option<usize> {
 pub fn current_task() -> usize {
     // SAFETY: no arguments, cannot fail.
     unsafe { bpf_get_current_task() as usize }
+}
+
+/// The current task's saved user registers (`struct pt_regs`). Only for BTF-typed tracing
+/// programs (BPF LSM, fentry): the helper wants the BTF task pointer they can get.
+#[inline(always)]
+pub fn current_regs() -> Option<usize> {
+    // SAFETY: the current task's BTF pointer, as the helper requires.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as usize;
+    (regs != 0).then_some(regs)
+}
+
+/// Argument `n` of the system call the current task is in (see [`current_regs`]).
+#[inline(always)]
+pub fn current_syscall_arg(n: usize) -> Option<u64> {
+    read::<u64>(current_regs()?, regs_arg(n))
+}
+
+/// The number of the system call the current task is in (see [`current_regs`]).
+#[inline(always)]
+pub fn current_syscall_nr() -> Option<u64> {
+    read::<u64>(current_regs()?, offset!(regs_syscall_nr))
 }
 
 /// The `struct file` behind file descriptor `fd` of the current task.
@@ -119,9 +141,14 @@ pub fn dentry_name(dentry: usize, out: &mut [u8]) -> usize {
 /// The current task's executable (dev, inode), for recognising the kubelet and runtimes.
 #[inline(always)]
 pub fn current_exe() -> Option<FileId> {
+    file_id(current_exe_file()?)
+}
+
+/// The `struct file` of the current task's executable (`mm->exe_file`).
+#[inline(always)]
+pub fn current_exe_file() -> Option<usize> {
     let mm = ptr(current_task(), offset!(task_mm))?;
-    let exe = ptr(mm, offset!(mm_exe_file))?;
-    file_id(exe)
+    ptr(mm, offset!(mm_exe_file))
 }
 
 #[inline(always)]

@@ -1,7 +1,7 @@
 //! `cred.kubelet-api` for pods: a connect to a kubelet API port on any address, refused by
 //! the cgroup connect hooks (no BPF LSM needed) ahead of tenant and NetworkPolicy rules.
 
-use moat_common::event::{DETECTION_KUBELET_API, GUARD_HOOK_CONNECT, GUARD_MODE_BLOCK, GUARD_MODE_OFF};
+use moat_common::event::{DETECTION_KUBELET_API, EVIDENCE_ADDRESS, GUARD_HOOK_CONNECT, GUARD_MODE_BLOCK, GUARD_MODE_OFF};
 
 use super::{actor, report};
 use crate::maps::GUARD_PORTS;
@@ -20,14 +20,12 @@ pub fn kubelet_port(port: u16, addr: &[u8; 16]) -> bool {
     let Some(settings) = actor::settings() else { return false };
     let Some(actor) = actor::current(&settings) else { return false };
     let blocked = mode == GUARD_MODE_BLOCK;
-    if let Some(mut entry) = report::start(DETECTION_KUBELET_API, GUARD_HOOK_CONNECT, blocked, &actor) {
-        let event = entry.as_mut_ptr();
+    report::emit(DETECTION_KUBELET_API, GUARD_HOOK_CONNECT, blocked, &actor, EVIDENCE_ADDRESS, |event| {
         // SAFETY: the reserved record.
         unsafe {
             (*event).arg = port as u64;
             (&mut (*event).subject)[..16].copy_from_slice(addr);
         }
-        entry.submit(0);
-    }
+    });
     blocked
 }

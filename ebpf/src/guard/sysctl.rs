@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::SysctlContext,
 };
 use moat_common::event::{
-    GuardEvent, DETECTION_KERNEL_SYSCTL, EVENT_KIND_DETECTION, GUARD_HOOK_SYSCTL, GUARD_MODE_BLOCK,
+    GuardEvent, DETECTION_KERNEL_SYSCTL, EVENT_KIND_DETECTION, EVIDENCE_SYSCTL, EXE_NAME_LEN, GUARD_HOOK_SYSCTL, GUARD_MODE_BLOCK,
     GUARD_MODE_OFF, SUBJECT_LEN, SYSCTL_NAME_LEN,
 };
 
@@ -67,7 +67,8 @@ fn report(name: &[u8; SYSCTL_NAME_LEN], blocked: bool) {
         detection: DETECTION_KERNEL_SYSCTL as u8,
         blocked: blocked as u8,
         hook: GUARD_HOOK_SYSCTL,
-        _pad: [0; 4],
+        evidence: EVIDENCE_SYSCTL,
+        _pad: [0; 3],
         // SAFETY: helpers without arguments that may fail.
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
         cgroup,
@@ -80,6 +81,10 @@ fn report(name: &[u8; SYSCTL_NAME_LEN], blocked: bool) {
         arg: 0,
         owner: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        // The agent names the executable from /proc: this hook reads no kernel memory.
+        exe_dev: 0,
+        exe_ino: 0,
+        exe_name: [0; EXE_NAME_LEN],
         subject,
     });
     entry.submit(0);

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+pub use moat_integration::guard::Probes;
 use moat_integration::guard::{assert_detection, attack_bin, GuardLab, PodSpec};
 use moat_integration::{Lab, Output};
 use serde_json::Value;
@@ -21,22 +22,22 @@ pub const TENANT: &str = "red";
 /// Aggregation is off: each kernel record is a detection of its own, so a count is exact
 /// and no folded repeat arrives a window later in another check.
 ///
-/// Panics if this kernel has BPF LSM: these tests pin down what happens without it (cgroup
-/// hooks block, tracepoints detect); with BPF LSM the LSM hooks refuse the techniques and
-/// report them with other evidence, which needs tests of its own.
+/// What each technique is expected to do follows from how this kernel's agent attached the
+/// probe that sees it ([`Probes`]): refused where it is BPF LSM, reported elsewhere.
 pub fn up(extra: &[(&str, &str)], pods: &[PodSpec], guard: Option<&str>) -> GuardLab {
     let mut tenants = vec![(NS, TENANT)];
     tenants.extend_from_slice(extra);
     let config = format!("events:\n  aggregationWindowMs: 0\n{}", guard.unwrap_or_default());
-    let guard = GuardLab::up(&tenants, pods, Some(&config), None);
-    let status = agent_status(&guard.lab);
-    let lsm = status["capabilities"]["bpf_lsm"].as_str().unwrap_or_default();
-    assert!(
-        lsm.starts_with("unavailable"),
-        "these tests cover kernels without BPF LSM (cgroup hooks block, tracepoints detect); \
-         this one has it ({lsm}), so the LSM hooks would refuse and report instead: {status}"
-    );
-    guard
+    GuardLab::up(&tenants, pods, Some(&config), None)
+}
+
+/// Asserts the technique's outcome: refused with EPERM where `refused`, else it went through.
+pub fn outcome(output: &Output, refused: bool) -> Value {
+    if refused {
+        failed_with(output, "EPERM")
+    } else {
+        succeeded(output)
+    }
 }
 
 /// `moat status --lab NAME -o json` (the agent's own status: capabilities, detections).

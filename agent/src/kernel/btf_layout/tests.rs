@@ -205,7 +205,7 @@ fn btf_real_kernel_fills_the_whole_layout() {
         path_dentry, dentry_name, dentry_parent, dentry_inode, qstr_name, inode_ino, inode_sb, inode_mode, sb_dev,
         sb_magic, mm_exe_file, nsproxy_uts, nsproxy_ipc, nsproxy_mnt, nsproxy_pid, nsproxy_net, nsproxy_cgroup,
         uts_ns_inum, ipc_ns_inum, mnt_ns_inum, pid_ns_inum, net_ns_inum, cgroup_ns_inum, socket_sk, sock_family,
-        unix_sock_peer, unix_sock_path, lsm_ret_arg,
+        unix_sock_peer, unix_sock_path,
     } = layout;
     assert_eq!(filled, 1);
     let offsets = [
@@ -217,9 +217,6 @@ fn btf_real_kernel_fills_the_whole_layout() {
         ipc_ns_inum, mnt_ns_inum, pid_ns_inum, net_ns_inum, cgroup_ns_inum, socket_sk, sock_family,
         unix_sock_peer, unix_sock_path,
     ];
-    // Hooks every 6.x kernel has: file_open(file) → the verdict is argument 1; sb_mount has 5.
-    assert_eq!(lsm_ret_arg[moat_common::guard::LSM_FILE_OPEN as usize], 1, "{lsm_ret_arg:?}");
-    assert_eq!(lsm_ret_arg[moat_common::guard::LSM_SB_MOUNT as usize], 5, "{lsm_ret_arg:?}");
     for offset in offsets.iter().chain(&regs_arg) {
         assert!(*offset < 16384, "offset {offset} is implausibly large: {layout:?}");
     }
@@ -233,5 +230,9 @@ fn btf_real_kernel_fills_the_whole_layout() {
     assert!(task_files < size("task_struct") && file_private_data < size("file"));
     assert_eq!(size("path"), 16);
     assert_eq!(kernel_layout(&btf).ok(), Some(layout), "load() and kernel_layout() agree");
+    // Hooks every 6.x kernel has: file_open(file) → the verdict is argument 1; sb_mount has 5.
+    assert_eq!(super::lsm_hook_params(&btf, "file_open"), Some(1));
+    assert_eq!(super::lsm_hook_params(&btf, "sb_mount"), Some(5));
+    assert_eq!(super::lsm_hook_params(&btf, "no_such_hook"), None);
     eprintln!("{layout:#?}");
 }

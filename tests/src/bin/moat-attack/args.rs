@@ -80,7 +80,7 @@ pub enum Command {
         #[arg(value_parser = pid)]
         pid: i32,
     },
-    /// process_vm_writev(2) of zero bytes at ADDR in PID: the call is made, nothing changes.
+    /// process_vm_writev(2) of one byte to ADDR in PID (unmapped there: EFAULT, nothing changes).
     ProcessVmWritev {
         #[arg(value_parser = pid)]
         pid: i32,
@@ -101,6 +101,21 @@ pub enum Loop {
     Open {
         iterations: u64,
         path: PathBuf,
+        /// Time the loop in this many batches.
+        #[arg(long, default_value_t = 1)]
+        batches: u64,
+    },
+    /// stat(2) of PATH, N times (a file system call no detection watches).
+    Stat {
+        iterations: u64,
+        path: PathBuf,
+        /// Time the loop in this many batches.
+        #[arg(long, default_value_t = 1)]
+        batches: u64,
+    },
+    /// getppid(2), N times (the cheapest system call: what every call pays).
+    Getppid {
+        iterations: u64,
         /// Time the loop in this many batches.
         #[arg(long, default_value_t = 1)]
         batches: u64,
@@ -297,6 +312,14 @@ mod tests {
         assert_eq!(
             parse(&["loop", "connect-unix", "5", "--batches", "2"]).unwrap(),
             Command::Loop(Loop::ConnectUnix { iterations: 5, batches: 2 })
+        );
+        assert_eq!(
+            parse(&["loop", "stat", "3", "/etc/hostname"]).unwrap(),
+            Command::Loop(Loop::Stat { iterations: 3, path: "/etc/hostname".into(), batches: 1 })
+        );
+        assert_eq!(
+            parse(&["loop", "getppid", "7", "--batches", "7"]).unwrap(),
+            Command::Loop(Loop::Getppid { iterations: 7, batches: 7 })
         );
     }
 

@@ -40,6 +40,8 @@ pub fn run(kind: &Loop) -> Result<String, LoopError> {
         Loop::Open { iterations, path, batches } => ("open", *iterations, *batches, open_close(*iterations, *batches, path)?),
         Loop::Exec { iterations, program, batches } => ("exec", *iterations, *batches, fork_exec(*iterations, *batches, program)?),
         Loop::ConnectUnix { iterations, batches } => ("connect-unix", *iterations, *batches, connect_close(*iterations, *batches)?),
+        Loop::Stat { iterations, path, batches } => ("stat", *iterations, *batches, stat(*iterations, *batches, path)?),
+        Loop::Getppid { iterations, batches } => ("getppid", *iterations, *batches, getppid(*iterations, *batches)?),
     };
     let mut per_batch = timing.batch_ns_per_op;
     per_batch.sort_by(f64::total_cmp);
@@ -91,6 +93,27 @@ fn open_close(iterations: u64, batches: u64, path: &Path) -> Result<Timing, Loop
             return Err(LoopError::Syscall { call: "open", iteration, source: io::Error::last_os_error() });
         }
         unsafe { libc::close(fd) };
+        Ok(())
+    })
+}
+
+fn stat(iterations: u64, batches: u64, path: &Path) -> Result<Timing, LoopError> {
+    let path = c_path(path).map_err(LoopError::Usage)?;
+    batched(iterations, batches, |iteration| {
+        // SAFETY: a valid path and a buffer of the right type.
+        let mut buf: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::stat(path.as_ptr(), &mut buf) } != 0 {
+            return Err(LoopError::Syscall { call: "stat", iteration, source: io::Error::last_os_error() });
+        }
+        Ok(())
+    })
+}
+
+fn getppid(iterations: u64, batches: u64) -> Result<Timing, LoopError> {
+    batched(iterations, batches, |_| {
+        // The libc wrapper would do; the raw call makes sure nothing caches it.
+        // SAFETY: getppid takes no arguments and cannot fail.
+        std::hint::black_box(unsafe { libc::syscall(libc::SYS_getppid) });
         Ok(())
     })
 }

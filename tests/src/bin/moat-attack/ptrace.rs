@@ -49,18 +49,14 @@ fn interrupt_and_detach(pid: i32) -> &'static str {
     "detached"
 }
 
-/// `process-vm-writev PID ADDR`: one zero-length local and remote iovec. The call is made
-/// (what a tracepoint sees), but the kernel returns 0 for an empty transfer before it even
-/// looks up PID, so nothing is written and no permission is checked.
+/// `process-vm-writev PID ADDR`: one byte to ADDR in PID. The kernel checks ptrace access
+/// first (what BPF LSM refuses), then writes; ADDR should be unmapped in the target (below
+/// `vm.mmap_min_addr`, like 0x1000), so the write fails with EFAULT and nothing changes.
 pub fn process_vm_writev(pid: i32, addr: u64) -> Report {
     let mut byte = 0u8;
-    let local = libc::iovec { iov_base: (&mut byte as *mut u8).cast(), iov_len: 0 };
-    let remote = libc::iovec { iov_base: addr as usize as *mut libc::c_void, iov_len: 0 };
-    // SAFETY: both iovecs are zero-length; nothing is read or written through them.
+    let local = libc::iovec { iov_base: (&mut byte as *mut u8).cast(), iov_len: 1 };
+    let remote = libc::iovec { iov_base: addr as usize as *mut libc::c_void, iov_len: 1 };
+    // SAFETY: the local iovec is our own byte; the remote one is in the other process.
     let ret = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
-    Report::from_ret(
-        "process-vm-writev",
-        ret as i64,
-        format!("0 bytes to {addr:#x} in {pid} (an empty transfer is not permission-checked)"),
-    )
+    Report::from_ret("process-vm-writev", ret as i64, format!("1 byte to {addr:#x} in {pid}"))
 }
