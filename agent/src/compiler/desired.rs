@@ -47,6 +47,9 @@ pub struct Index {
     /// Addresses claimed by pods of different tenants.
     pub conflicts: OrdSet<IpAddr>,
     pub policy_sets: OrdMap<u64, PolicySet>,
+    /// Pod tag (the guard's id of a pod: 64 bits of SHA-256 of its uid) → pod; of two pods
+    /// with one tag, the last in key order.
+    pub pods_by_tag: OrdMap<u64, PodKey>,
     /// Pods of another tenant on a node reserved for one (`node.foreign-tenant`).
     pub foreign: super::foreign::Foreign,
 }

@@ -127,6 +127,8 @@ pub fn compile_scoped(
             .index
             .pod_tenants
             .insert(key.clone(), tenant.clone());
+        let tag = crate::guard::node::pod_tag(pod.uid.as_deref(), &key.namespace, &key.name);
+        desired.index.pods_by_tag.insert(tag, key.clone());
         if pod.host_network {
             continue;
         }

@@ -23,7 +23,7 @@ use crate::events::record::Detection;
 pub struct GuardView {
     pub names: BTreeMap<FileKey, PathBuf>,
     /// Pod tag → pod, for naming the owner of a volume.
-    pub pods_by_tag: BTreeMap<u64, crate::model::PodKey>,
+    pub pods_by_tag: imbl::OrdMap<u64, crate::model::PodKey>,
     pub host_pid_ns: u64,
     /// The host's namespace inodes, `NS_*` order (0 where unknown).
     pub host_ns: [u32; NS_COUNT],

@@ -42,9 +42,7 @@ pub struct Guard {
     cgroup_mount: PathBuf,
     own_cgroup: Option<u64>,
     discovered: Discovered,
-    pods_by_tag: std::collections::BTreeMap<u64, crate::model::PodKey>,
-    /// `Cluster::revision` `pods_by_tag` was computed from.
-    cluster_revision: u64,
+    pods_by_tag: imbl::OrdMap<u64, crate::model::PodKey>,
     cgroup_root: PathBuf,
     /// Pod cgroup ids → their directories, found again when the set of ids changes.
     pod_dirs: (BTreeSet<u64>, BTreeMap<u64, PathBuf>),
@@ -97,7 +95,6 @@ impl Guard {
             own_cgroup,
             discovered: Discovered::default(),
             pods_by_tag: Default::default(),
-            cluster_revision: 0,
             cgroup_root: cgroup_root.into(),
             pod_dirs: Default::default(),
             socket_paths: SocketPaths::default(),
@@ -110,13 +107,8 @@ impl Guard {
         self.maps.sync_actors(actors)?;
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let found = node::discover(&self.config, &mountinfo);
-        // A SHA-256 per pod: only when the model changed (its revision), not every tick.
-        let model_changed = cluster.revision == 0 || cluster.revision != self.cluster_revision;
-        self.cluster_revision = cluster.revision;
-        let pods_by_tag: Option<std::collections::BTreeMap<u64, crate::model::PodKey>> = model_changed.then(|| {
-            cluster.pods.iter().map(|(key, pod)| (node::pod_tag(pod.uid.as_deref(), &key.namespace, &key.name), key.clone())).collect()
-        });
-        let tags_changed = pods_by_tag.as_ref().is_some_and(|tags| *tags != self.pods_by_tag);
+        // The compiler keeps pod tags up to date; a new map (not the same tree) means a change.
+        let tags_changed = !index.pods_by_tag.ptr_eq(&self.pods_by_tag);
         if found != self.discovered || tags_changed {
             for path in found.missing.difference(&self.discovered.missing) {
                 tracing::info!(path = %path.display(), "guard: configured node path not found; skipped");
@@ -125,9 +117,7 @@ impl Guard {
                 tracing::warn!(skipped = found.skipped_volume_files, "guard: too many files in disk-backed pod volumes; some are not protected");
             }
             self.maps.sync_node(&found)?;
-            if let Some(tags) = pods_by_tag.filter(|_| tags_changed) {
-                self.pods_by_tag = tags;
-            }
+            self.pods_by_tag = index.pods_by_tag.clone();
             publish(GuardView {
                 names: found.names.clone(),
                 pods_by_tag: self.pods_by_tag.clone(),

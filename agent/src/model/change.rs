@@ -19,13 +19,6 @@ pub enum Change {
 impl Cluster {
     /// Applies `change`; returns the value it replaced, or None when nothing changed.
     pub fn apply(&mut self, change: Change) -> Option<Change> {
-        let old = self.replace(change)?;
-        static REVISIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        self.revision = REVISIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Some(old)
-    }
-
-    fn replace(&mut self, change: Change) -> Option<Change> {
         fn put<K: Ord + Clone, V: PartialEq>(
             map: &mut std::collections::BTreeMap<K, V>,
             key: &K,

@@ -118,7 +118,7 @@ pub struct Pod {
 
 /// Everything the sources know. Keyed maps keep iteration order deterministic, so the
 /// compiler's output (and explain's) does not depend on input order.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Cluster {
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: BTreeMap<PodKey, Pod>,
@@ -127,17 +127,4 @@ pub struct Cluster {
     /// Labels of this agent's own Node (they select node profiles); empty when the source
     /// has no Node (the API server without a node name, files without a matching Node).
     pub node_labels: Labels,
-    /// Changes on every [`Cluster::apply`] that changes something, to a value no other
-    /// cluster had (0: never changed that way): lets readers skip work on an unchanged model.
-    /// Not part of equality.
-    pub revision: u64,
-}
-
-impl PartialEq for Cluster {
-    fn eq(&self, other: &Self) -> bool {
-        self.namespaces == other.namespaces
-            && self.pods == other.pods
-            && self.network_policies == other.network_policies
-            && self.node_labels == other.node_labels
-    }
 }

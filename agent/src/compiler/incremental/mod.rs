@@ -88,8 +88,8 @@ pub struct Incremental {
     /// Tenant id → name and how many namespaces (and tenant networks) have it.
     tenant_refs: BTreeMap<u64, (TenantName, usize)>,
     pods: BTreeMap<PodKey, PodState>,
-    /// (hash of uid, pod): pods by uid in a few bytes each (a hash match is checked).
-    by_uid: BTreeSet<(u64, PodKey)>,
+    /// (pod tag, pod): pods by uid (the tag is a hash of it), and the index's tag → pod.
+    by_tag: BTreeSet<(u64, PodKey)>,
     /// Address (key form) → the address and the pods claiming it.
     /// Claimants sorted; nearly always one, so a Vec rather than a set per address.
     claims: BTreeMap<[u8; 16], (IpAddr, Vec<PodKey>)>,
@@ -160,7 +160,7 @@ impl Incremental {
             tenants: BTreeMap::new(),
             tenant_refs,
             pods: BTreeMap::new(),
-            by_uid: BTreeSet::new(),
+            by_tag: BTreeSet::new(),
             claims: BTreeMap::new(),
             local_pods: BTreeMap::new(),
             local_claims: BTreeMap::new(),
@@ -323,11 +323,15 @@ impl Incremental {
         };
         let new = self.cluster.pods.get(&key).cloned();
         self.pod_changed(old.as_ref(), new.as_ref());
-        if let Some(uid) = old.as_ref().and_then(|pod| pod.uid.as_deref()) {
-            self.by_uid.remove(&(uid_hash(uid), key.clone()));
+        if let Some(pod) = &old {
+            let tag = pod_tag(pod);
+            self.by_tag.remove(&(tag, key.clone()));
+            self.refresh_tag(tag);
         }
-        if let Some(uid) = new.as_ref().and_then(|pod| pod.uid.as_deref()) {
-            self.by_uid.insert((uid_hash(uid), key.clone()));
+        if let Some(pod) = &new {
+            let tag = pod_tag(pod);
+            self.by_tag.insert((tag, key.clone()));
+            self.refresh_tag(tag);
         }
         let namespace = key.namespace.clone();
         match (old.is_some(), new.is_some()) {
@@ -552,24 +556,27 @@ fn validate_selectors(policy: &Policy) -> Result<(), CompileError> {
     Ok(())
 }
 
-/// A uid's hash, to index pods by uid without keeping the uid twice.
-fn uid_hash(uid: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::hash::DefaultHasher::new();
-    uid.hash(&mut hasher);
-    hasher.finish()
+fn pod_tag(pod: &crate::model::Pod) -> u64 {
+    crate::guard::node::pod_tag(pod.uid.as_deref(), &pod.key.namespace, &pod.key.name)
 }
 
 impl Incremental {
+    fn with_tag(&self, tag: u64) -> impl Iterator<Item = &PodKey> {
+        self.by_tag.range((tag, PodKey::new("", ""))..).take_while(move |(t, _)| *t == tag).map(|(_, key)| key)
+    }
+
+    /// The index's entry for `tag`: the last pod in key order with it.
+    fn refresh_tag(&mut self, tag: u64) {
+        match self.with_tag(tag).last().cloned() {
+            Some(key) => self.desired.index.pods_by_tag.insert(tag, key),
+            None => self.desired.index.pods_by_tag.remove(&tag),
+        };
+    }
+
     /// The pod with `uid`; of two claiming it, the last in key order (as the full compile's
     /// index keeps).
     fn pod_by_uid(&self, uid: &str) -> Option<&PodKey> {
-        let hash = uid_hash(uid);
-        self.by_uid
-            .range((hash, PodKey::new("", ""))..)
-            .take_while(|(h, _)| *h == hash)
-            .map(|(_, key)| key)
-            .filter(|key| self.cluster.pods.get(*key).and_then(|pod| pod.uid.as_deref()) == Some(uid))
-            .last()
+        let tag = crate::guard::node::pod_tag(Some(uid), "", "");
+        self.with_tag(tag).filter(|key| self.cluster.pods.get(*key).and_then(|pod| pod.uid.as_deref()) == Some(uid)).last()
     }
 }
