@@ -17,10 +17,10 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{Array, HashMap, Map, MapData};
 use aya::programs::{CgroupSkb, SchedClassifier};
 use aya::Ebpf;
-use moat_common::maps::{FlowKey, FlowState};
+use moat_common::maps::{names, FlowKey, FlowState, Settings};
 use moat_common::verdict::{LocalEnd, Peer, Reason};
 use moat_common::{IPPROTO_ICMP, IPPROTO_TCP};
 use serde_json::{json, Value};
@@ -106,16 +106,23 @@ pub fn run(args: DatapathArgs) -> Result<(), BenchError> {
     let echo_retval = if echo_reason.is_allow() { TC_NEXT } else { TC_DROP };
 
     // Established: one SYN opens the flow, then ACKs of it are measured.
-    let egress_syn = tcp_frame(egress.local, 65000, egress.remote, egress.port, TCP_SYN);
-    let egress_ack = tcp_frame(egress.local, 65000, egress.remote, egress.port, TCP_ACK);
-    let ingress_syn = tcp_frame(ingress.remote, 65001, ingress.local, ingress.port, TCP_SYN);
-    let ingress_ack = tcp_frame(ingress.remote, 65001, ingress.local, ingress.port, TCP_ACK);
+    let egress_syn = tcp_frame(egress.local, ESTABLISHED_PORT, egress.remote, egress.port, TCP_SYN);
+    let egress_ack = tcp_frame(egress.local, ESTABLISHED_PORT, egress.remote, egress.port, TCP_ACK);
+    let ingress_syn = tcp_frame(ingress.remote, ESTABLISHED_PORT + 1, ingress.local, ingress.port, TCP_SYN);
+    let ingress_ack = tcp_frame(ingress.remote, ESTABLISHED_PORT + 1, ingress.local, ingress.port, TCP_ACK);
     expect_pass("moat_egress", "opening SYN", test_run("moat_egress", egress_fd, &egress_syn, 1)?)?;
     expect_pass("moat_ingress", "opening SYN", test_run("moat_ingress", ingress_fd, &ingress_syn, 1)?)?;
     let cgroup_seen = cgroup_seen(&mut ebpf, &mapped(IpAddr::V4(egress.remote)))?;
 
-    let mut results: [Vec<f64>; 8] = Default::default();
-    let mut next_port: u16 = 1024;
+    // New flows need fresh source ports: every one must miss the flow table.
+    let new_flows = 2 * u64::from(args.rounds) * u64::from(args.packets);
+    if new_flows > u64::from(ESTABLISHED_PORT - FIRST_PORT) {
+        return Err(BenchError::Setup(format!("{new_flows} new flows need more source ports than there are; lower --packets or --rounds")));
+    }
+    let mut generation = GenerationBump::open(&dirs.maps)?;
+    let fds = Programs { noop, egress: egress_fd, ingress: ingress_fd };
+    let mut results: [Vec<f64>; 11] = Default::default();
+    let mut next_port = FIRST_PORT;
     for _ in 0..args.rounds {
         let cases = [(noop, &egress_ack, "moat_noop"), (egress_fd, &egress_ack, "moat_egress"), (ingress_fd, &ingress_ack, "moat_ingress")];
         for (slot, (fd, packet, name)) in cases.into_iter().enumerate() {
@@ -128,27 +135,19 @@ pub fn run(args: DatapathArgs) -> Result<(), BenchError> {
             expect(tc::PROGRAM, case, outcome, retval)?;
             results[slot].push(f64::from(outcome.duration_ns));
         }
-        // New flows: a fresh source port per packet, one test run each, so every packet
-        // misses the flow table and is decided against the policy entries.
-        let mut sums = [0u64; 3];
-        for _ in 0..args.packets {
-            next_port = if next_port >= 64000 { 1024 } else { next_port + 1 };
-            let packets = [
-                (noop, tcp_frame(egress.local, next_port, egress.remote, egress.port, TCP_SYN), "moat_noop"),
-                (egress_fd, tcp_frame(egress.local, next_port, egress.remote, egress.port, TCP_SYN), "moat_egress"),
-                (ingress_fd, tcp_frame(ingress.remote, next_port, ingress.local, ingress.port, TCP_SYN), "moat_ingress"),
-            ];
-            for (slot, (fd, packet, name)) in packets.iter().enumerate() {
-                let outcome = test_run(name, *fd, packet, 1)?;
-                expect_pass(name, "new flow", outcome)?;
-                sums[slot] += u64::from(outcome.duration_ns);
-            }
+        // The same peer and port as earlier flows: the verdict comes from the cache.
+        let cached = new_flow_round(&fds, &egress, &ingress, &mut next_port, args.packets, None)?;
+        // A new generation before each: decided in full, against the policy entries.
+        let decided = new_flow_round(&fds, &egress, &ingress, &mut next_port, args.packets, Some(&mut generation))?;
+        for (slot, value) in cached.into_iter().enumerate() {
+            results[3 + slot].push(value);
         }
-        for (slot, sum) in sums.iter().enumerate() {
-            results[3 + slot].push(*sum as f64 / f64::from(args.packets.max(1)));
+        for (slot, value) in decided.into_iter().skip(1).enumerate() {
+            results[8 + slot].push(value);
         }
+        results[10].push(decided[0]);
     }
-    let [est_noop, est_egress, est_ingress, new_noop, new_egress, new_ingress, tc_tcp, tc_echo] = results.map(|mut values| median(&mut values).unwrap_or(f64::NAN));
+    let [est_noop, est_egress, est_ingress, new_noop, new_egress, new_ingress, tc_tcp, tc_echo, full_egress, full_ingress, full_noop] = results.map(|mut values| median(&mut values).unwrap_or(f64::NAN));
     let out = json!({
         "policies": cluster.network_policies.len(),
         "pods": cluster.pods.len(),
@@ -162,11 +161,66 @@ pub fn run(args: DatapathArgs) -> Result<(), BenchError> {
         "ingress_case": describe(&ingress),
         "established": {"noop": est_noop, "egress": est_egress, "ingress": est_ingress},
         "new_flow": {"noop": new_noop, "egress": new_egress, "ingress": new_ingress},
+        "new_flow_decided": {"noop": full_noop, "egress": full_egress, "ingress": full_ingress},
         "tc": {"tcp": tc_tcp, "echo_request": tc_echo, "echo_reason": echo_reason.name()},
         "unit": "ns/packet",
     });
     println!("{out}");
     Ok(())
+}
+
+/// New flows take source ports from here up; the established flows use the two from
+/// `ESTABLISHED_PORT`.
+const FIRST_PORT: u16 = 1024;
+const ESTABLISHED_PORT: u16 = 65000;
+
+struct Programs {
+    noop: RawFd,
+    egress: RawFd,
+    ingress: RawFd,
+}
+
+/// Mean ns of `packets` new flows (a SYN from a fresh source port, one test run each) for
+/// the noop, egress and ingress programs. With `generation`, the generation is bumped
+/// before each, so no cached verdict applies and each is decided in full.
+fn new_flow_round(fds: &Programs, egress: &Flow, ingress: &Flow, next_port: &mut u16, packets: u32, mut generation: Option<&mut GenerationBump>) -> Result<[f64; 3], BenchError> {
+    let mut sums = [0u64; 3];
+    for _ in 0..packets {
+        let port = *next_port;
+        *next_port += 1;
+        if let Some(generation) = generation.as_mut() {
+            generation.bump()?;
+        }
+        let runs = [
+            (fds.noop, tcp_frame(egress.local, port, egress.remote, egress.port, TCP_SYN), "moat_noop"),
+            (fds.egress, tcp_frame(egress.local, port, egress.remote, egress.port, TCP_SYN), "moat_egress"),
+            (fds.ingress, tcp_frame(ingress.remote, port, ingress.local, ingress.port, TCP_SYN), "moat_ingress"),
+        ];
+        for (slot, (fd, packet, name)) in runs.iter().enumerate() {
+            let outcome = test_run(name, *fd, packet, 1)?;
+            expect_pass(name, "new flow", outcome)?;
+            sums[slot] += u64::from(outcome.duration_ns);
+        }
+    }
+    Ok(sums.map(|sum| sum as f64 / f64::from(packets.max(1))))
+}
+
+/// Writes `SETTINGS` with the next generation, as an agent applying a change would.
+struct GenerationBump(Array<MapData, Settings>);
+
+impl GenerationBump {
+    fn open(maps: &Path) -> Result<Self, BenchError> {
+        let fail = |message: String| BenchError::Setup(format!("{}: {message}", names::SETTINGS));
+        let data = MapData::from_pin(maps.join(names::SETTINGS)).map_err(|e| fail(e.to_string()))?;
+        Array::try_from(Map::Array(data)).map(Self).map_err(|e| fail(e.to_string()))
+    }
+
+    fn bump(&mut self) -> Result<(), BenchError> {
+        let fail = |e: aya::maps::MapError| BenchError::Setup(format!("{}: {e}", names::SETTINGS));
+        let mut settings = self.0.get(&0, 0).map_err(fail)?;
+        settings.generation += 1;
+        self.0.set(0, settings, 0).map_err(fail)
+    }
 }
 
 fn describe(flow: &Flow) -> Value {
