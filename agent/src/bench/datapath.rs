@@ -5,35 +5,29 @@
 //! ICMP echo request to the local pod.
 //!
 //! The real object is loaded into a private pin directory, `/sys/fs/bpf/moat/bench-<pid>`,
-//! removed on the way out whatever happens; nothing is attached to any cgroup.
-//!
-//! Local end: a test-run skb carries a dummy socket that the kernel charges to the calling
-//! task's cgroup, so `bpf_skb_cgroup_id` returns the cgroup id of this process (on kernels
-//! whose test run gives the skb no full socket it would be 0). The synthetic state maps both
-//! ids to the local pod, and the run reports which one the programs saw (from the flow table).
+//! removed on the way out whatever happens; nothing is attached to any cgroup (`harness`).
+//! The synthetic state maps both this process's cgroup id and 0 to the local pod, and the run
+//! reports which one the programs saw (from the flow table).
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::RawFd;
+use std::path::PathBuf;
 
-use aya::maps::{Array, HashMap, Map, MapData};
-use aya::programs::{CgroupSkb, SchedClassifier};
+use aya::maps::{HashMap, MapData};
 use aya::Ebpf;
-use moat_common::maps::{names, FlowKey, FlowState, Settings};
+use moat_common::maps::{FlowKey, FlowState};
 use moat_common::verdict::{LocalEnd, Peer, Reason};
 use moat_common::{IPPROTO_ICMP, IPPROTO_TCP};
 use serde_json::{json, Value};
 
+use super::harness::{own_cgroup_id, test_run, GenerationBump, Loaded};
 use super::synth::{self, Shape};
 use super::testrun::{self, echo_request_frame, tcp_frame, TCP_ACK, TCP_SYN};
 use super::{median, BenchError};
 use crate::compiler::{compile, mapped, Desired};
 use crate::config::Config;
-use crate::kernel::maps::KernelMaps;
-use crate::kernel::{bpffs, loader, tc};
+use crate::kernel::tc;
 use crate::node::cgroups::{PodCgroups, PodRef};
-use crate::node::mounts;
 
 #[derive(clap::Args, Debug)]
 pub struct DatapathArgs {
@@ -56,19 +50,6 @@ pub struct DatapathArgs {
     pub bpffs: PathBuf,
 }
 
-/// Removes the private pin directory when dropped, whatever happened.
-struct PinGuard(PathBuf);
-
-impl Drop for PinGuard {
-    fn drop(&mut self) {
-        if self.0.exists() {
-            if let Err(error) = std::fs::remove_dir_all(&self.0) {
-                eprintln!("warning: removing {}: {error}", self.0.display());
-            }
-        }
-    }
-}
-
 /// One end of a test packet's flow as the programs see it.
 struct Flow {
     local: Ipv4Addr,
@@ -89,16 +70,12 @@ pub fn run(args: DatapathArgs) -> Result<(), BenchError> {
     let egress = find_flow(&desired, &cluster, local_ip, own_cgroup, LocalEnd::Source, &[5432, 53, 8080])?;
     let ingress = find_flow(&desired, &cluster, local_ip, own_cgroup, LocalEnd::Destination, &[8080, 30000, 8080])?;
 
-    let dirs = bpffs::pin_dirs(&args.bpffs, &format!("bench-{}", std::process::id()));
-    let _guard = PinGuard(dirs.instance.clone());
-    bpffs::prepare(&args.bpffs, &dirs)?;
-    let mut ebpf = loader::load(&dirs, &moat_common::layout::KernelLayout::default())?;
-    let mut maps = KernelMaps::take(&mut ebpf)?;
-    let stats = maps.apply(&Desired::default(), &desired)?;
-    let noop = load_skb(&mut ebpf, "moat_noop")?;
-    let egress_fd = load_skb(&mut ebpf, "moat_egress")?;
-    let ingress_fd = load_skb(&mut ebpf, "moat_ingress")?;
-    let tc_fd = load_tc(&mut ebpf)?;
+    let mut loaded = Loaded::new(&args.bpffs, &format!("bench-{}", std::process::id()))?;
+    let stats = loaded.maps.apply(&Desired::default(), &desired)?;
+    let noop = loaded.skb_program("moat_noop")?;
+    let egress_fd = loaded.skb_program("moat_egress")?;
+    let ingress_fd = loaded.skb_program("moat_ingress")?;
+    let tc_fd = loaded.tc_program()?;
     // The tc program decides an echo request by both addresses, as the source's node would.
     let echo = echo_request_frame(ingress.remote, ingress.local, 4242);
     let (echo_src, echo_dst) = (desired.remote_peer(&mapped(IpAddr::V4(ingress.remote))), desired.remote_peer(&mapped(IpAddr::V4(ingress.local))));
@@ -112,14 +89,14 @@ pub fn run(args: DatapathArgs) -> Result<(), BenchError> {
     let ingress_ack = tcp_frame(ingress.remote, ESTABLISHED_PORT + 1, ingress.local, ingress.port, TCP_ACK);
     expect_pass("moat_egress", "opening SYN", test_run("moat_egress", egress_fd, &egress_syn, 1)?)?;
     expect_pass("moat_ingress", "opening SYN", test_run("moat_ingress", ingress_fd, &ingress_syn, 1)?)?;
-    let cgroup_seen = cgroup_seen(&mut ebpf, &mapped(IpAddr::V4(egress.remote)))?;
+    let cgroup_seen = cgroup_seen(&mut loaded.ebpf, &mapped(IpAddr::V4(egress.remote)))?;
 
     // New flows need fresh source ports: every one must miss the flow table.
     let new_flows = 2 * u64::from(args.rounds) * u64::from(args.packets);
     if new_flows > u64::from(ESTABLISHED_PORT - FIRST_PORT) {
         return Err(BenchError::Setup(format!("{new_flows} new flows need more source ports than there are; lower --packets or --rounds")));
     }
-    let mut generation = GenerationBump::open(&dirs.maps)?;
+    let mut generation = loaded.generation_bump()?;
     let fds = Programs { noop, egress: egress_fd, ingress: ingress_fd };
     let mut results: [Vec<f64>; 11] = Default::default();
     let mut next_port = FIRST_PORT;
@@ -205,24 +182,6 @@ fn new_flow_round(fds: &Programs, egress: &Flow, ingress: &Flow, next_port: &mut
     Ok(sums.map(|sum| sum as f64 / f64::from(packets.max(1))))
 }
 
-/// Writes `SETTINGS` with the next generation, as an agent applying a change would.
-struct GenerationBump(Array<MapData, Settings>);
-
-impl GenerationBump {
-    fn open(maps: &Path) -> Result<Self, BenchError> {
-        let fail = |message: String| BenchError::Setup(format!("{}: {message}", names::SETTINGS));
-        let data = MapData::from_pin(maps.join(names::SETTINGS)).map_err(|e| fail(e.to_string()))?;
-        Array::try_from(Map::Array(data)).map(Self).map_err(|e| fail(e.to_string()))
-    }
-
-    fn bump(&mut self) -> Result<(), BenchError> {
-        let fail = |e: aya::maps::MapError| BenchError::Setup(format!("{}: {e}", names::SETTINGS));
-        let mut settings = self.0.get(&0, 0).map_err(fail)?;
-        settings.generation += 1;
-        self.0.set(0, settings, 0).map_err(fail)
-    }
-}
-
 fn describe(flow: &Flow) -> Value {
     json!({"local": flow.local.to_string(), "remote": flow.remote.to_string(), "port": flow.port, "reason": flow.reason.name()})
 }
@@ -263,30 +222,9 @@ fn find_flow(desired: &Desired, cluster: &crate::model::Cluster, local_ip: Ipv4A
     fallback.ok_or_else(|| BenchError::Setup(format!("no allowed {end:?} flow for the local pod")))
 }
 
-fn load_skb(ebpf: &mut Ebpf, name: &'static str) -> Result<RawFd, BenchError> {
-    let fail = |message: String| BenchError::Program { program: name, message };
-    let program = ebpf.program_mut(name).ok_or_else(|| fail("missing from the object".into()))?;
-    let program: &mut CgroupSkb = program.try_into().map_err(|e| fail(format!("{e}")))?;
-    program.load().map_err(|e| fail(format!("load: {e}")))?;
-    let fd = program.fd().map_err(|e| fail(format!("{e}")))?;
-    Ok(fd.as_fd().as_raw_fd())
-}
-
-fn load_tc(ebpf: &mut Ebpf) -> Result<RawFd, BenchError> {
-    let fail = |message: String| BenchError::Program { program: tc::PROGRAM, message };
-    tc::load(ebpf)?;
-    let program: &mut SchedClassifier = tc::program(ebpf)?;
-    let fd = program.fd().map_err(|e| fail(format!("{e}")))?;
-    Ok(fd.as_fd().as_raw_fd())
-}
-
 /// tc verdicts as BPF_PROG_TEST_RUN reports them (`TC_ACT_UNSPEC` is -1).
 const TC_NEXT: u32 = u32::MAX;
 const TC_DROP: u32 = 2;
-
-fn test_run(program: &'static str, fd: RawFd, packet: &[u8], repeat: u32) -> Result<testrun::Outcome, BenchError> {
-    testrun::run(fd, packet, repeat).map_err(|source| BenchError::TestRun { program, source })
-}
 
 fn expect_pass(program: &'static str, case: &'static str, outcome: testrun::Outcome) -> Result<(), BenchError> {
     expect(program, case, outcome, 1)
@@ -312,17 +250,4 @@ fn cgroup_seen(ebpf: &mut Ebpf, remote: &[u8; 16]) -> Result<Option<u64>, BenchE
     let flows: HashMap<&mut MapData, FlowKey, FlowState> =
         HashMap::try_from(map).map_err(|e| BenchError::Setup(format!("map {name}: {e}")))?;
     Ok(flows.keys().flatten().find(|key| &key.remote_addr == remote).map(|key| key.cgroup))
-}
-
-/// This process's cgroup v2 id: the inode number of its cgroup directory.
-fn own_cgroup_id() -> Result<u64, BenchError> {
-    let text = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| BenchError::Setup(format!("/proc/self/cgroup: {e}")))?;
-    let relative = text
-        .lines()
-        .find_map(|line| line.strip_prefix("0::"))
-        .ok_or_else(|| BenchError::Setup("no cgroup v2 entry in /proc/self/cgroup".into()))?;
-    let mount = mounts::cgroup2().map_err(|e| BenchError::Setup(e.to_string()))?;
-    let path = mount.join(Path::new(relative.trim_start_matches('/')));
-    let meta = std::fs::metadata(&path).map_err(|e| BenchError::Setup(format!("{}: {e}", path.display())))?;
-    Ok(meta.ino())
 }
