@@ -54,10 +54,16 @@ pub fn local_peer(cgroup: u64) -> Peer {
     }
 }
 
+/// The remote end by address. `with_range`: also look up the address range, whose identity
+/// ipBlock rules match on; without it, a pod found by its exact address is classified by that
+/// entry alone, which is all the tenant floor reads (the range lookup is the trie walk).
 #[inline(always)]
-pub fn remote_peer(addr: &Addr) -> Peer {
+pub fn remote_peer(addr: &Addr, with_range: bool) -> Peer {
     // SAFETY: as above.
     let exact = unsafe { REMOTE_ENDPOINTS.get(addr.bytes()) };
+    if exact.is_some() && !with_range {
+        return Peer::remote_of(exact, None);
+    }
     let range = REMOTE_NETWORKS.get(Key::new(128, addr.0));
     Peer::remote_of(exact, range)
 }

@@ -4,7 +4,7 @@ use core::mem::{offset_of, size_of, MaybeUninit};
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use moat_common::{
-    maps::{FlowKey, FlowState, Settings, ORIGIN_OUTBOUND},
+    maps::{FlowKey, FlowState, Settings, NOT_ISOLATED, ORIGIN_OUTBOUND},
     verdict::Reason,
 };
 
@@ -61,14 +61,18 @@ impl FlowId {
         }
     }
 
-    /// Both ends, looked up in the endpoint maps.
+    /// Both ends, looked up in the endpoint maps. The remote address's range identity only
+    /// matters to a NetworkPolicy of the local pod, so a pod no policy isolates skips that
+    /// lookup for a remote pod.
     #[inline(always)]
     pub fn ends(&self) -> Ends {
+        let local = floor::local_peer(self.cgroup);
+        let isolated = local.endpoint.ingress_policy != NOT_ISOLATED || local.endpoint.egress_policy != NOT_ISOLATED;
         Ends {
             cgroup: self.cgroup,
-            local: floor::local_peer(self.cgroup),
+            local,
             remote_addr: self.remote_addr,
-            remote: floor::remote_peer(&self.remote_addr),
+            remote: floor::remote_peer(&self.remote_addr, isolated),
             local_port: self.local_port,
             remote_port: self.remote_port,
             protocol: self.protocol,

@@ -91,7 +91,7 @@ pub fn on_ingress(ctx: &TcContext) -> i32 {
         cgroup,
         local: local_peer(&packet.dst_addr),
         remote_addr: packet.src_addr,
-        remote: floor::remote_peer(&packet.src_addr),
+        remote: floor::remote_peer(&packet.src_addr, true),
         local_port: packet.dst_port,
         remote_port: packet.src_port,
         protocol: packet.protocol,

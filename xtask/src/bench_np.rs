@@ -56,6 +56,7 @@ pub fn datapath(ctx: &Context) -> Result<Section> {
             ("established", "established flow"),
             ("new_flow", "new flow, verdict cached (same peer and port as an earlier flow)"),
             ("new_flow_decided", "new flow, decided in full (endpoint and policy lookups)"),
+            ("redecided", "established flow's next packet after a change (re-decided in full, no insert)"),
         ];
         for (case, label) in cases {
             for direction in ["egress", "ingress"] {
@@ -96,8 +97,11 @@ pub fn datapath(ctx: &Context) -> Result<Section> {
          the SYN after its connect()); \"decided in full\": the bench writes a new generation \
          before each SYN (as an agent applying a change does, outside the timed run), so no \
          cached verdict applies and the packet is decided against the endpoint and policy \
-         entries. The baseline runs the same one-shot calls, so both include the test-run \
-         timer's fixed cost. The programs run in the agent's process \
+         entries. Re-decided: the established flows' next packet after a new generation \
+         (written before each, outside the timed run): the entry is found stale, the packet \
+         decided in full and the entry renewed in place — a decision without the flow-table \
+         insert a new flow pays. The baseline runs the same one-shot calls, so both include \
+         the test-run timer's fixed cost. The programs run in the agent's process \
          context, and the test-run skb's dummy socket is charged to that process's cgroup, so \
          `bpf_skb_cgroup_id` returns the benchmark's own cgroup id (not 0): the synthetic state \
          maps both that id and 0 to the local pod, and the table shows which one the programs \

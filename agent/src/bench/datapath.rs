@@ -98,33 +98,35 @@ pub fn run(args: DatapathArgs) -> Result<(), BenchError> {
     }
     let mut generation = loaded.generation_bump()?;
     let fds = Programs { noop, egress: egress_fd, ingress: ingress_fd };
-    let mut results: [Vec<f64>; 11] = Default::default();
+    // Per case, the noop, egress and ingress programs' samples.
+    let mut established: [Vec<f64>; 3] = Default::default();
+    let mut cached: [Vec<f64>; 3] = Default::default();
+    let mut decided: [Vec<f64>; 3] = Default::default();
+    let mut redecided: [Vec<f64>; 3] = Default::default();
+    let mut tc_samples: [Vec<f64>; 2] = Default::default();
     let mut next_port = FIRST_PORT;
     for _ in 0..args.rounds {
         let cases = [(noop, &egress_ack, "moat_noop"), (egress_fd, &egress_ack, "moat_egress"), (ingress_fd, &ingress_ack, "moat_ingress")];
         for (slot, (fd, packet, name)) in cases.into_iter().enumerate() {
             let outcome = test_run(name, fd, packet, args.packets)?;
             expect_pass(name, "established", outcome)?;
-            results[slot].push(f64::from(outcome.duration_ns));
+            established[slot].push(f64::from(outcome.duration_ns));
         }
-        for (slot, packet, case, retval) in [(6, &ingress_ack, "TCP", TC_NEXT), (7, &echo, "echo request", echo_retval)] {
+        for (slot, packet, case, retval) in [(0, &ingress_ack, "TCP", TC_NEXT), (1, &echo, "echo request", echo_retval)] {
             let outcome = test_run(tc::PROGRAM, tc_fd, packet, args.packets)?;
             expect(tc::PROGRAM, case, outcome, retval)?;
-            results[slot].push(f64::from(outcome.duration_ns));
+            tc_samples[slot].push(f64::from(outcome.duration_ns));
         }
         // The same peer and port as earlier flows: the verdict comes from the cache.
-        let cached = new_flow_round(&fds, &egress, &ingress, &mut next_port, args.packets, None)?;
+        push(&mut cached, new_flow_round(&fds, &egress, &ingress, &mut next_port, args.packets, None)?);
         // A new generation before each: decided in full, against the policy entries.
-        let decided = new_flow_round(&fds, &egress, &ingress, &mut next_port, args.packets, Some(&mut generation))?;
-        for (slot, value) in cached.into_iter().enumerate() {
-            results[3 + slot].push(value);
-        }
-        for (slot, value) in decided.into_iter().skip(1).enumerate() {
-            results[8 + slot].push(value);
-        }
-        results[10].push(decided[0]);
+        push(&mut decided, new_flow_round(&fds, &egress, &ingress, &mut next_port, args.packets, Some(&mut generation))?);
+        // The established flows' next packet after a change: re-decided, renewed in place.
+        push(&mut redecided, redecided_round(&fds, [&egress_ack, &ingress_ack], args.packets, &mut generation)?);
     }
-    let [est_noop, est_egress, est_ingress, new_noop, new_egress, new_ingress, tc_tcp, tc_echo, full_egress, full_ingress, full_noop] = results.map(|mut values| median(&mut values).unwrap_or(f64::NAN));
+    let medians = |samples: [Vec<f64>; 3]| samples.map(|mut values| median(&mut values).unwrap_or(f64::NAN));
+    let triple = |[noop, egress, ingress]: [f64; 3]| json!({"noop": noop, "egress": egress, "ingress": ingress});
+    let [tc_tcp, tc_echo] = tc_samples.map(|mut values| median(&mut values).unwrap_or(f64::NAN));
     let out = json!({
         "policies": cluster.network_policies.len(),
         "pods": cluster.pods.len(),
@@ -136,9 +138,10 @@ pub fn run(args: DatapathArgs) -> Result<(), BenchError> {
         "rounds": args.rounds,
         "egress_case": describe(&egress),
         "ingress_case": describe(&ingress),
-        "established": {"noop": est_noop, "egress": est_egress, "ingress": est_ingress},
-        "new_flow": {"noop": new_noop, "egress": new_egress, "ingress": new_ingress},
-        "new_flow_decided": {"noop": full_noop, "egress": full_egress, "ingress": full_ingress},
+        "established": triple(medians(established)),
+        "new_flow": triple(medians(cached)),
+        "new_flow_decided": triple(medians(decided)),
+        "redecided": triple(medians(redecided)),
         "tc": {"tcp": tc_tcp, "echo_request": tc_echo, "echo_reason": echo_reason.name()},
         "unit": "ns/packet",
     });
@@ -155,6 +158,29 @@ struct Programs {
     noop: RawFd,
     egress: RawFd,
     ingress: RawFd,
+}
+
+fn push(samples: &mut [Vec<f64>; 3], values: [f64; 3]) {
+    for (slot, value) in values.into_iter().enumerate() {
+        samples[slot].push(value);
+    }
+}
+
+/// Mean ns of the established flows' next packet after a new generation (bumped before
+/// each, outside the timed run): the flow entry is found stale, the packet decided in full
+/// and the entry renewed in place, with no insert. `acks`: the egress and ingress flows'.
+fn redecided_round(fds: &Programs, acks: [&[u8]; 2], packets: u32, generation: &mut GenerationBump) -> Result<[f64; 3], BenchError> {
+    let mut sums = [0u64; 3];
+    for _ in 0..packets {
+        generation.bump()?;
+        let runs = [(fds.noop, acks[0], "moat_noop"), (fds.egress, acks[0], "moat_egress"), (fds.ingress, acks[1], "moat_ingress")];
+        for (slot, (fd, packet, name)) in runs.into_iter().enumerate() {
+            let outcome = test_run(name, fd, packet, 1)?;
+            expect_pass(name, "re-decided", outcome)?;
+            sums[slot] += u64::from(outcome.duration_ns);
+        }
+    }
+    Ok(sums.map(|sum| sum as f64 / f64::from(packets.max(1))))
 }
 
 /// Mean ns of `packets` new flows (a SYN from a fresh source port, one test run each) for

@@ -93,7 +93,8 @@ impl Acceptors {
                         std::thread::spawn(move || pool.serve());
                     }
                     stream_echo(stream);
-                    if self.idle.fetch_add(1, Ordering::SeqCst) >= 1 + SPARE_ACCEPTORS {
+                    // Enough others wait in accept already: this thread ends.
+                    if self.idle.fetch_add(1, Ordering::SeqCst) > SPARE_ACCEPTORS {
                         self.idle.fetch_sub(1, Ordering::SeqCst);
                         return;
                     }
