@@ -11,6 +11,8 @@ pub mod names {
     pub const SETTINGS: &str = "SETTINGS";
     pub const FLOWS: &str = "FLOWS";
     pub const COUNTERS: &str = "COUNTERS";
+    /// Per-CPU counters of established packets, by tenant slot (`counter_slot`).
+    pub const COUNTER_SLOTS: &str = "COUNTER_SLOTS";
     pub const EVENTS: &str = "EVENTS";
     pub const EVENTS_LOST: &str = "EVENTS_LOST";
     pub const POLICY_RULES: &str = "POLICY_RULES";
@@ -31,6 +33,8 @@ pub mod capacity {
     pub const TENANT_PAIRS: u32 = 16_384;
     pub const FLOWS: u32 = 262_144;
     pub const COUNTERS: u32 = 16_384;
+    /// Tenant slots of `COUNTER_SLOTS` (each has one entry per direction).
+    pub const TENANT_SLOTS: u32 = 1_024;
     pub const EVENTS_BYTES: u32 = 1 << 22;
     pub const POLICY_RULES: u32 = 1 << 20;
 }
@@ -187,6 +191,8 @@ pub const ORIGIN_INBOUND: u8 = 2;
 pub struct FlowState {
     /// `Settings::generation` the flow was last admitted under.
     pub generation: u64,
+    /// When the flow was admitted (inserted, or renewed under a new generation); not
+    /// refreshed per packet, which would cost a clock read and a write on every packet.
     pub last_seen_ns: u64,
     /// Tenant of the local end when admitted, for the counters of established packets.
     pub local_tenant: u64,
@@ -220,6 +226,32 @@ pub struct Counter {
     pub bytes: u64,
 }
 
+/// One CPU's count of established packets in one direction for the tenant that last used
+/// the slot. Established packets (nearly all of them) are counted here, in a per-CPU array
+/// the verifier inlines, instead of a per-CPU hash lookup per packet: the slot is the
+/// tenant id's low bits. When a packet of another tenant finds the slot, the program first
+/// adds what the slot holds to `COUNTERS` under the slot's tenant, so nothing is lost and
+/// the sum of both maps is exact.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotCounter {
+    pub tenant: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Index in `COUNTER_SLOTS` of `tenant`'s established packets in `direction`
+/// (`DIRECTION_*`).
+#[inline(always)]
+pub const fn counter_slot(tenant: u64, direction: u8) -> u32 {
+    ((tenant as u32) & (capacity::TENANT_SLOTS - 1)) * 2 + (direction as u32 & 1)
+}
+
+/// The direction of the counters at `index` of `COUNTER_SLOTS` (inverse of `counter_slot`).
+pub const fn counter_slot_direction(index: u32) -> u8 {
+    if index & 1 == DIRECTION_INGRESS as u32 & 1 { DIRECTION_INGRESS } else { DIRECTION_EGRESS }
+}
+
 #[cfg(feature = "user")]
 mod pod_impls {
     use super::*;
@@ -234,6 +266,7 @@ mod pod_impls {
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for CounterKey {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for SlotCounter {}
     unsafe impl aya::Pod for PolicyMatch {}
 }
 
@@ -247,10 +280,29 @@ const _: () = {
     assert!(core::mem::size_of::<FlowState>() == 32);
     assert!(core::mem::size_of::<CounterKey>() == 16);
     assert!(core::mem::size_of::<Counter>() == 16);
+    assert!(core::mem::size_of::<SlotCounter>() == 24);
+    assert!(capacity::TENANT_SLOTS.is_power_of_two());
     assert!(core::mem::size_of::<PolicyMatch>() == 24);
 };
 
 /// IPv4 address (network order octets) as the 16-byte IPv4-mapped form used as map key.
 pub const fn ipv4_mapped(octets: [u8; 4]) -> [u8; 16] {
     [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_slots_keep_the_direction_and_stay_in_range() {
+        for tenant in [0u64, 1, 1023, 1024, u64::MAX, 0x1234_5678_9abc_def0] {
+            for direction in [DIRECTION_INGRESS, DIRECTION_EGRESS] {
+                let index = counter_slot(tenant, direction);
+                assert!(index < 2 * capacity::TENANT_SLOTS, "{tenant:#x}");
+                assert_eq!(counter_slot_direction(index), direction);
+            }
+            assert_ne!(counter_slot(tenant, DIRECTION_INGRESS), counter_slot(tenant, DIRECTION_EGRESS));
+        }
+    }
 }

@@ -1,24 +1,22 @@
-//! The tenant floor over the kernel maps: endpoint lookups, flow tracking, counters, events.
+//! The tenant floor over the kernel maps: endpoint lookups, the verdict, events.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use moat_common::{
     event::{FlowEvent, EVENT_KIND_ALLOW, EVENT_KIND_DENY},
     maps::{
-        Counter, CounterKey, FlowKey, FlowState, PolicyMatch, Settings, SharedPortKey,
-        TenantPairKey, ORIGIN_INBOUND, ORIGIN_OUTBOUND, POLICY_FULL_BITS, VERDICT_ALLOW,
-        VERDICT_DENY,
+        PolicyMatch, Settings, SharedPortKey, TenantPairKey, ORIGIN_INBOUND, ORIGIN_OUTBOUND,
+        POLICY_FULL_BITS,
     },
     verdict::{decide_flow, Exceptions, LocalEnd, Peer, PolicyRules, Reason},
 };
 
 use crate::budget;
+use crate::flows::FlowId;
 use crate::maps::{
-    COUNTERS, FLOWS, LOCAL_ENDPOINTS, POLICY_RULES, REMOTE_ENDPOINTS, REMOTE_NETWORKS, SETTINGS,
-    SHARED_PORTS, TENANT_PAIRS,
+    LOCAL_ENDPOINTS, POLICY_RULES, REMOTE_ENDPOINTS, REMOTE_NETWORKS, SETTINGS, SHARED_PORTS,
+    TENANT_PAIRS,
 };
-
-/// Refresh a flow's timestamp at most this often, to keep map writes off most packets.
-const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
+use crate::packet::Addr;
 
 struct KernelExceptions;
 
@@ -57,11 +55,17 @@ pub fn local_peer(cgroup: u64) -> Peer {
     }
 }
 
+/// The remote end by address. `with_range`: also look up the address range, whose identity
+/// ipBlock rules match on; without it, a pod found by its exact address is classified by that
+/// entry alone, which is all the tenant floor reads (the range lookup is the trie walk).
 #[inline(always)]
-pub fn remote_peer(addr: &[u8; 16]) -> Peer {
+pub fn remote_peer(addr: &Addr, with_range: bool) -> Peer {
     // SAFETY: as above.
-    let exact = unsafe { REMOTE_ENDPOINTS.get(addr) };
-    let range = REMOTE_NETWORKS.get(Key::new(128, *addr));
+    let exact = unsafe { REMOTE_ENDPOINTS.get(addr.bytes()) };
+    if exact.is_some() && !with_range {
+        return Peer::remote_of(exact, None);
+    }
+    let range = REMOTE_NETWORKS.get(Key::new(128, addr.0));
     Peer::remote_of(exact, range)
 }
 
@@ -69,7 +73,7 @@ pub fn remote_peer(addr: &[u8; 16]) -> Peer {
 pub struct Ends {
     pub cgroup: u64,
     pub local: Peer,
-    pub remote_addr: [u8; 16],
+    pub remote_addr: Addr,
     pub remote: Peer,
     pub local_port: u16,
     pub remote_port: u16,
@@ -93,83 +97,15 @@ impl Ends {
     }
 
     #[inline(always)]
-    pub fn flow_key(&self) -> FlowKey {
-        FlowKey {
+    pub fn flow(&self) -> FlowId {
+        FlowId {
             cgroup: self.cgroup,
             remote_addr: self.remote_addr,
             local_port: self.local_port,
             remote_port: self.remote_port,
             protocol: self.protocol,
-            _pad: [0; 3],
         }
     }
-}
-
-/// The local tenant of a flow admitted under the current generation, refreshing its
-/// timestamp at most once a second; `None` sends the packet down the slow path.
-#[inline(always)]
-pub fn established(key: &FlowKey, settings: &Settings) -> Option<u64> {
-    let state = FLOWS.get_ptr_mut(key)?;
-    // SAFETY: the pointer comes from a successful lookup and is used before any other
-    // map operation on FLOWS.
-    let state = unsafe { &mut *state };
-    if state.generation != settings.generation {
-        return None;
-    }
-    let now = unsafe { bpf_ktime_get_ns() };
-    if now.wrapping_sub(state.last_seen_ns) > TOUCH_INTERVAL_NS {
-        state.last_seen_ns = now;
-    }
-    Some(state.local_tenant)
-}
-
-pub enum FlowLookup {
-    /// Admitted under the current generation.
-    Current,
-    /// Admitted earlier; re-decided in its original direction (allowed or cut).
-    Redecided(Reason),
-    Missing,
-}
-
-/// Looks `key` up and, if it exists under an older generation, re-decides it and either
-/// renews it or removes it, so a revoked flow is cut on its next packet.
-#[inline(always)]
-pub fn check_flow(key: &FlowKey, ends: &Ends, settings: &Settings) -> FlowLookup {
-    let Some(state) = FLOWS.get_ptr_mut(key) else {
-        return FlowLookup::Missing;
-    };
-    // SAFETY: the pointer comes from a successful lookup and is used before any other
-    // map operation on FLOWS.
-    let state = unsafe { &mut *state };
-    if state.generation == settings.generation {
-        let now = unsafe { bpf_ktime_get_ns() };
-        if now.wrapping_sub(state.last_seen_ns) > TOUCH_INTERVAL_NS {
-            state.last_seen_ns = now;
-        }
-        return FlowLookup::Current;
-    }
-    let reason = ends.decide(settings, state.origin);
-    if reason.is_allow() {
-        state.generation = settings.generation;
-        state.reason = reason as u8;
-        state.local_tenant = ends.local_tenant();
-    } else {
-        let _ = FLOWS.remove(key);
-    }
-    FlowLookup::Redecided(reason)
-}
-
-#[inline(always)]
-pub fn track_flow(key: &FlowKey, ends: &Ends, settings: &Settings, origin: u8, reason: Reason) {
-    let state = FlowState {
-        generation: settings.generation,
-        last_seen_ns: unsafe { bpf_ktime_get_ns() },
-        local_tenant: ends.local_tenant(),
-        origin,
-        reason: reason as u8,
-        _pad: [0; 6],
-    };
-    let _ = FLOWS.insert(key, &state, 0);
 }
 
 /// Decides a packet that matches no flow. A TCP segment that cannot open a connection may
@@ -191,26 +127,6 @@ pub fn decide_new(ends: &Ends, settings: &Settings, egress: bool, midstream: boo
 }
 
 #[inline(always)]
-pub fn count(tenant: u64, direction: u8, reason: Reason, bytes: u64) {
-    let key = CounterKey {
-        tenant,
-        direction,
-        verdict: if reason.is_allow() { VERDICT_ALLOW } else { VERDICT_DENY },
-        reason: reason as u8,
-        _pad: [0; 5],
-    };
-    if let Some(counter) = COUNTERS.get_ptr_mut(&key) {
-        // SAFETY: per-CPU value, so no other writer races this one.
-        unsafe {
-            (*counter).packets += 1;
-            (*counter).bytes += bytes;
-        }
-    } else {
-        let _ = COUNTERS.insert(&key, &Counter { packets: 1, bytes }, 0);
-    }
-}
-
-#[inline(always)]
 pub fn report(ends: &Ends, local_addr: [u8; 16], hook: u8, direction: u8, reason: Reason) {
     let Some(mut entry) = budget::reserve_flow(&ends.local_tenant(), reason.is_allow()) else {
         return;
@@ -227,7 +143,7 @@ pub fn report(ends: &Ends, local_addr: [u8; 16], hook: u8, direction: u8, reason
         local_tenant: ends.local_tenant(),
         remote_tenant: ends.remote.tenant(),
         local_addr,
-        remote_addr: ends.remote_addr,
+        remote_addr: ends.remote_addr.to_bytes(),
         local_port: ends.local_port,
         remote_port: ends.remote_port,
         _pad2: 0,

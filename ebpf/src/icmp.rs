@@ -21,9 +21,11 @@ use moat_common::{
     IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
 };
 
-use crate::floor::{self, Ends, FlowLookup};
+use crate::counters;
+use crate::floor::{self, Ends};
+use crate::flows::{self, FlowLookup};
 use crate::maps::REMOTE_ENDPOINTS;
-use crate::packet::{self, Headers, Parsed, ETH_P_IP, ETH_P_IPV6};
+use crate::packet::{self, Addr, Headers, Parsed, Word, ETH_P_IP, ETH_P_IPV6};
 
 /// Address of a pod on this node → one of its cgroups, written by the agent: the cgroup names
 /// the pod in events and keys its flows, as a socket's cgroup does for cgroup_skb.
@@ -46,7 +48,7 @@ impl Headers for NetworkHeader<'_> {
     }
 
     #[inline(always)]
-    fn load<T>(&self, offset: usize) -> Result<T, i64> {
+    fn load<T: Word>(&self, offset: usize) -> Result<T, i64> {
         let mut data = MaybeUninit::<T>::uninit();
         // SAFETY: the helper writes at most size_of::<T>() bytes into `data` and reports
         // failure otherwise; the skb pointer is the program's own context.
@@ -84,37 +86,37 @@ pub fn on_ingress(ctx: &TcContext) -> i32 {
         return NEXT;
     }
     // SAFETY: the value is copied out at once.
-    let cgroup = unsafe { LOCAL_ADDRESSES.get(&packet.dst_addr) }.copied().unwrap_or(0);
+    let cgroup = unsafe { LOCAL_ADDRESSES.get(packet.dst_addr.bytes()) }.copied().unwrap_or(0);
     let ends = Ends {
         cgroup,
         local: local_peer(&packet.dst_addr),
         remote_addr: packet.src_addr,
-        remote: floor::remote_peer(&packet.src_addr),
+        remote: floor::remote_peer(&packet.src_addr, true),
         local_port: packet.dst_port,
         remote_port: packet.src_port,
         protocol: packet.protocol,
     };
-    let key = ends.flow_key();
+    let key = ends.flow().key();
     let bytes = ctx.len() as u64;
-    let reason = match floor::check_flow(&key, &ends, &settings) {
+    let reason = match flows::check_flow(&key, &ends, &settings) {
         FlowLookup::Current => Reason::Established,
         FlowLookup::Redecided(reason) => reason,
         FlowLookup::Missing => {
             let reason = ends.decide(&settings, ORIGIN_INBOUND);
             if reason.is_allow() {
-                floor::track_flow(&key, &ends, &settings, ORIGIN_INBOUND, reason);
+                flows::track(&key, &settings, ORIGIN_INBOUND, reason, ends.local_tenant());
                 if settings.flags & SETTING_REPORT_ALLOWED != 0 {
-                    floor::report(&ends, packet.dst_addr, HOOK_SKB, DIRECTION_INGRESS, reason);
+                    floor::report(&ends, packet.dst_addr.to_bytes(), HOOK_SKB, DIRECTION_INGRESS, reason);
                 }
             }
             reason
         }
     };
-    floor::count(ends.local_tenant(), DIRECTION_INGRESS, reason, bytes);
+    counters::count(ends.local_tenant(), DIRECTION_INGRESS, reason, bytes);
     if reason.is_allow() {
         NEXT
     } else {
-        floor::report(&ends, packet.dst_addr, HOOK_SKB, DIRECTION_INGRESS, reason);
+        floor::report(&ends, packet.dst_addr.to_bytes(), HOOK_SKB, DIRECTION_INGRESS, reason);
         DROP
     }
 }
@@ -135,9 +137,9 @@ fn may_be_icmp(headers: &NetworkHeader) -> bool {
 /// interface, so an address naming no pod (not yet known, or multicast) is pending, as a
 /// cgroup below the pods' root without an entry is.
 #[inline(always)]
-fn local_peer(addr: &[u8; 16]) -> Peer {
+fn local_peer(addr: &Addr) -> Peer {
     // SAFETY: the value is copied out at once.
-    match unsafe { REMOTE_ENDPOINTS.get(addr) } {
+    match unsafe { REMOTE_ENDPOINTS.get(addr.bytes()) } {
         Some(endpoint) => Peer::known(*endpoint),
         None => Peer::PENDING,
     }

@@ -5,11 +5,14 @@
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod budget;
+mod counters;
 mod floor;
+mod flows;
 mod guard;
 mod icmp;
 mod maps;
 mod packet;
+mod verdicts;
 
 use aya_ebpf::{
     bindings::{bpf_sock_addr, __sk_buff},
@@ -20,14 +23,14 @@ use aya_ebpf::{
 use moat_common::{
     event::{HOOK_CONNECT, HOOK_SENDMSG, HOOK_SKB},
     maps::{
-        ipv4_mapped, FlowKey, DIRECTION_EGRESS, DIRECTION_INGRESS, ORIGIN_OUTBOUND,
+        Settings, DIRECTION_EGRESS, DIRECTION_INGRESS, ORIGIN_INBOUND, ORIGIN_OUTBOUND,
         SETTING_REPORT_ALLOWED,
     },
     verdict::Reason,
 };
 
-use floor::{Ends, FlowLookup};
-use packet::Parsed;
+use flows::{FlowId, FlowLookup, Tracked};
+use packet::{Addr, Packet, Parsed};
 
 const PASS: i32 = 1;
 const DROP: i32 = 0;
@@ -48,72 +51,113 @@ fn on_packet(ctx: &SkBuffContext, egress: bool) -> i32 {
     if settings.ready == 0 {
         return PASS;
     }
-    let packet = match packet::parse(ctx) {
-        Ok(Parsed::Ip(packet)) => packet,
-        Ok(Parsed::NotIp) => return PASS,
-        // Too short to hold the headers it claims: the stack drops it anyway.
-        Err(_) => return DROP,
+    // SAFETY: the context pointer is the program's own __sk_buff.
+    let cgroup = unsafe { bpf_skb_cgroup_id(ctx.skb.skb as *mut __sk_buff) };
+    let direction = if egress { DIRECTION_EGRESS } else { DIRECTION_INGRESS };
+    // An established flow: headers read in place, one flow-table lookup, a per-CPU counter.
+    let mut known_missing = false;
+    if let Some(packet) = packet::parse_linear(ctx) {
+        let flow = flow_of(&packet, egress, cgroup);
+        match flows::lookup(&flow.key(), &settings) {
+            Tracked::Current(tenant) => {
+                counters::established(tenant, direction, ctx.len() as u64);
+                return PASS;
+            }
+            Tracked::Missing => known_missing = true,
+            Tracked::Stale(_) => {}
+        }
+    }
+    decide_packet(ctx, egress, cgroup, &settings, known_missing)
+}
+
+/// The packet's flow from the local end: egress leaves from the local socket, ingress
+/// arrives at it.
+#[inline(always)]
+fn flow_of(packet: &Packet, egress: bool, cgroup: u64) -> FlowId {
+    let (remote_addr, local_port, remote_port) = if egress {
+        (packet.dst_addr, packet.src_port, packet.dst_port)
+    } else {
+        (packet.src_addr, packet.dst_port, packet.src_port)
+    };
+    FlowId { cgroup, remote_addr, local_port, remote_port, protocol: packet.protocol }
+}
+
+/// Everything but an established packet: a new flow, a flow to re-decide after a change, a
+/// packet the flow table does not track. `known_missing`: the caller already looked the
+/// flow up and found nothing.
+#[inline(never)]
+fn decide_packet(ctx: &SkBuffContext, egress: bool, cgroup: u64, settings: &Settings, known_missing: bool) -> i32 {
+    let packet = match packet::parse_linear(ctx) {
+        Some(packet) => packet,
+        None => match packet::parse(ctx) {
+            Ok(Parsed::Ip(packet)) => packet,
+            Ok(Parsed::NotIp) => return PASS,
+            // Too short to hold the headers it claims: the stack drops it anyway.
+            Err(_) => return DROP,
+        },
     };
     if packet::is_ipv6_link_control(&packet) {
         return PASS;
     }
-    // SAFETY: the context pointer is the program's own __sk_buff.
-    let cgroup = unsafe { bpf_skb_cgroup_id(ctx.skb.skb as *mut __sk_buff) };
-    let (local_addr, remote_addr, local_port, remote_port) = if egress {
-        (packet.src_addr, packet.dst_addr, packet.src_port, packet.dst_port)
-    } else {
-        (packet.dst_addr, packet.src_addr, packet.dst_port, packet.src_port)
-    };
+    let local_addr = if egress { packet.src_addr } else { packet.dst_addr };
     let direction = if egress { DIRECTION_EGRESS } else { DIRECTION_INGRESS };
     let bytes = ctx.len() as u64;
-    let key = FlowKey {
-        cgroup,
-        remote_addr,
-        local_port,
-        remote_port,
-        protocol: packet.protocol,
-        _pad: [0; 3],
-    };
-    // Fast path: a flow admitted under the current generation needs no endpoint lookups.
-    if packet.trackable {
-        if let Some(tenant) = floor::established(&key, &settings) {
-            floor::count(tenant, direction, Reason::Established, bytes);
-            return PASS;
+    let flow = flow_of(&packet, egress, cgroup);
+    let key = flow.key();
+    let report_allowed = settings.flags & SETTING_REPORT_ALLOWED != 0;
+    let tracked = if !packet.trackable || known_missing { Tracked::Missing } else { flows::lookup(&key, settings) };
+    match tracked {
+        Tracked::Current(tenant) => {
+            counters::established(tenant, direction, bytes);
+            PASS
+        }
+        Tracked::Stale(state) => {
+            let origin = flows::origin_of(state);
+            if let Some((reason, tenant)) = verdicts::get(&flow.verdict_inputs(origin), settings) {
+                flows::renew(state, settings, reason, tenant);
+                counters::count(tenant, direction, reason, bytes);
+                return PASS;
+            }
+            let ends = flow.ends();
+            let reason = flows::redecide(state, &key, &ends, settings);
+            finish(&ends, local_addr, direction, reason, bytes)
+        }
+        Tracked::Missing if packet.trackable => {
+            let origin = if egress { ORIGIN_OUTBOUND } else { ORIGIN_INBOUND };
+            if !report_allowed {
+                if let Some((reason, tenant)) = verdicts::get(&flow.verdict_inputs(origin), settings) {
+                    flows::track(&key, settings, origin, reason, tenant);
+                    counters::count(tenant, direction, reason, bytes);
+                    return PASS;
+                }
+            }
+            let ends = flow.ends();
+            let (reason, origin) = floor::decide_new(&ends, settings, egress, packet.tcp_midstream);
+            if reason.is_allow() {
+                verdicts::put(&flow.verdict_inputs(origin), settings, reason, ends.local_tenant());
+                flows::track(&key, settings, origin, reason, ends.local_tenant());
+                if report_allowed {
+                    floor::report(&ends, local_addr.to_bytes(), HOOK_SKB, direction, reason);
+                }
+            }
+            finish(&ends, local_addr, direction, reason, bytes)
+        }
+        Tracked::Missing => {
+            let ends = flow.ends();
+            let reason = floor::decide_new(&ends, settings, egress, false).0;
+            finish(&ends, local_addr, direction, reason, bytes)
         }
     }
-    let ends = Ends {
-        cgroup,
-        local: floor::local_peer(cgroup),
-        remote_addr,
-        remote: floor::remote_peer(&remote_addr),
-        local_port,
-        remote_port,
-        protocol: packet.protocol,
-    };
-    let reason = if packet.trackable {
-        match floor::check_flow(&key, &ends, &settings) {
-            FlowLookup::Current => Reason::Established,
-            FlowLookup::Redecided(reason) => reason,
-            FlowLookup::Missing => {
-                let (reason, origin) =
-                    floor::decide_new(&ends, &settings, egress, packet.tcp_midstream);
-                if reason.is_allow() {
-                    floor::track_flow(&key, &ends, &settings, origin, reason);
-                    if settings.flags & SETTING_REPORT_ALLOWED != 0 {
-                        floor::report(&ends, local_addr, HOOK_SKB, direction, reason);
-                    }
-                }
-                reason
-            }
-        }
-    } else {
-        floor::decide_new(&ends, &settings, egress, false).0
-    };
-    floor::count(ends.local_tenant(), direction, reason, bytes);
+}
+
+/// Counts a decided packet; reports and drops it if denied.
+#[inline(always)]
+fn finish(ends: &floor::Ends, local_addr: Addr, direction: u8, reason: Reason, bytes: u64) -> i32 {
+    counters::count(ends.local_tenant(), direction, reason, bytes);
     if reason.is_allow() {
         PASS
     } else {
-        floor::report(&ends, local_addr, HOOK_SKB, direction, reason);
+        floor::report(ends, local_addr.to_bytes(), HOOK_SKB, direction, reason);
         DROP
     }
 }
@@ -162,15 +206,14 @@ fn on_sock_addr(ctx: &SockAddrContext, ipv6: bool, hook: u8) -> i32 {
     }
     // SAFETY: the context pointer is the program's own bpf_sock_addr.
     let addr: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
+    // user_ip4/user_ip6 hold the address bytes in network order, as loaded words. Each a
+    // load of its own: the verifier refuses a copy through a moved context pointer.
     let remote_addr = if ipv6 {
-        let words = addr.user_ip6;
-        let mut bytes = [0u8; 16];
-        for (i, word) in words.iter().enumerate() {
-            bytes[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-        }
-        bytes
+        // SAFETY: plain reads of the context's own fields.
+        let word = |i: usize| unsafe { core::ptr::read_volatile(&addr.user_ip6[i]) };
+        Addr([word(0), word(1), word(2), word(3)])
     } else {
-        ipv4_mapped(addr.user_ip4.to_ne_bytes())
+        Addr::v4(addr.user_ip4)
     };
     let remote_port = u16::from_be(addr.user_port as u16);
     let protocol = addr.protocol as u8;
@@ -180,27 +223,34 @@ fn on_sock_addr(ctx: &SockAddrContext, ipv6: bool, hook: u8) -> i32 {
         if sk.is_null() { 0 } else { (*sk).src_port as u16 }
     };
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    if hook == HOOK_CONNECT && guard::kubelet_port(remote_port, &remote_addr) {
+    if hook == HOOK_CONNECT && guard::kubelet_port(remote_port, remote_addr.bytes()) {
         return DROP;
     }
-    let ends = Ends {
-        cgroup,
-        local: floor::local_peer(cgroup),
-        remote_addr,
-        remote: floor::remote_peer(&remote_addr),
-        local_port,
-        remote_port,
-        protocol,
-    };
+    let flow = FlowId { cgroup, remote_addr, local_port, remote_port, protocol };
+    // A bound socket's next datagram to a peer it already talks to (either side opened the
+    // flow): one lookup, as for its packets.
+    let key = flow.key();
+    if local_port != 0 {
+        if let Tracked::Current(_) = flows::lookup(&key, &settings) {
+            return PASS;
+        }
+    }
+    // A verdict this CPU reached for the same inputs; the SYN a connect() sends finds this
+    // one's verdict the same way.
+    let inputs = flow.verdict_inputs(ORIGIN_OUTBOUND);
+    if verdicts::get(&inputs, &settings).is_some() {
+        return PASS;
+    }
+    let ends = flow.ends();
     let reason = ends.decide(&settings, ORIGIN_OUTBOUND);
     if reason.is_allow() {
+        verdicts::put(&inputs, &settings, reason, ends.local_tenant());
         return PASS;
     }
     // A reply to a flow the remote end opened (a UDP server answering with sendto) is
     // allowed whatever the reverse direction would say.
     if local_port != 0 {
-        let key = ends.flow_key();
-        match floor::check_flow(&key, &ends, &settings) {
+        match flows::check_flow(&key, &ends, &settings) {
             FlowLookup::Current => return PASS,
             FlowLookup::Redecided(reason) if reason.is_allow() => return PASS,
             _ => {}

@@ -11,7 +11,7 @@ use moat_common::guard::{
 };
 use moat_common::maps::{
     capacity, Counter, CounterKey, Endpoint, FlowKey, FlowState, PolicyMatch, Settings,
-    SharedPortKey, TenantPairKey,
+    SharedPortKey, SlotCounter, TenantPairKey,
 };
 
 #[map]
@@ -22,8 +22,9 @@ pub static LOCAL_ENDPOINTS: HashMap<u64, Endpoint> =
 pub static REMOTE_ENDPOINTS: HashMap<[u8; 16], Endpoint> =
     HashMap::pinned(capacity::REMOTE_ENDPOINTS, 0);
 
+/// Keyed by the address as words (`packet::Addr`): the same 16 bytes as the agent's `[u8; 16]`.
 #[map]
-pub static REMOTE_NETWORKS: LpmTrie<[u8; 16], Endpoint> =
+pub static REMOTE_NETWORKS: LpmTrie<[u32; 4], Endpoint> =
     LpmTrie::pinned(capacity::REMOTE_NETWORKS, 0);
 
 #[map]
@@ -41,6 +42,11 @@ pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::pinned(capacity::
 #[map]
 pub static COUNTERS: LruPerCpuHashMap<CounterKey, Counter> =
     LruPerCpuHashMap::pinned(capacity::COUNTERS, 0);
+
+/// Established packets per CPU, by tenant slot and direction (`counters.rs`).
+#[map]
+pub static COUNTER_SLOTS: PerCpuArray<SlotCounter> =
+    PerCpuArray::pinned(2 * capacity::TENANT_SLOTS, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::pinned(capacity::EVENTS_BYTES, 0);

@@ -80,7 +80,7 @@ type SectionFn = fn(&Context) -> Result<Section>;
 const SECTIONS: &[(&str, SectionFn)] = &[
     ("foundation", foundation),
     ("np-datapath", crate::bench_np::datapath),
-    ("np-iptables", crate::bench_iptables::iptables),
+    ("e2e", crate::bench_e2e::e2e),
     ("np-compile", crate::bench_np::compile),
     ("kube", crate::bench_kube::kube),
     ("guard", crate::bench_guard::guard),
@@ -171,27 +171,33 @@ fn foundation(ctx: &Context) -> Result<Section> {
 // ---------------------------------------------------------------------------------------
 // Measuring
 
-/// One `moat lab bench` run.
+/// One `moat lab bench` run: its mean rate.
 pub fn lab_bench(lab: &Lab, from: &str, to: &str, port: &str, mode: &str, seconds: u32) -> Result<Measurement> {
+    Ok(lab_bench_run(lab, from, to, port, mode, seconds)?.0)
+}
+
+/// One `moat lab bench` run: its mean rate, and (transaction modes) its fastest batch's.
+pub fn lab_bench_run(lab: &Lab, from: &str, to: &str, port: &str, mode: &str, seconds: u32) -> Result<(Measurement, Option<Measurement>)> {
     check_interrupt()?;
     let mut cmd = lab.command();
     cmd.args(["bench", "--name", lab.name(), "--from", from, "--to", to, "--port", port])
         .args(["--mode", mode, "--seconds", &seconds.to_string(), "-o", "json"]);
     eprintln!("$ {}", crate::util::render(&cmd));
     let text = stdout_of(&mut cmd)?;
-    let measurement = parse_measurement(&text)?;
-    eprintln!("  {mode}: {:.1} {}", measurement.rate, measurement.unit);
-    Ok(measurement)
+    let (measurement, best) = parse_measurement(&text)?;
+    eprintln!("  {mode}: {:.1} {} (fastest batch: {:.1})", measurement.rate, measurement.unit, best.as_ref().map_or(0.0, |b| b.rate));
+    Ok((measurement, best))
 }
 
-/// `{"mode":"rr","seconds":5.0,"ops":12345,"rate":2469.0,"unit":"transactions/s"}`
-fn parse_measurement(text: &str) -> Result<Measurement> {
+/// `{"mode":"rr","seconds":5.0,"ops":12345,"rate":2469.0,"unit":"transactions/s","best_rate":2600.0}`
+fn parse_measurement(text: &str) -> Result<(Measurement, Option<Measurement>)> {
     let line = text.lines().rev().find(|line| line.trim_start().starts_with('{')).unwrap_or(text);
     let value: serde_json::Value = serde_json::from_str(line.trim())
         .with_context(|| format!("`moat lab bench` printed no JSON object: {text:?}"))?;
     let rate = value["rate"].as_f64().with_context(|| format!("no numeric \"rate\" in {line}"))?;
     let unit = value["unit"].as_str().unwrap_or("ops/s").to_string();
-    Ok(Measurement { rate, unit })
+    let best = value["best_rate"].as_f64().filter(|best| *best > 0.0).map(|rate| Measurement { rate, unit: unit.clone() });
+    Ok((Measurement { rate, unit }, best))
 }
 
 /// Runs `measure` `times` times and returns the run with the median rate.
@@ -280,7 +286,9 @@ mod tests {
     #[test]
     fn parses_lab_bench_json() {
         let text = r#"{"mode":"rr","seconds":5.0,"ops":12345,"rate":2469.0,"unit":"transactions/s"}"#;
-        assert_eq!(parse_measurement(text).unwrap(), m(2469.0));
+        assert_eq!(parse_measurement(text).unwrap(), (m(2469.0), None));
+        let text = r#"{"mode":"crr","seconds":5.0,"ops":12345,"rate":2469.0,"unit":"transactions/s","best_rate":2600.5}"#;
+        assert_eq!(parse_measurement(text).unwrap(), (m(2469.0), Some(m(2600.5))));
     }
 
     #[test]

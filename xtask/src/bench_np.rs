@@ -52,7 +52,13 @@ pub fn datapath(ctx: &Context) -> Result<Section> {
                 .args(["__bench-datapath", "--policies", &policies.to_string()])
                 .args(["--packets", &DATAPATH_PACKETS.to_string(), "--rounds", &DATAPATH_ROUNDS.to_string()]),
         )?;
-        for (case, label) in [("established", "established flow"), ("new_flow", "new flow (policy lookup)")] {
+        let cases = [
+            ("established", "established flow"),
+            ("new_flow", "new flow, verdict cached (same peer and port as an earlier flow)"),
+            ("new_flow_decided", "new flow, decided in full (endpoint and policy lookups)"),
+            ("redecided", "established flow's next packet after a change (re-decided in full, no insert)"),
+        ];
+        for (case, label) in cases {
             for direction in ["egress", "ingress"] {
                 rows.push(Row {
                     metric: format!("{policies} policies: {direction}, {label}"),
@@ -85,9 +91,17 @@ pub fn datapath(ctx: &Context) -> Result<Section> {
     notes.push_str(
         "\nns per packet from the kernel's own `duration` of BPF_PROG_TEST_RUN. Established: one \
          run with `repeat` = 5,000 on an ACK of a tracked flow. New flow: 5,000 SYNs, each from a \
-         fresh source port and run once, so each misses the flow table, is decided against the \
-         policy entries and is then tracked; the baseline runs the same one-shot calls, so \
-         both include the test-run timer's fixed cost. The programs run in the agent's process \
+         fresh source port and run once, so each misses the flow table and is then tracked; \
+         \"verdict cached\": to the same peer and port as the flows before it, so the per-CPU \
+         verdict cache holds its verdict (as for a client's next connection to a service, or \
+         the SYN after its connect()); \"decided in full\": the bench writes a new generation \
+         before each SYN (as an agent applying a change does, outside the timed run), so no \
+         cached verdict applies and the packet is decided against the endpoint and policy \
+         entries. Re-decided: the established flows' next packet after a new generation \
+         (written before each, outside the timed run): the entry is found stale, the packet \
+         decided in full and the entry renewed in place — a decision without the flow-table \
+         insert a new flow pays. The baseline runs the same one-shot calls, so both include \
+         the test-run timer's fixed cost. The programs run in the agent's process \
          context, and the test-run skb's dummy socket is charged to that process's cgroup, so \
          `bpf_skb_cgroup_id` returns the benchmark's own cgroup id (not 0): the synthetic state \
          maps both that id and 0 to the local pod, and the table shows which one the programs \

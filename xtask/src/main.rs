@@ -1,12 +1,13 @@
 //! Developer tasks: `cargo xtask setup | test | demo | bench`.
 
 mod bench;
+mod bench_e2e;
 mod bench_guard;
 mod bench_guard_agent;
-mod bench_iptables;
 mod bench_kube;
 mod bench_np;
 mod demo;
+mod e2e_setup;
 mod setup;
 mod util;
 mod validate;

@@ -5,35 +5,29 @@
 //! ICMP echo request to the local pod.
 //!
 //! The real object is loaded into a private pin directory, `/sys/fs/bpf/moat/bench-<pid>`,
-//! removed on the way out whatever happens; nothing is attached to any cgroup.
-//!
-//! Local end: a test-run skb carries a dummy socket that the kernel charges to the calling
-//! task's cgroup, so `bpf_skb_cgroup_id` returns the cgroup id of this process (on kernels
-//! whose test run gives the skb no full socket it would be 0). The synthetic state maps both
-//! ids to the local pod, and the run reports which one the programs saw (from the flow table).
+//! removed on the way out whatever happens; nothing is attached to any cgroup (`harness`).
+//! The synthetic state maps both this process's cgroup id and 0 to the local pod, and the run
+//! reports which one the programs saw (from the flow table).
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::RawFd;
+use std::path::PathBuf;
 
 use aya::maps::{HashMap, MapData};
-use aya::programs::{CgroupSkb, SchedClassifier};
 use aya::Ebpf;
 use moat_common::maps::{FlowKey, FlowState};
 use moat_common::verdict::{LocalEnd, Peer, Reason};
 use moat_common::{IPPROTO_ICMP, IPPROTO_TCP};
 use serde_json::{json, Value};
 
+use super::harness::{own_cgroup_id, test_run, GenerationBump, Loaded};
 use super::synth::{self, Shape};
 use super::testrun::{self, echo_request_frame, tcp_frame, TCP_ACK, TCP_SYN};
 use super::{median, BenchError};
 use crate::compiler::{compile, mapped, Desired};
 use crate::config::Config;
-use crate::kernel::maps::KernelMaps;
-use crate::kernel::{bpffs, loader, tc};
+use crate::kernel::tc;
 use crate::node::cgroups::{PodCgroups, PodRef};
-use crate::node::mounts;
 
 #[derive(clap::Args, Debug)]
 pub struct DatapathArgs {
@@ -56,19 +50,6 @@ pub struct DatapathArgs {
     pub bpffs: PathBuf,
 }
 
-/// Removes the private pin directory when dropped, whatever happened.
-struct PinGuard(PathBuf);
-
-impl Drop for PinGuard {
-    fn drop(&mut self) {
-        if self.0.exists() {
-            if let Err(error) = std::fs::remove_dir_all(&self.0) {
-                eprintln!("warning: removing {}: {error}", self.0.display());
-            }
-        }
-    }
-}
-
 /// One end of a test packet's flow as the programs see it.
 struct Flow {
     local: Ipv4Addr,
@@ -89,16 +70,12 @@ pub fn run(args: DatapathArgs) -> Result<(), BenchError> {
     let egress = find_flow(&desired, &cluster, local_ip, own_cgroup, LocalEnd::Source, &[5432, 53, 8080])?;
     let ingress = find_flow(&desired, &cluster, local_ip, own_cgroup, LocalEnd::Destination, &[8080, 30000, 8080])?;
 
-    let dirs = bpffs::pin_dirs(&args.bpffs, &format!("bench-{}", std::process::id()));
-    let _guard = PinGuard(dirs.instance.clone());
-    bpffs::prepare(&args.bpffs, &dirs)?;
-    let mut ebpf = loader::load(&dirs, &moat_common::layout::KernelLayout::default())?;
-    let mut maps = KernelMaps::take(&mut ebpf)?;
-    let stats = maps.apply(&Desired::default(), &desired)?;
-    let noop = load_skb(&mut ebpf, "moat_noop")?;
-    let egress_fd = load_skb(&mut ebpf, "moat_egress")?;
-    let ingress_fd = load_skb(&mut ebpf, "moat_ingress")?;
-    let tc_fd = load_tc(&mut ebpf)?;
+    let mut loaded = Loaded::new(&args.bpffs, &format!("bench-{}", std::process::id()))?;
+    let stats = loaded.maps.apply(&Desired::default(), &desired)?;
+    let noop = loaded.skb_program("moat_noop")?;
+    let egress_fd = loaded.skb_program("moat_egress")?;
+    let ingress_fd = loaded.skb_program("moat_ingress")?;
+    let tc_fd = loaded.tc_program()?;
     // The tc program decides an echo request by both addresses, as the source's node would.
     let echo = echo_request_frame(ingress.remote, ingress.local, 4242);
     let (echo_src, echo_dst) = (desired.remote_peer(&mapped(IpAddr::V4(ingress.remote))), desired.remote_peer(&mapped(IpAddr::V4(ingress.local))));
@@ -106,49 +83,50 @@ pub fn run(args: DatapathArgs) -> Result<(), BenchError> {
     let echo_retval = if echo_reason.is_allow() { TC_NEXT } else { TC_DROP };
 
     // Established: one SYN opens the flow, then ACKs of it are measured.
-    let egress_syn = tcp_frame(egress.local, 65000, egress.remote, egress.port, TCP_SYN);
-    let egress_ack = tcp_frame(egress.local, 65000, egress.remote, egress.port, TCP_ACK);
-    let ingress_syn = tcp_frame(ingress.remote, 65001, ingress.local, ingress.port, TCP_SYN);
-    let ingress_ack = tcp_frame(ingress.remote, 65001, ingress.local, ingress.port, TCP_ACK);
+    let egress_syn = tcp_frame(egress.local, ESTABLISHED_PORT, egress.remote, egress.port, TCP_SYN);
+    let egress_ack = tcp_frame(egress.local, ESTABLISHED_PORT, egress.remote, egress.port, TCP_ACK);
+    let ingress_syn = tcp_frame(ingress.remote, ESTABLISHED_PORT + 1, ingress.local, ingress.port, TCP_SYN);
+    let ingress_ack = tcp_frame(ingress.remote, ESTABLISHED_PORT + 1, ingress.local, ingress.port, TCP_ACK);
     expect_pass("moat_egress", "opening SYN", test_run("moat_egress", egress_fd, &egress_syn, 1)?)?;
     expect_pass("moat_ingress", "opening SYN", test_run("moat_ingress", ingress_fd, &ingress_syn, 1)?)?;
-    let cgroup_seen = cgroup_seen(&mut ebpf, &mapped(IpAddr::V4(egress.remote)))?;
+    let cgroup_seen = cgroup_seen(&mut loaded.ebpf, &mapped(IpAddr::V4(egress.remote)))?;
 
-    let mut results: [Vec<f64>; 8] = Default::default();
-    let mut next_port: u16 = 1024;
+    // New flows need fresh source ports: every one must miss the flow table.
+    let new_flows = 2 * u64::from(args.rounds) * u64::from(args.packets);
+    if new_flows > u64::from(ESTABLISHED_PORT - FIRST_PORT) {
+        return Err(BenchError::Setup(format!("{new_flows} new flows need more source ports than there are; lower --packets or --rounds")));
+    }
+    let mut generation = loaded.generation_bump()?;
+    let fds = Programs { noop, egress: egress_fd, ingress: ingress_fd };
+    // Per case, the noop, egress and ingress programs' samples.
+    let mut established: [Vec<f64>; 3] = Default::default();
+    let mut cached: [Vec<f64>; 3] = Default::default();
+    let mut decided: [Vec<f64>; 3] = Default::default();
+    let mut redecided: [Vec<f64>; 3] = Default::default();
+    let mut tc_samples: [Vec<f64>; 2] = Default::default();
+    let mut next_port = FIRST_PORT;
     for _ in 0..args.rounds {
         let cases = [(noop, &egress_ack, "moat_noop"), (egress_fd, &egress_ack, "moat_egress"), (ingress_fd, &ingress_ack, "moat_ingress")];
         for (slot, (fd, packet, name)) in cases.into_iter().enumerate() {
             let outcome = test_run(name, fd, packet, args.packets)?;
             expect_pass(name, "established", outcome)?;
-            results[slot].push(f64::from(outcome.duration_ns));
+            established[slot].push(f64::from(outcome.duration_ns));
         }
-        for (slot, packet, case, retval) in [(6, &ingress_ack, "TCP", TC_NEXT), (7, &echo, "echo request", echo_retval)] {
+        for (slot, packet, case, retval) in [(0, &ingress_ack, "TCP", TC_NEXT), (1, &echo, "echo request", echo_retval)] {
             let outcome = test_run(tc::PROGRAM, tc_fd, packet, args.packets)?;
             expect(tc::PROGRAM, case, outcome, retval)?;
-            results[slot].push(f64::from(outcome.duration_ns));
+            tc_samples[slot].push(f64::from(outcome.duration_ns));
         }
-        // New flows: a fresh source port per packet, one test run each, so every packet
-        // misses the flow table and is decided against the policy entries.
-        let mut sums = [0u64; 3];
-        for _ in 0..args.packets {
-            next_port = if next_port >= 64000 { 1024 } else { next_port + 1 };
-            let packets = [
-                (noop, tcp_frame(egress.local, next_port, egress.remote, egress.port, TCP_SYN), "moat_noop"),
-                (egress_fd, tcp_frame(egress.local, next_port, egress.remote, egress.port, TCP_SYN), "moat_egress"),
-                (ingress_fd, tcp_frame(ingress.remote, next_port, ingress.local, ingress.port, TCP_SYN), "moat_ingress"),
-            ];
-            for (slot, (fd, packet, name)) in packets.iter().enumerate() {
-                let outcome = test_run(name, *fd, packet, 1)?;
-                expect_pass(name, "new flow", outcome)?;
-                sums[slot] += u64::from(outcome.duration_ns);
-            }
-        }
-        for (slot, sum) in sums.iter().enumerate() {
-            results[3 + slot].push(*sum as f64 / f64::from(args.packets.max(1)));
-        }
+        // The same peer and port as earlier flows: the verdict comes from the cache.
+        push(&mut cached, new_flow_round(&fds, &egress, &ingress, &mut next_port, args.packets, None)?);
+        // A new generation before each: decided in full, against the policy entries.
+        push(&mut decided, new_flow_round(&fds, &egress, &ingress, &mut next_port, args.packets, Some(&mut generation))?);
+        // The established flows' next packet after a change: re-decided, renewed in place.
+        push(&mut redecided, redecided_round(&fds, [&egress_ack, &ingress_ack], args.packets, &mut generation)?);
     }
-    let [est_noop, est_egress, est_ingress, new_noop, new_egress, new_ingress, tc_tcp, tc_echo] = results.map(|mut values| median(&mut values).unwrap_or(f64::NAN));
+    let medians = |samples: [Vec<f64>; 3]| samples.map(|mut values| median(&mut values).unwrap_or(f64::NAN));
+    let triple = |[noop, egress, ingress]: [f64; 3]| json!({"noop": noop, "egress": egress, "ingress": ingress});
+    let [tc_tcp, tc_echo] = tc_samples.map(|mut values| median(&mut values).unwrap_or(f64::NAN));
     let out = json!({
         "policies": cluster.network_policies.len(),
         "pods": cluster.pods.len(),
@@ -160,13 +138,74 @@ pub fn run(args: DatapathArgs) -> Result<(), BenchError> {
         "rounds": args.rounds,
         "egress_case": describe(&egress),
         "ingress_case": describe(&ingress),
-        "established": {"noop": est_noop, "egress": est_egress, "ingress": est_ingress},
-        "new_flow": {"noop": new_noop, "egress": new_egress, "ingress": new_ingress},
+        "established": triple(medians(established)),
+        "new_flow": triple(medians(cached)),
+        "new_flow_decided": triple(medians(decided)),
+        "redecided": triple(medians(redecided)),
         "tc": {"tcp": tc_tcp, "echo_request": tc_echo, "echo_reason": echo_reason.name()},
         "unit": "ns/packet",
     });
     println!("{out}");
     Ok(())
+}
+
+/// New flows take source ports from here up; the established flows use the two from
+/// `ESTABLISHED_PORT`.
+const FIRST_PORT: u16 = 1024;
+const ESTABLISHED_PORT: u16 = 65000;
+
+struct Programs {
+    noop: RawFd,
+    egress: RawFd,
+    ingress: RawFd,
+}
+
+fn push(samples: &mut [Vec<f64>; 3], values: [f64; 3]) {
+    for (slot, value) in values.into_iter().enumerate() {
+        samples[slot].push(value);
+    }
+}
+
+/// Mean ns of the established flows' next packet after a new generation (bumped before
+/// each, outside the timed run): the flow entry is found stale, the packet decided in full
+/// and the entry renewed in place, with no insert. `acks`: the egress and ingress flows'.
+fn redecided_round(fds: &Programs, acks: [&[u8]; 2], packets: u32, generation: &mut GenerationBump) -> Result<[f64; 3], BenchError> {
+    let mut sums = [0u64; 3];
+    for _ in 0..packets {
+        generation.bump()?;
+        let runs = [(fds.noop, acks[0], "moat_noop"), (fds.egress, acks[0], "moat_egress"), (fds.ingress, acks[1], "moat_ingress")];
+        for (slot, (fd, packet, name)) in runs.into_iter().enumerate() {
+            let outcome = test_run(name, fd, packet, 1)?;
+            expect_pass(name, "re-decided", outcome)?;
+            sums[slot] += u64::from(outcome.duration_ns);
+        }
+    }
+    Ok(sums.map(|sum| sum as f64 / f64::from(packets.max(1))))
+}
+
+/// Mean ns of `packets` new flows (a SYN from a fresh source port, one test run each) for
+/// the noop, egress and ingress programs. With `generation`, the generation is bumped
+/// before each, so no cached verdict applies and each is decided in full.
+fn new_flow_round(fds: &Programs, egress: &Flow, ingress: &Flow, next_port: &mut u16, packets: u32, mut generation: Option<&mut GenerationBump>) -> Result<[f64; 3], BenchError> {
+    let mut sums = [0u64; 3];
+    for _ in 0..packets {
+        let port = *next_port;
+        *next_port += 1;
+        if let Some(generation) = generation.as_mut() {
+            generation.bump()?;
+        }
+        let runs = [
+            (fds.noop, tcp_frame(egress.local, port, egress.remote, egress.port, TCP_SYN), "moat_noop"),
+            (fds.egress, tcp_frame(egress.local, port, egress.remote, egress.port, TCP_SYN), "moat_egress"),
+            (fds.ingress, tcp_frame(ingress.remote, port, ingress.local, ingress.port, TCP_SYN), "moat_ingress"),
+        ];
+        for (slot, (fd, packet, name)) in runs.iter().enumerate() {
+            let outcome = test_run(name, *fd, packet, 1)?;
+            expect_pass(name, "new flow", outcome)?;
+            sums[slot] += u64::from(outcome.duration_ns);
+        }
+    }
+    Ok(sums.map(|sum| sum as f64 / f64::from(packets.max(1))))
 }
 
 fn describe(flow: &Flow) -> Value {
@@ -209,30 +248,9 @@ fn find_flow(desired: &Desired, cluster: &crate::model::Cluster, local_ip: Ipv4A
     fallback.ok_or_else(|| BenchError::Setup(format!("no allowed {end:?} flow for the local pod")))
 }
 
-fn load_skb(ebpf: &mut Ebpf, name: &'static str) -> Result<RawFd, BenchError> {
-    let fail = |message: String| BenchError::Program { program: name, message };
-    let program = ebpf.program_mut(name).ok_or_else(|| fail("missing from the object".into()))?;
-    let program: &mut CgroupSkb = program.try_into().map_err(|e| fail(format!("{e}")))?;
-    program.load().map_err(|e| fail(format!("load: {e}")))?;
-    let fd = program.fd().map_err(|e| fail(format!("{e}")))?;
-    Ok(fd.as_fd().as_raw_fd())
-}
-
-fn load_tc(ebpf: &mut Ebpf) -> Result<RawFd, BenchError> {
-    let fail = |message: String| BenchError::Program { program: tc::PROGRAM, message };
-    tc::load(ebpf)?;
-    let program: &mut SchedClassifier = tc::program(ebpf)?;
-    let fd = program.fd().map_err(|e| fail(format!("{e}")))?;
-    Ok(fd.as_fd().as_raw_fd())
-}
-
 /// tc verdicts as BPF_PROG_TEST_RUN reports them (`TC_ACT_UNSPEC` is -1).
 const TC_NEXT: u32 = u32::MAX;
 const TC_DROP: u32 = 2;
-
-fn test_run(program: &'static str, fd: RawFd, packet: &[u8], repeat: u32) -> Result<testrun::Outcome, BenchError> {
-    testrun::run(fd, packet, repeat).map_err(|source| BenchError::TestRun { program, source })
-}
 
 fn expect_pass(program: &'static str, case: &'static str, outcome: testrun::Outcome) -> Result<(), BenchError> {
     expect(program, case, outcome, 1)
@@ -258,17 +276,4 @@ fn cgroup_seen(ebpf: &mut Ebpf, remote: &[u8; 16]) -> Result<Option<u64>, BenchE
     let flows: HashMap<&mut MapData, FlowKey, FlowState> =
         HashMap::try_from(map).map_err(|e| BenchError::Setup(format!("map {name}: {e}")))?;
     Ok(flows.keys().flatten().find(|key| &key.remote_addr == remote).map(|key| key.cgroup))
-}
-
-/// This process's cgroup v2 id: the inode number of its cgroup directory.
-fn own_cgroup_id() -> Result<u64, BenchError> {
-    let text = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| BenchError::Setup(format!("/proc/self/cgroup: {e}")))?;
-    let relative = text
-        .lines()
-        .find_map(|line| line.strip_prefix("0::"))
-        .ok_or_else(|| BenchError::Setup("no cgroup v2 entry in /proc/self/cgroup".into()))?;
-    let mount = mounts::cgroup2().map_err(|e| BenchError::Setup(e.to_string()))?;
-    let path = mount.join(Path::new(relative.trim_start_matches('/')));
-    let meta = std::fs::metadata(&path).map_err(|e| BenchError::Setup(format!("{}: {e}", path.display())))?;
-    Ok(meta.ino())
 }

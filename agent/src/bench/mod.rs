@@ -6,8 +6,9 @@
 
 pub mod compile;
 pub mod datapath;
+pub mod harness;
 pub mod synth;
-mod testrun;
+pub mod testrun;
 
 use crate::compiler::CompileError;
 use crate::kernel::KernelError;

@@ -6,7 +6,11 @@ use std::path::Path;
 
 use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
-use moat_common::maps::{capacity, names, Counter, CounterKey, Endpoint, FlowKey, FlowState, SharedPortKey, TenantPairKey};
+use moat_common::maps::{
+    capacity, counter_slot_direction, names, Counter, CounterKey, Endpoint, FlowKey, FlowState, SharedPortKey,
+    SlotCounter, TenantPairKey, VERDICT_ALLOW,
+};
+use moat_common::verdict::Reason;
 
 use super::KernelError;
 
@@ -20,6 +24,7 @@ pub struct Fill {
 
 pub struct KernelStats {
     counters: PerCpuHashMap<MapData, CounterKey, Counter>,
+    counter_slots: PerCpuArray<MapData, SlotCounter>,
     events_lost: PerCpuArray<MapData, u64>,
     local: HashMap<MapData, u64, Endpoint>,
     remote: HashMap<MapData, [u8; 16], Endpoint>,
@@ -40,6 +45,25 @@ where
     T::try_from(map).map_err(|e| KernelError::map(name, e))
 }
 
+fn add(sum: Counter, counter: &Counter) -> Counter {
+    Counter { packets: sum.packets.wrapping_add(counter.packets), bytes: sum.bytes.wrapping_add(counter.bytes) }
+}
+
+/// Adds each CPU's slot of established packets in `direction` to its tenant's total.
+fn fold_slot<'a>(totals: &mut std::collections::HashMap<CounterKey, Counter>, direction: u8, cpus: impl Iterator<Item = &'a SlotCounter>) {
+    for slot in cpus.filter(|slot| slot.packets != 0) {
+        let key = CounterKey {
+            tenant: slot.tenant,
+            direction,
+            verdict: VERDICT_ALLOW,
+            reason: Reason::Established as u8,
+            _pad: [0; 5],
+        };
+        let total = totals.entry(key).or_default();
+        *total = add(*total, &Counter { packets: slot.packets, bytes: slot.bytes });
+    }
+}
+
 fn count<K>(keys: impl Iterator<Item = Result<K, aya::maps::MapError>>) -> u64 {
     keys.filter(Result::is_ok).count() as u64
 }
@@ -50,6 +74,7 @@ impl KernelStats {
         let open = |name| pinned(maps_dir, name);
         Ok(Self {
             counters: typed(names::COUNTERS, Map::PerCpuLruHashMap(open(names::COUNTERS)?))?,
+            counter_slots: typed(names::COUNTER_SLOTS, Map::PerCpuArray(open(names::COUNTER_SLOTS)?))?,
             events_lost: typed(names::EVENTS_LOST, Map::PerCpuArray(open(names::EVENTS_LOST)?))?,
             local: typed(names::LOCAL_ENDPOINTS, Map::HashMap(open(names::LOCAL_ENDPOINTS)?))?,
             remote: typed(names::REMOTE_ENDPOINTS, Map::HashMap(open(names::REMOTE_ENDPOINTS)?))?,
@@ -60,19 +85,22 @@ impl KernelStats {
         })
     }
 
-    /// Verdict counters summed over CPUs.
+    /// Verdict counters summed over CPUs: `COUNTERS`, plus the established packets that
+    /// `COUNTER_SLOTS` holds. `COUNTERS` is read first: a program moving a slot's counts
+    /// into it meanwhile then makes this reading low (the metrics only ever rise), never
+    /// counts them twice.
     pub fn counters(&self) -> Vec<(CounterKey, Counter)> {
-        self.counters
+        let mut totals: std::collections::HashMap<CounterKey, Counter> = self
+            .counters
             .iter()
             .filter_map(Result::ok)
-            .map(|(key, values)| {
-                let total = values.iter().fold(Counter::default(), |sum, c| Counter {
-                    packets: sum.packets.wrapping_add(c.packets),
-                    bytes: sum.bytes.wrapping_add(c.bytes),
-                });
-                (key, total)
-            })
-            .collect()
+            .map(|(key, values)| (key, values.iter().fold(Counter::default(), add)))
+            .collect();
+        let slots = (0..2 * capacity::TENANT_SLOTS).filter_map(|index| Some((index, self.counter_slots.get(&index, 0).ok()?)));
+        for (index, values) in slots {
+            fold_slot(&mut totals, counter_slot_direction(index), values.iter());
+        }
+        totals.into_iter().collect()
     }
 
     /// Events the programs could not put into the full ring buffer, summed over CPUs.
@@ -93,5 +121,35 @@ impl KernelStats {
             fill(names::FLOWS, count(self.flows.keys()), capacity::FLOWS),
             fill(names::COUNTERS, count(self.counters.keys()), capacity::COUNTERS),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moat_common::maps::{DIRECTION_EGRESS, DIRECTION_INGRESS};
+
+    #[test]
+    fn slots_add_to_the_established_counters_of_their_tenant() {
+        let established = |tenant, direction| CounterKey {
+            tenant,
+            direction,
+            verdict: VERDICT_ALLOW,
+            reason: Reason::Established as u8,
+            _pad: [0; 5],
+        };
+        let mut totals = std::collections::HashMap::new();
+        totals.insert(established(7, DIRECTION_EGRESS), Counter { packets: 10, bytes: 1000 });
+        // Two CPUs: one holds tenant 7's packets, the other tenant 9's (the slot changed hands).
+        let cpus = [
+            SlotCounter { tenant: 7, packets: 3, bytes: 300 },
+            SlotCounter { tenant: 9, packets: 2, bytes: 20 },
+            SlotCounter { tenant: 5, packets: 0, bytes: 0 },
+        ];
+        fold_slot(&mut totals, DIRECTION_EGRESS, cpus.iter());
+        assert_eq!(totals[&established(7, DIRECTION_EGRESS)], Counter { packets: 13, bytes: 1300 });
+        assert_eq!(totals[&established(9, DIRECTION_EGRESS)], Counter { packets: 2, bytes: 20 });
+        assert!(!totals.contains_key(&established(5, DIRECTION_EGRESS)), "an empty slot adds nothing");
+        assert!(!totals.contains_key(&established(7, DIRECTION_INGRESS)));
     }
 }

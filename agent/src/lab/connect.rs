@@ -32,7 +32,7 @@ pub struct ConnectArgs {
     /// `fail: <error>`; exit at stdin EOF.
     #[arg(long, conflicts_with = "bench")]
     pub hold: bool,
-    /// Measure instead of probing (TCP): `rr` round trips or `stream` throughput.
+    /// Measure instead of probing: `rr`, `crr` or `stream` over TCP, `udp` round trips.
     #[arg(long, value_enum)]
     pub bench: Option<bench::Mode>,
     /// How long `--bench` runs.
@@ -46,8 +46,9 @@ pub fn run(args: ConnectArgs) -> Result<i32, LabError> {
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
     let target = SocketAddr::new(args.to, args.port);
     if let Some(mode) = args.bench {
-        if args.protocol != ProbeProtocol::Tcp {
-            return usage("--bench needs --protocol tcp");
+        let protocol = if mode == bench::Mode::Udp { ProbeProtocol::Udp } else { ProbeProtocol::Tcp };
+        if args.protocol != protocol {
+            return usage(&format!("--bench {} needs --protocol {}", mode.name(), mode.protocol()));
         }
         return Ok(bench::client(mode, target, timeout, args.seconds));
     }

@@ -1,9 +1,19 @@
 //! `moat __pod-serve`: echo servers on a pod's container ports, dual-stack (`[::]` with
-//! IPV6_V6ONLY off). TCP and SCTP (one-to-one style) echo each connection until EOF, one
-//! thread per connection; UDP echoes datagrams. Runs until killed.
+//! IPV6_V6ONLY off). TCP and SCTP (one-to-one style) echo each connection until EOF; a
+//! connection whose first byte is NUL is one request: echoed, then closed by the server (the
+//! side that closes first keeps TIME_WAIT, so a client opening thousands of connections a
+//! second does not run out of ports). UDP echoes datagrams. Runs until killed.
+//!
+//! Connections are served by threads that each accept and serve one connection at a time
+//! and are kept for the next one, a new thread starting whenever none is waiting in
+//! accept: held connections never block new ones, and a client that opens connection after
+//! connection does not pay a thread start for each (it would weigh on every benchmark
+//! configuration alike and hide what the datapath costs).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use super::{sock, LabError};
 
@@ -54,25 +64,54 @@ fn log(message: &str) {
     println!("__pod-serve[{}]: {message}", std::process::id());
 }
 
+/// Threads kept waiting in accept beyond the one that must always be.
+const SPARE_ACCEPTORS: usize = 4;
+
 /// Accepts on `listener` (a TCP or one-to-one SCTP socket: both are streams).
 fn spawn_stream_listener(listener: TcpListener, what: String) {
     log(&format!("echoing on [::]:{what}"));
-    std::thread::spawn(move || loop {
-        match listener.accept() {
-            Ok((stream, _peer)) => {
-                std::thread::spawn(move || stream_echo(stream));
-            }
-            Err(error) => {
-                log(&format!("accept on {what}: {error}"));
-                std::thread::sleep(std::time::Duration::from_millis(100));
+    let pool = Arc::new(Acceptors { listener, what, idle: AtomicUsize::new(1) });
+    std::thread::spawn(move || pool.serve());
+}
+
+struct Acceptors {
+    listener: TcpListener,
+    what: String,
+    /// Threads waiting in accept (or about to).
+    idle: AtomicUsize,
+}
+
+impl Acceptors {
+    fn serve(self: Arc<Self>) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _peer)) => {
+                    // The last idle thread got a connection: another one takes its place.
+                    if self.idle.fetch_sub(1, Ordering::SeqCst) == 1 {
+                        self.idle.fetch_add(1, Ordering::SeqCst);
+                        let pool = Arc::clone(&self);
+                        std::thread::spawn(move || pool.serve());
+                    }
+                    stream_echo(stream);
+                    // Enough others wait in accept already: this thread ends.
+                    if self.idle.fetch_add(1, Ordering::SeqCst) > SPARE_ACCEPTORS {
+                        self.idle.fetch_sub(1, Ordering::SeqCst);
+                        return;
+                    }
+                }
+                Err(error) => {
+                    log(&format!("accept on {}: {error}", self.what));
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
             }
         }
-    });
+    }
 }
 
 fn stream_echo(mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let mut buffer = vec![0u8; 64 * 1024];
+    let mut first = true;
     loop {
         match stream.read(&mut buffer) {
             Ok(0) | Err(_) => return,
@@ -80,6 +119,11 @@ fn stream_echo(mut stream: TcpStream) {
                 if stream.write_all(&buffer[..n]).is_err() {
                     return;
                 }
+                // One request per connection: the server closes first.
+                if first && buffer[0] == 0 {
+                    return;
+                }
+                first = false;
             }
         }
     }

@@ -1,0 +1,96 @@
+//! The datapath's per-packet state on the real kernel, through BPF_PROG_TEST_RUN on the
+//! real object (private pins, nothing attached): an established flow is cut by the next
+//! generation, a verdict cached for earlier flows does not outlive it, and established
+//! packets counted in the per-CPU slots reach the agent's verdict counters.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use moat_agent::bench::harness::{own_cgroup_id, test_run, Loaded};
+use moat_agent::bench::testrun::{tcp_frame, TCP_ACK, TCP_SYN};
+use moat_agent::compiler::{compile, Desired};
+use moat_agent::config::Config;
+use moat_agent::kernel::stats::KernelStats;
+use moat_agent::model::PodKey;
+use moat_agent::node::cgroups::{PodCgroups, PodRef};
+use moat_common::maps::{CounterKey, DIRECTION_EGRESS, VERDICT_ALLOW};
+use moat_common::verdict::Reason;
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const PASS: u32 = 1;
+const DROP: u32 = 0;
+
+/// Client and server of one tenant; the client's egress allowed to the server on `port`.
+fn manifests(port: u16) -> String {
+    let pod = |name: &str, ip: Ipv4Addr| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: a\n  labels:\n    app: {name}\n\
+             spec:\n  containers:\n    - name: c\n      image: x\n      ports:\n        - containerPort: 80\n\
+             status:\n  podIP: {ip}\n---\n"
+        )
+    };
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n  labels:\n    tenant: a\n---\n{}{}\
+         apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: client-out\n  namespace: a\n\
+         spec:\n  podSelector:\n    matchLabels:\n      app: client\n  policyTypes: [Egress]\n  egress:\n    \
+         - to:\n        - podSelector:\n            matchLabels:\n              app: server\n      ports:\n        \
+         - port: {port}\n",
+        pod("client", CLIENT),
+        pod("server", SERVER)
+    )
+}
+
+/// The compiled state with this process's cgroup (and 0) as the client pod.
+fn desired(dir: &Path, port: u16, cgroup: u64) -> Desired {
+    let path: PathBuf = dir.join(format!("cluster-{port}.yaml"));
+    std::fs::write(&path, manifests(port)).expect("writing manifests");
+    let cluster = moat_agent::sources::manifests::load(&[path]).expect("manifests load").cluster;
+    let client = PodRef::Key(PodKey::new("a", "client"));
+    let cgroups: PodCgroups = [(cgroup, client.clone()), (0, client)].into();
+    compile(&cluster, &Config::default(), &cgroups).expect("compiles")
+}
+
+fn syn(port: u16) -> Vec<u8> {
+    tcp_frame(CLIENT, port, SERVER, 80, TCP_SYN)
+}
+
+fn ack(port: u16) -> Vec<u8> {
+    tcp_frame(CLIENT, port, SERVER, 80, TCP_ACK)
+}
+
+#[test]
+fn a_new_generation_cuts_established_flows_and_cached_verdicts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cgroup = own_cgroup_id().expect("own cgroup");
+    let allowed = desired(dir.path(), 80, cgroup);
+    let denied = desired(dir.path(), 81, cgroup);
+    let tenant = allowed.local[&cgroup].tenant;
+    let mut loaded = Loaded::new(Path::new("/sys/fs/bpf"), &format!("test-datapath-{}", std::process::id())).expect("loads");
+    loaded.maps.apply(&Desired::default(), &allowed).expect("apply");
+    let egress = loaded.skb_program("moat_egress").expect("moat_egress");
+    let run = |packet: &[u8], repeat| test_run("moat_egress", egress, packet, repeat).expect("test run").retval;
+
+    assert_eq!(run(&syn(40000), 1), PASS, "the policy allows the client's connection");
+    assert_eq!(run(&ack(40000), 100), PASS, "its packets are established");
+    assert_eq!(run(&syn(40001), 1), PASS, "a second connection to the same peer and port");
+
+    let stats = KernelStats::open(&loaded.dirs.maps).expect("stats");
+    let established = CounterKey { tenant, direction: DIRECTION_EGRESS, verdict: VERDICT_ALLOW, reason: Reason::Established as u8, _pad: [0; 5] };
+    let counted = stats.counters().into_iter().find(|(key, _)| *key == established).map(|(_, c)| c.packets);
+    assert_eq!(counted, Some(100), "the established packets, summed from the per-CPU slots");
+    let policy_allowed = CounterKey { reason: Reason::PolicyAllowed as u8, ..established };
+    let counted = stats.counters().into_iter().find(|(key, _)| *key == policy_allowed).map(|(_, c)| c.packets);
+    assert_eq!(counted, Some(2), "both SYNs, the second by its cached verdict");
+
+    // The policy now allows another port: the next generation cuts what it no longer allows.
+    loaded.maps.apply(&allowed, &denied).expect("apply");
+    assert_eq!(run(&ack(40000), 1), DROP, "an established flow is cut on its next packet");
+    assert_eq!(run(&syn(40002), 1), DROP, "a verdict cached under the old generation no longer applies");
+    assert_eq!(run(&ack(40001), 1), DROP, "the second flow is cut too");
+
+    // And back: new connections are decided again, and allowed.
+    loaded.maps.apply(&denied, &allowed).expect("apply");
+    assert_eq!(run(&syn(40003), 1), PASS);
+    assert_eq!(run(&ack(40003), 10), PASS);
+}
