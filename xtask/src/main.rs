@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | test | demo | bench`.
+//! Developer tasks: `cargo xtask setup | test | demo | bench | fuzz`.
 
 mod bench;
 mod bench_guard;
@@ -7,6 +7,7 @@ mod bench_iptables;
 mod bench_kube;
 mod bench_np;
 mod demo;
+mod fuzz;
 mod setup;
 mod util;
 mod validate;
@@ -42,6 +43,8 @@ enum Task {
     Validate,
     /// setup, build, then benchmarks: moat attached versus no program attached.
     Bench(bench::BenchArgs),
+    /// Runs every fuzz target (cargo-fuzz) for N seconds, from seeds made of the tests' inputs.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +56,9 @@ fn main() -> ExitCode {
         Task::Demo => demo::run_demo(),
         Task::Validate => validate::validate_manifests(),
         Task::Bench(args) => bench::run_bench(&args),
+        Task::Fuzz(args) => {
+            setup::run_setup(&setup::SetupArgs::default()).and_then(|()| fuzz::run_fuzz(&args))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,5 +100,8 @@ fn test() -> Result<()> {
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(HOST_EXCLUDE)
         .env("MOAT_BIN", moat)
-        .env("MOAT_TEST_APISERVER_BIN", apiserver))
+        .env("MOAT_TEST_APISERVER_BIN", apiserver))?;
+    util::check_interrupt()?;
+    // A short smoke of every fuzz target: each parser of outside input, from its seeds.
+    fuzz::run_fuzz(&fuzz::FuzzArgs { seconds: fuzz::SMOKE_SECONDS, target: None })
 }
