@@ -368,6 +368,13 @@ impl Lab {
         HeldConnection::open(&self.moat, &self.name, from, ip, port)
     }
 
+    /// A UDP session from `from` to `to`'s port `port`: one socket, held by `__pod-connect
+    /// --hold --protocol udp` inside `from`; each ping is one datagram and its echo.
+    pub fn hold_udp(&self, from: &str, to: &str, port: u16, family: Family) -> HeldConnection {
+        let ip = self.pod_ip(to, family);
+        HeldConnection::open_over(&self.moat, &self.name, from, ip, port, "udp")
+    }
+
     /// Polls the agent's log (every 50 ms) until a line contains `pattern`; returns that line,
     /// or the log's tail when `timeout` passes.
     pub fn wait_log(&self, pattern: &str, timeout: Duration) -> Result<String, String> {
@@ -572,12 +579,16 @@ const HOLD_SOCKET_TIMEOUT_MS: &str = "1000";
 
 impl HeldConnection {
     fn open(moat: &Path, lab: &str, from: &str, ip: IpAddr, port: u16) -> HeldConnection {
-        let description = format!("held connection {from} -> {ip} port {port}");
+        HeldConnection::open_over(moat, lab, from, ip, port, "tcp")
+    }
+
+    fn open_over(moat: &Path, lab: &str, from: &str, ip: IpAddr, port: u16, protocol: &str) -> HeldConnection {
+        let description = format!("held {protocol} connection {from} -> {ip} port {port}");
         let mut child = Command::new(moat)
             .args(["lab", "exec", "--name", lab, from, "--"])
             .arg(moat)
             .args(["__pod-connect", "--to", &ip.to_string(), "--port", &port.to_string()])
-            .args(["--protocol", "tcp", "--hold", "--timeout-ms", HOLD_SOCKET_TIMEOUT_MS])
+            .args(["--protocol", protocol, "--hold", "--timeout-ms", HOLD_SOCKET_TIMEOUT_MS])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

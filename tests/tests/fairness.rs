@@ -21,6 +21,16 @@ const RATE: u64 = 200;
 const BURST: u64 = 200;
 const WRITE_BACK: &str = "cat /proc/sys/kernel/core_pattern > /proc/sys/kernel/core_pattern";
 
+/// The agent's CPU time (user + system, clock ticks) and its resident and peak memory (KiB).
+fn agent_usage(pid: i64) -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+    (ticks, kib("VmRSS:"), kib("VmHWM:"))
+}
+
 fn sum_counts<'a>(events: impl Iterator<Item = &'a serde_json::Value>) -> u64 {
     events.map(|e| e["count"].as_u64().unwrap_or(0)).sum()
 }
@@ -54,6 +64,9 @@ fn a_quiet_tenant_loses_no_events_while_another_floods() {
     let quiet = Observer::start(&["--lab", lab.name(), "--tenant", "a"]);
     let noisy = Observer::start(&["--lab", lab.name(), "--tenant", "b"]);
     let target = lab.pod_ip("c1/target", Family::V4).to_string();
+    let agent = lab.status()["agent"]["pid"].as_i64().unwrap_or(0);
+    let (ticks_before, _, _) = agent_usage(agent);
+    let flood_start = std::time::Instant::now();
 
     let flood = Command::new(lab.moat())
         .args(["lab", "exec", "--name", lab.name(), "b1/noisy", "--"])
@@ -117,7 +130,11 @@ fn a_quiet_tenant_loses_no_events_while_another_floods() {
         serde_json::from_str(flood_out.lines().last().unwrap_or_default())
             .unwrap_or_else(|e| panic!("flood output {flood_out:?}: {e}"));
     let denied = flood_json["failed"].as_u64().unwrap_or(0);
-    eprintln!("flood: {flood_json}");
+    let (ticks_after, rss, peak) = agent_usage(agent);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpu = (ticks_after - ticks_before) as f64 / hz / flood_start.elapsed().as_secs_f64() * 100.0;
+    eprintln!("flood: {flood_json}; agent during the flood: {cpu:.0}% of one CPU, RSS {} MiB (peak {} MiB)", rss / 1024, peak / 1024);
 
     // Every one of a's denies and detections arrives.
     let want: Vec<u64> = (0..u64::from(QUIET_PROBES)).map(|i| 20_000 + i).collect();

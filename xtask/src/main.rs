@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | test | demo | bench`.
+//! Developer tasks: `cargo xtask setup | test | demo | bench | fuzz`.
 
 mod bench;
 mod bench_e2e;
@@ -8,6 +8,7 @@ mod bench_kube;
 mod bench_np;
 mod demo;
 mod e2e_setup;
+mod fuzz;
 mod setup;
 mod util;
 mod validate;
@@ -46,6 +47,8 @@ enum Task {
     Bench(bench::BenchArgs),
     /// The privileged integration tests on Debian's 6.1 and 6.12 kernels, booted under QEMU.
     Vm(vm::VmArgs),
+    /// Runs every fuzz target (cargo-fuzz) for N seconds, from seeds made of the tests' inputs.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +61,9 @@ fn main() -> ExitCode {
         Task::Validate => validate::validate_manifests(),
         Task::Bench(args) => bench::run_bench(&args),
         Task::Vm(args) => vm::run_vm(&args),
+        Task::Fuzz(args) => {
+            setup::run_setup(&setup::SetupArgs::default()).and_then(|()| fuzz::run_fuzz(&args))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,5 +105,8 @@ fn test() -> Result<()> {
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(HOST_EXCLUDE)
         .env("MOAT_BIN", moat)
-        .env("MOAT_TEST_APISERVER_BIN", apiserver))
+        .env("MOAT_TEST_APISERVER_BIN", apiserver))?;
+    util::check_interrupt()?;
+    // A short smoke of every fuzz target: each parser of outside input, from its seeds.
+    fuzz::run_fuzz(&fuzz::FuzzArgs { seconds: fuzz::SMOKE_SECONDS, target: None })
 }

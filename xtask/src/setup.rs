@@ -34,6 +34,8 @@ const APT_COMPILER: &[&str] = &["gcc", "libc6-dev"];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// `cargo xtask fuzz` and the fuzz smoke in `cargo xtask test`.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// The toolchain agent/build.rs builds the eBPF programs with (`rustup run stable cargo`).
 const EBPF_TOOLCHAIN: &str = "stable";
 
@@ -75,6 +77,7 @@ pub fn run_setup(args: &SetupArgs) -> Result<()> {
     apt(args, root, &mut outcome)?;
     rust_src(args, &mut outcome)?;
     bpf_linker(args, &mut outcome)?;
+    cargo_fuzz(args, &mut outcome)?;
     clippy();
     manifest_validator(args, &mut outcome)?;
     cgroup2(&mut outcome);
@@ -300,6 +303,31 @@ fn bpf_linker(args: &SetupArgs, outcome: &mut Outcome) -> Result<()> {
             outcome.problems.push("bpf-linker does not run after install".into());
         }
     }
+    Ok(())
+}
+
+/// cargo-fuzz from crates.io (the fuzz targets need only it and the stable toolchain).
+fn cargo_fuzz(args: &SetupArgs, outcome: &mut Outcome) -> Result<()> {
+    let item = format!("cargo-fuzz {CARGO_FUZZ_VERSION}");
+    let found = capture(crate::util::cargo().args(["fuzz", "--version"]))
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string());
+    if let Some(version) = found.filter(|v| v.ends_with(CARGO_FUZZ_VERSION)) {
+        report(&item, &format!("found ({version})"));
+        return Ok(());
+    }
+    let mut cmd = crate::util::cargo();
+    cmd.env_remove("RUSTC_BOOTSTRAP").args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION, "--locked", "--force"]);
+    if args.check {
+        report(&item, "missing (--check)");
+        outcome.problems.push("cargo-fuzz missing".into());
+        outcome.manual.push(render(&cmd));
+        return Ok(());
+    }
+    eprintln!("cargo-fuzz: building it (about 2 minutes)");
+    run(&mut cmd)?;
+    report(&item, "installed");
     Ok(())
 }
 

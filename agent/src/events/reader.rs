@@ -28,13 +28,7 @@ pub async fn run(ring: RingBuf<MapData>, submitter: Submitter) -> Result<(), Ker
                 tokio::task::yield_now().await;
             }
             let Some(item) = ring.next() else { break };
-            // Every record starts with its kind byte.
-            let input = match item.first() {
-                Some(&(EVENT_KIND_DENY | EVENT_KIND_ALLOW)) => decode::<FlowEvent>(&item).map(Input::Deny),
-                Some(&EVENT_KIND_DETECTION) => decode::<GuardEvent>(&item).map(Input::Guard),
-                _ => None,
-            };
-            match input {
+            match decode_record(&item) {
                 Some(input) => submitter.submit(input),
                 None => {
                     submitter.undecodable();
@@ -43,6 +37,16 @@ pub async fn run(ring: RingBuf<MapData>, submitter: Submitter) -> Result<(), Ker
             }
         }
         guard.clear_ready();
+    }
+}
+
+/// One ring-buffer record: every record starts with its kind byte. None for a record of
+/// no known kind or too short for its kind.
+pub fn decode_record(bytes: &[u8]) -> Option<Input> {
+    match bytes.first() {
+        Some(&(EVENT_KIND_DENY | EVENT_KIND_ALLOW)) => decode::<FlowEvent>(bytes).map(Input::Deny),
+        Some(&EVENT_KIND_DETECTION) => decode::<GuardEvent>(bytes).map(Input::Guard),
+        _ => None,
     }
 }
 

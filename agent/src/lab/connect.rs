@@ -28,8 +28,8 @@ pub struct ConnectArgs {
     pub protocol: ProbeProtocol,
     #[arg(long, default_value_t = 1000)]
     pub timeout_ms: u64,
-    /// After connecting (TCP), echo each stdin line over the connection, printing `ok` or
-    /// `fail: <error>`; exit at stdin EOF.
+    /// After connecting (TCP; UDP: one socket, after a first echo), echo each stdin line over
+    /// the connection, printing `ok` or `fail: <error>`; exit at stdin EOF.
     #[arg(long, conflicts_with = "bench")]
     pub hold: bool,
     /// Measure instead of probing: `rr`, `crr` or `stream` over TCP, `udp` round trips.
@@ -52,14 +52,15 @@ pub fn run(args: ConnectArgs) -> Result<i32, LabError> {
         }
         return Ok(bench::client(mode, target, timeout, args.seconds));
     }
-    if args.hold && args.protocol != ProbeProtocol::Tcp {
-        return usage("--hold needs --protocol tcp");
+    if args.hold && !matches!(args.protocol, ProbeProtocol::Tcp | ProbeProtocol::Udp) {
+        return usage("--hold needs --protocol tcp or udp");
     }
     if args.protocol != ProbeProtocol::Icmp && args.port == 0 {
         return usage("--port is required for tcp, udp and sctp");
     }
     let result = match args.protocol {
         ProbeProtocol::Tcp if args.hold => return Ok(hold(target, timeout)),
+        ProbeProtocol::Udp if args.hold => return Ok(hold_udp(target, timeout)),
         ProbeProtocol::Tcp => stream_probe(target, libc::IPPROTO_TCP, timeout),
         ProbeProtocol::Sctp => stream_probe(target, libc::IPPROTO_SCTP, timeout),
         ProbeProtocol::Udp => udp_probe(target, timeout),
@@ -229,6 +230,34 @@ fn icmp_probe(to: IpAddr, timeout: Duration) -> Result<String, String> {
 }
 
 /// `--hold`: one TCP connection, one echo per stdin line.
+/// A UDP session: one socket connected to `target`, a first echo, then an echo per stdin line.
+fn hold_udp(target: SocketAddr, timeout: Duration) -> i32 {
+    let bind: SocketAddr = if target.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let socket = match std::net::UdpSocket::bind(bind).and_then(|s| s.connect(target).and(s.set_read_timeout(Some(timeout))).map(|()| s)) {
+        Ok(socket) => socket,
+        Err(error) => return report(Err(format!("UDP socket to {target}: {error}"))),
+    };
+    let round = |payload: &[u8]| -> Result<(), String> {
+        socket.send(payload).map_err(|e| format!("send: {e}"))?;
+        let mut answer = [0u8; 1500];
+        let n = socket.recv(&mut answer).map_err(|e| format!("receive: {e}"))?;
+        if &answer[..n] == payload { Ok(()) } else { Err(format!("echo differs: {:?}", String::from_utf8_lossy(&answer[..n]))) }
+    };
+    if let Err(detail) = round(PAYLOAD) {
+        return report(Err(detail));
+    }
+    print_verdict(true, &format!("UDP session with {target}"));
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        match round(format!("{line}\n").as_bytes()) {
+            Ok(()) => println!("ok"),
+            Err(error) => println!("fail: {error}"),
+        }
+        let _ = std::io::stdout().flush();
+    }
+    0
+}
+
 fn hold(target: SocketAddr, timeout: Duration) -> i32 {
     let mut stream = match open_stream(target, libc::IPPROTO_TCP, timeout) {
         Ok(stream) => stream,

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as networking;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use super::limits;
 use super::manifests::validate_policy;
 use crate::model::{ContainerPort, Labels, Namespace, ObjectKey, Pod, Protocol};
 
@@ -48,6 +49,7 @@ pub fn describe_object(kind: &str, metadata: &ObjectMeta) -> String {
 /// A Namespace: its name and labels.
 pub fn namespace(namespace: &core::Namespace) -> Result<Namespace, Rejection> {
     let name = name(&namespace.metadata)?;
+    limits::labels(namespace.metadata.labels.as_ref(), "metadata.labels").map_err(reject)?;
     let labels = namespace.metadata.labels.clone().unwrap_or_default();
     Ok(Namespace { name, labels })
 }
@@ -55,6 +57,7 @@ pub fn namespace(namespace: &core::Namespace) -> Result<Namespace, Rejection> {
 /// A Node: its name and labels (the labels select node profiles).
 pub fn node(node: &core::Node) -> Result<(String, Labels), Rejection> {
     let name = name(&node.metadata)?;
+    limits::labels(node.metadata.labels.as_ref(), "metadata.labels").map_err(reject)?;
     Ok((name, node.metadata.labels.clone().unwrap_or_default()))
 }
 
@@ -68,6 +71,7 @@ pub fn pod_finished(pod: &core::Pod) -> bool {
 /// A Pod: key, uid, labels, addresses, node and ports.
 pub fn pod(pod: &core::Pod) -> Result<Pod, Rejection> {
     let key = namespaced_key(&pod.metadata)?;
+    limits::labels(pod.metadata.labels.as_ref(), "metadata.labels").map_err(reject)?;
     let default_spec = core::PodSpec::default();
     let spec = pod.spec.as_ref().unwrap_or(&default_spec);
     let default_status = core::PodStatus::default();
@@ -115,8 +119,13 @@ pub fn pod(pod: &core::Pod) -> Result<Pod, Rejection> {
 
 /// A networking.k8s.io/v1 NetworkPolicy, checked as the API server checks it.
 pub fn network_policy(policy: &networking::NetworkPolicy) -> Result<ObjectKey, Rejection> {
+    limits::network_policy(policy).map_err(reject)?;
     validate_policy(policy).map_err(|(field, message)| Rejection::new(field, message))?;
     namespaced_key(&policy.metadata)
+}
+
+fn reject((field, message): limits::Exceeded) -> Rejection {
+    Rejection::new(field, message)
 }
 
 pub fn name(metadata: &ObjectMeta) -> Result<String, Rejection> {

@@ -36,7 +36,7 @@ pub use build::build_cluster;
 pub(crate) use policy::validate as validate_policy;
 pub use error::ManifestError;
 pub(crate) use read::list_files;
-pub use read::read_documents;
+pub use read::{parse_text, read_documents};
 
 /// Largest file read; a bigger one is an error rather than a memory spike.
 pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;

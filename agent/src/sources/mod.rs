@@ -5,6 +5,7 @@
 
 pub mod convert;
 pub mod kube;
+pub mod limits;
 pub mod manifests;
 pub mod sync;
 pub mod watch;

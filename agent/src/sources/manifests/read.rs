@@ -25,6 +25,14 @@ pub fn read_documents(paths: &[PathBuf]) -> Result<Vec<Document>, ManifestError>
     Ok(documents)
 }
 
+/// Parses one file's text as `read_documents` does (`.json`: JSON, else YAML), `file` naming
+/// it in errors: for input that is not in a file (the fuzz target, tests).
+pub fn parse_text(file: &Path, text: &str) -> Result<Vec<Document>, ManifestError> {
+    let mut documents = Vec::new();
+    parse_file(file, text, &mut documents)?;
+    Ok(documents)
+}
+
 /// The files `read_documents` reads, in order. Also what the watcher fingerprints.
 pub(crate) fn list_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ManifestError> {
     let io = |path: &Path| {
