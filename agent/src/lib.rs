@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cli;
 pub mod compiler;
 pub mod config;
+pub mod config_watch;
 pub mod events;
 pub mod explain;
 pub mod guard;

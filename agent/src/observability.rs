@@ -291,6 +291,14 @@ impl Observability {
     pub fn guard_planned(&self, statuses: &[DetectionStatus], hooks: &GuardHooks) {
         *lock(&self.shared.guard) = statuses.to_vec();
         *lock(&self.shared.probes) = hooks.probe_statuses();
+        // cgroup/connect_unix comes and goes with the runtime-socket mode.
+        {
+            let mut attached = lock(&self.shared.attached);
+            attached.retain(|program| program.program != crate::kernel::unix_connect::PROGRAM);
+            if let Ok(Some(program)) = hooks.connect_unix() {
+                attached.push(program.clone());
+            }
+        }
         let connect_unix = match hooks.connect_unix() {
             Ok(Some(_)) => "attached".to_string(),
             Ok(None) => "not needed".to_string(),

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::compiler::{CompileError, Incremental};
 use crate::config::{Config, ConfigError};
+use crate::config_watch::{ConfigWatch, Reloaded};
 use crate::events;
 use crate::guard;
 use crate::kernel::tc_pods::{TcPods, TcStatus};
@@ -175,14 +176,23 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     let mut tick = tokio::time::interval(Duration::from_millis(config.poll_interval_ms));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(RuntimeError::Tokio)?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(RuntimeError::Tokio)?;
+    let mut config_watch = ConfigWatch::new(args.config.as_deref(), &config);
     let mut resync = false;
     loop {
         // The tick re-scans cgroups (and manifest files); API server changes wake at once.
+        let mut reread_config = false;
         tokio::select! {
             _ = tick.tick() => {}
             _ = source.changed() => {}
+            _ = hangup.recv() => reread_config = true,
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
+        }
+        if let Some(reloaded) = config_watch.check(reread_config) {
+            let hooks_in_force = GuardInForce { guard: &mut guard, hooks: &mut hooks, ebpf: &mut ebpf, observability: &observability };
+            reconfigure(hooks_in_force, &mut config, reloaded, &args).await;
         }
         if events_task.is_finished() {
             tracing::error!("event reader stopped; enforcement continues without events");
@@ -232,6 +242,39 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     }
     tracing::info!("stopping; programs and maps stay pinned and keep enforcing the last state");
     Ok(())
+}
+
+/// What a configuration change at run time rewrites.
+struct GuardInForce<'a> {
+    guard: &'a mut crate::guard::run::Guard,
+    hooks: &'a mut crate::guard::hooks::GuardHooks,
+    ebpf: &'a mut aya::Ebpf,
+    observability: &'a Observability,
+}
+
+/// A re-read configuration: `guard:` takes effect now — modes first, so a probe about to be
+/// detached already acts on the new mode — then the probes are re-planned (attached or
+/// detached); other fields wait for a restart, which is logged.
+async fn reconfigure(running: GuardInForce<'_>, config: &mut Config, reloaded: Reloaded, args: &AgentArgs) {
+    if !reloaded.restart_needed.is_empty() {
+        tracing::warn!(fields = ?reloaded.restart_needed, "agent config changed; these fields take effect when the agent restarts");
+    }
+    if !reloaded.guard_changed {
+        return;
+    }
+    let api_servers = guard_api_servers(&reloaded.config, args).await;
+    if let Err(error) = running.guard.reconfigure(&reloaded.config.guard, &api_servers) {
+        tracing::error!(%error, "runtime guard: rewriting its configuration maps failed");
+    }
+    if let Err(error) = crate::guard::write_modes(running.ebpf, &reloaded.config.guard) {
+        tracing::error!(%error, "runtime guard: writing the new modes failed; probes stay as they were");
+        return;
+    }
+    config.guard = reloaded.config.guard;
+    let statuses = running.hooks.plan(running.ebpf, &config.guard);
+    running.observability.guard_planned(&statuses, running.hooks);
+    tracing::info!("agent config reloaded: runtime guard re-planned");
+    crate::guard::log_modes(&statuses);
 }
 
 /// Where a host process must not connect after reading kubelet credentials: configured,

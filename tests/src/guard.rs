@@ -83,6 +83,7 @@ fn node_root(lab: &Lab) -> PathBuf {
 pub struct GuardLab {
     pub lab: Lab,
     pub observer: Observer,
+    config: Option<PathBuf>,
     _manifests: Manifests,
 }
 
@@ -98,11 +99,24 @@ impl GuardLab {
         docs.push(PodSpec::new("marker", "m").yaml(&lab));
         let file = manifests.write("cluster.yaml", &crate::documents(&docs));
         let config = config.map(|c| manifests.write("moat.yaml", c));
-        lab.start(&[file], UpOptions { config, api_server, ..UpOptions::default() });
+        lab.start(&[file], UpOptions { config: config.clone(), api_server, ..UpOptions::default() });
         let observer = Observer::start(&lab);
-        let guard = GuardLab { lab, observer, _manifests: manifests };
+        let guard = GuardLab { lab, observer, config, _manifests: manifests };
         guard.marker();
         guard
+    }
+
+    /// Replaces the running agent's configuration (`moat lab agent config`: the file is
+    /// written aside and renamed over, as a ConfigMap volume swaps its files).
+    pub fn rewrite_config(&self, text: &str) {
+        let path = self.config.as_ref().expect("the lab was started with a config file");
+        std::fs::write(path, text).expect("writing the new config");
+        let output = std::process::Command::new(self.lab.moat())
+            .args(["lab", "agent", "config", "--name", self.lab.name()])
+            .arg(path)
+            .output()
+            .expect("moat lab agent config");
+        assert!(output.status.success(), "moat lab agent config: {}", String::from_utf8_lossy(&output.stderr));
     }
 
     /// `moat status --lab NAME -o json`: capabilities, probes, detections.

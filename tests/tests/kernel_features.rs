@@ -46,8 +46,17 @@ fn the_agent_uses_what_this_kernel_offers_and_says_so() {
             "capabilities": caps,
             "probes": status["probes"],
             "detections": status["detections"]["configured"],
+            "icmp": status["icmp"],
         })
     );
+
+    // The datapath's tc program loads on every supported kernel: ICMP echo is enforced.
+    let icmp = moat_integration::eventually(std::time::Duration::from_secs(10), || {
+        let status = guard.status();
+        status["icmp"].is_object().then(|| status["icmp"].clone())
+    });
+    let icmp = icmp.unwrap_or_else(|| panic!("moat status reports the ICMP program: {}", guard.status()));
+    assert!(icmp["unavailable"].is_null(), "the ICMP program loads on this kernel: {icmp}");
 
     // The LSM list, and what it means for BPF LSM.
     let list = lsm_list();

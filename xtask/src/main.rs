@@ -107,6 +107,13 @@ fn test() -> Result<()> {
         .env("MOAT_BIN", moat)
         .env("MOAT_TEST_APISERVER_BIN", apiserver))?;
     util::check_interrupt()?;
+    // The same privileged tests on the kernels nodes run (6.1, 6.12), where BPF LSM is active.
+    if std::env::var_os("MOAT_TEST_SKIP_VM").is_some() {
+        eprintln!("MOAT_TEST_SKIP_VM is set: skipping the kernel matrix (`cargo xtask vm`)");
+    } else {
+        vm::run_vm(&vm::VmArgs::ci())?;
+    }
+    util::check_interrupt()?;
     // A short smoke of every fuzz target: each parser of outside input, from its seeds.
     fuzz::run_fuzz(&fuzz::FuzzArgs { seconds: fuzz::SMOKE_SECONDS, target: None })
 }

@@ -30,10 +30,27 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// response cannot hold its slot.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
+/// A restarted agent may find its port still held by the agent before it, whose last
+/// threads are still closing its kernel objects: it waits this long for the port.
+const BIND_PATIENCE: Duration = Duration::from_secs(10);
+
+async fn bind(address: &str) -> std::io::Result<TcpListener> {
+    let deadline = tokio::time::Instant::now() + BIND_PATIENCE;
+    loop {
+        match TcpListener::bind(address).await {
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline => {
+                tracing::warn!(address, "metrics address in use; waiting for it to be released");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Binds `address` and serves on a spawned task; returns the bound address (port 0 picks one).
 pub async fn start(address: &str, shared: Arc<Shared>) -> Result<SocketAddr, AdminError> {
     let error = |source| AdminError::Http { address: address.into(), source };
-    let listener = TcpListener::bind(address).await.map_err(error)?;
+    let listener = bind(address).await.map_err(error)?;
     let local = listener.local_addr().map_err(error)?;
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {

@@ -165,7 +165,7 @@ fn evidence(event: &GuardEvent, view: &GuardView) -> (String, String) {
         EVIDENCE_FILE => match detection {
             DETECTION_KERNEL_SYSCTL => ("write to /sys/kernel/uevent_helper".into(), dentry()),
             DETECTION_CGROUP_RELEASE_AGENT => ("write to a cgroup v1 release file".into(), dentry()),
-            DETECTION_SETNS => ("open of a host namespace".into(), dentry()),
+            DETECTION_SETNS => ("open of a host namespace".into(), namespace_file(event.ino, &view.host_ns).unwrap_or_else(dentry)),
             DETECTION_RUNTIME_BINARY => ("container runtime binary opened for writing".into(), dentry()),
             DETECTION_PTRACE => {
                 let parent = text(&event.subject[64..]);
@@ -181,6 +181,13 @@ fn evidence(event: &GuardEvent, view: &GuardView) -> (String, String) {
         },
         kind => (format!("detection code {detection} (evidence {kind})"), subject),
     }
+}
+
+/// A namespace file (nsfs has no path of its own) as its `/proc/PID/ns/*` link reads:
+/// `net:[4026531840]`, for the host's namespaces the agent knows.
+pub(super) fn namespace_file(ino: u64, host: &[u32; NS_COUNT]) -> Option<String> {
+    let names = ["uts", "ipc", "mnt", "pid", "net", "cgroup"];
+    host.iter().zip(names).find(|(&host_ns, _)| host_ns != 0 && u64::from(host_ns) == ino).map(|(_, name)| format!("{name}:[{ino}]"))
 }
 
 /// The executable that acted. /proc gives its full path only while the process still runs

@@ -61,16 +61,7 @@ impl Guard {
         maps.write_static(config, api_servers)?;
         let root = PodsRoot::of(cgroup_root, cgroup_mount)
             .map_err(|source| KernelError::CgroupRoot { path: cgroup_root.into(), source })?;
-        let kubelet_cgroup = config.kubelet.cgroup.as_ref().and_then(|c| {
-            let path = cgroup_mount.join(c.strip_prefix("/").unwrap_or(c));
-            match std::fs::metadata(&path) {
-                Ok(meta) => Some(meta.ino()),
-                Err(error) => {
-                    tracing::warn!(path = %path.display(), %error, "guard.kubelet.cgroup not found; the kubelet is recognised by its executable alone");
-                    None
-                }
-            }
-        });
+        let kubelet_cgroup = kubelet_cgroup(config, cgroup_mount);
         // Where cgroup/connect_unix finds the address; (0, 0) before Linux 6.7 keeps it idle.
         let (uaddr, uaddrlen) = crate::kernel::unix_connect::context_offsets().unwrap_or((0, 0));
         let settings = GuardSettings {
@@ -99,6 +90,18 @@ impl Guard {
             pod_dirs: Default::default(),
             socket_paths: SocketPaths::default(),
         })
+    }
+
+    /// A changed `guard:` configuration while running: ports and API servers rewritten,
+    /// node paths found again and settings rewritten on the next refresh.
+    pub fn reconfigure(&mut self, config: &GuardConfig, api_servers: &[SocketAddr]) -> Result<(), KernelError> {
+        self.maps.write_static(config, api_servers)?;
+        self.settings.kubelet_cgroup = kubelet_cgroup(config, &self.cgroup_mount).unwrap_or(0);
+        self.settings.ready = 1;
+        self.config = config.clone();
+        self.discovered = Discovered::default();
+        self.socket_paths = SocketPaths::default();
+        Ok(())
     }
 
     /// Brings actors, files and volumes up to date; writes settings when they change.
@@ -188,5 +191,18 @@ impl Guard {
 
     pub fn discovered(&self) -> &Discovered {
         &self.discovered
+    }
+}
+
+/// The kubelet's cgroup id, if configured and present.
+fn kubelet_cgroup(config: &GuardConfig, cgroup_mount: &Path) -> Option<u64> {
+    let configured = config.kubelet.cgroup.as_ref()?;
+    let path = cgroup_mount.join(configured.strip_prefix("/").unwrap_or(configured));
+    match std::fs::metadata(&path) {
+        Ok(meta) => Some(meta.ino()),
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "guard.kubelet.cgroup not found; the kubelet is recognised by its executable alone");
+            None
+        }
     }
 }

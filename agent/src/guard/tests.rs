@@ -365,3 +365,12 @@ fn the_executable_named_is_the_one_that_acted_not_what_it_exec_ed_later() {
     assert_eq!(detection.executable.as_deref(), Some("nsenter"));
     assert!(detection.message.contains("(nsenter)"), "{}", detection.message);
 }
+
+#[test]
+fn a_host_namespace_file_is_named_as_its_proc_link_reads() {
+    let host = [11, 12, 13, 14, 4026531840, 16];
+    assert_eq!(decode::namespace_file(4026531840, &host).as_deref(), Some("net:[4026531840]"));
+    assert_eq!(decode::namespace_file(13, &host).as_deref(), Some("mnt:[13]"));
+    assert_eq!(decode::namespace_file(99, &host), None, "not a host namespace: the path stands");
+    assert_eq!(decode::namespace_file(0, &[0; 6]), None, "unknown host namespaces match nothing");
+}

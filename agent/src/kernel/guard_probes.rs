@@ -443,7 +443,7 @@ impl GuardProbes {
         let needs_load = self.loaded.insert(name);
         let attached = self.load_and_attach(ebpf, kind, name, target, needs_load);
         // A failed load leaves the program unloaded; a later try loads it again.
-        if attached.is_err() && needs_load && !ebpf.program(name).is_some_and(|p| p.fd().is_ok()) {
+        if attached.is_err() && needs_load && ebpf.program(name).is_none_or(|p| p.fd().is_err()) {
             self.loaded.remove(name);
         }
         attached

@@ -36,6 +36,17 @@ pub enum AgentCommand {
     Stop(NameArg),
     /// SIGKILL it: enforcement must stay in place without it (fail-static).
     Kill(NameArg),
+    /// Replace the agent's configuration with FILE (the lab's keys merged in, as with
+    /// `lab up --config`); a running agent takes up its `guard:` section at once.
+    Config(ConfigArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ConfigArgs {
+    #[command(flatten)]
+    pub lab: NameArg,
+    /// The agent configuration (YAML).
+    pub file: PathBuf,
 }
 
 pub fn run(command: AgentCommand) -> Result<(), LabError> {
@@ -67,6 +78,12 @@ pub fn run(command: AgentCommand) -> Result<(), LabError> {
         }
         AgentCommand::Stop(args) => halt(&args.name, false),
         AgentCommand::Kill(args) => halt(&args.name, true),
+        AgentCommand::Config(args) => {
+            let state = LabState::load(&args.lab.name)?;
+            let path = write_config(&state, Some(&args.file))?;
+            println!("wrote {}", path.display());
+            Ok(())
+        }
     }
 }
 
@@ -135,7 +152,12 @@ pub fn write_config(state: &LabState, user: Option<&Path>) -> Result<PathBuf, La
     // Never a fixed port: concurrent labs would collide. A free loopback port, kept in the
     // config so restarts of the lab's agent keep it.
     if !mapping.contains_key("metricsAddress") {
-        mapping.insert("metricsAddress".into(), free_loopback_address()?.into());
+        let kept = Config::load(&config_path(&state.name)).ok().map(|c| c.metrics_address);
+        let address = match kept {
+            Some(address) => address,
+            None => free_loopback_address()?,
+        };
+        mapping.insert("metricsAddress".into(), address.into());
     }
     let text = serde_yaml::to_string(&mapping)
         .map_err(|e| LabError::Internal(format!("agent.yaml: {e}")))?;

@@ -85,7 +85,10 @@ pub fn classify(file: usize, settings: &GuardSettings, actor: &Actor, via: Via) 
         let mut i = 0;
         while i < NS_COUNT {
             if settings.host_ns[i] != 0 && settings.host_ns[i] as u64 == id.ino && report::mode(DETECTION_SETNS) == GUARD_MODE_BLOCK {
-                return found(DETECTION_SETNS, 0);
+                // A namespace the pod shares with the host already (hostPID, hostNetwork)
+                // is no escape: joining it changes nothing.
+                let own = kernel::current_namespaces();
+                return if own[i] as u64 == id.ino { None } else { found(DETECTION_SETNS, 0) };
             }
             i += 1;
         }

@@ -133,7 +133,8 @@ const TIME_SCALE: u32 = 8;
 
 /// The guest's run script: every test binary in turn, each framed by markers. `expect`:
 /// how the guard's probes must attach on this boot (`MOAT_EXPECT_GUARD_KIND`).
-pub fn script(workspace: &Path, moat: &Path, binaries: &BTreeMap<String, PathBuf>, filter: &[String], expect: &str) -> String {
+/// `only`: a libtest filter for one binary, in place of `filter`.
+pub fn script(workspace: &Path, moat: &Path, binaries: &BTreeMap<String, PathBuf>, filter: &[String], only: &BTreeMap<String, Vec<String>>, expect: &str) -> String {
     let apiserver = moat.with_file_name("moat-test-apiserver");
     let mut text = format!(
         "export MOAT_BIN={} MOAT_TEST_APISERVER_BIN={} MOAT_LAB_READY_SECS=900 MOAT_TEST_TIME_SCALE={TIME_SCALE} MOAT_EXPECT_GUARD_KIND={expect} RUST_BACKTRACE=1\n",
@@ -144,10 +145,13 @@ pub fn script(workspace: &Path, moat: &Path, binaries: &BTreeMap<String, PathBuf
     text.push_str(&format!("cd {}\n", shell_quote(workspace.join("tests"))));
     let filter: Vec<String> = filter.iter().map(shell_quote).collect();
     for (name, binary) in binaries {
+        let args = match only.get(name) {
+            Some(filters) => filters.iter().map(shell_quote).collect::<Vec<_>>().join(" "),
+            None => filter.join(" "),
+        };
         text.push_str(&format!(
-            "echo 'MOAT-VM-BEGIN {name}'\n{} --test-threads=1 --color=never --nocapture {} 2>&1\necho \"MOAT-VM-RESULT {name} $?\"\n",
+            "echo 'MOAT-VM-BEGIN {name}'\n{} --test-threads=1 --color=never --nocapture {args} 2>&1\necho \"MOAT-VM-RESULT {name} $?\"\n",
             shell_quote(binary),
-            filter.join(" ")
         ));
     }
     text
