@@ -71,6 +71,20 @@ fn joining_host_namespaces_and_creating_user_namespaces_are_detected() {
     assert_exact(&event, id, HOSTPID, "detected");
     assert_eq!(evidence(&event), format!("host namespaces: {}", own.join(",")), "{event}");
 
+    // Attribution at the moment of the call: `nsenter ... -- sh` execs a shell right after
+    // joining (or after its refused open), racing the decoding; every event names nsenter,
+    // never the shell. Repeated, since a race can go either way.
+    for round in 0..3 {
+        let seen = guard.during(|| {
+            guard.lab.exec(HOSTPID, &["nsenter", "-t", &kubelet, "-n", "--", "sh", "-c", "true"]);
+        });
+        let joins: Vec<_> = seen.iter().filter(|e| e["id"] == id).collect();
+        assert!(!joins.is_empty(), "round {round}: nsenter into the kubelet's net namespace is seen: {seen:#?}");
+        for event in joins {
+            assert!(by(event, "nsenter"), "round {round}: the executable that made the call: {event}");
+        }
+    }
+
     // The first step of the user-namespace escapes: a user namespace of its own.
     let (output, seen) = attack(&guard, BAD, &["unshare-user"]);
     outcome(&output, probes.refuses("user-namespace"));

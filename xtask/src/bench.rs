@@ -90,10 +90,14 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
     if args.seconds == 0 {
         bail!("--seconds must be at least 1");
     }
-    crate::setup::run_setup(&crate::setup::SetupArgs::default())?;
-    check_interrupt()?;
-    run(cargo().args(["build", "-p", "moat-agent", "-p", "moat-testapi"]))?;
-    check_interrupt()?;
+    // Prebuilt: binaries from MOAT_BIN (and MOAT_ATTACK_BIN), nothing installed or built —
+    // for a run inside a `cargo xtask vm` guest, which sees this machine's build read-only.
+    if std::env::var_os("MOAT_BENCH_PREBUILT").is_none() {
+        crate::setup::run_setup(&crate::setup::SetupArgs::default())?;
+        check_interrupt()?;
+        run(cargo().args(["build", "-p", "moat-agent", "-p", "moat-testapi"]))?;
+        check_interrupt()?;
+    }
     let ctx = Context { moat: crate::util::moat_bin()?, seconds: args.seconds, release: Default::default() };
     for id in &args.only {
         if !SECTIONS.iter().any(|(known, _)| known == id) {

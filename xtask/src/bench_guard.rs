@@ -109,12 +109,24 @@ struct Sample {
 type Samples = [[Vec<Sample>; 2]; 5];
 
 pub fn guard(ctx: &Context) -> Result<Section> {
-    run(cargo().args(["build", "-p", "moat-integration", "--bin", "moat-attack"]))?;
+    // The loops in a release build, so the tool's own work dilutes no ratio.
+    let attack = match std::env::var_os("MOAT_ATTACK_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => {
+            run(cargo().args(["build", "--release", "-p", "moat-integration", "--bin", "moat-attack"]))?;
+            target_dir()?.join("release").join("moat-attack")
+        }
+    };
+    let rounds = match std::env::var("MOAT_BENCH_ROUNDS") {
+        Ok(text) => text.parse::<usize>().ok().filter(|n| *n > 0).with_context(|| format!("MOAT_BENCH_ROUNDS={text}: a positive count"))?,
+        Err(_) => ROUNDS,
+    };
     let bench = Bench {
         moat: ctx.moat.clone(),
-        attack: target_dir()?.join("debug").join("moat-attack"),
+        attack,
         manifests: workspace_root().join("xtask/bench"),
         seconds: u64::from(ctx.seconds),
+        rounds,
     };
 
     // What the agent attaches, and the detection ids for the all-off configuration.
@@ -166,9 +178,10 @@ pub fn guard(ctx: &Context) -> Result<Section> {
         columns: ["no agent", "agent"],
         rows,
         method: format!(
-            "Median of {ROUNDS} rounds; each round brings lab `{LAB}` up once per \
-             configuration (order rotating between rounds) and runs every loop in the pod and \
-             on the host"
+            "Median of {} rounds; each round brings lab `{LAB}` up once per \
+             configuration (order rotating between rounds) and runs every loop (release build \
+             of `moat-attack`) in the pod and on the host",
+            bench.rounds
         ),
         notes,
         table: None,
@@ -180,6 +193,7 @@ struct Bench {
     attack: PathBuf,
     manifests: PathBuf,
     seconds: u64,
+    rounds: usize,
 }
 
 impl Bench {
@@ -203,10 +217,10 @@ impl Bench {
         let off_arg = off_config.display().to_string();
         let mut samples: Vec<Samples> = Config::ALL.iter().map(|_| Samples::default()).collect();
         let mut foreign = BTreeSet::new();
-        for round in 0..ROUNDS {
+        for round in 0..self.rounds {
             for slot in order(round) {
                 let config = Config::ALL[slot];
-                println!("\n== guard: round {} of {ROUNDS}, {}", round + 1, config.label());
+                println!("\n== guard: round {} of {}, {}", round + 1, self.rounds, config.label());
                 let extra: Vec<&str> = match config {
                     Config::NoAgent => vec!["--no-agent"],
                     Config::Defaults => vec![],

@@ -41,12 +41,12 @@ pub fn run_fuzz(args: &FuzzArgs) -> Result<()> {
     }
     let root = workspace_root();
     // One build of every target first, so each run starts at once.
-    run(fuzz_command().arg("build"))?;
+    run(&mut fuzz_command("build"))?;
     for (name, seeds) in targets {
         let corpus = seed_corpus(&root, name, seeds)?;
         let max_total_time = format!("-max_total_time={}", args.seconds);
-        let status = fuzz_command()
-            .args(["run", name])
+        let status = fuzz_command("run")
+            .arg(name)
             .arg(&corpus)
             .args(["--", &max_total_time, "-timeout=10", "-rss_limit_mb=4096", "-max_len=65536"])
             .status()
@@ -63,9 +63,10 @@ pub fn run_fuzz(args: &FuzzArgs) -> Result<()> {
 
 /// `cargo fuzz` for the fuzz/ directory, on the stable toolchain (RUSTC_BOOTSTRAP=1 allows
 /// the sanitizer flags it passes).
-fn fuzz_command() -> Command {
+fn fuzz_command(subcommand: &str) -> Command {
     let mut command = cargo();
-    command.args(["fuzz"]).env("RUSTC_BOOTSTRAP", "1").args(["--fuzz-dir", "fuzz"]);
+    // cargo-fuzz takes --fuzz-dir after its subcommand.
+    command.args(["fuzz", subcommand, "--fuzz-dir", "fuzz"]).env("RUSTC_BOOTSTRAP", "1");
     command
 }
 

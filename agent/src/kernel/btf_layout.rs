@@ -12,7 +12,8 @@ use moat_common::layout::KernelLayout;
 
 pub use btf::Btf;
 
-use crate::node::capabilities::BTF_PATH;
+/// The running kernel's BTF.
+pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {

@@ -17,7 +17,7 @@ use aya::Ebpf;
 use aya_obj::generated::bpf_insn;
 
 use super::btf_layout::{Btf, LayoutError};
-use crate::node::capabilities::BTF_PATH;
+use crate::kernel::btf_layout::BTF_PATH;
 
 pub const PROGRAM: &str = "moat_connect_unix";
 pub const HOOK: &str = "cgroup/connect_unix";

@@ -5,9 +5,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::kernel::btf_layout::BTF_PATH;
 use crate::kernel::guard_probes::GuardKernel;
-
-pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Capabilities {

@@ -3,7 +3,7 @@ use std::path::Path;
 use moat_common::layout::KernelLayout;
 
 use super::{kernel_layout, load, pt_regs_aarch64, pt_regs_x86_64, Btf, LayoutError};
-use crate::node::capabilities::BTF_PATH;
+use crate::kernel::btf_layout::BTF_PATH;
 
 /// Builds a little-endian BTF blob type by type (ids from 1, in call order).
 struct Builder {
