@@ -121,9 +121,7 @@ impl GuardLab {
 
     /// `moat status --lab NAME -o json`: capabilities, probes, detections.
     pub fn status(&self) -> serde_json::Value {
-        let output = std::process::Command::new(self.lab.moat()).args(["status", "--lab", self.lab.name(), "-o", "json"]).output().expect("moat status");
-        assert!(output.status.success(), "moat status: {}", String::from_utf8_lossy(&output.stderr));
-        serde_json::from_slice(&output.stdout).expect("moat status prints JSON")
+        self.lab.agent_status()
     }
 
     /// `moat-attack ARGS...` inside `pod` (`NS/NAME`).

@@ -288,6 +288,14 @@ impl Lab {
         self.lab(&["agent", "kill", "--name", &self.name]).ok();
     }
 
+    /// `moat status --lab NAME -o json`: the agent's own status (capabilities, probes,
+    /// detections, events).
+    pub fn agent_status(&self) -> serde_json::Value {
+        let output = Command::new(&self.moat).args(["status", "--lab", &self.name, "-o", "json"]).output().expect("moat status");
+        assert!(output.status.success(), "moat status: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).expect("moat status prints JSON")
+    }
+
     /// The lab agent's log so far (empty if it has not written one).
     pub fn agent_log(&self) -> String {
         std::fs::read_to_string(self.run_dir().join("agent.log")).unwrap_or_default()

@@ -42,9 +42,7 @@ pub fn outcome(output: &Output, refused: bool) -> Value {
 
 /// `moat status --lab NAME -o json` (the agent's own status: capabilities, detections).
 pub fn agent_status(lab: &Lab) -> Value {
-    let output = Command::new(lab.moat()).args(["status", "--lab", lab.name(), "-o", "json"]).output().expect("moat status");
-    assert!(output.status.success(), "moat status: {}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).expect("moat status prints JSON")
+    lab.agent_status()
 }
 
 /// The `detections.configured` entry of `id` in `moat status`.
