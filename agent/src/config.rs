@@ -46,6 +46,9 @@ pub struct Config {
     pub tenant_networks: Vec<TenantNetwork>,
     /// How often the manifest files and cgroups are re-read, in milliseconds.
     pub poll_interval_ms: u64,
+    /// How often API discovery looks for policy kinds moat does not enforce (a
+    /// ClusterNetworkPolicy CRD installed later), and lists their objects, in milliseconds.
+    pub api_discovery_interval_ms: u64,
     /// Where `/metrics`, `/healthz` and `/readyz` are served (`host:port`; port 0 picks one).
     pub metrics_address: String,
     /// The admin API's unix socket (`moat observe`, `moat status`). Unset:
@@ -155,6 +158,7 @@ impl Default for Config {
             cluster_cidrs: Vec::new(),
             tenant_networks: Vec::new(),
             poll_interval_ms: 250,
+            api_discovery_interval_ms: 30_000,
             metrics_address: "0.0.0.0:9476".into(),
             admin_socket: None,
             events: EventsConfig::default(),
@@ -364,6 +368,9 @@ impl Config {
         }
         if self.poll_interval_ms == 0 || self.poll_interval_ms > 60_000 {
             return Err(("pollIntervalMs".into(), "must be 1..=60000".into()));
+        }
+        if !(100..=3_600_000).contains(&self.api_discovery_interval_ms) {
+            return Err(("apiDiscoveryIntervalMs".into(), "must be 100..=3600000".into()));
         }
         self.validate_observability()?;
         self.guard.validate()?;

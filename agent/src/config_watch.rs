@@ -102,6 +102,7 @@ fn changed_fields(a: &Config, b: &Config) -> Vec<&'static str> {
         cluster_cidrs => "clusterCidrs",
         tenant_networks => "tenantNetworks",
         poll_interval_ms => "pollIntervalMs",
+        api_discovery_interval_ms => "apiDiscoveryIntervalMs",
         metrics_address => "metricsAddress",
         admin_socket => "adminSocket",
         events => "events",

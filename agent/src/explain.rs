@@ -74,6 +74,9 @@ pub struct Explanation {
     pub from: String,
     pub to: String,
     pub verdict: &'static str,
+    /// False while the manifests hold policy objects moat does not enforce: the verdict is
+    /// what moat does, not necessarily what the cluster's other enforcers do.
+    pub complete: bool,
     pub reasons: Vec<String>,
 }
 
@@ -81,7 +84,30 @@ pub struct Explanation {
 struct MatrixOutput<'a> {
     port: u16,
     protocol: &'a str,
+    /// Policy objects in the manifests that moat does not enforce (no verdict considers them).
+    unenforced: &'a [String],
     results: &'a [Explanation],
+}
+
+#[derive(Serialize)]
+struct SingleOutput<'a> {
+    #[serde(flatten)]
+    result: &'a Explanation,
+    unenforced: &'a [String],
+}
+
+/// Marks verdicts decided without the policy objects moat does not enforce.
+fn incomplete(results: &mut [Explanation], unenforced: &[String]) {
+    if unenforced.is_empty() {
+        return;
+    }
+    for result in results {
+        result.complete = false;
+        result.reasons.push(format!(
+            "INCOMPLETE: {} policy object(s) of kinds moat does not enforce are in the manifests and were not considered (listed first)",
+            unenforced.len()
+        ));
+    }
 }
 
 pub fn run(args: ExplainArgs) -> Result<(), ExplainError> {
@@ -89,7 +115,9 @@ pub fn run(args: ExplainArgs) -> Result<(), ExplainError> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    let mut cluster = manifests::load_for_node(&args.files, config.node_name.as_deref())?.cluster;
+    let loaded = manifests::load_for_node(&args.files, config.node_name.as_deref())?;
+    let unenforced = loaded.unenforced.lines();
+    let mut cluster = loaded.cluster;
     if let Some(labels) = &args.node_labels {
         cluster.node_labels = labels.clone();
     }
@@ -116,15 +144,23 @@ pub fn run(args: ExplainArgs) -> Result<(), ExplainError> {
     for (from, to) in &pairs {
         results.push(explain(&cluster, &desired, from, to, args.port, args.family)?);
     }
+    incomplete(&mut results, &unenforced);
     match args.output {
         Format::Json if args.matrix => {
-            let output = MatrixOutput { port: args.port.port(), protocol: args.port.protocol(), results: &results };
+            let output = MatrixOutput { port: args.port.port(), protocol: args.port.protocol(), unenforced: &unenforced, results: &results };
             println!("{}", serde_json::to_string(&output)?);
         }
-        Format::Json => println!("{}", serde_json::to_string(&results[0])?),
+        Format::Json => println!("{}", serde_json::to_string(&SingleOutput { result: &results[0], unenforced: &unenforced })?),
         Format::Text => {
+            if !unenforced.is_empty() {
+                println!("WARNING: moat does not enforce these policy objects; the verdicts below are decided without them:");
+                for line in &unenforced {
+                    println!("  - {line}");
+                }
+            }
             for result in &results {
-                println!("{} -> {} {}/{}: {}", result.from, result.to, args.port.port(), args.port.protocol(), result.verdict.to_uppercase());
+                let incomplete = if result.complete { "" } else { " (INCOMPLETE: see the warning above)" };
+                println!("{} -> {} {}/{}: {}{incomplete}", result.from, result.to, args.port.port(), args.port.protocol(), result.verdict.to_uppercase());
                 for reason in &result.reasons {
                     println!("  - {reason}");
                 }
@@ -147,7 +183,7 @@ pub fn explain(cluster: &Cluster, desired: &Desired, from: &PodKey, to: &PodKey,
     reasons.push(describe_floor(desired, floor, from, to, &src, &dst));
     reasons.extend(describe_foreign(desired, [from, to]));
     if !floor.is_allow() {
-        return Ok(Explanation { from: from.to_string(), to: to.to_string(), verdict: "deny", reasons });
+        return Ok(Explanation { from: from.to_string(), to: to.to_string(), verdict: "deny", complete: true, reasons });
     }
     let mut allowed = true;
     for (local, pod, set, peer) in [
@@ -174,7 +210,7 @@ pub fn explain(cluster: &Cluster, desired: &Desired, from: &PodKey, to: &PodKey,
             }
         });
     }
-    Ok(Explanation { from: from.to_string(), to: to.to_string(), verdict: if allowed { "allow" } else { "deny" }, reasons })
+    Ok(Explanation { from: from.to_string(), to: to.to_string(), verdict: if allowed { "allow" } else { "deny" }, complete: true, reasons })
 }
 
 fn peer(cluster: &Cluster, desired: &Desired, key: &PodKey, family: Family) -> Result<Peer, ExplainError> {

@@ -85,3 +85,23 @@ fn node_labels_are_key_value_pairs() {
     assert!(parse_labels("a").unwrap_err().contains("\"a\" is not KEY=VALUE"));
     assert!(parse_labels("=b").is_err());
 }
+
+#[test]
+fn verdicts_are_marked_incomplete_while_unenforced_policies_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = manifests(dir.path());
+    let cnp = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata:\n  name: deny-all\nspec:\n  tier: Admin\n  priority: 1\n";
+    std::fs::write(dir.path().join("cnp.yaml"), cnp).unwrap();
+    let loaded = manifests::load(&[dir.path().to_path_buf()]).unwrap();
+    let unenforced = loaded.unenforced.lines();
+    assert_eq!(unenforced, vec!["ClusterNetworkPolicy deny-all (policy.networking.k8s.io/v1alpha2)"]);
+    let mut results = vec![explain_with(&loaded.cluster, &Config::default(), "alpha/web", "alpha/web")];
+    assert!(results[0].complete);
+    incomplete(&mut results, &unenforced);
+    assert!(!results[0].complete);
+    assert!(results[0].reasons.last().unwrap().starts_with("INCOMPLETE: 1 policy object(s)"), "{:?}", results[0]);
+    // Without such objects nothing changes.
+    let mut clean = vec![explain_with(&manifests::load(&[path]).unwrap().cluster, &Config::default(), "alpha/web", "alpha/web")];
+    incomplete(&mut clean, &[]);
+    assert!(clean[0].complete && !clean[0].reasons.iter().any(|r| r.contains("INCOMPLETE")));
+}

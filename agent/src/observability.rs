@@ -30,6 +30,7 @@ use crate::node::capabilities::{self, Capabilities};
 use crate::sinks::file::{FileSink, RotatingFile};
 use crate::sinks::metrics::{self, Metrics, MetricsSink, VerdictLabels};
 use crate::sinks::{kube_events, log::LogSink};
+use crate::sources::unenforced::Unenforced;
 
 /// Observers that fall further behind than this many events miss events (counted).
 const HUB_CAPACITY: usize = 4096;
@@ -90,6 +91,8 @@ pub struct Shared {
     /// The guard's probes: how each is attached on this kernel, and why not better.
     pub probes: Mutex<Vec<ProbeStatus>>,
     pub metrics_url: Mutex<Option<String>>,
+    /// Policy objects the source saw and moat does not enforce; None before the first report.
+    pub unenforced: Mutex<Option<Unenforced>>,
     /// The last reading of the maps, and when it was taken.
     refreshed: Mutex<Option<(Instant, KernelReading)>>,
     pub instance: String,
@@ -262,6 +265,7 @@ impl Observability {
             guard: Mutex::new(guard),
             probes: Mutex::new(Vec::new()),
             metrics_url: Mutex::new(None),
+            unenforced: Mutex::new(None),
             refreshed: Mutex::new(None),
             instance: config.instance.clone(),
             admin_socket: config.admin_socket_path(),
@@ -344,6 +348,18 @@ impl Observability {
         let labels = metrics::ProgramLabels { program: status.program.into(), stage: "attach".into() };
         metrics::raise_to(&self.shared.metrics.program_failures.get_or_create(&labels), status.attach_failures);
         *lock(&self.shared.tc) = Some(status);
+    }
+
+    /// What the source sees and moat does not enforce: logged when it changes (a warning
+    /// while any exist), counted in `moat_unenforced_policies`, shown by `moat status`.
+    pub fn unenforced(&self, now: &Unenforced) {
+        let mut last = lock(&self.shared.unenforced);
+        if last.as_ref() == Some(now) {
+            return;
+        }
+        crate::sources::unenforced::log_change(last.as_ref(), now);
+        self.shared.metrics.unenforced(last.as_ref(), now);
+        *last = Some(now.clone());
     }
 
     pub fn apply_failed(&self) {

@@ -90,7 +90,8 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     let cgroup_root = cgroups::pods_root(config.cgroup_root.as_deref(), config.cgroup_layout, &mounts::cgroup2()?)?;
     let layout = cgroups::layout(config.cgroup_layout);
     let mut source = if args.files.is_empty() {
-        let options = KubeOptions { kubeconfig: args.kubeconfig.clone(), node_name: config.node_name.clone() };
+        let discovery_interval = Duration::from_millis(config.api_discovery_interval_ms);
+        let options = KubeOptions { kubeconfig: args.kubeconfig.clone(), node_name: config.node_name.clone(), discovery_interval };
         Source::Kube(KubeSource::start(&options).await.map_err(SourceError::from)?)
     } else {
         Source::manifests(ManifestWatcher::new(args.files.clone()).for_node(config.node_name.clone()))
@@ -99,6 +100,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     // an earlier agent left behind against the whole cluster.
     let loaded = source.initial().await?;
     warn_skipped(&loaded.skipped);
+    observability.unenforced(&source.unenforced());
     let mut compiler = Incremental::new(&config, loaded.cluster, cgroups::scan(&cgroup_root, layout.as_ref())?)?;
 
     let dirs = bpffs::pin_dirs(&config.bpffs_root, &config.instance);
@@ -198,6 +200,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
             tracing::error!("event reader stopped; enforcement continues without events");
         }
         let (changes, cgroups) = refresh(&mut source, compiler.cluster(), compiler.cgroups(), &cgroup_root, layout.as_ref());
+        observability.unenforced(&source.unenforced());
         if changes.is_empty() && cgroups.is_none() && !resync {
             // Unchanged inputs only mean "in step" while the source itself is current: with
             // the API server gone, staleness keeps growing although nothing changes.

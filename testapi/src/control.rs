@@ -31,6 +31,12 @@ pub fn handle(
             Ok(json!({"droppedWatches": open}))
         }
         (&Method::GET, ["stats"]) => Ok(store.stats()),
+        (&Method::POST | &Method::DELETE, ["crds", name]) => {
+            let kind = crate::kinds::crd_by_name(name).ok_or(ApiError::NoRoute)?;
+            let installed = method == Method::POST;
+            let deleted = if installed { store.install(kind); 0 } else { store.uninstall(kind) };
+            Ok(json!({"crd": name, "installed": installed, "deletedObjects": deleted}))
+        }
         (_, ["compact"] | ["drop-watches"] | ["stats"]) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NoRoute),
     }

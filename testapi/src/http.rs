@@ -201,11 +201,11 @@ async fn route(
             200,
             &kinds::api_versions_doc(&local.to_string()),
         )),
-        ["apis"] if get => Ok(json_response(200, &kinds::api_group_list_doc())),
-        ["api", "v1"] if get => kinds::api_resource_list_doc("", "v1")
+        ["apis"] if get => Ok(json_response(200, &kinds::api_group_list_doc(&store.served()))),
+        ["api", "v1"] if get => kinds::api_resource_list_doc(&store.served(), "", "v1")
             .map(|d| json_response(200, &d))
             .ok_or(ApiError::NoRoute),
-        ["apis", group, version] if get => kinds::api_resource_list_doc(group, version)
+        ["apis", group, version] if get => kinds::api_resource_list_doc(&store.served(), group, version)
             .map(|d| json_response(200, &d))
             .ok_or(ApiError::NoRoute),
         ["testapi", rest @ ..] => {
@@ -217,6 +217,9 @@ async fn route(
         }
         ["apis", group, version, rest @ ..] => {
             let t = resolve(group, version, rest)?;
+            if !store.is_served(t.kind) {
+                return Err(ApiError::NoRoute);
+            }
             resource(store, req, t, &params).await
         }
         _ => Err(ApiError::NoRoute),

@@ -84,8 +84,27 @@ pub const NETWORK_POLICIES: Kind = Kind {
     short_names: &["netpol"],
 };
 
-/// Every served kind.
-pub const KINDS: [Kind; 5] = [NAMESPACES, NODES, PODS, EVENTS, NETWORK_POLICIES];
+/// A custom resource: served only once installed (`POST /testapi/crds/<plural>.<group>` or
+/// `--crd`), as a cluster serves a CRD's kind only after the CRD is applied.
+pub const CLUSTER_NETWORK_POLICIES: Kind = Kind {
+    plural: "clusternetworkpolicies",
+    singular: "clusternetworkpolicy",
+    kind: "ClusterNetworkPolicy",
+    group: "policy.networking.k8s.io",
+    version: "v1alpha2",
+    namespaced: false,
+    short_names: &["cnp"],
+};
+
+/// Every kind the server knows; those in [`CRDS`] are served only while installed.
+pub const KINDS: [Kind; 6] = [NAMESPACES, NODES, PODS, EVENTS, NETWORK_POLICIES, CLUSTER_NETWORK_POLICIES];
+/// Kinds that behave as custom resources.
+pub const CRDS: [Kind; 1] = [CLUSTER_NETWORK_POLICIES];
+
+/// The custom resource named `<plural>.<group>` (a CRD's name).
+pub fn crd_by_name(name: &str) -> Option<Kind> {
+    CRDS.iter().copied().find(|k| format!("{}.{}", k.plural, k.group) == name)
+}
 
 /// The kind served under `group`/`version` with URL plural `plural`.
 pub fn by_path(group: &str, version: &str, plural: &str) -> Option<Kind> {
@@ -125,21 +144,24 @@ pub fn api_versions_doc(server_address: &str) -> Value {
     })
 }
 
-pub fn api_group_list_doc() -> Value {
-    json!({
-        "kind": "APIGroupList",
-        "apiVersion": "v1",
-        "groups": [{
-            "name": "networking.k8s.io",
-            "versions": [{"groupVersion": "networking.k8s.io/v1", "version": "v1"}],
-            "preferredVersion": {"groupVersion": "networking.k8s.io/v1", "version": "v1"}
-        }]
-    })
+/// `APIGroupList` of the named groups served by `served` kinds.
+pub fn api_group_list_doc(served: &[Kind]) -> Value {
+    let mut groups: Vec<(&str, &str)> = served.iter().filter(|k| !k.group.is_empty()).map(|k| (k.group, k.version)).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    let groups: Vec<Value> = groups
+        .iter()
+        .map(|(group, version)| {
+            let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
+            json!({"name": group, "versions": [gv], "preferredVersion": gv})
+        })
+        .collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
-/// `APIResourceList` for one group version, or `None` if not served.
-pub fn api_resource_list_doc(group: &str, version: &str) -> Option<Value> {
-    let kinds: Vec<Kind> = KINDS
+/// `APIResourceList` for one group version of the `served` kinds, or `None` if not served.
+pub fn api_resource_list_doc(served: &[Kind], group: &str, version: &str) -> Option<Value> {
+    let kinds: Vec<Kind> = served
         .iter()
         .copied()
         .filter(|k| k.group == group && k.version == version)

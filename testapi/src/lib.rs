@@ -15,6 +15,9 @@
 //! - namespaces get `kubernetes.io/metadata.name`; deleting one deletes the
 //!   namespaced objects in it at once (no Terminating phase).
 //!
+//! Custom resources (ClusterNetworkPolicy) are served only once installed, as with a CRD:
+//! `POST /testapi/crds/<plural>.<group>` installs, `DELETE` removes it with its objects.
+//!
 //! Test control: `POST /testapi/compact[?dropWatches=true]` drops all history
 //! and bumps the version once, so every version handed out before is expired;
 //! `POST /testapi/drop-watches` closes every open watch; `GET /testapi/stats`.

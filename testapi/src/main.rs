@@ -15,6 +15,11 @@ struct Args {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
+    /// Custom resources to serve from the start, by CRD name
+    /// (`clusternetworkpolicies.policy.networking.k8s.io`); others can be installed later with
+    /// `POST /testapi/crds/<name>`.
+    #[arg(long)]
+    crd: Vec<String>,
     /// Manifest files or directories (YAML/JSON, multi-document, `kind: List`) to load at start.
     #[arg(long)]
     load: Vec<PathBuf>,
@@ -38,6 +43,10 @@ async fn run(args: Args) -> Result<(), String> {
         history_limit: args.history,
         ..StoreOptions::default()
     });
+    for name in &args.crd {
+        let kind = moat_testapi::kinds::crd_by_name(name).ok_or_else(|| format!("--crd {name}: not a custom resource this server knows"))?;
+        store.install(kind);
+    }
     for path in &args.load {
         let n = load_path(&store, path).map_err(|e| e.to_string())?;
         tracing::info!(path = %path.display(), objects = n, "loaded manifests");

@@ -6,7 +6,7 @@ use crate::error::ApiError;
 use crate::kinds::{self, Kind, KINDS, NAMESPACES};
 use crate::meta::{self, name_of, namespace_of};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{broadcast, watch};
@@ -75,6 +75,8 @@ pub(crate) struct Inner {
     pub changes: broadcast::Sender<Arc<Change>>,
     pub drops: watch::Sender<u64>,
     pub stats: Stats,
+    /// Indexes (in [`KINDS`]) of the custom resources installed.
+    pub installed: Mutex<BTreeSet<usize>>,
 }
 
 /// The shared object store. Cheap to clone; all clones see the same state.
@@ -126,12 +128,44 @@ impl Store {
                 changes,
                 drops,
                 stats: Stats::default(),
+                installed: Mutex::new(BTreeSet::new()),
             }),
         }
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `kind` is served: built in, or a custom resource that is installed.
+    pub fn is_served(&self, kind: Kind) -> bool {
+        !kinds::CRDS.contains(&kind) || self.installed().contains(&kind.index())
+    }
+
+    /// Every kind served now.
+    pub fn served(&self) -> Vec<Kind> {
+        KINDS.iter().copied().filter(|k| self.is_served(*k)).collect()
+    }
+
+    fn installed(&self) -> std::sync::MutexGuard<'_, BTreeSet<usize>> {
+        self.inner.installed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Installs a custom resource's kind (its CRD applied).
+    pub fn install(&self, kind: Kind) {
+        self.installed().insert(kind.index());
+    }
+
+    /// Removes a custom resource's kind: its objects are deleted (watchers see DELETED), then
+    /// it is no longer served. Returns how many objects were deleted.
+    pub fn uninstall(&self, kind: Kind) -> usize {
+        let keys: Vec<Key> = self.lock().objects[kind.index()].keys().cloned().collect();
+        let deleted = keys
+            .iter()
+            .filter(|(ns, name)| self.delete(kind, (!ns.is_empty()).then_some(ns.as_str()), name).is_ok())
+            .count();
+        self.installed().remove(&kind.index());
+        deleted
     }
 
     /// The current (latest) resourceVersion.
@@ -306,6 +340,9 @@ impl Store {
     /// Create the object if absent, else replace it; the kind comes from its apiVersion/kind.
     pub fn apply(&self, obj: Value) -> Result<Value, ApiError> {
         let kind = kind_of(&obj)?;
+        if !self.is_served(kind) {
+            return Err(ApiError::BadRequest(format!("no kind {:?} is served for version {:?} (its CRD is not installed)", kind.kind, kind.api_version())));
+        }
         let ns = namespace_of(&obj).to_string();
         let ns = if kind.namespaced {
             Some(if ns.is_empty() {

@@ -8,6 +8,7 @@ use crate::kernel::guard_probes::ProbeStatus;
 use crate::kernel::tc_pods::TcStatus;
 use crate::node::capabilities::Capabilities;
 use crate::observability::{KernelReading, ProgramStatus, Shared, SyncState};
+use crate::sources::unenforced::{PolicyKind, PolicyObject};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -27,6 +28,37 @@ pub struct Status {
     pub probes: Vec<ProbeStatus>,
     pub metrics_url: Option<String>,
     pub admin_socket: String,
+    /// Policy objects the source saw that moat does not enforce.
+    pub unenforced_policies: UnenforcedPolicies,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct UnenforcedPolicies {
+    /// The source has reported (false: not yet, e.g. before the first discovery round).
+    pub reported: bool,
+    pub objects: Vec<PolicyObject>,
+    /// Kinds the API server serves whose objects the agent may not list.
+    pub unlisted: Vec<UnlistedKind>,
+    /// One line per object or unlisted kind.
+    pub lines: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UnlistedKind {
+    #[serde(flatten)]
+    pub kind: PolicyKind,
+    pub reason: String,
+}
+
+fn unenforced(shared: &Shared) -> UnenforcedPolicies {
+    let last = shared.unenforced.lock().map(|u| u.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone());
+    let Some(last) = last else { return UnenforcedPolicies::default() };
+    UnenforcedPolicies {
+        reported: true,
+        lines: last.lines(),
+        objects: last.objects.into_iter().collect(),
+        unlisted: last.unlisted.into_iter().map(|(kind, reason)| UnlistedKind { kind, reason }).collect(),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -77,6 +109,7 @@ pub fn report(shared: &Shared) -> Status {
         probes: shared.probes.lock().map(|p| p.clone()).unwrap_or_default(),
         metrics_url: shared.metrics_url(),
         admin_socket: shared.admin_socket.display().to_string(),
+        unenforced_policies: unenforced(shared),
     }
 }
 

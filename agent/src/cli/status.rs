@@ -114,6 +114,18 @@ pub fn text(v: &Value) -> String {
             loss["reason"].as_str().unwrap_or("?")
         ));
     }
+    let unenforced = &v["unenforced_policies"];
+    let lines: Vec<&str> = unenforced["lines"].as_array().into_iter().flatten().filter_map(|l| l.as_str()).collect();
+    if unenforced["reported"] != true {
+        line("policies   not reported yet (API discovery has not finished a round)".into());
+    } else if lines.is_empty() {
+        line("policies   no policy objects of kinds moat does not enforce".into());
+    } else {
+        line(format!("policies   NOT ENFORCED by moat ({}); traffic is decided without them:", lines.len()));
+        for text in lines {
+            line(format!("  {text}"));
+        }
+    }
     line(format!("metrics    {}", v["metrics_url"].as_str().unwrap_or("-")));
     out
 }

@@ -11,6 +11,7 @@ use prometheus_client::registry::Registry;
 
 use crate::events::pipeline::Sink;
 use crate::events::record::{Event, Payload};
+use crate::sources::unenforced::{PolicyKind, Unenforced};
 
 /// Beyond this many distinct tenants in the verdict counters, further tenants are `other`.
 pub const MAX_TENANT_LABELS: usize = 1000;
@@ -60,6 +61,12 @@ pub struct TypeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyKindLabels {
+    pub group: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProgramLabels {
     pub program: String,
     pub stage: String,
@@ -81,6 +88,8 @@ pub struct Metrics {
     pub programs_attached: Gauge,
     pub program_failures: Family<ProgramLabels, Counter>,
     pub refusals: Family<RefusalLabels, Counter>,
+    pub unenforced_policies: Family<PolicyKindLabels, Gauge>,
+    pub unenforced_kinds_unlisted: Family<PolicyKindLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -108,6 +117,8 @@ impl Metrics {
             programs_attached: Gauge::default(),
             program_failures: Family::default(),
             refusals: Family::default(),
+            unenforced_policies: Family::default(),
+            unenforced_kinds_unlisted: Family::default(),
         };
         let r = &mut registry;
         r.register("verdict_packets", "Packets decided by the datapath, by local tenant", metrics.verdict_packets.clone());
@@ -123,6 +134,8 @@ impl Metrics {
         r.register("policy_generation", "Generation of the state the kernel enforces", metrics.policy_generation.clone());
         r.register("programs_attached", "Programs attached by this agent", metrics.programs_attached.clone());
         r.register("program_failures", "Programs that failed to load or attach", metrics.program_failures.clone());
+        r.register("unenforced_policies", "Policy objects seen that moat does not enforce, by API group and kind", metrics.unenforced_policies.clone());
+        r.register("unenforced_policy_kinds_unlisted", "Policy kinds moat does not enforce that the API server serves and the agent may not list (1)", metrics.unenforced_kinds_unlisted.clone());
         r.register("requests_refused", "Clients of the admin socket or the metrics server refused, by reason", metrics.refusals.clone());
         // Pre-create the node-wide loss series so a dashboard sees zeros, not gaps; a
         // tenant's series appear with its first loss.
@@ -135,6 +148,25 @@ impl Metrics {
     /// A client of the admin socket was refused (`too-many-clients`, `bad-request`).
     pub fn admin_refused(&self, reason: &str) {
         self.refusals.get_or_create(&RefusalLabels { server: "admin-socket".into(), reason: reason.into() }).inc();
+    }
+
+    /// The unenforced policies' gauges: kinds seen before and gone now drop to 0.
+    pub fn unenforced(&self, before: Option<&Unenforced>, now: &Unenforced) {
+        let labels = |kind: &PolicyKind| PolicyKindLabels { group: kind.group.clone(), kind: kind.kind.clone() };
+        if let Some(before) = before {
+            for kind in before.counts().keys() {
+                self.unenforced_policies.get_or_create(&labels(kind)).set(0);
+            }
+            for kind in before.unlisted.keys() {
+                self.unenforced_kinds_unlisted.get_or_create(&labels(kind)).set(0);
+            }
+        }
+        for (kind, count) in now.counts() {
+            self.unenforced_policies.get_or_create(&labels(kind)).set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        for kind in now.unlisted.keys() {
+            self.unenforced_kinds_unlisted.get_or_create(&labels(kind)).set(1);
+        }
     }
 
     /// OpenMetrics text.
@@ -237,5 +269,26 @@ mod tests {
         assert!(prometheus.contains("# HELP moat_verdict_packets_total Packets"), "{prometheus}");
         assert!(prometheus.contains("# TYPE moat_sync_ready gauge\n"), "{prometheus}");
         assert!(!prometheus.contains("# EOF"), "{prometheus}");
+    }
+
+    #[test]
+    fn unenforced_policies_are_counted_and_drop_to_zero() {
+        use crate::sources::unenforced::{PolicyKind, PolicyObject, Unenforced};
+        let metrics = Metrics::new();
+        let kind = PolicyKind { group: "policy.networking.k8s.io".into(), kind: "ClusterNetworkPolicy".into() };
+        let mut now = Unenforced::default();
+        for name in ["a", "b"] {
+            now.objects.insert(PolicyObject { kind: kind.clone(), version: "v1alpha2".into(), namespace: String::new(), name: name.into() });
+        }
+        let calico = PolicyKind { group: "projectcalico.org".into(), kind: "GlobalNetworkPolicy".into() };
+        now.unlisted.insert(calico, "list forbidden".into());
+        metrics.unenforced(None, &now);
+        let text = metrics.render().unwrap();
+        assert!(text.contains(r#"moat_unenforced_policies{group="policy.networking.k8s.io",kind="ClusterNetworkPolicy"} 2"#), "{text}");
+        assert!(text.contains(r#"moat_unenforced_policy_kinds_unlisted{group="projectcalico.org",kind="GlobalNetworkPolicy"} 1"#), "{text}");
+        metrics.unenforced(Some(&now), &Unenforced::default());
+        let text = metrics.render().unwrap();
+        assert!(text.contains(r#"moat_unenforced_policies{group="policy.networking.k8s.io",kind="ClusterNetworkPolicy"} 0"#), "{text}");
+        assert!(text.contains(r#"moat_unenforced_policy_kinds_unlisted{group="projectcalico.org",kind="GlobalNetworkPolicy"} 0"#), "{text}");
     }
 }

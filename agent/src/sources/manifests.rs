@@ -9,9 +9,10 @@
 //!   fields the bundled k8s-openapi types do not know, and refusing them would make the agent
 //!   unusable after a cluster upgrade; they never feed the model.
 //! - Kinds other than Namespace, Pod, Node and NetworkPolicy are skipped and counted in
-//!   [`Loaded::skipped`], so a full dump of a namespace can be fed in as-is. An object of the
-//!   same kind in another API group (Calico's `projectcalico.org/v3` NetworkPolicy) is another
-//!   resource and is counted as `Kind (apiVersion)`; an old version of a supported object
+//!   [`Loaded::skipped`], so a full dump of a namespace can be fed in as-is — except policy
+//!   objects moat does not enforce (a ClusterNetworkPolicy, Calico's `projectcalico.org/v3`
+//!   NetworkPolicy, see [`crate::sources::unenforced`]): those are listed by name in
+//!   [`Loaded::unenforced`] and reported loudly. An old version of a supported object
 //!   (`extensions/v1beta1` NetworkPolicy) is an error, as skipping it would drop policy.
 //!
 //! Node objects (`kubectl get nodes -o yaml`) give this node's labels, which select node
@@ -31,6 +32,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::model::{Cluster, Labels};
+use crate::sources::unenforced::Unenforced;
 
 pub use build::build_cluster;
 pub(crate) use policy::validate as validate_policy;
@@ -77,6 +79,8 @@ pub struct Loaded {
     pub skipped: BTreeMap<String, usize>,
     /// Every Node read, by name; [`Loaded::for_node`] puts this node's labels in the model.
     pub nodes: BTreeMap<String, NodeFound>,
+    /// Policy objects read but not enforced (other kinds, other vendors' CRDs).
+    pub unenforced: Unenforced,
 }
 
 /// A Node object in the files.

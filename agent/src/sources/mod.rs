@@ -8,6 +8,7 @@ pub mod kube;
 pub mod limits;
 pub mod manifests;
 pub mod sync;
+pub mod unenforced;
 pub mod watch;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use self::kube::{KubeError, KubeSource};
 use self::manifests::{Loaded, ManifestError};
 pub use self::sync::SyncState;
+use self::unenforced::Unenforced;
 use self::watch::ManifestWatcher;
 use crate::model::Change;
 
@@ -38,6 +40,8 @@ pub enum Source {
     Manifests {
         watcher: ManifestWatcher,
         sync: Arc<SyncState>,
+        /// What the last good read found and does not enforce.
+        unenforced: Unenforced,
     },
     Kube(KubeSource),
 }
@@ -47,6 +51,7 @@ impl Source {
         Self::Manifests {
             watcher,
             sync: Arc::new(SyncState::new()),
+            unenforced: Unenforced::default(),
         }
     }
 
@@ -54,7 +59,7 @@ impl Source {
     /// listed (after every watch reported its initial list complete).
     pub async fn initial(&mut self) -> Result<Loaded, SourceError> {
         match self {
-            Self::Manifests { watcher, sync } => {
+            Self::Manifests { watcher, sync, unenforced } => {
                 // The first poll always loads; the loop only guards against a watcher that
                 // says nothing.
                 let loaded = loop {
@@ -63,6 +68,7 @@ impl Source {
                     }
                 };
                 sync.mark_synced();
+                unenforced.clone_from(&loaded.unenforced);
                 Ok(loaded)
             }
             Self::Kube(source) => Ok(source.initial().await),
@@ -74,9 +80,13 @@ impl Source {
     /// it refuses and keeps their last good version itself, so it never returns Err.
     pub fn poll(&mut self) -> Option<Result<Update, SourceError>> {
         match self {
-            Self::Manifests { watcher, .. } => watcher
-                .poll()
-                .map(|result| result.map(Update::Whole).map_err(SourceError::from)),
+            Self::Manifests { watcher, unenforced, .. } => {
+                let result = watcher.poll()?;
+                if let Ok(loaded) = &result {
+                    unenforced.clone_from(&loaded.unenforced);
+                }
+                Some(result.map(Update::Whole).map_err(SourceError::from))
+            }
             Self::Kube(source) => source.poll().map(|changes| Ok(Update::Changes(changes))),
         }
     }
@@ -87,6 +97,15 @@ impl Source {
         match self {
             Self::Manifests { .. } => std::future::pending().await,
             Self::Kube(source) => source.changed().await,
+        }
+    }
+
+    /// Policy objects the source saw and moat does not enforce (manifests: as of the last good
+    /// read; API server: as of the last discovery round).
+    pub fn unenforced(&self) -> Unenforced {
+        match self {
+            Self::Manifests { unenforced, .. } => unenforced.clone(),
+            Self::Kube(source) => source.unenforced(),
         }
     }
 

@@ -11,8 +11,11 @@
 //! - While the API server is unreachable the last state stays enforced (fail-static);
 //!   [`SyncState`] says how stale it is and a warning is logged every
 //!   [`STALE_LOG_INTERVAL`].
+//! - Policy kinds the API server serves and moat does not enforce are found by discovery
+//!   ([`discover`]), apart from the model: they never hold up the first state.
 
 pub mod client;
+pub mod discover;
 pub mod reflect;
 
 use std::collections::BTreeSet;
@@ -27,6 +30,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::manifests::Loaded;
+use super::unenforced::Unenforced;
 use super::SyncState;
 use crate::model::{Change, Cluster, ObjectKey};
 
@@ -46,12 +50,14 @@ pub enum KubeError {
 }
 
 /// What the runtime tells the source.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct KubeOptions {
     /// Explicit kubeconfig; None: in-cluster, KUBECONFIG or ~/.kube/config.
     pub kubeconfig: Option<PathBuf>,
     /// This node: its Node object is watched for its labels. None: no Node watch.
     pub node_name: Option<String>,
+    /// How often API discovery looks for policy kinds moat does not enforce.
+    pub discovery_interval: Duration,
 }
 
 /// What the watch tasks have seen and the runtime has not taken yet. Objects themselves
@@ -144,6 +150,7 @@ pub struct KubeSource {
     /// Watches that must finish their first list before the first state is handed out.
     expected: u32,
     tasks: Vec<JoinHandle<()>>,
+    unenforced: discover::SharedUnenforced,
 }
 
 impl KubeSource {
@@ -155,17 +162,19 @@ impl KubeSource {
             node = options.node_name.as_deref().unwrap_or("(none)"),
             "watching the API server"
         );
-        Ok(Self::with_client(client, options.node_name.as_deref()))
+        Ok(Self::with_client(client, options.node_name.as_deref(), options.discovery_interval))
     }
 
-    pub fn with_client(client: Client, node_name: Option<&str>) -> Self {
+    pub fn with_client(client: Client, node_name: Option<&str>, discovery_interval: Duration) -> Self {
         let sync = Arc::new(SyncState::new());
         let shared = Arc::new(Shared {
             state: Mutex::new(ModelState::default()),
             notify: Notify::new(),
             sync,
         });
+        let unenforced = discover::SharedUnenforced::default();
         let mut tasks = vec![
+            tokio::spawn(discover::run(client.clone(), Arc::clone(&unenforced), discovery_interval)),
             tokio::spawn(reflect::run(
                 Api::<core::Namespace>::all(client.clone()),
                 None,
@@ -197,7 +206,14 @@ impl KubeSource {
             shared,
             expected,
             tasks,
+            unenforced,
         }
+    }
+
+    /// Policy objects (and kinds) the API server serves that moat does not enforce, as the
+    /// last discovery round found them.
+    pub fn unenforced(&self) -> Unenforced {
+        self.unenforced.lock().map(|u| u.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
     /// Waits until every watch has listed once, then returns that state.

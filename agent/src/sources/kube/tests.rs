@@ -11,6 +11,7 @@ use super::KubeSource;
 use crate::model::{Cluster, ObjectKey};
 
 const DEADLINE: Duration = Duration::from_secs(20);
+const DISCOVERY: Duration = Duration::from_millis(100);
 
 async fn client(server: &TestServer) -> Client {
     let file = Kubeconfig::from_yaml(&kubeconfig(&server.url())).expect("kubeconfig");
@@ -70,7 +71,7 @@ async fn lists_everything_then_follows_changes() {
         store.apply(object).expect("seed");
     }
     let server = TestServer::start(store.clone()).await.expect("server");
-    let mut source = KubeSource::with_client(client(&server).await, Some("n1"));
+    let mut source = KubeSource::with_client(client(&server).await, Some("n1"), DISCOVERY);
     let first = tokio::time::timeout(DEADLINE, source.initial())
         .await
         .expect("initial sync");
@@ -121,7 +122,7 @@ async fn expired_watch_relists_and_converges() {
     let store = Store::new();
     store.apply(namespace("a", "x")).expect("seed");
     let server = TestServer::start(store.clone()).await.expect("server");
-    let mut source = KubeSource::with_client(client(&server).await, None);
+    let mut source = KubeSource::with_client(client(&server).await, None, DISCOVERY);
     let mut cluster = tokio::time::timeout(DEADLINE, source.initial())
         .await
         .expect("initial sync")
@@ -231,7 +232,7 @@ async fn resumed_watches_are_healthy_without_any_object_changing() {
     store.apply(namespace("a", "x")).expect("seed");
     let server = TestServer::start(store.clone()).await.expect("server");
     let mut proxy = Proxy::start(server.addr).await;
-    let mut source = KubeSource::with_client(client_at(&proxy.url()).await, None);
+    let mut source = KubeSource::with_client(client_at(&proxy.url()).await, None, DISCOVERY);
     tokio::time::timeout(DEADLINE, source.initial())
         .await
         .expect("initial sync");
@@ -264,7 +265,7 @@ async fn expired_version_after_an_outage_relists_at_once() {
     store.apply(namespace("a", "x")).expect("seed");
     let server = TestServer::start(store.clone()).await.expect("server");
     let mut proxy = Proxy::start(server.addr).await;
-    let mut source = KubeSource::with_client(client_at(&proxy.url()).await, None);
+    let mut source = KubeSource::with_client(client_at(&proxy.url()).await, None, DISCOVERY);
     let mut cluster = tokio::time::timeout(DEADLINE, source.initial())
         .await
         .expect("initial sync")
@@ -293,4 +294,40 @@ async fn expired_version_after_an_outage_relists_at_once() {
         sync.errors() - errors
     );
     until_true("healthy after the re-list", DEADLINE, || sync.is_healthy()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_network_policies_are_reported_once_their_crd_appears() {
+    let store = Store::new();
+    store.apply(namespace("a", "x")).expect("seed");
+    let server = TestServer::start(store.clone()).await.expect("server");
+    let mut source = KubeSource::with_client(client(&server).await, None, DISCOVERY);
+    // No CRD: the model syncs as ever, and nothing is reported.
+    tokio::time::timeout(DEADLINE, source.initial()).await.expect("initial sync");
+    tokio::time::sleep(DISCOVERY * 3).await;
+    assert!(source.unenforced().is_empty(), "{:?}", source.unenforced());
+
+    let cnp = |name: &str| json!({
+        "apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": name}, "spec": {"tier": "Admin", "priority": 5}
+    });
+    assert!(store.apply(cnp("early")).is_err(), "not served before its CRD is installed");
+    store.install(moat_testapi::kinds::CLUSTER_NETWORK_POLICIES);
+    store.apply(cnp("deny-all")).expect("cnp");
+    store.apply(cnp("allow-dns")).expect("cnp");
+    let lines = || source.unenforced().lines();
+    until_true("both objects reported", DEADLINE, || lines().len() == 2).await;
+    assert_eq!(
+        lines(),
+        vec![
+            "ClusterNetworkPolicy allow-dns (policy.networking.k8s.io/v1alpha2)",
+            "ClusterNetworkPolicy deny-all (policy.networking.k8s.io/v1alpha2)"
+        ]
+    );
+    store.delete(moat_testapi::kinds::CLUSTER_NETWORK_POLICIES, None, "allow-dns").expect("delete");
+    until_true("a deleted object is no longer reported", DEADLINE, || lines().len() == 1).await;
+    // The CRD removed: its objects go, and the agent carries on.
+    store.uninstall(moat_testapi::kinds::CLUSTER_NETWORK_POLICIES);
+    until_true("nothing reported without the CRD", DEADLINE, || source.unenforced().is_empty()).await;
+    assert!(source.sync_state().is_healthy());
 }

@@ -11,12 +11,14 @@ use super::read::{header, invalid, object_name};
 use super::{Document, Loaded, ManifestError, NodeFound, Origin, MAX_OBJECTS};
 use crate::model::Cluster;
 use crate::sources::convert::{self, Rejection};
+use crate::sources::unenforced::{self, PolicyObject, Unenforced};
 
 /// Skipped-count key for pods that have finished: their IPs may already belong to new pods.
 const FINISHED_PODS: &str = "Pod (Succeeded/Failed)";
 
 /// Builds the model from documents. Reads Namespace, Pod, Node and networking.k8s.io/v1
-/// NetworkPolicy objects; other kinds are counted and skipped (returned in `Loaded::skipped`
+/// NetworkPolicy objects; policy objects moat does not enforce are listed in
+/// `Loaded::unenforced`; other kinds are counted and skipped (returned in `Loaded::skipped`
 /// as kind -> count). Nodes are kept in `Loaded::nodes`; [`Loaded::for_node`] picks this
 /// node's.
 pub fn build_cluster(documents: &[Document]) -> Result<Loaded, ManifestError> {
@@ -34,6 +36,7 @@ pub fn build_cluster(documents: &[Document]) -> Result<Loaded, ManifestError> {
         cluster: builder.cluster,
         skipped: builder.skipped,
         nodes: builder.nodes,
+        unenforced: builder.unenforced,
     })
 }
 
@@ -42,6 +45,7 @@ struct Builder {
     cluster: Cluster,
     skipped: BTreeMap<String, usize>,
     nodes: BTreeMap<String, NodeFound>,
+    unenforced: Unenforced,
     /// (kind, namespace, name) → where it was first defined. Namespaces use "" as namespace.
     seen: BTreeMap<(&'static str, String, String), Origin>,
 }
@@ -65,27 +69,20 @@ impl Builder {
             origin: &document.origin,
             object: object_name(&document.value),
         };
+        let group = unenforced::group_of(api_version);
         let supported = match kind {
             "Namespace" | "Pod" | "Node" => "v1",
             "NetworkPolicy" => "networking.k8s.io/v1",
-            _ => {
-                *self.skipped.entry(kind.to_string()).or_default() += 1;
-                return Ok(());
-            }
+            _ => return self.skip(kind, kind.to_string(), api_version, &document.value, &cx),
         };
         if api_version != supported {
-            let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
             let ours = group.is_empty() || group == "networking.k8s.io" || group == "extensions";
             if ours {
                 let message = format!("{api_version} is not supported (want {supported})");
                 return Err(cx.error("apiVersion", message));
             }
             // Same kind name in another API group: another resource (a CRD).
-            *self
-                .skipped
-                .entry(format!("{kind} ({api_version})"))
-                .or_default() += 1;
-            return Ok(());
+            return self.skip(kind, format!("{kind} ({api_version})"), api_version, &document.value, &cx);
         }
         let reject = |rejection: Rejection| cx.error(&rejection.field, rejection.message);
         match kind {
@@ -121,6 +118,23 @@ impl Builder {
                 self.cluster.network_policies.insert(key, policy);
             }
         }
+        Ok(())
+    }
+
+    /// An object moat does not read: a policy it does not enforce is listed (never silently
+    /// dropped), anything else counted under `counted_as`.
+    fn skip(&mut self, kind: &str, counted_as: String, api_version: &str, value: &serde_json::Value, cx: &Context<'_>) -> Result<(), ManifestError> {
+        let Some(policy_kind) = unenforced::classify(unenforced::group_of(api_version), kind) else {
+            *self.skipped.entry(counted_as).or_default() += 1;
+            return Ok(());
+        };
+        let text = |key: &str| value.get("metadata").and_then(|m| m.get(key)).and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
+        let name = text("name");
+        if name.is_empty() {
+            return Err(cx.error("metadata.name", "missing (a policy object moat does not enforce is still reported by name)".into()));
+        }
+        let version = api_version.rsplit('/').next().unwrap_or(api_version).to_string();
+        self.unenforced.objects.insert(PolicyObject { kind: policy_kind, version, namespace: text("namespace"), name });
         Ok(())
     }
 

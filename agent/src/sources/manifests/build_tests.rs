@@ -238,7 +238,7 @@ fn decode_errors_keep_the_field_path() {
 }
 
 #[test]
-fn unsupported_versions_are_errors_but_foreign_groups_are_skipped() {
+fn unsupported_versions_are_errors_and_foreign_policies_are_reported() {
     let error = load_error(
         "np.yaml",
         "apiVersion: extensions/v1beta1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: n}\n",
@@ -253,14 +253,27 @@ fn unsupported_versions_are_errors_but_foreign_groups_are_skipped() {
         "{error}"
     );
 
+    // Policies of other groups are never dropped silently: listed by name, not skipped.
     let dir = tempfile::tempdir().unwrap();
-    let calico = "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: n}\nspec: {selector: all()}\n";
-    let loaded = load(&[write(dir.path(), "c.yaml", calico)]).unwrap();
+    let policies = "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: n}\nspec: {selector: all()}\n---\n\
+        apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: admin-deny}\nspec: {tier: Admin, priority: 10}\n---\n\
+        apiVersion: example.com/v1\nkind: Pod\nmetadata: {name: not-a-pod}\n---\n\
+        apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n";
+    let loaded = load(&[write(dir.path(), "c.yaml", policies)]).unwrap();
     assert_eq!(
         loaded.skipped,
-        [("NetworkPolicy (projectcalico.org/v3)".to_string(), 1)].into()
+        [("ConfigMap".to_string(), 1), ("Pod (example.com/v1)".to_string(), 1)].into()
     );
     assert!(loaded.cluster.network_policies.is_empty());
+    assert_eq!(
+        loaded.unenforced.lines(),
+        vec![
+            "ClusterNetworkPolicy admin-deny (policy.networking.k8s.io/v1alpha2)".to_string(),
+            "NetworkPolicy n/p (projectcalico.org/v3)".to_string(),
+        ]
+    );
+    let error = load_error("cnp.yaml", "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {namespace: n}\n");
+    assert!(error.contains("CiliumNetworkPolicy: metadata.name: missing"), "{error}");
 }
 
 #[test]
