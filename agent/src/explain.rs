@@ -78,6 +78,10 @@ pub struct Explanation {
     /// what moat does, not necessarily what the cluster's other enforcers do.
     pub complete: bool,
     pub reasons: Vec<String>,
+    /// What the flow's verdict would be with the ClusterNetworkPolicies in the manifests
+    /// enforced (the datapath does not enforce them yet); absent without any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub with_cluster_network_policies: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -117,6 +121,7 @@ pub fn run(args: ExplainArgs) -> Result<(), ExplainError> {
     };
     let loaded = manifests::load_for_node(&args.files, config.node_name.as_deref())?;
     let unenforced = loaded.unenforced.lines();
+    let cnps: Vec<_> = loaded.cluster_network_policies.into_values().collect();
     let mut cluster = loaded.cluster;
     if let Some(labels) = &args.node_labels {
         cluster.node_labels = labels.clone();
@@ -142,7 +147,13 @@ pub fn run(args: ExplainArgs) -> Result<(), ExplainError> {
     };
     let mut results = Vec::new();
     for (from, to) in &pairs {
-        results.push(explain(&cluster, &desired, from, to, args.port, args.family)?);
+        let mut result = explain(&cluster, &desired, from, to, args.port, args.family)?;
+        if !cnps.is_empty() {
+            let (lines, verdict) = explain_cnp::describe(&cluster, &desired, &cnps, (from, to), args.port, args.family)?;
+            result.reasons.extend(lines);
+            result.with_cluster_network_policies = Some(verdict);
+        }
+        results.push(result);
     }
     incomplete(&mut results, &unenforced);
     match args.output {
@@ -172,10 +183,7 @@ pub fn run(args: ExplainArgs) -> Result<(), ExplainError> {
 
 /// The verdict for `from` → `to` and the rules behind it.
 pub fn explain(cluster: &Cluster, desired: &Desired, from: &PodKey, to: &PodKey, target: Target, family: Family) -> Result<Explanation, ExplainError> {
-    let (protocol, port) = match target {
-        Target::Port(port, protocol) => (protocol.number(), port),
-        Target::Icmp => (if family == Family::V4 { moat_common::IPPROTO_ICMP } else { moat_common::IPPROTO_ICMPV6 }, 0),
-    };
+    let (protocol, port) = protocol_port(target, family);
     let src = peer(cluster, desired, from, family)?;
     let dst = peer(cluster, desired, to, family)?;
     let mut reasons = Vec::new();
@@ -183,7 +191,7 @@ pub fn explain(cluster: &Cluster, desired: &Desired, from: &PodKey, to: &PodKey,
     reasons.push(describe_floor(desired, floor, from, to, &src, &dst));
     reasons.extend(describe_foreign(desired, [from, to]));
     if !floor.is_allow() {
-        return Ok(Explanation { from: from.to_string(), to: to.to_string(), verdict: "deny", complete: true, reasons });
+        return Ok(Explanation { from: from.to_string(), to: to.to_string(), verdict: "deny", complete: true, reasons, with_cluster_network_policies: None });
     }
     let mut allowed = true;
     for (local, pod, set, peer) in [
@@ -210,16 +218,30 @@ pub fn explain(cluster: &Cluster, desired: &Desired, from: &PodKey, to: &PodKey,
             }
         });
     }
-    Ok(Explanation { from: from.to_string(), to: to.to_string(), verdict: if allowed { "allow" } else { "deny" }, complete: true, reasons })
+    Ok(Explanation { from: from.to_string(), to: to.to_string(), verdict: if allowed { "allow" } else { "deny" }, complete: true, reasons, with_cluster_network_policies: None })
+}
+
+/// The protocol number and destination port of `target`.
+fn protocol_port(target: Target, family: Family) -> (u8, u16) {
+    match target {
+        Target::Port(port, protocol) => (protocol.number(), port),
+        Target::Icmp => (if family == Family::V4 { moat_common::IPPROTO_ICMP } else { moat_common::IPPROTO_ICMPV6 }, 0),
+    }
+}
+
+/// The pod's address of `family` (else its first); None for hostNetwork pods and pods
+/// without one.
+fn address(pod: &crate::model::Pod, family: Family) -> Option<IpAddr> {
+    let wanted = |ip: &&IpAddr| ip.is_ipv4() == (family == Family::V4);
+    pod.ips.iter().find(wanted).or(pod.ips.first()).copied().filter(|_| !pod.host_network)
 }
 
 fn peer(cluster: &Cluster, desired: &Desired, key: &PodKey, family: Family) -> Result<Peer, ExplainError> {
     let pod = cluster.pods.get(key).ok_or_else(|| ExplainError::UnknownPod(key.clone()))?;
-    let wanted = |ip: &&IpAddr| ip.is_ipv4() == (family == Family::V4);
     // The datapath identifies a remote pod by its address; without one there is no verdict.
-    match pod.ips.iter().find(wanted).or(pod.ips.first()) {
-        Some(ip) if !pod.host_network => Ok(desired.remote_peer(&compiler::mapped(*ip))),
-        _ => Err(ExplainError::NoAddress(key.clone())),
+    match address(pod, family) {
+        Some(ip) => Ok(desired.remote_peer(&compiler::mapped(ip))),
+        None => Err(ExplainError::NoAddress(key.clone())),
     }
 }
 
@@ -276,6 +298,9 @@ fn parse_labels(text: &str) -> Result<Labels, String> {
         })
         .collect()
 }
+
+#[path = "explain_cnp.rs"]
+mod explain_cnp;
 
 #[cfg(test)]
 #[path = "explain_tests.rs"]

@@ -90,7 +90,7 @@ fn node_labels_are_key_value_pairs() {
 fn verdicts_are_marked_incomplete_while_unenforced_policies_exist() {
     let dir = tempfile::tempdir().unwrap();
     let path = manifests(dir.path());
-    let cnp = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata:\n  name: deny-all\nspec:\n  tier: Admin\n  priority: 1\n";
+    let cnp = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata:\n  name: deny-all\nspec:\n  tier: Admin\n  priority: 1\n  subject: {namespaces: {}}\n";
     std::fs::write(dir.path().join("cnp.yaml"), cnp).unwrap();
     let loaded = manifests::load(&[dir.path().to_path_buf()]).unwrap();
     let unenforced = loaded.unenforced.lines();
@@ -104,4 +104,41 @@ fn verdicts_are_marked_incomplete_while_unenforced_policies_exist() {
     let mut clean = vec![explain_with(&manifests::load(&[path]).unwrap().cluster, &Config::default(), "alpha/web", "alpha/web")];
     incomplete(&mut clean, &[]);
     assert!(clean[0].complete && !clean[0].reasons.iter().any(|r| r.contains("INCOMPLETE")));
+}
+
+#[test]
+fn cluster_network_policies_are_evaluated_in_tier_order_and_the_floor_stays_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = [
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: alpha, labels: {tenant: alpha}}\n".to_string(),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: beta, labels: {tenant: beta}}\n".to_string(),
+        pod("alpha", "web", "10.0.0.1"),
+        pod("alpha", "db", "10.0.0.4"),
+        pod("beta", "web", "10.0.0.2"),
+        // Admin: accept everything into alpha/db from anywhere (cannot open the floor), pass
+        // alpha-internal traffic otherwise; Baseline: deny within alpha.
+        "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: admin}\nspec:\n  tier: Admin\n  priority: 5\n  subject: {namespaces: {}}\n  ingress:\n  - {name: open-db, action: Accept, from: [{namespaces: {}}], protocols: [{tcp: {destinationPort: {number: 5432}}}]}\n  - {name: alpha-to-baseline, action: Pass, from: [{namespaces: {matchLabels: {tenant: alpha}}}]}\n".to_string(),
+        "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: baseline}\nspec:\n  tier: Baseline\n  priority: 0\n  subject: {namespaces: {matchLabels: {tenant: alpha}}}\n  ingress:\n  - {name: deny-all, action: Deny, from: [{namespaces: {}}]}\n".to_string(),
+    ]
+    .join("---\n");
+    std::fs::write(dir.path().join("cluster.yaml"), text).unwrap();
+    let loaded = manifests::load(&[dir.path().to_path_buf()]).unwrap();
+    assert_eq!(loaded.cluster_network_policies.len(), 2);
+    let cnps: Vec<_> = loaded.cluster_network_policies.values().cloned().collect();
+    let cluster = loaded.cluster;
+    let desired = compiler::compile_scoped(&cluster, &Config::default(), &PodCgroups::new(), Scope::Cluster).unwrap();
+    let describe = |from: &str, to: &str, port: u16| {
+        let (from, to) = (PodKey::parse(from).unwrap(), PodKey::parse(to).unwrap());
+        explain_cnp::describe(&cluster, &desired, &cnps, (&from, &to), Target::Port(port, Protocol::Tcp), Family::V4).unwrap()
+    };
+    let (lines, verdict) = describe("alpha/web", "alpha/db", 80);
+    assert_eq!(verdict, "deny", "{lines:#?}");
+    assert!(lines[1].contains("ingress of alpha/db: deny by Baseline tier, ClusterNetworkPolicy baseline (priority 0), rule 0 \"deny-all\": Deny (after Admin tier, ClusterNetworkPolicy admin (priority 5), rule 1 \"alpha-to-baseline\": Pass)"), "{lines:#?}");
+    let (lines, verdict) = describe("alpha/web", "alpha/db", 5432);
+    assert_eq!(verdict, "allow", "{lines:#?}");
+    assert!(lines[1].contains("accept by Admin tier, ClusterNetworkPolicy admin (priority 5), rule 0 \"open-db\": Accept"), "{lines:#?}");
+    // Across tenants the Admin Accept matches, yet the floor denies first.
+    let (lines, verdict) = describe("beta/web", "alpha/db", 5432);
+    assert_eq!(verdict, "deny", "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains("the tenant floor stays the first gate")), "{lines:#?}");
 }

@@ -147,7 +147,15 @@ fn explain_never_calls_a_verdict_complete_while_unenforced_policies_exist() {
     assert!(text.starts_with("WARNING: moat does not enforce these policy objects"), "{text}");
     assert!(text.contains("ClusterNetworkPolicy deny-beta (policy.networking.k8s.io/v1alpha2)"), "{text}");
     assert!(text.contains("x/p -> x/q 80/TCP: ALLOW (INCOMPLETE"), "{text}");
+    // What the ClusterNetworkPolicy would decide, down to tier, policy, rule and action.
+    assert!(
+        text.contains("ClusterNetworkPolicy (NOT ENFORCED by moat yet) ingress of x/q: deny by Admin tier, ClusterNetworkPolicy deny-beta (priority 10), rule 0: Deny"),
+        "{text}"
+    );
+    assert!(text.contains("ClusterNetworkPolicy (NOT ENFORCED by moat yet) egress of x/p: accept by no tier decides (default)"), "{text}");
+    assert!(text.contains("with its ClusterNetworkPolicies enforced, this flow would be: DENY"), "{text}");
     let json: Value = serde_json::from_str(&explain("json")).expect("JSON");
     assert_eq!(json["complete"], false, "{json}");
+    assert_eq!(json["with_cluster_network_policies"], "deny", "{json}");
     assert_eq!(json["unenforced"][0], "ClusterNetworkPolicy deny-beta (policy.networking.k8s.io/v1alpha2)", "{json}");
 }

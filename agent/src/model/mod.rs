@@ -1,6 +1,8 @@
 //! The cluster as moat sees it: plain data, no I/O. Sources build it, the compiler reads it.
 
 pub mod change;
+pub mod cnp;
+pub mod cnp_eval;
 pub mod policy;
 pub mod selector;
 pub mod tenant;

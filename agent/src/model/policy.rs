@@ -8,6 +8,21 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::{ObjectKey, Protocol};
 use crate::config::Cidr;
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
     pub key: ObjectKey,

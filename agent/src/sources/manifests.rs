@@ -31,6 +31,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::model::cnp::ClusterNetworkPolicy;
 use crate::model::{Cluster, Labels};
 use crate::sources::unenforced::Unenforced;
 
@@ -81,6 +82,9 @@ pub struct Loaded {
     pub nodes: BTreeMap<String, NodeFound>,
     /// Policy objects read but not enforced (other kinds, other vendors' CRDs).
     pub unenforced: Unenforced,
+    /// `policy.networking.k8s.io/v1alpha2` ClusterNetworkPolicies, parsed and validated (also
+    /// listed in `unenforced`: the datapath does not enforce them yet), by name.
+    pub cluster_network_policies: BTreeMap<String, ClusterNetworkPolicy>,
 }
 
 /// A Node object in the files.

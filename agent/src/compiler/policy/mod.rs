@@ -27,20 +27,7 @@ use prefixes::{port_blocks, PROTOCOL_BITS};
 use targets::Pods;
 pub use targets::{PeerIndex, PodView, Target};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Direction {
-    Ingress,
-    Egress,
-}
-
-impl Direction {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Ingress => "ingress",
-            Self::Egress => "egress",
-        }
-    }
-}
+pub use crate::model::policy::Direction;
 
 /// A rule of a policy: `namespace/name` plus direction and index, as explain prints it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -11,7 +11,11 @@ use super::read::{header, invalid, object_name};
 use super::{Document, Loaded, ManifestError, NodeFound, Origin, MAX_OBJECTS};
 use crate::model::Cluster;
 use crate::sources::convert::{self, Rejection};
+use crate::model::cnp::ClusterNetworkPolicy;
 use crate::sources::unenforced::{self, PolicyObject, Unenforced};
+
+/// The ClusterNetworkPolicy version moat reads.
+const CNP_VERSION: &str = "policy.networking.k8s.io/v1alpha2";
 
 /// Skipped-count key for pods that have finished: their IPs may already belong to new pods.
 const FINISHED_PODS: &str = "Pod (Succeeded/Failed)";
@@ -37,6 +41,7 @@ pub fn build_cluster(documents: &[Document]) -> Result<Loaded, ManifestError> {
         skipped: builder.skipped,
         nodes: builder.nodes,
         unenforced: builder.unenforced,
+        cluster_network_policies: builder.cluster_network_policies,
     })
 }
 
@@ -46,6 +51,7 @@ struct Builder {
     skipped: BTreeMap<String, usize>,
     nodes: BTreeMap<String, NodeFound>,
     unenforced: Unenforced,
+    cluster_network_policies: BTreeMap<String, ClusterNetworkPolicy>,
     /// (kind, namespace, name) → where it was first defined. Namespaces use "" as namespace.
     seen: BTreeMap<(&'static str, String, String), Origin>,
 }
@@ -134,6 +140,13 @@ impl Builder {
             return Err(cx.error("metadata.name", "missing (a policy object moat does not enforce is still reported by name)".into()));
         }
         let version = api_version.rsplit('/').next().unwrap_or(api_version).to_string();
+        if api_version == CNP_VERSION && kind == "ClusterNetworkPolicy" {
+            // Read strictly although not enforced yet: explain evaluates it, and a bad one is
+            // an error now rather than when it starts to be enforced.
+            let policy = ClusterNetworkPolicy::parse(&name, value.get("spec")).map_err(|(field, message)| cx.error(&field, message))?;
+            self.first_definition("ClusterNetworkPolicy", "", &name, cx)?;
+            self.cluster_network_policies.insert(name.clone(), policy);
+        }
         self.unenforced.objects.insert(PolicyObject { kind: policy_kind, version, namespace: text("namespace"), name });
         Ok(())
     }

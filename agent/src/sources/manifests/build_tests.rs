@@ -256,7 +256,7 @@ fn unsupported_versions_are_errors_and_foreign_policies_are_reported() {
     // Policies of other groups are never dropped silently: listed by name, not skipped.
     let dir = tempfile::tempdir().unwrap();
     let policies = "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: n}\nspec: {selector: all()}\n---\n\
-        apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: admin-deny}\nspec: {tier: Admin, priority: 10}\n---\n\
+        apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: admin-deny}\nspec: {tier: Admin, priority: 10, subject: {namespaces: {}}}\n---\n\
         apiVersion: example.com/v1\nkind: Pod\nmetadata: {name: not-a-pod}\n---\n\
         apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n";
     let loaded = load(&[write(dir.path(), "c.yaml", policies)]).unwrap();
@@ -344,4 +344,20 @@ fn build_cluster_checks_documents_it_did_not_read() {
         build_cluster(&many),
         Err(ManifestError::TooManyObjects { .. })
     ));
+}
+
+#[test]
+fn a_bad_cluster_network_policy_is_an_error_naming_file_object_and_field() {
+    let cnp = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: admin}\nspec:\n  tier: Admin\n  priority: 3\n  subject: {namespaces: {}}\n  egress:\n  - {action: Deny, to: [{networks: [10.1.0.0/33]}]}\n";
+    let error = load_error("cnp.yaml", cnp);
+    assert!(error.contains("cnp.yaml (document 1)"), "{error}");
+    assert!(error.contains("ClusterNetworkPolicy admin: spec.egress[0].to[0].networks[0]: \"10.1.0.0/33\": prefix length must be 0..=32"), "{error}");
+    let twice = format!("{}---\n{}", cnp.replace("/33", "/16"), cnp.replace("/33", "/8"));
+    assert!(load_error("cnp.yaml", &twice).contains("ClusterNetworkPolicy"), "duplicates are errors");
+    // The older API version is listed as unenforced without being read.
+    let dir = tempfile::tempdir().unwrap();
+    let anp = "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {name: old}\nspec: {priority: 1}\n";
+    let loaded = load(&[write(dir.path(), "anp.yaml", anp)]).unwrap();
+    assert!(loaded.cluster_network_policies.is_empty());
+    assert_eq!(loaded.unenforced.lines(), vec!["AdminNetworkPolicy old (policy.networking.k8s.io/v1alpha1)"]);
 }
