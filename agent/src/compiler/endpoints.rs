@@ -22,11 +22,11 @@ pub(crate) fn tenants(cluster: &Cluster, config: &Config) -> Result<Tenants, Com
     let implied = cluster
         .pods
         .keys()
-        .map(|key| &key.namespace)
+        .map(|key| &*key.namespace)
         .filter(|ns| !cluster.namespaces.contains_key(*ns));
     let implied: Vec<Namespace> = implied
         .map(|name| Namespace {
-            name: name.clone(),
+            name: name.to_string(),
             labels: Labels::new(),
         })
         .collect();
@@ -77,7 +77,7 @@ pub(crate) fn group_of(services: &[Service], pod: &PodKey, labels: &Labels) -> u
     services
         .iter()
         .enumerate()
-        .filter(|(_, s)| s.namespace == pod.namespace && matches_labels(&s.match_labels, labels))
+        .filter(|(_, s)| *s.namespace == *pod.namespace && matches_labels(&s.match_labels, labels))
         .fold(0, |mask, (index, _)| {
             mask | 1u32.checked_shl(index as u32).unwrap_or(0)
         })

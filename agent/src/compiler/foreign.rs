@@ -65,7 +65,7 @@ impl Foreign {
         let Some(profile) = NodeProfile::of(cluster, config) else { return Self::default() };
         let pods = on_node
             .into_iter()
-            .filter_map(|key| Some((key, tenants.get(&key.namespace)?)))
+            .filter_map(|key| Some((key, tenants.get(&*key.namespace)?)))
             .filter(|(key, tenant)| profile.is_foreign(&key.namespace, tenant, config))
             .map(|(key, tenant)| (key.clone(), tenant.clone()))
             .collect();

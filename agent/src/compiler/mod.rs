@@ -103,7 +103,7 @@ pub fn compile_scoped(
     desired.index.foreign = foreign::Foreign::find(cluster, config, on_node, &tenants.of_namespace);
     let mut pod_endpoints: BTreeMap<&PodKey, Endpoint> = BTreeMap::new();
     for (key, pod) in &cluster.pods {
-        let tenant = &tenants.of_namespace[&key.namespace];
+        let tenant = &tenants.of_namespace[&*key.namespace];
         let (ingress_policy, egress_policy) = policies
             .pod_sets
             .get(key)

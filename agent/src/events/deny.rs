@@ -61,8 +61,8 @@ impl DenyRecord {
         let local_ip = (event.local_addr != [0; 16]).then(|| unmap(event.local_addr));
         let local = End {
             tenant: tenant_name(event.local_tenant),
-            namespace: local_pod.map(|p| p.namespace.clone()),
-            pod: local_pod.map(|p| p.name.clone()),
+            namespace: local_pod.map(|p| p.namespace.to_string()),
+            pod: local_pod.map(|p| p.name.to_string()),
             ip: local_ip.filter(|ip| *ip != IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             port: event.local_port,
         };
@@ -70,8 +70,8 @@ impl DenyRecord {
         let remote_pod = index.pods_by_ip.get(&remote_ip);
         let remote = End {
             tenant: tenant_name(event.remote_tenant),
-            namespace: remote_pod.map(|p| p.namespace.clone()),
-            pod: remote_pod.map(|p| p.name.clone()),
+            namespace: remote_pod.map(|p| p.namespace.to_string()),
+            pod: remote_pod.map(|p| p.name.to_string()),
             ip: Some(remote_ip),
             port: event.remote_port,
         };

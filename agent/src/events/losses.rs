@@ -152,8 +152,8 @@ impl Named {
                             .map(ToString::to_string)
                             .unwrap_or_else(|| "none".into()),
                     ),
-                    Some(pod.namespace.clone()),
-                    Some(pod.name.clone()),
+                    Some(pod.namespace.to_string()),
+                    Some(pod.name.to_string()),
                 ),
                 // A host process, or a pod the model does not know yet.
                 None => (Some("none".into()), None, None),

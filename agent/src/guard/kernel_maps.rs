@@ -218,7 +218,7 @@ pub fn actors(
         let pod = cluster.pods.get(key);
         let tag = super::node::pod_tag(pod.and_then(|p| p.uid.as_deref()), &key.namespace, &key.name);
         let mut flags = 0;
-        if config.exempt_namespaces.contains(&key.namespace) {
+        if config.exempt_namespaces.iter().any(|ns| **ns == *key.namespace) {
             flags |= ACTOR_EXEMPT;
         }
         if pod.is_some_and(|p| p.host_network) {

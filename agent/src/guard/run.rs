@@ -155,7 +155,7 @@ impl Guard {
         }
         let mut pods: BTreeMap<u64, PodProcesses> = BTreeMap::new();
         for (cgroup, key) in &index.pods_by_cgroup {
-            if self.config.exempt_namespaces.contains(&key.namespace) {
+            if self.config.exempt_namespaces.iter().any(|ns| **ns == *key.namespace) {
                 continue;
             }
             let Some(dir) = self.pod_dirs.1.get(cgroup) else { continue };

@@ -281,6 +281,9 @@ pub struct GuardProbes {
     attached: BTreeMap<&'static str, (Handle, BTreeSet<Probe>)>,
     loaded: BTreeSet<&'static str>,
     kernel: GuardKernel,
+    /// The kernel's BTF as aya parses it (~13 MB at 6.x), needed only to load LSM and fentry
+    /// programs: read when `apply` first needs it and dropped when `apply` returns, so a
+    /// running agent does not hold it.
     btf: Option<Btf>,
     /// Each BPF LSM hook's parameter count on this kernel (None: no such hook).
     lsm_params: BTreeMap<&'static str, Option<u32>>,
@@ -295,7 +298,6 @@ impl GuardProbes {
     /// Reads what the kernel offers; attaches nothing yet.
     pub fn new(dirs: &PinDirs, run_dir: &Path) -> Self {
         let (lsm_list, bpf_lsm) = bpf_lsm_state(run_dir);
-        let btf = Btf::from_sys_fs().ok();
         let lsm_params = match crate::kernel::btf_layout::read() {
             Ok(parsed) => lsm_hooks().map(|hook| (hook, crate::kernel::btf_layout::lsm_hook_params(&parsed, hook))).collect(),
             Err(error) => {
@@ -309,7 +311,7 @@ impl GuardProbes {
             attached: BTreeMap::new(),
             loaded: BTreeSet::new(),
             kernel: GuardKernel { lsm_list, bpf_lsm, trampolines: "untried".into(), syscall_tracepoints: "untried".into() },
-            btf,
+            btf: None,
             lsm_params,
             tracepoint_ids: None,
             links_dir: dirs.links.clone(),
@@ -353,6 +355,14 @@ impl GuardProbes {
             }
         }
         self.retire_unused_lsm_pins();
+        self.btf = None;
+    }
+
+    fn kernel_btf(&mut self) -> Result<&Btf, String> {
+        if self.btf.is_none() {
+            self.btf = Some(Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))?);
+        }
+        self.btf.as_ref().ok_or_else(|| "no kernel BTF".to_string())
     }
 
     fn attach(&mut self, ebpf: &mut Ebpf, probe: Probe) {
@@ -450,10 +460,14 @@ impl GuardProbes {
     }
 
     fn load_and_attach(&mut self, ebpf: &mut Ebpf, kind: Kind, name: &'static str, target: Target, needs_load: bool) -> Result<Handle, String> {
+        if matches!(kind, Kind::Lsm | Kind::Fentry) {
+            self.kernel_btf()?;
+        }
+        let btf = self.btf.as_ref();
         let program = ebpf.program_mut(name).ok_or("missing from the object")?;
         match (kind, target) {
             (Kind::Lsm, Target::Lsm(hook, _)) => {
-                let btf = self.btf.as_ref().ok_or("no kernel BTF")?;
+                let btf = btf.ok_or("no kernel BTF")?;
                 let program: &mut Lsm = program.try_into().map_err(|e| format!("{e}"))?;
                 if needs_load {
                     program.load(hook, btf).map_err(|e| format!("load: {}", chain(&e)))?;
@@ -473,7 +487,7 @@ impl GuardProbes {
                     Target::SyscallEntry(call) => syscall_function(call),
                     _ => function.to_string(),
                 };
-                let btf = self.btf.as_ref().ok_or("no kernel BTF")?;
+                let btf = btf.ok_or("no kernel BTF")?;
                 if let Ok(program) = <&mut FEntry>::try_from(&mut *program) {
                     if needs_load {
                         program.load(&function, btf).map_err(|e| format!("load: {}", chain(&e)))?;

@@ -232,7 +232,7 @@ impl TcPods {
 /// component per name, each well below the 255-byte limit.
 fn pin_dir(root: &Path, pod: &PodRef) -> PathBuf {
     match pod {
-        PodRef::Key(key) => root.join(&key.namespace).join(&key.name),
+        PodRef::Key(key) => root.join(&*key.namespace).join(&*key.name),
         PodRef::Uid(uid) => root.join(uid),
     }
 }

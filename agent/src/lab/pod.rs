@@ -32,8 +32,8 @@ pub fn prepare(state: &mut LabState, desired: &DesiredPod) -> Result<(), LabErro
     let bridge_port = format!("vp{}", state.next_port);
     state.next_port += 1;
     let mut pod = PodState {
-        namespace: key.namespace.clone(),
-        name: key.name.clone(),
+        namespace: key.namespace.to_string(),
+        name: key.name.to_string(),
         netns: netns.clone(),
         role: desired.role,
         cgroup: cgroup_dir(state, desired),

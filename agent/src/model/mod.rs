@@ -10,24 +10,35 @@ pub mod tenant;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 pub use change::Change;
 pub use tenant::{TenantId, TenantName};
 
 pub type Labels = BTreeMap<String, String>;
 
-/// Namespace and name of a namespaced object; printed `namespace/name`.
+/// Namespace and name of a namespaced object; printed `namespace/name`. The compiler and the
+/// event index hold a pod's key in several maps: shared strings make each copy two pointers,
+/// not two allocations.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl ObjectKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl AsRef<str>, name: impl AsRef<str>) -> Self {
         Self {
-            namespace: namespace.into(),
-            name: name.into(),
+            namespace: namespace.as_ref().into(),
+            name: name.as_ref().into(),
+        }
+    }
+
+    /// A key whose namespace string is `namespace`'s own (shared, not copied).
+    pub fn in_namespace(namespace: &Arc<str>, name: impl AsRef<str>) -> Self {
+        Self {
+            namespace: Arc::clone(namespace),
+            name: name.as_ref().into(),
         }
     }
 

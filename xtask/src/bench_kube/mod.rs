@@ -129,7 +129,7 @@ pub fn kube(ctx: &Context) -> Result<Section> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let cgroup_root = cgroup2()?.join(format!("moat-lab-{LAB}/pods"));
     let mut runs = Vec::new();
-    for pods in SIZES {
+    for pods in sizes()? {
         println!(
             "\n== kube: {} namespaces, {pods} pods, {} NetworkPolicies",
             pods / 10,
@@ -151,10 +151,13 @@ pub fn kube(ctx: &Context) -> Result<Section> {
     }
     // Memory per pod (with its tenth of a namespace and fifth of a policy): the slope of
     // RSS between the smallest and the largest cluster.
-    let (first, last) = (&runs[0], &runs[runs.len() - 1]);
-    let per_pod = (last.rss_synced as f64 - first.rss_synced as f64) * 1024.0
-        / (last.pods - first.pods) as f64;
-    let _ = writeln!(table, "\nMemory per pod (with a tenth of a namespace and a fifth of a NetworkPolicy), RSS slope {}k → {}k pods: {per_pod:.0} bytes.", first.pods / 1000, last.pods / 1000);
+    if let (Some(first), Some(last)) = (runs.first(), runs.last()) {
+        if last.pods > first.pods {
+            let per_pod = (last.rss_synced as f64 - first.rss_synced as f64) * 1024.0
+                / (last.pods - first.pods) as f64;
+            let _ = writeln!(table, "\nMemory per pod (with a tenth of a namespace and a fifth of a NetworkPolicy), RSS slope {}k → {}k pods: {per_pod:.0} bytes.", first.pods / 1000, last.pods / 1000);
+        }
+    }
     let points: Vec<plot::Point> = runs
         .iter()
         .map(|r| plot::Point {
@@ -185,6 +188,21 @@ pub fn kube(ctx: &Context) -> Result<Section> {
         notes: String::new(),
         table: Some(table),
     })
+}
+
+/// `MOAT_BENCH_KUBE_PODS=10000,30000` measures only those sizes (a quick look at one size;
+/// the table's per-pod slope then spans what was run).
+fn sizes() -> Result<Vec<usize>> {
+    let Ok(list) = std::env::var("MOAT_BENCH_KUBE_PODS") else {
+        return Ok(SIZES.to_vec());
+    };
+    list.split(',')
+        .map(|size| {
+            size.trim()
+                .parse()
+                .with_context(|| format!("MOAT_BENCH_KUBE_PODS: {size:?} is not a pod count"))
+        })
+        .collect()
 }
 
 fn mib(kib: u64) -> f64 {

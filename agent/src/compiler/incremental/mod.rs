@@ -25,6 +25,7 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use moat_common::maps::{Endpoint, NetworkKey, TenantPairKey, ENDPOINT_EXTERNAL};
 
@@ -80,10 +81,10 @@ pub struct Incremental {
     cluster: Cluster,
     cgroups: PodCgroups,
     policies: BTreeMap<ObjectKey, Policy>,
-    policies_by_namespace: BTreeMap<String, BTreeSet<ObjectKey>>,
-    pods_by_namespace: BTreeMap<String, BTreeSet<PodKey>>,
+    policies_by_namespace: BTreeMap<Arc<str>, BTreeSet<ObjectKey>>,
+    pods_by_namespace: BTreeMap<Arc<str>, BTreeSet<PodKey>>,
     /// Labels (plus `kubernetes.io/metadata.name`) of each namespace that has pods.
-    namespace_labels: BTreeMap<String, Labels>,
+    namespace_labels: BTreeMap<Arc<str>, Labels>,
     tenants: BTreeMap<String, TenantName>,
     /// Tenant id → name and how many namespaces (and tenant networks) have it.
     tenant_refs: BTreeMap<u64, (TenantName, usize)>,
@@ -298,7 +299,7 @@ impl Incremental {
         else {
             return Ok(());
         };
-        if self.namespace_labels.contains_key(&name) {
+        if self.namespace_labels.contains_key(name.as_str()) {
             let old_labels =
                 policy::targets::namespace_labels(old.as_ref().map(|ns| &ns.labels), &name);
             let new_labels = policy::targets::namespace_labels(
@@ -308,7 +309,9 @@ impl Incremental {
             if old_labels != new_labels {
                 self.namespace_relabelled(&name, &old_labels, &new_labels);
             }
-            self.namespace_labels.insert(name.clone(), new_labels);
+            if let Some(labels) = self.namespace_labels.get_mut(name.as_str()) {
+                *labels = new_labels;
+            }
         }
         self.refresh_tenant(&name)
     }
@@ -340,7 +343,7 @@ impl Incremental {
                 members.insert(key.clone());
                 if members.len() == 1 {
                     let labels = policy::targets::namespace_labels(
-                        self.cluster.namespaces.get(&namespace).map(|ns| &ns.labels),
+                        self.cluster.namespaces.get(&*namespace).map(|ns| &ns.labels),
                         &namespace,
                     );
                     self.namespace_labels.insert(namespace.clone(), labels);
@@ -403,17 +406,17 @@ impl Incremental {
                     .insert(key.clone());
             }
             None if existed => {
-                if let Some(keys) = self.policies_by_namespace.get_mut(&key.namespace) {
+                if let Some(keys) = self.policies_by_namespace.get_mut(&*key.namespace) {
                     keys.remove(&key);
                     if keys.is_empty() {
-                        self.policies_by_namespace.remove(&key.namespace);
+                        self.policies_by_namespace.remove(&*key.namespace);
                     }
                 }
             }
             None => {}
         }
         // Which of its namespace's pods it selects may have changed.
-        if let Some(members) = self.pods_by_namespace.get(&key.namespace) {
+        if let Some(members) = self.pods_by_namespace.get(&*key.namespace) {
             self.dirty.pods.extend(members.iter().cloned());
         }
         Ok(())

@@ -48,7 +48,7 @@ impl PeerIndex for Incremental {
     fn namespaces(&self) -> Vec<(&str, &Labels)> {
         self.namespace_labels
             .iter()
-            .map(|(name, labels)| (name.as_str(), labels))
+            .map(|(name, labels)| (&**name, labels))
             .collect()
     }
 

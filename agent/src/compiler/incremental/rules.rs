@@ -236,7 +236,7 @@ impl Incremental {
             return;
         };
         let labels = namespace_labels(
-            self.cluster.namespaces.get(&namespace).map(|ns| &ns.labels),
+            self.cluster.namespaces.get(&*namespace).map(|ns| &ns.labels),
             &namespace,
         );
         let mut steps = Vec::new();
@@ -373,7 +373,7 @@ impl Incremental {
                     let Some(pod) = self.cluster.pods.get(&key) else {
                         continue;
                     };
-                    let Some(labels) = self.namespace_labels.get(&key.namespace) else {
+                    let Some(labels) = self.namespace_labels.get(&*key.namespace) else {
                         continue;
                     };
                     let Some(pod_state) = self.pods.get(&key) else {
@@ -422,7 +422,7 @@ impl Incremental {
                 } => {
                     out.extend(
                         self.pods_by_namespace
-                            .get(&policy.key.namespace)
+                            .get(&*policy.key.namespace)
                             .into_iter()
                             .flatten()
                             .cloned(),

@@ -101,7 +101,7 @@ impl Incremental {
         let new = match self.cluster.pods.get(key) {
             None => None,
             Some(pod) => {
-                let tenant = &self.tenants[&key.namespace];
+                let tenant = &self.tenants[&*key.namespace];
                 let mut sets = [NOT_ISOLATED, NOT_ISOLATED];
                 for (slot, direction) in [Direction::Ingress, Direction::Egress]
                     .into_iter()
@@ -110,7 +110,7 @@ impl Incremental {
                     let mut selecting = Vec::new();
                     for policy_key in self
                         .policies_by_namespace
-                        .get(&key.namespace)
+                        .get(&*key.namespace)
                         .into_iter()
                         .flatten()
                     {

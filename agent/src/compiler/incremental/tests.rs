@@ -70,7 +70,7 @@ fn pod(rng: &mut Rng, key: &PodKey) -> Pod {
             rng.pick(&["frontend", "backend"]).to_string(),
         );
     }
-    if key.namespace == "kube-system" && rng.chance(50) {
+    if &*key.namespace == "kube-system" && rng.chance(50) {
         pod_labels.insert("k8s-app".into(), "kube-dns".into());
     }
     let mut ports = Vec::new();
@@ -185,7 +185,7 @@ fn policy(rng: &mut Rng, key: &ObjectKey) -> NetworkPolicy {
         spec["policyTypes"] = types;
     }
     serde_json::from_value(
-        json!({"metadata": {"name": key.name, "namespace": key.namespace}, "spec": spec}),
+        json!({"metadata": {"name": &*key.name, "namespace": &*key.namespace}, "spec": spec}),
     )
     .expect("generated policy")
 }

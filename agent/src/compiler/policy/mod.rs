@@ -110,7 +110,7 @@ pub fn compile(
     let mut policies_by_namespace: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (index, policy) in policies.iter().enumerate() {
         policies_by_namespace
-            .entry(policy.key.namespace.as_str())
+            .entry(&*policy.key.namespace)
             .or_default()
             .push(index);
     }
@@ -128,7 +128,7 @@ pub fn compile(
         {
             let mut selecting = Vec::new();
             for index in policies_by_namespace
-                .get(pod.key.namespace.as_str())
+                .get(&*pod.key.namespace)
                 .into_iter()
                 .flatten()
                 .copied()

@@ -271,7 +271,7 @@ fn peer_matches(cluster: &Cluster, policy_ns: &str, peer: &NetworkPolicyPeer, ot
         });
     }
     let namespace_ok = match &peer.namespace_selector {
-        None => other.key.namespace == policy_ns,
+        None => *other.key.namespace == *policy_ns,
         Some(selector) => selector_matches(selector, &namespace_labels(cluster, &other.key.namespace)),
     };
     let pod_ok = peer.pod_selector.as_ref().is_none_or(|selector| selector_matches(selector, &other.labels));
@@ -325,9 +325,9 @@ fn rules_for(cluster: &Cluster, pod: &Pod, ingress: bool) -> Option<Vec<(String,
         }
         selected = true;
         if ingress {
-            rules.extend(spec.ingress.into_iter().flatten().map(|r| (key.namespace.clone(), (r.from, r.ports))));
+            rules.extend(spec.ingress.into_iter().flatten().map(|r| (key.namespace.to_string(), (r.from, r.ports))));
         } else {
-            rules.extend(spec.egress.into_iter().flatten().map(|r| (key.namespace.clone(), (r.to, r.ports))));
+            rules.extend(spec.egress.into_iter().flatten().map(|r| (key.namespace.to_string(), (r.to, r.ports))));
         }
     }
     selected.then_some(rules)

@@ -59,7 +59,7 @@ impl<'a> Pods<'a> {
         let mut by_namespace: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (index, pod) in all.iter().enumerate() {
             by_namespace
-                .entry(pod.key.namespace.as_str())
+                .entry(&*pod.key.namespace)
                 .or_default()
                 .push(index);
         }
@@ -204,7 +204,7 @@ pub fn targets<'a>(
                 let mut namespaces_in: Vec<&str> = Vec::new();
                 for (position, (namespace, labels)) in pods.namespaces().into_iter().enumerate() {
                     let namespace_ok = match namespaces {
-                        None => namespace == policy.key.namespace,
+                        None => *namespace == *policy.key.namespace,
                         Some(selector) => select(
                             policy,
                             selector,
