@@ -26,7 +26,7 @@ pub fn describe(
     let dst = peer(cluster, desired, to, family)?;
     let end = |key: &PodKey| -> Result<End<'_>, ExplainError> {
         let pod = cluster.pods.get(key).ok_or_else(|| ExplainError::UnknownPod(key.clone()))?;
-        let labels = cluster.namespaces.get(&key.namespace).map(|ns| &ns.labels);
+        let labels = cluster.namespaces.get(&*key.namespace).map(|ns| &ns.labels);
         let ip = super::address(pod, family).ok_or_else(|| ExplainError::NoAddress(key.clone()))?;
         Ok(End { pod, namespace_labels: labels.unwrap_or(&EMPTY), ip })
     };
