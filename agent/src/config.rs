@@ -62,6 +62,40 @@ pub struct Config {
     pub guard: crate::guard::GuardConfig,
     /// How the ICMP program attaches to pod interfaces: TCX links where the kernel has them.
     pub tc_attach: TcAttach,
+    /// Tenant DNS isolation: which cluster names a pod may resolve (see `DnsConfig`).
+    pub dns: DnsConfig,
+}
+
+/// Tenant DNS isolation (`dns`): a pod's questions about `<ns>.svc.<zone>` and
+/// `<ns>.pod.<zone>` names are answered only for its own tenant's namespaces and shared ones.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DnsConfig {
+    pub isolation: DnsIsolation,
+    /// Cluster zones (`cluster.local`), at most `moat_common::dns::ZONE_SLOTS`.
+    pub zones: Vec<String>,
+    /// Namespaces every tenant may resolve names in. The namespaces of `clusterDns` and of
+    /// `sharedServices` are shared as well.
+    pub shared_namespaces: Vec<String>,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            isolation: DnsIsolation::Block,
+            zones: vec!["cluster.local".into()],
+            shared_namespaces: vec!["default".into(), "kube-system".into(), "kube-public".into()],
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsIsolation {
+    Off,
+    /// Report the questions `block` would refuse, answer them all.
+    Detect,
+    Block,
 }
 
 /// The event pipeline between the ring buffer and the sinks.
@@ -165,6 +199,7 @@ impl Default for Config {
             kube_events: KubeEventsConfig::default(),
             guard: crate::guard::GuardConfig::default(),
             tc_attach: TcAttach::Auto,
+            dns: DnsConfig::default(),
         }
     }
 }
@@ -374,6 +409,7 @@ impl Config {
         }
         self.validate_observability()?;
         self.guard.validate()?;
+        self.dns.validate()?;
         if self.shared_services.len() > MAX_SHARED_SERVICES {
             return Err(("sharedServices".into(), format!("at most {MAX_SHARED_SERVICES} services (a pod's group of services is a 32-bit mask, one bit is cluster DNS)")));
         }
@@ -398,6 +434,35 @@ impl Config {
                         "must be 1..=65535".into(),
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DnsConfig {
+    fn validate(&self) -> Result<(), (String, String)> {
+        use moat_common::dns::{ZONE_MAX, ZONE_SLOTS};
+        if self.zones.len() > ZONE_SLOTS as usize {
+            return Err(("dns.zones".into(), format!("at most {ZONE_SLOTS} zones")));
+        }
+        for (index, zone) in self.zones.iter().enumerate() {
+            let labels_ok = zone.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+            // Wire form: a length byte per label, the labels joined, the final zero byte.
+            if !labels_ok || zone.len() + 2 > ZONE_MAX {
+                return Err((
+                    format!("dns.zones[{index}]"),
+                    format!("{zone:?} is not a DNS name of letters, digits and '-' (at most {} bytes, no trailing dot)", ZONE_MAX - 2),
+                ));
+            }
+        }
+        for (index, namespace) in self.shared_namespaces.iter().enumerate() {
+            if moat_common::dns::NamespaceKey::of(namespace).is_none() {
+                return Err((format!("dns.sharedNamespaces[{index}]"), format!("{namespace:?} is not a namespace name (1-63 bytes of a-z, 0-9, -)")));
             }
         }
         Ok(())
@@ -534,5 +599,26 @@ mod tests {
         assert!(error.contains("events.file.filesKept"), "{error}");
         let error = parse("events: {bufer: 3}\n").unwrap_err().to_string();
         assert!(error.contains("bufer"), "{error}");
+    }
+
+    #[test]
+    fn dns_isolation_defaults_to_block_and_bad_values_are_named() {
+        let config = Config::default();
+        assert_eq!(config.dns.isolation, DnsIsolation::Block);
+        assert_eq!(config.dns.zones, ["cluster.local"]);
+        let config = parse("dns: {isolation: detect, zones: [cluster.local, corp.example], sharedNamespaces: [tools]}\n").unwrap();
+        assert_eq!(config.dns.isolation, DnsIsolation::Detect);
+        assert_eq!(config.dns.shared_namespaces, ["tools"]);
+        for (text, field) in [
+            ("dns: {isolation: maybe}\n", "dns.isolation"),
+            ("dns: {zones: [\"cluster..local\"]}\n", "dns.zones[0]"),
+            ("dns: {zones: [\"cluster.local.\"]}\n", "dns.zones[0]"),
+            ("dns: {zones: [a, b, c, d, e]}\n", "dns.zones"),
+            ("dns: {sharedNamespaces: [\"\"]}\n", "dns.sharedNamespaces[0]"),
+            ("dns: {zone: [a]}\n", "zone"),
+        ] {
+            let error = parse(text).unwrap_err().to_string();
+            assert!(error.contains(field), "{text}: {error}");
+        }
     }
 }

@@ -108,6 +108,7 @@ fn changed_fields(a: &Config, b: &Config) -> Vec<&'static str> {
         events => "events",
         kube_events => "kubeEvents",
         tc_attach => "tcAttach",
+        dns => "dns",
     )
 }
 

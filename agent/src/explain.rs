@@ -32,14 +32,18 @@ pub struct ExplainArgs {
     pub node_labels: Option<Labels>,
     #[arg(long, value_parser = parse_pod, required_unless_present = "matrix", conflicts_with = "matrix")]
     pub from: Option<PodKey>,
-    #[arg(long, value_parser = parse_pod, required_unless_present = "matrix", conflicts_with = "matrix")]
+    #[arg(long, value_parser = parse_pod, required_unless_present_any = ["matrix", "dns"], conflicts_with_all = ["matrix", "dns"])]
     pub to: Option<PodKey>,
+    /// A DNS question from `--from` instead of a flow: what tenant DNS isolation does with
+    /// NAME (`web.team-b.svc.cluster.local`), any record type.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["matrix", "port"])]
+    pub dns: Option<String>,
     /// Every ordered pair of distinct pods.
     #[arg(long)]
     pub matrix: bool,
     /// PORT[/TCP|UDP|SCTP] (default TCP) or `icmp`.
-    #[arg(long, value_parser = Target::parse)]
-    pub port: Target,
+    #[arg(long, value_parser = Target::parse, required_unless_present = "dns")]
+    pub port: Option<Target>,
     /// Which of the pods' addresses to use.
     #[arg(long, value_enum, default_value = "4")]
     pub family: Family,
@@ -65,6 +69,8 @@ pub enum ExplainError {
     UnknownPod(PodKey),
     #[error("pod {0} has no pod address of its own (no status.podIPs, or hostNetwork), so no flow to or from it can be explained")]
     NoAddress(PodKey),
+    #[error("{0:?} is not a DNS name (labels of 1-63 bytes, at most 255 bytes in all)")]
+    NotADnsName(String),
     #[error("writing output: {0}")]
     Output(#[from] serde_json::Error),
 }
@@ -127,6 +133,11 @@ pub fn run(args: ExplainArgs) -> Result<(), ExplainError> {
         cluster.node_labels = labels.clone();
     }
     let desired = compiler::compile_scoped(&cluster, &config, &PodCgroups::new(), Scope::Cluster)?;
+    if let (Some(name), Some(from)) = (&args.dns, &args.from) {
+        return crate::explain_dns::print(&desired, from, name, args.output);
+    }
+    // Without --dns, clap requires --port.
+    let Some(port) = args.port else { return Ok(()) };
     let pairs: Vec<(PodKey, PodKey)> = match (&args.from, &args.to) {
         (Some(from), Some(to)) => vec![(from.clone(), to.clone())],
         _ => {
@@ -147,9 +158,9 @@ pub fn run(args: ExplainArgs) -> Result<(), ExplainError> {
     };
     let mut results = Vec::new();
     for (from, to) in &pairs {
-        let mut result = explain(&cluster, &desired, from, to, args.port, args.family)?;
+        let mut result = explain(&cluster, &desired, from, to, port, args.family)?;
         if !cnps.is_empty() {
-            let (lines, verdict) = explain_cnp::describe(&cluster, &desired, &cnps, (from, to), args.port, args.family)?;
+            let (lines, verdict) = explain_cnp::describe(&cluster, &desired, &cnps, (from, to), port, args.family)?;
             result.reasons.extend(lines);
             result.with_cluster_network_policies = Some(verdict);
         }
@@ -158,7 +169,7 @@ pub fn run(args: ExplainArgs) -> Result<(), ExplainError> {
     incomplete(&mut results, &unenforced);
     match args.output {
         Format::Json if args.matrix => {
-            let output = MatrixOutput { port: args.port.port(), protocol: args.port.protocol(), unenforced: &unenforced, results: &results };
+            let output = MatrixOutput { port: port.port(), protocol: port.protocol(), unenforced: &unenforced, results: &results };
             println!("{}", serde_json::to_string(&output)?);
         }
         Format::Json => println!("{}", serde_json::to_string(&SingleOutput { result: &results[0], unenforced: &unenforced })?),
@@ -171,7 +182,7 @@ pub fn run(args: ExplainArgs) -> Result<(), ExplainError> {
             }
             for result in &results {
                 let incomplete = if result.complete { "" } else { " (INCOMPLETE: see the warning above)" };
-                println!("{} -> {} {}/{}: {}{incomplete}", result.from, result.to, args.port.port(), args.port.protocol(), result.verdict.to_uppercase());
+                println!("{} -> {} {}/{}: {}{incomplete}", result.from, result.to, port.port(), port.protocol(), result.verdict.to_uppercase());
                 for reason in &result.reasons {
                     println!("  - {reason}");
                 }

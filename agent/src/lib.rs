@@ -13,6 +13,7 @@ pub mod config;
 pub mod config_watch;
 pub mod events;
 pub mod explain;
+pub mod explain_dns;
 pub mod guard;
 pub mod kernel;
 pub mod lab;

@@ -4,8 +4,11 @@
 //! (explicit `_pad` fields keep map keys hashable byte-for-byte) and is checked for size below.
 //! The verdict logic lives here too, so the kernel and `moat explain` run the same code.
 #![no_std]
+// Inline asm, for masks the verifier must see (see dns::in_name).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 pub mod budget;
+pub mod dns;
 pub mod event;
 pub mod guard;
 pub mod layout;

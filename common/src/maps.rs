@@ -167,7 +167,8 @@ pub struct Settings {
     pub ready: u32,
     /// `SETTING_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// `dns::DNS_OFF`, `DNS_DETECT` or `DNS_BLOCK`.
+    pub dns: u32,
 }
 
 /// A flow as seen from its local end: keyed by the local socket's cgroup rather than its

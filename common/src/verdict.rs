@@ -23,6 +23,10 @@ pub enum Reason {
     Established = 7,
     /// The tenant floor allowed it and a NetworkPolicy of the local pod allows it.
     PolicyAllowed = 8,
+    /// `dns.isolation: detect`: a question `DnsCrossTenant` would refuse, let through.
+    DnsCrossTenantDetected = 9,
+    /// `dns.isolation: detect`: a question `DnsMalformed` would refuse, let through.
+    DnsMalformedDetected = 10,
     CrossTenant = 64,
     Pending = 65,
     UnknownDenied = 66,
@@ -34,6 +38,10 @@ pub enum Reason {
     TenantDefaultDeny = 69,
     /// One end is a pod of another tenant on a node reserved for one tenant.
     ForeignTenant = 70,
+    /// A DNS question about another tenant's namespace, or a wildcard (see `dns`).
+    DnsCrossTenant = 71,
+    /// A DNS question whose name no resolver sends (see `dns::Question::Malformed`).
+    DnsMalformed = 72,
 }
 
 impl Reason {
@@ -51,6 +59,8 @@ impl Reason {
             6 => Self::NeighborDiscovery,
             7 => Self::Established,
             8 => Self::PolicyAllowed,
+            9 => Self::DnsCrossTenantDetected,
+            10 => Self::DnsMalformedDetected,
             64 => Self::CrossTenant,
             65 => Self::Pending,
             66 => Self::UnknownDenied,
@@ -58,6 +68,8 @@ impl Reason {
             68 => Self::PolicyEgressDenied,
             69 => Self::TenantDefaultDeny,
             70 => Self::ForeignTenant,
+            71 => Self::DnsCrossTenant,
+            72 => Self::DnsMalformed,
             _ => return None,
         })
     }
@@ -80,6 +92,8 @@ impl Reason {
             Self::PolicyEgressDenied => "network-policy-egress",
             Self::TenantDefaultDeny => "tenant-default-deny",
             Self::ForeignTenant => "node.foreign-tenant",
+            Self::DnsCrossTenant | Self::DnsCrossTenantDetected => "dns.cross-tenant",
+            Self::DnsMalformed | Self::DnsMalformedDetected => "dns.malformed",
         }
     }
 }
@@ -301,7 +315,7 @@ mod tests {
         }
     }
 
-    const READY: Settings = Settings { generation: 1, unknown: UNKNOWN_ALLOW, ready: 1, flags: 0, _pad: 0 };
+    const READY: Settings = Settings { generation: 1, unknown: UNKNOWN_ALLOW, ready: 1, flags: 0, dns: 0 };
 
     fn pod(tenant: u64, shared: u32) -> Peer {
         Peer::known(Endpoint { tenant, shared, ..Endpoint::EMPTY })

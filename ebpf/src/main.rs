@@ -6,6 +6,7 @@
 
 mod budget;
 mod counters;
+mod dns;
 mod floor;
 mod flows;
 mod guard;
@@ -21,6 +22,7 @@ use aya_ebpf::{
     programs::{DeviceContext, SkBuffContext, SockAddrContext, SysctlContext, TcContext},
 };
 use moat_common::{
+    dns::DNS_OFF,
     event::{HOOK_CONNECT, HOOK_SENDMSG, HOOK_SKB},
     maps::{
         Settings, DIRECTION_EGRESS, DIRECTION_INGRESS, ORIGIN_INBOUND, ORIGIN_OUTBOUND,
@@ -54,6 +56,10 @@ fn on_packet(ctx: &SkBuffContext, egress: bool) -> i32 {
     // SAFETY: the context pointer is the program's own __sk_buff.
     let cgroup = unsafe { bpf_skb_cgroup_id(ctx.skb.skb as *mut __sk_buff) };
     let direction = if egress { DIRECTION_EGRESS } else { DIRECTION_INGRESS };
+    // A question to a DNS server, before any flow-table shortcut (one socket asks many).
+    if egress && settings.dns != DNS_OFF && dns::refuses(ctx, cgroup, &settings) {
+        return DROP;
+    }
     // An established flow: headers read in place, one flow-table lookup, a per-CPU counter.
     let mut known_missing = false;
     if let Some(packet) = packet::parse_linear(ctx) {

@@ -9,6 +9,7 @@ use moat_common::guard::{
     capacity as guard_capacity, Actor, Endpoint as GuardEndpoint, FileKey, FileRule, GuardSettings,
     SetnsEntry, SocketPath, UnixRefusal,
 };
+use moat_common::dns::{DnsNamespace, DnsScratch, DnsZone, NamespaceKey, DNS_NAMESPACES_CAPACITY, ZONE_SLOTS};
 use moat_common::maps::{
     capacity, Counter, CounterKey, Endpoint, FlowKey, FlowState, PolicyMatch, Settings,
     SharedPortKey, SlotCounter, TenantPairKey,
@@ -32,6 +33,19 @@ pub static SHARED_PORTS: HashMap<SharedPortKey, u8> = HashMap::pinned(capacity::
 
 #[map]
 pub static TENANT_PAIRS: HashMap<TenantPairKey, u8> = HashMap::pinned(capacity::TENANT_PAIRS, 0);
+
+/// DNS isolation: namespace name → tenant (`moat_common::dns`).
+#[map]
+pub static DNS_NAMESPACES: HashMap<NamespaceKey, DnsNamespace> =
+    HashMap::pinned(DNS_NAMESPACES_CAPACITY, 0);
+
+/// DNS isolation: the cluster zones, longest first.
+#[map]
+pub static DNS_ZONES: Array<DnsZone> = Array::pinned(ZONE_SLOTS, 0);
+
+/// DNS isolation: one question at a time per CPU (too big for the stack).
+#[map]
+pub static DNS_SCRATCH: PerCpuArray<DnsScratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static SETTINGS: Array<Settings> = Array::pinned(1, 0);

@@ -257,7 +257,7 @@ pub fn parse<H: Headers>(ctx: &H) -> Result<Parsed, i64> {
 /// Follows up to four IPv6 extension headers. Returns the upper-layer protocol, its offset
 /// and whether this is the first fragment (the only one that carries ports).
 #[inline(always)]
-fn skip_ipv6_extensions<H: Headers>(ctx: &H, first: u8) -> Result<(u8, usize, bool), i64> {
+pub fn skip_ipv6_extensions<H: Headers>(ctx: &H, first: u8) -> Result<(u8, usize, bool), i64> {
     const HOP_BY_HOP: u8 = 0;
     const ROUTING: u8 = 43;
     const FRAGMENT: u8 = 44;

@@ -9,6 +9,7 @@
 //! Failures of the lab commands panic with the command line and its output: these are
 //! assertions, and a test should stop at the first one.
 
+pub mod dns;
 pub mod guard;
 pub mod netpol;
 pub mod observe;

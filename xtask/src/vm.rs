@@ -28,6 +28,7 @@ use kernels::Kernel;
 /// `cargo xtask vm --test netpol_model` runs them all.
 pub const CI_TESTS: &[&str] = &[
     "isolation",
+    "dns_isolation",
     "netpol_model:ip_blocks_with_except",
     "guard_escapes",
     "guard_escapes_process",

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use moat_common::dns::{DnsNamespace, DnsZone, NamespaceKey};
 use moat_common::maps::{Endpoint, NetworkKey, SharedPortKey, TenantPairKey};
 
 use super::diff::{self, Changes};
@@ -18,6 +19,8 @@ pub struct Delta {
     pub shared_ports: Changes<SharedPortKey, ()>,
     pub tenant_pairs: Changes<TenantPairKey, ()>,
     pub policy_rules: Changes<RuleKey, ()>,
+    pub dns_namespaces: Changes<NamespaceKey, DnsNamespace>,
+    pub dns_zones: Changes<u32, DnsZone>,
 }
 
 impl Delta {
@@ -33,6 +36,8 @@ impl Delta {
             shared_ports: diff::sets(&from.shared_ports, &to.shared_ports),
             tenant_pairs: diff::sets(&from.tenant_pairs, &to.tenant_pairs),
             policy_rules: diff::sets(&from_rules, &to_rules),
+            dns_namespaces: diff::maps(&from.dns_namespaces, &to.dns_namespaces),
+            dns_zones: diff::maps(&from.dns_zones, &to.dns_zones),
         }
     }
 
@@ -44,6 +49,8 @@ impl Delta {
             + self.shared_ports.len()
             + self.tenant_pairs.len()
             + self.policy_rules.len()
+            + self.dns_namespaces.len()
+            + self.dns_zones.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -61,6 +68,7 @@ pub struct Journal {
     pub networks: BTreeMap<NetworkKey, Option<Endpoint>>,
     pub shared_ports: BTreeMap<SharedPortKey, bool>,
     pub policy_rules: BTreeMap<RuleKey, bool>,
+    pub dns_namespaces: BTreeMap<NamespaceKey, Option<DnsNamespace>>,
 }
 
 /// Sets `map[key]` to `value`, recording the old value in `journal` on first touch.
@@ -148,6 +156,13 @@ impl Journal {
                 removed: Vec::new(),
             },
             policy_rules: presence(self.policy_rules, |key| now.policy_rules.contains_key(key)),
+            dns_namespaces: changes(self.dns_namespaces, &now.dns_namespaces),
+            // Zones come from the config, which an incremental compiler never changes.
+            dns_zones: Changes {
+                added: Vec::new(),
+                changed: Vec::new(),
+                removed: Vec::new(),
+            },
         }
     }
 
@@ -166,6 +181,7 @@ impl Journal {
         restore(&mut desired.local_addresses, self.local_addresses);
         restore(&mut desired.remote, self.remote);
         restore(&mut desired.networks, self.networks);
+        restore(&mut desired.dns_namespaces, self.dns_namespaces);
         for (key, before) in self.shared_ports {
             if before {
                 desired.shared_ports.insert(key);

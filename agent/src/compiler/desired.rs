@@ -8,6 +8,7 @@ use imbl::{OrdMap, OrdSet};
 use moat_common::maps::{
     Endpoint, NetworkKey, PolicyMatch, Settings, SharedPortKey, TenantPairKey,
 };
+use moat_common::dns::{DnsNamespace, DnsZone, NamespaceKey};
 use moat_common::verdict::{self, Exceptions, LocalEnd, Peer, PolicyRules, Reason};
 
 use super::policy::{covering_rules, PolicySet, RuleKey, RuleRef};
@@ -31,6 +32,12 @@ pub struct Desired {
     pub unknown: u32,
     /// `SETTING_*` bits.
     pub flags: u32,
+    /// Namespace name → tenant, for DNS isolation (`DNS_NAMESPACES`).
+    pub dns_namespaces: BTreeMap<NamespaceKey, DnsNamespace>,
+    /// Cluster zones by slot (`DNS_ZONES`), from the config.
+    pub dns_zones: BTreeMap<u32, DnsZone>,
+    /// `Settings::dns`.
+    pub dns: u32,
     pub index: Index,
 }
 
@@ -107,6 +114,8 @@ impl Desired {
             },
             flags: if config.default_deny_in_tenant { SETTING_DEFAULT_DENY_IN_TENANT } else { 0 }
                 | if config.events.report_allowed_flows { SETTING_REPORT_ALLOWED } else { 0 },
+            dns_zones: super::dns::zones(config),
+            dns: super::dns::mode(config),
             ..Self::default()
         }
     }
@@ -118,7 +127,7 @@ impl Desired {
             unknown: self.unknown,
             ready: 1,
             flags: self.flags,
-            _pad: 0,
+            dns: self.dns,
         }
     }
 

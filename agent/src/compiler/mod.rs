@@ -4,6 +4,7 @@
 pub mod delta;
 pub mod desired;
 pub mod diff;
+pub mod dns;
 mod endpoints;
 pub mod foreign;
 pub mod incremental;
@@ -205,6 +206,7 @@ pub fn compile_scoped(
     }
     desired.shared_ports = shared.ports();
     desired.index.shared_names = shared.names();
+    desired.dns_namespaces = dns::namespaces(config, &tenants.of_namespace);
     for name in tenants.of_namespace.into_values() {
         desired.index.tenants.insert(name.id().0, name);
     }
@@ -241,7 +243,12 @@ pub fn network_key(cidr: &Cidr) -> NetworkKey {
 }
 
 pub(crate) fn check_capacity(desired: &Desired) -> Result<(), CompileError> {
-    let checks: [(&'static str, usize, u32); 7] = [
+    let checks: [(&'static str, usize, u32); 8] = [
+        (
+            "DNS_NAMESPACES",
+            desired.dns_namespaces.len(),
+            moat_common::dns::DNS_NAMESPACES_CAPACITY,
+        ),
         (
             "POLICY_RULES",
             desired.policy_rules.len(),

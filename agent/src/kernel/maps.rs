@@ -12,6 +12,8 @@ use moat_common::maps::{
     names, Endpoint, NetworkKey, PolicyMatch, Settings, SharedPortKey, TenantPairKey,
 };
 
+use moat_common::dns::{self, DnsNamespace, DnsZone, NamespaceKey};
+
 use super::KernelError;
 use crate::compiler::{Delta, Desired};
 
@@ -26,6 +28,8 @@ pub struct KernelMaps {
     tenant_pairs: HashMap<MapData, TenantPairKey, u8>,
     policy_rules: LpmTrie<MapData, PolicyMatch, u8>,
     settings: Array<MapData, Settings>,
+    dns_namespaces: HashMap<MapData, NamespaceKey, DnsNamespace>,
+    dns_zones: Array<MapData, DnsZone>,
     events_lost: PerCpuArray<MapData, u64>,
 }
 
@@ -61,6 +65,8 @@ impl KernelMaps {
             tenant_pairs: take(ebpf, names::TENANT_PAIRS)?,
             policy_rules: take(ebpf, names::POLICY_RULES)?,
             settings: take(ebpf, names::SETTINGS)?,
+            dns_namespaces: take(ebpf, dns::names::DNS_NAMESPACES)?,
+            dns_zones: take(ebpf, dns::names::DNS_ZONES)?,
             events_lost: take(ebpf, names::EVENTS_LOST)?,
         })
     }
@@ -85,8 +91,19 @@ impl KernelMaps {
         let mut state = Desired {
             unknown: settings.unknown,
             flags: settings.flags,
+            dns: settings.dns,
             ..Desired::default()
         };
+        for entry in self.dns_namespaces.iter() {
+            let (key, value) = entry.map_err(|e| KernelError::map(dns::names::DNS_NAMESPACES, e))?;
+            state.dns_namespaces.insert(key, value);
+        }
+        for slot in 0..dns::ZONE_SLOTS {
+            let zone = self.dns_zones.get(&slot, 0).map_err(|e| KernelError::map(dns::names::DNS_ZONES, e))?;
+            if zone.len != 0 {
+                state.dns_zones.insert(slot, zone);
+            }
+        }
         for entry in self.local.iter() {
             let (key, value) = entry.map_err(|e| KernelError::map(names::LOCAL_ENDPOINTS, e))?;
             state.local.insert(key, value);
@@ -143,6 +160,8 @@ impl KernelMaps {
             shared_ports: shared,
             tenant_pairs: pairs,
             policy_rules: rules,
+            dns_namespaces,
+            dns_zones,
         } = delta;
         let mut stats = ApplyStats::default();
 
@@ -191,6 +210,20 @@ impl KernelMaps {
         for (key, value) in networks.added.iter().chain(&networks.changed) {
             self.put_network(key, *value, &mut stats)?;
         }
+        // Names are decided on their own (no flow depends on them): adds, then removals.
+        for (key, value) in dns_namespaces.added.iter().chain(&dns_namespaces.changed) {
+            self.dns_namespaces
+                .insert(key, value, 0)
+                .map_err(|e| KernelError::map(dns::names::DNS_NAMESPACES, e))?;
+            stats.writes += 1;
+        }
+        let cleared = dns_zones.removed.iter().map(|slot| (*slot, DnsZone::EMPTY));
+        for (slot, zone) in dns_zones.added.iter().chain(&dns_zones.changed).copied().chain(cleared) {
+            self.dns_zones
+                .set(slot, zone, 0)
+                .map_err(|e| KernelError::map(dns::names::DNS_ZONES, e))?;
+            stats.writes += 1;
+        }
         // 3. Removals.
         for key in &local.removed {
             remove_tolerant(self.local.remove(key), names::LOCAL_ENDPOINTS)?;
@@ -213,6 +246,9 @@ impl KernelMaps {
         for key in &pairs.removed {
             remove_tolerant(self.tenant_pairs.remove(key), names::TENANT_PAIRS)?;
         }
+        for key in &dns_namespaces.removed {
+            remove_tolerant(self.dns_namespaces.remove(key), dns::names::DNS_NAMESPACES)?;
+        }
         for (prefix_len, data) in &rules.removed {
             remove_tolerant(
                 self.policy_rules.remove(&Key::new(*prefix_len, *data)),
@@ -225,13 +261,15 @@ impl KernelMaps {
             + networks.removed.len()
             + shared.removed.len()
             + pairs.removed.len()
-            + rules.removed.len();
+            + rules.removed.len()
+            + dns_namespaces.removed.len();
 
         // 4. Arm: a new generation makes every live flow be re-decided on its next packet.
         let current = self.settings()?;
         let changed = stats.writes + stats.removals > 0
             || current.unknown != to.unknown
             || current.flags != to.flags
+            || current.dns != to.dns
             || current.ready == 0;
         let generation = if changed {
             current.generation + 1

@@ -86,6 +86,8 @@ pub struct Incremental {
     /// Labels (plus `kubernetes.io/metadata.name`) of each namespace that has pods.
     namespace_labels: BTreeMap<Arc<str>, Labels>,
     tenants: BTreeMap<String, TenantName>,
+    /// Namespaces every tenant may resolve (`compiler::dns::shared_namespaces`).
+    dns_shared: BTreeSet<String>,
     /// Tenant id → name and how many namespaces (and tenant networks) have it.
     tenant_refs: BTreeMap<u64, (TenantName, usize)>,
     pods: BTreeMap<PodKey, PodState>,
@@ -159,6 +161,7 @@ impl Incremental {
             pods_by_namespace: BTreeMap::new(),
             namespace_labels: BTreeMap::new(),
             tenants: BTreeMap::new(),
+            dns_shared: crate::compiler::dns::shared_namespaces(config),
             tenant_refs,
             pods: BTreeMap::new(),
             by_tag: BTreeSet::new(),
@@ -503,6 +506,13 @@ impl Incremental {
             self.tenants.insert(namespace.into(), new.clone());
         } else {
             self.tenants.remove(namespace);
+        }
+        if let Some(key) = moat_common::dns::NamespaceKey::of(namespace) {
+            let entry = new
+                .as_ref()
+                .and_then(|tenant| crate::compiler::dns::entry(&self.dns_shared, namespace, tenant))
+                .map(|(_, value)| value);
+            super::delta::put(&mut self.desired.dns_namespaces, &mut self.journal.dns_namespaces, key, entry);
         }
         if let Some(old) = old {
             let id = old.id().0;

@@ -248,6 +248,10 @@ fn config() -> Config {
             match_labels: labels(&[("app", "api")]),
             ports: vec![PortSpec { port: 5000, protocol: Protocol::Tcp }],
         }],
+        dns: crate::config::DnsConfig {
+            shared_namespaces: vec!["ns1".into()],
+            ..crate::config::DnsConfig::default()
+        },
         ..Config::default()
     }
 }
@@ -262,6 +266,8 @@ struct Kernel {
     shared_ports: BTreeSet<moat_common::maps::SharedPortKey>,
     tenant_pairs: BTreeSet<moat_common::maps::TenantPairKey>,
     policy_rules: BTreeSet<crate::compiler::policy::RuleKey>,
+    dns_namespaces: BTreeMap<moat_common::dns::NamespaceKey, moat_common::dns::DnsNamespace>,
+    dns_zones: BTreeMap<u32, moat_common::dns::DnsZone>,
 }
 
 impl Kernel {
@@ -302,6 +308,8 @@ impl Kernel {
         apply_set(&mut self.shared_ports, &delta.shared_ports);
         apply_set(&mut self.tenant_pairs, &delta.tenant_pairs);
         apply_set(&mut self.policy_rules, &delta.policy_rules);
+        apply(&mut self.dns_namespaces, &delta.dns_namespaces);
+        apply(&mut self.dns_zones, &delta.dns_zones);
     }
 
     fn of(desired: &Desired) -> Self {
@@ -313,6 +321,8 @@ impl Kernel {
             shared_ports: desired.shared_ports.clone(),
             tenant_pairs: desired.tenant_pairs.clone(),
             policy_rules: desired.policy_rules.keys().copied().collect(),
+            dns_namespaces: desired.dns_namespaces.clone(),
+            dns_zones: desired.dns_zones.clone(),
         }
     }
 }
@@ -339,8 +349,13 @@ fn assert_same(seed: u64, step: usize, incremental: &Desired, full: &Desired) {
         "POLICY_RULES, {at}"
     );
     assert_eq!(
-        (incremental.unknown, incremental.flags),
-        (full.unknown, full.flags),
+        incremental.dns_namespaces, full.dns_namespaces,
+        "DNS_NAMESPACES, {at}"
+    );
+    assert_eq!(incremental.dns_zones, full.dns_zones, "DNS_ZONES, {at}");
+    assert_eq!(
+        (incremental.unknown, incremental.flags, incremental.dns),
+        (full.unknown, full.flags, full.dns),
         "SETTINGS, {at}"
     );
     assert_eq!(incremental.index, full.index, "index, {at}");

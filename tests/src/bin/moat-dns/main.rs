@@ -1,0 +1,168 @@
+//! `moat-dns`: the lab's cluster DNS and a DNS client, for the DNS isolation tests.
+//!
+//! * `moat-dns serve DATA.json [--port 53]`: answers like CoreDNS's kubernetes plugin (see
+//!   `server`), over UDP and TCP.
+//! * `moat-dns query NAME --server IP [--type A] [--tcp] [--raw HEX]`: one question, printed
+//!   as one JSON line: `{"outcome":"answer","rcode":..,"answers":N,"ms":..}`, or
+//!   `"send-error"` (with `errno`), `"reset"` (TCP), `"timeout"`. Exit 0 whatever the outcome,
+//!   2 on usage errors.
+
+mod server;
+mod wire;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "moat-dns")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Serve {
+        data: PathBuf,
+        #[arg(long, default_value_t = 53)]
+        port: u16,
+    },
+    Query {
+        /// The name asked about; with `--type PTR`, an address is turned into its reverse name.
+        name: String,
+        #[arg(long)]
+        server: IpAddr,
+        #[arg(long, default_value_t = 53)]
+        port: u16,
+        #[arg(long = "type", default_value = "A")]
+        qtype: String,
+        #[arg(long)]
+        tcp: bool,
+        /// Send these bytes (hex) as the whole message instead of a query for NAME.
+        #[arg(long)]
+        raw: Option<String>,
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Serve { data, port } => match server::serve(&data, port) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("moat-dns serve: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Query { name, server, port, qtype, tcp, raw, timeout_ms } => {
+            let message = match build(&name, &qtype, raw.as_deref()) {
+                Ok(message) => message,
+                Err(error) => {
+                    eprintln!("moat-dns query: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            let target = SocketAddr::new(server, port);
+            let timeout = Duration::from_millis(timeout_ms);
+            let start = Instant::now();
+            let outcome = if tcp { ask_tcp(target, &message, timeout) } else { ask_udp(target, &message, timeout) };
+            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            let line = match outcome {
+                Outcome::Answer(reply) => serde_json::json!({
+                    "outcome": "answer",
+                    "rcode": wire::rcode_name(reply.get(3).map_or(0xff, |b| b & 0x0f)),
+                    "answers": reply.get(6..8).map_or(0, |b| u16::from_be_bytes([b[0], b[1]])),
+                    "ms": ms,
+                }),
+                Outcome::SendError(error) => serde_json::json!({"outcome": "send-error", "errno": errno_name(&error), "detail": error.to_string(), "ms": ms}),
+                Outcome::Reset(error) => serde_json::json!({"outcome": "reset", "detail": error, "ms": ms}),
+                Outcome::Timeout => serde_json::json!({"outcome": "timeout", "ms": ms}),
+            };
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn build(name: &str, qtype: &str, raw: Option<&str>) -> Result<Vec<u8>, String> {
+    if let Some(hex) = raw {
+        return (0..hex.len())
+            .step_by(2)
+            .map(|i| hex.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()).ok_or(format!("--raw: bad hex at {i}")))
+            .collect();
+    }
+    let code = wire::type_code(qtype).ok_or(format!("unknown type {qtype:?}"))?;
+    let name = match (code, name.parse::<IpAddr>()) {
+        (wire::TYPE_PTR, Ok(ip)) => wire::reverse_name(ip),
+        _ => name.to_string(),
+    };
+    wire::query(std::process::id() as u16, &name, code)
+}
+
+enum Outcome {
+    Answer(Vec<u8>),
+    SendError(std::io::Error),
+    Reset(String),
+    Timeout,
+}
+
+fn ask_udp(target: SocketAddr, message: &[u8], timeout: Duration) -> Outcome {
+    let bind: SocketAddr = if target.is_ipv4() { "0.0.0.0:0".parse().unwrap_or(target) } else { "[::]:0".parse().unwrap_or(target) };
+    let socket = match UdpSocket::bind(bind) {
+        Ok(socket) => socket,
+        Err(error) => return Outcome::SendError(error),
+    };
+    if let Err(error) = socket.set_read_timeout(Some(timeout)) {
+        return Outcome::SendError(error);
+    }
+    if let Err(error) = socket.send_to(message, target) {
+        return Outcome::SendError(error);
+    }
+    let mut buffer = [0u8; 4096];
+    match socket.recv(&mut buffer) {
+        Ok(len) => Outcome::Answer(buffer[..len].to_vec()),
+        Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Outcome::Timeout,
+        Err(error) => Outcome::Reset(error.to_string()),
+    }
+}
+
+fn ask_tcp(target: SocketAddr, message: &[u8], timeout: Duration) -> Outcome {
+    let mut stream = match TcpStream::connect_timeout(&target, timeout) {
+        Ok(stream) => stream,
+        Err(error) if error.kind() == ErrorKind::TimedOut => return Outcome::Timeout,
+        Err(error) => return Outcome::SendError(error),
+    };
+    let _ = stream.set_read_timeout(Some(timeout));
+    let mut framed = (message.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(message);
+    if let Err(error) = stream.write_all(&framed) {
+        return Outcome::SendError(error);
+    }
+    let mut length = [0u8; 2];
+    match stream.read_exact(&mut length) {
+        Ok(()) => {}
+        Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return Outcome::Timeout,
+        Err(error) => return Outcome::Reset(error.to_string()),
+    }
+    let mut reply = vec![0u8; u16::from_be_bytes(length) as usize];
+    match stream.read_exact(&mut reply) {
+        Ok(()) => Outcome::Answer(reply),
+        Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Outcome::Timeout,
+        Err(error) => Outcome::Reset(error.to_string()),
+    }
+}
+
+fn errno_name(error: &std::io::Error) -> String {
+    match error.raw_os_error() {
+        Some(libc::EPERM) => "EPERM".into(),
+        Some(libc::ECONNREFUSED) => "ECONNREFUSED".into(),
+        Some(code) => format!("errno {code}"),
+        None => error.kind().to_string(),
+    }
+}

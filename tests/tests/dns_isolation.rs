@@ -1,0 +1,164 @@
+//! Tenant DNS isolation on the real kernel: a CoreDNS-like server (`moat-dns serve`) in the
+//! lab's cluster-DNS pod, questions asked from tenant pods over UDP, IPv4 and IPv6. Own,
+//! same-tenant and shared names are answered; other tenants' names, wildcards and
+//! compression tricks fail at once (EPERM on the send) with a `dns.cross-tenant` event;
+//! external names and unreadable messages pass untouched.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use moat_integration::dns::{query, DnsServer};
+use moat_integration::{documents, namespace_yaml, pod_yaml, Family, Lab, Manifests, UpOptions};
+
+const DNS: &str = "kube-system/dns";
+
+fn cluster() -> String {
+    documents(&[
+        namespace_yaml("kube-system", &[]),
+        pod_yaml("kube-system", "dns", &[("k8s-app", "kube-dns")], &[]),
+        namespace_yaml("a1", &[("tenant", "a")]),
+        namespace_yaml("a2", &[("tenant", "a")]),
+        namespace_yaml("b1", &[("tenant", "b")]),
+        pod_yaml("a1", "p1", &[], &[]),
+        pod_yaml("a2", "p2", &[], &[]),
+        pod_yaml("b1", "p4", &[], &[]),
+    ])
+}
+
+/// The server's view: a Service per namespace (ClusterIPs of both families) and the pods.
+fn server_data(lab: &Lab) -> String {
+    let pods: Vec<serde_json::Value> = ["a1/p1", "a2/p2", "b1/p4", DNS]
+        .iter()
+        .flat_map(|pod| Family::BOTH.map(|family| (pod.split('/').next().unwrap_or_default(), lab.pod_ip(pod, family))))
+        .map(|(namespace, ip)| serde_json::json!({"namespace": namespace, "ip": ip}))
+        .collect();
+    serde_json::json!({
+        "zone": "cluster.local",
+        "services": [
+            {"name": "web", "namespace": "a1", "ips": ["10.96.0.11", "fd00:96::11"]},
+            {"name": "db", "namespace": "a2", "ips": ["10.96.0.12", "fd00:96::12"]},
+            {"name": "db", "namespace": "b1", "ips": ["10.96.0.21", "fd00:96::21"]},
+            {"name": "kube-dns", "namespace": "kube-system", "ips": ["10.96.0.10", "fd00:96::10"]},
+        ],
+        "pods": pods,
+    })
+    .to_string()
+}
+
+fn outcome(reply: &serde_json::Value) -> String {
+    match reply["outcome"].as_str() {
+        Some("answer") => format!("{} {}", reply["rcode"].as_str().unwrap_or("?"), reply["answers"]),
+        Some("send-error") => format!("send-error {}", reply["errno"].as_str().unwrap_or("?")),
+        other => format!("{other:?}"),
+    }
+}
+
+#[test]
+fn tenants_resolve_only_their_own_and_shared_names() {
+    let manifests = Manifests::new();
+    let file = manifests.write("cluster.yaml", &cluster());
+    let lab = Lab::up(&[file], UpOptions::default());
+    let data = manifests.write("dns.json", &server_data(&lab));
+    let _server = DnsServer::start(&lab, DNS, &data);
+
+    // (from, name, type, expected outcome): answers as the server gives them, or EPERM.
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("a1/p1", "web.a1.svc.cluster.local", "A", "NOERROR 1"),
+        ("a1/p1", "db.a2.svc.cluster.local", "AAAA", "NOERROR 1"),
+        ("a1/p1", "kube-dns.kube-system.svc.cluster.local", "A", "NOERROR 1"),
+        ("a1/p1", "nosuch.b9.svc.cluster.local", "A", "NXDOMAIN 0"),
+        ("a1/p1", "example.com", "A", "NXDOMAIN 0"),
+        ("b1/p4", "db.b1.svc.cluster.local", "A", "NOERROR 1"),
+        ("b1/p4", "_tcp.db.b1.svc.cluster.local", "SRV", "NOERROR 1"),
+        ("a1/p1", "db.b1.svc.cluster.local", "A", "send-error EPERM"),
+        ("a1/p1", "DB.B1.Svc.Cluster.LOCAL", "AAAA", "send-error EPERM"),
+        ("a1/p1", "b1.svc.cluster.local", "TXT", "send-error EPERM"),
+        ("a1/p1", "web.a1.svc.cluster.local.b1.svc.cluster.local", "A", "send-error EPERM"),
+        ("b1/p4", "web.a1.svc.cluster.local", "ANY", "send-error EPERM"),
+        ("b1/p4", "*.*.svc.cluster.local", "SRV", "send-error EPERM"),
+        ("b1/p4", "any.any.svc.cluster.local", "SRV", "send-error EPERM"),
+        ("a1/p1", "*.a1.svc.cluster.local", "A", "send-error EPERM"),
+    ];
+    for family in Family::BOTH {
+        let server = lab.pod_ip(DNS, family);
+        let mut wrong = Vec::new();
+        let mut slowest_refusal = 0f64;
+        for (from, name, qtype, want) in cases {
+            let reply = query(&lab, from, server, name, &["--type", qtype]);
+            let got = outcome(&reply);
+            if got != *want {
+                wrong.push(format!("{from} asks {name} {qtype}: got {got}, want {want}"));
+            }
+            if got.starts_with("send-error") {
+                slowest_refusal = slowest_refusal.max(reply["ms"].as_f64().unwrap_or(f64::MAX));
+            }
+        }
+        assert!(wrong.is_empty(), "over {family:?}:\n{}", wrong.join("\n"));
+        // A refusal is the send failing: far below any resolver's timeout (glibc: 5 s).
+        assert!(slowest_refusal < 1000.0, "{family:?}: a refusal took {slowest_refusal} ms");
+        eprintln!("{family:?}: slowest refusal {slowest_refusal:.2} ms");
+    }
+
+    // Wildcards are refused for every pod, the DNS server's own included; and a question
+    // is decided whatever resolver address it goes to (a node-local cache, a sidecar).
+    let server = lab.pod_ip(DNS, Family::V4);
+    let all = query(&lab, DNS, server, "*.*.svc.cluster.local", &["--type", "SRV"]);
+    assert_eq!(outcome(&all), "send-error EPERM", "wildcard from the DNS pod: {all}");
+    let local = query(&lab, "a1/p1", IpAddr::from([127, 0, 0, 1]), "db.b1.svc.cluster.local", &["--timeout-ms", "500"]);
+    assert_eq!(outcome(&local), "send-error EPERM", "to a loopback resolver: {local}");
+
+    // The deny event names the querier, the queried namespace's tenant and the rule.
+    let want = [("rule", "dns.cross-tenant"), ("verdict", "deny"), ("src_namespace", "a1"), ("src_pod", "p1"), ("dst_tenant", "b"), ("protocol", "UDP")];
+    wait_event(&lab, &want);
+}
+
+/// Waits for an event to port 53 with every field of `want` in the agent's log.
+fn wait_event(lab: &Lab, want: &[(&str, &str)]) {
+    let line = lab.wait_log_line(
+        |line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .map(|event| want.iter().all(|(key, value)| event[*key] == *value) && event["dst_port"] == 53)
+                .unwrap_or(false)
+        },
+        Duration::from_secs(10),
+    );
+    assert!(line.is_ok(), "no event {want:?}; tail:\n{}", line.unwrap_err());
+}
+
+#[test]
+fn compression_tricks_are_refused_and_unreadable_messages_pass() {
+    let manifests = Manifests::new();
+    let file = manifests.write("cluster.yaml", &cluster());
+    let lab = Lab::up(&[file], UpOptions::default());
+    let data = manifests.write("dns.json", &server_data(&lab));
+    let _server = DnsServer::start(&lab, DNS, &data);
+    let header = "abcd01000001000000000000";
+    // `db.b1` then a pointer to a `svc.cluster.local` spelled after the question (offset 24).
+    let pointer = format!("{header}026462026231c018000100010373766307636c7573746572056c6f63616c00");
+    // A name that runs past the end of the message, a reserved label type, a bare header.
+    let truncated = format!("{header}0264620262310373766307636c7573");
+    let reserved = format!("{header}4164620000010001");
+    for family in Family::BOTH {
+        let server = lab.pod_ip(DNS, family);
+        let reply = query(&lab, "a1/p1", server, "-", &["--raw", &pointer]);
+        assert_eq!(outcome(&reply), "send-error EPERM", "{family:?}: a compressed question: {reply}");
+        for (what, raw) in [("truncated", &truncated), ("reserved label", &reserved), ("header only", &header.to_string())] {
+            let reply = query(&lab, "a1/p1", server, "-", &["--raw", raw, "--timeout-ms", "1000"]);
+            assert_ne!(reply["outcome"], "send-error", "{family:?}: {what} message must pass to the server: {reply}");
+        }
+    }
+}
+
+#[test]
+fn detect_mode_reports_and_answers() {
+    let manifests = Manifests::new();
+    let file = manifests.write("cluster.yaml", &cluster());
+    let config = manifests.write("moat.yaml", "dns:\n  isolation: detect\n");
+    let lab = Lab::up(&[file], UpOptions { config: Some(config), ..UpOptions::default() });
+    let data = manifests.write("dns.json", &server_data(&lab));
+    let _server = DnsServer::start(&lab, DNS, &data);
+    let server = lab.pod_ip(DNS, Family::V6);
+    let reply = query(&lab, "a1/p1", server, "db.b1.svc.cluster.local", &["--type", "AAAA"]);
+    assert_eq!(outcome(&reply), "NOERROR 1", "detect mode answers: {reply}");
+    wait_event(&lab, &[("rule", "dns.cross-tenant"), ("verdict", "allow"), ("src_pod", "p1"), ("dst_tenant", "b")]);
+}
