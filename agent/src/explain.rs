@@ -114,7 +114,7 @@ fn incomplete(results: &mut [Explanation], unenforced: &[String]) {
     for result in results {
         result.complete = false;
         result.reasons.push(format!(
-            "INCOMPLETE: {} policy object(s) of kinds moat does not enforce are in the manifests and were not considered (listed first)",
+            "INCOMPLETE: {} policy object(s) in the manifests are not enforced by moat, so the verdict above does not include them (listed first)",
             unenforced.len()
         ));
     }

@@ -37,6 +37,11 @@ pub fn handle(
             let deleted = if installed { store.install(kind); 0 } else { store.uninstall(kind) };
             Ok(json!({"crd": name, "installed": installed, "deletedObjects": deleted}))
         }
+        (&Method::POST, ["forbid", name]) => {
+            let kind = crate::kinds::crd_by_name(name).ok_or(ApiError::NoRoute)?;
+            store.forbid(kind);
+            Ok(json!({"forbidden": name}))
+        }
         (_, ["compact"] | ["drop-watches"] | ["stats"]) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NoRoute),
     }

@@ -31,6 +31,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Internal(String),
+    #[error("{0} is forbidden: the user cannot access this resource")]
+    Forbidden(String),
 }
 
 impl ApiError {
@@ -44,6 +46,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => 405,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::Internal(_) => 500,
+            ApiError::Forbidden(_) => 403,
         }
     }
 
@@ -58,6 +61,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Internal(_) => "InternalError",
+            ApiError::Forbidden(_) => "Forbidden",
         }
     }
 

@@ -220,6 +220,9 @@ async fn route(
             if !store.is_served(t.kind) {
                 return Err(ApiError::NoRoute);
             }
+            if store.is_forbidden(t.kind) {
+                return Err(ApiError::Forbidden(format!("{}.{}", t.kind.plural, t.kind.group)));
+            }
             resource(store, req, t, &params).await
         }
         _ => Err(ApiError::NoRoute),

@@ -96,10 +96,21 @@ pub const CLUSTER_NETWORK_POLICIES: Kind = Kind {
     short_names: &["cnp"],
 };
 
+/// Calico's cluster-wide policy as its CRD stores it: a kind the agent's RBAC does not cover.
+pub const CALICO_GLOBAL_NETWORK_POLICIES: Kind = Kind {
+    plural: "globalnetworkpolicies",
+    singular: "globalnetworkpolicy",
+    kind: "GlobalNetworkPolicy",
+    group: "crd.projectcalico.org",
+    version: "v1",
+    namespaced: false,
+    short_names: &[],
+};
+
 /// Every kind the server knows; those in [`CRDS`] are served only while installed.
-pub const KINDS: [Kind; 6] = [NAMESPACES, NODES, PODS, EVENTS, NETWORK_POLICIES, CLUSTER_NETWORK_POLICIES];
+pub const KINDS: [Kind; 7] = [NAMESPACES, NODES, PODS, EVENTS, NETWORK_POLICIES, CLUSTER_NETWORK_POLICIES, CALICO_GLOBAL_NETWORK_POLICIES];
 /// Kinds that behave as custom resources.
-pub const CRDS: [Kind; 1] = [CLUSTER_NETWORK_POLICIES];
+pub const CRDS: [Kind; 2] = [CLUSTER_NETWORK_POLICIES, CALICO_GLOBAL_NETWORK_POLICIES];
 
 /// The custom resource named `<plural>.<group>` (a CRD's name).
 pub fn crd_by_name(name: &str) -> Option<Kind> {

@@ -16,7 +16,9 @@
 //!   namespaced objects in it at once (no Terminating phase).
 //!
 //! Custom resources (ClusterNetworkPolicy) are served only once installed, as with a CRD:
-//! `POST /testapi/crds/<plural>.<group>` installs, `DELETE` removes it with its objects.
+//! `POST /testapi/crds/<plural>.<group>` installs, `DELETE` removes it with its objects;
+//! `POST /testapi/forbid/<plural>.<group>` answers every request for its objects with 403, as
+//! a client without RBAC for it gets.
 //!
 //! Test control: `POST /testapi/compact[?dropWatches=true]` drops all history
 //! and bumps the version once, so every version handed out before is expired;

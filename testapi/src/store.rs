@@ -77,6 +77,8 @@ pub(crate) struct Inner {
     pub stats: Stats,
     /// Indexes (in [`KINDS`]) of the custom resources installed.
     pub installed: Mutex<BTreeSet<usize>>,
+    /// Indexes of kinds whose objects clients may not read (as RBAC would refuse them).
+    pub forbidden: Mutex<BTreeSet<usize>>,
 }
 
 /// The shared object store. Cheap to clone; all clones see the same state.
@@ -129,6 +131,7 @@ impl Store {
                 drops,
                 stats: Stats::default(),
                 installed: Mutex::new(BTreeSet::new()),
+                forbidden: Mutex::new(BTreeSet::new()),
             }),
         }
     }
@@ -149,6 +152,15 @@ impl Store {
 
     fn installed(&self) -> std::sync::MutexGuard<'_, BTreeSet<usize>> {
         self.inner.installed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Refuses every request for `kind`'s objects with 403, as missing RBAC would.
+    pub fn forbid(&self, kind: Kind) {
+        self.inner.forbidden.lock().unwrap_or_else(|e| e.into_inner()).insert(kind.index());
+    }
+
+    pub fn is_forbidden(&self, kind: Kind) -> bool {
+        self.inner.forbidden.lock().unwrap_or_else(|e| e.into_inner()).contains(&kind.index())
     }
 
     /// Installs a custom resource's kind (its CRD applied).

@@ -324,6 +324,18 @@ async fn cluster_network_policies_are_reported_once_their_crd_appears() {
             "ClusterNetworkPolicy deny-all (policy.networking.k8s.io/v1alpha2)"
         ]
     );
+    // A policy kind the agent may not list: reported as served, its objects unknown.
+    store.install(moat_testapi::kinds::CALICO_GLOBAL_NETWORK_POLICIES);
+    store.forbid(moat_testapi::kinds::CALICO_GLOBAL_NETWORK_POLICIES);
+    until_true("the unlistable kind reported", DEADLINE, || !source.unenforced().unlisted.is_empty()).await;
+    let unlisted = source.unenforced().unlisted;
+    let (kind, why) = unlisted.iter().next().expect("one kind");
+    assert_eq!(kind.to_string(), "GlobalNetworkPolicy (crd.projectcalico.org)");
+    assert!(why.starts_with("list forbidden: globalnetworkpolicies.crd.projectcalico.org is forbidden"), "{why}");
+    assert_eq!(lines().len(), 3, "both objects and the unlisted kind: {:?}", lines());
+    store.uninstall(moat_testapi::kinds::CALICO_GLOBAL_NETWORK_POLICIES);
+    until_true("the kind gone with its CRD", DEADLINE, || source.unenforced().unlisted.is_empty()).await;
+
     store.delete(moat_testapi::kinds::CLUSTER_NETWORK_POLICIES, None, "allow-dns").expect("delete");
     until_true("a deleted object is no longer reported", DEADLINE, || lines().len() == 1).await;
     // The CRD removed: its objects go, and the agent carries on.
