@@ -212,7 +212,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
             continue;
         }
         let old_index = compiler.desired().index.clone();
-        let relisted = changes.len() > RELIST_CHANGES;
+        let relisted = changes.len() > crate::compiler::incremental::LIST_BATCH;
         let delta = match compiler.apply(changes, cgroups) {
             Ok(delta) => delta,
             Err(error) => {
@@ -252,11 +252,8 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// A batch this large is a re-list (or a first list): its pages of API objects were parsed
-/// and dropped, leaving free memory worth returning.
-const RELIST_CHANGES: usize = 1_000;
-
-/// Gives the memory freed after a list back to the system. glibc keeps freed chunks in its
+/// Gives the memory freed after a list back to the system (its pages of API objects were
+/// parsed and dropped). glibc keeps freed chunks in its
 /// arenas, and a list's parsed pages leave ~20 MB of them at 30k pods: RSS would keep the
 /// list's peak for the agent's whole life. Called after (re-)lists only: a trim walks the
 /// whole heap.

@@ -79,6 +79,11 @@ impl Drop for PinGuard {
                 eprintln!("warning: removing {}: {error}", self.0.display());
             }
         }
+        // The shared `moat` directory, once nothing else is pinned there (as `lab down` does);
+        // remove_dir fails harmlessly while an agent or a lab still uses it.
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
 }
 

@@ -358,11 +358,12 @@ impl GuardProbes {
         self.btf = None;
     }
 
-    fn kernel_btf(&mut self) -> Result<&Btf, String> {
+    /// Reads the kernel's BTF unless this `apply` already has.
+    fn read_kernel_btf(&mut self) -> Result<(), String> {
         if self.btf.is_none() {
             self.btf = Some(Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))?);
         }
-        self.btf.as_ref().ok_or_else(|| "no kernel BTF".to_string())
+        Ok(())
     }
 
     fn attach(&mut self, ebpf: &mut Ebpf, probe: Probe) {
@@ -461,7 +462,7 @@ impl GuardProbes {
 
     fn load_and_attach(&mut self, ebpf: &mut Ebpf, kind: Kind, name: &'static str, target: Target, needs_load: bool) -> Result<Handle, String> {
         if matches!(kind, Kind::Lsm | Kind::Fentry) {
-            self.kernel_btf()?;
+            self.read_kernel_btf()?;
         }
         let btf = self.btf.as_ref();
         let program = ebpf.program_mut(name).ok_or("missing from the object")?;

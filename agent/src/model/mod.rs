@@ -34,14 +34,6 @@ impl ObjectKey {
         }
     }
 
-    /// A key whose namespace string is `namespace`'s own (shared, not copied).
-    pub fn in_namespace(namespace: &Arc<str>, name: impl AsRef<str>) -> Self {
-        Self {
-            namespace: Arc::clone(namespace),
-            name: name.as_ref().into(),
-        }
-    }
-
     /// Parses `namespace/name`.
     pub fn parse(text: &str) -> Option<Self> {
         let (namespace, name) = text.split_once('/')?;

@@ -73,6 +73,9 @@ struct Dirty {
     changes: usize,
 }
 
+/// A batch of more changes than this is a list (the first, or a re-list after 410 Gone).
+pub const LIST_BATCH: usize = 1_000;
+
 pub struct Incremental {
     config: Config,
     services: Vec<Service>,
@@ -230,7 +233,7 @@ impl Incremental {
     ) -> Result<(), CompileError> {
         // Past this many changes, evaluating every local set once is cheaper than checking
         // each change against each set (a re-list, the first build).
-        if self.dirty.changes > 1_000 {
+        if self.dirty.changes > LIST_BATCH {
             self.dirty.all_sets = true;
         }
         let mut failed = None;
