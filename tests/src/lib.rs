@@ -651,7 +651,11 @@ impl Drop for HeldConnection {
 pub fn leftovers(name: &str) -> Vec<String> {
     let mut found = Vec::new();
     let run_dir = Path::new(LAB_RUN_DIR).join(name);
-    let mut paths = vec![run_dir.clone(), PathBuf::from(format!("/sys/fs/bpf/moat/lab-{name}"))];
+    let mut paths = vec![
+        run_dir.clone(),
+        PathBuf::from(format!("/run/moat/lab-{name}")),
+        PathBuf::from(format!("/sys/fs/bpf/moat/lab-{name}")),
+    ];
     if let Some(cgroup2) = cgroup2_mount() {
         paths.push(cgroup2.join(format!("moat-lab-{name}")));
     }

@@ -22,6 +22,7 @@ pub fn run(name: &str) -> Result<(), LabError> {
 /// Whether anything of lab `name` is left.
 pub fn exists(name: &str) -> bool {
     lab_dir(name).exists()
+        || agent_run_dir(name).exists()
         || Path::new(&format!("/sys/fs/bpf/moat/lab-{name}")).exists()
         || cgroup::lab_root(name).map(|root| root.exists()).unwrap_or(false)
         || net::list_netns()
@@ -74,6 +75,10 @@ pub fn teardown(name: &str) -> Result<(), LabError> {
         Err(error) => note(Err(error)),
     }
 
+    // The run directory of an agent with the lab's instance (the lab's own, or one a bench
+    // started and killed): a killed agent leaves its admin socket there.
+    note(remove_all(&agent_run_dir(name)));
+
     // Pinned bpf objects of the lab's agent.
     let mut pins = vec![PathBuf::from(format!("/sys/fs/bpf/moat/lab-{name}"))];
     pins.push(bpffs.join("moat").join(format!("lab-{name}")));
@@ -91,6 +96,11 @@ pub fn teardown(name: &str) -> Result<(), LabError> {
         Some(error) => Err(error),
         None => Ok(()),
     }
+}
+
+/// Where an agent of the lab's instance (`lab-<name>`) keeps its admin socket.
+fn agent_run_dir(name: &str) -> PathBuf {
+    Path::new("/run/moat").join(format!("lab-{name}"))
 }
 
 fn remove_all(path: &Path) -> Result<(), LabError> {
