@@ -1,7 +1,7 @@
 //! `moat explain --dns NAME --from NS/POD`: what the datapath does with a pod's DNS question,
 //! decided by the kernel's own `moat_common::dns` over the compiled entries.
 
-use moat_common::dns::{self, DnsMaps, DnsNamespace, DnsScratch, DnsVerdict, DnsZone, NamespaceKey, Question};
+use moat_common::dns::{self, AddressOwner, DnsMaps, DnsNamespace, DnsScratch, DnsVerdict, DnsZone, NamespaceKey, Question};
 use moat_common::maps::TenantPairKey;
 
 use crate::compiler::Desired;
@@ -15,6 +15,10 @@ impl DnsMaps for Desired {
 
     fn namespace(&self, key: &NamespaceKey) -> Option<DnsNamespace> {
         self.dns_namespaces.get(key).copied()
+    }
+
+    fn address(&self, addr: &[u8; 16]) -> Option<AddressOwner> {
+        self.remote.get(addr).map(|endpoint| AddressOwner { tenant: endpoint.tenant, shared: endpoint.shared != 0 })
     }
 
     fn tenant_pair(&self, key: &TenantPairKey) -> bool {
@@ -37,6 +41,10 @@ pub fn explain_dns(desired: &Desired, from: &PodKey, name: &str) -> Result<Expla
         Question::Wildcard => "a wildcard (`*` or `any`) as the namespace or service label enumerates other tenants' names".to_string(),
         Question::Malformed => "a compression pointer in the question".to_string(),
         Question::Unreadable => "no name a DNS server can read: passes".to_string(),
+        Question::Address(owner) if owner.shared => "a reverse name of a shared service's pod".to_string(),
+        Question::Address(owner) if owner.tenant == 0 => "a reverse name of an address no single tenant's pod holds: passes".to_string(),
+        Question::Address(owner) if owner.tenant == tenant.id().0 => format!("a reverse name of a pod of {from}'s tenant {tenant}"),
+        Question::Address(owner) => format!("a reverse name of a pod of tenant {}, not {from}'s tenant {tenant}", tenant_name(owner.tenant)),
         Question::Namespace(found) if found.flags & dns::DNS_NAMESPACE_SHARED != 0 => {
             format!("namespace {namespace} is shared with every tenant (dns.sharedNamespaces, clusterDns, sharedServices)")
         }
@@ -101,18 +109,20 @@ mod tests {
             let labels = [("tenant".to_string(), tenant.to_string())].into();
             cluster.namespaces.insert(name.into(), Namespace { name: name.into(), labels });
         }
-        let key = PodKey::new("a1", "p1");
-        let pod = Pod {
-            key: key.clone(),
-            uid: None,
-            labels: Default::default(),
-            ips: vec!["10.0.0.1".parse().unwrap()],
-            node_name: None,
-            host_network: false,
-            host_pid: false,
-            ports: Vec::new(),
-        };
-        cluster.pods.insert(key, pod);
+        for (ns, name, ip) in [("a1", "p1", "10.0.0.1"), ("b1", "p4", "10.0.0.2")] {
+            let key = PodKey::new(ns, name);
+            let pod = Pod {
+                key: key.clone(),
+                uid: None,
+                labels: Default::default(),
+                ips: vec![ip.parse().unwrap()],
+                node_name: None,
+                host_network: false,
+                host_pid: false,
+                ports: Vec::new(),
+            };
+            cluster.pods.insert(key, pod);
+        }
         cluster
     }
 
@@ -140,6 +150,10 @@ mod tests {
         let outside = ask(&config, "example.com");
         assert_eq!(outside.verdict, "allow");
         assert!(outside.reasons[0].contains("not a name of a cluster zone"), "{outside:?}");
+        let reverse = ask(&config, "2.0.0.10.in-addr.arpa");
+        assert_eq!(reverse.verdict, "deny", "{reverse:?}");
+        assert!(reverse.reasons[0].contains("a reverse name of a pod of tenant b"), "{reverse:?}");
+        assert_eq!(ask(&config, "1.0.0.10.in-addr.arpa").verdict, "allow", "own pod");
         let detect = Config { dns: crate::config::DnsConfig { isolation: DnsIsolation::Detect, ..Default::default() }, ..Config::default() };
         let reported = ask(&detect, "db.b1.svc.cluster.local");
         assert_eq!(reported.verdict, "allow");

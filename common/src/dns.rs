@@ -116,9 +116,19 @@ impl DnsScratch {
     };
 }
 
+/// Who an address belongs to, for reverse names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddressOwner {
+    pub tenant: u64,
+    /// A shared service's pod (cluster DNS included): every tenant may name it.
+    pub shared: bool,
+}
+
 /// The maps a question is decided with.
 pub trait DnsMaps {
     fn zone(&self, slot: u32) -> Option<&DnsZone>;
+    /// The pod holding `addr` (16 bytes, IPv4-mapped), if one tenant's pod does.
+    fn address(&self, addr: &[u8; 16]) -> Option<AddressOwner>;
     fn namespace(&self, key: &NamespaceKey) -> Option<DnsNamespace>;
     fn tenant_pair(&self, key: &TenantPairKey) -> bool;
 }
@@ -134,6 +144,8 @@ pub enum Question {
     Wildcard,
     /// A name in this namespace.
     Namespace(DnsNamespace),
+    /// A reverse (PTR) name of a pod address: its owner.
+    Address(AddressOwner),
     /// A compression pointer in the question: no resolver sends one, and CoreDNS follows
     /// it, so the name could be anything the packet spells elsewhere.
     Malformed,
@@ -208,6 +220,9 @@ pub fn classify<M: DnsMaps>(scratch: &mut DnsScratch, len: usize, maps: &M) -> Q
     scratch.end = end as u64;
     // SAFETY: a plain read of the field just written.
     let end = in_name(unsafe { core::ptr::read_volatile(&scratch.end) } as usize);
+    if let Some(question) = reverse(scratch, end, maps) {
+        return question;
+    }
     for slot in 0..ZONE_SLOTS {
         let Some(zone) = maps.zone(slot) else { continue };
         let zone_len = zone.len as usize;
@@ -238,6 +253,95 @@ pub fn classify<M: DnsMaps>(scratch: &mut DnsScratch, len: usize, maps: &M) -> Q
         };
     }
     Question::Outside
+}
+
+/// `in-addr.arpa` and `ip6.arpa` in wire form.
+const IN_ADDR_ARPA: DnsZone = wire_zone(b"\x07in-addr\x04arpa\x00", 2);
+const IP6_ARPA: DnsZone = wire_zone(b"\x03ip6\x04arpa\x00", 2);
+
+const fn wire_zone(wire: &[u8], labels: u32) -> DnsZone {
+    let mut zone = DnsZone { len: wire.len() as u32, labels, name: [0; ZONE_MAX] };
+    let mut i = 0;
+    while i < wire.len() {
+        zone.name[i] = wire[i];
+        i += 1;
+    }
+    zone
+}
+
+/// A reverse name (`d.c.b.a.in-addr.arpa`, 32 nibbles `.ip6.arpa`) of an address a pod
+/// holds; `None` for any other name (reverse names of no pod, partial ones, others).
+#[inline(always)]
+fn reverse<M: DnsMaps>(scratch: &mut DnsScratch, end: usize, maps: &M) -> Option<Question> {
+    let mut addr = [0u8; 16];
+    if end + 1 >= IN_ADDR_ARPA.len as usize {
+        let zone_start = in_name(end + 1 - IN_ADDR_ARPA.len as usize);
+        if scratch.before[zone_start & (NAME_BUF - 1)] != 0 && zone_matches(scratch, zone_start, &IN_ADDR_ARPA) {
+            addr[10] = 0xff;
+            addr[11] = 0xff;
+            let mut start = zone_start;
+            // The label before the zone is the address's first octet.
+            for i in 0..4 {
+                start = label_before(scratch, start)?;
+                addr[12 + i] = decimal_octet(scratch, start)?;
+            }
+            if scratch.before[start & (NAME_BUF - 1)] != FIRST {
+                return None;
+            }
+            return maps.address(&addr).map(Question::Address);
+        }
+    }
+    if end + 1 >= IP6_ARPA.len as usize {
+        let zone_start = in_name(end + 1 - IP6_ARPA.len as usize);
+        if scratch.before[zone_start & (NAME_BUF - 1)] != 0 && zone_matches(scratch, zone_start, &IP6_ARPA) {
+            let mut start = zone_start;
+            // From the zone back: the high nibble of byte 0 first.
+            for i in 0..32 {
+                start = label_before(scratch, start)?;
+                let nibble = hex_nibble(scratch, start)?;
+                addr[i / 2] |= if i % 2 == 0 { nibble << 4 } else { nibble };
+            }
+            if scratch.before[start & (NAME_BUF - 1)] != FIRST {
+                return None;
+            }
+            return maps.address(&addr).map(Question::Address);
+        }
+    }
+    None
+}
+
+/// A label of 1-3 decimal digits with a value up to 255.
+#[inline(always)]
+fn decimal_octet(scratch: &DnsScratch, start: usize) -> Option<u8> {
+    let len = scratch.name[start & (NAME_BUF - 1)] as usize;
+    if len == 0 || len > 3 {
+        return None;
+    }
+    let mut value = 0u32;
+    for i in 0..3 {
+        if i < len {
+            let digit = (scratch.name[(start + 1 + i) & (NAME_BUF - 1)] as u32).wrapping_sub(b'0' as u32);
+            if digit > 9 {
+                return None;
+            }
+            value = value * 10 + digit;
+        }
+    }
+    (value <= 255).then_some(value as u8)
+}
+
+/// A label of one hex digit, either case.
+#[inline(always)]
+fn hex_nibble(scratch: &DnsScratch, start: usize) -> Option<u8> {
+    if scratch.name[start & (NAME_BUF - 1)] != 1 {
+        return None;
+    }
+    let byte = lower(scratch.name[(start + 1) & (NAME_BUF - 1)]);
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        _ => None,
+    }
 }
 
 /// `offset & (NAME_BUF - 1)` as an instruction of its own: where the compiler proves the
@@ -342,16 +446,20 @@ pub fn decide<M: DnsMaps>(question: Question, querier_tenant: u64, maps: &M) -> 
         Question::Wildcard => DnsVerdict::Refuse { tenant: 0, malformed: false },
         Question::Malformed => DnsVerdict::Refuse { tenant: 0, malformed: true },
         Question::Namespace(found) => {
-            let pair = TenantPairKey { src: querier_tenant, dst: found.tenant };
-            if found.flags & DNS_NAMESPACE_SHARED != 0
-                || (querier_tenant != 0 && found.tenant == querier_tenant)
-                || (querier_tenant != 0 && maps.tenant_pair(&pair))
-            {
-                DnsVerdict::Pass
-            } else {
-                DnsVerdict::Refuse { tenant: found.tenant, malformed: false }
-            }
+            owner_answers(found.flags & DNS_NAMESPACE_SHARED != 0, found.tenant, querier_tenant, maps)
         }
+        Question::Address(owner) => owner_answers(owner.shared, owner.tenant, querier_tenant, maps),
+    }
+}
+
+/// Whether a name owned by `tenant` (or shared) is answered for a pod of `querier_tenant`.
+#[inline(always)]
+fn owner_answers<M: DnsMaps>(shared: bool, tenant: u64, querier_tenant: u64, maps: &M) -> DnsVerdict {
+    let pair = TenantPairKey { src: querier_tenant, dst: tenant };
+    if shared || tenant == 0 || (querier_tenant != 0 && (tenant == querier_tenant || maps.tenant_pair(&pair))) {
+        DnsVerdict::Pass
+    } else {
+        DnsVerdict::Refuse { tenant, malformed: false }
     }
 }
 

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use moat_common::{
     dns::{
-        classify, decide, DnsMaps, DnsNamespace, DnsVerdict, DnsZone, NamespaceKey, DNS_BLOCK,
+        classify, decide, AddressOwner, DnsMaps, DnsNamespace, DnsVerdict, DnsZone, NamespaceKey, DNS_BLOCK,
         DNS_PORT, NAME_BUF,
     },
     event::{FlowEvent, EVENT_KIND_DENY, HOOK_SKB},
@@ -20,7 +20,7 @@ use moat_common::{
 
 use crate::budget;
 use crate::counters;
-use crate::maps::{DNS_NAMESPACES, DNS_SCRATCH, DNS_ZONES, LOCAL_ENDPOINTS, TENANT_PAIRS};
+use crate::maps::{DNS_NAMESPACES, DNS_SCRATCH, DNS_ZONES, LOCAL_ENDPOINTS, REMOTE_ENDPOINTS, TENANT_PAIRS};
 use crate::packet::{self, Addr, Headers, Packet, ETH_P_IP};
 
 /// UDP header, then the DNS header's fixed 12 bytes before the question name.
@@ -32,6 +32,13 @@ impl DnsMaps for KernelDnsMaps {
     #[inline(always)]
     fn zone(&self, slot: u32) -> Option<&DnsZone> {
         DNS_ZONES.get(slot)
+    }
+
+    #[inline(always)]
+    fn address(&self, addr: &[u8; 16]) -> Option<AddressOwner> {
+        // SAFETY: the value is copied out at once.
+        let endpoint = unsafe { REMOTE_ENDPOINTS.get(addr) }?;
+        Some(AddressOwner { tenant: endpoint.tenant, shared: endpoint.shared != 0 })
     }
 
     #[inline(always)]

@@ -1,7 +1,7 @@
 //! Tenant DNS isolation on the real kernel: a CoreDNS-like server (`moat-dns serve`) in the
 //! lab's cluster-DNS pod, questions asked from tenant pods over UDP, IPv4 and IPv6. Own,
-//! same-tenant and shared names are answered; other tenants' names, wildcards and
-//! compression tricks fail at once (EPERM on the send) with a `dns.cross-tenant` event;
+//! same-tenant and shared names are answered; other tenants' names and pods' reverse names,
+//! wildcards and compression tricks fail at once (EPERM on the send) with a `dns.cross-tenant` event;
 //! external names and unreadable messages pass untouched.
 
 use std::net::IpAddr;
@@ -91,6 +91,14 @@ fn tenants_resolve_only_their_own_and_shared_names() {
             }
             if got.starts_with("send-error") {
                 slowest_refusal = slowest_refusal.max(reply["ms"].as_f64().unwrap_or(f64::MAX));
+            }
+        }
+        // Reverse names (PTR) of pods' addresses: another tenant's refused.
+        for (from, target, want) in [("a1/p1", "b1/p4", "send-error EPERM"), ("a1/p1", "a2/p2", "NOERROR 1"), ("b1/p4", DNS, "NOERROR 1"), ("b1/p4", "a1/p1", "send-error EPERM")] {
+            let address = lab.pod_ip(target, family).to_string();
+            let got = outcome(&query(&lab, from, server, &address, &["--type", "PTR"]));
+            if got != want {
+                wrong.push(format!("{from} asks PTR of {target} ({address}): got {got}, want {want}"));
             }
         }
         assert!(wrong.is_empty(), "over {family:?}:\n{}", wrong.join("\n"));

@@ -16,6 +16,15 @@ impl DnsMaps for Maps {
     fn namespace(&self, key: &NamespaceKey) -> Option<DnsNamespace> {
         self.namespaces.get(key).copied()
     }
+    fn address(&self, addr: &[u8; 16]) -> Option<AddressOwner> {
+        match addr {
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 2] => Some(AddressOwner { tenant: 2, shared: false }),
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1] => Some(AddressOwner { tenant: 1, shared: false }),
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 53] => Some(AddressOwner { tenant: 9, shared: true }),
+            [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x2b] => Some(AddressOwner { tenant: 2, shared: false }),
+            _ => None,
+        }
+    }
     fn tenant_pair(&self, key: &TenantPairKey) -> bool {
         self.pairs.contains(key)
     }
@@ -154,5 +163,22 @@ fn lower_cases_ascii_letters_only() {
     for byte in 0..=255u8 {
         let want = if byte.is_ascii_uppercase() { byte.to_ascii_lowercase() } else { byte };
         assert_eq!(lower(byte), want, "{byte:#x}");
+    }
+}
+
+#[test]
+fn reverse_names_of_other_tenants_pods_are_refused() {
+    assert_eq!(ask("2.0.0.10.in-addr.arpa", 1), REFUSED_BETA);
+    assert_eq!(ask("2.0.0.10.IN-ADDR.ARPA.", 1), REFUSED_BETA);
+    assert_eq!(ask("2.0.0.10.in-addr.arpa", 2), DnsVerdict::Pass, "own pod");
+    assert_eq!(ask("1.0.0.10.in-addr.arpa", 1), DnsVerdict::Pass, "own pod");
+    assert_eq!(ask("53.0.0.10.in-addr.arpa", 1), DnsVerdict::Pass, "a shared service's pod");
+    assert_eq!(ask("9.0.0.10.in-addr.arpa", 1), DnsVerdict::Pass, "no pod");
+    let v6 = "b.2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa";
+    assert_eq!(ask(v6, 1), REFUSED_BETA);
+    assert_eq!(ask(&v6.to_uppercase(), 1), REFUSED_BETA);
+    // Partial and odd reverse names name no address: the server has no pod to answer for.
+    for name in ["0.0.10.in-addr.arpa", "x.2.0.0.10.in-addr.arpa", "256.0.0.10.in-addr.arpa", "02a.0.0.10.in-addr.arpa", "2.0.0.0.10.in-addr.arpa", "0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa"] {
+        assert_eq!(ask(name, 1), DnsVerdict::Pass, "{name}");
     }
 }
