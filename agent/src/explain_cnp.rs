@@ -7,7 +7,7 @@ use moat_common::verdict::{LocalEnd, Reason};
 
 use super::{peer, ExplainError};
 use crate::compiler::Desired;
-use crate::lab::probe::{Family, Target};
+use crate::model::flow::{Family, Target};
 use crate::model::cnp::ClusterNetworkPolicy;
 use crate::model::cnp_eval::{self, Decider, Direction, End, NetworkPolicyTier};
 use crate::model::{Cluster, PodKey};

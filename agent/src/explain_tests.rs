@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use moat_common::verdict::{LocalEnd, Peer};
 
 use super::*;
-use crate::lab::probe::{Family, Target};
+use crate::model::flow::{Family, Target};
 use crate::model::Protocol;
 use crate::node::cgroups::PodRef;
 

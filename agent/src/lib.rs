@@ -2,11 +2,11 @@
 //!
 //! Data flows one way: `sources` → `model` → `compiler` → `kernel` → `events` → `sinks`;
 //! `observability` wires the pipeline, sinks, metrics and the `admin` socket; `cli` holds the
-//! admin clients (`moat observe`, `moat status`).
-//! `node` knows the machine (cgroup v2 layout, bpffs); `lab` is the local playground.
+//! admin clients (`moat observe`, `moat status`) and `moat lab`, which runs the separate
+//! `moat-lab` binary (crate `lab/`, the local playground; not part of this crate).
+//! `node` knows the machine (cgroup v2 layout, bpffs).
 
 pub mod admin;
-pub mod bench;
 pub mod cli;
 pub mod compiler;
 pub mod config;
@@ -16,7 +16,6 @@ pub mod explain;
 pub mod explain_dns;
 pub mod guard;
 pub mod kernel;
-pub mod lab;
 pub mod model;
 pub mod node;
 pub mod observability;

@@ -14,7 +14,7 @@ pub mod guard;
 pub mod netpol;
 pub mod observe;
 
-pub use moat_agent::lab::node::NodeLayout;
+pub use moat_lab::node::NodeLayout;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
@@ -46,6 +46,11 @@ pub fn moat_bin() -> PathBuf {
             candidates.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", ")
         ),
     }
+}
+
+/// `moat-lab` beside `moat`: where `moat lab` looks first, and where cargo builds it.
+pub fn lab_bin_beside(moat: &Path) -> PathBuf {
+    moat.with_file_name("moat-lab")
 }
 
 fn workspace_root() -> PathBuf {
@@ -322,6 +327,11 @@ impl Lab {
         &self.moat
     }
 
+    /// The `moat-lab` binary under test (what runs inside pods: `__pod-*`).
+    pub fn lab_bin(&self) -> PathBuf {
+        lab_bin_beside(&self.moat)
+    }
+
     /// `moat lab status -o json`.
     pub fn status(&self) -> serde_json::Value {
         let output = self.lab(&["status", "--name", &self.name, "-o", "json"]).ok();
@@ -571,7 +581,7 @@ impl Family {
     }
 }
 
-/// A long-lived TCP connection from inside a pod: `moat lab exec ... -- moat __pod-connect
+/// A long-lived TCP connection from inside a pod: `moat lab exec ... -- moat-lab __pod-connect
 /// --hold`, which echoes every stdin line over the connection and answers `ok` or
 /// `fail: ...`. Killed on drop.
 pub struct HeldConnection {
@@ -595,7 +605,7 @@ impl HeldConnection {
         let description = format!("held {protocol} connection {from} -> {ip} port {port}");
         let mut child = Command::new(moat)
             .args(["lab", "exec", "--name", lab, from, "--"])
-            .arg(moat)
+            .arg(lab_bin_beside(moat))
             .args(["__pod-connect", "--to", &ip.to_string(), "--port", &port.to_string()])
             .args(["--protocol", protocol, "--hold", "--timeout-ms", HOLD_SOCKET_TIMEOUT_MS])
             .stdin(Stdio::piped())

@@ -6,8 +6,8 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use moat_agent::bench::harness::{own_cgroup_id, test_run, Loaded};
-use moat_agent::bench::testrun::{tcp_frame, TCP_ACK, TCP_SYN};
+use moat_lab::bench::harness::{own_cgroup_id, test_run, Loaded};
+use moat_lab::bench::testrun::{tcp_frame, TCP_ACK, TCP_SYN};
 use moat_agent::compiler::{compile, Desired};
 use moat_agent::config::Config;
 use moat_agent::kernel::stats::KernelStats;

@@ -70,7 +70,7 @@ fn a_quiet_tenant_loses_no_events_while_another_floods() {
 
     let flood = Command::new(lab.moat())
         .args(["lab", "exec", "--name", lab.name(), "b1/noisy", "--"])
-        .arg(lab.moat())
+        .arg(lab.lab_bin())
         .args([
             "__pod-burst",
             "--protocol",

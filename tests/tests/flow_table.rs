@@ -39,7 +39,7 @@ fn a_tenant_filling_the_flow_table_breaks_no_other_tenants_flows() {
     let sink = lab.pod_ip("b1/sink", Family::V4).to_string();
     let output = Command::new(lab.moat())
         .args(["lab", "exec", "--name", lab.name(), "b1/flood", "--"])
-        .arg(lab.moat())
+        .arg(lab.lab_bin())
         .args(["__pod-burst", "--protocol", "udp", "--to", &sink, "--port", "1", "--ports", "65535", "--sockets", "8"])
         .args(["--count", &FLOOD_FLOWS.to_string()])
         .stderr(Stdio::inherit())

@@ -154,7 +154,7 @@ fn the_stand_in_kubelet_runs_from_the_node_and_rotates_its_certificate() {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("the kubelet runs");
     assert_eq!(exe, lab.kubelet_executable());
     let kubelet_inode = std::fs::metadata(&exe).expect("kubelet").ino();
-    assert_ne!(kubelet_inode, std::fs::metadata(lab.moat()).expect("moat").ino(), "a copy with its own inode");
+    assert_ne!(kubelet_inode, std::fs::metadata(lab.lab_bin()).expect("moat-lab").ino(), "a copy with its own inode");
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
     let relative = lab.node().kubelet_cgroup;
     assert!(cgroup.lines().any(|line| line == format!("0::{}", relative.display())), "{cgroup}");

@@ -179,7 +179,8 @@ fn ring_buffer_overflow_is_counted_and_the_flood_aggregated() {
     let before = lost(&moat_json(&lab, &["status", "--lab", lab.name(), "-o", "json"]));
     let target = lab.pod_ip("b1/p2", Family::V4).to_string();
     let burst = |count: &str| {
-        let output = lab.exec("a1/p1", &[lab.moat().to_str().unwrap_or("moat"), "__pod-burst", "--to", &target, "--port", "80", "--count", count]);
+        let lab_bin = lab.lab_bin();
+        let output = lab.exec("a1/p1", &[lab_bin.to_str().unwrap_or("moat-lab"), "__pod-burst", "--to", &target, "--port", "80", "--count", count]);
         assert!(output.success, "{output}");
     };
     {

@@ -54,7 +54,7 @@ fn status_health_and_metrics_answer_under_a_storm_and_socket_abuse() {
     // The storm: a denied connect flood to distinct ports, for the whole test.
     let mut storm = Command::new(lab.moat())
         .args(["lab", "exec", "--name", lab.name(), "a1/p1", "--"])
-        .arg(lab.moat())
+        .arg(lab.lab_bin())
         .args(["__pod-burst", "--protocol", "tcp", "--to", &target, "--port", "1024", "--ports", "60000"])
         .args(["--count", &u64::MAX.to_string(), "--seconds", "60"])
         .stdout(Stdio::null())

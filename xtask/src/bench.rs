@@ -36,15 +36,21 @@ pub struct Context {
 }
 
 impl Context {
-    /// The release build of the agent, built on first use: for sections whose figures
-    /// include userspace work (compiling, loading), which a debug build would distort.
+    /// The release build of the agent (and of `moat-lab` beside it), built on first use: for
+    /// sections whose figures include userspace work (compiling, loading), which a debug
+    /// build would distort.
     pub fn moat_release(&self) -> Result<PathBuf> {
         if let Some(path) = self.release.get() {
             return Ok(path.clone());
         }
-        run(cargo().args(["build", "--release", "-p", "moat-agent"]))?;
+        run(cargo().args(["build", "--release", "-p", "moat-agent", "-p", "moat-lab"]))?;
         let path = crate::util::target_dir()?.join("release").join("moat");
         Ok(self.release.get_or_init(|| path).clone())
+    }
+
+    /// The release build of `moat-lab`, which holds the `__bench-*` helpers.
+    pub fn lab_release(&self) -> Result<PathBuf> {
+        Ok(crate::util::lab_bin_beside(&self.moat_release()?))
     }
 }
 
@@ -95,7 +101,7 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
     if std::env::var_os("MOAT_BENCH_PREBUILT").is_none() {
         crate::setup::run_setup(&crate::setup::SetupArgs::default())?;
         check_interrupt()?;
-        run(cargo().args(["build", "-p", "moat-agent", "-p", "moat-testapi"]))?;
+        run(cargo().args(["build", "-p", "moat-agent", "-p", "moat-lab", "-p", "moat-testapi"]))?;
         check_interrupt()?;
     }
     let ctx = Context { moat: crate::util::moat_bin()?, seconds: args.seconds, release: Default::default() };

@@ -40,7 +40,7 @@ fn ns(value: f64) -> Measurement {
 /// Per-packet cost of `moat_egress`/`moat_ingress` against `moat_noop` (returns 1), with the
 /// compiled state of a synthetic cluster of 2,000 pods and N NetworkPolicies.
 pub fn datapath(ctx: &Context) -> Result<Section> {
-    let moat = ctx.moat_release()?;
+    let lab = ctx.lab_release()?;
     let mut rows = Vec::new();
     let mut notes = String::from(
         "| policies | POLICY_RULES entries (this node) | egress case | ingress case | cgroup id the programs saw (own) |\n|---:|---:|---|---|---|\n",
@@ -48,7 +48,7 @@ pub fn datapath(ctx: &Context) -> Result<Section> {
     for policies in DATAPATH_POLICIES {
         println!("\n== np-datapath: {policies} policies");
         let value = json_of(
-            Command::new(&moat)
+            Command::new(&lab)
                 .args(["__bench-datapath", "--policies", &policies.to_string()])
                 .args(["--packets", &DATAPATH_PACKETS.to_string(), "--rounds", &DATAPATH_ROUNDS.to_string()]),
         )?;
@@ -129,13 +129,13 @@ pub fn datapath(ctx: &Context) -> Result<Section> {
 
 /// Compile time of 10,000 pods with 5,000 policies, against 0 and 500 policies.
 pub fn compile(ctx: &Context) -> Result<Section> {
-    let moat = ctx.moat_release()?;
+    let lab = ctx.lab_release()?;
     let mut runs: Vec<Vec<Value>> = vec![Vec::new(); COMPILE_POLICIES.len()];
     for repeat in 0..COMPILE_REPEATS {
         for (slot, policies) in COMPILE_POLICIES.iter().enumerate() {
             println!("\n== np-compile: run {} of {COMPILE_REPEATS}, {policies} policies", repeat + 1);
             runs[slot].push(json_of(
-                Command::new(&moat)
+                Command::new(&lab)
                     .args(["__bench-compile", "--pods", &COMPILE_PODS.to_string()])
                     .args(["--policies", &policies.to_string()]),
             )?);
@@ -180,7 +180,7 @@ pub fn compile(ctx: &Context) -> Result<Section> {
         ));
     }
     notes.push_str(
-        "\nEach run is its own process (`moat __bench-compile`, release build): the synthetic \
+        "\nEach run is its own process (`moat-lab __bench-compile`, release build): the synthetic \
          cluster is built untimed, then compiled for a node holding 110 of the pods (what the \
          agent writes to the kernel) and for the whole cluster (what `moat explain` evaluates). \
          Peak RSS is the process's VmHWM after both compiles.\n",

@@ -14,7 +14,7 @@ const LOG_WAIT: Duration = Duration::from_secs(5);
 pub fn run_demo() -> Result<()> {
     crate::setup::run_setup(&crate::setup::SetupArgs::default())?;
     check_interrupt()?;
-    run(cargo().args(["build", "-p", "moat-agent"]))?;
+    run(cargo().args(["build", "-p", "moat-agent", "-p", "moat-lab"]))?;
     check_interrupt()?;
     let moat = crate::util::moat_bin()?;
 

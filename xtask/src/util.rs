@@ -111,16 +111,21 @@ pub fn target_dir() -> Result<PathBuf> {
 }
 
 /// The agent binary built by `cargo build -p moat-agent`, or `$MOAT_BIN` if set (as for the
-/// integration tests).
+/// integration tests). `moat lab` runs `moat-lab` from beside it (`lab_bin_beside`).
 pub fn moat_bin() -> Result<PathBuf> {
     let bin = match std::env::var_os("MOAT_BIN") {
         Some(bin) => PathBuf::from(bin),
         None => target_dir()?.join("debug").join("moat"),
     };
     if !bin.is_file() {
-        bail!("{} does not exist; build it with `cargo build -p moat-agent` (or unset MOAT_BIN)", bin.display());
+        bail!("{} does not exist; build it with `cargo build -p moat-agent -p moat-lab` (or unset MOAT_BIN)", bin.display());
     }
     Ok(bin)
+}
+
+/// `moat-lab` beside `moat`: where `moat lab` looks first, and where cargo builds it.
+pub fn lab_bin_beside(moat: &Path) -> PathBuf {
+    moat.with_file_name("moat-lab")
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);

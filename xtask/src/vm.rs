@@ -182,7 +182,7 @@ fn host_report(binary: &Path) -> Result<table::Report> {
 
 /// Builds the integration tests and the binaries they drive; their paths by test name.
 fn build_tests(wanted: &[String]) -> Result<BTreeMap<String, PathBuf>> {
-    run(cargo().args(["build", "-p", "moat-agent", "-p", "moat-testapi", "-p", "moat-integration", "--bins"]))?;
+    run(cargo().args(["build", "-p", "moat-agent", "-p", "moat-lab", "-p", "moat-testapi", "-p", "moat-integration", "--bins"]))?;
     let output = crate::util::capture(cargo().args([
         "test",
         "-p",

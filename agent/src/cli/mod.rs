@@ -1,5 +1,7 @@
-//! Clients of the agent's admin socket: `moat observe` and `moat status`.
+//! Clients of the agent's admin socket: `moat observe` and `moat status`; and `moat lab`,
+//! which hands over to the lab's own binary.
 
+pub mod lab;
 pub mod observe;
 pub mod status;
 
@@ -9,7 +11,6 @@ use std::path::PathBuf;
 
 use crate::admin::Request;
 use crate::config::Config;
-use crate::lab::state::LabState;
 
 /// Which agent to talk to.
 #[derive(clap::Args, Clone, Debug)]
@@ -18,7 +19,7 @@ pub struct Target {
     #[arg(long, conflicts_with = "lab")]
     pub socket: Option<PathBuf>,
     /// The agent of the lab with this name.
-    #[arg(long)]
+    #[arg(long, value_parser = lab::parse_name)]
     pub lab: Option<String>,
 }
 
@@ -37,8 +38,12 @@ pub enum CliError {
     Response { path: PathBuf, message: String },
     #[error("the agent answered: {0}")]
     Agent(String),
-    #[error(transparent)]
-    Lab(#[from] crate::lab::LabError),
+    #[error("lab {name:?} does not exist (no {}); create it with `moat lab up --name {name}`", dir.display())]
+    NoLab { name: String, dir: PathBuf },
+    #[error("`moat lab` runs the lab's own binary, `{bin}`, which is not installed: not beside this executable{}, nor on PATH (build it with `cargo build -p moat-lab`)", beside.as_ref().map(|d| format!(" ({})", d.display())).unwrap_or_default(), bin = lab::LAB_BINARY)]
+    NoLabBinary { beside: Option<PathBuf> },
+    #[error("running {path}: {source}")]
+    Exec { path: PathBuf, source: std::io::Error },
 }
 
 impl Target {
@@ -46,10 +51,12 @@ impl Target {
         if let Some(path) = &self.socket {
             return Ok(path.clone());
         }
-        if let Some(lab) = &self.lab {
-            let state = LabState::load(lab)?;
-            let recorded = state.agent.and_then(|agent| agent.admin_socket);
-            return Ok(recorded.unwrap_or_else(|| crate::lab::agent::admin_socket(lab)));
+        if let Some(name) = &self.lab {
+            let dir = lab::lab_dir(name);
+            if !dir.is_dir() {
+                return Err(CliError::NoLab { name: name.clone(), dir });
+            }
+            return Ok(lab::admin_socket(name));
         }
         Ok(Config::default().admin_socket_path())
     }

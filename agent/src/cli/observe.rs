@@ -25,7 +25,7 @@ pub struct ObserveArgs {
     #[arg(long)]
     pub namespace: Option<String>,
     /// Only events with this pod (NAMESPACE/POD) at either end.
-    #[arg(long, value_parser = crate::lab::parse_pod)]
+    #[arg(long, value_parser = crate::model::flow::parse_pod)]
     pub pod: Option<crate::model::PodKey>,
     /// Only flows with this verdict.
     #[arg(long, value_enum)]

@@ -3,6 +3,7 @@
 pub mod change;
 pub mod cnp;
 pub mod cnp_eval;
+pub mod flow;
 pub mod policy;
 pub mod selector;
 pub mod tenant;

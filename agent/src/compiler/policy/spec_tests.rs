@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use crate::compiler::{compile_scoped, Scope};
 use crate::config::Config;
 use crate::explain::explain;
-use crate::lab::probe::{Family, Target};
+use crate::model::flow::{Family, Target};
 use crate::model::{Cluster, ContainerPort, Labels, Namespace, ObjectKey, Pod, PodKey, Protocol};
 use crate::node::cgroups::PodCgroups;
 

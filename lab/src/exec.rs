@@ -8,7 +8,7 @@ use std::os::unix::process::CommandExt;
 use super::podexec::{PodPlace, Start};
 use super::state::LabState;
 use super::{parse_pod, LabError, NameArg};
-use crate::model::PodKey;
+use moat_agent::model::PodKey;
 
 #[derive(clap::Args, Debug)]
 pub struct ExecArgs {

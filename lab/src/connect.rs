@@ -1,4 +1,4 @@
-//! `moat __pod-connect`: one connection attempt from inside a pod. Prints one JSON line
+//! `moat-lab __pod-connect`: one connection attempt from inside a pod. Prints one JSON line
 //! `{"verdict":"allow"|"deny","detail":"..."}`; exits 0 on allow, 1 on deny, 2 on usage or
 //! internal errors. `--hold` keeps a TCP connection and echoes stdin lines over it; `--bench`
 //! measures instead (see `bench`).
@@ -7,7 +7,9 @@ use std::io::{BufRead, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use super::{bench, sock, LabError};
+use super::sock::{self, open_stream};
+use super::verdict::print_verdict;
+use super::{podbench, LabError};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProbeProtocol {
@@ -34,7 +36,7 @@ pub struct ConnectArgs {
     pub hold: bool,
     /// Measure instead of probing: `rr`, `crr` or `stream` over TCP, `udp` round trips.
     #[arg(long, value_enum)]
-    pub bench: Option<bench::Mode>,
+    pub bench: Option<podbench::Mode>,
     /// How long `--bench` runs.
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
@@ -46,11 +48,11 @@ pub fn run(args: ConnectArgs) -> Result<i32, LabError> {
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
     let target = SocketAddr::new(args.to, args.port);
     if let Some(mode) = args.bench {
-        let protocol = if mode == bench::Mode::Udp { ProbeProtocol::Udp } else { ProbeProtocol::Tcp };
+        let protocol = if mode == podbench::Mode::Udp { ProbeProtocol::Udp } else { ProbeProtocol::Tcp };
         if args.protocol != protocol {
             return usage(&format!("--bench {} needs --protocol {}", mode.name(), mode.protocol()));
         }
-        return Ok(bench::client(mode, target, timeout, args.seconds));
+        return Ok(podbench::client(mode, target, timeout, args.seconds));
     }
     if args.hold && !matches!(args.protocol, ProbeProtocol::Tcp | ProbeProtocol::Udp) {
         return usage("--hold needs --protocol tcp or udp");
@@ -74,22 +76,6 @@ fn usage(message: &str) -> Result<i32, LabError> {
     Ok(2)
 }
 
-#[derive(serde::Serialize)]
-struct Verdict<'a> {
-    verdict: &'static str,
-    detail: &'a str,
-}
-
-/// Prints `{"verdict":"allow"|"deny","detail":"..."}` and flushes.
-pub fn print_verdict(allow: bool, detail: &str) {
-    let verdict = Verdict {
-        verdict: if allow { "allow" } else { "deny" },
-        detail,
-    };
-    println!("{}", serde_json::to_string(&verdict).unwrap_or_default());
-    let _ = std::io::stdout().flush();
-}
-
 fn report(result: Result<String, String>) -> i32 {
     match result {
         Ok(detail) => {
@@ -101,24 +87,6 @@ fn report(result: Result<String, String>) -> i32 {
             1
         }
     }
-}
-
-/// A connected stream socket (TCP or SCTP) with read/write timeouts.
-pub fn open_stream(
-    target: SocketAddr,
-    protocol: libc::c_int,
-    timeout: Duration,
-) -> Result<TcpStream, String> {
-    let fd =
-        sock::connect_stream(target, protocol, timeout).map_err(|e| format!("connect: {e}"))?;
-    let stream = TcpStream::from(fd);
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(|e| format!("setsockopt: {e}"))?;
-    stream
-        .set_write_timeout(Some(timeout))
-        .map_err(|e| format!("setsockopt: {e}"))?;
-    Ok(stream)
 }
 
 fn echo_round(stream: &mut TcpStream, payload: &[u8]) -> Result<(), String> {

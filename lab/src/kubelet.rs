@@ -1,5 +1,5 @@
-//! The lab's stand-in kubelet: `<node>/usr/bin/kubelet lab kubelet-run --name N`, a copy of
-//! moat with an inode of its own, in the cgroup `<lab cgroup>/kubelet`. Like a kubelet it
+//! The lab's stand-in kubelet: `<node>/usr/bin/kubelet kubelet-run --name N`, a copy of
+//! moat-lab with an inode of its own, in the cgroup `<lab cgroup>/kubelet`. Like a kubelet it
 //! reads its credentials (current client certificate through the rotation symlink, serving
 //! pair, kubeconfigs) every 2 s and then talks to the API server if the lab knows one; it
 //! rotates its client certificate itself when asked; and it serves the runtime stand-in's
@@ -51,7 +51,7 @@ pub struct KubeletState {
 
 /// In the kubelet's command line, and nowhere else: the path of its executable is the lab's.
 pub fn marker(lab: &str) -> String {
-    format!("{} lab kubelet-run --name {lab}", NodeLayout::of(lab).kubelet_executable.display())
+    format!("{} kubelet-run --name {lab}", NodeLayout::of(lab).kubelet_executable.display())
 }
 
 pub fn run_command(command: KubeletCommand) -> Result<(), LabError> {
@@ -99,7 +99,7 @@ pub fn start(lab: &str, pods_root: &Path) -> Result<KubeletState, LabError> {
         .map_err(|e| LabError::io("opening", &layout.kubelet_log, e))?;
     let log_err = log.try_clone().map_err(|e| LabError::io("opening", &layout.kubelet_log, e))?;
     let mut command = Command::new(&layout.kubelet_executable);
-    command.args(["lab", "kubelet-run", "--name", lab]).stdin(Stdio::null()).stdout(log).stderr(log_err);
+    command.args(["kubelet-run", "--name", lab]).stdin(Stdio::null()).stdout(log).stderr(log_err);
     // SAFETY: setsid(2) and write(2) on an fd opened above are async-signal-safe.
     unsafe {
         command.pre_exec(move || {
@@ -142,7 +142,7 @@ pub fn stop(lab: &str) {
     }
 }
 
-/// `moat lab kubelet-run`: the stand-in kubelet process itself.
+/// `moat-lab kubelet-run`: the stand-in kubelet process itself.
 pub fn run(args: RunArgs) -> Result<(), LabError> {
     let lab = args.name.name;
     let layout = NodeLayout::of(&lab);

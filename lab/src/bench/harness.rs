@@ -1,5 +1,5 @@
 //! The real eBPF object in a private pin directory, driven through BPF_PROG_TEST_RUN: what
-//! `moat __bench-datapath` measures with, and what the datapath's integration tests check
+//! `moat-lab __bench-datapath` measures with, and what the datapath's integration tests check
 //! verdicts with. Nothing is attached to any cgroup or device.
 //!
 //! A test-run skb carries a dummy socket that the kernel charges to the calling task's
@@ -18,10 +18,10 @@ use moat_common::maps::{names, Settings};
 
 use super::testrun::{self, Outcome};
 use super::BenchError;
-use crate::kernel::bpffs::{self, PinDirs};
-use crate::kernel::maps::KernelMaps;
-use crate::kernel::{loader, tc};
-use crate::node::mounts;
+use moat_agent::kernel::bpffs::{self, PinDirs};
+use moat_agent::kernel::maps::KernelMaps;
+use moat_agent::kernel::{loader, tc};
+use moat_agent::node::mounts;
 
 /// The loaded object and its maps, pinned under `<bpffs>/moat/<instance>`, which is
 /// removed when this is dropped, whatever happened.

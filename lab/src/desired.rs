@@ -12,8 +12,8 @@ use super::podspec::{self, Objects, PodNode};
 use super::role::{self, Role};
 use super::state::{write_atomic, PortState};
 use super::{lab_dir, LabError};
-use crate::model::PodKey;
-use crate::sources::manifests::{build_cluster, read_documents};
+use moat_agent::model::PodKey;
+use moat_agent::sources::manifests::{build_cluster, read_documents};
 
 pub struct DesiredPod {
     pub key: PodKey,

@@ -123,7 +123,7 @@ impl PodPlace {
         Ok(PodCommand { command, report: report_read, pod: self.pod.clone() })
     }
 
-    /// A command running this `moat` binary inside the pod.
+    /// A command running this `moat-lab` binary inside the pod.
     pub fn moat(&self, start: Start) -> Result<PodCommand, LabError> {
         self.command(current_exe()?, start)
     }
@@ -174,7 +174,7 @@ impl PodCommand {
     }
 }
 
-/// The running `moat` binary.
+/// The running `moat-lab` binary.
 pub fn current_exe() -> Result<PathBuf, LabError> {
     std::env::current_exe().map_err(|e| LabError::io("finding", Path::new("/proc/self/exe"), e))
 }

@@ -120,7 +120,7 @@ pub fn cgroup_dir(state: &LabState, desired: &DesiredPod) -> PathBuf {
     cgroup::pod_dir(&root, &desired.key.namespace, &desired.key.name)
 }
 
-/// Starts `moat __pod-serve` for the pod's ports, detached, inside the pod.
+/// Starts `moat-lab __pod-serve` for the pod's ports, detached, inside the pod.
 pub fn start_server(pod: &PodState) -> Result<u32, LabError> {
     let mut argv = vec![SERVE_MARKER.to_string()];
     for port in &pod.ports {

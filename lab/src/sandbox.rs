@@ -2,7 +2,7 @@
 //! own root and volumes, UTS, IPC and, unless `hostPID`, PID) for every process that later
 //! enters the pod, and is PID 1 of the pod's PID namespace, reaping orphans.
 //!
-//! `moat __pod-sandbox --spec FILE` starts in the pod's cgroup and network namespace, makes
+//! `moat-lab __pod-sandbox --spec FILE` starts in the pod's cgroup and network namespace, makes
 //! the other namespaces and the root (`podroot`), forks the sandbox proper (PID 1 in the new
 //! PID namespace, which mounts the pod's /proc), prints `ready <pid>` and exits. When the
 //! sandbox dies, the kernel ends every process of its PID namespace.
@@ -86,7 +86,7 @@ pub fn start(pod: &PodState, spec: &SandboxSpec) -> Result<u32, LabError> {
     }
 }
 
-/// `moat __pod-sandbox`: must run single-threaded (unshare and fork).
+/// `moat-lab __pod-sandbox`: must run single-threaded (unshare and fork).
 pub fn run(args: SandboxArgs) -> Result<(), LabError> {
     let text = std::fs::read_to_string(&args.spec).map_err(|e| LabError::io("reading", &args.spec, e))?;
     let spec: SandboxSpec = serde_json::from_str(&text)

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
@@ -162,4 +162,22 @@ pub fn connect_stream(
         ))?;
     }
     Ok(fd)
+}
+
+/// A connected stream socket (TCP or SCTP) with read/write timeouts.
+pub fn open_stream(
+    target: SocketAddr,
+    protocol: libc::c_int,
+    timeout: Duration,
+) -> Result<TcpStream, String> {
+    let fd =
+        connect_stream(target, protocol, timeout).map_err(|e| format!("connect: {e}"))?;
+    let stream = TcpStream::from(fd);
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| format!("setsockopt: {e}"))?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(|e| format!("setsockopt: {e}"))?;
+    Ok(stream)
 }

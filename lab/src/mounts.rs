@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::{sys, LabError};
-use crate::node::mounts::mount_points_below;
+use moat_agent::node::mounts::mount_points_below;
 
 const SELF_MOUNTINFO: &str = "/proc/self/mountinfo";
 

@@ -1,4 +1,4 @@
-//! `moat __bench-datapath`: ns per packet of `moat_egress` and `moat_ingress` under
+//! `moat-lab __bench-datapath`: ns per packet of `moat_egress` and `moat_ingress` under
 //! BPF_PROG_TEST_RUN, with the maps holding the compiled state of a synthetic cluster with N
 //! NetworkPolicies, against `moat_noop` (returns 1) measured in the same rounds; and of the tc
 //! program `moat_icmp_ingress` on a TCP packet (passed on after one header load) and on an
@@ -24,10 +24,10 @@ use super::harness::{own_cgroup_id, test_run, GenerationBump, Loaded};
 use super::synth::{self, Shape};
 use super::testrun::{self, echo_request_frame, tcp_frame, TCP_ACK, TCP_SYN};
 use super::{median, BenchError};
-use crate::compiler::{compile, mapped, Desired};
-use crate::config::Config;
-use crate::kernel::tc;
-use crate::node::cgroups::{PodCgroups, PodRef};
+use moat_agent::compiler::{compile, mapped, Desired};
+use moat_agent::config::Config;
+use moat_agent::kernel::tc;
+use moat_agent::node::cgroups::{PodCgroups, PodRef};
 
 #[derive(clap::Args, Debug)]
 pub struct DatapathArgs {
@@ -222,7 +222,7 @@ fn v4(ip: Option<&IpAddr>) -> Result<Ipv4Addr, BenchError> {
 /// A peer and port whose new flow the local pod's policy allows (so the packet walks the
 /// whole verdict, floor and policy lookups, and is then tracked), found with the same
 /// decision code the programs run.
-fn find_flow(desired: &Desired, cluster: &crate::model::Cluster, local_ip: Ipv4Addr, cgroup: u64, end: LocalEnd, ports: &[u16]) -> Result<Flow, BenchError> {
+fn find_flow(desired: &Desired, cluster: &moat_agent::model::Cluster, local_ip: Ipv4Addr, cgroup: u64, end: LocalEnd, ports: &[u16]) -> Result<Flow, BenchError> {
     let local = Peer::local(desired.local.get(&cgroup).copied());
     let mut fallback = None;
     for pod in cluster.pods.values() {

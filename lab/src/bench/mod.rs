@@ -1,8 +1,8 @@
 //! Hidden benchmark subcommands, driven by `cargo xtask bench`: each prints one JSON object.
 //!
-//! * `moat __bench-datapath`: per-packet cost of the verdict programs under BPF_PROG_TEST_RUN,
+//! * `moat-lab __bench-datapath`: per-packet cost of the verdict programs under BPF_PROG_TEST_RUN,
 //!   against a program that only returns 1, with the state of a synthetic cluster.
-//! * `moat __bench-compile`: time and memory to compile a synthetic cluster.
+//! * `moat-lab __bench-compile`: time and memory to compile a synthetic cluster.
 
 pub mod compile;
 pub mod datapath;
@@ -10,8 +10,8 @@ pub mod harness;
 pub mod synth;
 pub mod testrun;
 
-use crate::compiler::CompileError;
-use crate::kernel::KernelError;
+use moat_agent::compiler::CompileError;
+use moat_agent::kernel::KernelError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {

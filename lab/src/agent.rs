@@ -13,7 +13,8 @@ use super::node::{self, NodeLayout};
 use super::podexec::current_exe;
 use super::state::{write_atomic, AgentState, LabState};
 use super::{lab_dir, process, LabError, NameArg};
-use crate::config::Config;
+use moat_agent::cli::lab::{admin_socket, find_binary, AGENT_BIN_ENV};
+use moat_agent::config::Config;
 
 /// How long `lab up` waits for the agent; `MOAT_LAB_READY_SECS` raises it where the kernel is
 /// slow to verify programs (emulated VMs of the kernel matrix).
@@ -211,11 +212,6 @@ fn child<'a>(
         .ok_or_else(|| LabError::Usage(format!("config {}: field {field}: not a mapping", file.display())))
 }
 
-/// `/run/moat/lab/<name>/admin.sock`: the lab's agent's admin socket.
-pub fn admin_socket(lab: &str) -> PathBuf {
-    lab_dir(lab).join("admin.sock")
-}
-
 fn free_loopback_address() -> Result<String, LabError> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|e| LabError::io("binding a free port on", "127.0.0.1:0", e))?;
@@ -242,7 +238,7 @@ pub fn start(lab: &str) -> Result<AgentState, LabError> {
         }
         _ => {}
     }
-    let exe = current_exe()?;
+    let exe = agent_exe()?;
     let argv: Vec<String> = vec![
         exe.display().to_string(),
         "agent".into(),
@@ -313,6 +309,23 @@ pub fn start(lab: &str) -> Result<AgentState, LabError> {
         admin_socket: loaded.as_ref().map(Config::admin_socket_path),
         metrics_address: loaded.map(|c| c.metrics_address),
         config,
+    })
+}
+
+/// The `moat` binary the lab runs as its agent: `$MOAT_AGENT_BIN` (which `moat lab` sets to
+/// itself), else `moat` beside this binary, else on PATH.
+pub fn agent_exe() -> Result<PathBuf, LabError> {
+    if let Some(bin) = std::env::var_os(AGENT_BIN_ENV) {
+        return Ok(bin.into());
+    }
+    let own = current_exe()?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    find_binary("moat", Some(&own), &path).ok_or_else(|| {
+        LabError::Usage(format!(
+            "the lab's agent is the `moat` binary: not found beside {} nor on PATH \
+             (build it with `cargo build -p moat-agent`, or run the lab as `moat lab`)",
+            own.display()
+        ))
     })
 }
 

@@ -102,7 +102,7 @@ pub fn provision(lab: &str, layout: &NodeLayout, api_server: Option<&str>) -> Re
     // A copy, not a link: the agent knows the kubelet by its executable's inode.
     let exe = current_exe()?;
     std::fs::copy(&exe, &layout.kubelet_executable)
-        .map_err(|e| LabError::io("copying the moat binary to", &layout.kubelet_executable, e))?;
+        .map_err(|e| LabError::io("copying the moat-lab binary to", &layout.kubelet_executable, e))?;
     let small = small_binary()?;
     for runtime in &layout.runtime_binaries {
         std::fs::copy(&small, runtime).map_err(|e| LabError::io("copying a runtime stand-in to", runtime, e))?;

@@ -1,4 +1,4 @@
-//! `moat __pod-serve`: echo servers on a pod's container ports, dual-stack (`[::]` with
+//! `moat-lab __pod-serve`: echo servers on a pod's container ports, dual-stack (`[::]` with
 //! IPV6_V6ONLY off). TCP and SCTP (one-to-one style) echo each connection until EOF; a
 //! connection whose first byte is NUL is one request: echoed, then closed by the server (the
 //! side that closes first keeps TIME_WAIT, so a client opening thousands of connections a

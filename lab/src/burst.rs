@@ -1,4 +1,4 @@
-//! `moat __pod-burst`: from inside a pod, as fast as possible: UDP datagrams from a few
+//! `moat-lab __pod-burst`: from inside a pod, as fast as possible: UDP datagrams from a few
 //! sockets, or TCP connect attempts, to one port or cycling over a range of ports. Errors are
 //! counted, not fatal (a denied send or connect fails with EPERM). Used to flood the event
 //! path (every denied attempt is one event) and the flow table (every allowed datagram to a

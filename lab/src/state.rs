@@ -13,7 +13,7 @@ use super::podspec::Mount;
 use super::role::Role;
 use super::volumes::VolumeState;
 use super::{lab_dir, LabError};
-use crate::model::Protocol;
+use moat_agent::model::Protocol;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

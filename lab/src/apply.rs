@@ -9,7 +9,7 @@ use super::addresses::PodAddresses;
 use super::role::Role;
 use super::state::LabState;
 use super::{desired, net, pod, LabError, NameArg};
-use crate::model::PodKey;
+use moat_agent::model::PodKey;
 
 #[derive(clap::Args, Debug)]
 pub struct ApplyArgs {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::LabError;
-use crate::node::mounts;
+use moat_agent::node::mounts;
 
 pub const PODS: &str = "pods";
 pub const EXTERNAL: &str = "external";

@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::connect::open_stream;
-use super::probe::{resolve, run_in_pod, Family};
+use super::probe::{resolve, run_in_pod};
+use super::sock::open_stream;
+use super::verdict::print_verdict;
 use super::state::LabState;
 use super::{parse_pod, LabError, NameArg, Output};
-use crate::model::PodKey;
+use moat_agent::model::flow::Family;
+use moat_agent::model::PodKey;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -126,7 +128,7 @@ pub fn run(args: BenchArgs) -> Result<(), LabError> {
 /// The in-pod side (`__pod-connect --bench`): prints a `BenchResult` line, or a deny verdict.
 pub fn client(mode: Mode, target: SocketAddr, timeout: Duration, seconds: f64) -> i32 {
     if !(seconds > 0.0 && seconds <= 3600.0) {
-        super::connect::print_verdict(false, "usage: --seconds must be in (0, 3600]");
+        print_verdict(false, "usage: --seconds must be in (0, 3600]");
         return 2;
     }
     let duration = Duration::from_secs_f64(seconds);
@@ -142,7 +144,7 @@ pub fn client(mode: Mode, target: SocketAddr, timeout: Duration, seconds: f64) -
             0
         }
         Err(detail) => {
-            super::connect::print_verdict(false, &detail);
+            print_verdict(false, &detail);
             1
         }
     }

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::{json, Value};
 
-use crate::model::{Cluster, ContainerPort, Labels, Namespace, ObjectKey, Pod, PodKey, Protocol};
+use moat_agent::model::{Cluster, ContainerPort, Labels, Namespace, ObjectKey, Pod, PodKey, Protocol};
 
 /// Apps of every namespace; pod `j` of a namespace runs `APPS[j % APPS.len()]`.
 pub const APPS: [&str; 10] = ["web", "api", "worker", "cache", "db", "auth", "search", "queue", "batch", "metrics"];
@@ -181,8 +181,8 @@ pub fn policy(index: usize, namespace: usize) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compiler::{compile_scoped, Scope};
-    use crate::config::Config;
+    use moat_agent::compiler::{compile_scoped, Scope};
+    use moat_agent::config::Config;
 
     #[test]
     fn every_shape_compiles() {

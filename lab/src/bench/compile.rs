@@ -1,4 +1,4 @@
-//! `moat __bench-compile`: compiles a synthetic cluster the way the agent does (node scope,
+//! `moat-lab __bench-compile`: compiles a synthetic cluster the way the agent does (node scope,
 //! with this node's share of pods) and the way `moat explain` does (cluster scope), and
 //! reports times, entry counts and peak memory as one JSON object.
 
@@ -8,9 +8,9 @@ use serde_json::json;
 
 use super::synth::{self, Shape};
 use super::{peak_rss_kib, BenchError};
-use crate::compiler::{compile_scoped, Scope};
-use crate::config::Config;
-use crate::node::cgroups::{PodCgroups, PodRef};
+use moat_agent::compiler::{compile_scoped, Scope};
+use moat_agent::config::Config;
+use moat_agent::node::cgroups::{PodCgroups, PodRef};
 
 #[derive(clap::Args, Debug)]
 pub struct CompileArgs {

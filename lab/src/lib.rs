@@ -1,4 +1,7 @@
-//! `moat lab`: a node with pods, on the real kernel.
+//! `moat-lab` (run as `moat lab`): a node with pods, on the real kernel; and the hidden
+//! helpers its pods and `cargo xtask bench` run (`__pod-*`, `__bench-*`). A crate and binary
+//! of its own, so the agent's privileged binary holds none of it; it links the agent's
+//! library for the model, the manifests reader, the compiler and the kernel loader.
 //!
 //! Layout of a lab named N: bridge netns `moat-N-br` (bridge `br0`); per pod a netns
 //! `moat-N-<ns>.<pod>`, a cgroup `<cgroup2>/moat-lab-N/pods/<ns>_<pod>` (external hosts:
@@ -6,7 +9,8 @@
 //! mount, UTS, IPC and PID namespaces (`sandbox`, `podroot`); a node tree under
 //! `/run/moat/lab/N/node` with the kubelet's root, PKI and pod volumes (`node`, `volumes`)
 //! and a stand-in kubelet in `<cgroup2>/moat-lab-N/kubelet` (`kubelet`); files under
-//! `/run/moat/lab/N`. The host's root network namespace, its mounts and its files outside
+//! `/run/moat/lab/N` (the run-dir convention of `moat_agent::cli::lab`, which the operator CLI
+//! reads too). The host's root network namespace, its mounts and its files outside
 //! the lab's directory are never touched.
 
 pub mod addresses;
@@ -25,6 +29,7 @@ pub mod net;
 pub mod node;
 pub mod pki;
 pub mod pod;
+pub mod podbench;
 pub mod podexec;
 pub mod podroot;
 pub mod podspec;
@@ -38,11 +43,13 @@ pub mod state;
 pub mod status;
 pub mod sys;
 pub mod up;
+pub mod verdict;
 pub mod volumes;
 
 use std::path::PathBuf;
 
-use crate::model::PodKey;
+pub use moat_agent::cli::lab::{lab_dir, parse_name};
+pub use moat_agent::model::flow::parse_pod;
 
 /// Arguments every lab subcommand takes.
 #[derive(clap::Args, Clone, Debug)]
@@ -84,13 +91,11 @@ pub enum LabCommand {
     #[command(name = "kubelet-run", hide = true)]
     KubeletRun(kubelet::RunArgs),
     /// Measure request/response rate or stream throughput between two pods.
-    Bench(bench::BenchArgs),
+    Bench(podbench::BenchArgs),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
-    #[error("invalid lab name {0:?}: want 1-20 characters of [a-z0-9-]")]
-    InvalidName(String),
     #[error(
         "lab {name:?} already exists (or left remains); run `moat lab down --name {name}` first"
     )]
@@ -117,11 +122,11 @@ pub enum LabError {
     #[error("state {path}: {message}")]
     State { path: PathBuf, message: String },
     #[error("reading manifests")]
-    Manifest(#[from] crate::sources::manifests::ManifestError),
+    Manifest(#[from] moat_agent::sources::manifests::ManifestError),
     #[error(transparent)]
-    Mount(#[from] crate::node::mounts::MountError),
+    Mount(#[from] moat_agent::node::mounts::MountError),
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] moat_agent::config::ConfigError),
     #[error("{0}")]
     Address(#[from] addresses::AddressError),
     #[error("{file}: {object}: {message}")]
@@ -164,54 +169,9 @@ pub fn run(command: LabCommand) -> Result<(), LabError> {
         LabCommand::Down(args) => down::run(&args.name),
         LabCommand::Status(args) => status::run(args),
         LabCommand::Agent(command) => agent::run(command),
-        LabCommand::Bench(args) => bench::run(args),
+        LabCommand::Bench(args) => podbench::run(args),
         LabCommand::Exec(args) => exec::run(args),
         LabCommand::Kubelet(command) => kubelet::run_command(command),
         LabCommand::KubeletRun(args) => kubelet::run(args),
-    }
-}
-
-/// Validates a lab name: `[a-z0-9-]{1,20}`.
-pub fn parse_name(text: &str) -> Result<String, String> {
-    let ok = (1..=20).contains(&text.len())
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
-        Ok(text.to_string())
-    } else {
-        Err(LabError::InvalidName(text.into()).to_string())
-    }
-}
-
-/// Parses `namespace/pod`.
-pub fn parse_pod(text: &str) -> Result<PodKey, String> {
-    PodKey::parse(text).ok_or_else(|| format!("{text:?} is not NAMESPACE/POD"))
-}
-
-/// `/run/moat/lab/<name>`.
-pub fn lab_dir(name: &str) -> PathBuf {
-    PathBuf::from("/run/moat/lab").join(name)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_validated() {
-        assert!(parse_name("default").is_ok());
-        assert!(parse_name("a-1").is_ok());
-        assert!(parse_name("").is_err());
-        assert!(parse_name("Upper").is_err());
-        assert!(parse_name("a/b").is_err());
-        assert!(parse_name("a".repeat(21).as_str()).is_err());
-        assert!(parse_name("external").is_ok());
-    }
-
-    #[test]
-    fn pods_are_parsed() {
-        assert_eq!(parse_pod("ns/p").unwrap(), PodKey::new("ns", "p"));
-        assert!(parse_pod("nope").is_err());
     }
 }

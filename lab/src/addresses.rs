@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::model::PodKey;
+use moat_agent::model::PodKey;
 
 /// 10.250.0.0/16.
 pub const V4_BASE: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 0);
