@@ -88,7 +88,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     }
     let observability = Observability::start(&config).await?;
     let cgroup_root = cgroups::pods_root(config.cgroup_root.as_deref(), config.cgroup_layout, &mounts::cgroup2()?)?;
-    let layout = cgroups::layout(config.cgroup_layout);
+    let layout = crate::node::cgroup_layout(config.cgroup_layout);
     let mut source = if args.files.is_empty() {
         let discovery_interval = Duration::from_millis(config.api_discovery_interval_ms);
         let options = KubeOptions { kubeconfig: args.kubeconfig.clone(), node_name: config.node_name.clone(), discovery_interval };

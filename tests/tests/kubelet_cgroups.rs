@@ -7,7 +7,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use moat_agent::config::CgroupLayoutKind;
-use moat_agent::node::cgroups::{layout, pods_root, scan, PodRef};
+use moat_agent::node::cgroup_layout as layout;
+use moat_agent::node::cgroups::{pods_root, scan, PodRef};
 use moat_integration::{cgroup2_mount, require_root, unique_name};
 
 /// A cgroup subtree for one test; removed (deepest first: cgroup directories only go with

@@ -32,13 +32,6 @@ impl CgroupLayout for LabLayout {
     }
 }
 
-pub fn layout(kind: CgroupLayoutKind) -> Box<dyn CgroupLayout> {
-    match kind {
-        CgroupLayoutKind::Lab => Box::new(LabLayout),
-        CgroupLayoutKind::Kubelet => Box::new(super::kubelet::KubeletLayout),
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error("pods' cgroup root {path}: {source}")]

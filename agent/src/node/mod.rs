@@ -6,3 +6,13 @@ pub mod kubelet;
 pub mod mounts;
 pub mod netns;
 pub mod capabilities;
+
+use crate::config::CgroupLayoutKind;
+
+/// The layout `cgroupLayout` names (`cgroups` defines the lab's, `kubelet` the kubelet's).
+pub fn cgroup_layout(kind: CgroupLayoutKind) -> Box<dyn cgroups::CgroupLayout> {
+    match kind {
+        CgroupLayoutKind::Lab => Box::new(cgroups::LabLayout),
+        CgroupLayoutKind::Kubelet => Box::new(kubelet::KubeletLayout),
+    }
+}
