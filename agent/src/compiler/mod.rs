@@ -36,8 +36,6 @@ pub enum CompileError {
         second: String,
         id: u64,
     },
-    #[error(transparent)]
-    Policy(#[from] Box<policy::PolicyCompileError>),
     #[error("{map} would need {needed} entries but holds at most {capacity}")]
     Capacity {
         map: &'static str,
@@ -78,7 +76,7 @@ pub fn compile_scoped(
         .chain(config.tenant_networks.iter().map(|n| &n.cidr))
         .copied()
         .collect();
-    let policies = policy::compile(cluster, &config_networks).map_err(Box::new)?;
+    let policies = policy::compile(cluster, &config_networks);
     let mut desired = Desired::for_config(config);
     // The pods running here: by their cgroups for the kernel; for explain (no cgroups), every
     // pod scheduled here.

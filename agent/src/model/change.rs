@@ -1,17 +1,17 @@
 //! One change to the model, as a watch event carries it: an object set (added or updated)
 //! or removed. Sources emit changes; the compiler applies them incrementally.
 
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use std::sync::Arc;
 
+use super::policy::Policy;
 use super::{Cluster, Labels, Namespace, ObjectKey, Pod, PodKey};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
     Namespace(String, Option<Namespace>),
     Pod(PodKey, Option<Pod>),
-    /// Boxed: a NetworkPolicy is several times the size of the other variants, and a first
-    /// list hands over one change per object.
-    Policy(ObjectKey, Option<Box<NetworkPolicy>>),
+    /// Shared with the model and the compiler: a policy is kept once.
+    Policy(ObjectKey, Option<Arc<Policy>>),
     /// This node's labels (empty when the Node is gone).
     NodeLabels(Labels),
 }
@@ -38,7 +38,7 @@ impl Cluster {
             }
             Change::Pod(key, value) => Change::Pod(key.clone(), put(&mut self.pods, &key, value)?),
             Change::Policy(key, value) => {
-                Change::Policy(key.clone(), put(&mut self.network_policies, &key, value.map(|policy| *policy))?.map(Box::new))
+                Change::Policy(key.clone(), put(&mut self.network_policies, &key, value)?)
             }
             Change::NodeLabels(labels) if labels == self.node_labels => return None,
             Change::NodeLabels(labels) => {
@@ -60,7 +60,7 @@ impl Cluster {
         changes.extend(
             self.network_policies
                 .into_iter()
-                .map(|(key, policy)| Change::Policy(key, Some(Box::new(policy)))),
+                .map(|(key, policy)| Change::Policy(key, Some(policy))),
         );
         changes.extend(
             self.pods
@@ -84,7 +84,7 @@ impl Cluster {
             &self.network_policies,
             &new.network_policies,
             &mut changes,
-            |key, policy| Change::Policy(key, policy.map(Box::new)),
+            Change::Policy,
         );
         diff(&self.pods, &new.pods, &mut changes, Change::Pod);
         if self.node_labels != new.node_labels {

@@ -128,8 +128,8 @@ pub struct Pod {
 pub struct Cluster {
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: BTreeMap<PodKey, Pod>,
-    pub network_policies:
-        BTreeMap<ObjectKey, k8s_openapi::api::networking::v1::NetworkPolicy>,
+    /// Normalized once, by the source; the compiler shares them.
+    pub network_policies: BTreeMap<ObjectKey, Arc<policy::Policy>>,
     /// Labels of this agent's own Node (they select node profiles); empty when the source
     /// has no Node (the API server without a node name, files without a matching Node).
     pub node_labels: Labels,

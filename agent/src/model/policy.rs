@@ -5,6 +5,7 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, Network
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::selector::Selector;
 use super::{ObjectKey, Protocol};
 use crate::config::Cidr;
 
@@ -26,7 +27,7 @@ impl Direction {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
     pub key: ObjectKey,
-    pub pod_selector: LabelSelector,
+    pub pod_selector: Selector,
     /// `None`: the policy does not affect ingress. `Some(rules)`: it isolates the selected
     /// pods for ingress and allows what `rules` allow (nothing, if empty).
     pub ingress: Option<Vec<Rule>>,
@@ -45,7 +46,7 @@ pub struct Rule {
 pub enum Peer {
     /// Pods matching `pods` in namespaces matching `namespaces`; a missing namespace selector
     /// means the policy's own namespace, a missing pod selector every pod.
-    Pods { namespaces: Option<LabelSelector>, pods: Option<LabelSelector> },
+    Pods { namespaces: Option<Selector>, pods: Option<Selector> },
     Block { cidr: Cidr, except: Vec<Cidr> },
 }
 
@@ -107,9 +108,10 @@ impl Policy {
         };
         let ingress_rules = spec.ingress.map(|rules| rules.into_iter().map(|r| (r.from, r.ports)).collect());
         let egress_rules = spec.egress.map(|rules| rules.into_iter().map(|r| (r.to, r.ports)).collect());
+        let pod_selector = selector(spec.pod_selector.as_ref(), "spec.podSelector").map_err(|(f, m)| error(f, m))?;
         Ok(Self {
             key: key.clone(),
-            pod_selector: spec.pod_selector.unwrap_or_default(),
+            pod_selector,
             ingress: if types.iter().any(|t| t == "Ingress") { Some(convert(&ingress_rules, "ingress")?) } else { None },
             egress: if types.iter().any(|t| t == "Egress") { Some(convert(&egress_rules, "egress")?) } else { None },
         })
@@ -131,10 +133,23 @@ fn convert_peers(peers: Option<&[NetworkPolicyPeer]>, list: &str) -> Result<Opti
                 .collect::<Result<_, _>>()?;
             out.push(Peer::Block { cidr, except });
         } else {
-            out.push(Peer::Pods { namespaces: peer.namespace_selector.clone(), pods: peer.pod_selector.clone() });
+            let field = format!("{list}[{index}]");
+            let optional = |api: Option<&LabelSelector>, name: &str| api.map(|api| selector(Some(api), &format!("{field}.{name}"))).transpose();
+            out.push(Peer::Pods {
+                namespaces: optional(peer.namespace_selector.as_ref(), "namespaceSelector")?,
+                pods: optional(peer.pod_selector.as_ref(), "podSelector")?,
+            });
         }
     }
     Ok(Some(out))
+}
+
+/// An absent selector selects everything, as an empty one does.
+fn selector(api: Option<&LabelSelector>, field: &str) -> Result<Selector, (String, String)> {
+    match api {
+        None => Ok(Selector::default()),
+        Some(api) => Selector::from_api(api).map_err(|error| (field.to_string(), error.to_string())),
+    }
 }
 
 fn convert_ports(ports: Option<&[NetworkPolicyPort]>) -> Result<Option<Vec<PortRule>>, (String, String)> {

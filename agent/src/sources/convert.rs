@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::limits;
 use super::manifests::validate_policy;
-use crate::model::{ContainerPort, Labels, Namespace, ObjectKey, Pod, Protocol};
+use crate::model::{policy::Policy, ContainerPort, Labels, Namespace, ObjectKey, Pod, Protocol};
 
 /// Why one object is refused: the field (a path into the object; empty for the whole) and
 /// what is wrong with it.
@@ -117,11 +117,15 @@ pub fn pod(pod: &core::Pod) -> Result<Pod, Rejection> {
     })
 }
 
-/// A networking.k8s.io/v1 NetworkPolicy, checked as the API server checks it.
-pub fn network_policy(policy: &networking::NetworkPolicy) -> Result<ObjectKey, Rejection> {
+/// A networking.k8s.io/v1 NetworkPolicy, checked as the API server checks it, in the
+/// normalized form the model keeps (the API object itself is not kept: it would be a second
+/// copy of every policy).
+pub fn network_policy(policy: &networking::NetworkPolicy) -> Result<(ObjectKey, Policy), Rejection> {
     limits::network_policy(policy).map_err(reject)?;
     validate_policy(policy).map_err(|(field, message)| Rejection::new(field, message))?;
-    namespaced_key(&policy.metadata)
+    let key = namespaced_key(&policy.metadata)?;
+    let normalized = Policy::from_api(&key, policy).map_err(|error| Rejection::new(error.field, error.message))?;
+    Ok((key, normalized))
 }
 
 fn reject((field, message): limits::Exceeded) -> Rejection {

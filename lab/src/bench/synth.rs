@@ -4,6 +4,7 @@
 //! sizes always give the same cluster.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::{json, Value};
@@ -18,10 +19,10 @@ const NAMESPACES_PER_TENANT: usize = 5;
 const ENVS: [&str; 3] = ["prod", "staging", "dev"];
 
 #[derive(Debug, thiserror::Error)]
-#[error("synthetic NetworkPolicy {index}: {source}")]
+#[error("synthetic NetworkPolicy {index}: {message}")]
 pub struct SynthError {
     index: usize,
-    source: serde_json::Error,
+    message: String,
 }
 
 /// Sizes of a synthetic cluster.
@@ -100,8 +101,9 @@ pub fn cluster(shape: Shape) -> Result<Cluster, SynthError> {
         let namespace = (index / SHAPES) % namespaces;
         let key = ObjectKey::new(namespace_name(namespace), format!("np-{index}"));
         let value = policy(index, namespace);
-        let policy: NetworkPolicy = serde_json::from_value(value).map_err(|source| SynthError { index, source })?;
-        cluster.network_policies.insert(key, policy);
+        let policy: NetworkPolicy = serde_json::from_value(value).map_err(|e| SynthError { index, message: e.to_string() })?;
+        let (_, policy) = moat_agent::sources::convert::network_policy(&policy).map_err(|e| SynthError { index, message: e.to_string() })?;
+        cluster.network_policies.insert(key, Arc::new(policy));
     }
     Ok(cluster)
 }

@@ -31,7 +31,7 @@ use moat_common::maps::{Endpoint, NetworkKey, TenantPairKey, ENDPOINT_EXTERNAL};
 
 use super::delta::{Delta, Journal};
 use super::endpoints::{self, Service};
-use super::policy::{self, PolicyCompileError, PolicySet};
+use super::policy::{self, PolicySet};
 use super::{check_collision, network_key, CompileError, Desired};
 use crate::config::Config;
 use crate::model::policy::Policy;
@@ -83,7 +83,7 @@ pub struct Incremental {
     classes: BTreeMap<NetworkKey, Endpoint>,
     cluster: Cluster,
     cgroups: PodCgroups,
-    policies: BTreeMap<ObjectKey, Policy>,
+    policies: BTreeMap<ObjectKey, Arc<Policy>>,
     policies_by_namespace: BTreeMap<Arc<str>, BTreeSet<ObjectKey>>,
     pods_by_namespace: BTreeMap<Arc<str>, BTreeSet<PodKey>>,
     /// Labels (plus `kubernetes.io/metadata.name`) of each namespace that has pods.
@@ -372,15 +372,7 @@ impl Incremental {
     }
 
     fn take_policy(&mut self, key: ObjectKey, existed: bool) -> Result<(), CompileError> {
-        let normalized = match self.cluster.network_policies.get(&key) {
-            Some(api) => Some(Policy::from_api(&key, api).map_err(|e| {
-                CompileError::Policy(Box::new(PolicyCompileError::Policy(Box::new(e))))
-            })?),
-            None => None,
-        };
-        if let Some(policy) = &normalized {
-            validate_selectors(policy)?;
-        }
+        let normalized = self.cluster.network_policies.get(&key).cloned();
         let old = self.policies.remove(&key);
         // Sets of this node that hold the policy; sets it joins appear through their pods.
         for (set, _) in self.set_rules.iter() {
@@ -392,9 +384,9 @@ impl Incremental {
                 self.dirty.sets.insert(*set);
             }
         }
-        let old_ranges = old.as_ref().map(policy::block_ranges).unwrap_or_default();
+        let old_ranges = old.as_deref().map(policy::block_ranges).unwrap_or_default();
         let new_ranges = normalized
-            .as_ref()
+            .as_deref()
             .map(policy::block_ranges)
             .unwrap_or_default();
         for range in dedup(old_ranges) {
@@ -538,38 +530,6 @@ fn dedup(mut ranges: Vec<NetworkKey>) -> Vec<NetworkKey> {
     ranges.sort();
     ranges.dedup();
     ranges
-}
-
-/// Every selector of `policy` checked up front: the full compiler reports an invalid one
-/// wherever it is first evaluated, the incremental one evaluates only this node's sets.
-fn validate_selectors(policy: &Policy) -> Result<(), CompileError> {
-    let error = |field: String, source| {
-        CompileError::Policy(Box::new(PolicyCompileError::Selector {
-            policy: policy.key.clone(),
-            field,
-            source: Box::new(source),
-        }))
-    };
-    crate::model::selector::validate(&policy.pod_selector)
-        .map_err(|e| error("spec.podSelector".into(), e))?;
-    for direction in [policy::Direction::Ingress, policy::Direction::Egress] {
-        for (index, rule) in policy::rules_of(policy, direction).iter().enumerate() {
-            for peer in rule.peers.iter().flatten() {
-                if let crate::model::policy::Peer::Pods { namespaces, pods } = peer {
-                    let field = format!("spec.{}[{index}]", direction.as_str());
-                    for (selector, name) in
-                        [(namespaces, "namespaceSelector"), (pods, "podSelector")]
-                    {
-                        if let Some(selector) = selector {
-                            crate::model::selector::validate(selector)
-                                .map_err(|e| error(format!("{field}.{name}"), e))?;
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 fn pod_tag(pod: &crate::model::Pod) -> u64 {

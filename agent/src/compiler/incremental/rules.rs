@@ -13,10 +13,9 @@ use super::Incremental;
 use crate::compiler::network_key;
 use crate::compiler::policy::targets::{host_key, in_block, namespace_labels};
 use crate::compiler::policy::{
-    self, Direction, PeerIndex, PodView, PolicyCompileError, RuleKey, RuleRef, Target,
+    self, Direction, PeerIndex, PodView, RuleKey, RuleRef, Target,
 };
 use crate::model::policy::{Peer, Policy, PortRef, Rule};
-use crate::model::selector;
 use crate::model::{Labels, Pod, PodKey};
 
 /// How a pod is a target of a rule.
@@ -63,11 +62,6 @@ fn kinds(
     pod: &Pod,
     labels: &Labels,
 ) -> Vec<Kind> {
-    let matches = |sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
-                   labels: &Labels| {
-        // Selectors were validated when the policy was taken.
-        selector::matches(sel, labels).unwrap_or(false)
-    };
     let Some(peers) = &rule.peers else {
         let named = rule.ports.iter().flatten().any(|port| match &port.port {
             PortRef::Named(name) => pod
@@ -87,9 +81,9 @@ fn kinds(
         Peer::Pods { namespaces, pods } => {
             let namespace_ok = match namespaces {
                 None => pod.key.namespace == policy.key.namespace,
-                Some(sel) => matches(sel, labels),
+                Some(sel) => sel.matches(labels),
             };
-            namespace_ok && pods.as_ref().is_none_or(|sel| matches(sel, &pod.labels))
+            namespace_ok && pods.as_ref().is_none_or(|sel| sel.matches(&pod.labels))
         }
         Peer::Block { .. } => false,
     });
@@ -323,10 +317,10 @@ impl Incremental {
     }
 
     /// Evaluates local set `set` whole.
-    pub(super) fn evaluate(&self, set: u64) -> Result<SetRules, PolicyCompileError> {
+    pub(super) fn evaluate(&self, set: u64) -> SetRules {
         let mut out = SetRules::default();
         let Some(state) = self.sets.get(&set) else {
-            return Ok(out);
+            return out;
         };
         let blocks: BTreeMap<_, u64> = self
             .blocks
@@ -346,14 +340,7 @@ impl Incremental {
                     index,
                 };
                 // What the rule gives whatever the pods: every peer, ipBlock ranges.
-                let fixed = policy::targets::targets(
-                    policy,
-                    rule,
-                    &NoPods,
-                    &blocks,
-                    state.set.direction,
-                    index,
-                )?;
+                let fixed = policy::targets::targets(policy, rule, &NoPods, &blocks);
                 let mut map = BTreeMap::new();
                 policy::rule_entries(
                     set,
@@ -397,7 +384,7 @@ impl Incremental {
                 }
             }
         }
-        Ok(out)
+        out
     }
 
     /// Pods that may be targets of `rule`: those of the namespaces its selectors can match,
@@ -433,7 +420,7 @@ impl Incremental {
                     ..
                 } => {
                     for (namespace, labels) in &self.namespace_labels {
-                        if selector::matches(sel, labels).unwrap_or(false) {
+                        if sel.matches(labels) {
                             out.extend(
                                 self.pods_by_namespace
                                     .get(namespace)

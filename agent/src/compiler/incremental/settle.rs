@@ -114,9 +114,7 @@ impl Incremental {
                         .into_iter()
                         .flatten()
                     {
-                        if policy::selects(&self.policies[policy_key], direction, &pod.labels)
-                            .map_err(Box::new)?
-                        {
+                        if policy::selects(&self.policies[policy_key], direction, &pod.labels) {
                             selecting.push(policy_key);
                         }
                     }
@@ -363,7 +361,7 @@ impl Incremental {
             })
             .collect();
         for set in stale {
-            let rules = self.evaluate(set).map_err(Box::new)?;
+            let rules = self.evaluate(set);
             self.replace_rules(set, Some(rules));
         }
         Ok(())

@@ -5,6 +5,7 @@
 //! only with the returned deltas, must equal a full compile of the same model, map by map.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::json;
@@ -15,6 +16,7 @@ use crate::config::{Cidr, Config, PortSpec, SharedService, TenantNetwork, Tenant
 use crate::model::{
     Change, Cluster, ContainerPort, Labels, Namespace, ObjectKey, Pod, PodKey, Protocol,
 };
+use crate::model::policy::Policy;
 use crate::node::cgroups::{PodCgroups, PodRef};
 
 /// xorshift64*: deterministic, so a failure names a seed that reproduces it.
@@ -204,7 +206,11 @@ fn random_change(rng: &mut Rng) -> Change {
         }
         8..=10 => {
             let key = ObjectKey::new(ns, format!("np{}", rng.below(3)));
-            let value = (!rng.chance(30)).then(|| Box::new(policy(rng, &key)));
+            let value = (!rng.chance(30)).then(|| {
+                // Normalized without the sources' checks (an except outside its cidr gets
+                // through), so the compilers also meet what a source would refuse.
+                Arc::new(Policy::from_api(&key, &policy(rng, &key)).expect("generated policy normalizes"))
+            });
             Change::Policy(key, value)
         }
         _ => {
@@ -407,18 +413,21 @@ fn a_change_that_does_not_compile_keeps_the_last_state_until_fixed() {
     config.tenant_networks.clear();
     let mut compiler = Incremental::new(&config, Cluster::default(), PodCgroups::new()).unwrap();
     let good = compiler.desired().clone();
-    // More tenant networks than fit is not reachable from the model; an invalid selector is
-    // (a manifest source hands objects over as they are).
+    // A policy the sources would refuse (more ipBlocks than the address-range map holds),
+    // normalized directly: the compile fails on capacity, not on anything in the model.
+    let blocks: Vec<_> = (0..=moat_common::maps::capacity::REMOTE_NETWORKS)
+        .map(|i| json!({"ipBlock": {"cidr": format!("10.{}.{}.1/32", i >> 8, i & 255)}}))
+        .collect();
     let bad: NetworkPolicy = serde_json::from_value(json!({
         "metadata": {"name": "bad", "namespace": "ns0"},
-        "spec": {"podSelector": {"matchExpressions": [{"key": "app", "operator": "Sometimes"}]}}
+        "spec": {"podSelector": {}, "ingress": [{"from": blocks}]}
     }))
     .unwrap();
     let key = ObjectKey::new("ns0", "bad");
     let error = compiler
-        .apply(vec![Change::Policy(key.clone(), Some(Box::new(bad)))], None)
+        .apply(vec![Change::Policy(key.clone(), Some(Arc::new(Policy::from_api(&key, &bad).unwrap())))], None)
         .unwrap_err();
-    assert!(error.to_string().contains("ns0/bad"), "{error}");
+    assert!(error.to_string().contains("REMOTE_NETWORKS"), "{error}");
     assert_eq!(compiler.desired(), &good, "last good state kept");
     let mut rng = Rng(7);
     let ns = namespace(&mut rng, "ns0");

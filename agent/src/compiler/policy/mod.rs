@@ -18,8 +18,7 @@ use moat_common::maps::{
 
 use super::network_key;
 use crate::config::Cidr;
-use crate::model::policy::{Peer, Policy, PolicyError, PortRef, PortRule, Rule};
-use crate::model::selector::{self, SelectorError};
+use crate::model::policy::{Peer, Policy, PortRef, PortRule, Rule};
 use crate::model::{Cluster, ContainerPort, Labels, ObjectKey, PodKey, Protocol};
 
 pub use identity::{cidr_identity, pod_identity};
@@ -58,18 +57,6 @@ pub struct Compiled {
     pub blocks: BTreeMap<NetworkKey, u64>,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum PolicyCompileError {
-    #[error(transparent)]
-    Policy(#[from] Box<PolicyError>),
-    #[error("NetworkPolicy {policy}: {field}: {source}")]
-    Selector {
-        policy: ObjectKey,
-        field: String,
-        source: Box<SelectorError>,
-    },
-}
-
 pub(crate) struct PodFacts<'a> {
     key: &'a PodKey,
     labels: &'a Labels,
@@ -79,16 +66,10 @@ pub(crate) struct PodFacts<'a> {
 }
 
 /// Compiles every policy in the cluster. `config_networks` are the config's address ranges,
-/// which take part in the partition of the address space like ipBlocks.
-pub fn compile(
-    cluster: &Cluster,
-    config_networks: &[Cidr],
-) -> Result<Compiled, PolicyCompileError> {
-    let policies: Vec<Policy> = cluster
-        .network_policies
-        .iter()
-        .map(|(key, policy)| Policy::from_api(key, policy).map_err(Box::new))
-        .collect::<Result<_, _>>()?;
+/// which take part in the partition of the address space like ipBlocks. Cannot fail: the
+/// sources refuse a policy that would not make sense (selectors are checked in the model).
+pub fn compile(cluster: &Cluster, config_networks: &[Cidr]) -> Compiled {
+    let policies: Vec<&Policy> = cluster.network_policies.values().map(|policy| &**policy).collect();
     let mut out = Compiled::default();
     let pods: Vec<PodFacts> = cluster
         .pods
@@ -133,7 +114,7 @@ pub fn compile(
                 .flatten()
                 .copied()
             {
-                if selects(&policies[index], direction, pod.labels)? {
+                if selects(policies[index], direction, pod.labels) {
                     selecting.push(index);
                 }
             }
@@ -169,14 +150,12 @@ pub fn compile(
                 };
                 let targets = targets::cached(
                     &mut cache,
-                    *policy_index,
+                    (*policy_index, *direction, index),
                     policy,
                     rule,
                     indexed,
                     &out.blocks,
-                    *direction,
-                    index,
-                )?;
+                );
                 rule_entries(
                     *set,
                     rule,
@@ -189,7 +168,7 @@ pub fn compile(
             }
         }
     }
-    Ok(out)
+    out
 }
 
 /// The rules of `policy` in `direction`.
@@ -201,16 +180,12 @@ pub fn rules_of(policy: &Policy, direction: Direction) -> &[Rule] {
 }
 
 /// Whether `policy` selects a pod with `labels` for `direction`.
-pub fn selects(
-    policy: &Policy,
-    direction: Direction,
-    labels: &Labels,
-) -> Result<bool, PolicyCompileError> {
+pub fn selects(policy: &Policy, direction: Direction, labels: &Labels) -> bool {
     let affects = match direction {
         Direction::Ingress => policy.ingress.is_some(),
         Direction::Egress => policy.egress.is_some(),
     };
-    Ok(affects && select(policy, &policy.pod_selector, labels, "spec.podSelector")?)
+    affects && policy.pod_selector.matches(labels)
 }
 
 /// The id of the set of `policies` (in key order) selecting a pod with `ports` in `direction`.
@@ -267,19 +242,6 @@ pub fn block_ranges(policy: &Policy) -> Vec<NetworkKey> {
         }
     }
     ranges
-}
-
-fn select(
-    policy: &Policy,
-    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
-    labels: &Labels,
-    field: &str,
-) -> Result<bool, PolicyCompileError> {
-    selector::matches(selector, labels).map_err(|source| PolicyCompileError::Selector {
-        policy: policy.key.clone(),
-        field: field.into(),
-        source: Box::new(source),
-    })
 }
 
 /// What one target may reach: numbered (protocol, port range) pairs, or every port.
@@ -447,7 +409,7 @@ fn network_key_masked(key: &NetworkKey, prefix_len: u32) -> [u8; 16] {
 
 /// Every address range that takes part in the partition: ipBlock CIDRs and excepts, and the
 /// config's networks. Each gets its own identity.
-fn block_identities(policies: &[Policy], config_networks: &[Cidr]) -> BTreeMap<NetworkKey, u64> {
+fn block_identities(policies: &[&Policy], config_networks: &[Cidr]) -> BTreeMap<NetworkKey, u64> {
     let mut ranges: BTreeSet<NetworkKey> = config_networks.iter().map(network_key).collect();
     for policy in policies {
         ranges.extend(block_ranges(policy));

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -19,6 +20,7 @@ use crate::explain::explain;
 use crate::model::flow::{Family, Target};
 use crate::model::{Cluster, ContainerPort, Labels, Namespace, ObjectKey, Pod, PodKey, Protocol};
 use crate::node::cgroups::PodCgroups;
+use crate::sources::convert;
 
 /// splitmix64: small, seedable, good enough to pick from short lists.
 struct Rng(u64);
@@ -191,7 +193,12 @@ fn random_rules(rng: &mut Rng, cluster: &Cluster, peers_key: &str) -> Value {
     Value::Array(rules)
 }
 
-fn random_policies(rng: &mut Rng, cluster: &mut Cluster) {
+/// The policies as the API server has them: what the evaluator reads (the model keeps them
+/// normalized).
+type ApiPolicies = BTreeMap<ObjectKey, NetworkPolicy>;
+
+fn random_policies(rng: &mut Rng, cluster: &Cluster) -> ApiPolicies {
+    let mut policies = ApiPolicies::new();
     let namespaces: Vec<String> = cluster.namespaces.keys().cloned().collect();
     for i in 0..rng.below(4) {
         let namespace = rng.pick(&namespaces).clone();
@@ -221,8 +228,9 @@ fn random_policies(rng: &mut Rng, cluster: &mut Cluster) {
             "spec": Value::Object(spec),
         }))
         .unwrap();
-        cluster.network_policies.insert(ObjectKey::new(namespace, name), policy);
+        policies.insert(ObjectKey::new(namespace, name), policy);
     }
+    policies
 }
 
 // ---- The spec, evaluated directly ----
@@ -299,10 +307,10 @@ fn port_matches(rule: &NetworkPolicyPort, destination: &Pod, protocol: Protocol,
 /// (policies selecting `pod` for this direction, their rules as (peers, ports)).
 type SpecRule = (Option<Vec<NetworkPolicyPeer>>, Option<Vec<NetworkPolicyPort>>);
 
-fn rules_for(cluster: &Cluster, pod: &Pod, ingress: bool) -> Option<Vec<(String, SpecRule)>> {
+fn rules_for(policies: &ApiPolicies, pod: &Pod, ingress: bool) -> Option<Vec<(String, SpecRule)>> {
     let mut selected = false;
     let mut rules = Vec::new();
-    for (key, policy) in &cluster.network_policies {
+    for (key, policy) in policies {
         if key.namespace != pod.key.namespace {
             continue;
         }
@@ -333,8 +341,9 @@ fn rules_for(cluster: &Cluster, pod: &Pod, ingress: bool) -> Option<Vec<(String,
     selected.then_some(rules)
 }
 
-fn direction_allows(cluster: &Cluster, selected: &Pod, peer: &Pod, destination: &Pod, ingress: bool, protocol: Protocol, port: u16) -> bool {
-    let Some(rules) = rules_for(cluster, selected, ingress) else { return true };
+#[allow(clippy::too_many_arguments)]
+fn direction_allows(cluster: &Cluster, policies: &ApiPolicies, selected: &Pod, peer: &Pod, destination: &Pod, ingress: bool, protocol: Protocol, port: u16) -> bool {
+    let Some(rules) = rules_for(policies, selected, ingress) else { return true };
     rules.iter().any(|(policy_ns, (peers, ports))| {
         let peer_ok = match peers {
             None => true,
@@ -350,15 +359,15 @@ fn direction_allows(cluster: &Cluster, selected: &Pod, peer: &Pod, destination: 
     })
 }
 
-fn spec_allows(cluster: &Cluster, from: &PodKey, to: &PodKey, protocol: Protocol, port: u16) -> bool {
+fn spec_allows(cluster: &Cluster, policies: &ApiPolicies, from: &PodKey, to: &PodKey, protocol: Protocol, port: u16) -> bool {
     if tenant_of(cluster, &from.namespace) != tenant_of(cluster, &to.namespace) {
         return false;
     }
     let (src, dst) = (&cluster.pods[from], &cluster.pods[to]);
-    direction_allows(cluster, src, dst, dst, false, protocol, port) && direction_allows(cluster, dst, src, dst, true, protocol, port)
+    direction_allows(cluster, policies, src, dst, dst, false, protocol, port) && direction_allows(cluster, policies, dst, src, dst, true, protocol, port)
 }
 
-fn describe(cluster: &Cluster) -> String {
+fn describe(cluster: &Cluster, policies: &ApiPolicies) -> String {
     let mut out = String::new();
     for ns in cluster.namespaces.values() {
         out.push_str(&format!("namespace {} {:?}\n", ns.name, ns.labels));
@@ -367,7 +376,7 @@ fn describe(cluster: &Cluster) -> String {
         let ports: Vec<String> = pod.ports.iter().map(|p| format!("{}/{}{}", p.port, p.protocol, p.name.as_ref().map(|n| format!("({n})")).unwrap_or_default())).collect();
         out.push_str(&format!("pod {} {:?} {:?} [{}]\n", pod.key, pod.labels, pod.ips, ports.join(" ")));
     }
-    for (key, policy) in &cluster.network_policies {
+    for (key, policy) in policies {
         out.push_str(&format!("policy {key}: {}\n", serde_json::to_string(&policy.spec).unwrap()));
     }
     out
@@ -376,23 +385,27 @@ fn describe(cluster: &Cluster) -> String {
 fn check_seed(seed: u64) -> Result<(usize, usize), String> {
     let mut rng = Rng(seed);
     let mut cluster = random_cluster(&mut rng);
-    random_policies(&mut rng, &mut cluster);
+    let policies = random_policies(&mut rng, &cluster);
+    for (key, api) in &policies {
+        let (_, normalized) = convert::network_policy(api).map_err(|e| format!("seed {seed}: {key} refused: {e}\n{}", describe(&cluster, &policies)))?;
+        cluster.network_policies.insert(key.clone(), Arc::new(normalized));
+    }
     let desired = compile_scoped(&cluster, &Config::default(), &PodCgroups::new(), Scope::Cluster)
-        .map_err(|e| format!("seed {seed}: does not compile: {e}\n{}", describe(&cluster)))?;
+        .map_err(|e| format!("seed {seed}: does not compile: {e}\n{}", describe(&cluster, &policies)))?;
     let pods: Vec<&PodKey> = cluster.pods.keys().collect();
     let (mut checked, mut allowed) = (0, 0);
     for from in &pods {
         for to in pods.iter().filter(|to| *to != from) {
             for (port, protocol) in [(80, Protocol::Tcp), (81, Protocol::Tcp), (80, Protocol::Udp), (81, Protocol::Udp), (80, Protocol::Sctp)] {
                 let got = explain(&cluster, &desired, from, to, Target::Port(port, protocol), Family::V4).map_err(|e| e.to_string())?;
-                let want = spec_allows(&cluster, from, to, protocol, port);
+                let want = spec_allows(&cluster, &policies, from, to, protocol, port);
                 if (got.verdict == "allow") != want {
                     return Err(format!(
                         "seed {seed}: {from} -> {to} {port}/{protocol}: spec says {}, explain says {} ({:?})\n{}",
                         if want { "allow" } else { "deny" },
                         got.verdict,
                         got.reasons,
-                        describe(&cluster)
+                        describe(&cluster, &policies)
                     ));
                 }
                 checked += 1;

@@ -4,13 +4,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use moat_common::maps::NetworkKey;
 
-use super::{contains, select, Direction, PodFacts, PolicyCompileError};
+use super::{contains, Direction, PodFacts};
 use crate::compiler::network_key;
 use crate::model::policy::{Peer, Policy, Rule};
-use crate::model::selector;
 use crate::model::{Cluster, ContainerPort, Labels};
 
 /// What the rules need of a pod.
@@ -148,29 +146,22 @@ pub fn namespace_labels(labels: Option<&Labels>, namespace: &str) -> Labels {
     labels
 }
 
-/// Targets already evaluated, by (policy index, direction, rule index).
-pub(super) type Cache<'a> = HashMap<(usize, Direction, usize), Vec<Target<'a>>>;
+/// A rule of the compile: (policy index, direction, rule index).
+pub(super) type RuleAt = (usize, Direction, usize);
 
-/// The targets of rule `index` of `policy` (policy number `policy_index`), from the cache or
-/// evaluated now. Errors are those of the first evaluation: an invalid selector is reported
-/// wherever it would be met first, whatever the labels.
-#[allow(clippy::too_many_arguments)]
+/// Targets already evaluated, by rule.
+pub(super) type Cache<'a> = HashMap<RuleAt, Vec<Target<'a>>>;
+
+/// The targets of `rule` (of `policy`, at `at`), from the cache or evaluated now.
 pub(super) fn cached<'c, 'a>(
     cache: &'c mut Cache<'a>,
-    policy_index: usize,
+    at: RuleAt,
     policy: &Policy,
     rule: &Rule,
     pods: &'a dyn PeerIndex,
     blocks: &BTreeMap<NetworkKey, u64>,
-    direction: Direction,
-    index: usize,
-) -> Result<&'c [Target<'a>], PolicyCompileError> {
-    match cache.entry((policy_index, direction, index)) {
-        std::collections::hash_map::Entry::Occupied(entry) => Ok(entry.into_mut()),
-        std::collections::hash_map::Entry::Vacant(entry) => {
-            Ok(entry.insert(targets(policy, rule, pods, blocks, direction, index)?))
-        }
-    }
+) -> &'c [Target<'a>] {
+    cache.entry(at).or_insert_with(|| targets(policy, rule, pods, blocks))
 }
 
 pub fn targets<'a>(
@@ -178,61 +169,21 @@ pub fn targets<'a>(
     rule: &Rule,
     pods: &'a dyn PeerIndex,
     blocks: &BTreeMap<NetworkKey, u64>,
-    direction: Direction,
-    index: usize,
-) -> Result<Vec<Target<'a>>, PolicyCompileError> {
+) -> Vec<Target<'a>> {
     let Some(peers) = &rule.peers else {
-        return Ok(vec![Target::Any]);
+        return vec![Target::Any];
     };
-    let field = format!("spec.{}[{index}]", direction.as_str());
     let mut out = Vec::new();
     for peer in peers {
         match peer {
-            Peer::Pods {
-                namespaces,
-                pods: pod_selector,
-            } => {
-                // A pod selector is checked for validity even where no namespace matches, as
-                // evaluating it pod by pod would.
-                let check_pods = |selector: &LabelSelector| -> Result<(), PolicyCompileError> {
-                    selector::validate(selector).map_err(|source| PolicyCompileError::Selector {
-                        policy: policy.key.clone(),
-                        field: format!("{field}.podSelector"),
-                        source: Box::new(source),
-                    })
-                };
-                let mut namespaces_in: Vec<&str> = Vec::new();
-                for (position, (namespace, labels)) in pods.namespaces().into_iter().enumerate() {
-                    let namespace_ok = match namespaces {
-                        None => *namespace == *policy.key.namespace,
-                        Some(selector) => select(
-                            policy,
-                            selector,
-                            labels,
-                            &format!("{field}.namespaceSelector"),
-                        )?,
-                    };
-                    if position == 0 {
-                        if let Some(selector) = pod_selector {
-                            check_pods(selector)?;
-                        }
-                    }
-                    if namespace_ok {
-                        namespaces_in.push(namespace);
-                    }
-                }
-                for namespace in namespaces_in {
+            Peer::Pods { namespaces, pods: pod_selector } => {
+                let namespaces_in = pods.namespaces().into_iter().filter(|(namespace, labels)| match namespaces {
+                    None => **namespace == *policy.key.namespace,
+                    Some(selector) => selector.matches(labels),
+                });
+                for (namespace, _) in namespaces_in {
                     for pod in pods.in_namespace(namespace) {
-                        let pod_ok = match pod_selector {
-                            None => true,
-                            Some(selector) => select(
-                                policy,
-                                selector,
-                                pod.labels,
-                                &format!("{field}.podSelector"),
-                            )?,
-                        };
-                        if pod_ok {
+                        if pod_selector.as_ref().is_none_or(|selector| selector.matches(pod.labels)) {
                             out.push(Target::Pod(pod));
                         }
                     }
@@ -254,7 +205,7 @@ pub fn targets<'a>(
             }
         }
     }
-    Ok(dedup(out))
+    dedup(out)
 }
 
 /// Pods with one identity share namespace, labels and named ports, so they yield the same

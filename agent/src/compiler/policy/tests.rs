@@ -2,14 +2,21 @@
 //! (x, y, z with pods a, b, c). Every case goes through `Desired::decide_at`, the same
 //! function the kernel runs, over the entries the kernel would hold.
 
+use std::sync::Arc;
+
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use moat_common::verdict::{LocalEnd, Reason};
 use moat_common::{IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::compiler::{compile_scoped, mapped, Desired, Scope};
 use crate::config::Config;
+use crate::model::policy::Policy;
 use crate::model::{Cluster, ContainerPort, Namespace, ObjectKey, Pod, PodKey, Protocol};
 use crate::node::cgroups::PodCgroups;
+
+fn normalized(key: &ObjectKey, policy: &NetworkPolicy) -> Arc<Policy> {
+    Arc::new(Policy::from_api(key, policy).expect("a valid policy"))
+}
 
 fn cluster(policies: &[&str]) -> Cluster {
     let mut c = Cluster::default();
@@ -44,7 +51,8 @@ fn cluster(policies: &[&str]) -> Cluster {
         let policy: NetworkPolicy = serde_yaml::from_str(yaml).unwrap();
         let ns = policy.metadata.namespace.clone().unwrap_or_else(|| "x".into());
         let name = policy.metadata.name.clone().unwrap_or_else(|| format!("p{i}"));
-        c.network_policies.insert(ObjectKey::new(ns, name), policy);
+        let key = ObjectKey::new(ns, name);
+        c.network_policies.insert(key.clone(), normalized(&key, &policy));
     }
     c
 }
@@ -228,10 +236,9 @@ fn default_deny_in_tenant_switch() {
     // selected by nothing, so it is denied even though x/a's ingress allows it.
     assert!(!tcp(&d, "x/b", "x/a", 80));
     assert!(!tcp(&d, "x/a", "x/b", 80));
-    c.network_policies.insert(
-        ObjectKey::new("x", "egress"),
-        serde_yaml::from_str("spec: {podSelector: {}, policyTypes: [Egress], egress: [{}]}").unwrap(),
-    );
+    let key = ObjectKey::new("x", "egress");
+    let api = serde_yaml::from_str("spec: {podSelector: {}, policyTypes: [Egress], egress: [{}]}").unwrap();
+    c.network_policies.insert(key.clone(), normalized(&key, &api));
     let d = compile_scoped(&c, &config, &PodCgroups::new(), Scope::Cluster).unwrap();
     assert!(tcp(&d, "x/b", "x/a", 80), "both directions now allowed by policies");
     assert!(!tcp(&d, "x/a", "x/b", 80), "x/b's ingress is selected by nothing");

@@ -25,7 +25,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::{ModelState, Shared};
-use crate::model::{self, Change, Labels, ObjectKey};
+use crate::model::{self, policy::Policy, Change, Labels, ObjectKey};
 use crate::sources::convert::{self, Rejection};
 
 /// Watch numbers, for [`crate::sources::SyncState`] and the InitDone mask.
@@ -100,23 +100,16 @@ impl Reflected for networking::NetworkPolicy {
     const WATCH: u32 = NETWORK_POLICIES;
     const KIND: &'static str = "NetworkPolicy";
     type Key = ObjectKey;
-    type Value = networking::NetworkPolicy;
+    type Value = Arc<Policy>;
     fn key(&self) -> Result<ObjectKey, Rejection> {
         convert::namespaced_key(&self.metadata)
     }
-    fn convert(mut self) -> Result<Option<networking::NetworkPolicy>, Rejection> {
-        convert::network_policy(&self)?;
-        // Only the spec and the key are read; the rest (managedFields, annotations, labels)
-        // would only cost memory.
-        self.metadata = kube::api::ObjectMeta {
-            name: self.metadata.name,
-            namespace: self.metadata.namespace,
-            ..Default::default()
-        };
-        Ok(Some(self))
+    fn convert(self) -> Result<Option<Arc<Policy>>, Rejection> {
+        let (_, policy) = convert::network_policy(&self)?;
+        Ok(Some(Arc::new(policy)))
     }
-    fn change(key: ObjectKey, value: Option<networking::NetworkPolicy>) -> Change {
-        Change::Policy(key, value.map(Box::new))
+    fn change(key: ObjectKey, value: Option<Arc<Policy>>) -> Change {
+        Change::Policy(key, value)
     }
     fn keys(state: &mut ModelState) -> &mut BTreeSet<ObjectKey> {
         &mut state.policies

@@ -2,6 +2,7 @@
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as networking;
@@ -119,9 +120,9 @@ impl Builder {
             }
             _ => {
                 let policy: networking::NetworkPolicy = decode(&cx, &document.value)?;
-                let key = convert::network_policy(&policy).map_err(reject)?;
+                let (key, policy) = convert::network_policy(&policy).map_err(reject)?;
                 self.first_definition("NetworkPolicy", &key.namespace, &key.name, &cx)?;
-                self.cluster.network_policies.insert(key, policy);
+                self.cluster.network_policies.insert(key, Arc::new(policy));
             }
         }
         Ok(())

@@ -84,16 +84,10 @@ fn namespaces_policies_and_other_kinds() {
     assert_eq!(cluster.namespaces["team-b"].labels["tenant"], "globex");
 
     let policy = &cluster.network_policies[&ObjectKey::new("team-a", "web-ingress")];
-    let spec = policy.spec.as_ref().unwrap();
-    assert_eq!(
-        spec.pod_selector
-            .as_ref()
-            .unwrap()
-            .match_labels
-            .as_ref()
-            .unwrap()["app"],
-        "web"
-    );
+    assert_eq!(policy.key, ObjectKey::new("team-a", "web-ingress"));
+    let app = |value: &str| [("app".to_string(), value.to_string())].into();
+    assert!(policy.pod_selector.matches(&app("web")) && !policy.pod_selector.matches(&app("db")));
+    assert!(policy.ingress.is_some(), "kept normalized: policyTypes defaulted");
 
     // No namespace in the manifest: default.
     let client = &cluster.pods[&ObjectKey::new("default", "client")];
