@@ -28,7 +28,7 @@ pub fn describe(
         let pod = cluster.pods.get(key).ok_or_else(|| ExplainError::UnknownPod(key.clone()))?;
         let labels = cluster.namespaces.get(&*key.namespace).map(|ns| &ns.labels);
         let ip = super::address(pod, family).ok_or_else(|| ExplainError::NoAddress(key.clone()))?;
-        Ok(End { pod, namespace_labels: labels.unwrap_or(&EMPTY), ip })
+        Ok(End { pod, namespace_labels: labels.unwrap_or_else(|| &EMPTY), ip })
     };
     let mut lines = Vec::new();
     let floor = desired.decide(src, dst, protocol, port).is_allow();
@@ -74,4 +74,4 @@ pub fn describe(
     Ok((lines, verdict))
 }
 
-static EMPTY: crate::model::Labels = crate::model::Labels::new();
+static EMPTY: std::sync::LazyLock<crate::model::Labels> = std::sync::LazyLock::new(crate::model::Labels::new);

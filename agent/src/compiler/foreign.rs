@@ -42,7 +42,7 @@ impl NodeProfile {
         }
         let label = &config.guard.node_tenant_label;
         let tenant = cluster.node_labels.get(label).filter(|value| !value.is_empty())?;
-        Some(Self { label: label.clone(), tenant: tenant.clone(), mode })
+        Some(Self { label: label.clone(), tenant: tenant.to_string(), mode })
     }
 
     fn is_foreign(&self, namespace: &str, tenant: &TenantName, config: &Config) -> bool {

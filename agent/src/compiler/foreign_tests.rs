@@ -35,7 +35,7 @@ fn cluster(node_tenant: Option<&str>) -> Cluster {
         cluster.pods.insert(key, pod);
     }
     if let Some(tenant) = node_tenant {
-        cluster.node_labels.insert(LABEL.into(), tenant.into());
+        cluster.node_labels.insert(LABEL, tenant);
     }
     cluster
 }

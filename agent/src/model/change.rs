@@ -141,7 +141,7 @@ mod tests {
                 labels: [("tenant".into(), "x".into())].into(),
             },
         );
-        new.node_labels.insert("zone".into(), "z".into());
+        new.node_labels.insert("zone", "z");
         let changes = old.changes_to(&new);
         assert_eq!(changes.len(), 3);
         let mut applied = old.clone();

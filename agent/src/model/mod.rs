@@ -4,6 +4,7 @@ pub mod change;
 pub mod cnp;
 pub mod cnp_eval;
 pub mod flow;
+pub mod labels;
 pub mod policy;
 pub mod selector;
 pub mod tenant;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 pub use change::Change;
 pub use tenant::{TenantId, TenantName};
 
-pub type Labels = BTreeMap<String, String>;
+pub use labels::Labels;
 
 /// Namespace and name of a namespaced object; printed `namespace/name`. The compiler and the
 /// event index hold a pod's key in several maps: shared strings make each copy two pointers,

@@ -78,18 +78,16 @@ pub fn validate(selector: &LabelSelector) -> Result<(), SelectorError> {
 /// for an invalid selector is an error whatever the labels are.
 pub fn matches(selector: &LabelSelector, labels: &Labels) -> Result<bool, SelectorError> {
     validate(selector)?;
-    if let Some(match_labels) = &selector.match_labels {
-        if !matches_labels(match_labels, labels) {
-            return Ok(false);
-        }
+    if !selector.match_labels.iter().flatten().all(|(key, value)| labels.get(key) == Some(value.as_str())) {
+        return Ok(false);
     }
     for (index, requirement) in selector.match_expressions.iter().flatten().enumerate() {
         let value = labels.get(&requirement.key);
         let values = requirement.values.as_deref().unwrap_or_default();
         let holds = match operator(requirement, index)? {
-            Operator::In => value.is_some_and(|value| values.contains(value)),
+            Operator::In => value.is_some_and(|value| values.iter().any(|v| v == value)),
             // Kubernetes: NotIn also selects objects that do not have the key at all.
-            Operator::NotIn => value.is_none_or(|value| !values.contains(value)),
+            Operator::NotIn => value.is_none_or(|value| !values.iter().any(|v| v == value)),
             Operator::Exists => value.is_some(),
             Operator::DoesNotExist => value.is_none(),
         };
@@ -135,10 +133,10 @@ impl Selector {
 
     /// Whether `labels` satisfy every `matchLabels` entry and every expression.
     pub fn matches(&self, labels: &Labels) -> bool {
-        self.labels.iter().all(|(key, value)| labels.get(&**key).is_some_and(|v| **v == **value))
+        self.labels.iter().all(|(key, value)| labels.get(key) == Some(&**value))
             && self.requirements.iter().all(|requirement| {
-                let value = labels.get(&*requirement.key);
-                let listed = |value: &String| requirement.values.iter().any(|v| **v == **value);
+                let value = labels.get(&requirement.key);
+                let listed = |value: &str| requirement.values.iter().any(|v| **v == *value);
                 match requirement.operator {
                     Operator::In => value.is_some_and(listed),
                     // Kubernetes: NotIn also selects objects that do not have the key at all.

@@ -20,7 +20,8 @@ fn selector(
     expressions: Vec<LabelSelectorRequirement>,
 ) -> LabelSelector {
     LabelSelector {
-        match_labels: (!match_labels.is_empty()).then(|| labels(match_labels)),
+        match_labels: (!match_labels.is_empty())
+            .then(|| match_labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
         match_expressions: (!expressions.is_empty()).then_some(expressions),
     }
 }
@@ -36,7 +37,7 @@ fn empty_selector_matches_everything() {
     assert!(matches(&empty, &labels(&[("app", "web")])).unwrap());
     // Present but empty lists and maps are still the empty selector.
     let explicit = LabelSelector {
-        match_labels: Some(Labels::new()),
+        match_labels: Some(Default::default()),
         match_expressions: Some(vec![]),
     };
     assert!(matches(&explicit, &labels(&[("a", "b")])).unwrap());

@@ -65,8 +65,8 @@ impl TenantSource {
     /// The tenant of `namespace`; a namespace the source says nothing about is its own.
     pub fn tenant_of(&self, namespace: &Namespace) -> TenantName {
         let named = match self {
-            Self::Label(key) => namespace.labels.get(key).cloned(),
-            Self::Capsule {} => namespace.labels.get(CAPSULE_TENANT_LABEL).cloned(),
+            Self::Label(key) => namespace.labels.get(key).map(str::to_string),
+            Self::Capsule {} => namespace.labels.get(CAPSULE_TENANT_LABEL).map(str::to_string),
             Self::Hnc {} => hnc_root(namespace),
         };
         match named {

@@ -46,11 +46,15 @@ pub fn describe_object(kind: &str, metadata: &ObjectMeta) -> String {
     }
 }
 
+fn labels_of(metadata: &ObjectMeta) -> Labels {
+    metadata.labels.as_ref().map(Labels::from).unwrap_or_default()
+}
+
 /// A Namespace: its name and labels.
 pub fn namespace(namespace: &core::Namespace) -> Result<Namespace, Rejection> {
     let name = name(&namespace.metadata)?;
     limits::labels(namespace.metadata.labels.as_ref(), "metadata.labels").map_err(reject)?;
-    let labels = namespace.metadata.labels.clone().unwrap_or_default();
+    let labels = labels_of(&namespace.metadata);
     Ok(Namespace { name, labels })
 }
 
@@ -58,7 +62,7 @@ pub fn namespace(namespace: &core::Namespace) -> Result<Namespace, Rejection> {
 pub fn node(node: &core::Node) -> Result<(String, Labels), Rejection> {
     let name = name(&node.metadata)?;
     limits::labels(node.metadata.labels.as_ref(), "metadata.labels").map_err(reject)?;
-    Ok((name, node.metadata.labels.clone().unwrap_or_default()))
+    Ok((name, labels_of(&node.metadata)))
 }
 
 /// Whether a pod has finished: its IPs may already belong to new pods, so it is not in the
@@ -108,7 +112,7 @@ pub fn pod(pod: &core::Pod) -> Result<Pod, Rejection> {
     Ok(Pod {
         key,
         uid: pod.metadata.uid.clone().filter(|uid| !uid.is_empty()),
-        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        labels: labels_of(&pod.metadata),
         ips,
         node_name: spec.node_name.clone().filter(|name| !name.is_empty()),
         host_network: spec.host_network.unwrap_or(false),

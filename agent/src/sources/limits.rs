@@ -10,7 +10,10 @@
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use crate::model::Labels;
+use std::collections::BTreeMap;
+
+/// Labels as the API has them.
+type Labels = BTreeMap<String, String>;
 
 /// Labels on one object.
 pub const MAX_LABELS: usize = 1024;
@@ -32,7 +35,7 @@ pub fn labels(labels: Option<&Labels>, field: &str) -> Result<(), Exceeded> {
 
 pub fn selector(selector: &LabelSelector, field: &str) -> Result<(), Exceeded> {
     let expressions = selector.match_expressions.iter().flatten();
-    let terms = selector.match_labels.as_ref().map_or(0, Labels::len)
+    let terms = selector.match_labels.as_ref().map_or(0, BTreeMap::len)
         + expressions.map(|e| 1 + e.values.as_ref().map_or(0, Vec::len)).sum::<usize>();
     if terms > MAX_SELECTOR_TERMS {
         return Err((field.into(), format!("{terms} selector terms; moat accepts at most {MAX_SELECTOR_TERMS} per selector")));

@@ -53,7 +53,7 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 fn namespace(rng: &mut Rng, name: &str) -> Namespace {
     let mut labels = labels(&[("env", *rng.pick(&["prod", "dev"]))]);
     if let Some(tenant) = rng.pick(&TENANTS) {
-        labels.insert("tenant".into(), tenant.to_string());
+        labels.insert("tenant", tenant);
     }
     Namespace {
         name: name.into(),
@@ -67,13 +67,11 @@ fn pod(rng: &mut Rng, key: &PodKey) -> Pod {
         ("pod-template-hash", *rng.pick(&["5d8f", "77c1"])),
     ]);
     if rng.chance(50) {
-        pod_labels.insert(
-            "tier".into(),
-            rng.pick(&["frontend", "backend"]).to_string(),
-        );
+        let tier = *rng.pick(&["frontend", "backend"]);
+        pod_labels.insert("tier", tier);
     }
     if &*key.namespace == "kube-system" && rng.chance(50) {
-        pod_labels.insert("k8s-app".into(), "kube-dns".into());
+        pod_labels.insert("k8s-app", "kube-dns");
     }
     let mut ports = Vec::new();
     if rng.chance(60) {
@@ -216,10 +214,8 @@ fn random_change(rng: &mut Rng) -> Change {
         _ => {
             let mut node = Labels::new();
             if rng.chance(30) {
-                node.insert(
-                    "node-restriction.kubernetes.io/tenant".into(),
-                    rng.pick(&["t0", "t1"]).to_string(),
-                );
+                let tenant = *rng.pick(&["t0", "t1"]);
+                node.insert("node-restriction.kubernetes.io/tenant", tenant);
             }
             Change::NodeLabels(node)
         }

@@ -140,9 +140,9 @@ pub fn in_block(host: &NetworkKey, outer: &NetworkKey, excluded: &[NetworkKey]) 
 /// Namespace labels, with the `kubernetes.io/metadata.name` label the API server always sets.
 pub fn namespace_labels(labels: Option<&Labels>, namespace: &str) -> Labels {
     let mut labels = labels.cloned().unwrap_or_default();
-    labels
-        .entry("kubernetes.io/metadata.name".into())
-        .or_insert_with(|| namespace.into());
+    if !labels.contains_key("kubernetes.io/metadata.name") {
+        labels.insert("kubernetes.io/metadata.name", namespace);
+    }
     labels
 }
 

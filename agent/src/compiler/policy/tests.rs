@@ -101,7 +101,7 @@ fn no_policy_allows_everything_within_one_tenant() {
     assert!(!tcp(&d, "x/a", "y/a", 80));
     let mut c = cluster(&[]);
     for ns in c.namespaces.values_mut() {
-        ns.labels.insert("tenant".into(), "t".into());
+        ns.labels.insert("tenant", "t");
     }
     let d = compile_scoped(&c, &Config::default(), &PodCgroups::new(), Scope::Cluster).unwrap();
     assert!(matrix(&d, 80).iter().all(|row| row == "XXXXXXXXX"));
@@ -110,7 +110,7 @@ fn no_policy_allows_everything_within_one_tenant() {
 fn one_tenant(policies: &[&str]) -> Desired {
     let mut c = cluster(policies);
     for ns in c.namespaces.values_mut() {
-        ns.labels.insert("tenant".into(), "t".into());
+        ns.labels.insert("tenant", "t");
     }
     compile_scoped(&c, &Config::default(), &PodCgroups::new(), Scope::Cluster).unwrap()
 }
@@ -228,7 +228,7 @@ fn tenant_floor_is_beneath_policy() {
 fn default_deny_in_tenant_switch() {
     let mut c = cluster(&["metadata: {namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {}}]}]"]);
     for ns in c.namespaces.values_mut() {
-        ns.labels.insert("tenant".into(), "t".into());
+        ns.labels.insert("tenant", "t");
     }
     let config = Config { default_deny_in_tenant: true, ..Config::default() };
     let d = compile_scoped(&c, &config, &PodCgroups::new(), Scope::Cluster).unwrap();

@@ -82,7 +82,7 @@ async fn lists_everything_then_follows_changes() {
         Some("uid-p")
     );
     assert_eq!(
-        cluster.node_labels.get("profile").map(String::as_str),
+        cluster.node_labels.get("profile"),
         Some("gpu"),
         "only this node's labels"
     );
@@ -92,7 +92,7 @@ async fn lists_everything_then_follows_changes() {
     store.apply(namespace("a", "z")).expect("relabel");
     until(&mut source, &mut cluster, |c| {
         c.pods.contains_key(&ObjectKey::new("b", "q"))
-            && c.namespaces["a"].labels.get("tenant").map(String::as_str) == Some("z")
+            && c.namespaces["a"].labels.get("tenant") == Some("z")
     })
     .await;
 
@@ -100,7 +100,7 @@ async fn lists_everything_then_follows_changes() {
     store.apply(pod("a", "p", "127.0.0.1")).expect("bad pod");
     store.apply(node("n1", "cpu")).expect("node relabel");
     until(&mut source, &mut cluster, |c| {
-        c.node_labels.get("profile").map(String::as_str) == Some("cpu")
+        c.node_labels.get("profile") == Some("cpu")
     })
     .await;
     assert_eq!(

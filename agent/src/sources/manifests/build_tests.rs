@@ -42,7 +42,7 @@ fn kubectl_pod_list_maps_to_the_model() {
         web.uid.as_deref(),
         Some("5f0c9e4e-2d7a-4d0a-b5a8-3c1f0b8e9d11")
     );
-    assert_eq!(web.labels["app"], "web");
+    assert_eq!(&web.labels["app"], "web");
     assert_eq!(web.node_name.as_deref(), Some("node-1"));
     assert!(!web.host_network);
     // Containers, then sidecars; the plain init container's port is not served.
@@ -80,8 +80,8 @@ fn namespaces_policies_and_other_kinds() {
     let cluster = &loaded.cluster;
     let names: Vec<_> = cluster.namespaces.keys().map(String::as_str).collect();
     assert_eq!(names, ["kube-system", "team-a", "team-b"]);
-    assert_eq!(cluster.namespaces["team-a"].labels["tenant"], "acme");
-    assert_eq!(cluster.namespaces["team-b"].labels["tenant"], "globex");
+    assert_eq!(&cluster.namespaces["team-a"].labels["tenant"], "acme");
+    assert_eq!(&cluster.namespaces["team-b"].labels["tenant"], "globex");
 
     let policy = &cluster.network_policies[&ObjectKey::new("team-a", "web-ingress")];
     assert_eq!(policy.key, ObjectKey::new("team-a", "web-ingress"));

@@ -15,8 +15,8 @@ fn load_text(text: &str, node_name: Option<&str>) -> Result<Loaded, ManifestErro
 #[test]
 fn kubectl_node_list_gives_the_named_nodes_labels() {
     let loaded = load_for_node(&[testdata("nodes-list.yaml")], Some("node-1")).unwrap();
-    assert_eq!(loaded.cluster.node_labels["node-restriction.kubernetes.io/tenant"], "alpha");
-    assert_eq!(loaded.cluster.node_labels["kubernetes.io/hostname"], "node-1");
+    assert_eq!(&loaded.cluster.node_labels["node-restriction.kubernetes.io/tenant"], "alpha");
+    assert_eq!(&loaded.cluster.node_labels["kubernetes.io/hostname"], "node-1");
     assert_eq!(loaded.nodes.len(), 2);
     assert!(loaded.skipped.is_empty(), "Nodes are read, not skipped: {:?}", loaded.skipped);
     let other = load_for_node(&[testdata("nodes-list.yaml")], Some("node-2")).unwrap();
@@ -28,7 +28,7 @@ fn kubectl_node_list_gives_the_named_nodes_labels() {
 #[test]
 fn without_a_node_name_the_only_node_is_this_one() {
     let loaded = load_text(&node("n1", "    profile: gpu\n"), None).unwrap();
-    assert_eq!(loaded.cluster.node_labels["profile"], "gpu");
+    assert_eq!(&loaded.cluster.node_labels["profile"], "gpu");
     assert!(load_text("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n", None).unwrap().cluster.node_labels.is_empty());
 }
 
