@@ -133,7 +133,7 @@ pub fn run(args: ExplainArgs) -> Result<(), ExplainError> {
     }
     let desired = compiler::compile_scoped(&cluster, &config, &PodCgroups::new(), Scope::Cluster)?;
     if let (Some(name), Some(from)) = (&args.dns, &args.from) {
-        return crate::explain_dns::print(&desired, from, name, args.output);
+        return crate::explain_dns::print(&cluster, &desired, from, name, args.output);
     }
     // Without --dns, clap requires --port.
     let Some(port) = args.port else { return Ok(()) };

@@ -4,9 +4,11 @@
 use moat_common::dns::{self, AddressOwner, DnsMaps, DnsNamespace, DnsScratch, DnsVerdict, DnsZone, NamespaceKey, Question};
 use moat_common::maps::TenantPairKey;
 
+use std::cell::Cell;
+
 use crate::compiler::Desired;
 use crate::explain::{ExplainError, Explanation, Format};
-use crate::model::PodKey;
+use crate::model::{Cluster, PodKey};
 
 impl DnsMaps for Desired {
     fn zone(&self, slot: u32) -> Option<&DnsZone> {
@@ -21,17 +23,58 @@ impl DnsMaps for Desired {
         self.remote.get(addr).map(|endpoint| AddressOwner { tenant: endpoint.tenant, shared: endpoint.shared != 0 })
     }
 
+    fn service(&self, addr: &[u8; 16]) -> Option<DnsNamespace> {
+        self.dns_services.get(addr).and_then(|namespace| self.dns_namespaces.get(namespace)).copied()
+    }
+
     fn tenant_pair(&self, key: &TenantPairKey) -> bool {
         self.tenant_pairs.contains(key)
     }
 }
 
+/// The compiled entries, remembering which Service address a reverse name was looked up
+/// as, so the explanation can name the Service.
+struct Asked<'a> {
+    desired: &'a Desired,
+    service_address: Cell<Option<[u8; 16]>>,
+}
+
+impl DnsMaps for Asked<'_> {
+    fn zone(&self, slot: u32) -> Option<&DnsZone> {
+        self.desired.zone(slot)
+    }
+
+    fn namespace(&self, key: &NamespaceKey) -> Option<DnsNamespace> {
+        self.desired.namespace(key)
+    }
+
+    fn address(&self, addr: &[u8; 16]) -> Option<AddressOwner> {
+        self.desired.address(addr)
+    }
+
+    fn service(&self, addr: &[u8; 16]) -> Option<DnsNamespace> {
+        self.service_address.set(Some(*addr));
+        self.desired.service(addr)
+    }
+
+    fn tenant_pair(&self, key: &TenantPairKey) -> bool {
+        self.desired.tenant_pair(key)
+    }
+}
+
 /// The fate of the question `name` (any record type) asked by `from`.
-pub fn explain_dns(desired: &Desired, from: &PodKey, name: &str) -> Result<Explanation, ExplainError> {
+pub fn explain_dns(cluster: &Cluster, desired: &Desired, from: &PodKey, name: &str) -> Result<Explanation, ExplainError> {
     let tenant = desired.index.pod_tenants.get(from).ok_or_else(|| ExplainError::UnknownPod(from.clone()))?;
     let mut scratch = DnsScratch::EMPTY;
     let len = dns::to_wire(name, &mut scratch.name).ok_or_else(|| ExplainError::NotADnsName(name.to_string()))?;
-    let question = dns::classify(&mut scratch, len, desired);
+    let asked = Asked { desired, service_address: Cell::new(None) };
+    let question = dns::classify(&mut scratch, len, &asked);
+    // The Service whose address it is: the first in key order, as the compile keeps it.
+    let service = asked.service_address.get().and_then(|address| {
+        let mut services = cluster.services.values();
+        services.find(|service| service.cluster_ips.iter().any(|ip| crate::compiler::mapped(*ip) == address))
+    });
+    let service = service.map(|service| format!("Service {}", service.key)).unwrap_or_else(|| "a Service".into());
     let verdict = dns::decide(question, tenant.id().0, desired);
     let tenant_name = |id: u64| desired.index.tenants.get(&id).map(ToString::to_string).unwrap_or_else(|| "?".into());
     let namespace = String::from_utf8_lossy(&scratch.key.name).trim_end_matches('\0').to_string();
@@ -45,6 +88,19 @@ pub fn explain_dns(desired: &Desired, from: &PodKey, name: &str) -> Result<Expla
         Question::Address(owner) if owner.tenant == 0 => "a reverse name of an address no single tenant's pod holds: passes".to_string(),
         Question::Address(owner) if owner.tenant == tenant.id().0 => format!("a reverse name of a pod of {from}'s tenant {tenant}"),
         Question::Address(owner) => format!("a reverse name of a pod of tenant {}, not {from}'s tenant {tenant}", tenant_name(owner.tenant)),
+        Question::Service(found) if found.flags & dns::DNS_NAMESPACE_SHARED != 0 => {
+            format!("a reverse name of {service}'s address, in a namespace shared with every tenant")
+        }
+        Question::Service(found) if found.tenant == 0 => format!("a reverse name of {service}'s address, in no tenant: passes"),
+        Question::Service(found) if found.tenant == tenant.id().0 => format!("a reverse name of {service}'s address, in {from}'s tenant {tenant}"),
+        Question::Service(found) => {
+            let owner = tenant_name(found.tenant);
+            if verdict == DnsVerdict::Pass {
+                format!("a reverse name of {service}'s address, tenant {owner}'s; an allowedTenantPairs exception opens it to {tenant}")
+            } else {
+                format!("a reverse name of {service}'s address, tenant {owner}'s, not {from}'s tenant {tenant}")
+            }
+        }
         Question::Namespace(found) if found.flags & dns::DNS_NAMESPACE_SHARED != 0 => {
             format!("namespace {namespace} is shared with every tenant (dns.sharedNamespaces, clusterDns, sharedServices)")
         }
@@ -81,8 +137,8 @@ pub fn explain_dns(desired: &Desired, from: &PodKey, name: &str) -> Result<Expla
 }
 
 /// `moat explain --dns`'s output.
-pub fn print(desired: &Desired, from: &PodKey, name: &str, format: Format) -> Result<(), ExplainError> {
-    let result = explain_dns(desired, from, name)?;
+pub fn print(cluster: &Cluster, desired: &Desired, from: &PodKey, name: &str, format: Format) -> Result<(), ExplainError> {
+    let result = explain_dns(cluster, desired, from, name)?;
     match format {
         Format::Json => println!("{}", serde_json::to_string(&result)?),
         Format::Text => {
@@ -100,7 +156,7 @@ mod tests {
     use super::*;
     use crate::compiler::{self, Scope};
     use crate::config::{Config, DnsIsolation, TenantPair};
-    use crate::model::{Cluster, Namespace, Pod};
+    use crate::model::{Namespace, Pod, Service};
     use crate::node::cgroups::PodCgroups;
 
     fn cluster() -> Cluster {
@@ -123,12 +179,19 @@ mod tests {
             };
             cluster.pods.insert(key, pod);
         }
+        for (ns, name, ips) in [("b1", "db", ["10.96.0.21", "fd00:96::21"]), ("a2", "web", ["10.96.0.12", "fd00:96::12"]), ("kube-system", "kube-dns", ["10.96.0.10", "fd00:96::10"])] {
+            let key = crate::model::ObjectKey::new(ns, name);
+            let cluster_ips = ips.iter().map(|ip| ip.parse().unwrap()).collect();
+            cluster.services.insert(key.clone(), Service { key, cluster_ips });
+        }
+        cluster.namespaces.insert("kube-system".into(), Namespace { name: "kube-system".into(), labels: Default::default() });
         cluster
     }
 
     fn ask(config: &Config, name: &str) -> Explanation {
-        let desired = compiler::compile_scoped(&cluster(), config, &PodCgroups::new(), Scope::Cluster).unwrap();
-        explain_dns(&desired, &PodKey::new("a1", "p1"), name).unwrap()
+        let cluster = cluster();
+        let desired = compiler::compile_scoped(&cluster, config, &PodCgroups::new(), Scope::Cluster).unwrap();
+        explain_dns(&cluster, &desired, &PodKey::new("a1", "p1"), name).unwrap()
     }
 
     #[test]
@@ -154,6 +217,17 @@ mod tests {
         assert_eq!(reverse.verdict, "deny", "{reverse:?}");
         assert!(reverse.reasons[0].contains("a reverse name of a pod of tenant b"), "{reverse:?}");
         assert_eq!(ask(&config, "1.0.0.10.in-addr.arpa").verdict, "allow", "own pod");
+        let service = ask(&config, "21.0.96.10.in-addr.arpa");
+        assert_eq!(service.verdict, "deny", "{service:?}");
+        assert!(service.reasons[0].contains("Service b1/db's address, tenant b's"), "{service:?}");
+        let v6 = "1.2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.9.0.0.0.0.d.f.ip6.arpa";
+        assert_eq!(ask(&config, v6).verdict, "deny", "{v6}");
+        let own = ask(&config, "12.0.96.10.in-addr.arpa");
+        assert_eq!(own.verdict, "allow", "{own:?}");
+        assert!(own.reasons[0].contains("Service a2/web's address, in a1/p1's tenant a"), "{own:?}");
+        let shared = ask(&config, "10.0.96.10.in-addr.arpa");
+        assert_eq!(shared.verdict, "allow", "{shared:?}");
+        assert!(shared.reasons[0].contains("Service kube-system/kube-dns's address, in a namespace shared"), "{shared:?}");
         let detect = Config { dns: crate::config::DnsConfig { isolation: DnsIsolation::Detect, ..Default::default() }, ..Config::default() };
         let reported = ask(&detect, "db.b1.svc.cluster.local");
         assert_eq!(reported.verdict, "allow");
@@ -162,9 +236,10 @@ mod tests {
 
     #[test]
     fn an_unknown_pod_or_a_bad_name_is_an_error() {
-        let desired = compiler::compile_scoped(&cluster(), &Config::default(), &PodCgroups::new(), Scope::Cluster).unwrap();
-        assert!(matches!(explain_dns(&desired, &PodKey::new("a1", "nope"), "x"), Err(ExplainError::UnknownPod(_))));
+        let cluster = cluster();
+        let desired = compiler::compile_scoped(&cluster, &Config::default(), &PodCgroups::new(), Scope::Cluster).unwrap();
+        assert!(matches!(explain_dns(&cluster, &desired, &PodKey::new("a1", "nope"), "x"), Err(ExplainError::UnknownPod(_))));
         let long = "a".repeat(64);
-        assert!(matches!(explain_dns(&desired, &PodKey::new("a1", "p1"), &long), Err(ExplainError::NotADnsName(_))));
+        assert!(matches!(explain_dns(&cluster, &desired, &PodKey::new("a1", "p1"), &long), Err(ExplainError::NotADnsName(_))));
     }
 }

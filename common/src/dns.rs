@@ -37,10 +37,14 @@ pub mod names {
     pub const DNS_ZONES: &str = "DNS_ZONES";
     /// Per-CPU scratch space for one question (`DnsScratch`).
     pub const DNS_SCRATCH: &str = "DNS_SCRATCH";
+    /// Service ClusterIP (16 bytes, IPv4-mapped) → its namespace's `NamespaceKey`.
+    pub const DNS_SERVICES: &str = "DNS_SERVICES";
 }
 
 /// Capacity of `DNS_NAMESPACES`.
 pub const DNS_NAMESPACES_CAPACITY: u32 = 65_536;
+/// Capacity of `DNS_SERVICES` (ClusterIPs, both families).
+pub const DNS_SERVICES_CAPACITY: u32 = 65_536;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -129,6 +133,8 @@ pub trait DnsMaps {
     fn zone(&self, slot: u32) -> Option<&DnsZone>;
     /// The pod holding `addr` (16 bytes, IPv4-mapped), if one tenant's pod does.
     fn address(&self, addr: &[u8; 16]) -> Option<AddressOwner>;
+    /// The namespace entry of the Service whose ClusterIP is `addr`, if a Service has it.
+    fn service(&self, addr: &[u8; 16]) -> Option<DnsNamespace>;
     fn namespace(&self, key: &NamespaceKey) -> Option<DnsNamespace>;
     fn tenant_pair(&self, key: &TenantPairKey) -> bool;
 }
@@ -146,6 +152,8 @@ pub enum Question {
     Namespace(DnsNamespace),
     /// A reverse (PTR) name of a pod address: its owner.
     Address(AddressOwner),
+    /// A reverse (PTR) name of a Service ClusterIP: its namespace's entry.
+    Service(DnsNamespace),
     /// A compression pointer in the question: no resolver sends one, and CoreDNS follows
     /// it, so the name could be anything the packet spells elsewhere.
     Malformed,
@@ -288,7 +296,7 @@ fn reverse<M: DnsMaps>(scratch: &mut DnsScratch, end: usize, maps: &M) -> Option
             if scratch.before[start & (NAME_BUF - 1)] != FIRST {
                 return None;
             }
-            return maps.address(&addr).map(Question::Address);
+            return owner(maps, &addr);
         }
     }
     if end + 1 >= IP6_ARPA.len as usize {
@@ -304,10 +312,20 @@ fn reverse<M: DnsMaps>(scratch: &mut DnsScratch, end: usize, maps: &M) -> Option
             if scratch.before[start & (NAME_BUF - 1)] != FIRST {
                 return None;
             }
-            return maps.address(&addr).map(Question::Address);
+            return owner(maps, &addr);
         }
     }
     None
+}
+
+/// Whose address `addr` is: a pod's first (a pod holding a Service's address is the more
+/// specific answer), else a Service's.
+#[inline(always)]
+fn owner<M: DnsMaps>(maps: &M, addr: &[u8; 16]) -> Option<Question> {
+    if let Some(pod) = maps.address(addr) {
+        return Some(Question::Address(pod));
+    }
+    maps.service(addr).map(Question::Service)
 }
 
 /// A label of 1-3 decimal digits with a value up to 255.
@@ -449,6 +467,9 @@ pub fn decide<M: DnsMaps>(question: Question, querier_tenant: u64, maps: &M) -> 
             owner_answers(found.flags & DNS_NAMESPACE_SHARED != 0, found.tenant, querier_tenant, maps)
         }
         Question::Address(owner) => owner_answers(owner.shared, owner.tenant, querier_tenant, maps),
+        Question::Service(found) => {
+            owner_answers(found.flags & DNS_NAMESPACE_SHARED != 0, found.tenant, querier_tenant, maps)
+        }
     }
 }
 

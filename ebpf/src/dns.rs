@@ -20,7 +20,7 @@ use moat_common::{
 
 use crate::budget;
 use crate::counters;
-use crate::maps::{DNS_NAMESPACES, DNS_SCRATCH, DNS_ZONES, LOCAL_ENDPOINTS, REMOTE_ENDPOINTS, TENANT_PAIRS};
+use crate::maps::{DNS_NAMESPACES, DNS_SCRATCH, DNS_SERVICES, DNS_ZONES, LOCAL_ENDPOINTS, REMOTE_ENDPOINTS, TENANT_PAIRS};
 use crate::packet::{self, Addr, Headers, Packet, ETH_P_IP};
 
 /// UDP header, then the DNS header's fixed 12 bytes before the question name.
@@ -39,6 +39,14 @@ impl DnsMaps for KernelDnsMaps {
         // SAFETY: the value is copied out at once.
         let endpoint = unsafe { REMOTE_ENDPOINTS.get(addr) }?;
         Some(AddressOwner { tenant: endpoint.tenant, shared: endpoint.shared != 0 })
+    }
+
+    #[inline(always)]
+    fn service(&self, addr: &[u8; 16]) -> Option<DnsNamespace> {
+        // SAFETY: the key is read by the lookup that follows and never kept; the namespace
+        // entry is copied out at once.
+        let namespace = unsafe { DNS_SERVICES.get(addr) }?;
+        unsafe { DNS_NAMESPACES.get(namespace).copied() }
     }
 
     #[inline(always)]

@@ -9,7 +9,9 @@ use moat_common::guard::{
     capacity as guard_capacity, Actor, Endpoint as GuardEndpoint, FileKey, FileRule, GuardSettings,
     SetnsEntry, SocketPath, UnixRefusal,
 };
-use moat_common::dns::{DnsNamespace, DnsScratch, DnsZone, NamespaceKey, DNS_NAMESPACES_CAPACITY, ZONE_SLOTS};
+use moat_common::dns::{
+    DnsNamespace, DnsScratch, DnsZone, NamespaceKey, DNS_NAMESPACES_CAPACITY, DNS_SERVICES_CAPACITY, ZONE_SLOTS,
+};
 use moat_common::maps::{
     capacity, Counter, CounterKey, Endpoint, FlowKey, FlowState, PolicyMatch, Settings,
     SharedPortKey, SlotCounter, TenantPairKey,
@@ -38,6 +40,11 @@ pub static TENANT_PAIRS: HashMap<TenantPairKey, u8> = HashMap::pinned(capacity::
 #[map]
 pub static DNS_NAMESPACES: HashMap<NamespaceKey, DnsNamespace> =
     HashMap::pinned(DNS_NAMESPACES_CAPACITY, 0);
+
+/// DNS isolation: Service ClusterIP → its namespace (looked up in `DNS_NAMESPACES`, so a
+/// relabelled namespace moves its Services with it).
+#[map]
+pub static DNS_SERVICES: HashMap<[u8; 16], NamespaceKey> = HashMap::pinned(DNS_SERVICES_CAPACITY, 0);
 
 /// DNS isolation: the cluster zones, longest first.
 #[map]

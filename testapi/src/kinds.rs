@@ -65,6 +65,15 @@ pub const PODS: Kind = Kind {
     namespaced: true,
     short_names: &["po"],
 };
+pub const SERVICES: Kind = Kind {
+    plural: "services",
+    singular: "service",
+    kind: "Service",
+    group: "",
+    version: "v1",
+    namespaced: true,
+    short_names: &["svc"],
+};
 pub const EVENTS: Kind = Kind {
     plural: "events",
     singular: "event",
@@ -108,7 +117,7 @@ pub const CALICO_GLOBAL_NETWORK_POLICIES: Kind = Kind {
 };
 
 /// Every kind the server knows; those in [`CRDS`] are served only while installed.
-pub const KINDS: [Kind; 7] = [NAMESPACES, NODES, PODS, EVENTS, NETWORK_POLICIES, CLUSTER_NETWORK_POLICIES, CALICO_GLOBAL_NETWORK_POLICIES];
+pub const KINDS: [Kind; 8] = [NAMESPACES, NODES, PODS, EVENTS, NETWORK_POLICIES, CLUSTER_NETWORK_POLICIES, CALICO_GLOBAL_NETWORK_POLICIES, SERVICES];
 /// Kinds that behave as custom resources.
 pub const CRDS: [Kind; 2] = [CLUSTER_NETWORK_POLICIES, CALICO_GLOBAL_NETWORK_POLICIES];
 

@@ -1,6 +1,6 @@
 //! moat-testapi: a test Kubernetes API server that speaks the real list/watch
-//! protocol (plain HTTP, Kubernetes JSON) for namespaces, nodes, pods, events
-//! and networkpolicies, so kube-rs clients run against it unchanged.
+//! protocol (plain HTTP, Kubernetes JSON) for namespaces, nodes, pods, services,
+//! events and networkpolicies, so kube-rs clients run against it unchanged.
 //!
 //! Behaviour, as the real API server:
 //! - one global resourceVersion; lists are consistent snapshots (continue
@@ -38,7 +38,7 @@ pub mod store;
 pub mod watch;
 
 pub use error::{ApiError, ServerError};
-pub use kinds::{Kind, EVENTS, KINDS, NAMESPACES, NETWORK_POLICIES, NODES, PODS};
+pub use kinds::{Kind, EVENTS, KINDS, NAMESPACES, NETWORK_POLICIES, NODES, PODS, SERVICES};
 pub use list::ListQuery;
 pub use manifest::{kubeconfig, load_path, parse_manifests};
 pub use store::{Store, StoreOptions};

@@ -586,7 +586,8 @@ async fn bad_requests_get_status_errors() {
     let (_, v) = raw(&srv, "GET", "/apis", "application/json", "").await;
     assert_eq!(v["groups"][0]["name"], "networking.k8s.io");
     let (_, v) = raw(&srv, "GET", "/api/v1", "application/json", "").await;
-    assert_eq!(v["resources"].as_array().unwrap().len(), 4);
+    // namespaces, nodes, pods, events, services
+    assert_eq!(v["resources"].as_array().unwrap().len(), 5);
     let (c, v) = raw(&srv, "GET", "/healthz", "application/json", "").await;
     assert_eq!((c, v.as_str()), (200, Some("ok")));
     let info = client.apiserver_version().await.unwrap();

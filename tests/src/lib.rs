@@ -827,6 +827,16 @@ pub fn pod_yaml(namespace: &str, name: &str, labels: &[(&str, &str)], ports: &[(
     yaml
 }
 
+/// A `v1/Service` manifest with `cluster_ips` (one per family; none: headless).
+pub fn service_yaml(namespace: &str, name: &str, cluster_ips: &[&str]) -> String {
+    let ips = if cluster_ips.is_empty() { vec!["None"] } else { cluster_ips.to_vec() };
+    let list = ips.iter().map(|ip| format!("{ip:?}")).collect::<Vec<_>>().join(", ");
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  clusterIP: {:?}\n  clusterIPs: [{list}]\n  ports:\n    - port: 53\n",
+        ips[0]
+    )
+}
+
 /// Like [`pod_yaml`], with the lab role annotation `lab.moat.dev/role: ROLE` (`external`,
 /// `hidden` or `pod`).
 pub fn pod_yaml_with_role(

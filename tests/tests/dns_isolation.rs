@@ -1,6 +1,7 @@
 //! Tenant DNS isolation on the real kernel: a CoreDNS-like server (`moat-dns serve`) in the
 //! lab's cluster-DNS pod, questions asked from tenant pods over UDP, IPv4 and IPv6. Own,
-//! same-tenant and shared names are answered; other tenants' names and pods' reverse names,
+//! same-tenant and shared names are answered; other tenants' names, and reverse names of their
+//! pods' and Services' addresses,
 //! wildcards and compression tricks fail at once (EPERM on the send) with a `dns.cross-tenant` event;
 //! external names and unreadable messages pass untouched.
 
@@ -8,12 +9,21 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use moat_integration::dns::{query, DnsServer};
-use moat_integration::{documents, namespace_yaml, pod_yaml, Family, Lab, Manifests, UpOptions};
+use moat_integration::{documents, namespace_yaml, pod_yaml, service_yaml, Family, Lab, Manifests, UpOptions};
 
 const DNS: &str = "kube-system/dns";
 
+/// (namespace, name, ClusterIPs): in the model (the manifests) and in the server's data alike.
+const SERVICES: [(&str, &str, [&str; 2]); 4] = [
+    ("a1", "web", ["10.96.0.11", "fd00:96::11"]),
+    ("a2", "db", ["10.96.0.12", "fd00:96::12"]),
+    ("b1", "db", ["10.96.0.21", "fd00:96::21"]),
+    ("kube-system", "kube-dns", ["10.96.0.10", "fd00:96::10"]),
+];
+
 fn cluster() -> String {
-    documents(&[
+    let services = SERVICES.iter().map(|(namespace, name, ips)| service_yaml(namespace, name, ips));
+    let objects = [
         namespace_yaml("kube-system", &[]),
         pod_yaml("kube-system", "dns", &[("k8s-app", "kube-dns")], &[]),
         namespace_yaml("a1", &[("tenant", "a")]),
@@ -22,7 +32,8 @@ fn cluster() -> String {
         pod_yaml("a1", "p1", &[], &[]),
         pod_yaml("a2", "p2", &[], &[]),
         pod_yaml("b1", "p4", &[], &[]),
-    ])
+    ];
+    documents(&objects.into_iter().chain(services).collect::<Vec<_>>())
 }
 
 /// The server's view: a Service per namespace (ClusterIPs of both families) and the pods.
@@ -34,12 +45,7 @@ fn server_data(lab: &Lab) -> String {
         .collect();
     serde_json::json!({
         "zone": "cluster.local",
-        "services": [
-            {"name": "web", "namespace": "a1", "ips": ["10.96.0.11", "fd00:96::11"]},
-            {"name": "db", "namespace": "a2", "ips": ["10.96.0.12", "fd00:96::12"]},
-            {"name": "db", "namespace": "b1", "ips": ["10.96.0.21", "fd00:96::21"]},
-            {"name": "kube-dns", "namespace": "kube-system", "ips": ["10.96.0.10", "fd00:96::10"]},
-        ],
+        "services": SERVICES.iter().map(|(namespace, name, ips)| serde_json::json!({"name": name, "namespace": namespace, "ips": ips})).collect::<Vec<_>>(),
         "pods": pods,
     })
     .to_string()
@@ -99,6 +105,19 @@ fn tenants_resolve_only_their_own_and_shared_names() {
             let got = outcome(&query(&lab, from, server, &address, &["--type", "PTR"]));
             if got != want {
                 wrong.push(format!("{from} asks PTR of {target} ({address}): got {got}, want {want}"));
+            }
+        }
+        // And of Services' ClusterIPs: another tenant's refused, a shared namespace's answered.
+        let index = if family == Family::V4 { 0 } else { 1 };
+        for (from, service, want) in [("a1/p1", 2, "send-error EPERM"), ("a1/p1", 1, "NOERROR 1"), ("b1/p4", 3, "NOERROR 1"), ("b1/p4", 0, "send-error EPERM"), ("b1/p4", 2, "NOERROR 1")] {
+            let (namespace, name, ips) = SERVICES[service];
+            let reply = query(&lab, from, server, ips[index], &["--type", "PTR"]);
+            let got = outcome(&reply);
+            if got != want {
+                wrong.push(format!("{from} asks PTR of Service {namespace}/{name} ({}): got {got}, want {want}", ips[index]));
+            }
+            if got.starts_with("send-error") {
+                slowest_refusal = slowest_refusal.max(reply["ms"].as_f64().unwrap_or(f64::MAX));
             }
         }
         assert!(wrong.is_empty(), "over {family:?}:\n{}", wrong.join("\n"));

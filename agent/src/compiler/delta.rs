@@ -20,6 +20,7 @@ pub struct Delta {
     pub tenant_pairs: Changes<TenantPairKey, ()>,
     pub policy_rules: Changes<RuleKey, ()>,
     pub dns_namespaces: Changes<NamespaceKey, DnsNamespace>,
+    pub dns_services: Changes<[u8; 16], NamespaceKey>,
     pub dns_zones: Changes<u32, DnsZone>,
 }
 
@@ -37,6 +38,7 @@ impl Delta {
             tenant_pairs: diff::sets(&from.tenant_pairs, &to.tenant_pairs),
             policy_rules: diff::sets(&from_rules, &to_rules),
             dns_namespaces: diff::maps(&from.dns_namespaces, &to.dns_namespaces),
+            dns_services: diff::maps(&from.dns_services, &to.dns_services),
             dns_zones: diff::maps(&from.dns_zones, &to.dns_zones),
         }
     }
@@ -50,6 +52,7 @@ impl Delta {
             + self.tenant_pairs.len()
             + self.policy_rules.len()
             + self.dns_namespaces.len()
+            + self.dns_services.len()
             + self.dns_zones.len()
     }
 
@@ -69,6 +72,7 @@ pub struct Journal {
     pub shared_ports: BTreeMap<SharedPortKey, bool>,
     pub policy_rules: BTreeMap<RuleKey, bool>,
     pub dns_namespaces: BTreeMap<NamespaceKey, Option<DnsNamespace>>,
+    pub dns_services: BTreeMap<[u8; 16], Option<NamespaceKey>>,
 }
 
 /// Sets `map[key]` to `value`, recording the old value in `journal` on first touch.
@@ -157,6 +161,7 @@ impl Journal {
             },
             policy_rules: presence(self.policy_rules, |key| now.policy_rules.contains_key(key)),
             dns_namespaces: changes(self.dns_namespaces, &now.dns_namespaces),
+            dns_services: changes(self.dns_services, &now.dns_services),
             // Zones come from the config, which an incremental compiler never changes.
             dns_zones: Changes {
                 added: Vec::new(),
@@ -182,6 +187,7 @@ impl Journal {
         restore(&mut desired.remote, self.remote);
         restore(&mut desired.networks, self.networks);
         restore(&mut desired.dns_namespaces, self.dns_namespaces);
+        restore(&mut desired.dns_services, self.dns_services);
         for (key, before) in self.shared_ports {
             if before {
                 desired.shared_ports.insert(key);

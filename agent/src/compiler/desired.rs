@@ -34,6 +34,8 @@ pub struct Desired {
     pub flags: u32,
     /// Namespace name → tenant, for DNS isolation (`DNS_NAMESPACES`).
     pub dns_namespaces: BTreeMap<NamespaceKey, DnsNamespace>,
+    /// Service ClusterIP → its namespace, for reverse names (`DNS_SERVICES`).
+    pub dns_services: BTreeMap<[u8; 16], NamespaceKey>,
     /// Cluster zones by slot (`DNS_ZONES`), from the config.
     pub dns_zones: BTreeMap<u32, DnsZone>,
     /// `Settings::dns`.

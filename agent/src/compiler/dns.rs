@@ -1,5 +1,6 @@
 //! Tenant DNS isolation's map entries: every namespace's tenant by name (`DNS_NAMESPACES`),
-//! the cluster zones (`DNS_ZONES`) and the mode (`Settings::dns`).
+//! every Service ClusterIP's namespace (`DNS_SERVICES`), the cluster zones (`DNS_ZONES`) and
+//! the mode (`Settings::dns`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -9,7 +10,7 @@ use moat_common::dns::{
 };
 
 use crate::config::{Config, DnsIsolation};
-use crate::model::TenantName;
+use crate::model::{Service, TenantName};
 
 /// `Settings::dns` for `config`.
 pub fn mode(config: &Config) -> u32 {
@@ -72,4 +73,23 @@ pub fn namespaces(
         .iter()
         .filter_map(|(namespace, tenant)| entry(&shared, namespace, tenant))
         .collect()
+}
+
+/// The `DNS_SERVICES` entries `service` claims: each ClusterIP → its namespace. None when the
+/// namespace is no DNS label (no question can name it).
+pub fn service_claims(service: &Service) -> impl Iterator<Item = ([u8; 16], NamespaceKey)> + '_ {
+    let key = NamespaceKey::of(&service.key.namespace);
+    service.cluster_ips.iter().filter_map(move |ip| Some((super::mapped(*ip), key?)))
+}
+
+/// Every ClusterIP's namespace (the full compile). Of two Services claiming one address
+/// (the API server never allows it; files might), the first in key order keeps it.
+pub fn services<'a>(services: impl IntoIterator<Item = &'a Service>) -> BTreeMap<[u8; 16], NamespaceKey> {
+    let mut entries = BTreeMap::new();
+    for service in services {
+        for (address, namespace) in service_claims(service) {
+            entries.entry(address).or_insert(namespace);
+        }
+    }
+    entries
 }

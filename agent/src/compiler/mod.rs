@@ -205,6 +205,7 @@ pub fn compile_scoped(
     desired.shared_ports = shared.ports();
     desired.index.shared_names = shared.names();
     desired.dns_namespaces = dns::namespaces(config, &tenants.of_namespace);
+    desired.dns_services = dns::services(cluster.services.values());
     for name in tenants.of_namespace.into_values() {
         desired.index.tenants.insert(name.id().0, name);
     }
@@ -241,12 +242,13 @@ pub fn network_key(cidr: &Cidr) -> NetworkKey {
 }
 
 pub(crate) fn check_capacity(desired: &Desired) -> Result<(), CompileError> {
-    let checks: [(&'static str, usize, u32); 8] = [
+    let checks: [(&'static str, usize, u32); 9] = [
         (
             "DNS_NAMESPACES",
             desired.dns_namespaces.len(),
             moat_common::dns::DNS_NAMESPACES_CAPACITY,
         ),
+        ("DNS_SERVICES", desired.dns_services.len(), moat_common::dns::DNS_SERVICES_CAPACITY),
         (
             "POLICY_RULES",
             desired.policy_rules.len(),

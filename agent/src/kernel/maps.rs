@@ -29,6 +29,7 @@ pub struct KernelMaps {
     policy_rules: LpmTrie<MapData, PolicyMatch, u8>,
     settings: Array<MapData, Settings>,
     dns_namespaces: HashMap<MapData, NamespaceKey, DnsNamespace>,
+    dns_services: HashMap<MapData, [u8; 16], NamespaceKey>,
     dns_zones: Array<MapData, DnsZone>,
     events_lost: PerCpuArray<MapData, u64>,
 }
@@ -66,6 +67,7 @@ impl KernelMaps {
             policy_rules: take(ebpf, names::POLICY_RULES)?,
             settings: take(ebpf, names::SETTINGS)?,
             dns_namespaces: take(ebpf, dns::names::DNS_NAMESPACES)?,
+            dns_services: take(ebpf, dns::names::DNS_SERVICES)?,
             dns_zones: take(ebpf, dns::names::DNS_ZONES)?,
             events_lost: take(ebpf, names::EVENTS_LOST)?,
         })
@@ -97,6 +99,10 @@ impl KernelMaps {
         for entry in self.dns_namespaces.iter() {
             let (key, value) = entry.map_err(|e| KernelError::map(dns::names::DNS_NAMESPACES, e))?;
             state.dns_namespaces.insert(key, value);
+        }
+        for entry in self.dns_services.iter() {
+            let (key, value) = entry.map_err(|e| KernelError::map(dns::names::DNS_SERVICES, e))?;
+            state.dns_services.insert(key, value);
         }
         for slot in 0..dns::ZONE_SLOTS {
             let zone = self.dns_zones.get(&slot, 0).map_err(|e| KernelError::map(dns::names::DNS_ZONES, e))?;
@@ -161,6 +167,7 @@ impl KernelMaps {
             tenant_pairs: pairs,
             policy_rules: rules,
             dns_namespaces,
+            dns_services,
             dns_zones,
         } = delta;
         let mut stats = ApplyStats::default();
@@ -217,6 +224,12 @@ impl KernelMaps {
                 .map_err(|e| KernelError::map(dns::names::DNS_NAMESPACES, e))?;
             stats.writes += 1;
         }
+        for (key, value) in dns_services.added.iter().chain(&dns_services.changed) {
+            self.dns_services
+                .insert(key, value, 0)
+                .map_err(|e| KernelError::map(dns::names::DNS_SERVICES, e))?;
+            stats.writes += 1;
+        }
         let cleared = dns_zones.removed.iter().map(|slot| (*slot, DnsZone::EMPTY));
         for (slot, zone) in dns_zones.added.iter().chain(&dns_zones.changed).copied().chain(cleared) {
             self.dns_zones
@@ -249,6 +262,9 @@ impl KernelMaps {
         for key in &dns_namespaces.removed {
             remove_tolerant(self.dns_namespaces.remove(key), dns::names::DNS_NAMESPACES)?;
         }
+        for key in &dns_services.removed {
+            remove_tolerant(self.dns_services.remove(key), dns::names::DNS_SERVICES)?;
+        }
         for (prefix_len, data) in &rules.removed {
             remove_tolerant(
                 self.policy_rules.remove(&Key::new(*prefix_len, *data)),
@@ -262,7 +278,8 @@ impl KernelMaps {
             + shared.removed.len()
             + pairs.removed.len()
             + rules.removed.len()
-            + dns_namespaces.removed.len();
+            + dns_namespaces.removed.len()
+            + dns_services.removed.len();
 
         // 4. Arm: a new generation makes every live flow be re-decided on its next packet.
         let current = self.settings()?;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::policy::Policy;
-use super::{Cluster, Labels, Namespace, ObjectKey, Pod, PodKey};
+use super::{Cluster, Labels, Namespace, ObjectKey, Pod, PodKey, Service};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
@@ -12,6 +12,7 @@ pub enum Change {
     Pod(PodKey, Option<Pod>),
     /// Shared with the model and the compiler: a policy is kept once.
     Policy(ObjectKey, Option<Arc<Policy>>),
+    Service(ObjectKey, Option<Service>),
     /// This node's labels (empty when the Node is gone).
     NodeLabels(Labels),
 }
@@ -40,6 +41,9 @@ impl Cluster {
             Change::Policy(key, value) => {
                 Change::Policy(key.clone(), put(&mut self.network_policies, &key, value)?)
             }
+            Change::Service(key, value) => {
+                Change::Service(key.clone(), put(&mut self.services, &key, value)?)
+            }
             Change::NodeLabels(labels) if labels == self.node_labels => return None,
             Change::NodeLabels(labels) => {
                 Change::NodeLabels(std::mem::replace(&mut self.node_labels, labels))
@@ -50,7 +54,7 @@ impl Cluster {
     /// Every object as a change, as a source's first list delivers them.
     pub fn changes_from_empty(self) -> Vec<Change> {
         let mut changes = Vec::with_capacity(
-            self.namespaces.len() + self.pods.len() + self.network_policies.len() + 1,
+            self.namespaces.len() + self.pods.len() + self.network_policies.len() + self.services.len() + 1,
         );
         changes.extend(
             self.namespaces
@@ -66,6 +70,11 @@ impl Cluster {
             self.pods
                 .into_iter()
                 .map(|(key, pod)| Change::Pod(key, Some(pod))),
+        );
+        changes.extend(
+            self.services
+                .into_iter()
+                .map(|(key, service)| Change::Service(key, Some(service))),
         );
         changes.push(Change::NodeLabels(self.node_labels));
         changes
@@ -87,6 +96,7 @@ impl Cluster {
             Change::Policy,
         );
         diff(&self.pods, &new.pods, &mut changes, Change::Pod);
+        diff(&self.services, &new.services, &mut changes, Change::Service);
         if self.node_labels != new.node_labels {
             changes.push(Change::NodeLabels(new.node_labels.clone()));
         }

@@ -123,6 +123,14 @@ pub struct Pod {
     pub ports: Vec<ContainerPort>,
 }
 
+/// A Service, as far as moat reads it: the addresses its name resolves to in reverse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub key: ObjectKey,
+    /// spec.clusterIPs (or spec.clusterIP): none for headless and ExternalName Services.
+    pub cluster_ips: Vec<IpAddr>,
+}
+
 /// Everything the sources know. Keyed maps keep iteration order deterministic, so the
 /// compiler's output (and explain's) does not depend on input order.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -131,6 +139,7 @@ pub struct Cluster {
     pub pods: BTreeMap<PodKey, Pod>,
     /// Normalized once, by the source; the compiler shares them.
     pub network_policies: BTreeMap<ObjectKey, Arc<policy::Policy>>,
+    pub services: BTreeMap<ObjectKey, Service>,
     /// Labels of this agent's own Node (they select node profiles); empty when the source
     /// has no Node (the API server without a node name, files without a matching Node).
     pub node_labels: Labels,

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::limits;
 use super::manifests::validate_policy;
-use crate::model::{policy::Policy, ContainerPort, Labels, Namespace, ObjectKey, Pod, Protocol};
+use crate::model::{policy::Policy, ContainerPort, Labels, Namespace, ObjectKey, Pod, Protocol, Service};
 
 /// Why one object is refused: the field (a path into the object; empty for the whole) and
 /// what is wrong with it.
@@ -119,6 +119,49 @@ pub fn pod(pod: &core::Pod) -> Result<Pod, Rejection> {
         host_pid: spec.host_pid.unwrap_or(false),
         ports,
     })
+}
+
+/// A Service: its key and ClusterIPs (`None`, headless, and ExternalName Services have
+/// none), checked as the API server checks them: at most one address per family,
+/// `clusterIP` equal to `clusterIPs[0]` when both are given.
+pub fn service(service: &core::Service) -> Result<Service, Rejection> {
+    let key = namespaced_key(&service.metadata)?;
+    let default_spec = core::ServiceSpec::default();
+    let spec = service.spec.as_ref().unwrap_or(&default_spec);
+    let given = |text: &Option<String>| text.as_deref().filter(|text| !text.is_empty()).map(str::to_string);
+    let listed: Vec<String> = spec.cluster_ips.iter().flatten().cloned().collect();
+    if let (Some(single), Some(first)) = (given(&spec.cluster_ip), listed.first()) {
+        if single != *first {
+            return Err(Rejection::new("spec.clusterIP", format!("{single:?} is not spec.clusterIPs[0] ({first:?})")));
+        }
+    }
+    let (field, texts) = match given(&spec.cluster_ip) {
+        Some(single) if listed.is_empty() => ("spec.clusterIP".to_string(), vec![single]),
+        _ => ("spec.clusterIPs".to_string(), listed),
+    };
+    if texts.len() > 2 {
+        return Err(Rejection::new(field, format!("{} addresses (at most one per family)", texts.len())));
+    }
+    let mut cluster_ips: Vec<IpAddr> = Vec::new();
+    for (index, text) in texts.iter().enumerate() {
+        let at = if field == "spec.clusterIP" { field.clone() } else { format!("{field}[{index}]") };
+        if text == "None" {
+            if texts.len() > 1 {
+                return Err(Rejection::new(at, "\"None\" (headless) must be the only entry"));
+            }
+            continue;
+        }
+        let ip = parse_pod_ip(text).map_err(|message| Rejection::new(at.clone(), message.replace("pod address", "Service address")))?;
+        if cluster_ips.iter().any(|other| other.is_ipv4() == ip.is_ipv4()) {
+            return Err(Rejection::new(at, format!("{text:?}: a second address of the same family")));
+        }
+        cluster_ips.push(ip);
+    }
+    if spec.type_.as_deref() == Some("ExternalName") {
+        // An ExternalName Service is a CNAME: it has no address of its own.
+        cluster_ips.clear();
+    }
+    Ok(Service { key, cluster_ips })
 }
 
 /// A networking.k8s.io/v1 NetworkPolicy, checked as the API server checks it, in the

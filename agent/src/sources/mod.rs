@@ -30,8 +30,8 @@ pub enum SourceError {
 
 /// What changed since the last poll.
 pub enum Update {
-    /// Everything, re-read (manifest files).
-    Whole(Loaded),
+    /// Everything, re-read (manifest files). Boxed: a model is far bigger than a change list.
+    Whole(Box<Loaded>),
     /// Watch events, in order.
     Changes(Vec<Change>),
 }
@@ -85,7 +85,7 @@ impl Source {
                 if let Ok(loaded) = &result {
                     unenforced.clone_from(&loaded.unenforced);
                 }
-                Some(result.map(Update::Whole).map_err(SourceError::from))
+                Some(result.map(|loaded| Update::Whole(Box::new(loaded))).map_err(SourceError::from))
             }
             Self::Kube(source) => source.poll().map(|changes| Ok(Update::Changes(changes))),
         }

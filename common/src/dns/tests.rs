@@ -25,6 +25,17 @@ impl DnsMaps for Maps {
             _ => None,
         }
     }
+    /// Services: 10.96.0.21 and fd00:96::21 in beta, 10.96.0.10 in kube-system, 10.0.0.1 (a pod's
+    /// address too) in beta.
+    fn service(&self, addr: &[u8; 16]) -> Option<DnsNamespace> {
+        let namespace = match addr {
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 96, 0, 21] | [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1] => "beta",
+            [0xfd, 0, 0, 0x96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x21] => "beta",
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 96, 0, 10] => "kube-system",
+            _ => return None,
+        };
+        self.namespace(&NamespaceKey::of(namespace)?)
+    }
     fn tenant_pair(&self, key: &TenantPairKey) -> bool {
         self.pairs.contains(key)
     }
@@ -181,4 +192,20 @@ fn reverse_names_of_other_tenants_pods_are_refused() {
     for name in ["0.0.10.in-addr.arpa", "x.2.0.0.10.in-addr.arpa", "256.0.0.10.in-addr.arpa", "02a.0.0.10.in-addr.arpa", "2.0.0.0.10.in-addr.arpa", "0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa"] {
         assert_eq!(ask(name, 1), DnsVerdict::Pass, "{name}");
     }
+}
+
+#[test]
+fn reverse_names_of_other_tenants_services_are_refused() {
+    assert_eq!(ask("21.0.96.10.in-addr.arpa", 1), REFUSED_BETA);
+    assert_eq!(ask("21.0.96.10.in-addr.arpa", 2), DnsVerdict::Pass, "own Service");
+    assert_eq!(ask("10.0.96.10.in-addr.arpa", 1), DnsVerdict::Pass, "a Service in a shared namespace");
+    assert_eq!(ask("99.0.96.10.in-addr.arpa", 1), DnsVerdict::Pass, "no Service");
+    let v6 = "1.2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.9.0.0.0.0.d.f.ip6.arpa";
+    assert_eq!(ask(v6, 1), REFUSED_BETA);
+    // A pod's address is the pod's, whatever Service also claims it.
+    assert_eq!(ask("1.0.0.10.in-addr.arpa", 1), DnsVerdict::Pass, "own pod");
+    let maps = maps();
+    let mut scratch = DnsScratch::EMPTY;
+    let len = to_wire("21.0.96.10.in-addr.arpa", &mut scratch.name).unwrap();
+    assert_eq!(classify(&mut scratch, len, &maps), Question::Service(DnsNamespace { tenant: 2, flags: 0, _pad: 0 }));
 }

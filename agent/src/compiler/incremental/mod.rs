@@ -8,8 +8,9 @@
 //! random event sequences). The standing state, per object:
 //! - pods: identity, policy sets, shared group and endpoint; addresses → the pods claiming
 //!   them (two tenants on one address make it pending, as in the full compile);
-//! - namespaces: tenant and labels; policies: normalized, by namespace; ipBlock ranges,
-//!   counted; every policy set in the cluster, counted by member pods;
+//! - namespaces: tenant and labels; Services: ClusterIP → the Services claiming it;
+//!   policies: normalized, by namespace; ipBlock ranges, counted; every policy set in the
+//!   cluster, counted by member pods;
 //! - this node: cgroup → pod, and the entries of the sets its pods use — the only sets whose
 //!   rules are evaluated, so policies that select no local pod cost one selector check per
 //!   pod of their namespace and nothing more.
@@ -102,6 +103,8 @@ pub struct Incremental {
     local_pods: BTreeMap<u64, PodKey>,
     /// Local address → the cgroups of local pods that have it.
     local_claims: BTreeMap<[u8; 16], BTreeSet<u64>>,
+    /// ClusterIP → the Services claiming it and their namespaces (`DNS_SERVICES`: the first).
+    service_claims: BTreeMap<[u8; 16], BTreeMap<ObjectKey, moat_common::dns::NamespaceKey>>,
     sets: BTreeMap<u64, SetState>,
     /// Entries of the sets this node's pods use.
     set_rules: BTreeMap<u64, rules::SetRules>,
@@ -171,6 +174,7 @@ impl Incremental {
             claims: BTreeMap::new(),
             local_pods: BTreeMap::new(),
             local_claims: BTreeMap::new(),
+            service_claims: BTreeMap::new(),
             sets: BTreeMap::new(),
             set_rules: BTreeMap::new(),
             blocks: BTreeMap::new(),
@@ -287,6 +291,13 @@ impl Incremental {
                 };
                 self.take_policy(key, old.is_some())
             }
+            Change::Service(key, value) => {
+                if let Some(Change::Service(_, old)) = self.cluster.apply(Change::Service(key.clone(), value)) {
+                    let new = self.cluster.services.get(&key).cloned();
+                    self.service_changed(&key, old.as_ref(), new.as_ref());
+                }
+                Ok(())
+            }
             Change::NodeLabels(labels) => {
                 // The node profile only changes which local pods are foreign: settle looks.
                 self.cluster.apply(Change::NodeLabels(labels));
@@ -369,6 +380,29 @@ impl Incremental {
         self.dirty.pods.insert(key);
         self.dirty.local = true;
         self.refresh_tenant(&namespace)
+    }
+
+    /// Moves the claims of a Service from its old addresses to its new ones; each address
+    /// touched goes to its first claimant in key order, as in the full compile.
+    fn service_changed(&mut self, key: &ObjectKey, old: Option<&crate::model::Service>, new: Option<&crate::model::Service>) {
+        let mut touched = BTreeSet::new();
+        for (address, _) in old.into_iter().flat_map(crate::compiler::dns::service_claims) {
+            if let Some(claims) = self.service_claims.get_mut(&address) {
+                claims.remove(key);
+                if claims.is_empty() {
+                    self.service_claims.remove(&address);
+                }
+            }
+            touched.insert(address);
+        }
+        for (address, namespace) in new.into_iter().flat_map(crate::compiler::dns::service_claims) {
+            self.service_claims.entry(address).or_default().insert(key.clone(), namespace);
+            touched.insert(address);
+        }
+        for address in touched {
+            let first = self.service_claims.get(&address).and_then(|claims| claims.values().next().copied());
+            super::delta::put(&mut self.desired.dns_services, &mut self.journal.dns_services, address, first);
+        }
     }
 
     fn take_policy(&mut self, key: ObjectKey, existed: bool) -> Result<(), CompileError> {

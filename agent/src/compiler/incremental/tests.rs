@@ -192,7 +192,7 @@ fn policy(rng: &mut Rng, key: &ObjectKey) -> NetworkPolicy {
 
 fn random_change(rng: &mut Rng) -> Change {
     let ns = rng.pick(&NAMESPACES).to_string();
-    match rng.below(12) {
+    match rng.below(14) {
         0..=2 => {
             let value = (!rng.chance(15)).then(|| namespace(rng, &ns));
             Change::Namespace(ns, value)
@@ -210,6 +210,17 @@ fn random_change(rng: &mut Rng) -> Change {
                 Arc::new(Policy::from_api(&key, &policy(rng, &key)).expect("generated policy normalizes"))
             });
             Change::Policy(key, value)
+        }
+        12 => {
+            // A small address pool, so Services share addresses and the first keeps them.
+            let key = ObjectKey::new(ns, format!("svc{}", rng.below(3)));
+            let cluster_ips = [format!("10.96.0.{}", rng.below(4)), format!("fd00:96::{}", rng.below(4))]
+                .into_iter()
+                .filter(|_| rng.chance(70))
+                .map(|ip| ip.parse().expect("generated address"))
+                .collect();
+            let value = (!rng.chance(25)).then(|| crate::model::Service { key: key.clone(), cluster_ips });
+            Change::Service(key, value)
         }
         _ => {
             let mut node = Labels::new();
@@ -269,6 +280,7 @@ struct Kernel {
     tenant_pairs: BTreeSet<moat_common::maps::TenantPairKey>,
     policy_rules: BTreeSet<crate::compiler::policy::RuleKey>,
     dns_namespaces: BTreeMap<moat_common::dns::NamespaceKey, moat_common::dns::DnsNamespace>,
+    dns_services: BTreeMap<[u8; 16], moat_common::dns::NamespaceKey>,
     dns_zones: BTreeMap<u32, moat_common::dns::DnsZone>,
 }
 
@@ -311,6 +323,7 @@ impl Kernel {
         apply_set(&mut self.tenant_pairs, &delta.tenant_pairs);
         apply_set(&mut self.policy_rules, &delta.policy_rules);
         apply(&mut self.dns_namespaces, &delta.dns_namespaces);
+        apply(&mut self.dns_services, &delta.dns_services);
         apply(&mut self.dns_zones, &delta.dns_zones);
     }
 
@@ -324,6 +337,7 @@ impl Kernel {
             tenant_pairs: desired.tenant_pairs.clone(),
             policy_rules: desired.policy_rules.keys().copied().collect(),
             dns_namespaces: desired.dns_namespaces.clone(),
+            dns_services: desired.dns_services.clone(),
             dns_zones: desired.dns_zones.clone(),
         }
     }
@@ -354,6 +368,7 @@ fn assert_same(seed: u64, step: usize, incremental: &Desired, full: &Desired) {
         incremental.dns_namespaces, full.dns_namespaces,
         "DNS_NAMESPACES, {at}"
     );
+    assert_eq!(incremental.dns_services, full.dns_services, "DNS_SERVICES, {at}");
     assert_eq!(incremental.dns_zones, full.dns_zones, "DNS_ZONES, {at}");
     assert_eq!(
         (incremental.unknown, incremental.flags, incremental.dns),

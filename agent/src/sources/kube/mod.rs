@@ -1,4 +1,4 @@
-//! The API server source: list, then watch Namespaces, Pods, NetworkPolicies
+//! The API server source: list, then watch Namespaces, Pods, Services, NetworkPolicies
 //! (networking.k8s.io/v1) and this agent's own Node, reflected into one `Cluster`.
 //!
 //! - The first state is handed out only after every watch has finished its initial list
@@ -68,6 +68,7 @@ pub struct ModelState {
     pub namespaces: BTreeSet<String>,
     pub pods: BTreeSet<ObjectKey>,
     pub policies: BTreeSet<ObjectKey>,
+    pub services: BTreeSet<ObjectKey>,
     pub nodes: BTreeSet<String>,
     /// Changes in the order they were seen, not yet taken by the runtime.
     pub pending: Vec<Change>,
@@ -190,9 +191,12 @@ impl KubeSource {
                 None,
                 Arc::clone(&shared),
             )),
+            tokio::spawn(reflect::run(Api::<core::Service>::all(client.clone()), None, Arc::clone(&shared))),
         ];
-        let mut expected =
-            1 << reflect::NAMESPACES | 1 << reflect::PODS | 1 << reflect::NETWORK_POLICIES;
+        let mut expected = 1 << reflect::NAMESPACES
+            | 1 << reflect::PODS
+            | 1 << reflect::NETWORK_POLICIES
+            | 1 << reflect::SERVICES;
         match node_name {
             Some(node) => {
                 let fields = Some(format!("metadata.name={node}"));

@@ -33,6 +33,7 @@ pub const NAMESPACES: u32 = 0;
 pub const PODS: u32 = 1;
 pub const NETWORK_POLICIES: u32 = 2;
 pub const NODE: u32 = 3;
+pub const SERVICES: u32 = 4;
 
 /// Objects per list page.
 const PAGE: u32 = 500;
@@ -132,6 +133,25 @@ impl Reflected for core::Node {
     }
     fn keys(state: &mut ModelState) -> &mut BTreeSet<String> {
         &mut state.nodes
+    }
+}
+
+impl Reflected for core::Service {
+    const WATCH: u32 = SERVICES;
+    const KIND: &'static str = "Service";
+    type Key = ObjectKey;
+    type Value = model::Service;
+    fn key(&self) -> Result<ObjectKey, Rejection> {
+        convert::namespaced_key(&self.metadata)
+    }
+    fn convert(self) -> Result<Option<model::Service>, Rejection> {
+        convert::service(&self).map(Some)
+    }
+    fn change(key: ObjectKey, value: Option<model::Service>) -> Change {
+        Change::Service(key, value)
+    }
+    fn keys(state: &mut ModelState) -> &mut BTreeSet<ObjectKey> {
+        &mut state.services
     }
 }
 

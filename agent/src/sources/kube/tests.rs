@@ -38,6 +38,14 @@ fn node(name: &str, profile: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"profile": profile}}})
 }
 
+fn service(ns: &str, name: &str, ips: &[&str]) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"clusterIP": ips.first().copied().unwrap_or("None"), "clusterIPs": if ips.is_empty() { vec!["None"] } else { ips.to_vec() }, "ports": [{"port": 80}]}
+    })
+}
+
 /// Polls the source until `done` holds for the newest cluster (deadline, not sleeps).
 async fn until(source: &mut KubeSource, last: &mut Cluster, done: impl Fn(&Cluster) -> bool) {
     let waited = tokio::time::timeout(DEADLINE, async {
@@ -342,4 +350,28 @@ async fn cluster_network_policies_are_reported_once_their_crd_appears() {
     store.uninstall(moat_testapi::kinds::CLUSTER_NETWORK_POLICIES);
     until_true("nothing reported without the CRD", DEADLINE, || source.unenforced().is_empty()).await;
     assert!(source.sync_state().is_healthy());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_are_listed_then_followed_bad_ones_refused() {
+    let store = Store::new();
+    for object in [namespace("a", "x"), service("a", "web", &["10.96.0.1", "fd00:96::1"]), service("a", "headless", &[])] {
+        store.apply(object).expect("seed");
+    }
+    let server = TestServer::start(store.clone()).await.expect("server");
+    let mut source = KubeSource::with_client(client(&server).await, None, DISCOVERY);
+    let first = tokio::time::timeout(DEADLINE, source.initial()).await.expect("initial sync");
+    let mut cluster = first.cluster;
+    let ips = |c: &Cluster, name: &str| c.services.get(&ObjectKey::new("a", name)).map(|s| s.cluster_ips.iter().map(ToString::to_string).collect::<Vec<_>>());
+    assert_eq!(ips(&cluster, "web"), Some(vec!["10.96.0.1".to_string(), "fd00:96::1".to_string()]));
+    assert_eq!(ips(&cluster, "headless"), Some(vec![]), "headless: no address");
+
+    // Refused as the manifests source refuses it; the last good version stays (the watch
+    // delivers in order: once db is seen, so was this).
+    store.apply(service("a", "web", &["10.96.0.1", "10.96.0.3"])).expect("bad service");
+    store.apply(service("a", "db", &["10.96.0.2"])).expect("add");
+    until(&mut source, &mut cluster, |c| c.services.contains_key(&ObjectKey::new("a", "db"))).await;
+    assert_eq!(ips(&cluster, "web"), Some(vec!["10.96.0.1".to_string(), "fd00:96::1".to_string()]));
+    store.delete(moat_testapi::SERVICES, Some("a"), "db").expect("delete");
+    until(&mut source, &mut cluster, |c| !c.services.contains_key(&ObjectKey::new("a", "db"))).await;
 }

@@ -21,7 +21,7 @@ const CNP_VERSION: &str = "policy.networking.k8s.io/v1alpha2";
 /// Skipped-count key for pods that have finished: their IPs may already belong to new pods.
 const FINISHED_PODS: &str = "Pod (Succeeded/Failed)";
 
-/// Builds the model from documents. Reads Namespace, Pod, Node and networking.k8s.io/v1
+/// Builds the model from documents. Reads Namespace, Pod, Node, Service and networking.k8s.io/v1
 /// NetworkPolicy objects; policy objects moat does not enforce are listed in
 /// `Loaded::unenforced`; other kinds are counted and skipped (returned in `Loaded::skipped`
 /// as kind -> count). Nodes are kept in `Loaded::nodes`; [`Loaded::for_node`] picks this
@@ -78,7 +78,7 @@ impl Builder {
         };
         let group = unenforced::group_of(api_version);
         let supported = match kind {
-            "Namespace" | "Pod" | "Node" => "v1",
+            "Namespace" | "Pod" | "Node" | "Service" => "v1",
             "NetworkPolicy" => "networking.k8s.io/v1",
             _ => return self.skip(kind, kind.to_string(), api_version, &document.value, &cx),
         };
@@ -117,6 +117,12 @@ impl Builder {
                 } else {
                     self.cluster.pods.insert(pod.key.clone(), pod);
                 }
+            }
+            "Service" => {
+                let service: core::Service = decode(&cx, &document.value)?;
+                let service = convert::service(&service).map_err(reject)?;
+                self.first_definition("Service", &service.key.namespace, &service.key.name, &cx)?;
+                self.cluster.services.insert(service.key.clone(), service);
             }
             _ => {
                 let policy: networking::NetworkPolicy = decode(&cx, &document.value)?;

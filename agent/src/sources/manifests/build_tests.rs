@@ -355,3 +355,42 @@ fn a_bad_cluster_network_policy_is_an_error_naming_file_object_and_field() {
     assert!(loaded.cluster_network_policies.is_empty());
     assert_eq!(loaded.unenforced.lines(), vec!["AdminNetworkPolicy old (policy.networking.k8s.io/v1alpha1)"]);
 }
+
+fn service_yaml(name: &str, spec: &str) -> String {
+    format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: team-a\nspec:\n{spec}")
+}
+
+#[test]
+fn services_keep_their_cluster_ips() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = [
+        service_yaml("dual", "  clusterIP: 10.96.0.1\n  clusterIPs: [10.96.0.1, 'fd00:96::1']\n"),
+        service_yaml("single", "  clusterIP: 10.96.0.2\n"),
+        service_yaml("headless", "  clusterIP: None\n  clusterIPs: [None]\n"),
+        service_yaml("external", "  type: ExternalName\n  externalName: db.example.com\n"),
+    ]
+    .join("---\n");
+    let loaded = load(&[write(dir.path(), "s.yaml", &text)]).unwrap();
+    let ips = |name: &str| loaded.cluster.services[&ObjectKey::new("team-a", name)].cluster_ips.clone();
+    assert_eq!(ips("dual"), [ip("10.96.0.1"), ip("fd00:96::1")]);
+    assert_eq!(ips("single"), [ip("10.96.0.2")]);
+    assert!(ips("headless").is_empty() && ips("external").is_empty());
+    assert!(loaded.skipped.is_empty(), "Services are read, not skipped: {:?}", loaded.skipped);
+}
+
+#[test]
+fn bad_services_are_errors_naming_the_field() {
+    let cases = [
+        ("  clusterIPs: [10.96.0.1, nonsense]\n", r#"Service team-a/web: spec.clusterIPs[1]: "nonsense" is not an IP address"#),
+        ("  clusterIP: 127.0.0.1\n", r#"Service team-a/web: spec.clusterIP: "127.0.0.1" is not a usable Service address"#),
+        ("  clusterIPs: [10.96.0.1, 10.96.0.2]\n", "spec.clusterIPs[1]: \"10.96.0.2\": a second address of the same family"),
+        ("  clusterIPs: [10.96.0.1, 'fd00::1', 10.96.0.3]\n", "spec.clusterIPs: 3 addresses (at most one per family)"),
+        ("  clusterIP: 10.96.0.9\n  clusterIPs: [10.96.0.1]\n", r#"spec.clusterIP: "10.96.0.9" is not spec.clusterIPs[0] ("10.96.0.1")"#),
+        ("  clusterIPs: [None, 10.96.0.1]\n", r#"spec.clusterIPs[0]: "None" (headless) must be the only entry"#),
+        ("  clusterIPs: 10.96.0.1\n", "Service team-a/web: spec.clusterIPs: invalid type"),
+    ];
+    for (spec, want) in cases {
+        let error = load_error("s.yaml", &service_yaml("web", spec));
+        assert!(error.contains("s.yaml (document 1)") && error.contains(want), "{spec}: {error}");
+    }
+}
