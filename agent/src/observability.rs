@@ -97,6 +97,8 @@ pub struct Shared {
     refreshed: Mutex<Option<(Instant, KernelReading)>>,
     pub instance: String,
     pub admin_socket: PathBuf,
+    /// Tenant DNS isolation as configured (read at start only).
+    pub dns: crate::admin::status::DnsStatus,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -269,6 +271,7 @@ impl Observability {
             refreshed: Mutex::new(None),
             instance: config.instance.clone(),
             admin_socket: config.admin_socket_path(),
+            dns: crate::admin::status::DnsStatus::of(config),
         });
         let addr = admin::http::start(&config.metrics_address, shared.clone()).await?;
         *lock(&shared.metrics_url) = Some(format!("http://{addr}/metrics"));

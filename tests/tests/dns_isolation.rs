@@ -134,9 +134,23 @@ fn tenants_resolve_only_their_own_and_shared_names() {
     let local = query(&lab, "a1/p1", IpAddr::from([127, 0, 0, 1]), "db.b1.svc.cluster.local", &["--timeout-ms", "500"]);
     assert_eq!(outcome(&local), "send-error EPERM", "to a loopback resolver: {local}");
 
+    // `moat status` says the mode, and DNS_SERVICES holds the four Services' eight ClusterIPs.
+    let status = moat_status(&lab);
+    assert_eq!((status["dns"]["isolation"].as_str(), status["dns"]["inspected"].as_str()), (Some("block"), Some("UDP")), "{status}");
+    assert_eq!(status["dns"]["zones"], serde_json::json!(["cluster.local"]), "{status}");
+    let services = status["kernel"]["maps"].as_array().into_iter().flatten().find(|m| m["map"] == "DNS_SERVICES").cloned();
+    assert_eq!(services.map(|m| m["entries"].clone()), Some(serde_json::json!(8)), "{status}");
+
     // The deny event names the querier, the queried namespace's tenant and the rule.
     let want = [("rule", "dns.cross-tenant"), ("verdict", "deny"), ("src_namespace", "a1"), ("src_pod", "p1"), ("dst_tenant", "b"), ("protocol", "UDP")];
     wait_event(&lab, &want);
+}
+
+/// `moat status -o json` of the lab's agent.
+fn moat_status(lab: &Lab) -> serde_json::Value {
+    let output = std::process::Command::new(lab.moat()).args(["status", "--lab", lab.name(), "-o", "json"]).output().expect("running moat status");
+    assert!(output.status.success(), "moat status: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("moat status is not JSON ({e})"))
 }
 
 /// Waits for an event to port 53 with every field of `want` in the agent's log.
@@ -188,4 +202,5 @@ fn detect_mode_reports_and_answers() {
     let reply = query(&lab, "a1/p1", server, "db.b1.svc.cluster.local", &["--type", "AAAA"]);
     assert_eq!(outcome(&reply), "NOERROR 1", "detect mode answers: {reply}");
     wait_event(&lab, &[("rule", "dns.cross-tenant"), ("verdict", "allow"), ("src_pod", "p1"), ("dst_tenant", "b")]);
+    assert_eq!(moat_status(&lab)["dns"]["isolation"], "detect");
 }

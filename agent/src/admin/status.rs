@@ -30,6 +30,48 @@ pub struct Status {
     pub admin_socket: String,
     /// Policy objects the source saw that moat does not enforce.
     pub unenforced_policies: UnenforcedPolicies,
+    pub dns: DnsStatus,
+}
+
+/// Tenant DNS isolation as configured (the `dns` section is read at start only).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DnsStatus {
+    /// `off`, `detect` or `block`.
+    pub isolation: &'static str,
+    /// The cluster zones, lower case, longest first (as the kernel compares them).
+    pub zones: Vec<String>,
+    /// Namespaces every tenant may resolve: configured, plus those of `clusterDns` and
+    /// `sharedServices`.
+    pub shared_namespaces: Vec<String>,
+    /// Which questions are decided: UDP only (TCP questions pass unchecked).
+    pub inspected: &'static str,
+}
+
+impl DnsStatus {
+    pub fn of(config: &crate::config::Config) -> Self {
+        use crate::config::DnsIsolation;
+        let isolation = match config.dns.isolation {
+            DnsIsolation::Off => "off",
+            DnsIsolation::Detect => "detect",
+            DnsIsolation::Block => "block",
+        };
+        let zones = crate::compiler::dns::zones(config).into_values().map(|zone| zone_name(&zone)).collect();
+        let shared_namespaces = crate::compiler::dns::shared_namespaces(config).into_iter().collect();
+        Self { isolation, zones, shared_namespaces, inspected: "UDP" }
+    }
+}
+
+/// `\x07cluster\x05local\x00` → `cluster.local`.
+fn zone_name(zone: &moat_common::dns::DnsZone) -> String {
+    let wire = &zone.name[..(zone.len as usize).min(zone.name.len())];
+    let mut labels = Vec::new();
+    let mut at = 0;
+    while let Some(&len) = wire.get(at).filter(|len| **len != 0) {
+        let label = wire.get(at + 1..at + 1 + len as usize).unwrap_or_default();
+        labels.push(String::from_utf8_lossy(label).into_owned());
+        at += 1 + len as usize;
+    }
+    labels.join(".")
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -110,6 +152,7 @@ pub fn report(shared: &Shared) -> Status {
         metrics_url: shared.metrics_url(),
         admin_socket: shared.admin_socket.display().to_string(),
         unenforced_policies: unenforced(shared),
+        dns: shared.dns.clone(),
     }
 }
 
@@ -135,4 +178,23 @@ fn detections(guard: &[DetectionStatus], foreign_tenant: ForeignStatus) -> Detec
     let blocking = guard.iter().filter(|d| d.effective == GuardMode::Block).count();
     let note = if note.is_empty() { "no detections".into() } else { format!("{note} ({blocking} blocking)") };
     Detections { configured: guard.to_vec(), note, foreign_tenant }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, DnsConfig, DnsIsolation};
+
+    #[test]
+    fn dns_status_says_the_mode_zones_and_shared_namespaces() {
+        let config = Config {
+            dns: DnsConfig { isolation: DnsIsolation::Detect, zones: vec!["Cluster.Local".into(), "corp.example.com".into()], shared_namespaces: vec!["tools".into()] },
+            ..Config::default()
+        };
+        let status = DnsStatus::of(&config);
+        assert_eq!(status.isolation, "detect");
+        assert_eq!(status.zones, ["corp.example.com", "cluster.local"], "as compared: longest first, lower case");
+        assert_eq!(status.shared_namespaces, ["kube-system", "tools"], "configured plus clusterDns's");
+        assert_eq!(DnsStatus::of(&Config::default()).isolation, "block");
+    }
 }

@@ -10,6 +10,7 @@ use moat_common::maps::{
     capacity, counter_slot_direction, names, Counter, CounterKey, Endpoint, FlowKey, FlowState, SharedPortKey,
     SlotCounter, TenantPairKey, VERDICT_ALLOW,
 };
+use moat_common::dns::{self, DnsNamespace, NamespaceKey};
 use moat_common::verdict::Reason;
 
 use super::KernelError;
@@ -32,6 +33,8 @@ pub struct KernelStats {
     shared_ports: HashMap<MapData, SharedPortKey, u8>,
     tenant_pairs: HashMap<MapData, TenantPairKey, u8>,
     flows: HashMap<MapData, FlowKey, FlowState>,
+    dns_namespaces: HashMap<MapData, NamespaceKey, DnsNamespace>,
+    dns_services: HashMap<MapData, [u8; 16], NamespaceKey>,
 }
 
 fn pinned(dir: &Path, name: &'static str) -> Result<MapData, KernelError> {
@@ -82,6 +85,8 @@ impl KernelStats {
             shared_ports: typed(names::SHARED_PORTS, Map::HashMap(open(names::SHARED_PORTS)?))?,
             tenant_pairs: typed(names::TENANT_PAIRS, Map::HashMap(open(names::TENANT_PAIRS)?))?,
             flows: typed(names::FLOWS, Map::LruHashMap(open(names::FLOWS)?))?,
+            dns_namespaces: typed(dns::names::DNS_NAMESPACES, Map::HashMap(open(dns::names::DNS_NAMESPACES)?))?,
+            dns_services: typed(dns::names::DNS_SERVICES, Map::HashMap(open(dns::names::DNS_SERVICES)?))?,
         })
     }
 
@@ -120,6 +125,8 @@ impl KernelStats {
             fill(names::TENANT_PAIRS, count(self.tenant_pairs.keys()), capacity::TENANT_PAIRS),
             fill(names::FLOWS, count(self.flows.keys()), capacity::FLOWS),
             fill(names::COUNTERS, count(self.counters.keys()), capacity::COUNTERS),
+            fill(dns::names::DNS_NAMESPACES, count(self.dns_namespaces.keys()), dns::DNS_NAMESPACES_CAPACITY),
+            fill(dns::names::DNS_SERVICES, count(self.dns_services.keys()), dns::DNS_SERVICES_CAPACITY),
         ]
     }
 }
