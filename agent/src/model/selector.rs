@@ -77,25 +77,7 @@ pub fn validate(selector: &LabelSelector) -> Result<(), SelectorError> {
 /// Whether `labels` satisfy `selector`. The whole selector is validated first, so the answer
 /// for an invalid selector is an error whatever the labels are.
 pub fn matches(selector: &LabelSelector, labels: &Labels) -> Result<bool, SelectorError> {
-    validate(selector)?;
-    if !selector.match_labels.iter().flatten().all(|(key, value)| labels.get(key) == Some(value.as_str())) {
-        return Ok(false);
-    }
-    for (index, requirement) in selector.match_expressions.iter().flatten().enumerate() {
-        let value = labels.get(&requirement.key);
-        let values = requirement.values.as_deref().unwrap_or_default();
-        let holds = match operator(requirement, index)? {
-            Operator::In => value.is_some_and(|value| values.iter().any(|v| v == value)),
-            // Kubernetes: NotIn also selects objects that do not have the key at all.
-            Operator::NotIn => value.is_none_or(|value| !values.iter().any(|v| v == value)),
-            Operator::Exists => value.is_some(),
-            Operator::DoesNotExist => value.is_none(),
-        };
-        if !holds {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+    Selector::from_api(selector).map(|selector| selector.matches(labels))
 }
 
 /// A label selector checked once and kept compactly: what a NetworkPolicy's selectors are
