@@ -92,6 +92,11 @@ pub fn teardown(name: &str) -> Result<(), LabError> {
         }
     }
     note(remove_all(&lab_dir(name)));
+    // The shared parents (`/run/moat/lab`, `/run/moat`) once no other lab or agent uses them;
+    // remove_dir fails harmlessly while they are not empty.
+    for parent in lab_dir(name).ancestors().skip(1).take(2) {
+        let _ = std::fs::remove_dir(parent);
+    }
     match first_error {
         Some(error) => Err(error),
         None => Ok(()),

@@ -43,13 +43,19 @@ pub fn run(args: UpArgs) -> Result<(), LabError> {
         .parent()
         .map(PathBuf::from)
         .unwrap_or_default();
-    std::fs::create_dir_all(&parent).map_err(|e| LabError::io("creating", &parent, e))?;
-    match std::fs::create_dir(lab_dir(&name)) {
-        Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(LabError::Exists { name });
+    // Another lab's `down` removes the shared parent once it is empty: create it again if it
+    // vanished between the two calls.
+    let mut attempts = 0;
+    loop {
+        std::fs::create_dir_all(&parent).map_err(|e| LabError::io("creating", &parent, e))?;
+        match std::fs::create_dir(lab_dir(&name)) {
+            Ok(()) => break,
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(LabError::Exists { name });
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
+            Err(error) => return Err(LabError::io("creating", lab_dir(&name), error)),
         }
-        Err(error) => return Err(LabError::io("creating", lab_dir(&name), error)),
     }
     let mut state = LabState {
         name: name.clone(),
