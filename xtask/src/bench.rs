@@ -90,6 +90,7 @@ const SECTIONS: &[(&str, SectionFn)] = &[
     ("np-compile", crate::bench_np::compile),
     ("kube", crate::bench_kube::kube),
     ("guard", crate::bench_guard::guard),
+    ("fairness", crate::bench_fair::fairness),
 ];
 
 pub fn run_bench(args: &BenchArgs) -> Result<()> {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_e2e;
+mod bench_fair;
 mod bench_guard;
 mod bench_guard_agent;
 mod bench_kube;
