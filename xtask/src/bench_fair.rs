@@ -7,6 +7,10 @@
 //! with no agent), whether every one of the quiet tenant's denies arrived as an event, what
 //! the noisy tenants lost to their budgets, and the agent's CPU and memory meanwhile. The
 //! agent runs with its default event budgets; the release build runs agent and flood.
+//!
+//! A second flood fills the flow table: a noisy pod sends UDP datagrams from 8 sockets to
+//! every port of a pod of its own tenant (each a new allowed flow), against the same flood
+//! with no agent; afterwards the quiet tenant must still open a connection.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -75,6 +79,15 @@ fn measure(ctx: &Context, moat: &Path, dir: &Path) -> Result<Section> {
             }
         }
     }
+    let mut flow_floods: [Vec<FlowFlood>; 2] = Default::default();
+    for round in 0..ROUNDS {
+        let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+        for agent in order {
+            check_interrupt()?;
+            println!("\n== fairness: round {} of {ROUNDS}, flow-table flood, {}", round + 1, if agent { "moat" } else { "no agent" });
+            flow_floods[usize::from(agent)].push(flow_flood(ctx, moat, &manifests, agent)?);
+        }
+    }
     let mut rows = Vec::new();
     let mut details = String::from(
         "| flooding tenants | round | connects/s, no agent | denied connects/s, moat | quiet tenant's denies reported | lost, by tenant | agent CPU | agent RSS (peak) |\n|---:|---:|---:|---:|---:|---|---:|---:|\n",
@@ -110,16 +123,40 @@ fn measure(ctx: &Context, moat: &Path, dir: &Path) -> Result<Section> {
             ));
         }
     }
+    let new_flows = |floods: &[FlowFlood]| -> Result<Measurement> {
+        let mut values: Vec<Measurement> = floods.iter().map(|f| Measurement { rate: f.rate, unit: "datagrams/s".into() }).collect();
+        crate::bench::median(&mut values).context("no flow-table floods measured")
+    };
+    rows.push(Row {
+        metric: format!("flow-table flood: UDP datagrams/s, each to a new port (a new flow) (median of {ROUNDS})"),
+        baseline: new_flows(&flow_floods[0])?,
+        moat: new_flows(&flow_floods[1])?,
+    });
+    details.push_str(
+        "\n| flow-table flood, round | datagrams/s, no agent | datagrams/s, moat | `FLOWS` after (entries of capacity) | quiet tenant's new connection after |\n|---:|---:|---:|---:|---|\n",
+    );
+    for (round, (without, with)) in flow_floods[0].iter().zip(&flow_floods[1]).enumerate() {
+        details.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {} | {} |\n",
+            round + 1,
+            without.rate,
+            with.rate,
+            with.flows.as_deref().unwrap_or("?"),
+            with.quiet_after,
+        ));
+    }
     let short: Vec<String> = floods
         .iter()
         .flat_map(|[_, with]| with.iter())
         .filter(|flood| flood.quiet_arrived.unwrap_or(0) < QUIET_CONNECTS)
         .map(|flood| format!("{} of {QUIET_CONNECTS}", flood.quiet_arrived.unwrap_or(0)))
         .collect();
+    let refused: Vec<&str> = flow_floods.iter().flatten().map(|f| f.quiet_after.as_str()).filter(|v| *v != "allow").collect();
+    let short: Vec<String> = short.into_iter().chain(refused.iter().map(|v| format!("a new connection after the flow-table flood: {v}"))).collect();
     let verdict = if short.is_empty() {
-        format!("The quiet tenant lost nothing: all {QUIET_CONNECTS} of its denies were reported in every flood.")
+        format!("The quiet tenant lost nothing: all {QUIET_CONNECTS} of its denies were reported in every flood, and it opened a new connection after every flow-table flood.")
     } else {
-        format!("**The quiet tenant lost events**: only {} of its denies arrived in some floods.", short.join(", "))
+        format!("**The quiet tenant was hurt**: {}.", short.join("; "))
     };
     let notes = format!(
         "{verdict}\n\nLab `{LAB}`: tenant `quiet` (pod q/quiet), tenants `noisy1`–`noisy{MAX_NOISY}` (one pod \
@@ -132,12 +169,16 @@ fn measure(ctx: &Context, moat: &Path, dir: &Path) -> Result<Section> {
          budgets: 1,000 denies/s per tenant and CPU, burst 1,000): a noisy tenant's excess is \
          dropped in the kernel and counted for it (\"lost\", from `moat status`). \"Reported\": the \
          quiet pod's denies among the events `moat observe --tenant quiet` printed (folded reports \
-         count as their `count`). Agent CPU: user + system time over the flood, % of one CPU.\n\n{details}",
+         count as their `count`). Agent CPU: user + system time over the flood, % of one CPU. \
+         Flow-table flood: noisy1/noisy sends to every port of noisy1/sink from 8 UDP sockets for {} s \
+         (`--protocol udp --sockets 8`), each datagram to a port not seen before a new flow; then \
+         `moat lab probe` q/quiet → q/peer 80/TCP.\n\n{details}",
+        ctx.seconds,
         ctx.seconds
     );
     Ok(Section {
         id: "fairness",
-        title: "Fairness under a flood: one tenant's denied connects against another's events",
+        title: "Fairness under a flood: denied connects and the flow table, one tenant against another",
         columns: ["no agent", "moat"],
         rows,
         method: format!(
@@ -205,6 +246,52 @@ fn flood(ctx: &Context, moat: &Path, manifests: &Path, noisy: usize, agent: bool
     drop(observer);
     drop(lab);
     Ok(Flood { rate, agent: agent_use, quiet_arrived, lost })
+}
+
+struct FlowFlood {
+    /// Datagrams per second (each to a new port: a new flow).
+    rate: f64,
+    /// With the agent: `FLOWS` entries of capacity after the flood.
+    flows: Option<String>,
+    /// The quiet tenant's new connection after the flood: `allow`, `deny` or what went wrong.
+    quiet_after: String,
+}
+
+fn flow_flood(ctx: &Context, moat: &Path, manifests: &Path, agent: bool) -> Result<FlowFlood> {
+    let extra: &[&str] = if agent { &[] } else { &["--no-agent"] };
+    let lab = Lab::up(moat, LAB, &[manifests.to_path_buf()], extra)?;
+    let status = lab_status(&lab)?;
+    let sink = status["pods"]["noisy1/sink"]["ipv4"].as_str().context("no IPv4 address for noisy1/sink in `moat lab status`")?.to_string();
+    let mut cmd = lab.command();
+    cmd.args(["exec", "--name", lab.name(), "noisy1/noisy", "--"]).arg(lab_bin_beside(moat));
+    cmd.args(["__pod-burst", "--protocol", "udp", "--sockets", "8", "--to", &sink, "--port", "1", "--ports", "65535"]);
+    cmd.args(["--count", &u64::MAX.to_string(), "--seconds", &ctx.seconds.to_string()]);
+    let output = cmd.output().context("running the flow-table flood")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!("the flow-table flood failed: {text}{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let result: Value = serde_json::from_str(text.lines().last().unwrap_or_default()).with_context(|| format!("flood printed {text:?}"))?;
+    let rate = result["sent"].as_u64().unwrap_or(0) as f64 / f64::from(ctx.seconds);
+    let flows = if agent { Some(flows_fill(moat)?) } else { None };
+    let quiet_after = probe(&lab, "q/quiet", "q/peer", 80)?;
+    eprintln!("  {rate:.0} datagrams/s; FLOWS {}; quiet tenant's new connection: {quiet_after}", flows.as_deref().unwrap_or("-"));
+    Ok(FlowFlood { rate, flows, quiet_after })
+}
+
+/// `FLOWS` entries and capacity, from the agent's status.
+fn flows_fill(moat: &Path) -> Result<String> {
+    let text = stdout_of(Command::new(moat).args(["status", "--lab", LAB, "-o", "json"]))?;
+    let status: Value = serde_json::from_str(text.trim()).context("`moat status -o json` printed no JSON")?;
+    let flows = status["kernel"]["maps"].as_array().into_iter().flatten().find(|m| m["map"] == "FLOWS").context("`moat status` lists no FLOWS map")?;
+    Ok(format!("{} of {}", flows["entries"], flows["capacity"]))
+}
+
+/// `moat lab probe FROM → TO PORT/TCP`: its verdict.
+fn probe(lab: &Lab, from: &str, to: &str, port: u16) -> Result<String> {
+    let text = stdout_of(lab.command().args(["probe", "--name", lab.name(), "--from", from, "--to", to, "--port", &port.to_string(), "-o", "json"]))?;
+    let value: Value = serde_json::from_str(text.trim()).with_context(|| format!("probe printed {text:?}"))?;
+    Ok(value["results"][0]["verdict"].as_str().unwrap_or("?").to_string())
 }
 
 fn dir_of(path: &Path) -> PathBuf {
@@ -308,19 +395,26 @@ impl Drop for Observer {
 
 fn cluster_yaml() -> String {
     let mut text = String::new();
-    let mut add = |namespace: &str, tenant: &str, pod: &str| {
-        text.push_str(&format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n  labels:\n    tenant: {tenant}\n---\n\
-             apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\n  namespace: {namespace}\n  labels:\n    app: {pod}\n\
-             spec:\n  containers:\n    - name: c\n      image: x\n      ports:\n        - {{containerPort: 80, protocol: TCP}}\n---\n"
-        ));
+    let mut add = |namespace: &str, tenant: &str, name: &str| {
+        text.push_str(&format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n  labels:\n    tenant: {tenant}\n---\n"));
+        text.push_str(&pod(namespace, name));
     };
     add("q", "quiet", "quiet");
     add("t", "target", "target");
     for i in 1..=MAX_NOISY {
         add(&format!("noisy{i}"), &format!("noisy{i}"), "noisy");
     }
+    // Pods of tenants already declared: the quiet tenant's peer, the flow-table flood's sink.
+    text.push_str(&pod("q", "peer"));
+    text.push_str(&pod("noisy1", "sink"));
     text
+}
+
+fn pod(namespace: &str, name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels:\n    app: {name}\n\
+         spec:\n  containers:\n    - name: c\n      image: x\n      ports:\n        - {{containerPort: 80, protocol: TCP}}\n---\n"
+    )
 }
 
 #[cfg(test)]
@@ -330,7 +424,8 @@ mod tests {
     #[test]
     fn the_cluster_has_a_pod_per_tenant_and_no_two_tenants_alike() {
         let text = cluster_yaml();
-        assert_eq!(text.matches("kind: Pod").count(), 2 + MAX_NOISY);
+        assert_eq!(text.matches("kind: Pod").count(), 4 + MAX_NOISY);
+        assert!(text.contains("name: peer\n  namespace: q\n") && text.contains("name: sink\n  namespace: noisy1\n"));
         let mut tenants: Vec<&str> = text.lines().filter_map(|l| l.trim().strip_prefix("tenant: ")).collect();
         let all = tenants.len();
         tenants.sort_unstable();
