@@ -1,7 +1,5 @@
 //! The standing index rules are evaluated over, and which local sets a change may affect.
 
-use std::collections::BTreeSet;
-
 use moat_common::maps::NetworkKey;
 
 use super::Incremental;
@@ -26,7 +24,7 @@ impl Incremental {
         &self,
         outer: &NetworkKey,
         excluded: &[NetworkKey],
-    ) -> BTreeSet<PodKey> {
+    ) -> Vec<&PodKey> {
         // Addresses in key order are numeric order: the block is one range of keys.
         let low = outer.addr;
         let mut high = outer.addr;
@@ -34,12 +32,15 @@ impl Incremental {
             let bits = outer.prefix_len.saturating_sub(i as u32 * 8).min(8);
             *byte |= if bits >= 8 { 0 } else { 0xffu8 >> bits };
         }
-        let mut pods = BTreeSet::new();
+        let mut pods = Vec::new();
         for (ip, claimants) in self.claims.range(low..=high).map(|(_, claim)| claim) {
             if in_block(&host_key(*ip), outer, excluded) {
-                pods.extend(claimants.iter().cloned());
+                pods.extend(claimants);
             }
         }
+        // A pod with two addresses in the block is one candidate.
+        pods.sort_unstable();
+        pods.dedup();
         pods
     }
 }
@@ -63,7 +64,7 @@ impl PeerIndex for Incremental {
 
     fn in_block(&self, outer: &NetworkKey, excluded: &[NetworkKey]) -> Vec<PodView<'_>> {
         self.keys_in_block(outer, excluded)
-            .iter()
+            .into_iter()
             .filter_map(|key| self.view(key))
             .collect()
     }
