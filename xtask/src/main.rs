@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | test | demo | bench | fuzz`.
+//! Developer tasks: `cargo xtask setup | test | demo | image | bench | fuzz`.
 
 mod bench;
 mod bench_e2e;
@@ -10,6 +10,7 @@ mod bench_np;
 mod demo;
 mod e2e_setup;
 mod fuzz;
+mod image;
 mod setup;
 mod util;
 mod validate;
@@ -45,6 +46,8 @@ enum Task {
     Test,
     /// setup, build, then a demo lab: reachability matrix and one deny event.
     Demo,
+    /// setup, then the DaemonSet's image: an OCI archive holding only the static agent.
+    Image(image::ImageArgs),
     /// Validate every manifest under deploy/ against the Kubernetes schemas (offline).
     Validate,
     /// setup, build, then benchmarks: moat attached versus no program attached.
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Task::Setup(args) => setup::run_setup(&args),
         Task::Test => test(),
         Task::Demo => demo::run_demo(),
+        Task::Image(args) => image::run_image(&args),
         Task::Validate => validate::validate_manifests(),
         Task::Bench(args) => bench::run_bench(&args),
         Task::Vm(args) => vm::run_vm(&args),
@@ -101,6 +105,10 @@ fn test() -> Result<()> {
     util::check_interrupt()?;
     validate::validate_manifests()?;
     util::check_interrupt()?;
+    // The image test (tests/tests/image.rs) reads the archive and runs the binary in it.
+    let image = image::default_path()?;
+    image::build_image(&image)?;
+    util::check_interrupt()?;
     // The integration tests (package moat-integration) run the agent binary just built, and
     // the kube_* tests the test API server built with it.
     let moat = util::moat_bin()?;
@@ -110,7 +118,8 @@ fn test() -> Result<()> {
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(HOST_EXCLUDE)
         .env("MOAT_BIN", moat)
-        .env("MOAT_TEST_APISERVER_BIN", apiserver))?;
+        .env("MOAT_TEST_APISERVER_BIN", apiserver)
+        .env("MOAT_IMAGE", image))?;
     // Each test checks its own lab's leftovers; the shared root is only empty once all are down.
     if !labs_before && Path::new(LAB_RUN_DIR).exists() {
         bail!("the tests left {LAB_RUN_DIR} behind: a lab's `down` did not remove it");

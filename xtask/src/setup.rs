@@ -11,7 +11,8 @@ use crate::util::{capture, find_on_path, is_root, on_path, render, run, stdout_o
 /// Debian packages: LLVM for bpf-linker, iproute2 and procps for the lab, prometheus for
 /// `promtool check metrics` in the observability tests, python3-venv for manifest validation,
 /// iptables for the NetworkPolicy benchmark (rules only ever go inside a lab pod's netns),
-/// QEMU, busybox, kmod, cpio, xz and zstd for the kernel matrix (`cargo xtask vm`).
+/// QEMU, busybox, kmod, cpio, xz and zstd for the kernel matrix (`cargo xtask vm`),
+/// musl-tools (musl-gcc, for ring's C code) for the static agent of `cargo xtask image`.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -28,6 +29,7 @@ const APT_PACKAGES: &[&str] = &[
     "cpio",
     "xz-utils",
     "zstd",
+    "musl-tools",
 ];
 /// Needed to link anything (and to build bpf-linker); only installed when `cc` is missing.
 const APT_COMPILER: &[&str] = &["gcc", "libc6-dev"];
@@ -76,6 +78,7 @@ pub fn run_setup(args: &SetupArgs) -> Result<()> {
     // Debian packages first: bpf-linker builds against LLVM from them.
     apt(args, root, &mut outcome)?;
     rust_src(args, &mut outcome)?;
+    musl_target(args, &mut outcome)?;
     bpf_linker(args, &mut outcome)?;
     cargo_fuzz(args, &mut outcome)?;
     clippy();
@@ -258,6 +261,36 @@ fn toolchain_name(sysroot: &Path) -> String {
 
 fn has_rust_src(sysroot: &Path) -> bool {
     sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml").is_file()
+}
+
+// ---------------------------------------------------------------------------------------
+// The musl target, for the statically linked agent of `cargo xtask image`
+
+fn musl_target(args: &SetupArgs, outcome: &mut Outcome) -> Result<()> {
+    let target = crate::image::MUSL_TARGET;
+    let item = format!("rust target {target}");
+    let installed = |sysroot: &Path| sysroot.join("lib/rustlib").join(target).join("lib").is_dir();
+    let sysroot = sysroot(Command::new("rustc").args(["--print", "sysroot"]))?;
+    if installed(&sysroot) {
+        report(&item, "found");
+        return Ok(());
+    }
+    let install = format!("rustup target add {target}");
+    if args.check || !on_path("rustup") {
+        let why = if args.check { "--check" } else { "no rustup" };
+        report(&item, &format!("missing ({why})"));
+        outcome.problems.push(format!("rust target {target} missing"));
+        outcome.manual.push(install);
+        return Ok(());
+    }
+    run(Command::new("rustup").args(["target", "add", target]))?;
+    if installed(&sysroot) {
+        report(&item, "installed");
+    } else {
+        report(&item, "missing (rustup did not install it)");
+        outcome.problems.push(format!("rust target {target} missing"));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------

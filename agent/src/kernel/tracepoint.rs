@@ -13,9 +13,10 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 const PERF_TYPE_TRACEPOINT: u32 = 2;
-/// `_IOW('$', 8, __u32)` and `_IO('$', 0)`.
-const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
-const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
+/// `_IOW('$', 8, __u32)` and `_IO('$', 0)`; `libc::Ioctl` because the request is a c_ulong
+/// in glibc and a c_int in musl (the static build of `cargo xtask image`).
+const PERF_EVENT_IOC_SET_BPF: libc::Ioctl = 0x4004_2408;
+const PERF_EVENT_IOC_ENABLE: libc::Ioctl = 0x2400;
 /// `sizeof(struct perf_event_attr)` of PERF_ATTR_SIZE_VER5; older kernels accept it.
 const PERF_ATTR_SIZE: usize = 112;
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
