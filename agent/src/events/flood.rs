@@ -9,24 +9,12 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::Instant;
 
-use serde::Serialize;
 
 use super::deny::DenyRecord;
-use super::record::{now_unix_ms, Event, Payload};
+use super::record::{now_unix_ms, Event, Payload, Spread};
 
 /// Distinct remote addresses remembered per flood; beyond, the count is a lower bound.
 pub const MAX_ADDRESSES: usize = 4096;
-
-/// What a folded flood touched.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Spread {
-    /// Distinct remote ports.
-    pub remote_ports: u32,
-    pub remote_port_min: u16,
-    pub remote_port_max: u16,
-    /// Distinct remote addresses (at most `MAX_ADDRESSES` are told apart).
-    pub remote_addresses: u32,
-}
 
 /// The shape of a flow event, and its remote port and address.
 pub fn shape(record: &DenyRecord) -> (DenyRecord, u16, Option<IpAddr>) {

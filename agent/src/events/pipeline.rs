@@ -7,27 +7,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use moat_common::event::{FlowEvent, GuardEvent};
 use tokio::sync::{broadcast, watch};
 
 use super::aggregate::Aggregator;
 use super::deny::DenyRecord;
 use super::losses::{Losses, Named};
+pub use super::queue::Input;
 use super::queue::FairQueue;
-use super::record::{Detection, Event, Payload};
+use super::record::{Event, Payload};
 use crate::compiler::Index;
 
 /// Events taken from the buffer before the pipeline looks at its timer again.
 const BATCH: usize = 256;
-
-/// What enters the pipeline.
-#[derive(Debug)]
-pub enum Input {
-    Deny(FlowEvent),
-    /// A detection record from the kernel, named here like flow events.
-    Guard(GuardEvent),
-    Detection(Detection),
-}
 
 /// Closes the buffer when the last submitter goes.
 struct Closer(Arc<FairQueue>);
@@ -192,7 +183,8 @@ impl Pipeline {
 mod tests {
     use super::*;
     use crate::events::losses::{Kind, LossKey, Owner, Reason};
-    use moat_common::event::EVENT_KIND_DENY;
+    use crate::events::record::Detection;
+    use moat_common::event::{FlowEvent, EVENT_KIND_DENY};
     use std::sync::Mutex;
 
     struct Collect(Arc<Mutex<Vec<Event>>>);

@@ -8,11 +8,20 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use moat_common::event::EVENT_KIND_ALLOW;
+use moat_common::event::{FlowEvent, GuardEvent, EVENT_KIND_ALLOW};
 use tokio::sync::Notify;
 
 use super::losses::{Kind, LossKey, Losses, Owner, Reason};
-use super::pipeline::Input;
+use super::record::Detection;
+
+/// What enters the pipeline.
+#[derive(Debug)]
+pub enum Input {
+    Deny(FlowEvent),
+    /// A detection record from the kernel, named here like flow events.
+    Guard(GuardEvent),
+    Detection(Detection),
+}
 
 struct State {
     detections: VecDeque<Input>,

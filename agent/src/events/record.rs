@@ -5,7 +5,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::deny::DenyRecord;
-use super::flood::Spread;
 use super::losses::Named;
 
 /// What happened: a flow verdict, a runtime-guard detection, or events dropped on the way.
@@ -76,6 +75,17 @@ pub struct Event {
     pub spread: Option<Spread>,
     #[serde(flatten)]
     pub payload: Payload,
+}
+
+/// What a folded flood touched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Spread {
+    /// Distinct remote ports.
+    pub remote_ports: u32,
+    pub remote_port_min: u16,
+    pub remote_port_max: u16,
+    /// Distinct remote addresses (at most `flood::MAX_ADDRESSES` are told apart).
+    pub remote_addresses: u32,
 }
 
 impl Event {
