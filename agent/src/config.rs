@@ -1,13 +1,14 @@
 //! The agent's configuration file (YAML). Every field has a default; unknown fields are
 //! errors, so a typo never silently weakens isolation.
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::model::{Labels, Protocol};
 pub use crate::model::tenant::TenantSource;
+/// Where address prefixes are defined (the model); configs write them too.
+pub use crate::model::Cidr;
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -288,45 +289,6 @@ pub struct TenantPair {
 pub struct TenantNetwork {
     pub cidr: Cidr,
     pub tenant: String,
-}
-
-/// An address prefix, written `a.b.c.d/n` or `x::y/n`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix_len: u8,
-}
-
-impl std::str::FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let (addr, len) = text
-            .split_once('/')
-            .ok_or_else(|| format!("{text:?} is not a CIDR (want address/prefix-length)"))?;
-        let addr: IpAddr =
-            addr.parse().map_err(|_| format!("{text:?}: {addr:?} is not an IP address"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix_len: u8 = len
-            .parse()
-            .ok()
-            .filter(|len| *len <= max)
-            .ok_or_else(|| format!("{text:?}: prefix length must be 0..={max}"))?;
-        Ok(Self { addr, prefix_len })
-    }
-}
-
-impl<'de> Deserialize<'de> for Cidr {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
-    }
 }
 
 fn default_protocol() -> Protocol {

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::Deserialize;
 
 use super::Protocol;
-use crate::config::Cidr;
+use super::Cidr;
 use crate::model::selector;
 
 /// The API's limits: rules per direction, peers and protocols per rule, CIDRs per peer.

@@ -145,7 +145,7 @@ fn port_matches(matcher: &PortMatch, destination: &Pod, protocol: u8, port: u16)
     }
 }
 
-fn contains(cidr: &crate::config::Cidr, ip: IpAddr) -> bool {
+fn contains(cidr: &super::Cidr, ip: IpAddr) -> bool {
     let bits = |ip: IpAddr| match ip {
         IpAddr::V4(v4) => (u128::from(v4.to_bits()) << 96, 32),
         IpAddr::V6(v6) => (v6.to_bits(), 128),

@@ -1,6 +1,7 @@
 //! The cluster as moat sees it: plain data, no I/O. Sources build it, the compiler reads it.
 
 pub mod change;
+pub mod cidr;
 pub mod cnp;
 pub mod cnp_eval;
 pub mod flow;
@@ -15,6 +16,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 pub use change::Change;
+pub use cidr::Cidr;
 pub use tenant::{TenantId, TenantName};
 
 pub use labels::Labels;
