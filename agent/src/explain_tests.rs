@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use moat_common::verdict::{LocalEnd, Peer};
 
 use super::*;
+use crate::compiler::Scope;
+use crate::config::Config;
 use crate::model::flow::{Family, Target};
+use crate::node::cgroups::PodCgroups;
+use crate::sources::manifests;
 use crate::model::Protocol;
 use crate::node::cgroups::PodRef;
 

@@ -1,6 +1,6 @@
 use clap::{Parser, Subcommand};
 
-use moat_agent::{cli, explain, runtime};
+use moat_agent::{cli, runtime};
 
 /// moat: tenant isolation and runtime guard for shared Kubernetes nodes, in eBPF.
 #[derive(Parser)]
@@ -15,7 +15,7 @@ enum Command {
     /// Run the node agent: load the eBPF programs and keep the kernel in step with the cluster.
     Agent(runtime::AgentArgs),
     /// Explain what the datapath decides for a flow, and every rule that decided it.
-    Explain(explain::ExplainArgs),
+    Explain(cli::explain::ExplainArgs),
     /// A local playground: a node with pods (cgroups and namespaces), a stand-in kubelet and
     /// an agent, on the real kernel. Runs the separate `moat-lab` binary.
     Lab(cli::lab::LabArgs),
@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
             init_json_logs();
             runtime::run(args)?
         }
-        Command::Explain(args) => explain::run(args)?,
+        Command::Explain(args) => cli::explain::run(args)?,
         Command::Lab(args) => cli::lab::run(args)?,
         Command::Observe(args) => cli::observe::run(args)?,
         Command::Status(args) => cli::status::run(args)?,

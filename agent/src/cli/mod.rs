@@ -1,6 +1,7 @@
 //! Clients of the agent's admin socket: `moat observe` and `moat status`; and `moat lab`,
 //! which hands over to the lab's own binary.
 
+pub mod explain;
 pub mod lab;
 pub mod observe;
 pub mod status;
