@@ -12,15 +12,13 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
+use crate::setup::MUSL_TARGET;
 use crate::util::{cargo, run, stdout_of, target_dir};
 
 /// The reference `deploy/daemonset.yaml` uses (`image: moat:latest`); the kubelet expands it
 /// to the fully qualified name containerd stores.
 pub const IMAGE_REF: &str = "moat:latest";
 const CONTAINERD_NAME: &str = "docker.io/library/moat:latest";
-/// A static binary: no loader, no libc, no certificates needed in the image (the API
-/// server's CA comes from the service account volume the kubelet mounts).
-pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 /// Where the binary sits in the image; PATH points there so `kubectl exec … -- moat status`
 /// finds it.
 const BINARY_PATH: &str = "usr/bin/moat";
@@ -71,6 +69,8 @@ pub fn default_path() -> Result<PathBuf> {
 
 /// Builds the agent (release, musl) and writes the image archive to `out`.
 pub fn build_image(out: &Path) -> Result<()> {
+    // A static binary: no loader, no libc, no certificates needed in the image (the API
+    // server's CA comes from the service account volume the kubelet mounts).
     run(cargo().args(["build", "--release", "-p", "moat-agent", "--bin", "moat", "--target", MUSL_TARGET]))?;
     let binary = target_dir()?.join(MUSL_TARGET).join("release").join("moat");
     let version = stdout_of(std::process::Command::new(&binary).arg("--version"))

@@ -266,8 +266,10 @@ fn has_rust_src(sysroot: &Path) -> bool {
 // ---------------------------------------------------------------------------------------
 // The musl target, for the statically linked agent of `cargo xtask image`
 
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
 fn musl_target(args: &SetupArgs, outcome: &mut Outcome) -> Result<()> {
-    let target = crate::image::MUSL_TARGET;
+    let target = MUSL_TARGET;
     let item = format!("rust target {target}");
     let installed = |sysroot: &Path| sysroot.join("lib/rustlib").join(target).join("lib").is_dir();
     let sysroot = sysroot(Command::new("rustc").args(["--print", "sysroot"]))?;

@@ -8,6 +8,7 @@
 //! its serial console, which the host parses into the report.
 
 mod guest;
+mod initramfs;
 mod kernels;
 mod table;
 

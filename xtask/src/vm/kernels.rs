@@ -79,7 +79,7 @@ impl Kernel {
             run(Command::new("depmod").arg("-b").arg(&dir).arg(&release))?;
             let _ = std::fs::remove_file(&deb);
         }
-        let initrd = super::guest::initramfs(&dir, &release, BOOT_MODULES)?;
+        let initrd = super::initramfs::initramfs(&dir, &release, BOOT_MODULES)?;
         Ok(Prepared { short: self.short.to_string(), release, dir, vmlinuz, initrd })
     }
 
