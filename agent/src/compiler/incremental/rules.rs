@@ -356,8 +356,8 @@ impl Incremental {
                         count_entry(&mut out, &mut sink, &mut BTreeMap::new(), key, r, 1);
                     }
                 }
-                // Counted per rule first: a key of (kind, identity) compares in a few
-                // instructions, one with the rule's ObjectKey by string.
+                // Counted per rule first, keyed by (kind, identity): a few instructions per
+                // compare, where a key holding the rule's ObjectKey compares strings.
                 let mut counts: BTreeMap<(Kind, u64), u32> = BTreeMap::new();
                 for key in self.candidates(policy, rule) {
                     let Some(pod) = self.cluster.pods.get(key) else {
