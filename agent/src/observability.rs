@@ -97,8 +97,8 @@ pub struct Shared {
     refreshed: Mutex<Option<(Instant, KernelReading)>>,
     pub instance: String,
     pub admin_socket: PathBuf,
-    /// Tenant DNS isolation as configured (read at start only).
-    pub dns: crate::admin::status::DnsStatus,
+    /// Tenant DNS isolation as configured (read at start only), and what is inspected.
+    pub dns: Mutex<crate::admin::status::DnsStatus>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -271,7 +271,7 @@ impl Observability {
             refreshed: Mutex::new(None),
             instance: config.instance.clone(),
             admin_socket: config.admin_socket_path(),
-            dns: crate::admin::status::DnsStatus::of(config),
+            dns: Mutex::new(crate::admin::status::DnsStatus::of(config)),
         });
         let addr = admin::http::start(&config.metrics_address, shared.clone()).await?;
         *lock(&shared.metrics_url) = Some(format!("http://{addr}/metrics"));
@@ -344,6 +344,11 @@ impl Observability {
         let mut sync = lock(&self.shared.sync);
         sync.last_success = Some(Instant::now());
         sync.last_success_unix_ms = Some(crate::events::record::now_unix_ms());
+    }
+
+    /// Whether the TCP DNS programs are attached (`Err`: why not), for `moat status`.
+    pub fn dns_tcp(&self, attached: Result<(), String>) {
+        lock(&self.shared.dns).with_tcp(attached);
     }
 
     /// Where the ICMP program is attached; its attach failures feed `moat_program_failures_total`.

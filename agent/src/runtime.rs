@@ -132,6 +132,9 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     if let Ok(Some(connect_unix)) = hooks.connect_unix() {
         attached.push(connect_unix.clone());
     }
+    if config.dns.isolation != crate::config::DnsIsolation::Off {
+        attach_dns_tcp(&mut ebpf, &cgroup_root, &dirs, &observability, &mut attached);
+    }
     observability.guard_planned(&statuses, &hooks);
     crate::guard::log_modes(&statuses);
     observability.enforcing(&dirs, &attached, &stats);
@@ -257,6 +260,22 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
 /// arenas, and a list's parsed pages leave ~20 MB of them at 30k pods: RSS would keep the
 /// list's peak for the agent's whole life. Called after (re-)lists only: a trim walks the
 /// whole heap.
+/// TCP DNS isolation's programs; a kernel that refuses them runs without (TCP questions
+/// pass unchecked, `moat status` says why), everything else still enforces.
+fn attach_dns_tcp(ebpf: &mut aya::Ebpf, cgroup_root: &Path, dirs: &bpffs::PinDirs, observability: &Observability, attached: &mut Vec<loader::Attached>) {
+    match crate::kernel::dns_tcp::attach(ebpf, cgroup_root, &dirs.links) {
+        Ok(program) => {
+            attached.push(program);
+            observability.dns_tcp(Ok(()));
+        }
+        Err(error) => {
+            observability.kernel_failed(&error);
+            tracing::error!(%error, "DNS questions over TCP are not inspected on this kernel; over UDP they are");
+            observability.dns_tcp(Err(error.to_string().lines().next().unwrap_or_default().to_string()));
+        }
+    }
+}
+
 fn return_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free memory of the process's own allocator.

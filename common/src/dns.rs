@@ -19,7 +19,7 @@ pub const NAMESPACE_KEY_LEN: usize = 64;
 pub const ZONE_SLOTS: u32 = 4;
 /// Wire length of a zone, final zero byte included.
 pub const ZONE_MAX: usize = 128;
-/// The DNS port the datapath inspects (UDP; TCP is not inspected yet).
+/// The DNS port the datapath inspects (UDP, and TCP: `DNS_SOCKETS`).
 pub const DNS_PORT: u16 = 53;
 
 /// `Settings::dns` values.
@@ -39,12 +39,17 @@ pub mod names {
     pub const DNS_SCRATCH: &str = "DNS_SCRATCH";
     /// Service ClusterIP (16 bytes, IPv4-mapped) → its namespace's `NamespaceKey`.
     pub const DNS_SERVICES: &str = "DNS_SERVICES";
+    /// Pods' TCP connections to port 53, where the sk_msg program reads their questions.
+    pub const DNS_SOCKETS: &str = "DNS_SOCKETS";
 }
 
 /// Capacity of `DNS_NAMESPACES`.
 pub const DNS_NAMESPACES_CAPACITY: u32 = 65_536;
 /// Capacity of `DNS_SERVICES` (ClusterIPs, both families).
 pub const DNS_SERVICES_CAPACITY: u32 = 65_536;
+/// Capacity of `DNS_SOCKETS`: open TCP connections to DNS servers on the node (a
+/// connection that finds it full is not inspected).
+pub const DNS_SOCKETS_CAPACITY: u32 = 16_384;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

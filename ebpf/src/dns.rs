@@ -9,10 +9,10 @@ use aya_ebpf::{
 };
 use moat_common::{
     dns::{
-        classify, decide, AddressOwner, DnsMaps, DnsNamespace, DnsVerdict, DnsZone, NamespaceKey, DNS_BLOCK,
+        classify, decide, AddressOwner, DnsMaps, DnsNamespace, DnsScratch, DnsVerdict, DnsZone, NamespaceKey, DNS_BLOCK,
         DNS_PORT, NAME_BUF,
     },
-    event::{FlowEvent, EVENT_KIND_DENY, HOOK_SKB},
+    event::{FlowEvent, EVENT_KIND_DENY, HOOK_SENDMSG, HOOK_SKB},
     maps::{Settings, TenantPairKey, DIRECTION_EGRESS},
     verdict::Reason,
     IPPROTO_UDP,
@@ -82,13 +82,21 @@ pub fn refuses(ctx: &SkBuffContext, cgroup: u64, settings: &Settings) -> bool {
 
 #[inline(always)]
 fn decide_question(ctx: &SkBuffContext, packet: &Packet, cgroup: u64, settings: &Settings) -> bool {
-    // SAFETY: the value is copied out at once.
-    let querier = unsafe { LOCAL_ENDPOINTS.get(&cgroup).map(|endpoint| endpoint.tenant) }.unwrap_or(0);
     let Some(scratch) = DNS_SCRATCH.get_ptr_mut(0) else { return false };
     // SAFETY: this CPU's scratch entry, used by nothing else while this program runs.
     let scratch = unsafe { &mut *scratch };
-    let maps = KernelDnsMaps;
     let len = load_name(ctx, &mut scratch.name).unwrap_or(0);
+    judge(scratch, len, cgroup, settings, ctx.len() as u64, packet)
+}
+
+/// Decides the question loaded in `scratch.name[..len]`, asked by the pod in `cgroup` over
+/// `packet`'s ends (UDP, or a TCP connection: `dns_tcp`). A refusal is counted and reported
+/// in both modes; returns true to drop it (block mode).
+#[inline(always)]
+pub fn judge(scratch: &mut DnsScratch, len: usize, cgroup: u64, settings: &Settings, bytes: u64, packet: &Packet) -> bool {
+    // SAFETY: the value is copied out at once.
+    let querier = unsafe { LOCAL_ENDPOINTS.get(&cgroup).map(|endpoint| endpoint.tenant) }.unwrap_or(0);
+    let maps = KernelDnsMaps;
     let question = classify(scratch, len, &maps);
     let DnsVerdict::Refuse { tenant, malformed } = decide(question, querier, &maps) else {
         return false;
@@ -100,7 +108,7 @@ fn decide_question(ctx: &SkBuffContext, packet: &Packet, cgroup: u64, settings: 
         (false, false) => Reason::DnsCrossTenantDetected,
         (true, false) => Reason::DnsMalformedDetected,
     };
-    counters::count(querier, DIRECTION_EGRESS, reason, ctx.len() as u64);
+    counters::count(querier, DIRECTION_EGRESS, reason, bytes);
     report(packet, cgroup, querier, tenant, reason);
     block
 }
@@ -143,7 +151,8 @@ fn report(packet: &Packet, cgroup: u64, querier: u64, tenant: u64, reason: Reaso
     let Some(mut entry) = budget::reserve_flow(&querier, false) else { return };
     entry.write(FlowEvent {
         kind: EVENT_KIND_DENY,
-        hook: HOOK_SKB,
+        // A TCP question is decided where the pod sends it (sk_msg); a UDP one per packet.
+        hook: if packet.protocol == IPPROTO_UDP { HOOK_SKB } else { HOOK_SENDMSG },
         direction: DIRECTION_EGRESS,
         reason: reason as u8,
         protocol: packet.protocol,

@@ -7,6 +7,7 @@
 mod budget;
 mod counters;
 mod dns;
+mod dns_tcp;
 mod floor;
 mod flows;
 mod guard;

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, SockHash},
 };
 use moat_common::budget::{BudgetKey, BudgetState, EVENT_BUDGETS_CAPACITY};
 use moat_common::guard::{
@@ -10,7 +10,8 @@ use moat_common::guard::{
     SetnsEntry, SocketPath, UnixRefusal,
 };
 use moat_common::dns::{
-    DnsNamespace, DnsScratch, DnsZone, NamespaceKey, DNS_NAMESPACES_CAPACITY, DNS_SERVICES_CAPACITY, ZONE_SLOTS,
+    DnsNamespace, DnsScratch, DnsZone, NamespaceKey, DNS_NAMESPACES_CAPACITY, DNS_SERVICES_CAPACITY, DNS_SOCKETS_CAPACITY,
+    ZONE_SLOTS,
 };
 use moat_common::maps::{
     capacity, Counter, CounterKey, Endpoint, FlowKey, FlowState, PolicyMatch, Settings,
@@ -53,6 +54,12 @@ pub static DNS_ZONES: Array<DnsZone> = Array::pinned(ZONE_SLOTS, 0);
 /// DNS isolation: one question at a time per CPU (too big for the stack).
 #[map]
 pub static DNS_SCRATCH: PerCpuArray<DnsScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// DNS isolation over TCP: pods' connections to port 53 (socket cookie → socket), where
+/// `moat_dns_msg` sees what they send. Not pinned: the sock_ops program's link keeps it, and
+/// a closed socket leaves it by itself.
+#[map]
+pub static DNS_SOCKETS: SockHash<u64> = SockHash::with_max_entries(DNS_SOCKETS_CAPACITY, 0);
 
 #[map]
 pub static SETTINGS: Array<Settings> = Array::pinned(1, 0);

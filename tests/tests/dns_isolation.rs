@@ -1,8 +1,9 @@
 //! Tenant DNS isolation on the real kernel: a CoreDNS-like server (`moat-dns serve`) in the
-//! lab's cluster-DNS pod, questions asked from tenant pods over UDP, IPv4 and IPv6. Own,
+//! lab's cluster-DNS pod, questions asked from tenant pods over UDP and TCP, IPv4 and IPv6. Own,
 //! same-tenant and shared names are answered; other tenants' names, and reverse names of their
 //! pods' and Services' addresses,
-//! wildcards and compression tricks fail at once (EPERM on the send) with a `dns.cross-tenant` event;
+//! wildcards and compression tricks fail at once (EPERM on the UDP send, EACCES on the TCP
+//! one) with a `dns.cross-tenant` event;
 //! external names and unreadable messages pass untouched.
 
 use std::net::IpAddr;
@@ -90,10 +91,40 @@ fn tenants_resolve_only_their_own_and_shared_names() {
         let mut wrong = Vec::new();
         let mut slowest_refusal = 0f64;
         for (from, name, qtype, want) in cases {
-            let reply = query(&lab, from, server, name, &["--type", qtype]);
+            // Over TCP the same, refused by the sk_msg program: the send fails with EACCES.
+            let over_tcp = want.replace("EPERM", "EACCES");
+            for (transport, want) in [(&[][..], *want), (&["--tcp"][..], over_tcp.as_str())] {
+                let args = [&["--type", *qtype][..], transport].concat();
+                let reply = query(&lab, from, server, name, &args);
+                let got = outcome(&reply);
+                if got != want {
+                    wrong.push(format!("{from} asks {name} {qtype} {transport:?}: got {got}, want {want}"));
+                }
+                if got.starts_with("send-error") {
+                    slowest_refusal = slowest_refusal.max(reply["ms"].as_f64().unwrap_or(f64::MAX));
+                }
+            }
+        }
+        // The TCP stream followed message by message: a question whose length prefix comes in
+        // a send of its own, two pipelined in one send, one longer than what is read of it.
+        let long_other = long_question("026462026231");
+        let long_own = long_question("03776562026131");
+        let stream_cases: &[(&str, &[&str], &str)] = &[
+            ("db.b1.svc.cluster.local", &["--split"], "send-error EACCES"),
+            ("web.a1.svc.cluster.local", &["--split"], "NOERROR 1"),
+            ("web.a1.svc.cluster.local", &["--then", "db.a2.svc.cluster.local"], "NOERROR 1"),
+            ("web.a1.svc.cluster.local", &["--then", "db.b1.svc.cluster.local"], "send-error EACCES"),
+            ("db.b1.svc.cluster.local", &["--then", "web.a1.svc.cluster.local"], "send-error EACCES"),
+            ("-", &["--raw", &long_other], "send-error EACCES"),
+            ("-", &["--raw", &long_own], "NOERROR 1"),
+            ("-", &["--raw", &long_other, "--split"], "send-error EACCES"),
+        ];
+        for (name, extra, want) in stream_cases {
+            let args = [&["--tcp"][..], extra].concat();
+            let reply = query(&lab, "a1/p1", server, name, &args);
             let got = outcome(&reply);
             if got != *want {
-                wrong.push(format!("{from} asks {name} {qtype}: got {got}, want {want}"));
+                wrong.push(format!("a1/p1 asks {name} over TCP {extra:?}: got {got}, want {want}"));
             }
             if got.starts_with("send-error") {
                 slowest_refusal = slowest_refusal.max(reply["ms"].as_f64().unwrap_or(f64::MAX));
@@ -136,7 +167,7 @@ fn tenants_resolve_only_their_own_and_shared_names() {
 
     // `moat status` says the mode, and DNS_SERVICES holds the four Services' eight ClusterIPs.
     let status = moat_status(&lab);
-    assert_eq!((status["dns"]["isolation"].as_str(), status["dns"]["inspected"].as_str()), (Some("block"), Some("UDP")), "{status}");
+    assert_eq!((status["dns"]["isolation"].as_str(), status["dns"]["inspected"].as_str()), (Some("block"), Some("UDP and TCP")), "{status}");
     assert_eq!(status["dns"]["zones"], serde_json::json!(["cluster.local"]), "{status}");
     let services = status["kernel"]["maps"].as_array().into_iter().flatten().find(|m| m["map"] == "DNS_SERVICES").cloned();
     assert_eq!(services.map(|m| m["entries"].clone()), Some(serde_json::json!(8)), "{status}");
@@ -144,6 +175,20 @@ fn tenants_resolve_only_their_own_and_shared_names() {
     // The deny event names the querier, the queried namespace's tenant and the rule.
     let want = [("rule", "dns.cross-tenant"), ("verdict", "deny"), ("src_namespace", "a1"), ("src_pod", "p1"), ("dst_tenant", "b"), ("protocol", "UDP")];
     wait_event(&lab, &want);
+    let over_tcp = [("rule", "dns.cross-tenant"), ("verdict", "deny"), ("src_pod", "p1"), ("dst_tenant", "b"), ("protocol", "TCP")];
+    wait_event(&lab, &over_tcp);
+}
+
+/// A query (hex) for `<labels>.svc.cluster.local` A (`labels`: the wire form of the labels
+/// before `svc`) with an EDNS padding option that makes it longer than the 270 bytes the TCP
+/// program reads of a message.
+fn long_question(labels: &str) -> String {
+    let header = "abcd01000001000000000001";
+    let question = format!("{labels}0373766307636c7573746572056c6f63616c0000010001");
+    // OPT record: root name, type 41, payload 4096, no flags, 304 bytes of data: padding
+    // option (12) of 300 zero bytes.
+    let opt = format!("0000291000000000000130000c012c{}", "00".repeat(300));
+    format!("{header}{question}{opt}")
 }
 
 /// `moat status -o json` of the lab's agent.
@@ -202,5 +247,8 @@ fn detect_mode_reports_and_answers() {
     let reply = query(&lab, "a1/p1", server, "db.b1.svc.cluster.local", &["--type", "AAAA"]);
     assert_eq!(outcome(&reply), "NOERROR 1", "detect mode answers: {reply}");
     wait_event(&lab, &[("rule", "dns.cross-tenant"), ("verdict", "allow"), ("src_pod", "p1"), ("dst_tenant", "b")]);
+    let reply = query(&lab, "a1/p1", server, "db.b1.svc.cluster.local", &["--type", "AAAA", "--tcp"]);
+    assert_eq!(outcome(&reply), "NOERROR 1", "detect mode answers over TCP: {reply}");
+    wait_event(&lab, &[("rule", "dns.cross-tenant"), ("verdict", "allow"), ("src_pod", "p1"), ("dst_tenant", "b"), ("protocol", "TCP")]);
     assert_eq!(moat_status(&lab)["dns"]["isolation"], "detect");
 }

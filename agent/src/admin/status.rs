@@ -43,8 +43,12 @@ pub struct DnsStatus {
     /// Namespaces every tenant may resolve: configured, plus those of `clusterDns` and
     /// `sharedServices`.
     pub shared_namespaces: Vec<String>,
-    /// Which questions are decided: UDP only (TCP questions pass unchecked).
+    /// Which questions are decided: `UDP and TCP`; `UDP` when this kernel refused the TCP
+    /// programs (`tcp_unavailable` says why); `none` with isolation off.
     pub inspected: &'static str,
+    /// Why TCP questions pass unchecked on this kernel, if they do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_unavailable: Option<String>,
 }
 
 impl DnsStatus {
@@ -57,7 +61,17 @@ impl DnsStatus {
         };
         let zones = crate::compiler::dns::zones(config).into_values().map(|zone| zone_name(&zone)).collect();
         let shared_namespaces = crate::compiler::dns::shared_namespaces(config).into_iter().collect();
-        Self { isolation, zones, shared_namespaces, inspected: "UDP" }
+        // Until the TCP programs are attached (`with_tcp`).
+        let inspected = if config.dns.isolation == DnsIsolation::Off { "none" } else { "UDP" };
+        Self { isolation, zones, shared_namespaces, inspected, tcp_unavailable: None }
+    }
+
+    /// After attaching the TCP programs: `Err` says why this kernel refused them.
+    pub fn with_tcp(&mut self, attached: Result<(), String>) {
+        match attached {
+            Ok(()) => self.inspected = "UDP and TCP",
+            Err(reason) => self.tcp_unavailable = Some(reason),
+        }
     }
 }
 
@@ -152,7 +166,7 @@ pub fn report(shared: &Shared) -> Status {
         metrics_url: shared.metrics_url(),
         admin_socket: shared.admin_socket.display().to_string(),
         unenforced_policies: unenforced(shared),
-        dns: shared.dns.clone(),
+        dns: shared.dns.lock().map(|d| d.clone()).unwrap_or_default(),
     }
 }
 
@@ -196,5 +210,14 @@ mod tests {
         assert_eq!(status.zones, ["corp.example.com", "cluster.local"], "as compared: longest first, lower case");
         assert_eq!(status.shared_namespaces, ["kube-system", "tools"], "configured plus clusterDns's");
         assert_eq!(DnsStatus::of(&Config::default()).isolation, "block");
+        assert_eq!(status.inspected, "UDP", "before the TCP programs are attached");
+        let mut refused = status.clone();
+        refused.with_tcp(Err("sk_msg: load: EINVAL".into()));
+        assert_eq!((refused.inspected, refused.tcp_unavailable.as_deref()), ("UDP", Some("sk_msg: load: EINVAL")));
+        let mut both = status;
+        both.with_tcp(Ok(()));
+        assert_eq!((both.inspected, both.tcp_unavailable), ("UDP and TCP", None));
+        let off = Config { dns: DnsConfig { isolation: DnsIsolation::Off, ..DnsConfig::default() }, ..Config::default() };
+        assert_eq!(DnsStatus::of(&off).inspected, "none");
     }
 }

@@ -129,12 +129,15 @@ pub fn text(v: &Value) -> String {
     let dns = &v["dns"];
     let list = |key: &str| dns[key].as_array().into_iter().flatten().filter_map(|z| z.as_str()).collect::<Vec<_>>().join(", ");
     line(format!(
-        "dns        isolation: {}   zones: {}   shared namespaces: {}   inspected: {} (TCP questions pass unchecked)",
+        "dns        isolation: {}   zones: {}   shared namespaces: {}   inspected: {}",
         dns["isolation"].as_str().unwrap_or("?"),
         list("zones"),
         list("shared_namespaces"),
         dns["inspected"].as_str().unwrap_or("?")
     ));
+    if let Some(reason) = dns["tcp_unavailable"].as_str() {
+        line(format!("           TCP questions pass unchecked on this kernel: {reason}"));
+    }
     line(format!("metrics    {}", v["metrics_url"].as_str().unwrap_or("-")));
     out
 }

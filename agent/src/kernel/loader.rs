@@ -34,6 +34,10 @@ pub enum Hook {
     Device,
     /// Runtime guard: AF_UNIX connects (`escape.runtime-socket`), Linux 6.7+.
     UnixConnect,
+    /// DNS isolation over TCP: pods' connections to port 53 (`dns_tcp`).
+    SockOps,
+    /// DNS isolation over TCP: what pods send on them (`dns_tcp`).
+    SkMsg,
 }
 
 impl Hook {
@@ -45,6 +49,8 @@ impl Hook {
             Self::Sysctl => "cgroup/sysctl",
             Self::Device => "cgroup/dev",
             Self::UnixConnect => "cgroup/connect_unix",
+            Self::SockOps => "sockops",
+            Self::SkMsg => "sk_msg",
         }
     }
 }
@@ -149,6 +155,7 @@ pub fn attach_all(ebpf: &mut Ebpf, cgroup_root: &Path, dirs: &PinDirs) -> Result
                 continue;
             }
             Hook::UnixConnect => return Err(fail("attached by attach_unix_connect".into())),
+            Hook::SockOps | Hook::SkMsg => return Err(fail("attached by dns_tcp::attach".into())),
             Hook::Device => {
                 let program: &mut CgroupDevice = program.try_into().map_err(|e| fail(format!("{e}")))?;
                 program.load().map_err(|e| fail(format!("load: {}", chain(&e))))?;

@@ -3,6 +3,7 @@
 pub mod bpffs;
 pub mod btf_layout;
 pub mod cgroup_link;
+pub mod dns_tcp;
 pub mod event_budgets;
 pub mod guard_probes;
 pub mod loader;

@@ -2,7 +2,9 @@
 //!
 //! * `moat-dns serve DATA.json [--port 53]`: answers like CoreDNS's kubernetes plugin (see
 //!   `server`), over UDP and TCP.
-//! * `moat-dns query NAME --server IP [--type A] [--tcp] [--raw HEX]`: one question, printed
+//! * `moat-dns query NAME --server IP [--type A] [--tcp [--split] [--then NAME2]] [--raw HEX]`:
+//!   one question (TCP: `--split` sends the length prefix alone first; `--then` pipelines a
+//!   second question in the same write, and the last answer is printed), printed
 //!   as one JSON line: `{"outcome":"answer","rcode":..,"answers":N,"ms":..}`, or
 //!   `"send-error"` (with `errno`), `"reset"` (TCP), `"timeout"`. Exit 0 whatever the outcome,
 //!   2 on usage errors.
@@ -43,6 +45,12 @@ enum Command {
         qtype: String,
         #[arg(long)]
         tcp: bool,
+        /// TCP: the 2-byte length prefix in a write of its own, then the message.
+        #[arg(long, requires = "tcp")]
+        split: bool,
+        /// TCP: a second question (same type) in the same write; the last answer is printed.
+        #[arg(long, requires = "tcp")]
+        then: Option<String>,
         /// Send these bytes (hex) as the whole message instead of a query for NAME.
         #[arg(long)]
         raw: Option<String>,
@@ -60,9 +68,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Query { name, server, port, qtype, tcp, raw, timeout_ms } => {
-            let message = match build(&name, &qtype, raw.as_deref()) {
-                Ok(message) => message,
+        Command::Query { name, server, port, qtype, tcp, split, then, raw, timeout_ms } => {
+            let built = build(&name, &qtype, raw.as_deref()).and_then(|first| {
+                let mut framed = frame(&first);
+                if let Some(second) = &then {
+                    framed.extend(frame(&build(second, &qtype, None)?));
+                }
+                Ok((first, framed, if then.is_some() { 2 } else { 1 }))
+            });
+            let (message, framed, answers) = match built {
+                Ok(built) => built,
                 Err(error) => {
                     eprintln!("moat-dns query: {error}");
                     return ExitCode::from(2);
@@ -71,7 +86,7 @@ fn main() -> ExitCode {
             let target = SocketAddr::new(server, port);
             let timeout = Duration::from_millis(timeout_ms);
             let start = Instant::now();
-            let outcome = if tcp { ask_tcp(target, &message, timeout) } else { ask_udp(target, &message, timeout) };
+            let outcome = if tcp { ask_tcp(target, &framed, answers, split, timeout) } else { ask_udp(target, &message, timeout) };
             let ms = start.elapsed().as_secs_f64() * 1000.0;
             let line = match outcome {
                 Outcome::Answer(reply) => serde_json::json!({
@@ -132,35 +147,49 @@ fn ask_udp(target: SocketAddr, message: &[u8], timeout: Duration) -> Outcome {
     }
 }
 
-fn ask_tcp(target: SocketAddr, message: &[u8], timeout: Duration) -> Outcome {
+/// A message with its TCP length prefix.
+fn frame(message: &[u8]) -> Vec<u8> {
+    let mut framed = (message.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(message);
+    framed
+}
+
+/// Sends `framed` (one or more prefixed messages) and reads `answers` answers: the last.
+fn ask_tcp(target: SocketAddr, framed: &[u8], answers: usize, split: bool, timeout: Duration) -> Outcome {
     let mut stream = match TcpStream::connect_timeout(&target, timeout) {
         Ok(stream) => stream,
         Err(error) if error.kind() == ErrorKind::TimedOut => return Outcome::Timeout,
         Err(error) => return Outcome::SendError(error),
     };
     let _ = stream.set_read_timeout(Some(timeout));
-    let mut framed = (message.len() as u16).to_be_bytes().to_vec();
-    framed.extend_from_slice(message);
-    if let Err(error) = stream.write_all(&framed) {
-        return Outcome::SendError(error);
+    let at = if split { 2.min(framed.len()) } else { 0 };
+    for part in [&framed[..at], &framed[at..]] {
+        if let Err(error) = stream.write_all(part) {
+            return Outcome::SendError(error);
+        }
     }
-    let mut length = [0u8; 2];
-    match stream.read_exact(&mut length) {
-        Ok(()) => {}
-        Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return Outcome::Timeout,
-        Err(error) => return Outcome::Reset(error.to_string()),
+    let mut last = Outcome::Timeout;
+    for _ in 0..answers {
+        let mut length = [0u8; 2];
+        match stream.read_exact(&mut length) {
+            Ok(()) => {}
+            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return Outcome::Timeout,
+            Err(error) => return Outcome::Reset(error.to_string()),
+        }
+        let mut reply = vec![0u8; u16::from_be_bytes(length) as usize];
+        last = match stream.read_exact(&mut reply) {
+            Ok(()) => Outcome::Answer(reply),
+            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return Outcome::Timeout,
+            Err(error) => return Outcome::Reset(error.to_string()),
+        };
     }
-    let mut reply = vec![0u8; u16::from_be_bytes(length) as usize];
-    match stream.read_exact(&mut reply) {
-        Ok(()) => Outcome::Answer(reply),
-        Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Outcome::Timeout,
-        Err(error) => Outcome::Reset(error.to_string()),
-    }
+    last
 }
 
 fn errno_name(error: &std::io::Error) -> String {
     match error.raw_os_error() {
         Some(libc::EPERM) => "EPERM".into(),
+        Some(libc::EACCES) => "EACCES".into(),
         Some(libc::ECONNREFUSED) => "ECONNREFUSED".into(),
         Some(code) => format!("errno {code}"),
         None => error.kind().to_string(),
