@@ -20,7 +20,7 @@ use aya_ebpf::{
     programs::{SkMsgContext, SockOpsContext},
 };
 use moat_common::{
-    dns::{DNS_OFF, DNS_PORT, NAME_BUF},
+    dns::{DNS_BLOCK, DNS_OFF, DNS_PORT, NAME_BUF},
     IPPROTO_TCP,
 };
 
@@ -64,12 +64,16 @@ fn on_msg(ctx: &SkMsgContext) -> bool {
     if settings.ready == 0 || settings.dns == DNS_OFF {
         return false;
     }
+    // A message that cannot be read (a failed pull under memory pressure) is dropped in
+    // block mode: passed, its question would go unchecked, and its unknown length could leave
+    // the next look off a message boundary. The resolver sees a failed send, as for a refusal.
+    let unreadable = settings.dns == DNS_BLOCK;
     let size = ctx.size();
     if size < 2 {
         cork(ctx, 2);
         return false;
     }
-    let Some(length) = read_length(ctx) else { return false };
+    let Some(length) = read_length(ctx) else { return unreadable };
     let whole = 2 + length;
     // Enough to decide on: the whole message, or its header and a name of any length.
     let needed = whole.min(DECIDED_PREFIX);
@@ -79,9 +83,9 @@ fn on_msg(ctx: &SkMsgContext) -> bool {
     }
     // SAFETY: the context pointer is the program's own sk_msg_md.
     if unsafe { bpf_msg_pull_data(ctx.msg, 0, needed, 0) } != 0 {
-        return false;
+        return unreadable;
     }
-    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(0) else { return false };
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(0) else { return unreadable };
     // SAFETY: this CPU's scratch entry, used by nothing else while this program runs.
     let scratch = unsafe { &mut *scratch };
     let len = load_name(ctx, needed, &mut scratch.name);
