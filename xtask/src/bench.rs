@@ -91,6 +91,7 @@ const SECTIONS: &[(&str, SectionFn)] = &[
     ("kube", crate::bench_kube::kube),
     ("guard", crate::bench_guard::guard),
     ("fairness", crate::bench_fair::fairness),
+    ("dns", crate::bench_dns::dns),
 ];
 
 pub fn run_bench(args: &BenchArgs) -> Result<()> {

@@ -1,6 +1,7 @@
 //! Developer tasks: `cargo xtask setup | test | demo | image | bench | fuzz`.
 
 mod bench;
+mod bench_dns;
 mod bench_e2e;
 mod bench_fair;
 mod bench_guard;

@@ -8,6 +8,9 @@
 //!   as one JSON line: `{"outcome":"answer","rcode":..,"answers":N,"ms":..}`, or
 //!   `"send-error"` (with `errno`), `"reset"` (TCP), `"timeout"`. Exit 0 whatever the outcome,
 //!   2 on usage errors.
+//! * `moat-dns bench NAME --server IP [--tcp] [--seconds 5]`: asks NAME (A) back to back,
+//!   one question in flight (UDP: one connected socket; TCP: one connection), and prints
+//!   `{"mode":..,"seconds":..,"ops":N,"rate":..,"unit":"queries/s"}` (`cargo xtask bench`).
 
 mod server;
 mod wire;
@@ -57,6 +60,17 @@ enum Command {
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
     },
+    Bench {
+        name: String,
+        #[arg(long)]
+        server: IpAddr,
+        #[arg(long, default_value_t = 53)]
+        port: u16,
+        #[arg(long)]
+        tcp: bool,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -102,7 +116,59 @@ fn main() -> ExitCode {
             println!("{line}");
             ExitCode::SUCCESS
         }
+        Command::Bench { name, server, port, tcp, seconds } => match bench(&name, SocketAddr::new(server, port), tcp, seconds) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("moat-dns bench: {error}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+/// Questions answered per second, one in flight; an error or timeout ends the run with it.
+fn bench(name: &str, target: SocketAddr, tcp: bool, seconds: u64) -> Result<serde_json::Value, String> {
+    let query = wire::query(1, name, wire::TYPE_A)?;
+    let framed = frame(&query);
+    let timeout = Some(Duration::from_secs(2));
+    let mut buffer = [0u8; 4096];
+    let mut ask: Box<dyn FnMut() -> std::io::Result<()>> = if tcp {
+        let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(2)).map_err(|e| format!("connect: {e}"))?;
+        stream.set_read_timeout(timeout).map_err(|e| e.to_string())?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        Box::new(move || {
+            stream.write_all(&framed)?;
+            let mut length = [0u8; 2];
+            stream.read_exact(&mut length)?;
+            stream.read_exact(&mut buffer[..u16::from_be_bytes(length) as usize])
+        })
+    } else {
+        let bind: SocketAddr = if target.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+        let socket = UdpSocket::bind(bind).map_err(|e| format!("bind: {e}"))?;
+        socket.connect(target).map_err(|e| format!("connect: {e}"))?;
+        socket.set_read_timeout(timeout).map_err(|e| e.to_string())?;
+        Box::new(move || {
+            socket.send(&query)?;
+            socket.recv(&mut buffer).map(|_| ())
+        })
+    };
+    let start = Instant::now();
+    let mut ops = 0u64;
+    while start.elapsed() < Duration::from_secs(seconds) {
+        ask().map_err(|e| format!("question {}: {e}", ops + 1))?;
+        ops += 1;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok(serde_json::json!({
+        "mode": if tcp { "tcp" } else { "udp" },
+        "seconds": elapsed,
+        "ops": ops,
+        "rate": ops as f64 / elapsed,
+        "unit": "queries/s",
+    }))
 }
 
 fn build(name: &str, qtype: &str, raw: Option<&str>) -> Result<Vec<u8>, String> {
