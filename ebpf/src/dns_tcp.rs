@@ -8,7 +8,8 @@
 //! The byte stream is followed message by message: a passed message's remaining bytes are
 //! passed without another look (`bpf_msg_apply_bytes`), so pipelined questions are each
 //! decided, and a message split over several sends is corked (`bpf_msg_cork_bytes`) until
-//! its question is all there.
+//! its question is all there — if its first bytes can start a query at all: anything else on
+//! port 53 passes (`query_shaped`).
 
 use aya_ebpf::{
     bindings::{sk_action::{SK_DROP, SK_PASS}, BPF_ANY},
@@ -73,8 +74,15 @@ fn on_msg(ctx: &SkMsgContext) -> bool {
         cork(ctx, 2);
         return false;
     }
-    let Some(length) = read_length(ctx) else { return unreadable };
-    let whole = 2 + length;
+    let Some(head) = read_head(ctx, size) else { return unreadable };
+    let whole = 2 + u16::from_be_bytes([head[0], head[1]]) as u32;
+    if !query_shaped(&head, size) {
+        // Not a question a DNS server answers (see `query_shaped`): passed whole, so the next
+        // look still starts where the server's next message does.
+        // SAFETY: the context pointer is the program's own sk_msg_md.
+        unsafe { bpf_msg_apply_bytes(ctx.msg, whole) };
+        return false;
+    }
     // Enough to decide on: the whole message, or its header and a name of any length.
     let needed = whole.min(DECIDED_PREFIX);
     if size < needed {
@@ -108,17 +116,40 @@ fn cork(ctx: &SkMsgContext, bytes: u32) {
     unsafe { bpf_msg_cork_bytes(ctx.msg, bytes) };
 }
 
-/// The message's 2-byte length prefix.
+/// The length prefix and the first 6 header bytes (id, flags, question count), as many of
+/// them as the message holds (at least the prefix: `size` >= 2); the rest left zero.
 #[inline(always)]
-fn read_length(ctx: &SkMsgContext) -> Option<u32> {
+fn read_head(ctx: &SkMsgContext, size: u32) -> Option<[u8; 8]> {
+    let len = if size >= 8 {
+        8
+    } else if size >= 5 {
+        5
+    } else {
+        2
+    };
     // SAFETY: the context pointer is the program's own sk_msg_md.
-    if unsafe { bpf_msg_pull_data(ctx.msg, 0, 2, 0) } != 0 {
+    if unsafe { bpf_msg_pull_data(ctx.msg, 0, len, 0) } != 0 {
         return None;
     }
-    let mut prefix = [0u8; 2];
-    // SAFETY: 2 bytes into a 2-byte buffer, from data the pull made contiguous.
-    let ret = unsafe { bpf_probe_read_kernel(prefix.as_mut_ptr() as *mut _, 2, ctx.data() as *const _) };
-    (ret == 0).then(|| u16::from_be_bytes(prefix) as u32)
+    let mut head = [0u8; 8];
+    // SAFETY: at most 8 bytes into an 8-byte buffer, from data the pull made contiguous.
+    let ret = unsafe { bpf_probe_read_kernel(head.as_mut_ptr() as *mut _, len, ctx.data() as *const _) };
+    (ret == 0).then_some(head)
+}
+
+/// Whether the bytes there so far can start a question a DNS server answers: what CoreDNS's
+/// DNS library accepts (a query, opcode QUERY or NOTIFY, exactly one question); a response,
+/// another opcode or another question count is refused by the server unanswered. So
+/// anything else on port 53 (not DNS at all) passes instead of waiting, corked, for a
+/// question that never comes; a message that may still be one is held until it is there.
+#[inline(always)]
+fn query_shaped(head: &[u8; 8], size: u32) -> bool {
+    const QR: u8 = 0x80;
+    let opcode = (head[4] >> 3) & 0x0f;
+    if size >= 5 && (head[4] & QR != 0 || (opcode != 0 && opcode != 4)) {
+        return false;
+    }
+    size < 8 || (head[6] == 0 && head[7] == 1)
 }
 
 /// Copies the question name (bytes `NAME_FROM_MSG..needed`, at most `NAME_BUF`) and returns
