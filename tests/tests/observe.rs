@@ -103,6 +103,8 @@ fn status_socket_metrics_and_readiness() {
     let mut expected: Vec<&str> = moat_agent::kernel::loader::PROGRAMS.iter().map(|(name, _)| *name).collect();
     // cgroup/connect_unix, loaded by hand: Linux 6.7+, as on these machines.
     expected.push(moat_agent::kernel::unix_connect::PROGRAM);
+    // DNS isolation over TCP (sock_ops; its sk_msg program hangs off the map, not a link).
+    expected.push(moat_agent::kernel::dns_tcp::SOCKOPS);
     names.sort_unstable();
     expected.sort_unstable();
     assert_eq!(names, expected, "every program: {status}");
