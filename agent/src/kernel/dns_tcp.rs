@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aya::maps::SockHash;
 use aya::programs::links::FdLink;
-use aya::programs::{CgroupAttachMode, SkMsg, SockOps};
+use aya::programs::{CgroupAttachMode, Program, ProgramError, SkMsg, SockOps};
 use aya::Ebpf;
 use moat_common::dns::names::DNS_SOCKETS;
 
@@ -31,11 +31,7 @@ pub fn attach(ebpf: &mut Ebpf, cgroup_root: &Path, links: &Path) -> Result<Attac
     let map = ebpf.map(DNS_SOCKETS).ok_or_else(|| KernelError::map(DNS_SOCKETS, "missing from the object"))?;
     let sockets: SockHash<_, u64> = SockHash::try_from(map).map_err(|e| KernelError::map(DNS_SOCKETS, e))?;
     let map_fd = sockets.fd().try_clone().map_err(|e| KernelError::map(DNS_SOCKETS, e))?;
-    let msg: &mut SkMsg = ebpf
-        .program_mut(MSG)
-        .ok_or_else(|| msg_fail("missing from the object".into()))?
-        .try_into()
-        .map_err(|e| msg_fail(format!("{e}")))?;
+    let msg: &mut SkMsg = program(ebpf, MSG, Hook::SkMsg)?;
     msg.load().map_err(|e| msg_fail(format!("load: {}", chain(&e))))?;
     let id = msg.attach(&map_fd).map_err(|e| msg_fail(format!("attach to {DNS_SOCKETS}: {}", chain(&e))))?;
     // Kept attached past this process (see the module comment).
@@ -43,11 +39,7 @@ pub fn attach(ebpf: &mut Ebpf, cgroup_root: &Path, links: &Path) -> Result<Attac
 
     let fail = |message: String| KernelError::Program { program: SOCKOPS, hook: Hook::SockOps.name(), message };
     let cgroup = File::open(cgroup_root).map_err(|source| KernelError::CgroupRoot { path: cgroup_root.into(), source })?;
-    let program: &mut SockOps = ebpf
-        .program_mut(SOCKOPS)
-        .ok_or_else(|| fail("missing from the object".into()))?
-        .try_into()
-        .map_err(|e| fail(format!("{e}")))?;
+    let program: &mut SockOps = program(ebpf, SOCKOPS, Hook::SockOps)?;
     program.load().map_err(|e| fail(format!("load: {}", chain(&e))))?;
     let id = program
         .attach(&cgroup, CgroupAttachMode::Single)
@@ -62,4 +54,14 @@ pub fn attach(ebpf: &mut Ebpf, cgroup_root: &Path, links: &Path) -> Result<Attac
     link.pin(&pin).map_err(|e| KernelError::LinkPin { path: pin.clone(), message: e.to_string() })?;
     detach_links(links, SOCKOPS, Some(&pin))?;
     Ok(Attached { program: SOCKOPS, hook: Hook::SockOps, pin })
+}
+
+/// `name` in the object, as the program type its hook wants.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str, hook: Hook) -> Result<&'a mut T, KernelError>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    let fail = |message: String| KernelError::Program { program: name, hook: hook.name(), message };
+    let found = ebpf.program_mut(name).ok_or_else(|| fail("missing from the object".into()))?;
+    found.try_into().map_err(|e: ProgramError| fail(e.to_string()))
 }
