@@ -51,6 +51,20 @@ pub const DNS_SERVICES_CAPACITY: u32 = 65_536;
 /// connection that finds it full is not inspected).
 pub const DNS_SOCKETS_CAPACITY: u32 = 16_384;
 
+/// `DNS_SOCKETS`'s key: a connection as both the sock_ops and the sk_msg program see it (the
+/// sk_msg program has no socket cookie, and redirects a refused question's answer to the
+/// connection itself by this key). Addresses IPv4-mapped for IPv4; ports as the context
+/// gives them (local in host order, remote in network order in the upper half).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketKey {
+    pub netns: u64,
+    pub local: [u32; 4],
+    pub remote: [u32; 4],
+    pub local_port: u32,
+    pub remote_port: u32,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NamespaceKey {
@@ -517,11 +531,13 @@ mod pod_impls {
     unsafe impl aya::Pod for NamespaceKey {}
     unsafe impl aya::Pod for DnsNamespace {}
     unsafe impl aya::Pod for DnsZone {}
+    unsafe impl aya::Pod for SocketKey {}
 }
 
 const _: () = {
     assert!(core::mem::size_of::<NamespaceKey>() == 64);
     assert!(core::mem::size_of::<DnsNamespace>() == 16);
+    assert!(core::mem::size_of::<SocketKey>() == 48);
     assert!(core::mem::size_of::<DnsZone>() == 8 + ZONE_MAX);
     assert!(NAME_BUF.is_power_of_two() && MAX_LABELS.is_power_of_two() && ZONE_MAX.is_power_of_two());
 };

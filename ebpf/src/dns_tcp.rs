@@ -2,8 +2,12 @@
 //! every TCP connection a pod opens to port 53 into `DNS_SOCKETS`; `moat_dns_msg` (sk_msg,
 //! attached to that map) then sees each `sendmsg` on it before TCP does, reads the question
 //! after the 2-byte length prefix and decides it with the UDP path's parser (`dns::judge`). A
-//! refused question is dropped whole: the resolver's send fails at once (EACCES) and nothing
-//! reaches the server.
+//! refused question never reaches the server: in block mode it is answered on the node, its
+//! header turned into an NXDOMAIN response in place and the message redirected to the
+//! connection's own receive side (`bpf_msg_redirect_hash`, `BPF_F_INGRESS`), so the resolver
+//! reads the answer at once; if that redirect is refused the message is dropped and the send
+//! fails (EACCES). NXDOMAIN: what a name that does not exist gets (REFUSED would tell that
+//! the namespace exists).
 //!
 //! The byte stream is followed message by message: a passed message's remaining bytes are
 //! passed without another look (`bpf_msg_apply_bytes`), so pipelined questions are each
@@ -12,16 +16,16 @@
 //! port 53 passes (`query_shaped`).
 
 use aya_ebpf::{
-    bindings::{sk_action::{SK_DROP, SK_PASS}, BPF_ANY},
+    bindings::{sk_action::{SK_DROP, SK_PASS}, BPF_ANY, BPF_F_INGRESS},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_msg_apply_bytes, bpf_msg_cork_bytes,
-        bpf_msg_pull_data, generated::bpf_probe_read_kernel,
+        bpf_get_current_cgroup_id, bpf_msg_apply_bytes, bpf_msg_cork_bytes,
+        bpf_msg_pull_data, generated::{bpf_get_netns_cookie, bpf_probe_read_kernel},
     },
     macros::{sk_msg, sock_ops},
     programs::{SkMsgContext, SockOpsContext},
 };
 use moat_common::{
-    dns::{DNS_BLOCK, DNS_OFF, DNS_PORT, NAME_BUF},
+    dns::{SocketKey, DNS_BLOCK, DNS_OFF, DNS_PORT, NAME_BUF},
     IPPROTO_TCP,
 };
 
@@ -37,42 +41,111 @@ const NAME_FROM_MSG: u32 = 2 + 12;
 /// What is read of a message to decide it: through a name of the longest length.
 const DECIDED_PREFIX: u32 = NAME_FROM_MSG + NAME_BUF as u32;
 
+/// The `SocketKey` of the connection behind a context pointer (`bpf_sock_ops` or
+/// `sk_msg_md`: the same field names). Every field is read whichever the family, with word
+/// reads: reads in branches get merged by LLVM into one load from a computed context offset,
+/// which the verifier refuses.
+macro_rules! socket_key {
+    ($ctx:expr) => {{
+        let ctx = $ctx;
+        // SAFETY: word reads of the program's own context.
+        let (family, local4, remote4, local_port, remote_port) = unsafe {
+            (
+                core::ptr::read_volatile(&(*ctx).family),
+                core::ptr::read_volatile(&(*ctx).local_ip4),
+                core::ptr::read_volatile(&(*ctx).remote_ip4),
+                core::ptr::read_volatile(&(*ctx).local_port),
+                core::ptr::read_volatile(&(*ctx).remote_port),
+            )
+        };
+        let mut local = [0u32; 4];
+        let mut remote = [0u32; 4];
+        for i in 0..4 {
+            // SAFETY: as above.
+            unsafe {
+                local[i] = core::ptr::read_volatile(&(*ctx).local_ip6[i]);
+                remote[i] = core::ptr::read_volatile(&(*ctx).remote_ip6[i]);
+            }
+        }
+        if family == AF_INET {
+            (local, remote) = (Addr::v4(local4).0, Addr::v4(remote4).0);
+        }
+        // SAFETY: the program's own context, which the helper accepts in both program types.
+        let netns = unsafe { bpf_get_netns_cookie(ctx as *mut _) };
+        SocketKey { netns, local, remote, local_port, remote_port }
+    }};
+}
+
 #[sock_ops]
 pub fn moat_dns_sockops(ctx: SockOpsContext) -> u32 {
     // `remote_port` is in network order in the upper half of the word.
     if ctx.op() == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && u32::from_be(ctx.remote_port()) == DNS_PORT as u32 {
-        // SAFETY: the context pointer is the program's own bpf_sock_ops.
-        let mut cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) };
-        // SAFETY: as above; a failed insert leaves the connection uninspected (a full map).
-        let _ = DNS_SOCKETS.update(&mut cookie, unsafe { &mut *ctx.ops }, BPF_ANY as u64);
+        let ops = ctx.ops;
+        let mut key = socket_key!(ops);
+        // SAFETY: the program's own bpf_sock_ops; a failed insert leaves the connection
+        // uninspected (a full map).
+        let _ = DNS_SOCKETS.update(&mut key, unsafe { &mut *ops }, BPF_ANY as u64);
     }
     1
 }
 
 #[sk_msg]
 pub fn moat_dns_msg(ctx: SkMsgContext) -> u32 {
-    if on_msg(&ctx) {
-        SK_DROP
-    } else {
-        SK_PASS
+    match on_msg(&ctx) {
+        Verdict::Pass => SK_PASS,
+        Verdict::Drop => SK_DROP,
+        Verdict::Refuse(whole) => answer_refused(&ctx, whole),
     }
 }
 
-/// True to drop the message (a refused question in block mode).
+#[derive(Clone, Copy)]
+enum Verdict {
+    Pass,
+    /// An unreadable message in block mode.
+    Drop,
+    /// A refused question in block mode, of this many bytes (prefix included).
+    Refuse(u32),
+}
+
+/// Turns the refused question at the start of the message into an NXDOMAIN response and sends
+/// it back to the connection's own receive side; dropped (EACCES) if that cannot be done.
 #[inline(always)]
-fn on_msg(ctx: &SkMsgContext) -> bool {
-    let Some(settings) = floor::settings() else { return false };
+fn answer_refused(ctx: &SkMsgContext, whole: u32) -> u32 {
+    const QR: u8 = 0x80;
+    const AA_TC: u8 = 0x06;
+    const RA_NXDOMAIN: u8 = 0x80 | 3;
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + 6 > end {
+        return SK_DROP;
+    }
+    // SAFETY: bytes 4 and 5 (the header's flags) lie within the checked packet range.
+    unsafe {
+        let flags = (data + 4) as *mut u8;
+        *flags = (*flags | QR) & !AA_TC;
+        *((data + 5) as *mut u8) = RA_NXDOMAIN;
+    }
+    let mut key = msg_socket(ctx);
+    // SAFETY: the context pointer is the program's own sk_msg_md.
+    unsafe { bpf_msg_apply_bytes(ctx.msg, whole) };
+    // SK_PASS when the socket is found: the kernel then queues the message on its receive side.
+    DNS_SOCKETS.redirect_msg(ctx, &mut key, BPF_F_INGRESS as u64) as u32
+}
+
+/// What to do with the message.
+#[inline(always)]
+fn on_msg(ctx: &SkMsgContext) -> Verdict {
+    let Some(settings) = floor::settings() else { return Verdict::Pass };
     if settings.ready == 0 || settings.dns == DNS_OFF {
-        return false;
+        return Verdict::Pass;
     }
     // A message that cannot be read (a failed pull under memory pressure) is dropped in
     // block mode: passed, its question would go unchecked, and its unknown length could leave
     // the next look off a message boundary. The resolver sees a failed send, as for a refusal.
-    let unreadable = settings.dns == DNS_BLOCK;
+    let unreadable = if settings.dns == DNS_BLOCK { Verdict::Drop } else { Verdict::Pass };
     let size = ctx.size();
     if size < 2 {
         cork(ctx, 2);
-        return false;
+        return Verdict::Pass;
     }
     let Some(head) = read_head(ctx, size) else { return unreadable };
     let whole = 2 + u16::from_be_bytes([head[0], head[1]]) as u32;
@@ -81,13 +154,13 @@ fn on_msg(ctx: &SkMsgContext) -> bool {
         // look still starts where the server's next message does.
         // SAFETY: the context pointer is the program's own sk_msg_md.
         unsafe { bpf_msg_apply_bytes(ctx.msg, whole) };
-        return false;
+        return Verdict::Pass;
     }
     // Enough to decide on: the whole message, or its header and a name of any length.
     let needed = whole.min(DECIDED_PREFIX);
     if size < needed {
         cork(ctx, needed);
-        return false;
+        return Verdict::Pass;
     }
     // SAFETY: the context pointer is the program's own sk_msg_md.
     if unsafe { bpf_msg_pull_data(ctx.msg, 0, needed, 0) } != 0 {
@@ -99,14 +172,13 @@ fn on_msg(ctx: &SkMsgContext) -> bool {
     let len = load_name(ctx, needed, &mut scratch.name);
     // SAFETY: no arguments; sendmsg runs in the sending task.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    if dns::judge(scratch, len, cgroup, &settings, whole as u64, &ends(ctx)) {
-        // Dropped whole, nothing applied: the resolver's next send starts a message again.
-        return true;
+    if dns::judge(scratch, len, cgroup, &settings, whole as u64, &ends(&msg_socket(ctx))) {
+        return Verdict::Refuse(whole);
     }
     // The rest of this message, in this send or later ones, passes without another look.
     // SAFETY: the context pointer is the program's own sk_msg_md.
     unsafe { bpf_msg_apply_bytes(ctx.msg, whole) };
-    false
+    Verdict::Pass
 }
 
 /// Holds the data back until `bytes` are there; the program then runs again on all of it.
@@ -170,39 +242,22 @@ fn load_name(ctx: &SkMsgContext, needed: u32, name: &mut [u8; NAME_BUF]) -> usiz
     if ret == 0 { len } else { 0 }
 }
 
+/// The connection as `DNS_SOCKETS` keys it.
+#[inline(always)]
+fn msg_socket(ctx: &SkMsgContext) -> SocketKey {
+    let msg = ctx.msg;
+    socket_key!(msg)
+}
+
 /// The connection's ends, for the event.
 #[inline(always)]
-fn ends(ctx: &SkMsgContext) -> Packet {
-    let msg = ctx.msg;
-    // SAFETY: word reads of the program's own sk_msg_md, as the verifier requires them.
-    let (family, remote_port, local_port) = unsafe {
-        (
-            core::ptr::read_volatile(&(*msg).family),
-            core::ptr::read_volatile(&(*msg).remote_port),
-            core::ptr::read_volatile(&(*msg).local_port),
-        )
-    };
-    // Every field read whichever the family: reads in branches get merged by LLVM into one
-    // load from a computed context offset, which the verifier refuses.
-    let mut local = [0u32; 4];
-    let mut remote = [0u32; 4];
-    for i in 0..4 {
-        // SAFETY: as above.
-        unsafe {
-            local[i] = core::ptr::read_volatile(&(*msg).local_ip6[i]);
-            remote[i] = core::ptr::read_volatile(&(*msg).remote_ip6[i]);
-        }
-    }
-    // SAFETY: as above.
-    let (local4, remote4) = unsafe { (core::ptr::read_volatile(&(*msg).local_ip4), core::ptr::read_volatile(&(*msg).remote_ip4)) };
-    let (local_addr, remote_addr) =
-        if family == AF_INET { (Addr::v4(local4), Addr::v4(remote4)) } else { (Addr(local), Addr(remote)) };
+fn ends(key: &SocketKey) -> Packet {
     Packet {
         protocol: IPPROTO_TCP,
-        src_addr: local_addr,
-        dst_addr: remote_addr,
-        src_port: local_port as u16,
-        dst_port: u32::from_be(remote_port) as u16,
+        src_addr: Addr(key.local),
+        dst_addr: Addr(key.remote),
+        src_port: key.local_port as u16,
+        dst_port: u32::from_be(key.remote_port) as u16,
         icmp_type: 0,
         tcp_midstream: false,
         trackable: false,

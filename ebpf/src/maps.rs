@@ -10,7 +10,7 @@ use moat_common::guard::{
     SetnsEntry, SocketPath, UnixRefusal,
 };
 use moat_common::dns::{
-    DnsNamespace, DnsScratch, DnsZone, NamespaceKey, DNS_NAMESPACES_CAPACITY, DNS_SERVICES_CAPACITY, DNS_SOCKETS_CAPACITY,
+    DnsNamespace, DnsScratch, DnsZone, NamespaceKey, SocketKey, DNS_NAMESPACES_CAPACITY, DNS_SERVICES_CAPACITY, DNS_SOCKETS_CAPACITY,
     ZONE_SLOTS,
 };
 use moat_common::maps::{
@@ -55,11 +55,11 @@ pub static DNS_ZONES: Array<DnsZone> = Array::pinned(ZONE_SLOTS, 0);
 #[map]
 pub static DNS_SCRATCH: PerCpuArray<DnsScratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// DNS isolation over TCP: pods' connections to port 53 (socket cookie → socket), where
+/// DNS isolation over TCP: pods' connections to port 53 (`SocketKey` → socket), where
 /// `moat_dns_msg` sees what they send. Not pinned: the sock_ops program's link keeps it, and
 /// a closed socket leaves it by itself.
 #[map]
-pub static DNS_SOCKETS: SockHash<u64> = SockHash::with_max_entries(DNS_SOCKETS_CAPACITY, 0);
+pub static DNS_SOCKETS: SockHash<SocketKey> = SockHash::with_max_entries(DNS_SOCKETS_CAPACITY, 0);
 
 #[map]
 pub static SETTINGS: Array<Settings> = Array::pinned(1, 0);

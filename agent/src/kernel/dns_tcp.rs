@@ -29,7 +29,7 @@ pub const MSG: &str = "moat_dns_msg";
 pub fn attach(ebpf: &mut Ebpf, cgroup_root: &Path, links: &Path) -> Result<Attached, KernelError> {
     let msg_fail = |message: String| KernelError::Program { program: MSG, hook: Hook::SkMsg.name(), message };
     let map = ebpf.map(DNS_SOCKETS).ok_or_else(|| KernelError::map(DNS_SOCKETS, "missing from the object"))?;
-    let sockets: SockHash<_, u64> = SockHash::try_from(map).map_err(|e| KernelError::map(DNS_SOCKETS, e))?;
+    let sockets: SockHash<_, moat_common::dns::SocketKey> = SockHash::try_from(map).map_err(|e| KernelError::map(DNS_SOCKETS, e))?;
     let map_fd = sockets.fd().try_clone().map_err(|e| KernelError::map(DNS_SOCKETS, e))?;
     let msg: &mut SkMsg = program(ebpf, MSG, Hook::SkMsg)?;
     msg.load().map_err(|e| msg_fail(format!("load: {}", chain(&e))))?;

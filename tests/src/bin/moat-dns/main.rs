@@ -4,8 +4,8 @@
 //!   `server`), over UDP and TCP.
 //! * `moat-dns query NAME --server IP [--type A] [--tcp [--split] [--then NAME2]] [--raw HEX]`:
 //!   one question (TCP: `--split` sends the length prefix alone first; `--then` pipelines a
-//!   second question in the same write, and the last answer is printed), printed
-//!   as one JSON line: `{"outcome":"answer","rcode":..,"answers":N,"ms":..}`, or
+//!   second question in the same write, and the last answer is printed, with every answer's
+//!   rcode), as one JSON line: `{"outcome":"answer","rcode":..,"authoritative":..,"rcodes":[..],"answers":N,"ms":..}`, or
 //!   `"send-error"` (with `errno`), `"reset"` (TCP), `"timeout"`. Exit 0 whatever the outcome,
 //!   2 on usage errors.
 //! * `moat-dns bench NAME --server IP [--tcp] [--seconds 5]`: asks NAME (A) back to back,
@@ -103,9 +103,12 @@ fn main() -> ExitCode {
             let outcome = if tcp { ask_tcp(target, &framed, answers, split, timeout) } else { ask_udp(target, &message, timeout) };
             let ms = start.elapsed().as_secs_f64() * 1000.0;
             let line = match outcome {
-                Outcome::Answer(reply) => serde_json::json!({
+                Outcome::Answer(reply, rcodes) => serde_json::json!({
                     "outcome": "answer",
-                    "rcode": wire::rcode_name(reply.get(3).map_or(0xff, |b| b & 0x0f)),
+                    "rcode": wire::rcode_name(rcode(&reply).0),
+                    "authoritative": rcode(&reply).1,
+                    // "/noaa": AA clear (the lab's server sets it on every answer).
+                    "rcodes": rcodes.iter().map(|(r, aa)| format!("{}{}", wire::rcode_name(*r), if *aa { "" } else { "/noaa" })).collect::<Vec<_>>(),
                     "answers": reply.get(6..8).map_or(0, |b| u16::from_be_bytes([b[0], b[1]])),
                     "ms": ms,
                 }),
@@ -187,7 +190,8 @@ fn build(name: &str, qtype: &str, raw: Option<&str>) -> Result<Vec<u8>, String> 
 }
 
 enum Outcome {
-    Answer(Vec<u8>),
+    /// The last answer read, and every answer's rcode and AA bit, in order.
+    Answer(Vec<u8>, Vec<(u8, bool)>),
     SendError(std::io::Error),
     Reset(String),
     Timeout,
@@ -207,7 +211,7 @@ fn ask_udp(target: SocketAddr, message: &[u8], timeout: Duration) -> Outcome {
     }
     let mut buffer = [0u8; 4096];
     match socket.recv(&mut buffer) {
-        Ok(len) => Outcome::Answer(buffer[..len].to_vec()),
+        Ok(len) => Outcome::Answer(buffer[..len].to_vec(), vec![rcode(&buffer[..len])]),
         Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Outcome::Timeout,
         Err(error) => Outcome::Reset(error.to_string()),
     }
@@ -220,7 +224,8 @@ fn frame(message: &[u8]) -> Vec<u8> {
     framed
 }
 
-/// Sends `framed` (one or more prefixed messages) and reads `answers` answers: the last.
+/// Sends `framed` (one or more prefixed messages) and reads `answers` answers: the last, and
+/// every one's rcode (a refused question's REFUSED may come before an earlier one's answer).
 fn ask_tcp(target: SocketAddr, framed: &[u8], answers: usize, split: bool, timeout: Duration) -> Outcome {
     let mut stream = match TcpStream::connect_timeout(&target, timeout) {
         Ok(stream) => stream,
@@ -235,6 +240,7 @@ fn ask_tcp(target: SocketAddr, framed: &[u8], answers: usize, split: bool, timeo
         }
     }
     let mut last = Outcome::Timeout;
+    let mut rcodes = Vec::new();
     for _ in 0..answers {
         let mut length = [0u8; 2];
         match stream.read_exact(&mut length) {
@@ -244,12 +250,20 @@ fn ask_tcp(target: SocketAddr, framed: &[u8], answers: usize, split: bool, timeo
         }
         let mut reply = vec![0u8; u16::from_be_bytes(length) as usize];
         last = match stream.read_exact(&mut reply) {
-            Ok(()) => Outcome::Answer(reply),
+            Ok(()) => {
+                rcodes.push(rcode(&reply));
+                Outcome::Answer(reply, rcodes.clone())
+            }
             Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return Outcome::Timeout,
             Err(error) => return Outcome::Reset(error.to_string()),
         };
     }
     last
+}
+
+/// A reply's RCODE (0xff: too short to have one) and whether AA is set.
+fn rcode(reply: &[u8]) -> (u8, bool) {
+    (reply.get(3).map_or(0xff, |b| b & 0x0f), reply.get(2).is_some_and(|b| b & 0x04 != 0))
 }
 
 fn errno_name(error: &std::io::Error) -> String {
