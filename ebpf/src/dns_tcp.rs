@@ -109,13 +109,17 @@ enum Verdict {
 
 /// Turns the refused question at the start of the message into an NXDOMAIN response and sends
 /// it back to the connection's own receive side; dropped (EACCES) if that cannot be done.
+/// Only when the send holds exactly that message: Linux 6.1 redirects the rest of the send
+/// with it whatever `bpf_msg_apply_bytes` says (a question pipelined after it came back to
+/// the resolver unsent, in the 6.1 VM), and a message still arriving could have its rest
+/// sent on to the server.
 #[inline(always)]
 fn answer_refused(ctx: &SkMsgContext, whole: u32) -> u32 {
     const QR: u8 = 0x80;
     const AA_TC: u8 = 0x06;
     const RA_NXDOMAIN: u8 = 0x80 | 3;
     let (data, end) = (ctx.data(), ctx.data_end());
-    if data + 6 > end {
+    if ctx.size() != whole || data + 6 > end {
         return SK_DROP;
     }
     // SAFETY: bytes 4 and 5 (the header's flags) lie within the checked packet range.

@@ -124,8 +124,10 @@ fn tenants_resolve_only_their_own_and_shared_names() {
             ("web.a1.svc.cluster.local", &["--split"], "NOERROR 1"),
             ("web.a1.svc.cluster.local", &["--then", "db.a2.svc.cluster.local"], "NOERROR+NOERROR"),
             ("web.a1.svc.cluster.local", &["--then", "db.b1.svc.cluster.local"], "NOERROR+NXDOMAIN/noaa"),
-            ("db.b1.svc.cluster.local", &["--then", "web.a1.svc.cluster.local"], "NOERROR+NXDOMAIN/noaa"),
-            ("db.b1.svc.cluster.local", &["--then", "db.b1.svc.cluster.local"], "NXDOMAIN/noaa+NXDOMAIN/noaa"),
+            // A refused question with more after it in the same send: the whole send fails
+            // (Linux 6.1 would redirect the rest with the answer, see `answer_refused`).
+            ("db.b1.svc.cluster.local", &["--then", "web.a1.svc.cluster.local"], "send-error EACCES"),
+            ("db.b1.svc.cluster.local", &["--then", "db.b1.svc.cluster.local"], "send-error EACCES"),
             ("-", &["--raw", &long_other], "NXDOMAIN/noaa"),
             ("-", &["--raw", &long_own], "NOERROR 1"),
             ("-", &["--raw", &long_other, "--split"], "NXDOMAIN/noaa"),
@@ -137,7 +139,7 @@ fn tenants_resolve_only_their_own_and_shared_names() {
             if got != *want {
                 wrong.push(format!("a1/p1 asks {name} over TCP {extra:?}: got {got}, want {want}"));
             }
-            if want.contains("noaa") {
+            if want.contains("noaa") || want.starts_with("send-error") {
                 slowest_refusal = slowest_refusal.max(reply["ms"].as_f64().unwrap_or(f64::MAX));
             }
         }
