@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use moat_common::maps::NOT_ISOLATED;
+use moat_common::maps::{TierSets, NOT_ISOLATED};
 use moat_common::verdict::{self, LocalEnd, Peer, PeerClass, Reason};
 use serde::Serialize;
 
@@ -48,10 +48,6 @@ pub struct Explanation {
     /// what moat does, not necessarily what the cluster's other enforcers do.
     pub complete: bool,
     pub reasons: Vec<String>,
-    /// What the flow's verdict would be with the ClusterNetworkPolicies in the manifests
-    /// enforced (the datapath does not enforce them yet); absent without any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub with_cluster_network_policies: Option<&'static str>,
 }
 
 /// Marks verdicts decided without the policy objects moat does not enforce.
@@ -78,16 +74,24 @@ pub fn explain(cluster: &Cluster, desired: &Desired, from: &PodKey, to: &PodKey,
     reasons.push(describe_floor(desired, floor, from, to, &src, &dst));
     reasons.extend(describe_foreign(desired, [from, to]));
     if !floor.is_allow() {
-        return Ok(Explanation { from: from.to_string(), to: to.to_string(), verdict: "deny", complete: true, reasons, with_cluster_network_policies: None });
+        return Ok(Explanation { from: from.to_string(), to: to.to_string(), verdict: "deny", complete: true, reasons });
     }
     let mut allowed = true;
     for (local, pod, set, peer) in [
         (LocalEnd::Source, from, src.endpoint.egress_policy, dst),
         (LocalEnd::Destination, to, dst.endpoint.ingress_policy, src),
     ] {
-        let decision = desired.decide_at(src, dst, protocol, port, local);
+        let tier_sets = desired.index.cluster_pod_sets.get(pod).copied().unwrap_or(TierSets::default());
+        let tier_set = if local == LocalEnd::Source { tier_sets.egress } else { tier_sets.ingress };
+        let decision = desired.decide_at(src, dst, protocol, port, local, tier_set);
         allowed &= decision.is_allow();
         let direction = if local == LocalEnd::Source { "egress" } else { "ingress" };
+        if let Some(line) = explain_cnp::describe(desired, tier_set, &peer, (protocol, port), decision) {
+            reasons.push(format!("{direction} of {pod}: {line}"));
+            if explain_cnp::decided(decision) {
+                continue;
+            }
+        }
         reasons.push(if set == NOT_ISOLATED {
             if decision == Reason::TenantDefaultDeny {
                 format!("{direction} of {pod}: no NetworkPolicy selects it, and defaultDenyInTenant denies within the tenant")
@@ -105,7 +109,7 @@ pub fn explain(cluster: &Cluster, desired: &Desired, from: &PodKey, to: &PodKey,
             }
         });
     }
-    Ok(Explanation { from: from.to_string(), to: to.to_string(), verdict: if allowed { "allow" } else { "deny" }, complete: true, reasons, with_cluster_network_policies: None })
+    Ok(Explanation { from: from.to_string(), to: to.to_string(), verdict: if allowed { "allow" } else { "deny" }, complete: true, reasons })
 }
 
 /// The protocol number and destination port of `target`.

@@ -133,7 +133,7 @@ pub fn explain_dns(cluster: &Cluster, desired: &Desired, from: &PodKey, name: &s
         });
     }
     // NetworkPolicies, enforced or not, never take part in this decision.
-    Ok(Explanation { from: from.to_string(), to: name.to_string(), verdict, complete: true, reasons, with_cluster_network_policies: None })
+    Ok(Explanation { from: from.to_string(), to: name.to_string(), verdict, complete: true, reasons })
 }
 
 /// `moat explain --dns`'s output.

@@ -58,7 +58,7 @@ fn a_node_manifest_makes_a_pod_foreign_and_explain_says_so() {
     let cgroups: PodCgroups = [(7, PodRef::Key(PodKey::new("beta", "web")))].into();
     let node = compiler::compile(&cluster, &config, &cgroups).unwrap();
     let local = Peer::local(node.local.get(&7).copied());
-    let reason = node.decide_at(local, node.remote_peer(&compiler::mapped("10.0.0.3".parse().unwrap())), 6, 80, LocalEnd::Source);
+    let reason = node.decide_at(local, node.remote_peer(&compiler::mapped("10.0.0.3".parse().unwrap())), 6, 80, LocalEnd::Source, 0);
     assert_eq!(reason.name(), "node.foreign-tenant");
 
     let at_home = explain_with(&cluster, &config, "alpha/web", "alpha/web");
@@ -94,7 +94,8 @@ fn node_labels_are_key_value_pairs() {
 fn verdicts_are_marked_incomplete_while_unenforced_policies_exist() {
     let dir = tempfile::tempdir().unwrap();
     let path = manifests(dir.path());
-    let cnp = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata:\n  name: deny-all\nspec:\n  tier: Admin\n  priority: 1\n  subject: {namespaces: {}}\n";
+    // Its `nodes` peer matches nothing yet, so the policy is reported as not (fully) enforced.
+    let cnp = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata:\n  name: deny-all\nspec:\n  tier: Admin\n  priority: 1\n  subject: {namespaces: {}}\n  egress:\n  - {action: Deny, to: [{nodes: {}}]}\n";
     std::fs::write(dir.path().join("cnp.yaml"), cnp).unwrap();
     let loaded = manifests::load(&[dir.path().to_path_buf()]).unwrap();
     let unenforced = loaded.unenforced.lines();
@@ -127,22 +128,23 @@ fn cluster_network_policies_are_evaluated_in_tier_order_and_the_floor_stays_firs
     .join("---\n");
     std::fs::write(dir.path().join("cluster.yaml"), text).unwrap();
     let loaded = manifests::load(&[dir.path().to_path_buf()]).unwrap();
-    assert_eq!(loaded.cluster_network_policies.len(), 2);
-    let cnps: Vec<_> = loaded.cluster_network_policies.values().cloned().collect();
+    assert_eq!(loaded.cluster.cluster_network_policies.len(), 2);
+    assert!(loaded.unenforced.lines().is_empty(), "enforced, so not reported");
     let cluster = loaded.cluster;
     let desired = compiler::compile_scoped(&cluster, &Config::default(), &PodCgroups::new(), Scope::Cluster).unwrap();
-    let describe = |from: &str, to: &str, port: u16| {
+    let explain = |from: &str, to: &str, port: u16| {
         let (from, to) = (PodKey::parse(from).unwrap(), PodKey::parse(to).unwrap());
-        explain_cnp::describe(&cluster, &desired, &cnps, (&from, &to), Target::Port(port, Protocol::Tcp), Family::V4).unwrap()
+        explain(&cluster, &desired, &from, &to, Target::Port(port, Protocol::Tcp), Family::V4).unwrap()
     };
-    let (lines, verdict) = describe("alpha/web", "alpha/db", 80);
-    assert_eq!(verdict, "deny", "{lines:#?}");
-    assert!(lines[1].contains("ingress of alpha/db: deny by Baseline tier, ClusterNetworkPolicy baseline (priority 0), rule 0 \"deny-all\": Deny (after Admin tier, ClusterNetworkPolicy admin (priority 5), rule 1 \"alpha-to-baseline\": Pass)"), "{lines:#?}");
-    let (lines, verdict) = describe("alpha/web", "alpha/db", 5432);
-    assert_eq!(verdict, "allow", "{lines:#?}");
-    assert!(lines[1].contains("accept by Admin tier, ClusterNetworkPolicy admin (priority 5), rule 0 \"open-db\": Accept"), "{lines:#?}");
+    let result = explain("alpha/web", "alpha/db", 80);
+    assert_eq!(result.verdict, "deny", "{result:#?}");
+    assert!(result.reasons.iter().any(|l| l == "ingress of alpha/db: deny by Baseline tier, ClusterNetworkPolicy baseline (priority 0), rule 0 \"deny-all\": Deny (after Admin tier, ClusterNetworkPolicy admin (priority 5), rule 1 \"alpha-to-baseline\": Pass)"), "{result:#?}");
+    assert!(result.reasons.iter().any(|l| l == "egress of alpha/web: no NetworkPolicy selects it for egress; allowed"), "{result:#?}");
+    let result = explain("alpha/web", "alpha/db", 5432);
+    assert_eq!(result.verdict, "allow", "{result:#?}");
+    assert!(result.reasons.iter().any(|l| l == "ingress of alpha/db: accept by Admin tier, ClusterNetworkPolicy admin (priority 5), rule 0 \"open-db\": Accept"), "{result:#?}");
     // Across tenants the Admin Accept matches, yet the floor denies first.
-    let (lines, verdict) = describe("beta/web", "alpha/db", 5432);
-    assert_eq!(verdict, "deny", "{lines:#?}");
-    assert!(lines.iter().any(|l| l.contains("the tenant floor stays the first gate")), "{lines:#?}");
+    let result = explain("beta/web", "alpha/db", 5432);
+    assert_eq!(result.verdict, "deny", "{result:#?}");
+    assert!(result.reasons[0].contains("crosses tenants and no exception allows it"), "{result:#?}");
 }

@@ -22,3 +22,5 @@ pub mod observability;
 pub mod runtime;
 pub mod sinks;
 pub mod sources;
+#[cfg(test)]
+mod test_rng;

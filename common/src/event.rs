@@ -30,8 +30,10 @@ pub struct FlowEvent {
     pub remote_addr: [u8; 16],
     pub local_port: u16,
     pub remote_port: u16,
-    pub _pad2: u32,
-    /// For a NetworkPolicy deny: the local pod's isolating policy set.
+    /// For a ClusterNetworkPolicy verdict: the deciding rule's position in `policy_set`.
+    pub rule_position: u32,
+    /// For a NetworkPolicy deny: the local pod's isolating policy set; for a
+    /// ClusterNetworkPolicy verdict, the local pod's tier set.
     pub policy_set: u64,
 }
 

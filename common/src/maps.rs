@@ -21,6 +21,10 @@ pub mod names {
     /// Address of a pod on this node → one of its cgroup ids: names the pod in the events of
     /// the tc program, which sees no socket.
     pub const LOCAL_ADDRESSES: &str = "LOCAL_ADDRESSES";
+    /// ClusterNetworkPolicy: cgroup of a pod on this node → its `TierSets`.
+    pub const CNP_SUBJECTS: &str = "CNP_SUBJECTS";
+    /// ClusterNetworkPolicy entries: `PolicyMatch` prefix → `TierMatch`.
+    pub const CNP_RULES: &str = "CNP_RULES";
 }
 
 /// Capacities; the agent refuses a model that would not fit rather than writing part of it.
@@ -37,6 +41,8 @@ pub mod capacity {
     pub const TENANT_SLOTS: u32 = 1_024;
     pub const EVENTS_BYTES: u32 = 1 << 22;
     pub const POLICY_RULES: u32 = 1 << 20;
+    pub const CNP_SUBJECTS: u32 = 65_536;
+    pub const CNP_RULES: u32 = 1 << 20;
 }
 
 /// Endpoint is known by IP but its pod is not yet attributable (cluster CIDR, no pod yet).
@@ -152,6 +158,70 @@ impl PolicyMatch {
 pub const SETTING_DEFAULT_DENY_IN_TENANT: u32 = 1;
 /// Send an event for every newly admitted flow, not only for denials.
 pub const SETTING_REPORT_ALLOWED: u32 = 2;
+/// Some ClusterNetworkPolicy selects a pod of this node: the datapath reads `CNP_SUBJECTS`.
+/// Without it a new flow costs no ClusterNetworkPolicy lookup at all.
+pub const SETTING_CLUSTER_POLICIES: u32 = 4;
+
+/// A local pod's ClusterNetworkPolicy *tier sets*: per direction, the id of the ordered rules
+/// of the policies whose subject selects it, `NOT_ISOLATED` (0) where none does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TierSets {
+    pub ingress: u64,
+    pub egress: u64,
+}
+
+/// A `CNP_RULES` value: per tier, the first rule of the tier set that matches the entry's
+/// peer identity on every port of its prefix, as `position << 2 | TIER_*` action, or
+/// `TIER_NO_RULE`. Smaller is earlier, so the first of several matches is their minimum.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TierMatch {
+    pub admin: u32,
+    pub baseline: u32,
+}
+
+pub const TIER_ACCEPT: u32 = 0;
+pub const TIER_DENY: u32 = 1;
+pub const TIER_PASS: u32 = 2;
+pub const TIER_NO_RULE: u32 = u32::MAX;
+
+impl TierMatch {
+    pub const NONE: Self = Self { admin: TIER_NO_RULE, baseline: TIER_NO_RULE };
+
+    /// The first rule per tier of two matches.
+    #[inline(always)]
+    pub const fn first(self, other: Self) -> Self {
+        Self {
+            admin: if other.admin < self.admin { other.admin } else { self.admin },
+            baseline: if other.baseline < self.baseline { other.baseline } else { self.baseline },
+        }
+    }
+
+    /// A rule's encoding: its position in the tier set and its `TIER_*` action.
+    pub const fn rule(position: u32, action: u32) -> u32 {
+        position << 2 | action
+    }
+
+    /// Both tiers in one register (BPF functions return one).
+    pub const fn to_bits(self) -> u64 {
+        (self.admin as u64) << 32 | self.baseline as u64
+    }
+
+    pub const fn from_bits(bits: u64) -> Self {
+        Self { admin: (bits >> 32) as u32, baseline: bits as u32 }
+    }
+
+    /// The position in the tier set of an encoded rule.
+    pub const fn position(encoded: u32) -> u32 {
+        encoded >> 2
+    }
+
+    /// The `TIER_*` action of an encoded rule (`TIER_NO_RULE` stays itself).
+    pub const fn action(encoded: u32) -> u32 {
+        if encoded == TIER_NO_RULE { TIER_NO_RULE } else { encoded & 3 }
+    }
+}
 
 /// Single entry of the `SETTINGS` array.
 #[repr(C)]
@@ -269,6 +339,8 @@ mod pod_impls {
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for SlotCounter {}
     unsafe impl aya::Pod for PolicyMatch {}
+    unsafe impl aya::Pod for TierSets {}
+    unsafe impl aya::Pod for TierMatch {}
 }
 
 const _: () = {
@@ -284,6 +356,8 @@ const _: () = {
     assert!(core::mem::size_of::<SlotCounter>() == 24);
     assert!(capacity::TENANT_SLOTS.is_power_of_two());
     assert!(core::mem::size_of::<PolicyMatch>() == 24);
+    assert!(core::mem::size_of::<TierSets>() == 16);
+    assert!(core::mem::size_of::<TierMatch>() == 8);
 };
 
 /// IPv4 address (network order octets) as the 16-byte IPv4-mapped form used as map key.

@@ -3,8 +3,8 @@
 //! `#[inline(always)]`: BPF calls take at most five arguments, passed in registers.
 
 use crate::maps::{
-    Endpoint, PolicyMatch, Settings, SharedPortKey, TenantPairKey, IDENTITY_ANY, NOT_ISOLATED,
-    SETTING_DEFAULT_DENY_IN_TENANT, UNKNOWN_ALLOW,
+    Endpoint, PolicyMatch, Settings, SharedPortKey, TenantPairKey, TierMatch, IDENTITY_ANY,
+    NOT_ISOLATED, SETTING_DEFAULT_DENY_IN_TENANT, TIER_ACCEPT, TIER_DENY, UNKNOWN_ALLOW,
 };
 
 /// Why a flow was allowed or denied. Values below 64 allow, 64 and above deny.
@@ -27,6 +27,10 @@ pub enum Reason {
     DnsCrossTenantDetected = 9,
     /// `dns.isolation: detect`: a question `DnsMalformed` would refuse, let through.
     DnsMalformedDetected = 10,
+    /// An Admin-tier ClusterNetworkPolicy rule accepts it (NetworkPolicy is not consulted).
+    AdminAccepted = 11,
+    /// A Baseline-tier ClusterNetworkPolicy rule accepts it (no NetworkPolicy isolates the pod).
+    BaselineAccepted = 12,
     CrossTenant = 64,
     Pending = 65,
     UnknownDenied = 66,
@@ -42,6 +46,10 @@ pub enum Reason {
     DnsCrossTenant = 71,
     /// A DNS question whose name no resolver sends (see `dns::Question::Malformed`).
     DnsMalformed = 72,
+    /// An Admin-tier ClusterNetworkPolicy rule denies it, whatever NetworkPolicy says.
+    AdminDenied = 73,
+    /// A Baseline-tier ClusterNetworkPolicy rule denies it (no NetworkPolicy isolates the pod).
+    BaselineDenied = 74,
 }
 
 impl Reason {
@@ -61,6 +69,8 @@ impl Reason {
             8 => Self::PolicyAllowed,
             9 => Self::DnsCrossTenantDetected,
             10 => Self::DnsMalformedDetected,
+            11 => Self::AdminAccepted,
+            12 => Self::BaselineAccepted,
             64 => Self::CrossTenant,
             65 => Self::Pending,
             66 => Self::UnknownDenied,
@@ -70,6 +80,8 @@ impl Reason {
             70 => Self::ForeignTenant,
             71 => Self::DnsCrossTenant,
             72 => Self::DnsMalformed,
+            73 => Self::AdminDenied,
+            74 => Self::BaselineDenied,
             _ => return None,
         })
     }
@@ -94,6 +106,8 @@ impl Reason {
             Self::ForeignTenant => "node.foreign-tenant",
             Self::DnsCrossTenant | Self::DnsCrossTenantDetected => "dns.cross-tenant",
             Self::DnsMalformed | Self::DnsMalformedDetected => "dns.malformed",
+            Self::AdminAccepted | Self::AdminDenied => "cluster-network-policy.admin",
+            Self::BaselineAccepted | Self::BaselineDenied => "cluster-network-policy.baseline",
         }
     }
 }
@@ -245,6 +259,42 @@ pub fn policy_allows<R: PolicyRules>(set: u64, peer: &Peer, protocol: u8, port: 
         || rules.covers(&PolicyMatch::new(set, IDENTITY_ANY, protocol, port))
 }
 
+/// The compiled ClusterNetworkPolicy entries, looked up by longest prefix like `CNP_RULES`.
+pub trait ClusterRules {
+    /// The value of the longest entry covering `key` (a full-length key), `TierMatch::NONE`
+    /// if none does.
+    fn first_rules(&self, key: &PolicyMatch) -> TierMatch;
+
+    /// `first_cluster_rules` over these entries; the programs override it with a function of
+    /// their own, whose keys stay off the packet programs' stack.
+    #[inline(always)]
+    fn first_for_peer(&self, set: u64, peer: &Peer, protocol: u8, port: u16) -> TierMatch
+    where
+        Self: Sized,
+    {
+        first_cluster_rules(set, peer, protocol, port, self)
+    }
+}
+
+/// Per tier, the first rule of tier set `set` that matches `peer` on `protocol`/`port`: each
+/// entry already holds the first rule over every port prefix it lies in, so the answer is the
+/// first of the peer's three identities (pod, address range, any peer).
+#[inline(always)]
+pub fn first_cluster_rules<R: ClusterRules>(set: u64, peer: &Peer, protocol: u8, port: u16, rules: &R) -> TierMatch {
+    // One key, its identity rewritten: the programs' stack has little room to spare.
+    let mut key = PolicyMatch::new(set, IDENTITY_ANY, protocol, port);
+    let mut found = rules.first_rules(&key);
+    if peer.endpoint.identity != 0 {
+        key.identity = peer.endpoint.identity;
+        found = found.first(rules.first_rules(&key));
+    }
+    if peer.cidr_identity != 0 {
+        key.identity = peer.cidr_identity;
+        found = found.first(rules.first_rules(&key));
+    }
+    found
+}
+
 /// Which end of the flow this node enforces for: NetworkPolicy is applied by the node of the
 /// pod it selects (egress at the source's node, ingress at the destination's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -254,15 +304,21 @@ pub enum LocalEnd {
 }
 
 /// The complete verdict for a new flow from `src` to `dst`, enforced for `local`'s end:
-/// (1) the tenant floor, (2) NetworkPolicy of the local pod, (3) the in-tenant default.
+/// (1) the tenant floor, (2) the Admin tier of ClusterNetworkPolicy, (3) NetworkPolicy of
+/// the local pod, (4) the Baseline tier, (5) the in-tenant default. `cluster_set` is the
+/// local pod's tier set for this direction (`NOT_ISOLATED`: no ClusterNetworkPolicy selects
+/// it, or none exists). The floor stays first: no ClusterNetworkPolicy opens a path between
+/// tenants.
 #[inline(always)]
-pub fn decide_flow<T: Exceptions + PolicyRules>(
+#[allow(clippy::too_many_arguments)]
+pub fn decide_flow<T: Exceptions + PolicyRules + ClusterRules>(
     settings: &Settings,
     src: Peer,
     dst: Peer,
     protocol: u8,
     dst_port: u16,
     local: LocalEnd,
+    cluster_set: u64,
     tables: &T,
 ) -> Reason {
     let floor = decide(settings, src, dst, protocol, dst_port, tables);
@@ -273,12 +329,28 @@ pub fn decide_flow<T: Exceptions + PolicyRules>(
         LocalEnd::Source => (src.endpoint.egress_policy, dst, Reason::PolicyEgressDenied),
         LocalEnd::Destination => (dst.endpoint.ingress_policy, src, Reason::PolicyIngressDenied),
     };
+    let tiers = if cluster_set != NOT_ISOLATED {
+        tables.first_for_peer(cluster_set, &peer, protocol, dst_port)
+    } else {
+        TierMatch::NONE
+    };
+    // A Pass (or no rule) goes on to the next tier.
+    match TierMatch::action(tiers.admin) {
+        TIER_ACCEPT => return Reason::AdminAccepted,
+        TIER_DENY => return Reason::AdminDenied,
+        _ => {}
+    }
     if set != NOT_ISOLATED {
         return if policy_allows(set, &peer, protocol, dst_port, tables) {
             Reason::PolicyAllowed
         } else {
             denied
         };
+    }
+    match TierMatch::action(tiers.baseline) {
+        TIER_ACCEPT => return Reason::BaselineAccepted,
+        TIER_DENY => return Reason::BaselineDenied,
+        _ => {}
     }
     if matches!(floor, Reason::SameTenant) && settings.flags & SETTING_DEFAULT_DENY_IN_TENANT != 0 {
         return Reason::TenantDefaultDeny;
@@ -388,5 +460,79 @@ mod tests {
                 assert_eq!(reason.is_allow(), value < 64);
             }
         }
+    }
+
+    /// Exact-key tables for the tier order (prefixes are the agent's compiler's business).
+    #[derive(Default)]
+    struct Tiers {
+        policy: BTreeSet<(u64, u64)>,
+        cluster: std::collections::BTreeMap<(u64, u64), TierMatch>,
+    }
+
+    impl Exceptions for Tiers {
+        fn shared_port(&self, _: &SharedPortKey) -> bool {
+            false
+        }
+        fn tenant_pair(&self, _: &TenantPairKey) -> bool {
+            false
+        }
+    }
+
+    impl PolicyRules for Tiers {
+        fn covers(&self, key: &PolicyMatch) -> bool {
+            self.policy.contains(&(key.set, key.identity))
+        }
+    }
+
+    impl ClusterRules for Tiers {
+        fn first_rules(&self, key: &PolicyMatch) -> TierMatch {
+            self.cluster.get(&(key.set, key.identity)).copied().unwrap_or(TierMatch::NONE)
+        }
+    }
+
+    #[test]
+    fn cluster_tiers_sit_around_network_policy_below_the_floor() {
+        use crate::maps::{TIER_NO_RULE, TIER_PASS};
+        let rule = TierMatch::rule;
+        let (cluster_set, np_set) = (7, 9);
+        let local = |np| Peer::known(Endpoint { tenant: 1, identity: 100, ingress_policy: np, ..Endpoint::EMPTY });
+        let remote = |tenant, identity| Peer::known(Endpoint { tenant, identity, ..Endpoint::EMPTY });
+        let mut tables = Tiers::default();
+        let verdict = |tables: &Tiers, src: Peer, dst: Peer, set| {
+            decide_flow(&READY, src, dst, 6, 80, LocalEnd::Destination, set, tables)
+        };
+        // No tier set: NetworkPolicy and the floor as before.
+        assert_eq!(verdict(&tables, remote(1, 5), local(0), 0), Reason::SameTenant);
+        assert_eq!(verdict(&tables, remote(1, 5), local(np_set), 0), Reason::PolicyIngressDenied);
+        // Admin Deny beats a NetworkPolicy allow; Admin Accept beats its deny.
+        tables.policy.insert((np_set, 5));
+        tables.cluster.insert((cluster_set, 5), TierMatch { admin: rule(0, TIER_DENY), baseline: TIER_NO_RULE });
+        assert_eq!(verdict(&tables, remote(1, 5), local(np_set), cluster_set), Reason::AdminDenied);
+        tables.policy.clear();
+        tables.cluster.insert((cluster_set, 5), TierMatch { admin: rule(0, TIER_ACCEPT), baseline: TIER_NO_RULE });
+        assert_eq!(verdict(&tables, remote(1, 5), local(np_set), cluster_set), Reason::AdminAccepted);
+        // Pass goes to NetworkPolicy, then Baseline decides only where none isolates the pod.
+        tables.cluster.insert((cluster_set, 5), TierMatch { admin: rule(0, TIER_PASS), baseline: rule(1, TIER_DENY) });
+        assert_eq!(verdict(&tables, remote(1, 5), local(np_set), cluster_set), Reason::PolicyIngressDenied);
+        assert_eq!(verdict(&tables, remote(1, 5), local(0), cluster_set), Reason::BaselineDenied);
+        tables.cluster.insert((cluster_set, 5), TierMatch { admin: TIER_NO_RULE, baseline: rule(1, TIER_ACCEPT) });
+        let strict = Settings { flags: SETTING_DEFAULT_DENY_IN_TENANT, ..READY };
+        assert_eq!(
+            decide_flow(&strict, remote(1, 5), local(0), 6, 80, LocalEnd::Destination, cluster_set, &tables),
+            Reason::BaselineAccepted,
+            "a Baseline Accept is decided before the in-tenant default"
+        );
+        // The earliest rule over the peer's identities wins: `any peer` Deny at 3 against the
+        // pod's Accept at 2.
+        tables.cluster.insert((cluster_set, IDENTITY_ANY), TierMatch { admin: rule(3, TIER_DENY), baseline: TIER_NO_RULE });
+        tables.cluster.insert((cluster_set, 5), TierMatch { admin: rule(2, TIER_ACCEPT), baseline: TIER_NO_RULE });
+        assert_eq!(verdict(&tables, remote(1, 5), local(0), cluster_set), Reason::AdminAccepted);
+        tables.cluster.insert((cluster_set, IDENTITY_ANY), TierMatch { admin: rule(1, TIER_DENY), baseline: TIER_NO_RULE });
+        assert_eq!(verdict(&tables, remote(1, 5), local(0), cluster_set), Reason::AdminDenied);
+        // The floor stays first: an Admin Accept does not open another tenant.
+        tables.cluster.insert((cluster_set, IDENTITY_ANY), TierMatch { admin: rule(0, TIER_ACCEPT), baseline: TIER_NO_RULE });
+        assert_eq!(verdict(&tables, remote(2, 5), local(0), cluster_set), Reason::CrossTenant);
+        assert!(Reason::AdminAccepted.is_allow() && Reason::BaselineAccepted.is_allow());
+        assert!(!Reason::AdminDenied.is_allow() && !Reason::BaselineDenied.is_allow());
     }
 }

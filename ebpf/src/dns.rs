@@ -166,7 +166,7 @@ fn report(packet: &Packet, cgroup: u64, querier: u64, tenant: u64, reason: Reaso
         remote_addr: Addr::to_bytes(packet.dst_addr),
         local_port: packet.src_port,
         remote_port: packet.dst_port,
-        _pad2: 0,
+        rule_position: 0,
         policy_set: 0,
     });
     entry.submit(0);

@@ -4,16 +4,16 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use moat_common::{
     event::{FlowEvent, EVENT_KIND_ALLOW, EVENT_KIND_DENY},
     maps::{
-        PolicyMatch, Settings, SharedPortKey, TenantPairKey, ORIGIN_INBOUND, ORIGIN_OUTBOUND,
-        POLICY_FULL_BITS,
+        PolicyMatch, Settings, SharedPortKey, TenantPairKey, TierMatch, IDENTITY_ANY, NOT_ISOLATED, ORIGIN_INBOUND,
+        ORIGIN_OUTBOUND, POLICY_FULL_BITS, SETTING_CLUSTER_POLICIES, DIRECTION_EGRESS,
     },
-    verdict::{decide_flow, Exceptions, LocalEnd, Peer, PolicyRules, Reason},
+    verdict::{decide_flow, ClusterRules, Exceptions, LocalEnd, Peer, PolicyRules, Reason},
 };
 
 use crate::budget;
 use crate::flows::FlowId;
 use crate::maps::{
-    LOCAL_ENDPOINTS, POLICY_RULES, REMOTE_ENDPOINTS, REMOTE_NETWORKS, SETTINGS, SHARED_PORTS,
+    CNP_RULES, CNP_SUBJECTS, LOCAL_ENDPOINTS, POLICY_RULES, REMOTE_ENDPOINTS, REMOTE_NETWORKS, SETTINGS, SHARED_PORTS,
     TENANT_PAIRS,
 };
 use crate::packet::Addr;
@@ -41,9 +41,109 @@ impl PolicyRules for KernelExceptions {
     }
 }
 
+impl ClusterRules for KernelExceptions {
+    #[inline(always)]
+    fn first_rules(&self, key: &PolicyMatch) -> TierMatch {
+        match CNP_RULES.get(Key::new(POLICY_FULL_BITS, *key)) {
+            Some(found) => *found,
+            None => TierMatch::NONE,
+        }
+    }
+
+    #[inline(always)]
+    fn first_for_peer(&self, set: u64, peer: &Peer, protocol: u8, port: u16) -> TierMatch {
+        let protocol_port = u32::from(protocol) << 16 | u32::from(port);
+        TierMatch::from_bits(first_cluster_rules(set, peer.endpoint.identity, peer.cidr_identity, protocol_port))
+    }
+}
+
+/// `verdict::first_cluster_rules` as a function of its own (a BPF call) with one key:
+/// inlined, its keys would push the packet programs' stack past what 6.1 allows (512 bytes
+/// over the call chain, each frame rounded up to 32). Scalars only in and out
+/// (`TierMatch::to_bits`).
+#[inline(never)]
+fn first_cluster_rules(set: u64, identity: u64, cidr_identity: u64, protocol_port: u32) -> u64 {
+    let mut key = ClusterKey::new(set, IDENTITY_ANY, protocol_port);
+    let mut found = key.lookup(TierMatch::NONE);
+    if identity != 0 {
+        key.set_identity(identity);
+        found = key.lookup(found);
+    }
+    if cidr_identity != 0 {
+        key.set_identity(cidr_identity);
+        found = key.lookup(found);
+    }
+    found.to_bits()
+}
+
+/// A full-length `Key<PolicyMatch>` as words, written field by field: `PolicyMatch::new`
+/// zeroes its 5 padding bytes with a call to `memset`, one more frame in the chain.
+#[repr(C)]
+struct ClusterKey([u32; 7]);
+
+const _: () = assert!(core::mem::size_of::<ClusterKey>() == core::mem::size_of::<Key<PolicyMatch>>());
+
+impl ClusterKey {
+    /// Words in memory order on little-endian BPF: prefix length, set, identity, then the
+    /// protocol byte and the big-endian port, then padding.
+    #[inline(always)]
+    fn new(set: u64, identity: u64, protocol_port: u32) -> Self {
+        let (protocol, port) = (protocol_port >> 16 & 0xff, protocol_port & 0xffff);
+        let port_be = (port >> 8) | (port & 0xff) << 8;
+        let (set_low, set_high) = (set as u32, (set >> 32) as u32);
+        Self([POLICY_FULL_BITS, set_low, set_high, identity as u32, (identity >> 32) as u32, protocol | port_be << 8, 0])
+    }
+
+    /// `found` and the entry for this key, whichever rule comes first per tier.
+    #[inline(always)]
+    fn lookup(&self, found: TierMatch) -> TierMatch {
+        match CNP_RULES.get(self.as_key()) {
+            Some(entry) => found.first(*entry),
+            None => found,
+        }
+    }
+
+    #[inline(always)]
+    fn set_identity(&mut self, identity: u64) {
+        self.0[3] = identity as u32;
+        self.0[4] = (identity >> 32) as u32;
+    }
+
+    #[inline(always)]
+    fn as_key(&self) -> &Key<PolicyMatch> {
+        // SAFETY: same size, and `Key` is packed (alignment 1); every byte is initialised.
+        unsafe { &*(self as *const Self as *const Key<PolicyMatch>) }
+    }
+}
+
+/// Whether some ClusterNetworkPolicy selects a pod of this node (`CNP_SUBJECTS` is read).
+#[inline(always)]
+pub fn cluster_policies(settings: &Settings) -> bool {
+    settings.flags & SETTING_CLUSTER_POLICIES != 0
+}
+
+/// The local pod's tier set for a flow it opened (`outbound`) or accepts. Looked up when
+/// deciding rather than kept in `Ends`: the programs' stack has no room to spare on 6.1.
+#[inline(always)]
+fn cluster_set(cgroup: u64, outbound: bool) -> u64 {
+    // SAFETY: the value is read at once.
+    match unsafe { CNP_SUBJECTS.get(&cgroup) } {
+        Some(sets) if outbound => sets.egress,
+        Some(sets) => sets.ingress,
+        None => NOT_ISOLATED,
+    }
+}
+
 #[inline(always)]
 pub fn settings() -> Option<Settings> {
     SETTINGS.get(0).copied()
+}
+
+/// The settings in place, not copied: the packet programs' first frame cannot spare the
+/// 24 bytes of a copy (6.1 allows 512 bytes over the whole call chain).
+#[inline(always)]
+pub fn settings_in_map() -> Option<&'static Settings> {
+    SETTINGS.get(0)
 }
 
 #[inline(always)]
@@ -89,10 +189,12 @@ impl Ends {
     /// The verdict for a flow opened by the local end (`ORIGIN_OUTBOUND`) or by the remote.
     #[inline(always)]
     pub fn decide(&self, settings: &Settings, origin: u8) -> Reason {
-        if origin == ORIGIN_OUTBOUND {
-            decide_flow(settings, self.local, self.remote, self.protocol, self.remote_port, LocalEnd::Source, &KernelExceptions)
+        let outbound = origin == ORIGIN_OUTBOUND;
+        let set = if cluster_policies(settings) { cluster_set(self.cgroup, outbound) } else { NOT_ISOLATED };
+        if outbound {
+            decide_flow(settings, self.local, self.remote, self.protocol, self.remote_port, LocalEnd::Source, set, &KernelExceptions)
         } else {
-            decide_flow(settings, self.remote, self.local, self.protocol, self.local_port, LocalEnd::Destination, &KernelExceptions)
+            decide_flow(settings, self.remote, self.local, self.protocol, self.local_port, LocalEnd::Destination, set, &KernelExceptions)
         }
     }
 
@@ -106,6 +208,22 @@ impl Ends {
             protocol: self.protocol,
         }
     }
+}
+
+/// For a ClusterNetworkPolicy verdict, (tier set, position of the deciding rule), else
+/// zeros: looked up again, on the reporting path only, so deciding stays three lookups.
+#[inline(always)]
+fn cluster_rule(ends: &Ends, direction: u8, reason: Reason) -> (u64, u32) {
+    let admin = match reason {
+        Reason::AdminAccepted | Reason::AdminDenied => true,
+        Reason::BaselineAccepted | Reason::BaselineDenied => false,
+        _ => return (0, 0),
+    };
+    let outbound = direction == DIRECTION_EGRESS;
+    let set = cluster_set(ends.cgroup, outbound);
+    let port = if outbound { ends.remote_port } else { ends.local_port };
+    let tiers = KernelExceptions.first_for_peer(set, &ends.remote, ends.protocol, port);
+    (set, TierMatch::position(if admin { tiers.admin } else { tiers.baseline }))
 }
 
 /// Decides a packet that matches no flow. A TCP segment that cannot open a connection may
@@ -131,6 +249,7 @@ pub fn report(ends: &Ends, local_addr: [u8; 16], hook: u8, direction: u8, reason
     let Some(mut entry) = budget::reserve_flow(&ends.local_tenant(), reason.is_allow()) else {
         return;
     };
+    let cluster_rule = cluster_rule(ends, direction, reason);
     entry.write(FlowEvent {
         kind: if reason.is_allow() { EVENT_KIND_ALLOW } else { EVENT_KIND_DENY },
         hook,
@@ -146,11 +265,11 @@ pub fn report(ends: &Ends, local_addr: [u8; 16], hook: u8, direction: u8, reason
         remote_addr: ends.remote_addr.to_bytes(),
         local_port: ends.local_port,
         remote_port: ends.remote_port,
-        _pad2: 0,
+        rule_position: cluster_rule.1,
         policy_set: match reason {
             Reason::PolicyEgressDenied => ends.local.endpoint.egress_policy,
             Reason::PolicyIngressDenied => ends.local.endpoint.ingress_policy,
-            _ => 0,
+            _ => cluster_rule.0,
         },
     });
     entry.submit(0);

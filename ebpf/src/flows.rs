@@ -62,12 +62,14 @@ impl FlowId {
     }
 
     /// Both ends, looked up in the endpoint maps. The remote address's range identity only
-    /// matters to a NetworkPolicy of the local pod, so a pod no policy isolates skips that
-    /// lookup for a remote pod.
+    /// matters to a NetworkPolicy of the local pod or to a ClusterNetworkPolicy, so a pod no
+    /// policy isolates skips that lookup for a remote pod on a node without the latter.
     #[inline(always)]
-    pub fn ends(&self) -> Ends {
+    pub fn ends(&self, settings: &Settings) -> Ends {
         let local = floor::local_peer(self.cgroup);
-        let isolated = local.endpoint.ingress_policy != NOT_ISOLATED || local.endpoint.egress_policy != NOT_ISOLATED;
+        let isolated = local.endpoint.ingress_policy != NOT_ISOLATED
+            || local.endpoint.egress_policy != NOT_ISOLATED
+            || floor::cluster_policies(settings);
         Ends {
             cgroup: self.cgroup,
             local,

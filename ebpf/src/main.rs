@@ -50,7 +50,7 @@ pub fn moat_ingress(ctx: SkBuffContext) -> i32 {
 
 #[inline(always)]
 fn on_packet(ctx: &SkBuffContext, egress: bool) -> i32 {
-    let Some(settings) = floor::settings() else { return PASS };
+    let Some(settings) = floor::settings_in_map() else { return PASS };
     if settings.ready == 0 {
         return PASS;
     }
@@ -58,14 +58,14 @@ fn on_packet(ctx: &SkBuffContext, egress: bool) -> i32 {
     let cgroup = unsafe { bpf_skb_cgroup_id(ctx.skb.skb as *mut __sk_buff) };
     let direction = if egress { DIRECTION_EGRESS } else { DIRECTION_INGRESS };
     // A question to a DNS server, before any flow-table shortcut (one socket asks many).
-    if egress && settings.dns != DNS_OFF && dns::refuses(ctx, cgroup, &settings) {
+    if egress && settings.dns != DNS_OFF && dns::refuses(ctx, cgroup, settings) {
         return DROP;
     }
     // An established flow: headers read in place, one flow-table lookup, a per-CPU counter.
     let mut known_missing = false;
     if let Some(packet) = packet::parse_linear(ctx) {
         let flow = flow_of(&packet, egress, cgroup);
-        match flows::lookup(&flow.key(), &settings) {
+        match flows::lookup(&flow.key(), settings) {
             Tracked::Current(tenant) => {
                 counters::established(tenant, direction, ctx.len() as u64);
                 return PASS;
@@ -74,7 +74,7 @@ fn on_packet(ctx: &SkBuffContext, egress: bool) -> i32 {
             Tracked::Stale(_) => {}
         }
     }
-    decide_packet(ctx, egress, cgroup, &settings, known_missing)
+    decide_packet(ctx, egress, cgroup, settings, known_missing)
 }
 
 /// The packet's flow from the local end: egress leaves from the local socket, ingress
@@ -125,7 +125,7 @@ fn decide_packet(ctx: &SkBuffContext, egress: bool, cgroup: u64, settings: &Sett
                 counters::count(tenant, direction, reason, bytes);
                 return PASS;
             }
-            let ends = flow.ends();
+            let ends = flow.ends(settings);
             let reason = flows::redecide(state, &key, &ends, settings);
             finish(&ends, local_addr, direction, reason, bytes)
         }
@@ -138,7 +138,7 @@ fn decide_packet(ctx: &SkBuffContext, egress: bool, cgroup: u64, settings: &Sett
                     return PASS;
                 }
             }
-            let ends = flow.ends();
+            let ends = flow.ends(settings);
             let (reason, origin) = floor::decide_new(&ends, settings, egress, packet.tcp_midstream);
             if reason.is_allow() {
                 verdicts::put(&flow.verdict_inputs(origin), settings, reason, ends.local_tenant());
@@ -150,7 +150,7 @@ fn decide_packet(ctx: &SkBuffContext, egress: bool, cgroup: u64, settings: &Sett
             finish(&ends, local_addr, direction, reason, bytes)
         }
         Tracked::Missing => {
-            let ends = flow.ends();
+            let ends = flow.ends(settings);
             let reason = floor::decide_new(&ends, settings, egress, false).0;
             finish(&ends, local_addr, direction, reason, bytes)
         }
@@ -248,7 +248,7 @@ fn on_sock_addr(ctx: &SockAddrContext, ipv6: bool, hook: u8) -> i32 {
     if verdicts::get(&inputs, &settings).is_some() {
         return PASS;
     }
-    let ends = flow.ends();
+    let ends = flow.ends(&settings);
     let reason = ends.decide(&settings, ORIGIN_OUTBOUND);
     if reason.is_allow() {
         verdicts::put(&inputs, &settings, reason, ends.local_tenant());

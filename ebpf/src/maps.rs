@@ -15,7 +15,7 @@ use moat_common::dns::{
 };
 use moat_common::maps::{
     capacity, Counter, CounterKey, Endpoint, FlowKey, FlowState, PolicyMatch, Settings,
-    SharedPortKey, SlotCounter, TenantPairKey,
+    SharedPortKey, SlotCounter, TenantPairKey, TierMatch, TierSets,
 };
 
 #[map]
@@ -86,6 +86,16 @@ pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 /// NetworkPolicy rules: (policy set, peer identity, protocol, port prefix) → allowed.
 #[map]
 pub static POLICY_RULES: LpmTrie<PolicyMatch, u8> = LpmTrie::pinned(capacity::POLICY_RULES, 0);
+
+/// ClusterNetworkPolicy: a local pod's tier sets, by cgroup (read only while
+/// `SETTING_CLUSTER_POLICIES` is set).
+#[map]
+pub static CNP_SUBJECTS: HashMap<u64, TierSets> = HashMap::pinned(capacity::CNP_SUBJECTS, 0);
+
+/// ClusterNetworkPolicy entries, keyed like `POLICY_RULES`: per tier, the first rule of the
+/// tier set matching the prefix.
+#[map]
+pub static CNP_RULES: LpmTrie<PolicyMatch, TierMatch> = LpmTrie::pinned(capacity::CNP_RULES, 0);
 
 /// Runtime guard: detection code → `GUARD_MODE_*` (0 off until the agent writes it).
 #[map]

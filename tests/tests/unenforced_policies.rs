@@ -11,7 +11,9 @@ use serde_json::{json, Value};
 
 const CONVERGE: Duration = Duration::from_secs(20);
 
-const CNP: &str = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata:\n  name: deny-beta\nspec:\n  tier: Admin\n  priority: 10\n  subject:\n    namespaces: {}\n  ingress:\n  - action: Deny\n    from:\n    - namespaces: {}\n";
+/// Enforced, but its `nodes` peer matches nothing yet (Node addresses are not in the maps),
+/// so it is reported as well.
+const CNP: &str = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata:\n  name: deny-beta\nspec:\n  tier: Admin\n  priority: 10\n  subject:\n    namespaces: {}\n  egress:\n  - action: Deny\n    to:\n    - nodes: {}\n";
 const CALICO: &str = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: default-deny\nspec:\n  selector: all()\n";
 
 fn lab(manifests: &Manifests, options: UpOptions) -> Lab {
@@ -68,8 +70,7 @@ fn manifests_source_reports_policies_it_does_not_enforce() {
     let text = Command::new(moat_bin()).args(["status", "--lab", lab.name()]).output().expect("moat status");
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("NOT ENFORCED by moat (2)") && text.contains("deny-beta"), "{text}");
-    // The ClusterNetworkPolicy would deny x -> y within... nothing: it is not enforced, and
-    // the floor decides as before (the status says so, the verdict does not change).
+    // Its one rule matches no pod: the floor decides as before.
     assert_eq!(lab.probe("x/p", "y/q", "80/TCP"), Verdict::Denied, "cross-tenant, by the floor");
 
     std::fs::remove_file(&file).expect("removing the policies");
@@ -147,15 +148,7 @@ fn explain_never_calls_a_verdict_complete_while_unenforced_policies_exist() {
     assert!(text.starts_with("WARNING: moat does not enforce these policy objects"), "{text}");
     assert!(text.contains("ClusterNetworkPolicy deny-beta (policy.networking.k8s.io/v1alpha2)"), "{text}");
     assert!(text.contains("x/p -> x/q 80/TCP: ALLOW (INCOMPLETE"), "{text}");
-    // What the ClusterNetworkPolicy would decide, down to tier, policy, rule and action.
-    assert!(
-        text.contains("ClusterNetworkPolicy (NOT ENFORCED by moat yet) ingress of x/q: deny by Admin tier, ClusterNetworkPolicy deny-beta (priority 10), rule 0: Deny"),
-        "{text}"
-    );
-    assert!(text.contains("ClusterNetworkPolicy (NOT ENFORCED by moat yet) egress of x/p: accept by no tier decides (default)"), "{text}");
-    assert!(text.contains("with its ClusterNetworkPolicies enforced, this flow would be: DENY"), "{text}");
     let json: Value = serde_json::from_str(&explain("json")).expect("JSON");
     assert_eq!(json["complete"], false, "{json}");
-    assert_eq!(json["with_cluster_network_policies"], "deny", "{json}");
     assert_eq!(json["unenforced"][0], "ClusterNetworkPolicy deny-beta (policy.networking.k8s.io/v1alpha2)", "{json}");
 }

@@ -31,6 +31,7 @@ pub const CI_TESTS: &[&str] = &[
     "isolation",
     "dns_isolation",
     "netpol_model:ip_blocks_with_except",
+    "cluster_network_policy",
     "guard_escapes",
     "guard_escapes_process",
     "guard_credentials",

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::compiler::{self, Scope};
 use crate::config::Config;
-use crate::explain::{explain, explain_cnp, incomplete, parse_labels, ExplainError, Explanation, Format};
+use crate::explain::{explain, incomplete, parse_labels, ExplainError, Explanation, Format};
 use crate::model::flow::{parse_pod, Family, Target};
 use crate::model::{Labels, PodKey};
 use crate::node::cgroups::PodCgroups;
@@ -69,7 +69,6 @@ pub fn run(args: ExplainArgs) -> Result<(), ExplainError> {
     };
     let loaded = manifests::load_for_node(&args.files, config.node_name.as_deref())?;
     let unenforced = loaded.unenforced.lines();
-    let cnps: Vec<_> = loaded.cluster_network_policies.into_values().collect();
     let mut cluster = loaded.cluster;
     if let Some(labels) = &args.node_labels {
         cluster.node_labels = labels.clone();
@@ -100,13 +99,7 @@ pub fn run(args: ExplainArgs) -> Result<(), ExplainError> {
     };
     let mut results = Vec::new();
     for (from, to) in &pairs {
-        let mut result = explain(&cluster, &desired, from, to, port, args.family)?;
-        if !cnps.is_empty() {
-            let (lines, verdict) = explain_cnp::describe(&cluster, &desired, &cnps, (from, to), port, args.family)?;
-            result.reasons.extend(lines);
-            result.with_cluster_network_policies = Some(verdict);
-        }
-        results.push(result);
+        results.push(explain(&cluster, &desired, from, to, port, args.family)?);
     }
     incomplete(&mut results, &unenforced);
     match args.output {

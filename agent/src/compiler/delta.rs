@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use moat_common::dns::{DnsNamespace, DnsZone, NamespaceKey};
-use moat_common::maps::{Endpoint, NetworkKey, SharedPortKey, TenantPairKey};
+use moat_common::maps::{Endpoint, NetworkKey, SharedPortKey, TenantPairKey, TierMatch, TierSets};
 
 use super::diff::{self, Changes};
 use super::policy::RuleKey;
@@ -19,6 +19,8 @@ pub struct Delta {
     pub shared_ports: Changes<SharedPortKey, ()>,
     pub tenant_pairs: Changes<TenantPairKey, ()>,
     pub policy_rules: Changes<RuleKey, ()>,
+    pub cluster_subjects: Changes<u64, TierSets>,
+    pub cluster_rules: Changes<RuleKey, TierMatch>,
     pub dns_namespaces: Changes<NamespaceKey, DnsNamespace>,
     pub dns_services: Changes<[u8; 16], NamespaceKey>,
     pub dns_zones: Changes<u32, DnsZone>,
@@ -37,6 +39,8 @@ impl Delta {
             shared_ports: diff::sets(&from.shared_ports, &to.shared_ports),
             tenant_pairs: diff::sets(&from.tenant_pairs, &to.tenant_pairs),
             policy_rules: diff::sets(&from_rules, &to_rules),
+            cluster_subjects: diff::maps(&from.cluster_subjects, &to.cluster_subjects),
+            cluster_rules: diff::maps(&from.cluster_rules, &to.cluster_rules),
             dns_namespaces: diff::maps(&from.dns_namespaces, &to.dns_namespaces),
             dns_services: diff::maps(&from.dns_services, &to.dns_services),
             dns_zones: diff::maps(&from.dns_zones, &to.dns_zones),
@@ -51,6 +55,8 @@ impl Delta {
             + self.shared_ports.len()
             + self.tenant_pairs.len()
             + self.policy_rules.len()
+            + self.cluster_subjects.len()
+            + self.cluster_rules.len()
             + self.dns_namespaces.len()
             + self.dns_services.len()
             + self.dns_zones.len()
@@ -71,6 +77,10 @@ pub struct Journal {
     pub networks: BTreeMap<NetworkKey, Option<Endpoint>>,
     pub shared_ports: BTreeMap<SharedPortKey, bool>,
     pub policy_rules: BTreeMap<RuleKey, bool>,
+    pub cluster_subjects: BTreeMap<u64, Option<TierSets>>,
+    pub cluster_rules: BTreeMap<RuleKey, Option<TierMatch>>,
+    /// `Desired::flags` before, if touched.
+    pub flags: Option<u32>,
     pub dns_namespaces: BTreeMap<NamespaceKey, Option<DnsNamespace>>,
     pub dns_services: BTreeMap<[u8; 16], Option<NamespaceKey>>,
 }
@@ -160,6 +170,8 @@ impl Journal {
                 removed: Vec::new(),
             },
             policy_rules: presence(self.policy_rules, |key| now.policy_rules.contains_key(key)),
+            cluster_subjects: changes(self.cluster_subjects, &now.cluster_subjects),
+            cluster_rules: changes(self.cluster_rules, &now.cluster_rules),
             dns_namespaces: changes(self.dns_namespaces, &now.dns_namespaces),
             dns_services: changes(self.dns_services, &now.dns_services),
             // Zones come from the config, which an incremental compiler never changes.
@@ -188,6 +200,11 @@ impl Journal {
         restore(&mut desired.networks, self.networks);
         restore(&mut desired.dns_namespaces, self.dns_namespaces);
         restore(&mut desired.dns_services, self.dns_services);
+        restore(&mut desired.cluster_subjects, self.cluster_subjects);
+        restore(&mut desired.cluster_rules, self.cluster_rules);
+        if let Some(flags) = self.flags {
+            desired.flags = flags;
+        }
         for (key, before) in self.shared_ports {
             if before {
                 desired.shared_ports.insert(key);

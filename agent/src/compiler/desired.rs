@@ -6,11 +6,14 @@ use std::net::IpAddr;
 use imbl::{OrdMap, OrdSet};
 
 use moat_common::maps::{
-    Endpoint, NetworkKey, PolicyMatch, Settings, SharedPortKey, TenantPairKey,
+    Endpoint, NetworkKey, PolicyMatch, Settings, SharedPortKey, TenantPairKey, TierMatch, TierSets,
+    POLICY_FULL_BITS, POLICY_SET_IDENTITY_BITS,
 };
 use moat_common::dns::{DnsNamespace, DnsZone, NamespaceKey};
-use moat_common::verdict::{self, Exceptions, LocalEnd, Peer, PolicyRules, Reason};
+use moat_common::verdict::{self, ClusterRules, Exceptions, LocalEnd, Peer, PolicyRules, Reason};
 
+use super::policy::cluster::TierSet;
+use super::policy::prefixes::{mask, PROTOCOL_BITS};
 use super::policy::{covering_rules, PolicySet, RuleKey, RuleRef};
 
 use crate::model::{PodKey, TenantName};
@@ -28,6 +31,10 @@ pub struct Desired {
     pub tenant_pairs: BTreeSet<TenantPairKey>,
     /// NetworkPolicy entries, with the rules each came from.
     pub policy_rules: BTreeMap<RuleKey, BTreeSet<RuleRef>>,
+    /// cgroup → ClusterNetworkPolicy tier sets, for pods on this node that some policy selects.
+    pub cluster_subjects: BTreeMap<u64, TierSets>,
+    /// ClusterNetworkPolicy entries of those tier sets (`compiler::policy::cluster`).
+    pub cluster_rules: BTreeMap<RuleKey, TierMatch>,
     /// `UNKNOWN_ALLOW` or `UNKNOWN_DENY`.
     pub unknown: u32,
     /// `SETTING_*` bits.
@@ -56,6 +63,10 @@ pub struct Index {
     /// Addresses claimed by pods of different tenants.
     pub conflicts: OrdSet<IpAddr>,
     pub policy_sets: OrdMap<u64, PolicySet>,
+    /// ClusterNetworkPolicy tier sets: the rules, by position, that events and explain name.
+    pub cluster_sets: OrdMap<u64, TierSet>,
+    /// Every pod's tier sets (explain takes a pod's from here; the kernel's are by cgroup).
+    pub cluster_pod_sets: OrdMap<PodKey, TierSets>,
     /// Pod tag (the guard's id of a pod: 64 bits of SHA-256 of its uid) → pod; of two pods
     /// with one tag, the last in key order.
     pub pods_by_tag: OrdMap<u64, PodKey>,
@@ -72,6 +83,9 @@ impl Index {
         let mut both = self.clone();
         for (id, name) in old.tenants.iter().filter(|(id, _)| !self.tenants.contains_key(*id)) {
             both.tenants.insert(*id, name.clone());
+        }
+        for (id, set) in old.cluster_sets.iter().filter(|(id, _)| !self.cluster_sets.contains_key(*id)) {
+            both.cluster_sets.insert(*id, set.clone());
         }
         // Only what the delta removed can be missing: O(change), not O(cluster).
         for cgroup in &delta.local.removed {
@@ -102,6 +116,18 @@ impl Exceptions for Desired {
 
     fn tenant_pair(&self, key: &TenantPairKey) -> bool {
         self.tenant_pairs.contains(key)
+    }
+}
+
+/// The longest entry covering the key, as `CNP_RULES` answers.
+impl ClusterRules for Desired {
+    fn first_rules(&self, key: &PolicyMatch) -> TierMatch {
+        let lengths = (PROTOCOL_BITS..=POLICY_FULL_BITS).rev().chain([POLICY_SET_IDENTITY_BITS]);
+        lengths
+            .filter_map(|len| self.cluster_rules.get(&(len, mask(key, len))))
+            .copied()
+            .next()
+            .unwrap_or(TierMatch::NONE)
     }
 }
 
@@ -149,7 +175,8 @@ impl Desired {
         verdict::decide(&self.settings(0), src, dst, protocol, dst_port, self)
     }
 
-    /// The verdict the node of `local` reaches for a new flow, as its kernel decides it.
+    /// The verdict the node of `local` reaches for a new flow, as its kernel decides it;
+    /// `cluster_set` is the local pod's tier set for the direction (`NOT_ISOLATED` if none).
     pub fn decide_at(
         &self,
         src: Peer,
@@ -157,8 +184,9 @@ impl Desired {
         protocol: u8,
         dst_port: u16,
         local: LocalEnd,
+        cluster_set: u64,
     ) -> Reason {
-        verdict::decide_flow(&self.settings(0), src, dst, protocol, dst_port, local, self)
+        verdict::decide_flow(&self.settings(0), src, dst, protocol, dst_port, local, cluster_set, self)
     }
 
     /// The rules of `set` that let `peer` through on `protocol`/`port` (for explanations).

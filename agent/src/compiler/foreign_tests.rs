@@ -79,7 +79,7 @@ fn another_tenants_pod_is_flagged_and_denied_both_ways() {
     assert_eq!(desired.local[&4].flags, 0, "a pod without a tenant is never foreign");
 
     let (alpha, beta, beta_api, proxy) = (local(&desired, 1), local(&desired, 2), local(&desired, 3), local(&desired, 4));
-    let at = |src, dst, end| desired.decide_at(src, dst, IPPROTO_TCP, 80, end);
+    let at = |src, dst, end| desired.decide_at(src, dst, IPPROTO_TCP, 80, end, 0);
     // Within beta, which the floor alone allows: both ends, both hooks.
     assert_eq!(at(beta, remote(&desired, "10.0.0.3"), LocalEnd::Source), Reason::ForeignTenant, "egress");
     assert_eq!(at(remote(&desired, "10.0.0.2"), beta_api, LocalEnd::Destination), Reason::ForeignTenant, "ingress");
@@ -99,7 +99,7 @@ fn detect_mode_reports_without_touching_the_entries() {
     assert_eq!(foreign_pods(&desired), ["beta/api", "beta/web"]);
     assert_eq!(desired.index.foreign.profile.as_ref().map(|p| p.mode), Some(GuardMode::Detect));
     assert!(desired.local.values().chain(desired.remote.values()).all(|e| e.flags & ENDPOINT_FOREIGN == 0));
-    let same_tenant = desired.decide_at(local(&desired, 2), remote(&desired, "10.0.0.3"), IPPROTO_TCP, 80, LocalEnd::Source);
+    let same_tenant = desired.decide_at(local(&desired, 2), remote(&desired, "10.0.0.3"), IPPROTO_TCP, 80, LocalEnd::Source, 0);
     assert_eq!(same_tenant, Reason::SameTenant);
 }
 

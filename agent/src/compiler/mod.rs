@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 
 use moat_common::maps::{
     capacity, Endpoint, NetworkKey, TenantPairKey, ENDPOINT_EXTERNAL, ENDPOINT_FOREIGN,
-    NOT_ISOLATED,
+    NOT_ISOLATED, SETTING_CLUSTER_POLICIES,
 };
 
 use crate::config::{Cidr, Config};
@@ -42,6 +42,8 @@ pub enum CompileError {
         needed: usize,
         capacity: u32,
     },
+    #[error(transparent)]
+    ClusterPolicy(#[from] policy::cluster::ClusterPolicyError),
 }
 
 /// What the compiler produces policy entries for.
@@ -70,13 +72,18 @@ pub fn compile_scoped(
 ) -> Result<Desired, CompileError> {
     let tenants = endpoints::tenants(cluster, config)?;
     let shared = endpoints::SharedGroups::new(cluster, config);
+    let cnps: Vec<&crate::model::cnp::ClusterNetworkPolicy> =
+        cluster.cluster_network_policies.values().map(|policy| &**policy).collect();
+    // ClusterNetworkPolicy networks join the address partition that ipBlocks make.
     let config_networks: Vec<Cidr> = config
         .cluster_cidrs
         .iter()
         .chain(config.tenant_networks.iter().map(|n| &n.cidr))
         .copied()
+        .chain(policy::cluster::networks(&cnps))
         .collect();
     let policies = policy::compile(cluster, &config_networks);
+    let cluster_policies = policy::cluster::compile(cluster, &cnps, &policies.blocks)?;
     let mut desired = Desired::for_config(config);
     // The pods running here: by their cgroups for the kernel; for explain (no cgroups), every
     // pod scheduled here.
@@ -149,7 +156,12 @@ pub fn compile_scoped(
         }
     }
     let mut local_sets = BTreeSet::new();
+    let mut local_tier_sets = BTreeSet::new();
     for (cgroup, key) in local_pods {
+        if let Some(sets) = cluster_policies.pod_sets.get(key) {
+            desired.cluster_subjects.insert(cgroup, *sets);
+            local_tier_sets.extend([sets.ingress, sets.egress]);
+        }
         let endpoint = pod_endpoints[key];
         local_sets.extend([endpoint.ingress_policy, endpoint.egress_policy]);
         desired.local.insert(cgroup, endpoint);
@@ -215,6 +227,16 @@ pub fn compile_scoped(
         }
     }
     desired.index.policy_sets = policies.sets.into_iter().collect();
+    let wanted = |set: &u64| scope == Scope::Cluster || local_tier_sets.contains(set);
+    desired.cluster_rules = cluster_policies.rules.into_iter().filter(|((_, key), _)| wanted(&key.set)).collect();
+    desired.index.cluster_sets = cluster_policies.sets.into_iter().filter(|(set, _)| wanted(set)).collect();
+    if scope == Scope::Cluster {
+        desired.index.cluster_pod_sets = cluster_policies.pod_sets.into_iter().collect();
+    }
+    // The datapath reads CNP_SUBJECTS only while some pod here has a tier set.
+    if !desired.cluster_subjects.is_empty() || !desired.index.cluster_pod_sets.is_empty() {
+        desired.flags |= SETTING_CLUSTER_POLICIES;
+    }
     check_capacity(&desired)?;
     Ok(desired)
 }
@@ -242,7 +264,9 @@ pub fn network_key(cidr: &Cidr) -> NetworkKey {
 }
 
 pub(crate) fn check_capacity(desired: &Desired) -> Result<(), CompileError> {
-    let checks: [(&'static str, usize, u32); 9] = [
+    let checks: [(&'static str, usize, u32); 11] = [
+        ("CNP_SUBJECTS", desired.cluster_subjects.len(), capacity::CNP_SUBJECTS),
+        ("CNP_RULES", desired.cluster_rules.len(), capacity::CNP_RULES),
         (
             "DNS_NAMESPACES",
             desired.dns_namespaces.len(),

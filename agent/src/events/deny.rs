@@ -28,7 +28,8 @@ pub struct DenyRecord {
     pub protocol: String,
     /// The rule that decided, e.g. `tenant-floor`.
     pub rule: &'static str,
-    /// For a NetworkPolicy deny: the policies isolating the local pod (`namespace/name`).
+    /// For a NetworkPolicy deny: the policies isolating the local pod (`namespace/name`); for
+    /// a ClusterNetworkPolicy verdict, the deciding rule (tier, policy, priority, rule, action).
     pub policies: Vec<String>,
     pub src: End,
     pub dst: End,
@@ -88,11 +89,18 @@ impl DenyRecord {
             },
             protocol: protocol_name(event.protocol),
             rule: reason.map(Reason::name).unwrap_or("unknown"),
-            policies: index
-                .policy_sets
-                .get(&event.policy_set)
-                .map(|set| set.policies.iter().map(ToString::to_string).collect())
-                .unwrap_or_default(),
+            policies: match index.cluster_sets.get(&event.policy_set) {
+                Some(tier_set) if reason.is_some_and(crate::explain::explain_cnp::decided) => tier_set
+                    .rules
+                    .get(event.rule_position as usize)
+                    .map(|rule| vec![rule.to_string()])
+                    .unwrap_or_default(),
+                _ => index
+                    .policy_sets
+                    .get(&event.policy_set)
+                    .map(|set| set.policies.iter().map(ToString::to_string).collect())
+                    .unwrap_or_default(),
+            },
             src,
             dst,
         }

@@ -9,7 +9,8 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::Ebpf;
 use moat_common::maps::{
-    names, Endpoint, NetworkKey, PolicyMatch, Settings, SharedPortKey, TenantPairKey,
+    names, Endpoint, NetworkKey, PolicyMatch, Settings, SharedPortKey, TenantPairKey, TierMatch,
+    TierSets,
 };
 
 use moat_common::dns::{self, DnsNamespace, DnsZone, NamespaceKey};
@@ -27,6 +28,8 @@ pub struct KernelMaps {
     shared_ports: HashMap<MapData, SharedPortKey, u8>,
     tenant_pairs: HashMap<MapData, TenantPairKey, u8>,
     policy_rules: LpmTrie<MapData, PolicyMatch, u8>,
+    cluster_subjects: HashMap<MapData, u64, TierSets>,
+    cluster_rules: LpmTrie<MapData, PolicyMatch, TierMatch>,
     settings: Array<MapData, Settings>,
     dns_namespaces: HashMap<MapData, NamespaceKey, DnsNamespace>,
     dns_services: HashMap<MapData, [u8; 16], NamespaceKey>,
@@ -65,6 +68,8 @@ impl KernelMaps {
             shared_ports: take(ebpf, names::SHARED_PORTS)?,
             tenant_pairs: take(ebpf, names::TENANT_PAIRS)?,
             policy_rules: take(ebpf, names::POLICY_RULES)?,
+            cluster_subjects: take(ebpf, names::CNP_SUBJECTS)?,
+            cluster_rules: take(ebpf, names::CNP_RULES)?,
             settings: take(ebpf, names::SETTINGS)?,
             dns_namespaces: take(ebpf, dns::names::DNS_NAMESPACES)?,
             dns_services: take(ebpf, dns::names::DNS_SERVICES)?,
@@ -148,6 +153,14 @@ impl KernelMaps {
                 .policy_rules
                 .insert((key.prefix_len(), key.data()), Default::default());
         }
+        for entry in self.cluster_subjects.iter() {
+            let (key, value) = entry.map_err(|e| KernelError::map(names::CNP_SUBJECTS, e))?;
+            state.cluster_subjects.insert(key, value);
+        }
+        for entry in self.cluster_rules.iter() {
+            let (key, value) = entry.map_err(|e| KernelError::map(names::CNP_RULES, e))?;
+            state.cluster_rules.insert((key.prefix_len(), key.data()), value);
+        }
         Ok(state)
     }
 
@@ -166,6 +179,8 @@ impl KernelMaps {
             shared_ports: shared,
             tenant_pairs: pairs,
             policy_rules: rules,
+            cluster_subjects: subjects,
+            cluster_rules: tiers,
             dns_namespaces,
             dns_services,
             dns_zones,
@@ -199,6 +214,20 @@ impl KernelMaps {
             self.policy_rules
                 .insert(&Key::new(*prefix_len, *data), 1, 0)
                 .map_err(|e| KernelError::map(names::POLICY_RULES, e))?;
+            stats.writes += 1;
+        }
+        // A tier set's entries before the pods that use it. Every change to a policy changes
+        // the id of the sets holding it, so a pod moves from one complete set to another.
+        for ((prefix_len, data), value) in tiers.added.iter().chain(&tiers.changed) {
+            self.cluster_rules
+                .insert(&Key::new(*prefix_len, *data), value, 0)
+                .map_err(|e| KernelError::map(names::CNP_RULES, e))?;
+            stats.writes += 1;
+        }
+        for (cgroup, sets) in subjects.added.iter().chain(&subjects.changed) {
+            self.cluster_subjects
+                .insert(cgroup, sets, 0)
+                .map_err(|e| KernelError::map(names::CNP_SUBJECTS, e))?;
             stats.writes += 1;
         }
         for (key, value) in local.added.iter().chain(&local.changed) {
@@ -271,6 +300,12 @@ impl KernelMaps {
                 names::POLICY_RULES,
             )?;
         }
+        for cgroup in &subjects.removed {
+            remove_tolerant(self.cluster_subjects.remove(cgroup), names::CNP_SUBJECTS)?;
+        }
+        for (prefix_len, data) in &tiers.removed {
+            remove_tolerant(self.cluster_rules.remove(&Key::new(*prefix_len, *data)), names::CNP_RULES)?;
+        }
         stats.removals = local.removed.len()
             + addresses.removed.len()
             + remote.removed.len()
@@ -278,6 +313,8 @@ impl KernelMaps {
             + shared.removed.len()
             + pairs.removed.len()
             + rules.removed.len()
+            + subjects.removed.len()
+            + tiers.removed.len()
             + dns_namespaces.removed.len()
             + dns_services.removed.len();
 

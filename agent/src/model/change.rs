@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::cnp::ClusterNetworkPolicy;
 use super::policy::Policy;
 use super::{Cluster, Labels, Namespace, ObjectKey, Pod, PodKey, Service};
 
@@ -13,6 +14,7 @@ pub enum Change {
     /// Shared with the model and the compiler: a policy is kept once.
     Policy(ObjectKey, Option<Arc<Policy>>),
     Service(ObjectKey, Option<Service>),
+    ClusterPolicy(String, Option<Arc<ClusterNetworkPolicy>>),
     /// This node's labels (empty when the Node is gone).
     NodeLabels(Labels),
 }
@@ -44,6 +46,9 @@ impl Cluster {
             Change::Service(key, value) => {
                 Change::Service(key.clone(), put(&mut self.services, &key, value)?)
             }
+            Change::ClusterPolicy(name, value) => {
+                Change::ClusterPolicy(name.clone(), put(&mut self.cluster_network_policies, &name, value)?)
+            }
             Change::NodeLabels(labels) if labels == self.node_labels => return None,
             Change::NodeLabels(labels) => {
                 Change::NodeLabels(std::mem::replace(&mut self.node_labels, labels))
@@ -54,7 +59,12 @@ impl Cluster {
     /// Every object as a change, as a source's first list delivers them.
     pub fn changes_from_empty(self) -> Vec<Change> {
         let mut changes = Vec::with_capacity(
-            self.namespaces.len() + self.pods.len() + self.network_policies.len() + self.services.len() + 1,
+            self.namespaces.len()
+                + self.pods.len()
+                + self.network_policies.len()
+                + self.services.len()
+                + self.cluster_network_policies.len()
+                + 1,
         );
         changes.extend(
             self.namespaces
@@ -75,6 +85,11 @@ impl Cluster {
             self.services
                 .into_iter()
                 .map(|(key, service)| Change::Service(key, Some(service))),
+        );
+        changes.extend(
+            self.cluster_network_policies
+                .into_iter()
+                .map(|(name, policy)| Change::ClusterPolicy(name, Some(policy))),
         );
         changes.push(Change::NodeLabels(self.node_labels));
         changes
@@ -97,6 +112,12 @@ impl Cluster {
         );
         diff(&self.pods, &new.pods, &mut changes, Change::Pod);
         diff(&self.services, &new.services, &mut changes, Change::Service);
+        diff(
+            &self.cluster_network_policies,
+            &new.cluster_network_policies,
+            &mut changes,
+            Change::ClusterPolicy,
+        );
         if self.node_labels != new.node_labels {
             changes.push(Change::NodeLabels(new.node_labels.clone()));
         }

@@ -8,10 +8,12 @@
 //! - Unknown fields inside objects are accepted. `kubectl` output from newer clusters carries
 //!   fields the bundled k8s-openapi types do not know, and refusing them would make the agent
 //!   unusable after a cluster upgrade; they never feed the model.
-//! - Kinds other than Namespace, Pod, Node and NetworkPolicy are skipped and counted in
-//!   [`Loaded::skipped`], so a full dump of a namespace can be fed in as-is — except policy
-//!   objects moat does not enforce (a ClusterNetworkPolicy, Calico's `projectcalico.org/v3`
-//!   NetworkPolicy, see [`crate::sources::unenforced`]): those are listed by name in
+//! - Kinds other than Namespace, Pod, Node, NetworkPolicy and (`v1alpha2`)
+//!   ClusterNetworkPolicy are skipped and counted in [`Loaded::skipped`], so a full dump of a
+//!   namespace can be fed in as-is — except policy objects moat does not enforce (other
+//!   ClusterNetworkPolicy versions, Calico's `projectcalico.org/v3` NetworkPolicy, see
+//!   [`crate::sources::unenforced`]; a ClusterNetworkPolicy with `nodes` peers, which match
+//!   nothing yet, is enforced and listed too): those are listed by name in
 //!   [`Loaded::unenforced`] and reported loudly. An old version of a supported object
 //!   (`extensions/v1beta1` NetworkPolicy) is an error, as skipping it would drop policy.
 //!
@@ -31,7 +33,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::model::cnp::ClusterNetworkPolicy;
 use crate::model::{Cluster, Labels};
 use crate::sources::unenforced::Unenforced;
 
@@ -82,9 +83,6 @@ pub struct Loaded {
     pub nodes: BTreeMap<String, NodeFound>,
     /// Policy objects read but not enforced (other kinds, other vendors' CRDs).
     pub unenforced: Unenforced,
-    /// `policy.networking.k8s.io/v1alpha2` ClusterNetworkPolicies, parsed and validated (also
-    /// listed in `unenforced`: the datapath does not enforce them yet), by name.
-    pub cluster_network_policies: BTreeMap<String, ClusterNetworkPolicy>,
 }
 
 /// A Node object in the files.

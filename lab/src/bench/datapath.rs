@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use aya::maps::{HashMap, MapData};
 use aya::Ebpf;
-use moat_common::maps::{FlowKey, FlowState};
+use moat_common::maps::{FlowKey, FlowState, NOT_ISOLATED};
 use moat_common::verdict::{LocalEnd, Peer, Reason};
 use moat_common::{IPPROTO_ICMP, IPPROTO_TCP};
 use serde_json::{json, Value};
@@ -79,7 +79,8 @@ pub fn run(args: DatapathArgs) -> Result<(), BenchError> {
     // The tc program decides an echo request by both addresses, as the source's node would.
     let echo = echo_request_frame(ingress.remote, ingress.local, 4242);
     let (echo_src, echo_dst) = (desired.remote_peer(&mapped(IpAddr::V4(ingress.remote))), desired.remote_peer(&mapped(IpAddr::V4(ingress.local))));
-    let echo_reason = desired.decide_at(echo_src, echo_dst, IPPROTO_ICMP, 0, LocalEnd::Destination);
+    // The bench's clusters hold no ClusterNetworkPolicy: no pod has a tier set.
+    let echo_reason = desired.decide_at(echo_src, echo_dst, IPPROTO_ICMP, 0, LocalEnd::Destination, NOT_ISOLATED);
     let echo_retval = if echo_reason.is_allow() { TC_NEXT } else { TC_DROP };
 
     // Established: one SYN opens the flow, then ACKs of it are measured.
@@ -233,8 +234,8 @@ fn find_flow(desired: &Desired, cluster: &moat_agent::model::Cluster, local_ip: 
         let remote = desired.remote_peer(&mapped(IpAddr::V4(remote_ip)));
         for port in ports {
             let reason = match end {
-                LocalEnd::Source => desired.decide_at(local, remote, IPPROTO_TCP, *port, end),
-                LocalEnd::Destination => desired.decide_at(remote, local, IPPROTO_TCP, *port, end),
+                LocalEnd::Source => desired.decide_at(local, remote, IPPROTO_TCP, *port, end, NOT_ISOLATED),
+                LocalEnd::Destination => desired.decide_at(remote, local, IPPROTO_TCP, *port, end, NOT_ISOLATED),
             };
             let flow = Flow { local: local_ip, remote: remote_ip, port: *port, reason };
             if reason == Reason::PolicyAllowed {

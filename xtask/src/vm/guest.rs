@@ -22,7 +22,7 @@ const TIME_SCALE: u32 = 8;
 pub fn script(workspace: &Path, moat: &Path, binaries: &BTreeMap<String, PathBuf>, filter: &[String], only: &BTreeMap<String, Vec<String>>, expect: &str) -> String {
     let apiserver = moat.with_file_name("moat-test-apiserver");
     let mut text = format!(
-        "export MOAT_BIN={} MOAT_TEST_APISERVER_BIN={} MOAT_LAB_READY_SECS=900 MOAT_TEST_TIME_SCALE={TIME_SCALE} MOAT_EXPECT_GUARD_KIND={expect} RUST_BACKTRACE=1\n",
+        "export MOAT_BIN={} MOAT_TEST_APISERVER_BIN={} MOAT_LAB_READY_SECS=900 MOAT_TEST_TIME_SCALE={TIME_SCALE} MOAT_EXPECT_GUARD_KIND={expect} RUST_BACKTRACE=1 RUST_LIB_BACKTRACE=0\n",
         shell_quote(moat),
         shell_quote(&apiserver)
     );

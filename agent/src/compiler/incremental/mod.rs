@@ -18,6 +18,7 @@
 //! A change that does not compile (a tenant id collision, a map over capacity) leaves the
 //! last good state and marks the compiler stale: the next change rebuilds it from the model.
 
+mod cluster;
 mod peers;
 mod rules;
 mod settle;
@@ -296,6 +297,10 @@ impl Incremental {
                     let new = self.cluster.services.get(&key).cloned();
                     self.service_changed(&key, old.as_ref(), new.as_ref());
                 }
+                Ok(())
+            }
+            Change::ClusterPolicy(name, value) => {
+                self.take_cluster_policy(name, value);
                 Ok(())
             }
             Change::NodeLabels(labels) => {

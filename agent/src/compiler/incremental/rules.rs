@@ -340,7 +340,7 @@ impl Incremental {
                     index,
                 };
                 // What the rule gives whatever the pods: every peer, ipBlock ranges.
-                let fixed = policy::targets::targets(policy, rule, &NoPods, &blocks);
+                let fixed = policy::targets::targets(&policy.key.namespace, rule, &NoPods, &blocks);
                 let mut map = BTreeMap::new();
                 policy::rule_entries(
                     set,

@@ -39,6 +39,7 @@ impl Incremental {
             self.settle_address(address);
         }
         self.settle_sets()?;
+        self.settle_cluster_policies()?;
         check_capacity(&self.desired)
     }
 

@@ -19,26 +19,7 @@ use crate::model::{
 use crate::model::policy::Policy;
 use crate::node::cgroups::{PodCgroups, PodRef};
 
-/// xorshift64*: deterministic, so a failure names a seed that reproduces it.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-}
+use crate::test_rng::Rng;
 
 const NAMESPACES: [&str; 6] = ["ns0", "ns1", "ns2", "ns3", "kube-system", "ns5"];
 const TENANTS: [Option<&str>; 4] = [Some("t0"), Some("t1"), Some("t2"), None];
@@ -190,6 +171,42 @@ fn policy(rng: &mut Rng, key: &ObjectKey) -> NetworkPolicy {
     .expect("generated policy")
 }
 
+/// A ClusterNetworkPolicy over the same labels, with networks inside and outside the
+/// cluster CIDR (they join the address partition).
+fn cluster_policy(rng: &mut Rng, name: &str) -> crate::model::cnp::ClusterNetworkPolicy {
+    let env = *rng.pick(&["prod", "dev"]);
+    let app = *rng.pick(&["web", "db", "api"]);
+    let subject = if rng.chance(50) {
+        json!({"namespaces": {"matchLabels": {"env": env}}})
+    } else {
+        json!({"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": app}}}})
+    };
+    let rule = |rng: &mut Rng, egress: bool| {
+        let action = *rng.pick(&["Accept", "Deny", "Pass"]);
+        let peer = if egress && rng.chance(40) {
+            json!({"networks": [*rng.pick(&["10.0.0.0/29", "10.0.0.8/30", "172.16.0.0/12"])]})
+        } else {
+            json!({"namespaces": {"matchLabels": {"env": *rng.pick(&["prod", "dev"])}}})
+        };
+        let protocols = if rng.chance(50) {
+            json!([{"tcp": {"destinationPort": {"range": {"start": 80, "end": 8080}}}}])
+        } else {
+            json!([{"tcp": {"destinationPort": {"number": 80}}}, {"udp": {"destinationPort": {"number": 53}}}])
+        };
+        let mut rule = json!({"action": action, "protocols": protocols});
+        rule[if egress { "to" } else { "from" }] = json!([peer]);
+        rule
+    };
+    let spec = json!({
+        "tier": *rng.pick(&["Admin", "Baseline"]),
+        "priority": rng.below(3),
+        "subject": subject,
+        "ingress": [rule(rng, false)],
+        "egress": [rule(rng, true), rule(rng, true)],
+    });
+    crate::model::cnp::ClusterNetworkPolicy::parse(name, Some(&spec)).expect("generated ClusterNetworkPolicy")
+}
+
 fn random_change(rng: &mut Rng) -> Change {
     let ns = rng.pick(&NAMESPACES).to_string();
     match rng.below(14) {
@@ -210,6 +227,11 @@ fn random_change(rng: &mut Rng) -> Change {
                 Arc::new(Policy::from_api(&key, &policy(rng, &key)).expect("generated policy normalizes"))
             });
             Change::Policy(key, value)
+        }
+        11 => {
+            let name = format!("cnp{}", rng.below(3));
+            let value = (!rng.chance(30)).then(|| Arc::new(cluster_policy(rng, &name)));
+            Change::ClusterPolicy(name, value)
         }
         12 => {
             // A small address pool, so Services share addresses and the first keeps them.
@@ -282,6 +304,8 @@ struct Kernel {
     dns_namespaces: BTreeMap<moat_common::dns::NamespaceKey, moat_common::dns::DnsNamespace>,
     dns_services: BTreeMap<[u8; 16], moat_common::dns::NamespaceKey>,
     dns_zones: BTreeMap<u32, moat_common::dns::DnsZone>,
+    cluster_subjects: BTreeMap<u64, moat_common::maps::TierSets>,
+    cluster_rules: BTreeMap<crate::compiler::policy::RuleKey, moat_common::maps::TierMatch>,
 }
 
 impl Kernel {
@@ -325,6 +349,8 @@ impl Kernel {
         apply(&mut self.dns_namespaces, &delta.dns_namespaces);
         apply(&mut self.dns_services, &delta.dns_services);
         apply(&mut self.dns_zones, &delta.dns_zones);
+        apply(&mut self.cluster_subjects, &delta.cluster_subjects);
+        apply(&mut self.cluster_rules, &delta.cluster_rules);
     }
 
     fn of(desired: &Desired) -> Self {
@@ -339,6 +365,8 @@ impl Kernel {
             dns_namespaces: desired.dns_namespaces.clone(),
             dns_services: desired.dns_services.clone(),
             dns_zones: desired.dns_zones.clone(),
+            cluster_subjects: desired.cluster_subjects.clone(),
+            cluster_rules: desired.cluster_rules.clone(),
         }
     }
 }
@@ -370,6 +398,8 @@ fn assert_same(seed: u64, step: usize, incremental: &Desired, full: &Desired) {
     );
     assert_eq!(incremental.dns_services, full.dns_services, "DNS_SERVICES, {at}");
     assert_eq!(incremental.dns_zones, full.dns_zones, "DNS_ZONES, {at}");
+    assert_eq!(incremental.cluster_subjects, full.cluster_subjects, "CNP_SUBJECTS, {at}");
+    assert_eq!(incremental.cluster_rules, full.cluster_rules, "CNP_RULES, {at}");
     assert_eq!(
         (incremental.unknown, incremental.flags, incremental.dns),
         (full.unknown, full.flags, full.dns),
@@ -380,7 +410,7 @@ fn assert_same(seed: u64, step: usize, incremental: &Desired, full: &Desired) {
 
 fn run(seed: u64, steps: usize) {
     let config = config();
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng::seeded(seed);
     // Start from a random cluster, as after a first list.
     let mut start = Cluster::default();
     for _ in 0..20 {

@@ -5,6 +5,7 @@
 //! number of trie lookups whatever the number of policies; a change to one policy rewrites
 //! only the entries of the sets it belongs to.
 
+pub mod cluster;
 mod identity;
 pub mod prefixes;
 pub mod targets;
@@ -71,17 +72,7 @@ pub(crate) struct PodFacts<'a> {
 pub fn compile(cluster: &Cluster, config_networks: &[Cidr]) -> Compiled {
     let policies: Vec<&Policy> = cluster.network_policies.values().map(|policy| &**policy).collect();
     let mut out = Compiled::default();
-    let pods: Vec<PodFacts> = cluster
-        .pods
-        .iter()
-        .map(|(key, pod)| PodFacts {
-            key,
-            labels: &pod.labels,
-            ports: &pod.ports,
-            ips: if pod.host_network { &[] } else { &pod.ips },
-            identity: pod_identity(&key.namespace, &pod.labels, &pod.ports),
-        })
-        .collect();
+    let pods = pod_facts(cluster);
     for pod in &pods {
         out.pod_identity.insert(pod.key.clone(), pod.identity);
     }
@@ -169,6 +160,21 @@ pub fn compile(cluster: &Cluster, config_networks: &[Cidr]) -> Compiled {
         }
     }
     out
+}
+
+/// What the rules need of every pod (hostNetwork pods have no address of their own).
+fn pod_facts(cluster: &Cluster) -> Vec<PodFacts<'_>> {
+    cluster
+        .pods
+        .iter()
+        .map(|(key, pod)| PodFacts {
+            key,
+            labels: &pod.labels,
+            ports: &pod.ports,
+            ips: if pod.host_network { &[] } else { &pod.ips },
+            identity: pod_identity(&key.namespace, &pod.labels, &pod.ports),
+        })
+        .collect()
 }
 
 /// The rules of `policy` in `direction`.

@@ -161,11 +161,12 @@ pub(super) fn cached<'c, 'a>(
     pods: &'a dyn PeerIndex,
     blocks: &BTreeMap<NetworkKey, u64>,
 ) -> &'c [Target<'a>] {
-    cache.entry(at).or_insert_with(|| targets(policy, rule, pods, blocks))
+    cache.entry(at).or_insert_with(|| targets(&policy.key.namespace, rule, pods, blocks))
 }
 
+/// Whom `rule`'s peers cover; a peer without a namespace selector means `own_namespace`.
 pub fn targets<'a>(
-    policy: &Policy,
+    own_namespace: &str,
     rule: &Rule,
     pods: &'a dyn PeerIndex,
     blocks: &BTreeMap<NetworkKey, u64>,
@@ -178,7 +179,7 @@ pub fn targets<'a>(
         match peer {
             Peer::Pods { namespaces, pods: pod_selector } => {
                 let namespaces_in = pods.namespaces().into_iter().filter(|(namespace, labels)| match namespaces {
-                    None => **namespace == *policy.key.namespace,
+                    None => **namespace == *own_namespace,
                     Some(selector) => selector.matches(labels),
                 });
                 for (namespace, _) in namespaces_in {

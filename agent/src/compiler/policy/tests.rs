@@ -76,8 +76,8 @@ fn allowed(d: &Desired, from: &str, to: &str, protocol: u8, port: u16) -> bool {
 fn allowed_addr(d: &Desired, from: [u8; 16], to: [u8; 16], protocol: u8, port: u16) -> bool {
     let src = d.remote_peer(&from);
     let dst = d.remote_peer(&to);
-    let egress = d.decide_at(src, dst, protocol, port, LocalEnd::Source);
-    let ingress = d.decide_at(src, dst, protocol, port, LocalEnd::Destination);
+    let egress = d.decide_at(src, dst, protocol, port, LocalEnd::Source, 0);
+    let ingress = d.decide_at(src, dst, protocol, port, LocalEnd::Destination, 0);
     egress.is_allow() && ingress.is_allow()
 }
 
@@ -221,7 +221,7 @@ fn tenant_floor_is_beneath_policy() {
     assert!(!tcp(&d, "y/a", "x/a", 80));
     let src = d.remote_peer(&ip("y/a"));
     let dst = d.remote_peer(&ip("x/a"));
-    assert_eq!(d.decide_at(src, dst, IPPROTO_TCP, 80, LocalEnd::Destination), Reason::CrossTenant);
+    assert_eq!(d.decide_at(src, dst, IPPROTO_TCP, 80, LocalEnd::Destination, 0), Reason::CrossTenant);
 }
 
 #[test]

@@ -12,7 +12,7 @@ use super::read::{header, invalid, object_name};
 use super::{Document, Loaded, ManifestError, NodeFound, Origin, MAX_OBJECTS};
 use crate::model::Cluster;
 use crate::sources::convert::{self, Rejection};
-use crate::model::cnp::ClusterNetworkPolicy;
+use crate::model::cnp::{ClusterNetworkPolicy, Peer as CnpPeer};
 use crate::sources::unenforced::{self, PolicyObject, Unenforced};
 
 /// The ClusterNetworkPolicy version moat reads.
@@ -42,7 +42,6 @@ pub fn build_cluster(documents: &[Document]) -> Result<Loaded, ManifestError> {
         skipped: builder.skipped,
         nodes: builder.nodes,
         unenforced: builder.unenforced,
-        cluster_network_policies: builder.cluster_network_policies,
     })
 }
 
@@ -52,7 +51,6 @@ struct Builder {
     skipped: BTreeMap<String, usize>,
     nodes: BTreeMap<String, NodeFound>,
     unenforced: Unenforced,
-    cluster_network_policies: BTreeMap<String, ClusterNetworkPolicy>,
     /// (kind, namespace, name) → where it was first defined. Namespaces use "" as namespace.
     seen: BTreeMap<(&'static str, String, String), Origin>,
 }
@@ -148,11 +146,15 @@ impl Builder {
         }
         let version = api_version.rsplit('/').next().unwrap_or(api_version).to_string();
         if api_version == CNP_VERSION && kind == "ClusterNetworkPolicy" {
-            // Read strictly although not enforced yet: explain evaluates it, and a bad one is
-            // an error now rather than when it starts to be enforced.
             let policy = ClusterNetworkPolicy::parse(&name, value.get("spec")).map_err(|(field, message)| cx.error(&field, message))?;
             self.first_definition("ClusterNetworkPolicy", "", &name, cx)?;
-            self.cluster_network_policies.insert(name.clone(), policy);
+            // Enforced, but a `nodes` peer matches nothing yet (Node addresses are not in
+            // the maps): such a policy is also reported as not (fully) enforced.
+            let with_nodes = policy.ingress.iter().chain(&policy.egress).flat_map(|rule| &rule.peers).any(|peer| matches!(peer, CnpPeer::Nodes(_)));
+            self.cluster.cluster_network_policies.insert(name.clone(), std::sync::Arc::new(policy));
+            if !with_nodes {
+                return Ok(());
+            }
         }
         self.unenforced.objects.insert(PolicyObject { kind: policy_kind, version, namespace: text("namespace"), name });
         Ok(())

@@ -250,7 +250,8 @@ fn unsupported_versions_are_errors_and_foreign_policies_are_reported() {
     // Policies of other groups are never dropped silently: listed by name, not skipped.
     let dir = tempfile::tempdir().unwrap();
     let policies = "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: n}\nspec: {selector: all()}\n---\n\
-        apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: admin-deny}\nspec: {tier: Admin, priority: 10, subject: {namespaces: {}}}\n---\n\
+        apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: admin-deny}\nspec: {tier: Admin, priority: 10, subject: {namespaces: {}}, egress: [{action: Deny, to: [{nodes: {}}]}]}\n---\n\
+        apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: enforced}\nspec: {tier: Admin, priority: 10, subject: {namespaces: {}}}\n---\n\
         apiVersion: example.com/v1\nkind: Pod\nmetadata: {name: not-a-pod}\n---\n\
         apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n";
     let loaded = load(&[write(dir.path(), "c.yaml", policies)]).unwrap();
@@ -259,6 +260,9 @@ fn unsupported_versions_are_errors_and_foreign_policies_are_reported() {
         [("ConfigMap".to_string(), 1), ("Pod (example.com/v1)".to_string(), 1)].into()
     );
     assert!(loaded.cluster.network_policies.is_empty());
+    // Both ClusterNetworkPolicies are in the model; only the one with a `nodes` peer (which
+    // matches nothing yet) is also reported.
+    assert_eq!(loaded.cluster.cluster_network_policies.len(), 2);
     assert_eq!(
         loaded.unenforced.lines(),
         vec![
@@ -352,7 +356,7 @@ fn a_bad_cluster_network_policy_is_an_error_naming_file_object_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let anp = "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {name: old}\nspec: {priority: 1}\n";
     let loaded = load(&[write(dir.path(), "anp.yaml", anp)]).unwrap();
-    assert!(loaded.cluster_network_policies.is_empty());
+    assert!(loaded.cluster.cluster_network_policies.is_empty());
     assert_eq!(loaded.unenforced.lines(), vec!["AdminNetworkPolicy old (policy.networking.k8s.io/v1alpha1)"]);
 }
 

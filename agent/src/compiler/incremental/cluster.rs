@@ -1,0 +1,87 @@
+//! ClusterNetworkPolicy in the incremental compiler. While any exists, each apply compiles
+//! them again over the whole model (`policy::cluster::compile`) and writes what differs:
+//! correct by construction, O(cluster) per watch event. Without any, it costs nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use moat_common::maps::{NetworkKey, TierSets, SETTING_CLUSTER_POLICIES};
+
+use super::Incremental;
+use crate::compiler::delta::put;
+use crate::compiler::policy::cluster;
+use crate::compiler::{network_key, CompileError};
+use crate::model::cnp::ClusterNetworkPolicy;
+use crate::model::Change;
+
+impl Incremental {
+    /// Takes a ClusterNetworkPolicy change: its networks join or leave the address partition.
+    pub(super) fn take_cluster_policy(&mut self, name: String, value: Option<Arc<ClusterNetworkPolicy>>) {
+        let Some(Change::ClusterPolicy(_, old)) = self.cluster.apply(Change::ClusterPolicy(name.clone(), value)) else {
+            return;
+        };
+        let new = self.cluster.cluster_network_policies.get(&name).cloned();
+        let ranges = |policy: Option<&Arc<ClusterNetworkPolicy>>| -> Vec<NetworkKey> {
+            policy.map(|p| cluster::networks(&[&**p]).iter().map(network_key).collect()).unwrap_or_default()
+        };
+        // Count the new ranges first, so a range both name is never dropped in between.
+        for range in ranges(new.as_ref()) {
+            self.count_block(range, 1);
+        }
+        for range in ranges(old.as_ref()) {
+            self.count_block(range, -1);
+        }
+    }
+
+    /// Compiles the ClusterNetworkPolicies again and writes what changed in `CNP_SUBJECTS`,
+    /// `CNP_RULES`, the tier-set index and the settings flag.
+    pub(super) fn settle_cluster_policies(&mut self) -> Result<(), CompileError> {
+        let none_before = self.desired.cluster_subjects.is_empty()
+            && self.desired.cluster_rules.is_empty()
+            && self.desired.index.cluster_sets.is_empty();
+        if self.cluster.cluster_network_policies.is_empty() && none_before {
+            return Ok(());
+        }
+        let policies: Vec<&ClusterNetworkPolicy> =
+            self.cluster.cluster_network_policies.values().map(|policy| &**policy).collect();
+        let blocks: BTreeMap<NetworkKey, u64> = self.blocks.iter().map(|(range, (id, _))| (*range, *id)).collect();
+        let compiled = cluster::compile(&self.cluster, &policies, &blocks)?;
+        let mut subjects: BTreeMap<u64, TierSets> = BTreeMap::new();
+        let mut local_sets = BTreeSet::new();
+        for (cgroup, key) in &self.local_pods {
+            if let Some(sets) = compiled.pod_sets.get(key) {
+                subjects.insert(*cgroup, *sets);
+                local_sets.extend([sets.ingress, sets.egress]);
+            }
+        }
+        let rules: BTreeMap<_, _> = compiled.rules.into_iter().filter(|((_, key), _)| local_sets.contains(&key.set)).collect();
+        replace(&mut self.desired.cluster_subjects, &mut self.journal.cluster_subjects, subjects);
+        replace(&mut self.desired.cluster_rules, &mut self.journal.cluster_rules, rules);
+        self.desired.index.cluster_sets = compiled.sets.into_iter().filter(|(set, _)| local_sets.contains(set)).collect();
+        let flags = if self.desired.cluster_subjects.is_empty() {
+            self.desired.flags & !SETTING_CLUSTER_POLICIES
+        } else {
+            self.desired.flags | SETTING_CLUSTER_POLICIES
+        };
+        self.journal.flags.get_or_insert(self.desired.flags);
+        self.desired.flags = flags;
+        Ok(())
+    }
+}
+
+/// Makes `map` equal `new`, journalling only the keys that differ.
+fn replace<K: Ord + Copy, V: Clone + PartialEq>(
+    map: &mut BTreeMap<K, V>,
+    journal: &mut BTreeMap<K, Option<V>>,
+    new: BTreeMap<K, V>,
+) {
+    let gone: Vec<K> = map.keys().filter(|key| !new.contains_key(*key)).copied().collect();
+    for key in gone {
+        put(map, journal, key, None);
+    }
+    for (key, value) in new {
+        if map.get(&key) != Some(&value) {
+            put(map, journal, key, Some(value));
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! ClusterNetworkPolicy → tier sets (`CNP_SUBJECTS`) and their entries (`CNP_RULES`).
+//!
+//! A pod's *tier set*, per direction, is the ordered list of the rules of every policy whose
+//! subject selects it — Admin by priority then name, then Baseline — numbered by position.
+//! Peers and ports resolve exactly as NetworkPolicy's do (`targets`, `expand`, `keys`), so each
+//! rule gives entries keyed like `POLICY_RULES`. Each entry then holds, per tier, the first
+//! rule over every entry whose prefix contains it: for any port, every rule that matches it
+//! has an entry containing the longest entry that does, so the one value a longest-prefix
+//! lookup finds is the first matching rule (see `first_over_prefixes`).
+
+use std::collections::BTreeMap;
+
+use moat_common::maps::{
+    TierMatch, TierSets, NOT_ISOLATED, POLICY_SET_IDENTITY_BITS, TIER_ACCEPT, TIER_DENY,
+    TIER_NO_RULE, TIER_PASS,
+};
+
+use super::identity::{hash_id, named_ports_bytes};
+use super::prefixes::{mask, PROTOCOL_BITS};
+use super::targets::{self, namespace_labels, Pods};
+use super::{expand, keys, pod_facts, Direction, PodFacts, RuleKey};
+use crate::config::Cidr;
+use crate::model::cnp::{Action, ClusterNetworkPolicy, Peer as CnpPeer, PodSet, PortMatch, Tier};
+use crate::model::cnp_eval::RuleRef;
+use crate::model::policy::{Peer, PortRef, PortRule, Rule};
+use crate::model::selector::{Selector, SelectorError};
+use crate::model::{Cluster, Labels, PodKey, Protocol};
+use moat_common::maps::NetworkKey;
+
+/// The rules of one tier set, by position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TierSet {
+    pub direction: Direction,
+    pub rules: Vec<RuleRef>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Compiled {
+    /// Tier sets per pod that some policy's subject selects.
+    pub pod_sets: BTreeMap<PodKey, TierSets>,
+    pub sets: BTreeMap<u64, TierSet>,
+    pub rules: BTreeMap<RuleKey, TierMatch>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("ClusterNetworkPolicy {policy}: {field}: {error}")]
+pub struct ClusterPolicyError {
+    pub policy: String,
+    pub field: String,
+    pub error: Box<SelectorError>,
+}
+
+/// The address ranges `policies` name: they join the partition of the address space that
+/// ipBlocks make, so an address's range identity serves both.
+pub fn networks(policies: &[&ClusterNetworkPolicy]) -> Vec<Cidr> {
+    let rules = policies.iter().flat_map(|policy| policy.ingress.iter().chain(&policy.egress));
+    let peers = rules.flat_map(|rule| &rule.peers);
+    peers
+        .flat_map(|peer| match peer {
+            CnpPeer::Networks(cidrs) => cidrs.as_slice(),
+            _ => &[],
+        })
+        .copied()
+        .collect()
+}
+
+/// One policy, its selectors compiled and its rules in NetworkPolicy's form.
+struct Prepared<'a> {
+    policy: &'a ClusterNetworkPolicy,
+    subject: (Selector, Option<Selector>),
+    /// Ingress, egress.
+    rules: [Vec<(Rule, Action)>; 2],
+}
+
+/// Compiles `policies` for every pod of `cluster`; `blocks` is the address partition (which
+/// must hold `networks(policies)`).
+pub fn compile(
+    cluster: &Cluster,
+    policies: &[&ClusterNetworkPolicy],
+    blocks: &BTreeMap<NetworkKey, u64>,
+) -> Result<Compiled, ClusterPolicyError> {
+    let mut ordered: Vec<&ClusterNetworkPolicy> = policies.to_vec();
+    ordered.sort_by(|a, b| (a.tier, a.priority, &a.name).cmp(&(b.tier, b.priority, &b.name)));
+    let prepared = ordered.into_iter().map(prepare).collect::<Result<Vec<_>, _>>()?;
+    let mut out = Compiled::default();
+    if prepared.is_empty() {
+        return Ok(out);
+    }
+    let pods = pod_facts(cluster);
+    let indexed = Pods::new(&pods, cluster);
+    let mut members: BTreeMap<u64, (Direction, Vec<usize>, &PodFacts)> = BTreeMap::new();
+    let mut namespaces: BTreeMap<&str, Labels> = BTreeMap::new();
+    for pod in &pods {
+        // Host-network pods are never subjects (the API says so).
+        if cluster.pods.get(pod.key).is_none_or(|p| p.host_network) {
+            continue;
+        }
+        let namespace = &*pod.key.namespace;
+        let labels = namespaces.entry(namespace).or_insert_with(|| {
+            namespace_labels(cluster.namespaces.get(namespace).map(|ns| &ns.labels), namespace)
+        });
+        let mut ids = [NOT_ISOLATED; 2];
+        for (slot, direction) in [Direction::Ingress, Direction::Egress].into_iter().enumerate() {
+            let selecting: Vec<usize> = (0..prepared.len())
+                .filter(|i| !prepared[*i].rules[slot].is_empty() && selects(&prepared[*i].subject, labels, pod.labels))
+                .collect();
+            if selecting.is_empty() {
+                continue;
+            }
+            ids[slot] = set_id(direction, selecting.iter().map(|i| prepared[*i].policy), pod.ports);
+            members.entry(ids[slot]).or_insert((direction, selecting, pod));
+        }
+        if ids != [NOT_ISOLATED; 2] {
+            out.pod_sets.insert(pod.key.clone(), TierSets { ingress: ids[0], egress: ids[1] });
+        }
+    }
+    let mut renamed: BTreeMap<u64, u64> = BTreeMap::new();
+    for (set, (direction, selecting, representative)) in members {
+        let slot = usize::from(direction == Direction::Egress);
+        let mut entries: BTreeMap<RuleKey, TierMatch> = BTreeMap::new();
+        let mut refs = Vec::new();
+        for prepared in selecting.iter().map(|i| &prepared[*i]) {
+            let policy = prepared.policy;
+            for (index, (rule, action)) in prepared.rules[slot].iter().enumerate() {
+                let position = u32::try_from(refs.len()).unwrap_or(u32::MAX >> 2);
+                refs.push(RuleRef {
+                    tier: policy.tier,
+                    policy: policy.name.clone(),
+                    priority: policy.priority,
+                    index,
+                    name: policy_rules(policy, direction)[index].name.clone(),
+                    action: *action,
+                });
+                let encoded = TierMatch::rule(position, tier_action(*action));
+                let value = match policy.tier {
+                    Tier::Admin => TierMatch { admin: encoded, baseline: TIER_NO_RULE },
+                    Tier::Baseline => TierMatch { admin: TIER_NO_RULE, baseline: encoded },
+                };
+                // Every peer of a ClusterNetworkPolicy names its namespaces.
+                let targets = targets::targets("", rule, &indexed, blocks);
+                for (identity, ports) in expand(rule, &targets, direction, representative.ports, &indexed) {
+                    for key in keys(set, identity, &ports) {
+                        let entry = entries.entry(key).or_insert(TierMatch::NONE);
+                        *entry = entry.first(value);
+                    }
+                }
+            }
+        }
+        // The final id hashes what the set holds, so no change rewrites a set in place: the
+        // kernel gets the new set's entries, then each pod switches to it at once, and the
+        // old set's entries go last. A pod never sees half of a change.
+        let entries = first_over_prefixes(&entries);
+        let content: Vec<u8> = format!("{entries:?}{refs:?}").into_bytes();
+        let id = hash_id(&[b"cnp-set", &set.to_le_bytes(), &content]);
+        renamed.insert(set, id);
+        out.rules.extend(entries.into_iter().map(|((prefix, mut data), value)| {
+            data.set = id;
+            ((prefix, data), value)
+        }));
+        out.sets.insert(id, TierSet { direction, rules: refs });
+    }
+    for sets in out.pod_sets.values_mut() {
+        for id in [&mut sets.ingress, &mut sets.egress] {
+            *id = renamed.get(id).copied().unwrap_or(NOT_ISOLATED);
+        }
+    }
+    Ok(out)
+}
+
+/// Each entry's value made the first rule over it and every entry containing it.
+fn first_over_prefixes(entries: &BTreeMap<RuleKey, TierMatch>) -> Vec<(RuleKey, TierMatch)> {
+    entries
+        .iter()
+        .map(|((prefix, data), value)| {
+            let shorter = std::iter::once(POLICY_SET_IDENTITY_BITS).chain(PROTOCOL_BITS..*prefix);
+            let first = shorter
+                .filter(|len| len < prefix)
+                .filter_map(|len| entries.get(&(len, mask(data, len))))
+                .fold(*value, |first, outer| first.first(*outer));
+            ((*prefix, *data), first)
+        })
+        .collect()
+}
+
+fn tier_action(action: Action) -> u32 {
+    match action {
+        Action::Accept => TIER_ACCEPT,
+        Action::Deny => TIER_DENY,
+        Action::Pass => TIER_PASS,
+    }
+}
+
+fn policy_rules(policy: &ClusterNetworkPolicy, direction: Direction) -> &[crate::model::cnp::Rule] {
+    match direction {
+        Direction::Ingress => &policy.ingress,
+        Direction::Egress => &policy.egress,
+    }
+}
+
+fn selects(subject: &(Selector, Option<Selector>), namespace_labels: &Labels, labels: &Labels) -> bool {
+    subject.0.matches(namespace_labels) && subject.1.as_ref().is_none_or(|pods| pods.matches(labels))
+}
+
+/// The provisional id of the tier set of `policies` (in evaluation order) for a pod with
+/// `ports`: their order is part of what the set means, and so, for ingress, are the pod's
+/// named ports. The final id also hashes the set's entries (`compile`).
+fn set_id<'a>(
+    direction: Direction,
+    policies: impl IntoIterator<Item = &'a ClusterNetworkPolicy>,
+    ports: &[crate::model::ContainerPort],
+) -> u64 {
+    let names: Vec<u8> = policies
+        .into_iter()
+        .flat_map(|p| format!("{}/{}/{}\0", p.tier.as_str(), p.priority, p.name).into_bytes())
+        .collect();
+    let ports = if direction == Direction::Ingress { named_ports_bytes(ports) } else { Vec::new() };
+    hash_id(&[b"cnp", direction.as_str().as_bytes(), &names, &ports])
+}
+
+fn prepare(policy: &ClusterNetworkPolicy) -> Result<Prepared<'_>, ClusterPolicyError> {
+    let error = |field: String| move |error| ClusterPolicyError { policy: policy.name.clone(), field, error: Box::new(error) };
+    let subject = pod_set(&policy.subject).map_err(error("spec.subject".into()))?;
+    let mut rules: [Vec<(Rule, Action)>; 2] = Default::default();
+    for (slot, (list, field)) in [(&policy.ingress, "ingress"), (&policy.egress, "egress")].into_iter().enumerate() {
+        for (index, rule) in list.iter().enumerate() {
+            let converted = as_network_rule(rule).map_err(error(format!("spec.{field}[{index}]")))?;
+            rules[slot].push((converted, rule.action));
+        }
+    }
+    Ok(Prepared { policy, subject, rules })
+}
+
+fn pod_set(set: &PodSet) -> Result<(Selector, Option<Selector>), SelectorError> {
+    Ok((Selector::from_api(&set.namespaces)?, set.pods.as_ref().map(Selector::from_api).transpose()?))
+}
+
+/// A ClusterNetworkPolicy rule's peers and ports in NetworkPolicy's form, which the compiler
+/// resolves: pods as a peer with both selectors, networks as ipBlocks without exceptions, a
+/// named port once per protocol (a container port's name is unique within its pod). `nodes`
+/// peers match no pod or network here (Node addresses are not in the maps yet).
+fn as_network_rule(rule: &crate::model::cnp::Rule) -> Result<Rule, SelectorError> {
+    let mut peers = Vec::new();
+    for peer in &rule.peers {
+        match peer {
+            CnpPeer::Pods(set) => {
+                let (namespaces, pods) = pod_set(set)?;
+                peers.push(Peer::Pods { namespaces: Some(namespaces), pods });
+            }
+            CnpPeer::Networks(cidrs) => {
+                peers.extend(cidrs.iter().map(|cidr| Peer::Block { cidr: *cidr, except: Vec::new() }));
+            }
+            CnpPeer::Nodes(_) => {}
+        }
+    }
+    let ports = rule.ports.as_ref().map(|ports| {
+        ports
+            .iter()
+            .flat_map(|port| match port {
+                PortMatch::Ports { protocol, start, end } => {
+                    vec![PortRule { protocol: *protocol, port: PortRef::Range(*start, *end) }]
+                }
+                PortMatch::Named(name) => [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
+                    .into_iter()
+                    .map(|protocol| PortRule { protocol, port: PortRef::Named(name.clone()) })
+                    .collect(),
+            })
+            .collect()
+    });
+    Ok(Rule { peers: Some(peers), ports })
+}
+
+#[cfg(test)]
+#[path = "cluster_tests.rs"]
+mod tests;
