@@ -91,15 +91,17 @@ pub enum Tracked {
     Missing,
 }
 
-/// The one lookup an established packet makes.
+/// The one lookup an established packet makes. `generation` is `Settings::generation` as
+/// read once at the start of the program run: everything the run decides is recorded under
+/// the generation it was decided under, so a change armed mid-run still re-decides it.
 #[inline(always)]
-pub fn lookup(key: &FlowKey, settings: &Settings) -> Tracked {
+pub fn lookup(key: &FlowKey, generation: u64) -> Tracked {
     let Some(state) = FLOWS.get_ptr_mut(key) else {
         return Tracked::Missing;
     };
     // SAFETY: the pointer comes from a successful lookup; the entry stays readable for the
     // rest of this program run (RCU).
-    if unsafe { (*state).generation } == settings.generation {
+    if unsafe { (*state).generation } == generation {
         Tracked::Current(unsafe { (*state).local_tenant })
     } else {
         Tracked::Stale(state)
@@ -115,10 +117,10 @@ pub fn origin_of(state: *mut FlowState) -> u8 {
 
 /// Marks a stale flow admitted under the current generation.
 #[inline(always)]
-pub fn renew(state: *mut FlowState, settings: &Settings, reason: Reason, local_tenant: u64) {
+pub fn renew(state: *mut FlowState, generation: u64, reason: Reason, local_tenant: u64) {
     // SAFETY: from `lookup` in this program run, with no FLOWS operation since.
     let state = unsafe { &mut *state };
-    state.generation = settings.generation;
+    state.generation = generation;
     state.last_seen_ns = unsafe { bpf_ktime_get_ns() };
     state.reason = reason as u8;
     state.local_tenant = local_tenant;
@@ -127,17 +129,17 @@ pub fn renew(state: *mut FlowState, settings: &Settings, reason: Reason, local_t
 /// Re-decides a flow admitted under an older generation in its original direction, and
 /// either renews it or removes it, so a revoked flow is cut on its next packet.
 #[inline(always)]
-pub fn redecide(state: *mut FlowState, key: &FlowKey, ends: &Ends, settings: &Settings) -> Reason {
+pub fn redecide(state: *mut FlowState, key: &FlowKey, ends: &Ends, settings: &Settings, generation: u64) -> Reason {
     let origin = origin_of(state);
     let reason = ends.decide(settings, origin);
     if reason.is_allow() {
         verdicts::put(
             &ends.flow().verdict_inputs(origin),
-            settings,
+            generation,
             reason,
             ends.local_tenant(),
         );
-        renew(state, settings, reason, ends.local_tenant());
+        renew(state, generation, reason, ends.local_tenant());
     } else {
         let _ = FLOWS.remove(key);
     }
@@ -155,17 +157,18 @@ pub enum FlowLookup {
 /// `lookup`, then `redecide` for a stale entry.
 #[inline(always)]
 pub fn check_flow(key: &FlowKey, ends: &Ends, settings: &Settings) -> FlowLookup {
-    match lookup(key, settings) {
+    let generation = settings.generation;
+    match lookup(key, generation) {
         Tracked::Current(_) => FlowLookup::Current,
-        Tracked::Stale(state) => FlowLookup::Redecided(redecide(state, key, ends, settings)),
+        Tracked::Stale(state) => FlowLookup::Redecided(redecide(state, key, ends, settings, generation)),
         Tracked::Missing => FlowLookup::Missing,
     }
 }
 
 #[inline(always)]
-pub fn track(key: &FlowKey, settings: &Settings, origin: u8, reason: Reason, local_tenant: u64) {
+pub fn track(key: &FlowKey, generation: u64, origin: u8, reason: Reason, local_tenant: u64) {
     let state = FlowState {
-        generation: settings.generation,
+        generation,
         last_seen_ns: unsafe { bpf_ktime_get_ns() },
         local_tenant,
         origin,

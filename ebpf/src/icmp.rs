@@ -104,7 +104,7 @@ pub fn on_ingress(ctx: &TcContext) -> i32 {
         FlowLookup::Missing => {
             let reason = ends.decide(&settings, ORIGIN_INBOUND);
             if reason.is_allow() {
-                flows::track(&key, &settings, ORIGIN_INBOUND, reason, ends.local_tenant());
+                flows::track(&key, settings.generation, ORIGIN_INBOUND, reason, ends.local_tenant());
                 if settings.flags & SETTING_REPORT_ALLOWED != 0 {
                     floor::report(&ends, packet.dst_addr.to_bytes(), HOOK_SKB, DIRECTION_INGRESS, reason);
                 }

@@ -15,7 +15,7 @@
 //! `check` word, a hash of all the others written last, makes such an entry miss.
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
-use moat_common::{maps::Settings, verdict::Reason};
+use moat_common::verdict::Reason;
 
 use crate::packet::Addr;
 
@@ -65,7 +65,7 @@ impl Inputs<'_> {
 
 /// A cached allowed verdict: the reason and the local end's tenant.
 #[inline(always)]
-pub fn get(inputs: &Inputs, settings: &Settings) -> Option<(Reason, u64)> {
+pub fn get(inputs: &Inputs, generation: u64) -> Option<(Reason, u64)> {
     let key_hash = inputs.key_hash();
     let entry = VERDICTS.get(key_hash as u32 & (ENTRIES - 1))?;
     let entry = *entry;
@@ -73,7 +73,7 @@ pub fn get(inputs: &Inputs, settings: &Settings) -> Option<(Reason, u64)> {
     let matches = entry.cgroup == inputs.cgroup
         && entry.remote.0 == inputs.remote.0
         && entry.meta == inputs.meta(reason)
-        && entry.generation == settings.generation
+        && entry.generation == generation
         && entry.check == check(key_hash, &entry);
     if !matches {
         return None;
@@ -85,7 +85,7 @@ pub fn get(inputs: &Inputs, settings: &Settings) -> Option<(Reason, u64)> {
 
 /// Stores an allowed verdict.
 #[inline(always)]
-pub fn put(inputs: &Inputs, settings: &Settings, reason: Reason, local_tenant: u64) {
+pub fn put(inputs: &Inputs, generation: u64, reason: Reason, local_tenant: u64) {
     if !reason.is_allow() {
         return;
     }
@@ -97,7 +97,7 @@ pub fn put(inputs: &Inputs, settings: &Settings, reason: Reason, local_tenant: u
         cgroup: inputs.cgroup,
         remote: *inputs.remote,
         meta: inputs.meta(reason as u8),
-        generation: settings.generation,
+        generation,
         local_tenant,
         check: 0,
         _pad: 0,

@@ -9,7 +9,8 @@ use serde_json::Value;
 use crate::bench::{Context, Measurement, Row, Section};
 use crate::util::{check_interrupt, render, stdout_of};
 
-const DATAPATH_POLICIES: [usize; 3] = [10, 1_000, 10_000];
+/// (NetworkPolicies, ClusterNetworkPolicies) per run.
+const DATAPATH_POLICIES: [(usize, usize); 4] = [(10, 0), (1_000, 0), (10_000, 0), (1_000, 100)];
 const DATAPATH_ROUNDS: u32 = 5;
 const DATAPATH_PACKETS: u32 = 5_000;
 const COMPILE_PODS: usize = 10_000;
@@ -43,13 +44,19 @@ pub fn datapath(ctx: &Context) -> Result<Section> {
     let lab = ctx.lab_release()?;
     let mut rows = Vec::new();
     let mut notes = String::from(
-        "| policies | POLICY_RULES entries (this node) | egress case | ingress case | cgroup id the programs saw (own) |\n|---:|---:|---|---|---|\n",
+        "| policies | POLICY_RULES entries (this node) | CNP_RULES entries | egress case | ingress case | cgroup id the programs saw (own) |\n|---:|---:|---:|---|---|---|\n",
     );
-    for policies in DATAPATH_POLICIES {
+    for (network_policies, cluster_policies) in DATAPATH_POLICIES {
+        let policies = if cluster_policies == 0 {
+            network_policies.to_string()
+        } else {
+            format!("{network_policies} + {cluster_policies} ClusterNetworkPolicies")
+        };
         println!("\n== np-datapath: {policies} policies");
         let value = json_of(
             Command::new(&lab)
-                .args(["__bench-datapath", "--policies", &policies.to_string()])
+                .args(["__bench-datapath", "--policies", &network_policies.to_string()])
+                .args(["--cluster-policies", &cluster_policies.to_string()])
                 .args(["--packets", &DATAPATH_PACKETS.to_string(), "--rounds", &DATAPATH_ROUNDS.to_string()]),
         )?;
         let cases = [
@@ -80,8 +87,9 @@ pub fn datapath(ctx: &Context) -> Result<Section> {
             format!("{} → {}:{} ({})", c["local"].as_str().unwrap_or("?"), c["remote"].as_str().unwrap_or("?"), c["port"], c["reason"].as_str().unwrap_or("?"))
         };
         notes.push_str(&format!(
-            "| {policies} | {} | {} | {} | {} ({}) |\n",
+            "| {policies} | {} | {} | {} | {} | {} ({}) |\n",
             value["rule_entries"],
+            value["cluster_rule_entries"],
             case("egress_case"),
             case("ingress_case").replace(" → ", " ← "),
             value["cgroup_seen"],
@@ -105,7 +113,11 @@ pub fn datapath(ctx: &Context) -> Result<Section> {
          context, and the test-run skb's dummy socket is charged to that process's cgroup, so \
          `bpf_skb_cgroup_id` returns the benchmark's own cgroup id (not 0): the synthetic state \
          maps both that id and 0 to the local pod, and the table shows which one the programs \
-         saw (from the flow-table key). tc ingress: `moat_icmp_ingress` as on a pod's \
+         saw (from the flow-table key). With ClusterNetworkPolicies: each selects every pod, \
+         alternately Admin and Baseline, with a `Pass` from every namespace on a port of its \
+         own (the last on every port), so every verdict stays NetworkPolicy's while every new \
+         flow decided in full does the three `CNP_RULES` lookups (plus the `CNP_SUBJECTS` one). \
+         tc ingress: `moat_icmp_ingress` as on a pod's \
          interface, `repeat` = 5,000, on the ingress case's ACK (not ICMP: one header load, then \
          passed on) and on an ICMP echo request between the same two pods (the first run \
          decides it, the rest hit its flow entry if allowed, a denied one is reported every \

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use aya::maps::{HashMap, MapData};
 use aya::Ebpf;
-use moat_common::maps::{FlowKey, FlowState, NOT_ISOLATED};
+use moat_common::maps::{FlowKey, FlowState};
 use moat_common::verdict::{LocalEnd, Peer, Reason};
 use moat_common::{IPPROTO_ICMP, IPPROTO_TCP};
 use serde_json::{json, Value};
@@ -27,6 +27,7 @@ use super::{median, BenchError};
 use moat_agent::compiler::{compile, mapped, Desired};
 use moat_agent::config::Config;
 use moat_agent::kernel::tc;
+use moat_agent::model::cnp::ClusterNetworkPolicy;
 use moat_agent::node::cgroups::{PodCgroups, PodRef};
 
 #[derive(clap::Args, Debug)]
@@ -34,6 +35,9 @@ pub struct DatapathArgs {
     /// NetworkPolicies in the synthetic cluster.
     #[arg(long)]
     pub policies: usize,
+    /// ClusterNetworkPolicies, every one selecting every pod (`cluster_policies`).
+    #[arg(long, default_value_t = 0)]
+    pub cluster_policies: usize,
     #[arg(long, default_value_t = 2_000)]
     pub pods: usize,
     #[arg(long, default_value_t = 50)]
@@ -60,7 +64,8 @@ struct Flow {
 
 pub fn run(args: DatapathArgs) -> Result<(), BenchError> {
     let shape = Shape { pods: args.pods, pods_per_namespace: args.pods_per_namespace, policies: args.policies };
-    let cluster = synth::cluster(shape)?;
+    let mut cluster = synth::cluster(shape)?;
+    add_cluster_policies(&mut cluster, args.cluster_policies)?;
     let local_key = synth::pod_key(0, 0);
     let own_cgroup = own_cgroup_id()?;
     let cgroups: PodCgroups =
@@ -79,8 +84,8 @@ pub fn run(args: DatapathArgs) -> Result<(), BenchError> {
     // The tc program decides an echo request by both addresses, as the source's node would.
     let echo = echo_request_frame(ingress.remote, ingress.local, 4242);
     let (echo_src, echo_dst) = (desired.remote_peer(&mapped(IpAddr::V4(ingress.remote))), desired.remote_peer(&mapped(IpAddr::V4(ingress.local))));
-    // The bench's clusters hold no ClusterNetworkPolicy: no pod has a tier set.
-    let echo_reason = desired.decide_at(echo_src, echo_dst, IPPROTO_ICMP, 0, LocalEnd::Destination, NOT_ISOLATED);
+    let tier_sets = desired.cluster_subjects.get(&own_cgroup).copied().unwrap_or_default();
+    let echo_reason = desired.decide_at(echo_src, echo_dst, IPPROTO_ICMP, 0, LocalEnd::Destination, tier_sets.ingress);
     let echo_retval = if echo_reason.is_allow() { TC_NEXT } else { TC_DROP };
 
     // Established: one SYN opens the flow, then ACKs of it are measured.
@@ -130,6 +135,8 @@ pub fn run(args: DatapathArgs) -> Result<(), BenchError> {
     let [tc_tcp, tc_echo] = tc_samples.map(|mut values| median(&mut values).unwrap_or(f64::NAN));
     let out = json!({
         "policies": cluster.network_policies.len(),
+        "cluster_policies": cluster.cluster_network_policies.len(),
+        "cluster_rule_entries": desired.cluster_rules.len(),
         "pods": cluster.pods.len(),
         "rule_entries": desired.policy_rules.len(),
         "map_writes": stats.writes,
@@ -225,6 +232,7 @@ fn v4(ip: Option<&IpAddr>) -> Result<Ipv4Addr, BenchError> {
 /// decision code the programs run.
 fn find_flow(desired: &Desired, cluster: &moat_agent::model::Cluster, local_ip: Ipv4Addr, cgroup: u64, end: LocalEnd, ports: &[u16]) -> Result<Flow, BenchError> {
     let local = Peer::local(desired.local.get(&cgroup).copied());
+    let tier_sets = desired.cluster_subjects.get(&cgroup).copied().unwrap_or_default();
     let mut fallback = None;
     for pod in cluster.pods.values() {
         let Some(IpAddr::V4(remote_ip)) = pod.ips.first().copied() else { continue };
@@ -234,8 +242,8 @@ fn find_flow(desired: &Desired, cluster: &moat_agent::model::Cluster, local_ip: 
         let remote = desired.remote_peer(&mapped(IpAddr::V4(remote_ip)));
         for port in ports {
             let reason = match end {
-                LocalEnd::Source => desired.decide_at(local, remote, IPPROTO_TCP, *port, end, NOT_ISOLATED),
-                LocalEnd::Destination => desired.decide_at(remote, local, IPPROTO_TCP, *port, end, NOT_ISOLATED),
+                LocalEnd::Source => desired.decide_at(local, remote, IPPROTO_TCP, *port, end, tier_sets.egress),
+                LocalEnd::Destination => desired.decide_at(remote, local, IPPROTO_TCP, *port, end, tier_sets.ingress),
             };
             let flow = Flow { local: local_ip, remote: remote_ip, port: *port, reason };
             if reason == Reason::PolicyAllowed {
@@ -247,6 +255,30 @@ fn find_flow(desired: &Desired, cluster: &moat_agent::model::Cluster, local_ip: 
         }
     }
     fallback.ok_or_else(|| BenchError::Setup(format!("no allowed {end:?} flow for the local pod")))
+}
+
+/// `count` ClusterNetworkPolicies, alternately Admin and Baseline, each selecting every pod:
+/// a `Pass` from every namespace on one port of its own (so the entries grow with the count)
+/// and, in the last, on every port. Every verdict stays NetworkPolicy's (Admin passes to
+/// it, Baseline passes to the default), while every new flow does the tier lookups.
+fn add_cluster_policies(cluster: &mut moat_agent::model::Cluster, count: usize) -> Result<(), BenchError> {
+    for index in 0..count {
+        let tier = if index % 2 == 0 { "Admin" } else { "Baseline" };
+        let ports = if index + 1 == count { json!(null) } else { json!([{"tcp": {"destinationPort": {"number": 20_000 + index}}}]) };
+        let rule = |list: &str| {
+            let mut rule = json!({"action": "Pass"});
+            rule[list] = json!([{"namespaces": {}}]);
+            if !ports.is_null() {
+                rule["protocols"] = ports.clone();
+            }
+            rule
+        };
+        let spec = json!({"tier": tier, "priority": index % 1_000, "subject": {"namespaces": {}}, "ingress": [rule("from")], "egress": [rule("to")]});
+        let name = format!("bench-{index}");
+        let policy = ClusterNetworkPolicy::parse(&name, Some(&spec)).map_err(|(field, message)| BenchError::Setup(format!("ClusterNetworkPolicy {name}: {field}: {message}")))?;
+        cluster.cluster_network_policies.insert(name, std::sync::Arc::new(policy));
+    }
+    Ok(())
 }
 
 /// tc verdicts as BPF_PROG_TEST_RUN reports them (`TC_ACT_UNSPEC` is -1).
