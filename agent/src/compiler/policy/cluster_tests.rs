@@ -6,30 +6,14 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use moat_common::maps::{
-    Endpoint, PolicyMatch, TierMatch, NOT_ISOLATED, POLICY_FULL_BITS, TIER_ACCEPT, TIER_DENY, TIER_PASS,
-};
-use moat_common::verdict::{first_cluster_rules, ClusterRules, Peer as DataPeer};
+use moat_common::maps::{Endpoint, TierMatch, NOT_ISOLATED, TIER_ACCEPT, TIER_DENY, TIER_PASS};
+use moat_common::verdict::{first_cluster_rules, Peer as DataPeer};
 
 use super::*;
 use crate::test_rng::Rng;
-use crate::compiler::policy::prefixes::mask;
+use crate::compiler::Desired;
 use crate::model::cnp_eval::{self, Decider, End, NetworkPolicyTier};
 use crate::model::{ContainerPort, Namespace, Pod};
-
-/// The kernel's lookup over the compiled entries: the longest prefix covering the key.
-struct Trie<'a>(&'a BTreeMap<RuleKey, TierMatch>);
-
-impl ClusterRules for Trie<'_> {
-    fn first_rules(&self, key: &PolicyMatch) -> TierMatch {
-        let lengths = (PROTOCOL_BITS..=POLICY_FULL_BITS).rev().chain([POLICY_SET_IDENTITY_BITS]);
-        lengths
-            .filter_map(|len| self.0.get(&(len, mask(key, len))))
-            .copied()
-            .next()
-            .unwrap_or(TierMatch::NONE)
-    }
-}
 
 const HOUSES: [&str; 3] = ["red", "green", "blue"];
 const APPS: [&str; 3] = ["web", "db", "cache"];
@@ -122,6 +106,7 @@ fn policies(rng: &mut Rng) -> Vec<ClusterNetworkPolicy> {
 /// What the compiled form decides, as the kernel would, in the specification's terms.
 fn compiled_decision(
     compiled: &Compiled,
+    kernel: &Desired,
     set: u64,
     remote: DataPeer,
     protocol: u8,
@@ -131,7 +116,7 @@ fn compiled_decision(
     let tiers = if set == NOT_ISOLATED {
         TierMatch::NONE
     } else {
-        first_cluster_rules(set, &remote, protocol, port, &Trie(&compiled.rules))
+        first_cluster_rules(set, &remote, protocol, port, kernel)
     };
     let rule_at = |encoded| compiled.sets[&set].rules[TierMatch::position(encoded) as usize].clone();
     let mut passed = Vec::new();
@@ -160,6 +145,8 @@ fn check(seed: u64) {
     let refs: Vec<&ClusterNetworkPolicy> = cnps.iter().collect();
     let blocks = crate::compiler::policy::compile(&cluster, &networks(&refs)).blocks;
     let compiled = compile(&cluster, &refs, &blocks).expect("valid policies compile");
+    // `Desired` looks its entries up as `CNP_RULES` does (longest prefix).
+    let kernel = Desired { cluster_rules: compiled.rules.clone(), ..Desired::default() };
     let identities = crate::compiler::policy::compile(&cluster, &[]).pod_identity;
     let range_of = |ip: IpAddr| {
         let host = targets::host_key(ip);
@@ -188,7 +175,7 @@ fn check(seed: u64) {
                 for (protocol, port) in flows {
                     let np = np_tiers[rng.below(3)];
                     let spec = cnp_eval::decide(&cnps, direction, end(&namespace_labels, local), end(&namespace_labels, remote), protocol, port, np);
-                    let got = compiled_decision(&compiled, set, data_peer, protocol, port, np);
+                    let got = compiled_decision(&compiled, &kernel, set, data_peer, protocol, port, np);
                     assert_eq!(
                         got,
                         (spec.allowed, spec.decider.clone(), spec.passed.clone()),
