@@ -144,3 +144,43 @@ fn network_policy_added_and_removed_through_the_api_server() {
     eprintln!("policy removed → lifted in {took:?}");
     assert_eq!(lab.probe("x/p", "z/r", "80/TCP"), Verdict::Denied, "the tenant floor is still there");
 }
+
+#[test]
+fn cluster_network_policy_arrives_with_its_crd_and_goes_with_it() {
+    let manifests = Manifests::new();
+    let lab = lab(&manifests);
+    let state = manifests.dir().join("state.json");
+    write_list(&state, &lab_objects(&lab));
+    let server = ApiServer::start(&[&state], 1);
+    // The agent asks for the CRD every 200 ms (the interval of API discovery).
+    let _agent = KubeAgent::start_with(&lab, &server, "apiDiscoveryIntervalMs: 200\n");
+    assert_eq!(lab.probe("y/s", "x/p", "80/TCP"), Verdict::Allowed, "same tenant, no policy");
+
+    let (code, body) = server.request("POST", "/testapi/crds/clusternetworkpolicies.policy.networking.k8s.io", None);
+    assert_eq!(code, 200, "{body}");
+    let policy = |action: &str| {
+        serde_json::json!({
+            "apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": "no-port-80"},
+            "spec": {"tier": "Admin", "priority": 10, "subject": {"namespaces": {}}, "ingress": [
+                {"name": "port-80", "action": action, "from": [{"namespaces": {}}], "protocols": [{"tcp": {"destinationPort": {"number": 80}}}]}
+            ]}
+        })
+    };
+    server.apply(&policy("Deny"));
+    let took = wait_verdict("y/s -> x/p once the admin's Deny is known", Verdict::Denied, CONVERGE, || lab.probe("y/s", "x/p", "80/TCP"));
+    eprintln!("ClusterNetworkPolicy added (CRD installed just before) → enforced in {took:?}");
+    assert_eq!(lab.probe("x/q", "x/p", "80/TCP"), Verdict::Denied, "Admin tier: in one namespace too");
+
+    // A rule's action changed at runtime: Pass hands the flow back to NetworkPolicy (none here).
+    server.apply(&policy("Pass"));
+    wait_verdict("y/s -> x/p once the rule passes", Verdict::Allowed, CONVERGE, || lab.probe("y/s", "x/p", "80/TCP"));
+    server.apply(&policy("Deny"));
+    wait_verdict("y/s -> x/p denied again", Verdict::Denied, CONVERGE, || lab.probe("y/s", "x/p", "80/TCP"));
+
+    // The CRD removed: its policies go with it.
+    let (code, body) = server.request("DELETE", "/testapi/crds/clusternetworkpolicies.policy.networking.k8s.io", None);
+    assert_eq!(code, 200, "{body}");
+    wait_verdict("y/s -> x/p once the CRD is gone", Verdict::Allowed, CONVERGE, || lab.probe("y/s", "x/p", "80/TCP"));
+    assert_eq!(lab.probe("x/p", "z/r", "80/TCP"), Verdict::Denied, "the tenant floor is still there");
+}

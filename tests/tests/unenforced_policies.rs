@@ -103,9 +103,10 @@ fn kube_source_notices_the_cluster_network_policy_crd_when_it_appears() {
     let cnp = json!({
         "apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
         "metadata": {"name": "deny-beta"},
-        "spec": {"tier": "Admin", "priority": 10, "subject": {"namespaces": {}}}
+        "spec": {"tier": "Admin", "priority": 10, "subject": {"namespaces": {}}, "egress": [{"action": "Deny", "to": [{"nodes": {}}]}]}
     });
     server.apply(&cnp);
+    // Enforced from the watch, but its `nodes` peer is not: reported as from files.
     let lines = wait_lines("the policy reported once its CRD appears", status, |l| !l.is_empty());
     assert_eq!(lines, vec!["ClusterNetworkPolicy deny-beta (policy.networking.k8s.io/v1alpha2)"]);
     agent.wait_log("a warning naming it", CONVERGE, |line| {

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Sync health of a source. For the API server, each watch (Namespaces, Pods,
-/// NetworkPolicies, Node, Services) reports whether its last attempt succeeded; while any is failing,
+/// NetworkPolicies, Node, Services, ClusterNetworkPolicies) reports whether its last attempt succeeded; while any is failing,
 /// the enforced state is as old as the moment the first one failed.
 #[derive(Debug, Default)]
 pub struct SyncState {

@@ -1,5 +1,6 @@
-//! Policy kinds the API server serves that moat does not enforce (ClusterNetworkPolicy,
-//! other vendors' CRDs), and their objects, so none is ignored without a word.
+//! Policy kinds the API server serves that moat does not enforce (ClusterNetworkPolicy at
+//! versions other than v1alpha2, AdminNetworkPolicy, other vendors' CRDs), and their objects,
+//! so none is ignored without a word.
 //!
 //! - API discovery (`/apis`) every interval: a CRD installed after the agent started is
 //!   noticed on the next round, and a cluster without it is simply a cluster without it. Only
@@ -7,7 +8,8 @@
 //!   [`FULL_EVERY`] rounds, so a steady cluster costs one request per round.
 //! - The objects of each such kind are listed every round. The agent's RBAC allows this for
 //!   `clusternetworkpolicies` only; a kind it may not list (403) is reported as served with
-//!   its objects unknown, which is as loud as the agent can be about it.
+//!   its objects unknown, which is as loud as the agent can be about it. (The v1alpha2
+//!   ClusterNetworkPolicy is watched and enforced: [`super::cluster_policies`].)
 //! - A failing round keeps what the last one found: an outage never makes objects vanish.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,6 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{APIGroup, APIResource};
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::{Api, Client};
 
+use super::cluster_policies;
 use crate::sources::unenforced::{self, PolicyKind, PolicyObject, Unenforced};
 
 /// Every this many rounds, every group version's resources are read again (a CRD may add a
@@ -126,6 +129,9 @@ impl Discovery {
                         continue;
                     }
                     let Some(kind) = unenforced::classify(&group.name, &resource.kind) else { continue };
+                    if self.watched(group, &resource.kind) {
+                        continue;
+                    }
                     targets.entry(kind).or_insert_with(|| ApiResource {
                         group: group.name.clone(),
                         version: version.version.clone(),
@@ -137,6 +143,17 @@ impl Discovery {
             }
         }
         targets
+    }
+}
+
+impl Discovery {
+    /// A kind the source watches and enforces: ClusterNetworkPolicy while its group serves it
+    /// at the version moat reads (a CRD serves the same objects at each of its versions).
+    fn watched(&self, group: &APIGroup, kind: &str) -> bool {
+        let read = format!("{}/{}", cluster_policies::GROUP, cluster_policies::VERSION);
+        group.name == cluster_policies::GROUP
+            && kind == cluster_policies::KIND
+            && self.resources.get(&read).is_some_and(|resources| resources.iter().any(|r| r.kind == kind))
     }
 }
 

@@ -1,5 +1,7 @@
 //! The API server source: list, then watch Namespaces, Pods, Services, NetworkPolicies
-//! (networking.k8s.io/v1) and this agent's own Node, reflected into one `Cluster`.
+//! (networking.k8s.io/v1), ClusterNetworkPolicies (policy.networking.k8s.io/v1alpha2, while
+//! their CRD is installed: [`cluster_policies`]) and this agent's own Node, reflected into one
+//! `Cluster`.
 //!
 //! - The first state is handed out only after every watch has finished its initial list
 //!   (`InitDone`), so the first apply — which prunes whatever an earlier agent left in the
@@ -15,6 +17,7 @@
 //!   ([`discover`]), apart from the model: they never hold up the first state.
 
 pub mod client;
+pub mod cluster_policies;
 pub mod discover;
 pub mod reflect;
 
@@ -70,6 +73,7 @@ pub struct ModelState {
     pub policies: BTreeSet<ObjectKey>,
     pub services: BTreeSet<ObjectKey>,
     pub nodes: BTreeSet<String>,
+    pub cluster_policies: BTreeSet<String>,
     /// Changes in the order they were seen, not yet taken by the runtime.
     pub pending: Vec<Change>,
     /// Bit per watch that finished its first list.
@@ -146,12 +150,23 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Counts as `K`'s list without changing anything: the kind cannot be read now, and what
+    /// it listed before stays.
+    fn listed_as_before<K: reflect::Reflected>(&self) {
+        let listed = K::keys(&mut self.lock()).clone();
+        self.relisted::<K>(listed, Vec::new(), None);
+    }
+}
+
 pub struct KubeSource {
     shared: Arc<Shared>,
     /// Watches that must finish their first list before the first state is handed out.
     expected: u32,
     tasks: Vec<JoinHandle<()>>,
     unenforced: discover::SharedUnenforced,
+    /// Why ClusterNetworkPolicies cannot be read although served (RBAC), if so.
+    cluster_policies_forbidden: cluster_policies::SharedForbidden,
 }
 
 impl KubeSource {
@@ -176,31 +191,27 @@ impl KubeSource {
         let unenforced = discover::SharedUnenforced::default();
         let mut tasks = vec![
             tokio::spawn(discover::run(client.clone(), Arc::clone(&unenforced), discovery_interval)),
-            tokio::spawn(reflect::run(
-                Api::<core::Namespace>::all(client.clone()),
-                None,
-                Arc::clone(&shared),
-            )),
-            tokio::spawn(reflect::run(
-                Api::<core::Pod>::all(client.clone()),
-                None,
-                Arc::clone(&shared),
-            )),
-            tokio::spawn(reflect::run(
-                Api::<networking::NetworkPolicy>::all(client.clone()),
-                None,
-                Arc::clone(&shared),
-            )),
-            tokio::spawn(reflect::run(Api::<core::Service>::all(client.clone()), None, Arc::clone(&shared))),
+            watch_task(Api::<core::Namespace>::all(client.clone()), None, Arc::clone(&shared)),
+            watch_task(Api::<core::Pod>::all(client.clone()), None, Arc::clone(&shared)),
+            watch_task(Api::<networking::NetworkPolicy>::all(client.clone()), None, Arc::clone(&shared)),
+            watch_task(Api::<core::Service>::all(client.clone()), None, Arc::clone(&shared)),
         ];
+        let cluster_policies_forbidden = cluster_policies::SharedForbidden::default();
+        tasks.push(tokio::spawn(cluster_policies::run(
+            client.clone(),
+            Arc::clone(&shared),
+            Arc::clone(&cluster_policies_forbidden),
+            discovery_interval,
+        )));
         let mut expected = 1 << reflect::NAMESPACES
             | 1 << reflect::PODS
             | 1 << reflect::NETWORK_POLICIES
-            | 1 << reflect::SERVICES;
+            | 1 << reflect::SERVICES
+            | 1 << reflect::CLUSTER_POLICIES;
         match node_name {
             Some(node) => {
                 let fields = Some(format!("metadata.name={node}"));
-                tasks.push(tokio::spawn(reflect::run(Api::<core::Node>::all(client), fields, Arc::clone(&shared))));
+                tasks.push(watch_task(Api::<core::Node>::all(client), fields, Arc::clone(&shared)));
                 expected |= 1 << reflect::NODE;
             }
             None => tracing::warn!("no node name (--node-name or NODE_NAME): node labels are empty and every pod whose cgroup is found is local"),
@@ -211,13 +222,20 @@ impl KubeSource {
             expected,
             tasks,
             unenforced,
+            cluster_policies_forbidden,
         }
     }
 
     /// Policy objects (and kinds) the API server serves that moat does not enforce, as the
-    /// last discovery round found them.
-    pub fn unenforced(&self) -> Unenforced {
-        self.unenforced.lock().map(|u| u.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    /// last discovery round found them, plus the ClusterNetworkPolicies of `cluster` with
+    /// `nodes` peers.
+    pub fn unenforced(&self, cluster: &Cluster) -> Unenforced {
+        let mut found = self.unenforced.lock().map(|u| u.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone());
+        if let Some(why) = cluster_policies::lock(&self.cluster_policies_forbidden).clone() {
+            found.unlisted.insert(cluster_policies::policy_kind(), format!("list forbidden: {why}"));
+        }
+        found.objects.extend(super::unenforced::with_node_peers(&cluster.cluster_network_policies));
+        found
     }
 
     /// Waits until every watch has listed once, then returns that state.
@@ -274,6 +292,13 @@ impl Drop for KubeSource {
     }
 }
 
+/// A core kind's list/watch task: only custom resources' watches end, so there is no result.
+fn watch_task<K: reflect::Reflected>(api: Api<K>, fields: Option<String>, shared: Arc<Shared>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        reflect::run(api, fields, shared).await;
+    })
+}
+
 /// Logs, while any watch fails, how old the enforced state is.
 async fn report_staleness(sync: Arc<SyncState>) {
     let mut tick = tokio::time::interval(STALE_LOG_INTERVAL);
@@ -289,5 +314,7 @@ async fn report_staleness(sync: Arc<SyncState>) {
     }
 }
 
+#[cfg(test)]
+mod cluster_policies_tests;
 #[cfg(test)]
 mod tests;

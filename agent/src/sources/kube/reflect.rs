@@ -34,6 +34,7 @@ pub const PODS: u32 = 1;
 pub const NETWORK_POLICIES: u32 = 2;
 pub const NODE: u32 = 3;
 pub const SERVICES: u32 = 4;
+pub const CLUSTER_POLICIES: u32 = 5;
 
 /// Objects per list page.
 const PAGE: u32 = 500;
@@ -48,6 +49,9 @@ pub trait Reflected:
 {
     const WATCH: u32;
     const KIND: &'static str;
+    /// A custom resource: served only while its CRD is installed, so a 404 or 403 ends
+    /// [`run`] (the caller decides) instead of being retried as a failure.
+    const CUSTOM: bool = false;
     type Key: Ord + Clone + Display + Send;
     type Value: Clone + PartialEq + Send;
     fn key(&self) -> Result<Self::Key, Rejection>;
@@ -162,12 +166,22 @@ enum Ended {
     /// 410 Gone: re-list at once.
     Expired,
     /// A failure: retry from this version after a backoff.
-    Failed(String, String),
+    Failed(String, kube::Error),
 }
 
-/// Runs the list/watch of `K` until the task is aborted. `fields`: a field selector (this
-/// node's name for the Node watch).
-pub async fn run<K: Reflected>(api: Api<K>, fields: Option<String>, shared: Arc<Shared>) {
+/// Why the list/watch of a custom resource ([`Reflected::CUSTOM`]) stopped.
+#[derive(Debug)]
+pub enum Unwatchable {
+    /// 404: the kind is not served (its CRD is not installed, or was removed).
+    NotServed,
+    /// 403: served, but this agent may not list or watch it.
+    Forbidden(String),
+}
+
+/// Runs the list/watch of `K` until the task is aborted — or, for a custom resource, until
+/// the kind is not served or not readable. `fields`: a field selector (this node's name for
+/// the Node watch).
+pub async fn run<K: Reflected>(api: Api<K>, fields: Option<String>, shared: Arc<Shared>) -> Unwatchable {
     let mut backoff = Backoff::new();
     let mut resume: Option<String> = None;
     loop {
@@ -176,7 +190,10 @@ pub async fn run<K: Reflected>(api: Api<K>, fields: Option<String>, shared: Arc<
             None => match list(&api, fields.as_deref(), &shared).await {
                 Ok(version) => version,
                 Err(error) => {
-                    failed::<K>(&shared, &error);
+                    if let Some(unwatchable) = unwatchable::<K>(&error) {
+                        return unwatchable;
+                    }
+                    failed::<K>(&shared, &error.to_string());
                     backoff.wait().await;
                     continue;
                 }
@@ -189,11 +206,23 @@ pub async fn run<K: Reflected>(api: Api<K>, fields: Option<String>, shared: Arc<
                 "watch version expired (410 Gone); re-listing now"
             ),
             Ended::Failed(version, error) => {
-                failed::<K>(&shared, &error);
+                if let Some(unwatchable) = unwatchable::<K>(&error) {
+                    return unwatchable;
+                }
+                failed::<K>(&shared, &error.to_string());
                 backoff.wait().await;
                 resume = Some(version);
             }
         }
+    }
+}
+
+/// A custom resource's 404 or 403, which end [`run`]; every other error is retried.
+fn unwatchable<K: Reflected>(error: &kube::Error) -> Option<Unwatchable> {
+    match error {
+        kube::Error::Api(status) if K::CUSTOM && status.code == 404 => Some(Unwatchable::NotServed),
+        kube::Error::Api(status) if K::CUSTOM && status.code == 403 => Some(Unwatchable::Forbidden(status.message.clone())),
+        _ => None,
     }
 }
 
@@ -208,13 +237,13 @@ async fn list<K: Reflected>(
     api: &Api<K>,
     fields: Option<&str>,
     shared: &Shared,
-) -> Result<String, String> {
+) -> Result<String, kube::Error> {
     let mut params = ListParams::default().limit(PAGE);
     params.field_selector = fields.map(str::to_string);
     let mut listed = BTreeSet::new();
     let mut changes = Vec::new();
     let version = loop {
-        let page = api.list(&params).await.map_err(|error| error.to_string())?;
+        let page = api.list(&params).await?;
         for object in page.items {
             let Ok(key) = checked(object.key(), &object) else {
                 continue;
@@ -252,7 +281,7 @@ async fn watch<K: Reflected>(
     let stream = match api.watch(&params, &version).await {
         Ok(stream) => stream,
         Err(kube::Error::Api(status)) if status.code == 410 => return Ended::Expired,
-        Err(error) => return Ended::Failed(version, error.to_string()),
+        Err(error) => return Ended::Failed(version, error),
     };
     // Connected: the watch is healthy again, whether or not anything changes.
     shared.sync.ok(K::WATCH);
@@ -260,7 +289,7 @@ async fn watch<K: Reflected>(
     while let Some(item) = stream.next().await {
         let event = match item {
             Ok(event) => event,
-            Err(error) => return Ended::Failed(version, error.to_string()),
+            Err(error) => return Ended::Failed(version, error),
         };
         backoff.reset();
         match event {
@@ -285,9 +314,7 @@ async fn watch<K: Reflected>(
                 shared.sync.ok(K::WATCH);
             }
             WatchEvent::Error(status) if status.code == 410 => return Ended::Expired,
-            WatchEvent::Error(status) => {
-                return Ended::Failed(version, format!("{} ({})", status.message, status.code))
-            }
+            WatchEvent::Error(status) => return Ended::Failed(version, kube::Error::Api(status)),
         }
     }
     Ended::Resume(version)

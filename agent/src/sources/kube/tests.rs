@@ -10,10 +10,10 @@ use serde_json::{json, Value};
 use super::KubeSource;
 use crate::model::{Cluster, ObjectKey};
 
-const DEADLINE: Duration = Duration::from_secs(20);
-const DISCOVERY: Duration = Duration::from_millis(100);
+pub(super) const DEADLINE: Duration = Duration::from_secs(20);
+pub(super) const DISCOVERY: Duration = Duration::from_millis(100);
 
-async fn client(server: &TestServer) -> Client {
+pub(super) async fn client(server: &TestServer) -> Client {
     let file = Kubeconfig::from_yaml(&kubeconfig(&server.url())).expect("kubeconfig");
     let config = Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
         .await
@@ -21,7 +21,7 @@ async fn client(server: &TestServer) -> Client {
     Client::try_from(config).expect("client")
 }
 
-fn namespace(name: &str, tenant: &str) -> Value {
+pub(super) fn namespace(name: &str, tenant: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {"tenant": tenant}}})
 }
 
@@ -47,7 +47,7 @@ fn service(ns: &str, name: &str, ips: &[&str]) -> Value {
 }
 
 /// Polls the source until `done` holds for the newest cluster (deadline, not sleeps).
-async fn until(source: &mut KubeSource, last: &mut Cluster, done: impl Fn(&Cluster) -> bool) {
+pub(super) async fn until(source: &mut KubeSource, last: &mut Cluster, done: impl Fn(&Cluster) -> bool) {
     let waited = tokio::time::timeout(DEADLINE, async {
         loop {
             for change in source.poll().into_iter().flatten() {
@@ -224,7 +224,7 @@ async fn client_at(url: &str) -> Client {
     Client::try_from(config).expect("client")
 }
 
-async fn until_true(what: &str, deadline: Duration, check: impl Fn() -> bool) {
+pub(super) async fn until_true(what: &str, deadline: Duration, check: impl Fn() -> bool) {
     let waited = tokio::time::timeout(deadline, async {
         while !check() {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -302,54 +302,6 @@ async fn expired_version_after_an_outage_relists_at_once() {
         sync.errors() - errors
     );
     until_true("healthy after the re-list", DEADLINE, || sync.is_healthy()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_network_policies_are_reported_once_their_crd_appears() {
-    let store = Store::new();
-    store.apply(namespace("a", "x")).expect("seed");
-    let server = TestServer::start(store.clone()).await.expect("server");
-    let mut source = KubeSource::with_client(client(&server).await, None, DISCOVERY);
-    // No CRD: the model syncs as ever, and nothing is reported.
-    tokio::time::timeout(DEADLINE, source.initial()).await.expect("initial sync");
-    tokio::time::sleep(DISCOVERY * 3).await;
-    assert!(source.unenforced().is_empty(), "{:?}", source.unenforced());
-
-    let cnp = |name: &str| json!({
-        "apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
-        "metadata": {"name": name}, "spec": {"tier": "Admin", "priority": 5}
-    });
-    assert!(store.apply(cnp("early")).is_err(), "not served before its CRD is installed");
-    store.install(moat_testapi::kinds::CLUSTER_NETWORK_POLICIES);
-    store.apply(cnp("deny-all")).expect("cnp");
-    store.apply(cnp("allow-dns")).expect("cnp");
-    let lines = || source.unenforced().lines();
-    until_true("both objects reported", DEADLINE, || lines().len() == 2).await;
-    assert_eq!(
-        lines(),
-        vec![
-            "ClusterNetworkPolicy allow-dns (policy.networking.k8s.io/v1alpha2)",
-            "ClusterNetworkPolicy deny-all (policy.networking.k8s.io/v1alpha2)"
-        ]
-    );
-    // A policy kind the agent may not list: reported as served, its objects unknown.
-    store.install(moat_testapi::kinds::CALICO_GLOBAL_NETWORK_POLICIES);
-    store.forbid(moat_testapi::kinds::CALICO_GLOBAL_NETWORK_POLICIES);
-    until_true("the unlistable kind reported", DEADLINE, || !source.unenforced().unlisted.is_empty()).await;
-    let unlisted = source.unenforced().unlisted;
-    let (kind, why) = unlisted.iter().next().expect("one kind");
-    assert_eq!(kind.to_string(), "GlobalNetworkPolicy (crd.projectcalico.org)");
-    assert!(why.starts_with("list forbidden: globalnetworkpolicies.crd.projectcalico.org is forbidden"), "{why}");
-    assert_eq!(lines().len(), 3, "both objects and the unlisted kind: {:?}", lines());
-    store.uninstall(moat_testapi::kinds::CALICO_GLOBAL_NETWORK_POLICIES);
-    until_true("the kind gone with its CRD", DEADLINE, || source.unenforced().unlisted.is_empty()).await;
-
-    store.delete(moat_testapi::kinds::CLUSTER_NETWORK_POLICIES, None, "allow-dns").expect("delete");
-    until_true("a deleted object is no longer reported", DEADLINE, || lines().len() == 1).await;
-    // The CRD removed: its objects go, and the agent carries on.
-    store.uninstall(moat_testapi::kinds::CLUSTER_NETWORK_POLICIES);
-    until_true("nothing reported without the CRD", DEADLINE, || source.unenforced().is_empty()).await;
-    assert!(source.sync_state().is_healthy());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

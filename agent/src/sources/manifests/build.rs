@@ -12,7 +12,7 @@ use super::read::{header, invalid, object_name};
 use super::{Document, Loaded, ManifestError, NodeFound, Origin, MAX_OBJECTS};
 use crate::model::Cluster;
 use crate::sources::convert::{self, Rejection};
-use crate::model::cnp::{ClusterNetworkPolicy, Peer as CnpPeer};
+use crate::model::cnp::ClusterNetworkPolicy;
 use crate::sources::unenforced::{self, PolicyObject, Unenforced};
 
 /// The ClusterNetworkPolicy version moat reads.
@@ -37,6 +37,7 @@ pub fn build_cluster(documents: &[Document]) -> Result<Loaded, ManifestError> {
     for document in documents {
         builder.add(document)?;
     }
+    builder.unenforced.objects.extend(unenforced::with_node_peers(&builder.cluster.cluster_network_policies));
     Ok(Loaded {
         cluster: builder.cluster,
         skipped: builder.skipped,
@@ -148,13 +149,9 @@ impl Builder {
         if api_version == CNP_VERSION && kind == "ClusterNetworkPolicy" {
             let policy = ClusterNetworkPolicy::parse(&name, value.get("spec")).map_err(|(field, message)| cx.error(&field, message))?;
             self.first_definition("ClusterNetworkPolicy", "", &name, cx)?;
-            // Enforced, but a `nodes` peer matches nothing yet (Node addresses are not in
-            // the maps): such a policy is also reported as not (fully) enforced.
-            let with_nodes = policy.ingress.iter().chain(&policy.egress).flat_map(|rule| &rule.peers).any(|peer| matches!(peer, CnpPeer::Nodes(_)));
-            self.cluster.cluster_network_policies.insert(name.clone(), std::sync::Arc::new(policy));
-            if !with_nodes {
-                return Ok(());
-            }
+            // Enforced; one with `nodes` peers is also reported (`unenforced::with_node_peers`).
+            self.cluster.cluster_network_policies.insert(name, std::sync::Arc::new(policy));
+            return Ok(());
         }
         self.unenforced.objects.insert(PolicyObject { kind: policy_kind, version, namespace: text("namespace"), name });
         Ok(())
