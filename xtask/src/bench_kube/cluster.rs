@@ -1,7 +1,8 @@
 //! The synthetic cluster the kube bench serves: one namespace per 10 pods, one tenant per 10
 //! namespaces, two NetworkPolicies per namespace. Pods carry the labels of Deployments (`app`,
 //! `pod-template-hash`, `tier`) and named ports; the policies mix pod and namespace
-//! selectors, ipBlocks with `except`, named and numbered ports, ingress and egress.
+//! selectors, ipBlocks with `except`, named and numbered ports, ingress and egress. Optionally
+//! ClusterNetworkPolicies an admin of such a cluster writes, in both tiers.
 
 use serde_json::{json, Value};
 
@@ -71,8 +72,9 @@ pub fn added_policy(n: usize, name: &str) -> Value {
            "spec": {"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"tenant": tenant_of(n)}}}]}]}})
 }
 
-/// `pods` pods in `pods / 10` namespaces, as one List.
-pub fn cluster(pods: usize) -> Value {
+/// `pods` pods in `pods / 10` namespaces and `cluster_policies` ClusterNetworkPolicies, as
+/// one List.
+pub fn cluster(pods: usize, cluster_policies: usize) -> Value {
     let namespaces = pods / PODS_PER_NAMESPACE;
     let mut items =
         Vec::with_capacity(namespaces * (1 + PODS_PER_NAMESPACE + POLICIES_PER_NAMESPACE));
@@ -85,5 +87,30 @@ pub fn cluster(pods: usize) -> Value {
             items.push(policy(n, k));
         }
     }
+    items.extend((0..cluster_policies).map(cluster_policy));
     json!({"apiVersion": "v1", "kind": "List", "items": items})
+}
+
+/// The `k`th ClusterNetworkPolicy (`v1alpha2`), cycling through what a shared cluster's admin
+/// writes: no metadata endpoint, monitoring from team0 on the named port, tenants' dev
+/// namespaces kept off prod ones (Baseline), a team's namespaces closed to another's on 8443.
+pub fn cluster_policy(k: usize) -> Value {
+    let (tier, spec) = match k % 4 {
+        0 => ("Admin", json!({"subject": {"namespaces": {}},
+                              "egress": [{"name": "metadata", "action": "Deny", "to": [{"networks": ["169.254.169.254/32"]}]}]})),
+        1 => ("Admin", json!({"subject": {"namespaces": {}},
+                              "ingress": [{"name": "scrape", "action": "Accept", "from": [{"namespaces": {"matchLabels": {"team": "team0"}}}],
+                                           "protocols": [{"destinationNamedPort": "metrics"}]}]})),
+        2 => ("Baseline", json!({"subject": {"namespaces": {"matchLabels": {"env": "prod"}}},
+                                 "ingress": [{"action": "Deny", "from": [{"namespaces": {"matchLabels": {"env": "dev"}}}]}]})),
+        _ => ("Admin", json!({"subject": {"namespaces": {"matchLabels": {"team": format!("team{}", k % 7)}}},
+                              "ingress": [{"action": "Deny", "from": [{"pods": {"namespaceSelector": {"matchLabels": {"team": format!("team{}", (k + 1) % 7)}},
+                                                                                 "podSelector": {"matchLabels": {"tier": "frontend"}}}}],
+                                           "protocols": [{"tcp": {"destinationPort": {"number": 8443}}}]}]})),
+    };
+    let mut spec = spec;
+    spec["tier"] = json!(tier);
+    spec["priority"] = json!(10 + k);
+    json!({"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+           "metadata": {"name": format!("cnp{k}")}, "spec": spec})
 }

@@ -7,6 +7,8 @@
 //! between tenants, pod adds elsewhere, new local pods (cgroup first, then the watch event),
 //! NetworkPolicy adds and deletes; VmRSS after the sync and after the events, and VmHWM. The
 //! figure `docs/kube-scale.svg` is written from the same run.
+//! `MOAT_BENCH_KUBE_CLUSTER_POLICIES=N` adds N ClusterNetworkPolicies (`cluster.rs`) to the
+//! cluster, with their CRD served.
 
 use std::fmt::Write as _;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -131,9 +133,10 @@ pub fn kube(ctx: &Context) -> Result<Section> {
     let mut runs = Vec::new();
     for pods in sizes()? {
         println!(
-            "\n== kube: {} namespaces, {pods} pods, {} NetworkPolicies",
+            "\n== kube: {} namespaces, {pods} pods, {} NetworkPolicies, {} ClusterNetworkPolicies",
             pods / 10,
-            pods / 5
+            pods / 5,
+            cluster_policies()?
         );
         runs.push(measure(&moat, &apiserver, pods, &dir, &cgroup_root, LAB)?);
     }
@@ -205,6 +208,14 @@ fn sizes() -> Result<Vec<usize>> {
         .collect()
 }
 
+/// `MOAT_BENCH_KUBE_CLUSTER_POLICIES=N`: ClusterNetworkPolicies in the cluster (0 by default).
+fn cluster_policies() -> Result<usize> {
+    match std::env::var("MOAT_BENCH_KUBE_CLUSTER_POLICIES") {
+        Err(_) => Ok(0),
+        Ok(text) => text.trim().parse().with_context(|| format!("MOAT_BENCH_KUBE_CLUSTER_POLICIES: {text:?} is not a count")),
+    }
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -219,13 +230,15 @@ fn measure(
 ) -> Result<Run> {
     let namespaces = pods / cluster::PODS_PER_NAMESPACE;
     let state = dir.join("state.json");
-    std::fs::write(&state, cluster::cluster(pods).to_string())
+    let cluster_policies = cluster_policies()?;
+    std::fs::write(&state, cluster::cluster(pods, cluster_policies).to_string())
         .context("writing the bench state")?;
     let (port_file, kubeconfig) = (dir.join("port"), dir.join("kubeconfig"));
     let _ = std::fs::remove_file(&port_file);
     let _server = Killed(
         Command::new(apiserver)
             .args(["--listen", "127.0.0.1:0", "--history", "100000"])
+            .args(["--crd", "clusternetworkpolicies.policy.networking.k8s.io"])
             .arg("--load")
             .arg(&state)
             .arg("--kubeconfig-out")
