@@ -142,7 +142,7 @@ pub struct Cluster {
     /// Normalized once, by the source; the compiler shares them.
     pub network_policies: BTreeMap<ObjectKey, Arc<policy::Policy>>,
     pub services: BTreeMap<ObjectKey, Service>,
-    /// ClusterNetworkPolicies by name (only the manifests source reads them so far).
+    /// ClusterNetworkPolicies by name.
     pub cluster_network_policies: BTreeMap<String, Arc<cnp::ClusterNetworkPolicy>>,
     /// Labels of this agent's own Node (they select node profiles); empty when the source
     /// has no Node (the API server without a node name, files without a matching Node).

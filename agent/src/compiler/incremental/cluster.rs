@@ -1,6 +1,17 @@
-//! ClusterNetworkPolicy in the incremental compiler. While any exists, each apply compiles
-//! them again over the whole model (`policy::cluster::compile`) and writes what differs:
-//! correct by construction, O(cluster) per watch event. Without any, it costs nothing.
+//! ClusterNetworkPolicy in the incremental compiler: compiled again, for this node's pods only
+//! (`policy::cluster::compile_for` over the standing peer index), only when a change may alter
+//! the result, and only what differs is written. What the result depends on, and so what marks
+//! it dirty:
+//! - the policies; namespaces (their labels select subjects and peers);
+//! - this node's pods (subjects: their labels and named ports);
+//! - the set of pod identities in the cluster (peers resolve to identities: a pod whose
+//!   identity other pods already have changes nothing);
+//! - the address partition (`dirty.all_sets`). Pods' addresses never matter: a `networks`
+//!   peer is a range identity, and named ports, which would need the pods inside a range, are
+//!   refused with `networks` peers.
+//!
+//! So the common event of a large cluster — a pod elsewhere starting or stopping beside
+//! others of its kind — costs no compile at all. Without any policy, nothing costs anything.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -20,6 +31,7 @@ impl Incremental {
         let Some(Change::ClusterPolicy(_, old)) = self.cluster.apply(Change::ClusterPolicy(name.clone(), value)) else {
             return;
         };
+        self.dirty.cluster_policies = true;
         let new = self.cluster.cluster_network_policies.get(&name).cloned();
         let ranges = |policy: Option<&Arc<ClusterNetworkPolicy>>| -> Vec<NetworkKey> {
             policy.map(|p| cluster::networks(&[&**p]).iter().map(network_key).collect()).unwrap_or_default()
@@ -33,8 +45,30 @@ impl Incremental {
         }
     }
 
-    /// Compiles the ClusterNetworkPolicies again and writes what changed in `CNP_SUBJECTS`,
-    /// `CNP_RULES`, the tier-set index and the settings flag.
+    /// A pod's identity changed from `old` to `new` (None: no pod): the policies need a
+    /// compile when an identity appears in or leaves the cluster.
+    pub(super) fn count_identity(&mut self, old: Option<u64>, new: Option<u64>) {
+        if let Some(identity) = old {
+            if let Some(count) = self.identities.get_mut(&identity) {
+                *count -= 1;
+                if *count == 0 {
+                    self.identities.remove(&identity);
+                    self.dirty.cluster_policies = true;
+                }
+            }
+        }
+        if let Some(identity) = new {
+            let count = self.identities.entry(identity).or_insert(0);
+            *count += 1;
+            if *count == 1 {
+                self.dirty.cluster_policies = true;
+            }
+        }
+    }
+
+    /// Compiles the ClusterNetworkPolicies again, if a change may have altered them, and
+    /// writes what changed in `CNP_SUBJECTS`, `CNP_RULES`, the tier-set index and the
+    /// settings flag.
     pub(super) fn settle_cluster_policies(&mut self) -> Result<(), CompileError> {
         let none_before = self.desired.cluster_subjects.is_empty()
             && self.desired.cluster_rules.is_empty()
@@ -42,10 +76,16 @@ impl Incremental {
         if self.cluster.cluster_network_policies.is_empty() && none_before {
             return Ok(());
         }
+        // A local pod came or went (a changed one marks `dirty` in `settle`).
+        let subjects_changed = self.cluster_subjects != self.local_pods;
+        if !(self.dirty.cluster_policies || self.dirty.all_sets || subjects_changed) {
+            return Ok(());
+        }
         let policies: Vec<&ClusterNetworkPolicy> =
             self.cluster.cluster_network_policies.values().map(|policy| &**policy).collect();
         let blocks: BTreeMap<NetworkKey, u64> = self.blocks.iter().map(|(range, (id, _))| (*range, *id)).collect();
-        let compiled = cluster::compile(&self.cluster, &policies, &blocks)?;
+        let compiled = cluster::compile_for(&self.cluster, &policies, &blocks, &*self, self.local_pods.values())?;
+        self.cluster_subjects.clone_from(&self.local_pods);
         let mut subjects: BTreeMap<u64, TierSets> = BTreeMap::new();
         let mut local_sets = BTreeSet::new();
         for (cgroup, key) in &self.local_pods {

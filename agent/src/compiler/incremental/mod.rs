@@ -71,6 +71,8 @@ struct Dirty {
     all_sets: bool,
     /// cgroups must be resolved to pods again.
     local: bool,
+    /// The ClusterNetworkPolicies must be compiled again (`cluster.rs` says when).
+    cluster_policies: bool,
     /// Number of changes taken.
     changes: usize,
 }
@@ -112,6 +114,10 @@ pub struct Incremental {
     /// ipBlock ranges (and the config's networks) → identity and how many policies name them.
     blocks: BTreeMap<NetworkKey, (u64, usize)>,
     groups: BTreeMap<u32, usize>,
+    /// Pod identity → how many pods have it: ClusterNetworkPolicy peers resolve to identities.
+    identities: BTreeMap<u64, usize>,
+    /// The local pods the ClusterNetworkPolicies were last compiled for.
+    cluster_subjects: BTreeMap<u64, PodKey>,
     desired: Desired,
     dirty: Dirty,
     journal: Journal,
@@ -180,6 +186,8 @@ impl Incremental {
             set_rules: BTreeMap::new(),
             blocks: BTreeMap::new(),
             groups: BTreeMap::new(),
+            identities: BTreeMap::new(),
+            cluster_subjects: BTreeMap::new(),
             desired,
             dirty: Dirty::default(),
             journal: Journal::default(),
@@ -282,7 +290,11 @@ impl Incremental {
 
     fn take(&mut self, change: Change) -> Result<(), CompileError> {
         match change {
-            Change::Namespace(name, value) => self.take_namespace(name, value),
+            Change::Namespace(name, value) => {
+                // Its labels may change whom a subject or peer selects.
+                self.dirty.cluster_policies = true;
+                self.take_namespace(name, value)
+            }
             Change::Pod(key, value) => self.take_pod(key, value),
             Change::Policy(key, value) => {
                 let Some(Change::Policy(_, old)) =

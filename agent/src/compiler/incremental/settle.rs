@@ -30,6 +30,8 @@ impl Incremental {
         for (cgroup, key) in &self.local_pods {
             if pods.contains(key) {
                 stale_cgroups.insert(*cgroup);
+                // A subject of the ClusterNetworkPolicies changed.
+                self.dirty.cluster_policies = true;
             }
         }
         for cgroup in stale_cgroups {
@@ -161,6 +163,9 @@ impl Incremental {
                 })
             }
         };
+        if old.as_ref().map(|s| s.identity) != new.as_ref().map(|s| s.identity) {
+            self.count_identity(old.as_ref().map(|s| s.identity), new.as_ref().map(|s| s.identity));
+        }
         if let Some(old) = &old {
             for set in [old.endpoint.ingress_policy, old.endpoint.egress_policy]
                 .into_iter()

@@ -183,15 +183,22 @@ fn cluster_policy(rng: &mut Rng, name: &str) -> crate::model::cnp::ClusterNetwor
     };
     let rule = |rng: &mut Rng, egress: bool| {
         let action = *rng.pick(&["Accept", "Deny", "Pass"]);
-        let peer = if egress && rng.chance(40) {
-            json!({"networks": [*rng.pick(&["10.0.0.0/29", "10.0.0.8/30", "172.16.0.0/12"])]})
-        } else {
-            json!({"namespaces": {"matchLabels": {"env": *rng.pick(&["prod", "dev"])}}})
+        // Pods peers and named ports too: which pods exist, with which labels, ports and
+        // addresses, is what decides whether the incremental compiler may skip a compile.
+        let peer = match rng.below(5) {
+            0 | 1 if egress => json!({"networks": [*rng.pick(&["10.0.0.0/29", "10.0.0.8/30", "172.16.0.0/12"])]}),
+            0 | 1 => json!({"namespaces": {"matchLabels": {"env": *rng.pick(&["prod", "dev"])}}}),
+            2 => json!({"pods": {"namespaceSelector": {}, "podSelector": selector(rng)}}),
+            3 => json!({"pods": {"namespaceSelector": {"matchLabels": {"env": "prod"}}, "podSelector": {"matchLabels": {"app": *rng.pick(&["web", "db", "api"])}}}}),
+            _ => json!({"namespaces": {"matchLabels": {"env": *rng.pick(&["prod", "dev"])}}}),
         };
-        let protocols = if rng.chance(50) {
-            json!([{"tcp": {"destinationPort": {"range": {"start": 80, "end": 8080}}}}])
-        } else {
-            json!([{"tcp": {"destinationPort": {"number": 80}}}, {"udp": {"destinationPort": {"number": 53}}}])
+        let networks = peer.get("networks").is_some();
+        // A named port with networks peers is refused by the parser (they have no ports).
+        let protocols = match rng.below(3) {
+            1 if networks => json!([{"udp": {"destinationPort": {"number": 53}}}]),
+            0 => json!([{"tcp": {"destinationPort": {"range": {"start": 80, "end": 8080}}}}]),
+            1 => json!([{"destinationNamedPort": *rng.pick(&["http", "metrics"])}, {"udp": {"destinationPort": {"number": 53}}}]),
+            _ => json!([{"tcp": {"destinationPort": {"number": 80}}}, {"udp": {"destinationPort": {"number": 53}}}]),
         };
         let mut rule = json!({"action": action, "protocols": protocols});
         rule[if egress { "to" } else { "from" }] = json!([peer]);
@@ -484,4 +491,39 @@ fn a_change_that_does_not_compile_keeps_the_last_state_until_fixed() {
     assert!(!delta.remote.added.is_empty() || compiler.desired().index.tenants.len() == 1);
     let full = compile(compiler.cluster(), &config, compiler.cgroups()).unwrap();
     assert_same(0, 0, compiler.desired(), &full);
+}
+
+#[test]
+fn a_local_pod_relabelled_between_identities_others_keep_gets_its_new_tier_sets() {
+    // p1 (here) moves from web to db; p2 stays web and p3 is db, so no identity appears or
+    // leaves the cluster: only p1 being a local subject says the policies need a compile.
+    let config = config();
+    let pod = |name: &str, app: &str, ip: &str| Pod {
+        key: PodKey::new("ns0", name),
+        uid: Some(format!("uid-{name}")),
+        labels: labels(&[("app", app)]),
+        ips: vec![ip.parse().unwrap()],
+        node_name: Some("n1".into()),
+        host_network: false,
+        host_pid: false,
+        ports: Vec::new(),
+    };
+    let mut cluster = Cluster::default();
+    cluster.namespaces.insert("ns0".into(), Namespace { name: "ns0".into(), labels: labels(&[("tenant", "t0")]) });
+    for (name, app, ip) in [("p1", "web", "10.0.0.1"), ("p2", "web", "10.0.0.2"), ("p3", "db", "10.0.0.3")] {
+        cluster.pods.insert(PodKey::new("ns0", name), pod(name, app, ip));
+    }
+    let spec = json!({"tier": "Admin", "priority": 1,
+        "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "web"}}}},
+        "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]});
+    let policy = crate::model::cnp::ClusterNetworkPolicy::parse("web-closed", Some(&spec)).unwrap();
+    cluster.cluster_network_policies.insert("web-closed".into(), Arc::new(policy));
+    let cgroups: PodCgroups = [(100, PodRef::Key(PodKey::new("ns0", "p1")))].into_iter().collect();
+    let mut compiler = Incremental::new(&config, cluster, cgroups).unwrap();
+    assert_eq!(compiler.desired().cluster_subjects.len(), 1, "p1 is a subject");
+
+    compiler.apply(vec![Change::Pod(PodKey::new("ns0", "p1"), Some(pod("p1", "db", "10.0.0.1")))], None).unwrap();
+    assert!(compiler.desired().cluster_subjects.is_empty(), "p1 no longer is");
+    let full = compile(compiler.cluster(), &config, compiler.cgroups()).unwrap();
+    assert_same(0, 1, compiler.desired(), &full);
 }

@@ -17,14 +17,14 @@ use moat_common::maps::{
 
 use super::identity::{hash_id, named_ports_bytes};
 use super::prefixes::{mask, PROTOCOL_BITS};
-use super::targets::{self, namespace_labels, Pods};
-use super::{expand, keys, pod_facts, Direction, PodFacts, RuleKey};
+use super::targets::{self, namespace_labels, PeerIndex, Pods};
+use super::{expand, keys, pod_facts, Direction, RuleKey};
 use crate::config::Cidr;
 use crate::model::cnp::{Action, ClusterNetworkPolicy, Peer as CnpPeer, PodSet, PortMatch, Tier};
 use crate::model::cnp_eval::RuleRef;
 use crate::model::policy::{Peer, PortRef, PortRule, Rule};
 use crate::model::selector::{Selector, SelectorError};
-use crate::model::{Cluster, Labels, PodKey, Protocol};
+use crate::model::{Cluster, ContainerPort, Labels, PodKey, Protocol};
 use moat_common::maps::NetworkKey;
 
 /// The rules of one tier set, by position.
@@ -79,6 +79,24 @@ pub fn compile(
     policies: &[&ClusterNetworkPolicy],
     blocks: &BTreeMap<NetworkKey, u64>,
 ) -> Result<Compiled, ClusterPolicyError> {
+    if policies.is_empty() {
+        return Ok(Compiled::default());
+    }
+    let pods = pod_facts(cluster);
+    let indexed = Pods::new(&pods, cluster);
+    compile_for(cluster, policies, blocks, &indexed, cluster.pods.keys())
+}
+
+/// Compiles `policies` for the pods `subjects` (this node's, for the kernel: the tier sets of
+/// other pods are never looked up here), their peers resolved over `peers`, which must index
+/// every pod of `cluster`.
+pub fn compile_for<'k>(
+    cluster: &Cluster,
+    policies: &[&ClusterNetworkPolicy],
+    blocks: &BTreeMap<NetworkKey, u64>,
+    peers: &dyn PeerIndex,
+    subjects: impl IntoIterator<Item = &'k PodKey>,
+) -> Result<Compiled, ClusterPolicyError> {
     let mut ordered: Vec<&ClusterNetworkPolicy> = policies.to_vec();
     ordered.sort_by(|a, b| (a.tier, a.priority, &a.name).cmp(&(b.tier, b.priority, &b.name)));
     let prepared = ordered.into_iter().map(prepare).collect::<Result<Vec<_>, _>>()?;
@@ -86,36 +104,32 @@ pub fn compile(
     if prepared.is_empty() {
         return Ok(out);
     }
-    let pods = pod_facts(cluster);
-    let indexed = Pods::new(&pods, cluster);
-    let mut members: BTreeMap<u64, (Direction, Vec<usize>, &PodFacts)> = BTreeMap::new();
+    let mut members: BTreeMap<u64, (Direction, Vec<usize>, &[ContainerPort])> = BTreeMap::new();
     let mut namespaces: BTreeMap<&str, Labels> = BTreeMap::new();
-    for pod in &pods {
+    for key in subjects {
         // Host-network pods are never subjects (the API says so).
-        if cluster.pods.get(pod.key).is_none_or(|p| p.host_network) {
-            continue;
-        }
-        let namespace = &*pod.key.namespace;
+        let Some(pod) = cluster.pods.get(key).filter(|pod| !pod.host_network) else { continue };
+        let namespace = &*key.namespace;
         let labels = namespaces.entry(namespace).or_insert_with(|| {
             namespace_labels(cluster.namespaces.get(namespace).map(|ns| &ns.labels), namespace)
         });
         let mut ids = [NOT_ISOLATED; 2];
         for (slot, direction) in [Direction::Ingress, Direction::Egress].into_iter().enumerate() {
             let selecting: Vec<usize> = (0..prepared.len())
-                .filter(|i| !prepared[*i].rules[slot].is_empty() && selects(&prepared[*i].subject, labels, pod.labels))
+                .filter(|i| !prepared[*i].rules[slot].is_empty() && selects(&prepared[*i].subject, labels, &pod.labels))
                 .collect();
             if selecting.is_empty() {
                 continue;
             }
-            ids[slot] = set_id(direction, selecting.iter().map(|i| prepared[*i].policy), pod.ports);
-            members.entry(ids[slot]).or_insert((direction, selecting, pod));
+            ids[slot] = set_id(direction, selecting.iter().map(|i| prepared[*i].policy), &pod.ports);
+            members.entry(ids[slot]).or_insert((direction, selecting, &pod.ports));
         }
         if ids != [NOT_ISOLATED; 2] {
-            out.pod_sets.insert(pod.key.clone(), TierSets { ingress: ids[0], egress: ids[1] });
+            out.pod_sets.insert(key.clone(), TierSets { ingress: ids[0], egress: ids[1] });
         }
     }
     let mut renamed: BTreeMap<u64, u64> = BTreeMap::new();
-    for (set, (direction, selecting, representative)) in members {
+    for (set, (direction, selecting, ports)) in members {
         let slot = usize::from(direction == Direction::Egress);
         let mut entries: BTreeMap<RuleKey, TierMatch> = BTreeMap::new();
         let mut refs = Vec::new();
@@ -137,9 +151,9 @@ pub fn compile(
                     Tier::Baseline => TierMatch { admin: TIER_NO_RULE, baseline: encoded },
                 };
                 // Every peer of a ClusterNetworkPolicy names its namespaces.
-                let targets = targets::targets("", rule, &indexed, blocks);
-                for (identity, ports) in expand(rule, &targets, direction, representative.ports, &indexed) {
-                    for key in keys(set, identity, &ports) {
+                let targets = targets::targets("", rule, peers, blocks);
+                for (identity, matched) in expand(rule, &targets, direction, ports, peers) {
+                    for key in keys(set, identity, &matched) {
                         let entry = entries.entry(key).or_insert(TierMatch::NONE);
                         *entry = entry.first(value);
                     }
@@ -207,7 +221,7 @@ fn selects(subject: &(Selector, Option<Selector>), namespace_labels: &Labels, la
 fn set_id<'a>(
     direction: Direction,
     policies: impl IntoIterator<Item = &'a ClusterNetworkPolicy>,
-    ports: &[crate::model::ContainerPort],
+    ports: &[ContainerPort],
 ) -> u64 {
     let names: Vec<u8> = policies
         .into_iter()
