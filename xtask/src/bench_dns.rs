@@ -21,7 +21,7 @@ pub fn dns(ctx: &Context) -> Result<Section> {
     run(cargo().args(["build", "--release", "-p", "moat-integration", "--bin", "moat-dns"]))?;
     let dns_bin = moat.with_file_name("moat-dns");
     println!("\n== dns: lab \"bench-dns-base\" (no program) and lab \"bench-dns-moat\" (moat attached)");
-    let manifests = workspace_root().join("xtask/bench/dns.yaml");
+    let manifests = workspace_root().join("xtask/bench-dns/dns.yaml");
     let base = Lab::up(&moat, "bench-dns-base", std::slice::from_ref(&manifests), &["--no-agent"])?;
     let attached = Lab::up(&moat, "bench-dns-moat", &[manifests], &[])?;
     let data = crate::util::target_dir()?.join("bench-dns.json");
