@@ -8,17 +8,17 @@
 //! has an entry containing the longest entry that does, so the one value a longest-prefix
 //! lookup finds is the first matching rule (see `first_over_prefixes`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use moat_common::maps::{
-    TierMatch, TierSets, NOT_ISOLATED, POLICY_SET_IDENTITY_BITS, TIER_ACCEPT, TIER_DENY,
+    PolicyMatch, TierMatch, TierSets, NOT_ISOLATED, POLICY_SET_IDENTITY_BITS, TIER_ACCEPT, TIER_DENY,
     TIER_NO_RULE, TIER_PASS,
 };
 
 use super::identity::{hash_id, named_ports_bytes};
 use super::prefixes::{mask, PROTOCOL_BITS};
 use super::targets::{self, namespace_labels, PeerIndex, Pods};
-use super::{expand, keys, pod_facts, Direction, RuleKey};
+use super::{expand, keys, pod_facts, Direction, Ports, RuleKey};
 use crate::config::Cidr;
 use crate::model::cnp::{Action, ClusterNetworkPolicy, Peer as CnpPeer, PodSet, PortMatch, Tier};
 use crate::model::cnp_eval::RuleRef;
@@ -129,11 +129,15 @@ pub fn compile_for<'k>(
         }
     }
     let mut renamed: BTreeMap<u64, u64> = BTreeMap::new();
+    // A rule's peers resolve alike in every set that holds it (on ingress, for subjects with
+    // the same named ports): resolved once per compile.
+    let mut expanded: HashMap<RuleInSet, Vec<(u64, Ports)>> = HashMap::new();
     for (set, (direction, selecting, ports)) in members {
         let slot = usize::from(direction == Direction::Egress);
+        let named = if direction == Direction::Ingress { named_ports_bytes(ports) } else { Vec::new() };
         let mut entries: BTreeMap<RuleKey, TierMatch> = BTreeMap::new();
         let mut refs = Vec::new();
-        for prepared in selecting.iter().map(|i| &prepared[*i]) {
+        for (which, prepared) in selecting.iter().map(|i| (*i, &prepared[*i])) {
             let policy = prepared.policy;
             for (index, (rule, action)) in prepared.rules[slot].iter().enumerate() {
                 let position = u32::try_from(refs.len()).unwrap_or(u32::MAX >> 2);
@@ -150,10 +154,13 @@ pub fn compile_for<'k>(
                     Tier::Admin => TierMatch { admin: encoded, baseline: TIER_NO_RULE },
                     Tier::Baseline => TierMatch { admin: TIER_NO_RULE, baseline: encoded },
                 };
-                // Every peer of a ClusterNetworkPolicy names its namespaces.
-                let targets = targets::targets("", rule, peers, blocks);
-                for (identity, matched) in expand(rule, &targets, direction, ports, peers) {
-                    for key in keys(set, identity, &matched) {
+                let resolved = expanded.entry((which, slot, index, named.clone())).or_insert_with(|| {
+                    // Every peer of a ClusterNetworkPolicy names its namespaces.
+                    let targets = targets::targets("", rule, peers, blocks);
+                    expand(rule, &targets, direction, ports, peers)
+                });
+                for (identity, matched) in resolved.iter() {
+                    for key in keys(set, *identity, matched) {
                         let entry = entries.entry(key).or_insert(TierMatch::NONE);
                         *entry = entry.first(value);
                     }
@@ -164,8 +171,7 @@ pub fn compile_for<'k>(
         // kernel gets the new set's entries, then each pod switches to it at once, and the
         // old set's entries go last. A pod never sees half of a change.
         let entries = first_over_prefixes(&entries);
-        let content: Vec<u8> = format!("{entries:?}{refs:?}").into_bytes();
-        let id = hash_id(&[b"cnp-set", &set.to_le_bytes(), &content]);
+        let id = hash_id(&[b"cnp-set", &set.to_le_bytes(), &content(&entries, &refs)]);
         renamed.insert(set, id);
         out.rules.extend(entries.into_iter().map(|((prefix, mut data), value)| {
             data.set = id;
@@ -181,19 +187,47 @@ pub fn compile_for<'k>(
     Ok(out)
 }
 
-/// Each entry's value made the first rule over it and every entry containing it.
+/// A rule as a set sees it: (policy, direction slot, rule index, the subjects' named ports on
+/// ingress).
+type RuleInSet = (usize, usize, usize, Vec<u8>);
+
+/// An entry of `CNP_RULES`: prefix length, key, value.
+type PrefixEntry = (u32, PolicyMatch, TierMatch);
+
+/// Each entry's value made the first rule over it and every entry containing it. Every prefix
+/// is at least set and identity long, so entries that contain one another share both: each is
+/// compared with the few of its identity only.
 fn first_over_prefixes(entries: &BTreeMap<RuleKey, TierMatch>) -> Vec<(RuleKey, TierMatch)> {
+    let mut by_identity: HashMap<(u64, u64), Vec<PrefixEntry>> = HashMap::new();
+    for ((prefix, data), value) in entries {
+        by_identity.entry((data.set, data.identity)).or_default().push((*prefix, *data, *value));
+    }
     entries
         .iter()
         .map(|((prefix, data), value)| {
-            let shorter = std::iter::once(POLICY_SET_IDENTITY_BITS).chain(PROTOCOL_BITS..*prefix);
-            let first = shorter
-                .filter(|len| len < prefix)
-                .filter_map(|len| entries.get(&(len, mask(data, len))))
-                .fold(*value, |first, outer| first.first(*outer));
+            let same = by_identity.get(&(data.set, data.identity)).into_iter().flatten();
+            let first = same
+                .filter(|(len, outer, _)| len < prefix && (*len == POLICY_SET_IDENTITY_BITS || *len >= PROTOCOL_BITS) && mask(data, *len) == *outer)
+                .fold(*value, |first, (_, _, outer)| first.first(*outer));
             ((*prefix, *data), first)
         })
         .collect()
+}
+
+/// What a set holds, as bytes for its id: every entry (the provisional set id aside, which
+/// the id hashes anyway) and its rules.
+fn content(entries: &[(RuleKey, TierMatch)], refs: &[RuleRef]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(entries.len() * 27 + refs.len() * 64);
+    for ((prefix, data), value) in entries {
+        bytes.extend_from_slice(&prefix.to_le_bytes());
+        bytes.extend_from_slice(&data.identity.to_le_bytes());
+        bytes.push(data.protocol);
+        bytes.extend_from_slice(&data.port);
+        bytes.extend_from_slice(&value.admin.to_le_bytes());
+        bytes.extend_from_slice(&value.baseline.to_le_bytes());
+    }
+    bytes.extend(format!("{refs:?}").into_bytes());
+    bytes
 }
 
 fn tier_action(action: Action) -> u32 {
