@@ -1,10 +1,13 @@
 //! The agent's local admin API: a unix socket (root only, mode 0600) speaking newline-
 //! delimited JSON — one request line, then a stream of response lines — for `moat observe`
-//! and `moat status`; and the HTTP server for `/metrics`, `/healthz` and `/readyz`.
+//! and `moat status`; and the HTTP server for `/metrics`, `/healthz` and `/readyz`. Both serve
+//! `shared::Shared`; `observability.rs`, above this module, creates it and starts them.
 
+pub mod dns_status;
 pub mod http;
 pub mod protocol;
 pub mod server;
+pub mod shared;
 pub mod status;
 
 use std::path::PathBuf;

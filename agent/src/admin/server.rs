@@ -20,7 +20,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Notify, Semaphore};
 
 use super::{protocol, status, AdminError, Notice, Request};
-use crate::observability::Shared;
+use super::shared::Shared;
 
 /// Clients waiting to send their request line at once.
 pub const MAX_WAITING: usize = 64;

@@ -7,7 +7,8 @@ use crate::guard::{DetectionStatus, GuardMode};
 use crate::kernel::guard_probes::ProbeStatus;
 use crate::kernel::tc_pods::TcStatus;
 use crate::node::capabilities::Capabilities;
-use crate::observability::{KernelReading, ProgramStatus, Shared, SyncState};
+use super::dns_status::DnsStatus;
+use super::shared::{loss_series, KernelReading, ProgramStatus, Shared, SyncState};
 use crate::sources::unenforced::{PolicyKind, PolicyObject};
 
 #[derive(Debug, Serialize)]
@@ -31,61 +32,6 @@ pub struct Status {
     /// Policy objects the source saw that moat does not enforce.
     pub unenforced_policies: UnenforcedPolicies,
     pub dns: DnsStatus,
-}
-
-/// Tenant DNS isolation as configured (the `dns` section is read at start only).
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct DnsStatus {
-    /// `off`, `detect` or `block`.
-    pub isolation: &'static str,
-    /// The cluster zones, lower case, longest first (as the kernel compares them).
-    pub zones: Vec<String>,
-    /// Namespaces every tenant may resolve: configured, plus those of `clusterDns` and
-    /// `sharedServices`.
-    pub shared_namespaces: Vec<String>,
-    /// Which questions are decided: `UDP and TCP`; `UDP` when this kernel refused the TCP
-    /// programs (`tcp_unavailable` says why); `none` with isolation off.
-    pub inspected: &'static str,
-    /// Why TCP questions pass unchecked on this kernel, if they do.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tcp_unavailable: Option<String>,
-}
-
-impl DnsStatus {
-    pub fn of(config: &crate::config::Config) -> Self {
-        use crate::config::DnsIsolation;
-        let isolation = match config.dns.isolation {
-            DnsIsolation::Off => "off",
-            DnsIsolation::Detect => "detect",
-            DnsIsolation::Block => "block",
-        };
-        let zones = crate::compiler::dns::zones(config).into_values().map(|zone| zone_name(&zone)).collect();
-        let shared_namespaces = crate::compiler::dns::shared_namespaces(config).into_iter().collect();
-        // Until the TCP programs are attached (`with_tcp`).
-        let inspected = if config.dns.isolation == DnsIsolation::Off { "none" } else { "UDP" };
-        Self { isolation, zones, shared_namespaces, inspected, tcp_unavailable: None }
-    }
-
-    /// After attaching the TCP programs: `Err` says why this kernel refused them.
-    pub fn with_tcp(&mut self, attached: Result<(), String>) {
-        match attached {
-            Ok(()) => self.inspected = "UDP and TCP",
-            Err(reason) => self.tcp_unavailable = Some(reason),
-        }
-    }
-}
-
-/// `\x07cluster\x05local\x00` → `cluster.local`.
-fn zone_name(zone: &moat_common::dns::DnsZone) -> String {
-    let wire = &zone.name[..(zone.len as usize).min(zone.name.len())];
-    let mut labels = Vec::new();
-    let mut at = 0;
-    while let Some(&len) = wire.get(at).filter(|len| **len != 0) {
-        let label = wire.get(at + 1..at + 1 + len as usize).unwrap_or_default();
-        labels.push(String::from_utf8_lossy(label).into_owned());
-        at += 1 + len as usize;
-    }
-    labels.join(".")
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -172,7 +118,7 @@ pub fn report(shared: &Shared) -> Status {
 
 fn events_lost(shared: &Shared) -> EventsLost {
     let (kernel, userspace) = shared.losses.by_stage();
-    let by_tenant = crate::observability::loss_series(&shared.losses, shared.index().as_deref())
+    let by_tenant = loss_series(&shared.losses, shared.index().as_deref())
         .into_iter()
         .filter(|(_, count)| *count > 0)
         .map(|(l, count)| TenantLoss { tenant: l.tenant, kind: l.kind, stage: l.stage, reason: l.reason, count })
@@ -192,32 +138,4 @@ fn detections(guard: &[DetectionStatus], foreign_tenant: ForeignStatus) -> Detec
     let blocking = guard.iter().filter(|d| d.effective == GuardMode::Block).count();
     let note = if note.is_empty() { "no detections".into() } else { format!("{note} ({blocking} blocking)") };
     Detections { configured: guard.to_vec(), note, foreign_tenant }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{Config, DnsConfig, DnsIsolation};
-
-    #[test]
-    fn dns_status_says_the_mode_zones_and_shared_namespaces() {
-        let config = Config {
-            dns: DnsConfig { isolation: DnsIsolation::Detect, zones: vec!["Cluster.Local".into(), "corp.example.com".into()], shared_namespaces: vec!["tools".into()] },
-            ..Config::default()
-        };
-        let status = DnsStatus::of(&config);
-        assert_eq!(status.isolation, "detect");
-        assert_eq!(status.zones, ["corp.example.com", "cluster.local"], "as compared: longest first, lower case");
-        assert_eq!(status.shared_namespaces, ["kube-system", "tools"], "configured plus clusterDns's");
-        assert_eq!(DnsStatus::of(&Config::default()).isolation, "block");
-        assert_eq!(status.inspected, "UDP", "before the TCP programs are attached");
-        let mut refused = status.clone();
-        refused.with_tcp(Err("sk_msg: load: EINVAL".into()));
-        assert_eq!((refused.inspected, refused.tcp_unavailable.as_deref()), ("UDP", Some("sk_msg: load: EINVAL")));
-        let mut both = status;
-        both.with_tcp(Ok(()));
-        assert_eq!((both.inspected, both.tcp_unavailable), ("UDP and TCP", None));
-        let off = Config { dns: DnsConfig { isolation: DnsIsolation::Off, ..DnsConfig::default() }, ..Config::default() };
-        assert_eq!(DnsStatus::of(&off).inspected, "none");
-    }
 }
