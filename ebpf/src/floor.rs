@@ -1,22 +1,18 @@
-//! The tenant floor over the kernel maps: endpoint lookups, the verdict, events.
+//! The tenant floor over the kernel maps: the verdict for a flow's `Ends`, and its events.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use moat_common::{
     event::{FlowEvent, EVENT_KIND_ALLOW, EVENT_KIND_DENY},
     maps::{
         PolicyMatch, Settings, SharedPortKey, TenantPairKey, TierMatch, IDENTITY_ANY, NOT_ISOLATED, ORIGIN_INBOUND,
-        ORIGIN_OUTBOUND, POLICY_FULL_BITS, SETTING_CLUSTER_POLICIES, DIRECTION_EGRESS,
+        ORIGIN_OUTBOUND, POLICY_FULL_BITS, DIRECTION_EGRESS,
     },
     verdict::{decide_flow, ClusterRules, Exceptions, LocalEnd, Peer, PolicyRules, Reason},
 };
 
 use crate::budget;
-use crate::flows::FlowId;
-use crate::maps::{
-    CNP_RULES, CNP_SUBJECTS, LOCAL_ENDPOINTS, POLICY_RULES, REMOTE_ENDPOINTS, REMOTE_NETWORKS, SETTINGS, SHARED_PORTS,
-    TENANT_PAIRS,
-};
-use crate::packet::Addr;
+use crate::ends::{cluster_policies, Ends};
+use crate::maps::{CNP_RULES, CNP_SUBJECTS, POLICY_RULES, SETTINGS, SHARED_PORTS, TENANT_PAIRS};
 
 struct KernelExceptions;
 
@@ -116,12 +112,6 @@ impl ClusterKey {
     }
 }
 
-/// Whether some ClusterNetworkPolicy selects a pod of this node (`CNP_SUBJECTS` is read).
-#[inline(always)]
-pub fn cluster_policies(settings: &Settings) -> bool {
-    settings.flags & SETTING_CLUSTER_POLICIES != 0
-}
-
 /// The local pod's tier set for a flow it opened (`outbound`) or accepts. Looked up when
 /// deciding rather than kept in `Ends`: the programs' stack has no room to spare on 6.1.
 #[inline(always)]
@@ -146,46 +136,8 @@ pub fn settings_in_map() -> Option<&'static Settings> {
     SETTINGS.get(0)
 }
 
-#[inline(always)]
-pub fn local_peer(cgroup: u64) -> Peer {
-    // SAFETY: the value is copied out at once.
-    match unsafe { LOCAL_ENDPOINTS.get(&cgroup) } {
-        Some(endpoint) => Peer::known(*endpoint),
-        None => Peer::PENDING,
-    }
-}
-
-/// The remote end by address. `with_range`: also look up the address range, whose identity
-/// ipBlock rules match on; without it, a pod found by its exact address is classified by that
-/// entry alone, which is all the tenant floor reads (the range lookup is the trie walk).
-#[inline(always)]
-pub fn remote_peer(addr: &Addr, with_range: bool) -> Peer {
-    // SAFETY: as above.
-    let exact = unsafe { REMOTE_ENDPOINTS.get(addr.bytes()) };
-    if exact.is_some() && !with_range {
-        return Peer::remote_of(exact, None);
-    }
-    let range = REMOTE_NETWORKS.get(Key::new(128, addr.0));
-    Peer::remote_of(exact, range)
-}
-
-/// One end of a flow, local (by cgroup) and remote (by address), plus its ports.
-pub struct Ends {
-    pub cgroup: u64,
-    pub local: Peer,
-    pub remote_addr: Addr,
-    pub remote: Peer,
-    pub local_port: u16,
-    pub remote_port: u16,
-    pub protocol: u8,
-}
-
+/// The tenant floor's verdict, in the module that holds the rules it reads.
 impl Ends {
-    #[inline(always)]
-    pub fn local_tenant(&self) -> u64 {
-        self.local.tenant()
-    }
-
     /// The verdict for a flow opened by the local end (`ORIGIN_OUTBOUND`) or by the remote.
     #[inline(always)]
     pub fn decide(&self, settings: &Settings, origin: u8) -> Reason {
@@ -195,17 +147,6 @@ impl Ends {
             decide_flow(settings, self.local, self.remote, self.protocol, self.remote_port, LocalEnd::Source, set, &KernelExceptions)
         } else {
             decide_flow(settings, self.remote, self.local, self.protocol, self.local_port, LocalEnd::Destination, set, &KernelExceptions)
-        }
-    }
-
-    #[inline(always)]
-    pub fn flow(&self) -> FlowId {
-        FlowId {
-            cgroup: self.cgroup,
-            remote_addr: self.remote_addr,
-            local_port: self.local_port,
-            remote_port: self.remote_port,
-            protocol: self.protocol,
         }
     }
 }

@@ -22,7 +22,8 @@ use moat_common::{
 };
 
 use crate::counters;
-use crate::floor::{self, Ends};
+use crate::ends::{remote_peer, Ends};
+use crate::floor;
 use crate::flows::{self, FlowLookup};
 use crate::maps::REMOTE_ENDPOINTS;
 use crate::packet::{self, Addr, Headers, Parsed, Word, ETH_P_IP, ETH_P_IPV6};
@@ -91,7 +92,7 @@ pub fn on_ingress(ctx: &TcContext) -> i32 {
         cgroup,
         local: local_peer(&packet.dst_addr),
         remote_addr: packet.src_addr,
-        remote: floor::remote_peer(&packet.src_addr, true),
+        remote: remote_peer(&packet.src_addr, true),
         local_port: packet.dst_port,
         remote_port: packet.src_port,
         protocol: packet.protocol,

@@ -8,6 +8,7 @@ mod budget;
 mod counters;
 mod dns;
 mod dns_tcp;
+mod ends;
 mod floor;
 mod flows;
 mod guard;
@@ -32,7 +33,8 @@ use moat_common::{
     verdict::Reason,
 };
 
-use flows::{FlowId, FlowLookup, Tracked};
+use ends::{Ends, FlowId};
+use flows::{FlowLookup, Tracked};
 use packet::{Addr, Packet, Parsed};
 
 const PASS: i32 = 1;
@@ -164,7 +166,7 @@ fn decide_packet(ctx: &SkBuffContext, egress: bool, cgroup: u64, settings: &Sett
 
 /// Counts a decided packet; reports and drops it if denied.
 #[inline(always)]
-fn finish(ends: &floor::Ends, local_addr: Addr, direction: u8, reason: Reason, bytes: u64) -> i32 {
+fn finish(ends: &Ends, local_addr: Addr, direction: u8, reason: Reason, bytes: u64) -> i32 {
     counters::count(ends.local_tenant(), direction, reason, bytes);
     if reason.is_allow() {
         PASS
