@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::bench::{median, Context, Measurement, Row, Section, REPEATS};
+use crate::bench_run::{median, Context, Measurement, Row, Section, REPEATS};
 use crate::util::{cargo, check_interrupt, render, run, stdout_of, workspace_root, Lab};
 
 const CLIENT: &str = "bench/client";

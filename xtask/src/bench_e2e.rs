@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 
-use crate::bench::{lab_bench_run, Context, Measurement, Row, Section};
+use crate::bench_run::{lab_bench_run, Context, Measurement, Row, Section};
 use crate::bench_guard_agent::{agent_status, lab_agent_pid, raw_tracepoints_elsewhere, AgentStatus};
 use crate::e2e_setup::{self as setup, Files, CLIENT, PEERS, SERVER, TCP_PORT, UDP_PORT};
 use crate::util::{check_interrupt, Lab};
@@ -225,7 +225,7 @@ fn order(round: usize) -> [usize; 6] {
 
 fn median(runs: &[Run], pick: fn(&Run) -> &Measurement) -> Result<Measurement> {
     let mut values: Vec<Measurement> = runs.iter().map(|run| pick(run).clone()).collect();
-    crate::bench::median(&mut values).context("no measurements")
+    crate::bench_run::median(&mut values).context("no measurements")
 }
 
 fn rows(samples: &Samples) -> Result<Vec<Row>> {

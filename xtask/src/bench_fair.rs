@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
-use crate::bench::{Context, Measurement, Row, Section};
+use crate::bench_run::{Context, Measurement, Row, Section};
 use crate::bench_guard_agent::lab_agent_pid;
 use crate::util::{check_interrupt, lab_bin_beside, stdout_of, Lab};
 
@@ -96,7 +96,7 @@ fn measure(ctx: &Context, moat: &Path, dir: &Path) -> Result<Section> {
         let [without, with] = &floods[n];
         let rate = |floods: &[Flood]| -> Result<Measurement> {
             let mut values: Vec<Measurement> = floods.iter().map(|f| Measurement { rate: f.rate, unit: "connects/s".into() }).collect();
-            crate::bench::median(&mut values).context("no floods measured")
+            crate::bench_run::median(&mut values).context("no floods measured")
         };
         rows.push(Row {
             metric: format!("{noisy} flooding tenant(s): connect attempts/s of the flood (median of {ROUNDS})"),
@@ -125,7 +125,7 @@ fn measure(ctx: &Context, moat: &Path, dir: &Path) -> Result<Section> {
     }
     let new_flows = |floods: &[FlowFlood]| -> Result<Measurement> {
         let mut values: Vec<Measurement> = floods.iter().map(|f| Measurement { rate: f.rate, unit: "datagrams/s".into() }).collect();
-        crate::bench::median(&mut values).context("no flow-table floods measured")
+        crate::bench_run::median(&mut values).context("no flow-table floods measured")
     };
     rows.push(Row {
         metric: format!("flow-table flood: UDP datagrams/s, each to a new port (a new flow) (median of {ROUNDS})"),

@@ -18,7 +18,7 @@ use std::process::Command;
 use anyhow::{Context as _, Result};
 use serde_json::Value;
 
-use crate::bench::{Context, Measurement, Row, Section};
+use crate::bench_run::{Context, Measurement, Row, Section};
 use crate::bench_guard_agent::{agent_status, lab_agent_pid, raw_tracepoints_elsewhere, AgentStatus};
 use crate::util::{cargo, check_interrupt, render, run, stdout_of, target_dir, workspace_root, Lab};
 

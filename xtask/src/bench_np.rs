@@ -6,7 +6,7 @@ use std::process::Command;
 use anyhow::{Context as _, Result};
 use serde_json::Value;
 
-use crate::bench::{Context, Measurement, Row, Section};
+use crate::bench_run::{Context, Measurement, Row, Section};
 use crate::util::{check_interrupt, render, stdout_of};
 
 /// (NetworkPolicies, ClusterNetworkPolicies) per run.

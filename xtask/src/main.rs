@@ -8,6 +8,7 @@ mod bench_guard;
 mod bench_guard_agent;
 mod bench_kube;
 mod bench_np;
+mod bench_run;
 mod demo;
 mod e2e_setup;
 mod fuzz;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
-use crate::bench::{Context, Section};
+use crate::bench_run::{Context, Section};
 use crate::util::{cargo, run, target_dir, workspace_root, Lab};
 
 mod cluster;
