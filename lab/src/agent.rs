@@ -10,8 +10,8 @@ use std::os::unix::process::CommandExt;
 
 use super::desired::manifests_dir;
 use super::node::{self, NodeLayout};
-use super::podexec::current_exe;
-use super::state::{write_atomic, AgentState, LabState};
+use super::fsutil::{current_exe, tail, write_atomic};
+use super::state::{AgentState, LabState};
 use super::{lab_dir, process, LabError, NameArg};
 use moat_agent::cli::lab::{admin_socket, find_binary, AGENT_BIN_ENV};
 use moat_agent::config::Config;
@@ -327,11 +327,4 @@ pub fn agent_exe() -> Result<PathBuf, LabError> {
             own.display()
         ))
     })
-}
-
-/// The last `lines` lines of a file.
-pub fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

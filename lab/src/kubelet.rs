@@ -15,10 +15,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use super::node::{self, NodeLayout};
-use super::state::LabState;
+use super::fsutil::tail;
+use super::state::{KubeletState, LabState};
 use super::{cgroup, pki, process, LabError, NameArg};
 
 const PERIOD: Duration = Duration::from_secs(2);
@@ -38,15 +37,6 @@ pub enum KubeletCommand {
 pub struct RunArgs {
     #[command(flatten)]
     pub name: NameArg,
-}
-
-/// What `lab status` shows of the stand-in kubelet.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct KubeletState {
-    pub pid: u32,
-    /// Absolute cgroup directory.
-    pub cgroup: std::path::PathBuf,
 }
 
 /// In the kubelet's command line, and nowhere else: the path of its executable is the lab's.
@@ -122,7 +112,7 @@ pub fn start(lab: &str, pods_root: &Path) -> Result<KubeletState, LabError> {
             return Err(LabError::Internal(format!(
                 "the stand-in kubelet exited ({status}); log {}:\n{}",
                 layout.kubelet_log.display(),
-                super::agent::tail(&layout.kubelet_log, 10)
+                tail(&layout.kubelet_log, 10)
             )));
         }
         if Instant::now() >= deadline {

@@ -19,10 +19,12 @@ pub mod apply;
 pub mod bench;
 pub mod burst;
 pub mod cgroup;
+pub mod command;
 pub mod connect;
 pub mod desired;
 pub mod down;
 pub mod exec;
+pub mod fsutil;
 pub mod kubelet;
 pub mod mounts;
 pub mod net;
@@ -37,6 +39,7 @@ pub mod probe;
 pub mod process;
 pub mod role;
 pub mod sandbox;
+pub mod sandbox_spec;
 pub mod serve;
 pub mod sock;
 pub mod state;
@@ -64,34 +67,6 @@ pub enum Output {
     #[default]
     Text,
     Json,
-}
-
-#[derive(clap::Subcommand)]
-pub enum LabCommand {
-    /// Create a lab from manifests: the node (stand-in kubelet, volumes), pods with their
-    /// sandboxes and servers, and (unless --no-agent) an agent.
-    Up(up::UpArgs),
-    /// Replace the lab's manifests: add new pods, remove gone ones, relabel.
-    Apply(apply::ApplyArgs),
-    /// Try connections from pod to pod (inside the source pod's netns and cgroup).
-    Probe(probe::ProbeArgs),
-    /// Remove everything a lab made, even after a crash. Idempotent.
-    Down(NameArg),
-    /// Show the lab's state and whether its processes are alive.
-    Status(status::StatusArgs),
-    /// Start, stop or kill the lab's agent.
-    #[command(subcommand)]
-    Agent(agent::AgentCommand),
-    /// Run a command inside a pod (its cgroup and namespaces); exits with the command's status.
-    Exec(exec::ExecArgs),
-    /// Ask the lab's stand-in kubelet to rotate its certificate or read its credentials.
-    #[command(subcommand)]
-    Kubelet(kubelet::KubeletCommand),
-    /// The stand-in kubelet itself (started by `lab up` from `<node>/usr/bin/kubelet`).
-    #[command(name = "kubelet-run", hide = true)]
-    KubeletRun(kubelet::RunArgs),
-    /// Measure request/response rate or stream throughput between two pods.
-    Bench(podbench::BenchArgs),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,20 +133,5 @@ impl LabError {
             path: path.into(),
             source,
         }
-    }
-}
-
-pub fn run(command: LabCommand) -> Result<(), LabError> {
-    match command {
-        LabCommand::Up(args) => up::run(args),
-        LabCommand::Apply(args) => apply::run(args),
-        LabCommand::Probe(args) => probe::run(args),
-        LabCommand::Down(args) => down::run(&args.name),
-        LabCommand::Status(args) => status::run(args),
-        LabCommand::Agent(command) => agent::run(command),
-        LabCommand::Bench(args) => podbench::run(args),
-        LabCommand::Exec(args) => exec::run(args),
-        LabCommand::Kubelet(command) => kubelet::run_command(command),
-        LabCommand::KubeletRun(args) => kubelet::run(args),
     }
 }

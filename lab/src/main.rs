@@ -1,6 +1,7 @@
 use clap::{Parser, Subcommand};
 
-use moat_lab::{bench, burst, connect, sandbox, serve, LabCommand};
+use moat_lab::command::{self, LabCommand};
+use moat_lab::{bench, burst, connect, sandbox, serve};
 
 /// moat-lab: a local playground (a node with pods, a stand-in kubelet and an agent, on the
 /// real kernel), usually run as `moat lab`.
@@ -37,7 +38,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Lab(command) => moat_lab::run(command)?,
+        Command::Lab(lab) => command::run(lab)?,
         Command::PodServe(args) => serve::run(args)?,
         Command::PodSandbox(args) => sandbox::run(args)?,
         Command::PodBurst(args) => burst::run(args)?,

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::fsutil::current_exe;
 use super::pki::{self, Credential};
-use super::podexec::current_exe;
 use super::{cgroup, lab_dir, LabError};
 
 /// The API server the kubeconfigs name when the lab knows none (never contacted).

@@ -7,9 +7,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use super::desired::DesiredPod;
+use super::fsutil::tail;
 use super::node::NodeLayout;
 use super::podexec::{PodPlace, Start};
-use super::sandbox::{self, SandboxSpec};
+use super::sandbox;
+use super::sandbox_spec::SandboxSpec;
 use super::state::{LabState, PodState};
 use super::volumes::{self, Owner};
 use super::{cgroup, lab_dir, net, process, LabError};
@@ -160,7 +162,7 @@ fn wait_ready(pod: &PodState, pid: u32, offset: usize) -> Result<(), LabError> {
     }
     Err(LabError::InPod {
         pod: pod.key(),
-        message: format!("server did not become ready; log {}:\n{}", pod.log.display(), super::agent::tail(&pod.log, 5)),
+        message: format!("server did not become ready; log {}:\n{}", pod.log.display(), tail(&pod.log, 5)),
     })
 }
 

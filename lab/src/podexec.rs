@@ -18,12 +18,14 @@ use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use super::state::PodState;
-use super::{net, process, sandbox, sys, LabError};
+use super::fsutil::current_exe;
+use super::sandbox_spec::marker;
+use super::{net, process, sys, LabError};
 
 /// Whether the started program belongs to the caller or runs on its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +63,7 @@ impl PodPlace {
             .map_err(|e| gone(format!("its sandbox (pid {pid}) is not running: {e}")))?;
         // Checked after opening: the pidfd now pins this very process, so a reused pid
         // cannot slip in between.
-        if !process::is_alive(pid, &sandbox::marker(&pod.sandbox_spec)) {
+        if !process::is_alive(pid, &marker(&pod.sandbox_spec)) {
             return Err(gone(format!("its sandbox (pid {pid}) is not running")));
         }
         Ok(Self {
@@ -172,11 +174,6 @@ impl PodCommand {
             }),
         }
     }
-}
-
-/// The running `moat-lab` binary.
-pub fn current_exe() -> Result<PathBuf, LabError> {
-    std::env::current_exe().map_err(|e| LabError::io("finding", Path::new("/proc/self/exe"), e))
 }
 
 fn dup(fd: &OwnedFd) -> Result<OwnedFd, LabError> {

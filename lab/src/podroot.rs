@@ -15,7 +15,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
-use super::sandbox::SandboxSpec;
+use super::sandbox_spec::SandboxSpec;
 use super::{mounts, sys, LabError};
 
 /// Where the old root sits during pivot_root, relative to the new root.

@@ -13,48 +13,17 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use serde::{Deserialize, Serialize};
-
+use super::fsutil::{tail, write_atomic};
 use super::podexec::{pipe, PodPlace, Start};
-use super::state::{write_atomic, PodState};
+use super::sandbox_spec::{marker, SandboxSpec, COMMAND};
+use super::state::PodState;
 use super::{podroot, sys, LabError};
-
-pub const COMMAND: &str = "__pod-sandbox";
-
-/// What the sandbox makes; written by the lab as JSON next to the pod's other files.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SandboxSpec {
-    /// `namespace/pod`, for messages.
-    pub pod: String,
-    pub hostname: String,
-    pub host_pid: bool,
-    /// An empty directory: the pod's root is mounted on it (in the pod's mount namespace only).
-    pub root: PathBuf,
-    pub mounts: Vec<BindMount>,
-    /// Host paths whose mounts the pod drops from its copy of the mount tree.
-    pub hide: Vec<PathBuf>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BindMount {
-    pub source: PathBuf,
-    /// Absolute path inside the pod.
-    pub target: PathBuf,
-    pub read_only: bool,
-}
 
 #[derive(clap::Args, Debug)]
 pub struct SandboxArgs {
     /// The sandbox spec (JSON) written by the lab.
     #[arg(long)]
     pub spec: PathBuf,
-}
-
-/// Appears in the sandbox's command line (and so PID 1's, a fork of it), and nowhere else.
-pub fn marker(spec: &Path) -> String {
-    format!("{COMMAND} --spec {}", spec.display())
 }
 
 /// Starts the pod's sandbox from the host; returns its pid as the host sees it.
@@ -80,7 +49,7 @@ pub fn start(pod: &PodState, spec: &SandboxSpec) -> Result<u32, LabError> {
                 "the sandbox did not start ({}); log {}:\n{}",
                 output.status,
                 pod.log.display(),
-                super::agent::tail(&pod.log, 5)
+                tail(&pod.log, 5)
             ),
         }),
     }

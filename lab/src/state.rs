@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::kubelet::KubeletState;
 use super::node::NodeLayout;
 use super::podspec::Mount;
 use super::role::Role;
 use super::volumes::VolumeState;
+use super::fsutil::write_atomic;
 use super::{lab_dir, LabError};
 use moat_agent::model::Protocol;
 
@@ -105,6 +105,15 @@ pub struct AgentState {
     pub metrics_address: Option<String>,
 }
 
+/// What `lab status` shows of the stand-in kubelet (`kubelet::start` makes it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeletState {
+    pub pid: u32,
+    /// Absolute cgroup directory.
+    pub cgroup: PathBuf,
+}
+
 impl PodState {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
@@ -151,16 +160,6 @@ impl LabState {
             .get(key)
             .ok_or_else(|| LabError::UnknownPod(key.into()))
     }
-}
-
-/// Writes `path` through a hidden temporary file in the same directory and a rename, so
-/// readers (the agent polling the manifests directory) never see half a file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LabError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let temp = dir.join(format!(".{file_name}.tmp"));
-    std::fs::write(&temp, bytes).map_err(|e| LabError::io("writing", &temp, e))?;
-    std::fs::rename(&temp, path).map_err(|e| LabError::io("renaming into place", path, e))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::role::Role;
 use super::state::LabState;
-use super::{agent, kubelet, pod, process, sandbox, LabError, NameArg, Output};
+use super::{agent, kubelet, pod, process, sandbox_spec, LabError, NameArg, Output};
 
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
@@ -19,7 +19,7 @@ pub fn run(args: StatusArgs) -> Result<(), LabError> {
     let server_alive =
         |pid: Option<u32>| pid.is_some_and(|pid| process::is_alive(pid, pod::SERVE_MARKER));
     let sandbox_alive = |pod: &super::state::PodState| {
-        pod.sandbox_pid.is_some_and(|pid| process::is_alive(pid, &sandbox::marker(&pod.sandbox_spec)))
+        pod.sandbox_pid.is_some_and(|pid| process::is_alive(pid, &sandbox_spec::marker(&pod.sandbox_spec)))
     };
     let kubelet_alive = state.kubelet.as_ref().is_some_and(|k| process::is_alive(k.pid, &kubelet::marker(&state.name)));
     let agent_alive = state

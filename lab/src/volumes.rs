@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::mounts;
 use super::node::NodeLayout;
 use super::podspec::{FileContent, Mount, PodNode, VolumeFile, VolumeKind};
-use super::sandbox::BindMount;
+use super::sandbox_spec::BindMount;
 use super::{pki, sys, LabError};
 
 /// A volume as made on the node.
