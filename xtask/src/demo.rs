@@ -27,7 +27,7 @@ pub fn run_demo() -> Result<()> {
     run(lab.command().args(["probe", "--name", NAME, "--matrix", "--port", "80"]))?;
     check_interrupt()?;
 
-    let log = Path::new(crate::LAB_RUN_DIR).join(NAME).join("agent.log");
+    let log = Path::new(crate::util::LAB_RUN_DIR).join(NAME).join("agent.log");
     println!("\n== one deny event from {}", log.display());
     let event = wait_for_deny(&log)?;
     println!("{event}");

@@ -30,8 +30,6 @@ use util::{cargo, run};
 /// aya-build); compiled for the host it clashes with std and its `moat` binary would
 /// overwrite the agent's target/debug/moat.
 const HOST_EXCLUDE: &[&str] = &["--exclude", "moat-ebpf"];
-/// Where labs keep their files (the agent's `cli::lab::LAB_RUN_DIR`; xtask does not link it).
-pub const LAB_RUN_DIR: &str = "/run/moat/lab";
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "moat developer tasks")]
@@ -115,7 +113,7 @@ fn test() -> Result<()> {
     // the kube_* tests the test API server built with it.
     let moat = util::moat_bin()?;
     let apiserver = moat.with_file_name("moat-test-apiserver");
-    let labs_before = Path::new(LAB_RUN_DIR).exists();
+    let labs_before = Path::new(util::LAB_RUN_DIR).exists();
     run(cargo()
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(HOST_EXCLUDE)
@@ -123,8 +121,8 @@ fn test() -> Result<()> {
         .env("MOAT_TEST_APISERVER_BIN", apiserver)
         .env("MOAT_IMAGE", image))?;
     // Each test checks its own lab's leftovers; the shared root is only empty once all are down.
-    if !labs_before && Path::new(LAB_RUN_DIR).exists() {
-        bail!("the tests left {LAB_RUN_DIR} behind: a lab's `down` did not remove it");
+    if !labs_before && Path::new(util::LAB_RUN_DIR).exists() {
+        bail!("the tests left {} behind: a lab's `down` did not remove it", util::LAB_RUN_DIR);
     }
     util::check_interrupt()?;
     // The same privileged tests on the kernels nodes run (6.1, 6.12), where BPF LSM is active.

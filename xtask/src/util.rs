@@ -7,6 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context as _, Result};
 
+/// Where labs keep their files (the agent's `cli::lab::LAB_RUN_DIR`; xtask does not link it).
+pub const LAB_RUN_DIR: &str = "/run/moat/lab";
+
 /// The workspace root (the parent of this crate's directory).
 pub fn workspace_root() -> PathBuf {
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
