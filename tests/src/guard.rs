@@ -155,12 +155,16 @@ impl GuardLab {
     pub fn during(&self, action: impl FnOnce()) -> Vec<serde_json::Value> {
         let key = |e: &serde_json::Value| (e["id"].clone(), e["pod"].clone(), e["namespace"].clone(), e["evidence"].clone(), e["pid"].clone());
         let start_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        let earlier: Vec<_> = self.observer.events().iter().map(key).collect();
+        let before = self.observer.events();
+        let earlier: Vec<_> = before.iter().map(key).collect();
         action();
         self.marker();
+        // An event already seen is not the action's, even when stamped in the millisecond the
+        // action started (the time filter alone let one through: a CI flake).
         self.observer
             .events()
             .into_iter()
+            .filter(|e| !before.contains(e))
             .filter(|e| e["time_unix_ms"].as_u64().is_some_and(|t| t >= start_ms))
             .filter(|e| !(e["pod"] == "m" && e["namespace"] == "marker"))
             .filter(|e| !(e["aggregated"] == true && earlier.contains(&key(e))))
