@@ -94,12 +94,12 @@ fn node_labels_are_key_value_pairs() {
 fn verdicts_are_marked_incomplete_while_unenforced_policies_exist() {
     let dir = tempfile::tempdir().unwrap();
     let path = manifests(dir.path());
-    // Its `nodes` peer matches nothing yet, so the policy is reported as not (fully) enforced.
-    let cnp = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata:\n  name: deny-all\nspec:\n  tier: Admin\n  priority: 1\n  subject: {namespaces: {}}\n  egress:\n  - {action: Deny, to: [{nodes: {}}]}\n";
-    std::fs::write(dir.path().join("cnp.yaml"), cnp).unwrap();
+    // The older API version of the admin's policies: reported, not enforced.
+    let anp = "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata:\n  name: deny-all\nspec:\n  priority: 1\n  subject: {namespaces: {}}\n  egress:\n  - {action: Deny, to: [{nodes: {}}]}\n";
+    std::fs::write(dir.path().join("anp.yaml"), anp).unwrap();
     let loaded = manifests::load(&[dir.path().to_path_buf()]).unwrap();
     let unenforced = loaded.unenforced.lines();
-    assert_eq!(unenforced, vec!["ClusterNetworkPolicy deny-all (policy.networking.k8s.io/v1alpha2)"]);
+    assert_eq!(unenforced, vec!["AdminNetworkPolicy deny-all (policy.networking.k8s.io/v1alpha1)"]);
     let mut results = vec![explain_with(&loaded.cluster, &Config::default(), "alpha/web", "alpha/web")];
     assert!(results[0].complete);
     incomplete(&mut results, &unenforced);

@@ -100,7 +100,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     // an earlier agent left behind against the whole cluster.
     let loaded = source.initial().await?;
     warn_skipped(&loaded.skipped);
-    observability.unenforced(&source.unenforced(&loaded.cluster));
+    observability.unenforced(&source.unenforced());
     let mut compiler = Incremental::new(&config, loaded.cluster, cgroups::scan(&cgroup_root, layout.as_ref())?)?;
 
     let dirs = bpffs::pin_dirs(&config.bpffs_root, &config.instance);
@@ -206,7 +206,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
         let (changes, cgroups) = refresh(&mut source, compiler.cluster(), compiler.cgroups(), &cgroup_root, layout.as_ref());
         if changes.is_empty() && cgroups.is_none() && !resync {
             // Discovery runs apart from the changes: its findings are reported on every pass.
-            observability.unenforced(&source.unenforced(compiler.cluster()));
+            observability.unenforced(&source.unenforced());
             // Unchanged inputs only mean "in step" while the source itself is current: with
             // the API server gone, staleness keeps growing although nothing changes.
             if source.sync_state().is_healthy() {
@@ -224,7 +224,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
                 continue;
             }
         };
-        observability.unenforced(&source.unenforced(compiler.cluster()));
+        observability.unenforced(&source.unenforced());
         let next = compiler.desired();
         // Names for events decided under the old maps or the new ones, published before the
         // maps change; the exact new index follows the writes.

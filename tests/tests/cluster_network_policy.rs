@@ -100,3 +100,59 @@ fn tiers_order_network_policy_and_stay_below_the_floor() {
     expect(&lab, "without policies: front -> db:80", "front/web", "back/db", "80/TCP", Verdict::Allowed);
     expect(&lab, "without policies: back -> front", "back/db", "front/web", "80/TCP", Verdict::Allowed);
 }
+
+fn node(name: &str, role: &str, address: &str) -> String {
+    format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{role: {role}}}}}\nstatus:\n  addresses:\n  - {{type: InternalIP, address: {address}}}\n  - {{type: Hostname, address: {name}}}\n")
+}
+
+/// A connect from `pod` to `address`:`port`, as the errno it ends with: EPERM when moat
+/// refuses it, ECONNREFUSED when it reaches the address (nothing listens there).
+fn connect(lab: &Lab, pod: &str, address: &str, port: &str) -> String {
+    let attack = moat_integration::guard::attack_bin();
+    let output = lab.exec(pod, &[attack.to_str().expect("UTF-8 path"), "connect-tcp", address, port]);
+    ["EPERM", "ECONNREFUSED"].into_iter().find(|errno| output.stdout.contains(errno)).map_or_else(|| format!("neither: {output}"), str::to_string)
+}
+
+/// `nodes` peers: egress to the addresses of the Nodes a selector picks, read from the Node
+/// objects, and changed at runtime by a Node's relabel or new address as by the policy's.
+#[test]
+fn nodes_peers_match_the_selected_nodes_addresses() {
+    let manifests = Manifests::new();
+    // Two Nodes need the agent to know which is its own.
+    let config = manifests.write("agent.yaml", "nodeName: lab-node\n");
+    let lab = Lab::up(&[manifests.write("cluster.yaml", &cluster())], UpOptions { config: Some(config), ..UpOptions::default() });
+    // The nodes' addresses live on the lab's bridge, outside the pods' range: a connect there
+    // that moat lets through is answered by the bridge's reset.
+    let bridge = format!("moat-{}-br", lab.name());
+    let ip = |args: &[&str]| {
+        let status = std::process::Command::new("ip").args(["-n", &bridge]).args(args).status().expect("ip");
+        assert!(status.success(), "ip -n {bridge} {args:?}");
+    };
+    ip(&["addr", "add", "192.0.2.10/32", "dev", "br0"]);
+    ip(&["addr", "add", "192.0.2.20/32", "dev", "br0"]);
+    ip(&["route", "add", "10.250.0.0/16", "dev", "br0"]);
+    let nodes = lab.manifests_dir().join("nodes.yaml");
+    std::fs::write(&nodes, [node("lab-node", "worker", "192.0.2.10"), node("infra-1", "infra", "192.0.2.20")].join("---\n")).expect("writing the nodes");
+    let reach = |address: &str, want: &str| {
+        let what = format!("front/web -> {address}:9100");
+        let got = eventually(CONVERGE, || Some(connect(&lab, "front/web", address, "9100")).filter(|got| got == want));
+        assert_eq!(got.as_deref(), Some(want), "{what}: last saw {}", connect(&lab, "front/web", address, "9100"));
+    };
+    reach("192.0.2.20", "ECONNREFUSED");
+
+    let policies = lab.manifests_dir().join("cluster-policies.yaml");
+    let deny = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: no-infra-exporters}\nspec:\n  tier: Admin\n  priority: 1\n  subject: {namespaces: {}}\n  egress:\n  - {name: infra, action: Deny, to: [{nodes: {matchLabels: {role: infra}}}], protocols: [{tcp: {destinationPort: {number: 9100}}}]}\n";
+    std::fs::write(&policies, deny).expect("writing the policies");
+    reach("192.0.2.20", "EPERM");
+    reach("192.0.2.10", "ECONNREFUSED");
+    expect(&lab, "pods are not nodes", "front/web", "back/db", "80/TCP", Verdict::Allowed);
+
+    // The worker relabelled infra: its address is selected too, at runtime.
+    std::fs::write(&nodes, [node("lab-node", "infra", "192.0.2.10"), node("infra-1", "infra", "192.0.2.20")].join("---\n")).expect("writing the nodes");
+    reach("192.0.2.10", "EPERM");
+    // infra-1 moves to another address: the old one is no node's any more.
+    std::fs::write(&nodes, [node("lab-node", "worker", "192.0.2.10"), node("infra-1", "infra", "192.0.2.30")].join("---\n")).expect("writing the nodes");
+    reach("192.0.2.20", "ECONNREFUSED");
+    reach("192.0.2.10", "ECONNREFUSED");
+    std::fs::remove_file(&policies).expect("removing the policies");
+}

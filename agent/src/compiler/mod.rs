@@ -74,13 +74,14 @@ pub fn compile_scoped(
     let shared = endpoints::SharedGroups::new(cluster, config);
     let cnps: Vec<&crate::model::cnp::ClusterNetworkPolicy> =
         cluster.cluster_network_policies.values().map(|policy| &**policy).collect();
-    // ClusterNetworkPolicy networks join the address partition that ipBlocks make.
+    // ClusterNetworkPolicy networks and Node addresses join the address partition that
+    // ipBlocks make.
     let config_networks: Vec<Cidr> = config
         .cluster_cidrs
         .iter()
         .chain(config.tenant_networks.iter().map(|n| &n.cidr))
         .copied()
-        .chain(policy::cluster::networks(&cnps))
+        .chain(policy::cluster::networks(&cnps, &cluster.nodes))
         .collect();
     let policies = policy::compile(cluster, &config_networks);
     let cluster_policies = policy::cluster::compile(cluster, &cnps, &policies.blocks)?;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::cnp::ClusterNetworkPolicy;
 use super::policy::Policy;
-use super::{Cluster, Labels, Namespace, ObjectKey, Pod, PodKey, Service};
+use super::{Cluster, Labels, Namespace, Node, ObjectKey, Pod, PodKey, Service};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
@@ -15,6 +15,8 @@ pub enum Change {
     Policy(ObjectKey, Option<Arc<Policy>>),
     Service(ObjectKey, Option<Service>),
     ClusterPolicy(String, Option<Arc<ClusterNetworkPolicy>>),
+    /// Any Node of the cluster, this one included.
+    Node(String, Option<Node>),
     /// This node's labels (empty when the Node is gone).
     NodeLabels(Labels),
 }
@@ -49,6 +51,7 @@ impl Cluster {
             Change::ClusterPolicy(name, value) => {
                 Change::ClusterPolicy(name.clone(), put(&mut self.cluster_network_policies, &name, value)?)
             }
+            Change::Node(name, value) => Change::Node(name.clone(), put(&mut self.nodes, &name, value)?),
             Change::NodeLabels(labels) if labels == self.node_labels => return None,
             Change::NodeLabels(labels) => {
                 Change::NodeLabels(std::mem::replace(&mut self.node_labels, labels))
@@ -64,6 +67,7 @@ impl Cluster {
                 + self.network_policies.len()
                 + self.services.len()
                 + self.cluster_network_policies.len()
+                + self.nodes.len()
                 + 1,
         );
         changes.extend(
@@ -91,6 +95,7 @@ impl Cluster {
                 .into_iter()
                 .map(|(name, policy)| Change::ClusterPolicy(name, Some(policy))),
         );
+        changes.extend(self.nodes.into_iter().map(|(name, node)| Change::Node(name, Some(node))));
         changes.push(Change::NodeLabels(self.node_labels));
         changes
     }
@@ -118,6 +123,7 @@ impl Cluster {
             &mut changes,
             Change::ClusterPolicy,
         );
+        diff(&self.nodes, &new.nodes, &mut changes, Change::Node);
         if self.node_labels != new.node_labels {
             changes.push(Change::NodeLabels(new.node_labels.clone()));
         }
@@ -173,8 +179,10 @@ mod tests {
             },
         );
         new.node_labels.insert("zone", "z");
+        old.nodes.insert("n1".into(), super::Node { labels: Labels::new(), addresses: vec!["192.0.2.1".parse().unwrap()] });
+        new.nodes.insert("n1".into(), super::Node { labels: Labels::new(), addresses: vec!["192.0.2.2".parse().unwrap()] });
         let changes = old.changes_to(&new);
-        assert_eq!(changes.len(), 3);
+        assert_eq!(changes.len(), 4);
         let mut applied = old.clone();
         for change in changes {
             assert!(applied.apply(change).is_some());

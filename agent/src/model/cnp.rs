@@ -10,6 +10,11 @@ use super::Protocol;
 use super::Cidr;
 use crate::model::selector;
 
+/// The API group, version and kind moat enforces.
+pub const GROUP: &str = "policy.networking.k8s.io";
+pub const VERSION: &str = "v1alpha2";
+pub const KIND: &str = "ClusterNetworkPolicy";
+
 /// The API's limits: rules per direction, peers and protocols per rule, CIDRs per peer.
 pub const MAX_ITEMS: usize = 25;
 pub const MAX_PRIORITY: u16 = 1000;

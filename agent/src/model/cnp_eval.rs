@@ -20,6 +20,9 @@ pub struct End<'a> {
     pub namespace_labels: &'a Labels,
     /// The address the flow uses for it.
     pub ip: IpAddr,
+    /// The labels of the Node that has `ip` among its addresses, if one does (the end is then
+    /// a node, or a hostNetwork pod on it).
+    pub node: Option<&'a Labels>,
 }
 
 
@@ -130,8 +133,7 @@ fn peer_matches(peer: &Peer, remote: &End<'_>) -> bool {
     match peer {
         Peer::Pods(set) => selects(set, remote),
         Peer::Networks(cidrs) => cidrs.iter().any(|cidr| contains(cidr, remote.ip)),
-        // A pod's own address is never a node address (host-network pods have no flows here).
-        Peer::Nodes(_) => false,
+        Peer::Nodes(selector) => remote.node.is_some_and(|labels| selector::matches(selector, labels).unwrap_or(false)),
     }
 }
 

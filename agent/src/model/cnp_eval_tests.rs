@@ -53,7 +53,7 @@ impl Scenario {
 
     fn end(&self, ns: &str) -> End<'_> {
         let (pod, labels, ip) = &self.pods[ns];
-        End { pod, namespace_labels: labels, ip: *ip }
+        End { pod, namespace_labels: labels, ip: *ip, node: None }
     }
 
     /// Ingress at `to` from `from`, and egress at `from` to `to`.
@@ -166,4 +166,32 @@ fn networks_match_addresses_and_host_network_pods_are_never_subjects() {
     assert_eq!((np.allowed, np.decider), (true, Decider::NetworkPolicy));
     scenario.pods.get_mut("gryffindor").unwrap().0.host_network = true;
     assert!(egress(&scenario, "slytherin").allowed, "hostNetwork pods are not subjects");
+}
+
+#[test]
+fn nodes_peers_match_the_addresses_of_the_nodes_they_select() {
+    let scenario = Scenario::new();
+    let cnps = policies(
+        "metadata: {name: egress-nodes}\nspec:\n  tier: Admin\n  priority: 1\n  subject: {namespaces: {}}\n  egress:\n\
+         \x20\x20- {name: infra-nodes, action: Deny, to: [{nodes: {matchLabels: {role: infra}}}], protocols: [{tcp: {destinationPort: {number: 10250}}}]}\n",
+    );
+    // A node end: its address, and the labels of the Node holding it (a hostNetwork pod there
+    // has the same end).
+    let mut host = pod("kube-system", "host", &[]);
+    host.host_network = true;
+    let none = Labels::new();
+    let infra: Labels = [("role".to_string(), "infra".to_string())].into();
+    let worker: Labels = [("role".to_string(), "worker".to_string())].into();
+    let to_node = |node: Option<&Labels>, port: u16| {
+        let remote = End { pod: &host, namespace_labels: &none, ip: "192.0.2.1".parse().unwrap(), node };
+        decide(&cnps, Direction::Egress, scenario.end("gryffindor"), remote, TCP, port, NetworkPolicyTier::NotSelected)
+    };
+    let denied = to_node(Some(&infra), 10250);
+    assert!(!denied.allowed);
+    assert_eq!(rule(&denied), "Admin tier, ClusterNetworkPolicy egress-nodes (priority 1), rule 0 \"infra-nodes\": Deny");
+    assert!(to_node(Some(&infra), 443).allowed, "another port");
+    assert!(to_node(Some(&worker), 10250).allowed, "a Node the selector does not select");
+    assert!(to_node(None, 10250).allowed, "an address no Node has");
+    // Ingress rules cannot name nodes (the parser refuses them), and a pod is never a node.
+    assert!(decide(&cnps, Direction::Egress, scenario.end("gryffindor"), scenario.end("slytherin"), TCP, 10250, NetworkPolicyTier::NotSelected).allowed);
 }

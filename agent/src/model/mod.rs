@@ -133,6 +133,15 @@ pub struct Service {
     pub cluster_ips: Vec<IpAddr>,
 }
 
+/// A Node, as far as ClusterNetworkPolicy `nodes` peers need it: a selector picks Nodes by
+/// their labels, and egress to their addresses is what the peer matches.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Node {
+    pub labels: Labels,
+    /// status.addresses of type InternalIP and ExternalIP, without duplicates.
+    pub addresses: Vec<IpAddr>,
+}
+
 /// Everything the sources know. Keyed maps keep iteration order deterministic, so the
 /// compiler's output (and explain's) does not depend on input order.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -144,6 +153,8 @@ pub struct Cluster {
     pub services: BTreeMap<ObjectKey, Service>,
     /// ClusterNetworkPolicies by name.
     pub cluster_network_policies: BTreeMap<String, Arc<cnp::ClusterNetworkPolicy>>,
+    /// Every Node by name (their addresses are `nodes` peers').
+    pub nodes: BTreeMap<String, Node>,
     /// Labels of this agent's own Node (they select node profiles); empty when the source
     /// has no Node (the API server without a node name, files without a matching Node).
     pub node_labels: Labels,

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::limits;
 use super::manifests::validate_policy;
-use crate::model::{policy::Policy, ContainerPort, Labels, Namespace, ObjectKey, Pod, Protocol, Service};
+use crate::model::{policy::Policy, ContainerPort, Labels, Namespace, Node, ObjectKey, Pod, Protocol, Service};
 
 /// Why one object is refused: the field (a path into the object; empty for the whole) and
 /// what is wrong with it.
@@ -58,11 +58,28 @@ pub fn namespace(namespace: &core::Namespace) -> Result<Namespace, Rejection> {
     Ok(Namespace { name, labels })
 }
 
-/// A Node: its name and labels (the labels select node profiles).
-pub fn node(node: &core::Node) -> Result<(String, Labels), Rejection> {
+/// A Node: its name, labels (they select node profiles and `nodes` peers) and IP addresses
+/// (InternalIP and ExternalIP; host names are not addresses).
+pub fn node(node: &core::Node) -> Result<(String, Node), Rejection> {
     let name = name(&node.metadata)?;
     limits::labels(node.metadata.labels.as_ref(), "metadata.labels").map_err(reject)?;
-    Ok((name, labels_of(&node.metadata)))
+    let listed = node.status.as_ref().and_then(|status| status.addresses.as_ref());
+    let mut addresses = Vec::new();
+    for (index, address) in listed.into_iter().flatten().enumerate() {
+        if !matches!(address.type_.as_str(), "InternalIP" | "ExternalIP") {
+            continue;
+        }
+        let field = format!("status.addresses[{index}].address");
+        if addresses.len() == limits::MAX_NODE_ADDRESSES {
+            return Err(Rejection::new(field, format!("more than {} IP addresses", limits::MAX_NODE_ADDRESSES)));
+        }
+        let ip = address.address.parse::<IpAddr>().map_err(|_| Rejection::new(field, format!("{:?} is not an IP address", address.address)))?;
+        let ip = ip.to_canonical();
+        if !addresses.contains(&ip) {
+            addresses.push(ip);
+        }
+    }
+    Ok((name, Node { labels: labels_of(&node.metadata), addresses }))
 }
 
 /// Whether a pod has finished: its IPs may already belong to new pods, so it is not in the

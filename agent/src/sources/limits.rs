@@ -17,6 +17,8 @@ type Labels = BTreeMap<String, String>;
 
 /// Labels on one object.
 pub const MAX_LABELS: usize = 1024;
+/// IP addresses read from one Node (a node has a handful; more is not a Node a kubelet wrote).
+pub const MAX_NODE_ADDRESSES: usize = 64;
 /// Terms of one label selector: `matchLabels` entries, expressions and their values.
 pub const MAX_SELECTOR_TERMS: usize = 1024;
 /// Peers × ports of one NetworkPolicy, summed over its rules (a port range counts as the

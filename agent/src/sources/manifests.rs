@@ -12,14 +12,14 @@
 //!   ClusterNetworkPolicy are skipped and counted in [`Loaded::skipped`], so a full dump of a
 //!   namespace can be fed in as-is — except policy objects moat does not enforce (other
 //!   ClusterNetworkPolicy versions, Calico's `projectcalico.org/v3` NetworkPolicy, see
-//!   [`crate::sources::unenforced`]; a ClusterNetworkPolicy with `nodes` peers, which match
-//!   nothing yet, is enforced and listed too): those are listed by name in
-//!   [`Loaded::unenforced`] and reported loudly. An old version of a supported object
+//!   [`crate::sources::unenforced`]): those are listed by name in [`Loaded::unenforced`] and
+//!   reported loudly. An old version of a supported object
 //!   (`extensions/v1beta1` NetworkPolicy) is an error, as skipping it would drop policy.
 //!
-//! Node objects (`kubectl get nodes -o yaml`) give this node's labels, which select node
-//! profiles: the Node named like the agent's `nodeName`, or without one the only Node in the
-//! files (several Nodes and no `nodeName` is an error naming them all).
+//! Node objects (`kubectl get nodes -o yaml`) give the addresses ClusterNetworkPolicy `nodes`
+//! peers match, and this node's labels, which select node profiles: the Node named like the
+//! agent's `nodeName`, or without one the only Node in the files (several Nodes and no
+//! `nodeName` is an error naming them all).
 //!
 //! Directories are read non-recursively; names starting with `.` are ignored (editor lock and
 //! swap files, the `..data` links of ConfigMap volumes).

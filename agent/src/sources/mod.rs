@@ -18,7 +18,7 @@ use self::manifests::{Loaded, ManifestError};
 pub use self::sync::SyncState;
 use self::unenforced::Unenforced;
 use self::watch::ManifestWatcher;
-use crate::model::{Change, Cluster};
+use crate::model::Change;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -101,11 +101,11 @@ impl Source {
     }
 
     /// Policy objects the source saw and moat does not enforce (manifests: as of the last good
-    /// read; API server: as of the last discovery round, and the model `cluster` built from it).
-    pub fn unenforced(&self, cluster: &Cluster) -> Unenforced {
+    /// read; API server: as of the last discovery round).
+    pub fn unenforced(&self) -> Unenforced {
         match self {
             Self::Manifests { unenforced, .. } => unenforced.clone(),
-            Self::Kube(source) => source.unenforced(cluster),
+            Self::Kube(source) => source.unenforced(),
         }
     }
 

@@ -11,11 +11,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::model::cnp::{ClusterNetworkPolicy, Peer};
 
 /// Network-policy kinds of other API groups or versions, by (group, kind). Kinds with
 /// `Policy` in their name would be caught anyway; they are listed so the list documents what
@@ -149,17 +147,6 @@ impl Unenforced {
         let relisted = before.unlisted.keys().filter(|kind| !self.unlisted.contains_key(*kind)).map(|kind| format!("{kind} (objects unknown)"));
         (appeared.chain(unlisted).collect(), gone.chain(relisted).collect())
     }
-}
-
-/// ClusterNetworkPolicies enforced but for their `nodes` peers, which match nothing yet (Node
-/// addresses are not in the maps): reported as not (fully) enforced, by every source alike.
-pub fn with_node_peers(policies: &BTreeMap<String, Arc<ClusterNetworkPolicy>>) -> impl Iterator<Item = PolicyObject> + '_ {
-    policies.iter().filter(|(_, policy)| policy.ingress.iter().chain(&policy.egress).flat_map(|rule| &rule.peers).any(|peer| matches!(peer, Peer::Nodes(_)))).map(|(name, _)| PolicyObject {
-        kind: PolicyKind { group: "policy.networking.k8s.io".into(), kind: "ClusterNetworkPolicy".into() },
-        version: "v1alpha2".into(),
-        namespace: String::new(),
-        name: name.clone(),
-    })
 }
 
 /// Logs what changed since the last report: a warning naming every unenforced object at

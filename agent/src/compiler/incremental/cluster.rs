@@ -8,7 +8,9 @@
 //!   identity other pods already have changes nothing);
 //! - the address partition (`dirty.all_sets`). Pods' addresses never matter: a `networks`
 //!   peer is a range identity, and named ports, which would need the pods inside a range, are
-//!   refused with `networks` peers.
+//!   refused with `networks` peers;
+//! - Nodes, while a policy has a `nodes` peer: their addresses are ranges of one in the
+//!   partition, which a Node's change recounts.
 //!
 //! So the common event of a large cluster — a pod elsewhere starting or stopping beside
 //! others of its kind — costs no compile at all. Without any policy, nothing costs anything.
@@ -23,24 +25,45 @@ use crate::compiler::delta::put;
 use crate::compiler::policy::cluster;
 use crate::compiler::{network_key, CompileError};
 use crate::model::cnp::ClusterNetworkPolicy;
-use crate::model::Change;
+use crate::model::{Change, Node};
 
 impl Incremental {
     /// Takes a ClusterNetworkPolicy change: its networks join or leave the address partition.
     pub(super) fn take_cluster_policy(&mut self, name: String, value: Option<Arc<ClusterNetworkPolicy>>) {
-        let Some(Change::ClusterPolicy(_, old)) = self.cluster.apply(Change::ClusterPolicy(name.clone(), value)) else {
+        if self.cluster.apply(Change::ClusterPolicy(name.clone(), value)).is_none() {
             return;
-        };
-        self.dirty.cluster_policies = true;
-        let new = self.cluster.cluster_network_policies.get(&name).cloned();
-        let ranges = |policy: Option<&Arc<ClusterNetworkPolicy>>| -> Vec<NetworkKey> {
-            policy.map(|p| cluster::networks(&[&**p]).iter().map(network_key).collect()).unwrap_or_default()
-        };
-        // Count the new ranges first, so a range both name is never dropped in between.
-        for range in ranges(new.as_ref()) {
-            self.count_block(range, 1);
         }
-        for range in ranges(old.as_ref()) {
+        self.dirty.cluster_policies = true;
+        self.recount_cluster_ranges(&name);
+    }
+
+    /// Takes a Node change: the policies with `nodes` peers name other addresses now.
+    pub(super) fn take_node(&mut self, name: String, value: Option<Node>) {
+        if self.cluster.apply(Change::Node(name, value)).is_none() {
+            return;
+        }
+        let naming: Vec<String> = self.cluster.cluster_network_policies.iter().filter(|(_, policy)| cluster::names_nodes(policy)).map(|(name, _)| name.clone()).collect();
+        if naming.is_empty() {
+            return;
+        }
+        self.dirty.cluster_policies = true;
+        for name in naming {
+            self.recount_cluster_ranges(&name);
+        }
+    }
+
+    /// Counts the ranges policy `name` names now in the partition, and those it named before
+    /// out: the new first, so a range both name is never dropped in between.
+    fn recount_cluster_ranges(&mut self, name: &str) {
+        let new: Vec<NetworkKey> = match self.cluster.cluster_network_policies.get(name) {
+            Some(policy) => cluster::networks(&[&**policy], &self.cluster.nodes).iter().map(network_key).collect(),
+            None => Vec::new(),
+        };
+        for range in &new {
+            self.count_block(*range, 1);
+        }
+        let old = if new.is_empty() { self.cluster_ranges.remove(name) } else { self.cluster_ranges.insert(name.to_string(), new) };
+        for range in old.unwrap_or_default() {
             self.count_block(range, -1);
         }
     }

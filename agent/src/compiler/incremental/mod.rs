@@ -118,6 +118,9 @@ pub struct Incremental {
     identities: BTreeMap<u64, usize>,
     /// The local pods the ClusterNetworkPolicies were last compiled for.
     cluster_subjects: BTreeMap<u64, PodKey>,
+    /// The ranges each ClusterNetworkPolicy counts in `blocks` (its networks, its Nodes'
+    /// addresses): what a change counts out.
+    cluster_ranges: BTreeMap<String, Vec<NetworkKey>>,
     desired: Desired,
     dirty: Dirty,
     journal: Journal,
@@ -188,6 +191,7 @@ impl Incremental {
             groups: BTreeMap::new(),
             identities: BTreeMap::new(),
             cluster_subjects: BTreeMap::new(),
+            cluster_ranges: BTreeMap::new(),
             desired,
             dirty: Dirty::default(),
             journal: Journal::default(),
@@ -313,6 +317,10 @@ impl Incremental {
             }
             Change::ClusterPolicy(name, value) => {
                 self.take_cluster_policy(name, value);
+                Ok(())
+            }
+            Change::Node(name, value) => {
+                self.take_node(name, value);
                 Ok(())
             }
             Change::NodeLabels(labels) => {

@@ -186,14 +186,15 @@ fn cluster_policy(rng: &mut Rng, name: &str) -> crate::model::cnp::ClusterNetwor
         // Pods peers and named ports too: which pods exist, with which labels, ports and
         // addresses, is what decides whether the incremental compiler may skip a compile.
         let peer = match rng.below(5) {
+            0 if egress && rng.chance(50) => json!({"nodes": {"matchLabels": {"role": *rng.pick(&["infra", "worker"])}}}),
             0 | 1 if egress => json!({"networks": [*rng.pick(&["10.0.0.0/29", "10.0.0.8/30", "172.16.0.0/12"])]}),
             0 | 1 => json!({"namespaces": {"matchLabels": {"env": *rng.pick(&["prod", "dev"])}}}),
             2 => json!({"pods": {"namespaceSelector": {}, "podSelector": selector(rng)}}),
             3 => json!({"pods": {"namespaceSelector": {"matchLabels": {"env": "prod"}}, "podSelector": {"matchLabels": {"app": *rng.pick(&["web", "db", "api"])}}}}),
             _ => json!({"namespaces": {"matchLabels": {"env": *rng.pick(&["prod", "dev"])}}}),
         };
-        let networks = peer.get("networks").is_some();
-        // A named port with networks peers is refused by the parser (they have no ports).
+        let networks = peer.get("networks").is_some() || peer.get("nodes").is_some();
+        // A named port with networks or nodes peers is refused by the parser (no ports).
         let protocols = match rng.below(3) {
             1 if networks => json!([{"udp": {"destinationPort": {"number": 53}}}]),
             0 => json!([{"tcp": {"destinationPort": {"range": {"start": 80, "end": 8080}}}}]),
@@ -216,7 +217,7 @@ fn cluster_policy(rng: &mut Rng, name: &str) -> crate::model::cnp::ClusterNetwor
 
 fn random_change(rng: &mut Rng) -> Change {
     let ns = rng.pick(&NAMESPACES).to_string();
-    match rng.below(14) {
+    match rng.below(15) {
         0..=2 => {
             let value = (!rng.chance(15)).then(|| namespace(rng, &ns));
             Change::Namespace(ns, value)
@@ -250,6 +251,20 @@ fn random_change(rng: &mut Rng) -> Change {
                 .collect();
             let value = (!rng.chance(25)).then(|| crate::model::Service { key: key.clone(), cluster_ips });
             Change::Service(key, value)
+        }
+        13 => {
+            // Nodes with addresses inside and outside the cluster CIDR and `networks` ranges,
+            // some shared between two Nodes.
+            let name = format!("node{}", rng.below(3));
+            let value = (!rng.chance(25)).then(|| crate::model::Node {
+                labels: labels(&[("role", *rng.pick(&["infra", "worker"]))]),
+                addresses: [format!("10.0.0.{}", rng.below(12)), format!("172.16.0.{}", rng.below(3)), format!("fd00:1::{}", rng.below(3))]
+                    .into_iter()
+                    .filter(|_| rng.chance(60))
+                    .map(|ip| ip.parse().expect("generated address"))
+                    .collect(),
+            });
+            Change::Node(name, value)
         }
         _ => {
             let mut node = Labels::new();

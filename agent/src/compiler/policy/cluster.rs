@@ -24,7 +24,8 @@ use crate::model::cnp::{Action, ClusterNetworkPolicy, Peer as CnpPeer, PodSet, P
 use crate::model::cnp_eval::RuleRef;
 use crate::model::policy::{Peer, PortRef, PortRule, Rule};
 use crate::model::selector::{Selector, SelectorError};
-use crate::model::{Cluster, ContainerPort, Labels, PodKey, Protocol};
+use crate::model::{Cluster, ContainerPort, Labels, Node, PodKey, Protocol};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use moat_common::maps::NetworkKey;
 
 /// The rules of one tier set, by position.
@@ -50,18 +51,36 @@ pub struct ClusterPolicyError {
     pub error: Box<SelectorError>,
 }
 
-/// The address ranges `policies` name: they join the partition of the address space that
-/// ipBlocks make, so an address's range identity serves both.
-pub fn networks(policies: &[&ClusterNetworkPolicy]) -> Vec<Cidr> {
+/// The address ranges `policies` name — their networks, and the addresses of the Nodes their
+/// `nodes` peers select, each a range of one — : they join the partition of the address space
+/// that ipBlocks make, so an address's range identity serves both.
+pub fn networks(policies: &[&ClusterNetworkPolicy], nodes: &BTreeMap<String, Node>) -> Vec<Cidr> {
     let rules = policies.iter().flat_map(|policy| policy.ingress.iter().chain(&policy.egress));
-    let peers = rules.flat_map(|rule| &rule.peers);
-    peers
-        .flat_map(|peer| match peer {
-            CnpPeer::Networks(cidrs) => cidrs.as_slice(),
-            _ => &[],
-        })
-        .copied()
-        .collect()
+    let mut out = Vec::new();
+    for peer in rules.flat_map(|rule| &rule.peers) {
+        match peer {
+            CnpPeer::Networks(cidrs) => out.extend_from_slice(cidrs),
+            CnpPeer::Nodes(selector) => out.extend(node_addresses(selector, nodes)),
+            CnpPeer::Pods(_) => {}
+        }
+    }
+    out
+}
+
+/// Whether `policy` has a `nodes` peer (its ranges then follow the Nodes).
+pub fn names_nodes(policy: &ClusterNetworkPolicy) -> bool {
+    policy.ingress.iter().chain(&policy.egress).flat_map(|rule| &rule.peers).any(|peer| matches!(peer, CnpPeer::Nodes(_)))
+}
+
+/// The addresses, as ranges of one, of the Nodes `selector` selects. The parser checked the
+/// selector, so one that does not compile selects nothing.
+fn node_addresses<'a>(selector: &LabelSelector, nodes: &'a BTreeMap<String, Node>) -> impl Iterator<Item = Cidr> + 'a {
+    let selector = Selector::from_api(selector).ok();
+    nodes
+        .values()
+        .filter(move |node| selector.as_ref().is_some_and(|selector| selector.matches(&node.labels)))
+        .flat_map(|node| &node.addresses)
+        .map(|ip| Cidr { addr: *ip, prefix_len: if ip.is_ipv4() { 32 } else { 128 } })
 }
 
 /// One policy, its selectors compiled and its rules in NetworkPolicy's form.
@@ -73,7 +92,7 @@ struct Prepared<'a> {
 }
 
 /// Compiles `policies` for every pod of `cluster`; `blocks` is the address partition (which
-/// must hold `networks(policies)`).
+/// must hold `networks(policies, &cluster.nodes)`).
 pub fn compile(
     cluster: &Cluster,
     policies: &[&ClusterNetworkPolicy],
@@ -99,7 +118,7 @@ pub fn compile_for<'k>(
 ) -> Result<Compiled, ClusterPolicyError> {
     let mut ordered: Vec<&ClusterNetworkPolicy> = policies.to_vec();
     ordered.sort_by(|a, b| (a.tier, a.priority, &a.name).cmp(&(b.tier, b.priority, &b.name)));
-    let prepared = ordered.into_iter().map(prepare).collect::<Result<Vec<_>, _>>()?;
+    let prepared = ordered.into_iter().map(|policy| prepare(policy, &cluster.nodes)).collect::<Result<Vec<_>, _>>()?;
     let mut out = Compiled::default();
     if prepared.is_empty() {
         return Ok(out);
@@ -265,13 +284,13 @@ fn set_id<'a>(
     hash_id(&[b"cnp", direction.as_str().as_bytes(), &names, &ports])
 }
 
-fn prepare(policy: &ClusterNetworkPolicy) -> Result<Prepared<'_>, ClusterPolicyError> {
+fn prepare<'a>(policy: &'a ClusterNetworkPolicy, nodes: &BTreeMap<String, Node>) -> Result<Prepared<'a>, ClusterPolicyError> {
     let error = |field: String| move |error| ClusterPolicyError { policy: policy.name.clone(), field, error: Box::new(error) };
     let subject = pod_set(&policy.subject).map_err(error("spec.subject".into()))?;
     let mut rules: [Vec<(Rule, Action)>; 2] = Default::default();
     for (slot, (list, field)) in [(&policy.ingress, "ingress"), (&policy.egress, "egress")].into_iter().enumerate() {
         for (index, rule) in list.iter().enumerate() {
-            let converted = as_network_rule(rule).map_err(error(format!("spec.{field}[{index}]")))?;
+            let converted = as_network_rule(rule, nodes).map_err(error(format!("spec.{field}[{index}]")))?;
             rules[slot].push((converted, rule.action));
         }
     }
@@ -284,9 +303,9 @@ fn pod_set(set: &PodSet) -> Result<(Selector, Option<Selector>), SelectorError> 
 
 /// A ClusterNetworkPolicy rule's peers and ports in NetworkPolicy's form, which the compiler
 /// resolves: pods as a peer with both selectors, networks as ipBlocks without exceptions, a
-/// named port once per protocol (a container port's name is unique within its pod). `nodes`
-/// peers match no pod or network here (Node addresses are not in the maps yet).
-fn as_network_rule(rule: &crate::model::cnp::Rule) -> Result<Rule, SelectorError> {
+/// named port once per protocol (a container port's name is unique within its pod), `nodes`
+/// as an ipBlock per address of each Node selected (none: the peer matches nothing).
+fn as_network_rule(rule: &crate::model::cnp::Rule, nodes: &BTreeMap<String, Node>) -> Result<Rule, SelectorError> {
     let mut peers = Vec::new();
     for peer in &rule.peers {
         match peer {
@@ -297,7 +316,10 @@ fn as_network_rule(rule: &crate::model::cnp::Rule) -> Result<Rule, SelectorError
             CnpPeer::Networks(cidrs) => {
                 peers.extend(cidrs.iter().map(|cidr| Peer::Block { cidr: *cidr, except: Vec::new() }));
             }
-            CnpPeer::Nodes(_) => {}
+            CnpPeer::Nodes(selector) => {
+                Selector::from_api(selector)?;
+                peers.extend(node_addresses(selector, nodes).map(|cidr| Peer::Block { cidr, except: Vec::new() }));
+            }
         }
     }
     let ports = rule.ports.as_ref().map(|ports| {

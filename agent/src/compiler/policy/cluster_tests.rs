@@ -48,6 +48,15 @@ fn cluster(rng: &mut Rng) -> Cluster {
         };
         cluster.pods.insert(key, pod);
     }
+    // Nodes: some addresses inside a `networks` range, one sometimes in none of them.
+    for n in 0..rng.below(4) {
+        let labels = [("role".to_string(), rng.pick(&["infra", "worker"]).to_string())].into();
+        let mut addresses: Vec<IpAddr> = vec![format!("192.0.2.{}", n + 1).parse().expect("test address")];
+        if rng.below(2) == 0 {
+            addresses.push(format!("10.0.{}.{}", rng.below(2), 200 + n).parse().expect("test address"));
+        }
+        cluster.nodes.insert(format!("node{n}"), crate::model::Node { labels, addresses });
+    }
     cluster
 }
 
@@ -66,7 +75,9 @@ fn rule_yaml(rng: &mut Rng, egress: bool, index: usize) -> String {
     let networks = egress && rng.below(3) == 0;
     let peers: Vec<String> = (0..=rng.below(2))
         .map(|_| {
-            if networks {
+            if networks && rng.below(2) == 0 {
+                format!("{{nodes: {}}}", *rng.pick(&["{}", "{matchLabels: {role: infra}}", "{matchLabels: {role: none}}"]))
+            } else if networks {
                 format!("{{networks: [{}]}}", *rng.pick(&["10.0.0.0/16", "10.0.1.0/24", "10.0.0.5/32", "0.0.0.0/0"]))
             } else {
                 pods_yaml(rng)
@@ -143,7 +154,7 @@ fn check(seed: u64) {
     let cluster = cluster(&mut rng);
     let cnps = policies(&mut rng);
     let refs: Vec<&ClusterNetworkPolicy> = cnps.iter().collect();
-    let blocks = crate::compiler::policy::compile(&cluster, &networks(&refs)).blocks;
+    let blocks = crate::compiler::policy::compile(&cluster, &networks(&refs, &cluster.nodes)).blocks;
     let compiled = compile(&cluster, &refs, &blocks).expect("valid policies compile");
     // `Desired` looks its entries up as `CNP_RULES` does (longest prefix).
     let kernel = Desired { cluster_rules: compiled.rules.clone(), ..Desired::default() };
@@ -159,29 +170,55 @@ fn check(seed: u64) {
         .map(|(name, ns)| (name.as_str(), namespace_labels(Some(&ns.labels), name)))
         .collect();
     fn end<'a>(labels: &'a BTreeMap<&str, Labels>, pod: &'a Pod) -> End<'a> {
-        End { pod, namespace_labels: &labels[&*pod.key.namespace], ip: pod.ips[0] }
+        End { pod, namespace_labels: &labels[&*pod.key.namespace], ip: pod.ips[0], node: None }
     }
     let flows: [(u8, u16); 6] = [(6, 80), (6, 8080), (6, 70), (6, 9000), (17, 53), (17, 80)];
     let np_tiers = [NetworkPolicyTier::NotSelected, NetworkPolicyTier::Allowed, NetworkPolicyTier::Denied];
-    for local in cluster.pods.values() {
-        for remote in cluster.pods.values() {
-            let data_peer = DataPeer {
+    // Every pod, and every Node address (as the kernel sees it: no pod there, only its range).
+    let no_labels = Labels::new();
+    let host = Pod {
+        key: PodKey::new("kube-system", "host"),
+        uid: None,
+        labels: Labels::new(),
+        ips: Vec::new(),
+        node_name: None,
+        host_network: true,
+        host_pid: false,
+        ports: Vec::new(),
+    };
+    let mut remotes: Vec<(End<'_>, DataPeer)> = cluster
+        .pods
+        .values()
+        .map(|remote| {
+            let data = DataPeer {
                 cidr_identity: range_of(remote.ips[0]),
                 ..DataPeer::known(Endpoint { tenant: 1, identity: identities[&remote.key], ..Endpoint::EMPTY })
             };
+            (end(&namespace_labels, remote), data)
+        })
+        .collect();
+    for node in cluster.nodes.values() {
+        for ip in &node.addresses {
+            let remote = End { pod: &host, namespace_labels: &no_labels, ip: *ip, node: Some(&node.labels) };
+            remotes.push((remote, DataPeer { cidr_identity: range_of(*ip), ..DataPeer::UNKNOWN }));
+        }
+    }
+    for local in cluster.pods.values() {
+        for (remote, data_peer) in &remotes {
+            let data_peer = *data_peer;
             for direction in [Direction::Ingress, Direction::Egress] {
                 let sets = compiled.pod_sets.get(&local.key).copied().unwrap_or_default();
                 let set = if direction == Direction::Ingress { sets.ingress } else { sets.egress };
                 for (protocol, port) in flows {
                     let np = np_tiers[rng.below(3)];
-                    let spec = cnp_eval::decide(&cnps, direction, end(&namespace_labels, local), end(&namespace_labels, remote), protocol, port, np);
+                    let spec = cnp_eval::decide(&cnps, direction, end(&namespace_labels, local), *remote, protocol, port, np);
                     let got = compiled_decision(&compiled, &kernel, set, data_peer, protocol, port, np);
                     assert_eq!(
                         got,
                         (spec.allowed, spec.decider.clone(), spec.passed.clone()),
                         "seed {seed}: {direction:?} at {} with {}, {protocol}/{port}, {np:?}\npolicies: {cnps:#?}",
                         local.key,
-                        remote.key
+                        remote.ip
                     );
                 }
             }

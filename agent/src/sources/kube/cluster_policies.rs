@@ -32,9 +32,7 @@ use crate::model::Change;
 use crate::sources::convert::{self, Rejection};
 use crate::sources::unenforced::PolicyKind;
 
-pub const GROUP: &str = "policy.networking.k8s.io";
-pub const VERSION: &str = "v1alpha2";
-pub const KIND: &str = "ClusterNetworkPolicy";
+pub use crate::model::cnp::{GROUP, KIND, VERSION};
 const PLURAL: &str = "clusternetworkpolicies";
 
 /// A ClusterNetworkPolicy as served; its spec is checked by the model's parser, the same one
@@ -133,10 +131,8 @@ pub async fn run(client: Client, shared: Arc<Shared>, forbidden: SharedForbidden
             tracing::info!(served, "ClusterNetworkPolicy ({GROUP}/{VERSION}) {}", if served { "served: watching it" } else { "not served (no CRD): none enforced, asking again" });
         }
         if !served {
-            // No CRD, no objects: whatever an earlier watch listed is gone.
             shared.sync.ok(reflect::CLUSTER_POLICIES);
-            *lock(&forbidden) = None;
-            shared.relisted::<ClusterNetworkPolicyObject>(BTreeSet::new(), Vec::new(), None);
+            none_served(&shared, &forbidden);
             continue;
         }
         let api: Api<ClusterNetworkPolicyObject> = Api::all(client.clone());
@@ -145,8 +141,7 @@ pub async fn run(client: Client, shared: Arc<Shared>, forbidden: SharedForbidden
         shared.sync.ok(reflect::CLUSTER_POLICIES);
         match unwatchable {
             Unwatchable::NotServed => {
-                *lock(&forbidden) = None;
-                shared.relisted::<ClusterNetworkPolicyObject>(BTreeSet::new(), Vec::new(), None);
+                none_served(&shared, &forbidden);
                 announced = Some(false);
                 tracing::warn!("ClusterNetworkPolicy no longer served (its CRD was removed): its policies are no longer enforced");
             }
@@ -160,4 +155,10 @@ pub async fn run(client: Client, shared: Arc<Shared>, forbidden: SharedForbidden
             }
         }
     }
+}
+
+/// No CRD, no objects: whatever an earlier watch listed is gone, and nothing is forbidden.
+fn none_served(shared: &Shared, forbidden: &SharedForbidden) {
+    *lock(forbidden) = None;
+    shared.relisted::<ClusterNetworkPolicyObject>(BTreeSet::new(), Vec::new(), None);
 }

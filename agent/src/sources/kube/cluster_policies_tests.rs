@@ -43,7 +43,7 @@ async fn cluster_network_policies_are_enforced_once_their_crd_appears_and_droppe
     let (_server, mut source, mut cluster) = start(&store).await;
     assert!(cluster.cluster_network_policies.is_empty());
     tokio::time::sleep(DISCOVERY * 3).await;
-    assert!(source.unenforced(&cluster).is_empty(), "{:?}", source.unenforced(&cluster));
+    assert!(source.unenforced().is_empty(), "{:?}", source.unenforced());
 
     assert!(store.apply(cnp("early", 5, deny_to("10.0.0.0/8"))).is_err(), "not served before its CRD is installed");
     store.install(CLUSTER_NETWORK_POLICIES);
@@ -66,17 +66,17 @@ async fn cluster_network_policies_are_enforced_once_their_crd_appears_and_droppe
         vec![("after".into(), 9, Some(Action::Deny)), ("deny-all".into(), 7, Some(Action::Pass))]
     );
 
-    // A `nodes` peer matches nothing yet: enforced, and reported as not fully enforced.
+    // A `nodes` peer is enforced like any other: nothing to report.
     store.apply(cnp("to-nodes", 11, json!([{"action": "Deny", "to": [{"nodes": {}}]}]))).expect("cnp");
     until(&mut source, &mut cluster, |c| c.cluster_network_policies.contains_key("to-nodes")).await;
-    assert_eq!(source.unenforced(&cluster).lines(), vec!["ClusterNetworkPolicy to-nodes (policy.networking.k8s.io/v1alpha2)"]);
+    assert!(source.unenforced().is_empty(), "{:?}", source.unenforced());
 
     store.delete(CLUSTER_NETWORK_POLICIES, None, "after").expect("delete");
     until(&mut source, &mut cluster, |c| !c.cluster_network_policies.contains_key("after")).await;
     // The CRD removed: its objects go from the model, and the agent carries on.
     store.uninstall(CLUSTER_NETWORK_POLICIES);
     until(&mut source, &mut cluster, |c| c.cluster_network_policies.is_empty()).await;
-    assert!(source.unenforced(&cluster).is_empty());
+    assert!(source.unenforced().is_empty());
     assert!(source.sync_state().is_healthy());
     // And back: noticed again.
     store.install(CLUSTER_NETWORK_POLICIES);
@@ -104,7 +104,7 @@ async fn unreadable_policy_kinds_are_reported_and_never_hold_up_the_start() {
     // RBAC without clusternetworkpolicies: the agent starts, and says it cannot enforce them.
     let (_server, source, cluster) = start(&store).await;
     assert!(cluster.cluster_network_policies.is_empty());
-    let lines = || source.unenforced(&cluster).lines();
+    let lines = || source.unenforced().lines();
     until_true("the unreadable ClusterNetworkPolicy reported", DEADLINE, || !lines().is_empty()).await;
     let lines = lines();
     assert_eq!(lines.len(), 1, "{lines:?}");
@@ -114,13 +114,13 @@ async fn unreadable_policy_kinds_are_reported_and_never_hold_up_the_start() {
     // deleted; reported as served with its objects unknown once the agent may not list it.
     store.install(CALICO_GLOBAL_NETWORK_POLICIES);
     store.apply(json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "GlobalNetworkPolicy", "metadata": {"name": "g"}})).expect("calico");
-    let objects = || source.unenforced(&cluster).objects.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let objects = || source.unenforced().objects.iter().map(ToString::to_string).collect::<Vec<_>>();
     until_true("the calico object reported", DEADLINE, || !objects().is_empty()).await;
     assert_eq!(objects(), vec!["GlobalNetworkPolicy g (crd.projectcalico.org/v1)"]);
     store.delete(CALICO_GLOBAL_NETWORK_POLICIES, None, "g").expect("delete");
     until_true("a deleted object is no longer reported", DEADLINE, || objects().is_empty()).await;
     store.forbid(CALICO_GLOBAL_NETWORK_POLICIES);
-    let unlisted = || source.unenforced(&cluster).unlisted;
+    let unlisted = || source.unenforced().unlisted;
     until_true("the unlistable kind reported", DEADLINE, || unlisted().len() == 2).await;
     let kinds: Vec<String> = unlisted().keys().map(ToString::to_string).collect();
     assert_eq!(kinds, vec!["GlobalNetworkPolicy (crd.projectcalico.org)", "ClusterNetworkPolicy (policy.networking.k8s.io)"]);

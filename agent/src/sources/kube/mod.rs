@@ -1,7 +1,7 @@
 //! The API server source: list, then watch Namespaces, Pods, Services, NetworkPolicies
 //! (networking.k8s.io/v1), ClusterNetworkPolicies (policy.networking.k8s.io/v1alpha2, while
-//! their CRD is installed: [`cluster_policies`]) and this agent's own Node, reflected into one
-//! `Cluster`.
+//! their CRD is installed: [`cluster_policies`]) and Nodes (their addresses are `nodes`
+//! peers'; this agent's own gives the node's labels), reflected into one `Cluster`.
 //!
 //! - The first state is handed out only after every watch has finished its initial list
 //!   (`InitDone`), so the first apply — which prunes whatever an earlier agent left in the
@@ -57,7 +57,7 @@ pub enum KubeError {
 pub struct KubeOptions {
     /// Explicit kubeconfig; None: in-cluster, KUBECONFIG or ~/.kube/config.
     pub kubeconfig: Option<PathBuf>,
-    /// This node: its Node object is watched for its labels. None: no Node watch.
+    /// This node: its Node's labels select node profiles. None: no node labels.
     pub node_name: Option<String>,
     /// How often API discovery looks for policy kinds moat does not enforce.
     pub discovery_interval: Duration,
@@ -167,6 +167,8 @@ pub struct KubeSource {
     unenforced: discover::SharedUnenforced,
     /// Why ClusterNetworkPolicies cannot be read although served (RBAC), if so.
     cluster_policies_forbidden: cluster_policies::SharedForbidden,
+    /// This node's name: its Node's changes also change `Cluster::node_labels`.
+    node_name: Option<String>,
 }
 
 impl KubeSource {
@@ -203,18 +205,16 @@ impl KubeSource {
             Arc::clone(&cluster_policies_forbidden),
             discovery_interval,
         )));
-        let mut expected = 1 << reflect::NAMESPACES
+        let expected = 1 << reflect::NAMESPACES
             | 1 << reflect::PODS
             | 1 << reflect::NETWORK_POLICIES
             | 1 << reflect::SERVICES
-            | 1 << reflect::CLUSTER_POLICIES;
-        match node_name {
-            Some(node) => {
-                let fields = Some(format!("metadata.name={node}"));
-                tasks.push(watch_task(Api::<core::Node>::all(client), fields, Arc::clone(&shared)));
-                expected |= 1 << reflect::NODE;
-            }
-            None => tracing::warn!("no node name (--node-name or NODE_NAME): node labels are empty and every pod whose cgroup is found is local"),
+            | 1 << reflect::CLUSTER_POLICIES
+            | 1 << reflect::NODES;
+        // Every Node: a `nodes` peer may select any of them.
+        tasks.push(watch_task(Api::<core::Node>::all(client), None, Arc::clone(&shared)));
+        if node_name.is_none() {
+            tracing::warn!("no node name (--node-name or NODE_NAME): node labels are empty and every pod whose cgroup is found is local");
         }
         tasks.push(tokio::spawn(report_staleness(Arc::clone(&shared.sync))));
         Self {
@@ -223,18 +223,17 @@ impl KubeSource {
             tasks,
             unenforced,
             cluster_policies_forbidden,
+            node_name: node_name.map(str::to_string),
         }
     }
 
     /// Policy objects (and kinds) the API server serves that moat does not enforce, as the
-    /// last discovery round found them, plus the ClusterNetworkPolicies of `cluster` with
-    /// `nodes` peers.
-    pub fn unenforced(&self, cluster: &Cluster) -> Unenforced {
+    /// last discovery round found them.
+    pub fn unenforced(&self) -> Unenforced {
         let mut found = self.unenforced.lock().map(|u| u.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone());
         if let Some(why) = cluster_policies::lock(&self.cluster_policies_forbidden).clone() {
             found.unlisted.insert(cluster_policies::policy_kind(), format!("list forbidden: {why}"));
         }
-        found.objects.extend(super::unenforced::with_node_peers(&cluster.cluster_network_policies));
         found
     }
 
@@ -245,7 +244,7 @@ impl KubeSource {
             {
                 let mut state = self.shared.lock();
                 if state.initialized & self.expected == self.expected {
-                    let changes = std::mem::take(&mut state.pending);
+                    let changes = with_node_labels(std::mem::take(&mut state.pending), self.node_name.as_deref());
                     drop(state);
                     let mut cluster = Cluster::default();
                     for change in changes {
@@ -268,7 +267,7 @@ impl KubeSource {
         if state.pending.is_empty() {
             return None;
         }
-        Some(std::mem::take(&mut state.pending))
+        Some(with_node_labels(std::mem::take(&mut state.pending), self.node_name.as_deref()))
     }
 
     pub async fn changed(&self) {
@@ -290,6 +289,22 @@ impl Drop for KubeSource {
             task.abort();
         }
     }
+}
+
+/// `changes`, each change of this node's Node followed by the node labels it sets (a Node
+/// removed: none).
+fn with_node_labels(changes: Vec<Change>, node_name: Option<&str>) -> Vec<Change> {
+    let Some(own) = node_name else { return changes };
+    let mut out = Vec::with_capacity(changes.len() + 1);
+    for change in changes {
+        let labels = match &change {
+            Change::Node(name, node) if name == own => Some(node.as_ref().map(|node| node.labels.clone()).unwrap_or_default()),
+            _ => None,
+        };
+        out.push(change);
+        out.extend(labels.map(Change::NodeLabels));
+    }
+    out
 }
 
 /// A core kind's list/watch task: only custom resources' watches end, so there is no result.

@@ -25,14 +25,14 @@ use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::{ModelState, Shared};
-use crate::model::{self, policy::Policy, Change, Labels, ObjectKey};
+use crate::model::{self, policy::Policy, Change, ObjectKey};
 use crate::sources::convert::{self, Rejection};
 
 /// Watch numbers, for [`crate::sources::SyncState`] and the InitDone mask.
 pub const NAMESPACES: u32 = 0;
 pub const PODS: u32 = 1;
 pub const NETWORK_POLICIES: u32 = 2;
-pub const NODE: u32 = 3;
+pub const NODES: u32 = 3;
 pub const SERVICES: u32 = 4;
 pub const CLUSTER_POLICIES: u32 = 5;
 
@@ -122,18 +122,18 @@ impl Reflected for networking::NetworkPolicy {
 }
 
 impl Reflected for core::Node {
-    const WATCH: u32 = NODE;
+    const WATCH: u32 = NODES;
     const KIND: &'static str = "Node";
     type Key = String;
-    type Value = Labels;
+    type Value = model::Node;
     fn key(&self) -> Result<String, Rejection> {
         convert::name(&self.metadata)
     }
-    fn convert(self) -> Result<Option<Labels>, Rejection> {
-        convert::node(&self).map(|(_, labels)| Some(labels))
+    fn convert(self) -> Result<Option<model::Node>, Rejection> {
+        convert::node(&self).map(|(_, node)| Some(node))
     }
-    fn change(_: String, value: Option<Labels>) -> Change {
-        Change::NodeLabels(value.unwrap_or_default())
+    fn change(name: String, value: Option<model::Node>) -> Change {
+        Change::Node(name, value)
     }
     fn keys(state: &mut ModelState) -> &mut BTreeSet<String> {
         &mut state.nodes

@@ -35,7 +35,11 @@ fn pod(ns: &str, name: &str, ip: &str) -> Value {
 }
 
 fn node(name: &str, profile: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"profile": profile}}})
+    let address = format!("192.0.2.{}", name.trim_start_matches('n'));
+    json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"profile": profile}},
+        "status": {"addresses": [{"type": "InternalIP", "address": address}, {"type": "Hostname", "address": name}]}
+    })
 }
 
 fn service(ns: &str, name: &str, ips: &[&str]) -> Value {
@@ -94,6 +98,10 @@ async fn lists_everything_then_follows_changes() {
         Some("gpu"),
         "only this node's labels"
     );
+    // Every Node, with its addresses (`nodes` peers select any of them).
+    let addresses = |c: &crate::model::Cluster, name: &str| c.nodes.get(name).map(|n| n.addresses.iter().map(ToString::to_string).collect::<Vec<_>>());
+    assert_eq!(addresses(&cluster, "n1"), Some(vec!["192.0.2.1".to_string()]));
+    assert_eq!(addresses(&cluster, "n2"), Some(vec!["192.0.2.2".to_string()]));
     assert!(source.sync_state().is_synced());
 
     store.apply(pod("b", "q", "10.0.0.2")).expect("add pod");
@@ -111,6 +119,14 @@ async fn lists_everything_then_follows_changes() {
         c.node_labels.get("profile") == Some("cpu")
     })
     .await;
+    // Another Node's changes reach the model, never this node's labels.
+    store.apply(node("n3", "gpu")).expect("node added");
+    store.delete(moat_testapi::NODES, None, "n2").expect("node deleted");
+    until(&mut source, &mut cluster, |c| c.nodes.contains_key("n3") && !c.nodes.contains_key("n2")).await;
+    assert_eq!(cluster.node_labels.get("profile"), Some("cpu"));
+    store.delete(moat_testapi::NODES, None, "n1").expect("this node deleted");
+    until(&mut source, &mut cluster, |c| !c.nodes.contains_key("n1")).await;
+    assert!(cluster.node_labels.is_empty(), "this Node gone: no node labels");
     assert_eq!(
         cluster.pods[&ObjectKey::new("a", "p")].ips,
         vec!["10.0.0.1".parse::<std::net::IpAddr>().unwrap()]

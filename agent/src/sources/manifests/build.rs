@@ -12,11 +12,10 @@ use super::read::{header, invalid, object_name};
 use super::{Document, Loaded, ManifestError, NodeFound, Origin, MAX_OBJECTS};
 use crate::model::Cluster;
 use crate::sources::convert::{self, Rejection};
-use crate::model::cnp::ClusterNetworkPolicy;
+use crate::model::cnp::{self, ClusterNetworkPolicy};
 use crate::sources::unenforced::{self, PolicyObject, Unenforced};
 
 /// The ClusterNetworkPolicy version moat reads.
-const CNP_VERSION: &str = "policy.networking.k8s.io/v1alpha2";
 
 /// Skipped-count key for pods that have finished: their IPs may already belong to new pods.
 const FINISHED_PODS: &str = "Pod (Succeeded/Failed)";
@@ -37,7 +36,6 @@ pub fn build_cluster(documents: &[Document]) -> Result<Loaded, ManifestError> {
     for document in documents {
         builder.add(document)?;
     }
-    builder.unenforced.objects.extend(unenforced::with_node_peers(&builder.cluster.cluster_network_policies));
     Ok(Loaded {
         cluster: builder.cluster,
         skipped: builder.skipped,
@@ -100,9 +98,10 @@ impl Builder {
             }
             "Node" => {
                 let node: core::Node = decode(&cx, &document.value)?;
-                let (name, labels) = convert::node(&node).map_err(reject)?;
+                let (name, node) = convert::node(&node).map_err(reject)?;
                 self.first_definition("Node", "", &name, &cx)?;
-                self.nodes.insert(name, NodeFound { labels, origin: document.origin.clone() });
+                self.nodes.insert(name.clone(), NodeFound { labels: node.labels.clone(), origin: document.origin.clone() });
+                self.cluster.nodes.insert(name, node);
             }
             "Pod" => {
                 let pod: core::Pod = decode(&cx, &document.value)?;
@@ -146,10 +145,9 @@ impl Builder {
             return Err(cx.error("metadata.name", "missing (a policy object moat does not enforce is still reported by name)".into()));
         }
         let version = api_version.rsplit('/').next().unwrap_or(api_version).to_string();
-        if api_version == CNP_VERSION && kind == "ClusterNetworkPolicy" {
+        if api_version.split_once('/') == Some((cnp::GROUP, cnp::VERSION)) && kind == cnp::KIND {
             let policy = ClusterNetworkPolicy::parse(&name, value.get("spec")).map_err(|(field, message)| cx.error(&field, message))?;
             self.first_definition("ClusterNetworkPolicy", "", &name, cx)?;
-            // Enforced; one with `nodes` peers is also reported (`unenforced::with_node_peers`).
             self.cluster.cluster_network_policies.insert(name, std::sync::Arc::new(policy));
             return Ok(());
         }

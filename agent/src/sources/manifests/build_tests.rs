@@ -260,16 +260,9 @@ fn unsupported_versions_are_errors_and_foreign_policies_are_reported() {
         [("ConfigMap".to_string(), 1), ("Pod (example.com/v1)".to_string(), 1)].into()
     );
     assert!(loaded.cluster.network_policies.is_empty());
-    // Both ClusterNetworkPolicies are in the model; only the one with a `nodes` peer (which
-    // matches nothing yet) is also reported.
+    // Both ClusterNetworkPolicies are in the model and enforced (`nodes` peers too).
     assert_eq!(loaded.cluster.cluster_network_policies.len(), 2);
-    assert_eq!(
-        loaded.unenforced.lines(),
-        vec![
-            "ClusterNetworkPolicy admin-deny (policy.networking.k8s.io/v1alpha2)".to_string(),
-            "NetworkPolicy n/p (projectcalico.org/v3)".to_string(),
-        ]
-    );
+    assert_eq!(loaded.unenforced.lines(), vec!["NetworkPolicy n/p (projectcalico.org/v3)".to_string()]);
     let error = load_error("cnp.yaml", "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {namespace: n}\n");
     assert!(error.contains("CiliumNetworkPolicy: metadata.name: missing"), "{error}");
 }

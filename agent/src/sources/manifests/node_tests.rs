@@ -18,6 +18,9 @@ fn kubectl_node_list_gives_the_named_nodes_labels() {
     assert_eq!(&loaded.cluster.node_labels["node-restriction.kubernetes.io/tenant"], "alpha");
     assert_eq!(&loaded.cluster.node_labels["kubernetes.io/hostname"], "node-1");
     assert_eq!(loaded.nodes.len(), 2);
+    // Every Node's addresses are in the model (host names are not addresses).
+    assert_eq!(loaded.cluster.nodes.len(), 2);
+    assert_eq!(loaded.cluster.nodes["node-1"].addresses, vec!["172.18.0.3".parse::<std::net::IpAddr>().unwrap()]);
     assert!(loaded.skipped.is_empty(), "Nodes are read, not skipped: {:?}", loaded.skipped);
     let other = load_for_node(&[testdata("nodes-list.yaml")], Some("node-2")).unwrap();
     assert_eq!(other.cluster.node_labels.get("node-restriction.kubernetes.io/tenant"), None);
@@ -49,6 +52,9 @@ fn bad_nodes_are_refused_naming_file_object_and_field() {
     assert!(label.contains("Node n1") && label.contains("metadata.labels.tenant"), "{label}");
     let version = load_text("apiVersion: v2\nkind: Node\nmetadata:\n  name: n1\n", None).unwrap_err().to_string();
     assert!(version.contains("Node n1") && version.contains("apiVersion: v2 is not supported (want v1)"), "{version}");
+    let address = format!("{}status:\n  addresses:\n  - {{type: Hostname, address: n1}}\n  - {{type: InternalIP, address: 10.0.0.300}}\n", node("n1", "    a: b\n"));
+    let address = load_text(&address, None).unwrap_err().to_string();
+    assert!(address.contains("Node n1") && address.contains("status.addresses[1].address: \"10.0.0.300\" is not an IP address"), "{address}");
     let twice = format!("{}---\n{}", node("n1", "    a: b\n"), node("n1", "    a: c\n"));
     let twice = load_text(&twice, Some("n1")).unwrap_err().to_string();
     assert!(twice.contains("Node n1 is defined twice"), "{twice}");
