@@ -66,21 +66,38 @@ pub fn incomplete(results: &mut [Explanation], unenforced: &[String]) {
 
 /// The verdict for `from` → `to` and the rules behind it.
 pub fn explain(cluster: &Cluster, desired: &Desired, from: &PodKey, to: &PodKey, target: Target, family: Family) -> Result<Explanation, ExplainError> {
-    let (protocol, port) = protocol_port(target, family);
     let src = peer(cluster, desired, from, family)?;
     let dst = peer(cluster, desired, to, family)?;
+    Ok(explain_flow(desired, (from, src), (&to.to_string(), Some(to), dst), protocol_port(target, family)))
+}
+
+/// The verdict for `from` → the address `to` (a node, a Service's backend outside the
+/// cluster, the Internet): the floor and `from`'s egress rules, as the kernel decides them. A
+/// pod's own address is explained as that pod, ingress included.
+pub fn explain_to_address(cluster: &Cluster, desired: &Desired, from: &PodKey, to: IpAddr, target: Target, family: Family) -> Result<Explanation, ExplainError> {
+    let owner = cluster.pods.values().find(|pod| !pod.host_network && pod.ips.contains(&to));
+    if let Some(pod) = owner {
+        let mut explained = explain(cluster, desired, from, &pod.key, target, family)?;
+        explained.to = format!("{to} ({})", pod.key);
+        return Ok(explained);
+    }
+    let src = peer(cluster, desired, from, family)?;
+    let dst = desired.remote_peer(&compiler::mapped(to));
+    Ok(explain_flow(desired, (from, src), (&to.to_string(), None, dst), protocol_port(target, family)))
+}
+
+/// `from` → `to`, with `to`'s pod if it is one (only a pod's own rules decide ingress).
+fn explain_flow(desired: &Desired, (from, src): (&PodKey, Peer), (to, to_pod, dst): (&str, Option<&PodKey>, Peer), (protocol, port): (u8, u16)) -> Explanation {
     let mut reasons = Vec::new();
     let floor = desired.decide(src, dst, protocol, port);
-    reasons.push(describe_floor(desired, floor, from, to, &src, &dst));
-    reasons.extend(describe_foreign(desired, [from, to]));
+    reasons.push(describe_floor(desired, floor, &from.to_string(), to, &src, &dst));
+    reasons.extend(describe_foreign(desired, [Some(from), to_pod].into_iter().flatten()));
     if !floor.is_allow() {
-        return Ok(Explanation { from: from.to_string(), to: to.to_string(), verdict: "deny", complete: true, reasons });
+        return Explanation { from: from.to_string(), to: to.to_string(), verdict: "deny", complete: true, reasons };
     }
     let mut allowed = true;
-    for (local, pod, set, peer) in [
-        (LocalEnd::Source, from, src.endpoint.egress_policy, dst),
-        (LocalEnd::Destination, to, dst.endpoint.ingress_policy, src),
-    ] {
+    let ingress = to_pod.map(|pod| (LocalEnd::Destination, pod, dst.endpoint.ingress_policy, src));
+    for (local, pod, set, peer) in [Some((LocalEnd::Source, from, src.endpoint.egress_policy, dst)), ingress].into_iter().flatten() {
         let tier_sets = desired.index.cluster_pod_sets.get(pod).copied().unwrap_or(TierSets::default());
         let tier_set = if local == LocalEnd::Source { tier_sets.egress } else { tier_sets.ingress };
         let decision = desired.decide_at(src, dst, protocol, port, local, tier_set);
@@ -109,7 +126,7 @@ pub fn explain(cluster: &Cluster, desired: &Desired, from: &PodKey, to: &PodKey,
             }
         });
     }
-    Ok(Explanation { from: from.to_string(), to: to.to_string(), verdict: if allowed { "allow" } else { "deny" }, complete: true, reasons })
+    Explanation { from: from.to_string(), to: to.to_string(), verdict: if allowed { "allow" } else { "deny" }, complete: true, reasons }
 }
 
 /// The protocol number and destination port of `target`.
@@ -136,8 +153,8 @@ fn peer(cluster: &Cluster, desired: &Desired, key: &PodKey, family: Family) -> R
     }
 }
 
-fn describe_floor(desired: &Desired, floor: Reason, from: &PodKey, to: &PodKey, src: &Peer, dst: &Peer) -> String {
-    let tenant = |peer: &Peer, pod: &PodKey| match peer.class {
+fn describe_floor(desired: &Desired, floor: Reason, from: &str, to: &str, src: &Peer, dst: &Peer) -> String {
+    let tenant = |peer: &Peer, pod: &str| match peer.class {
         PeerClass::Known => desired.index.tenants.get(&peer.tenant()).map(ToString::to_string).unwrap_or_else(|| "?".into()),
         PeerClass::Pending => format!("pending ({pod} has no attributable address)"),
         PeerClass::Unknown => "not a pod".into(),
@@ -161,7 +178,7 @@ fn describe_floor(desired: &Desired, floor: Reason, from: &PodKey, to: &PodKey, 
 
 /// For each of `pods` that is foreign on this node: why, and whether it is blocked (the
 /// verdict above says so already) or only reported (detect mode).
-fn describe_foreign(desired: &Desired, pods: [&PodKey; 2]) -> Vec<String> {
+fn describe_foreign<'a>(desired: &Desired, pods: impl IntoIterator<Item = &'a PodKey>) -> Vec<String> {
     let foreign = &desired.index.foreign;
     let Some(profile) = &foreign.profile else { return Vec::new() };
     let effect = match profile.mode {

@@ -148,3 +148,41 @@ fn cluster_network_policies_are_evaluated_in_tier_order_and_the_floor_stays_firs
     assert_eq!(result.verdict, "deny", "{result:#?}");
     assert!(result.reasons[0].contains("crosses tenants and no exception allows it"), "{result:#?}");
 }
+
+#[test]
+fn a_flow_to_a_node_address_names_the_nodes_rule_that_decides_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = |name: &str, role: &str, address: &str| {
+        format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{role: {role}}}}}\nstatus: {{addresses: [{{type: InternalIP, address: {address}}}]}}\n")
+    };
+    let text = [
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: alpha, labels: {tenant: alpha}}\n".to_string(),
+        pod("alpha", "web", "10.0.0.1"),
+        pod("alpha", "db", "10.0.0.4"),
+        node("n1", "worker", "192.0.2.1"),
+        node("n2", "infra", "192.0.2.2"),
+        "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: no-infra}\nspec:\n  tier: Admin\n  priority: 5\n  subject: {namespaces: {}}\n  egress:\n  - {name: infra-nodes, action: Deny, to: [{nodes: {matchLabels: {role: infra}}}]}\n".to_string(),
+    ]
+    .join("---\n");
+    std::fs::write(dir.path().join("cluster.yaml"), text).unwrap();
+    let config = Config { node_name: Some("n1".into()), ..Config::default() };
+    let loaded = manifests::load_for_node(&[dir.path().to_path_buf()], Some("n1")).unwrap();
+    assert!(loaded.unenforced.lines().is_empty(), "nodes peers are enforced: {:?}", loaded.unenforced.lines());
+    let cluster = loaded.cluster;
+    let desired = compiler::compile_scoped(&cluster, &config, &PodCgroups::new(), Scope::Cluster).unwrap();
+    let to = |address: &str| {
+        let from = PodKey::parse("alpha/web").unwrap();
+        explain_to_address(&cluster, &desired, &from, address.parse().unwrap(), Target::Port(9100, Protocol::Tcp), Family::V4).unwrap()
+    };
+    let result = to("192.0.2.2");
+    assert_eq!(result.verdict, "deny", "{result:#?}");
+    assert!(result.reasons.iter().any(|l| l == "egress of alpha/web: deny by Admin tier, ClusterNetworkPolicy no-infra (priority 5), rule 0 \"infra-nodes\": Deny"), "{result:#?}");
+    assert!(!result.reasons.iter().any(|l| l.starts_with("ingress")), "no ingress side at a node: {result:#?}");
+    let result = to("192.0.2.1");
+    assert_eq!(result.verdict, "allow", "a worker node: {result:#?}");
+    assert_eq!(to("198.51.100.1").verdict, "allow", "no Node's address");
+    // A pod's own address is that pod, ingress included.
+    let result = to("10.0.0.4");
+    assert_eq!((result.verdict, result.to.as_str()), ("allow", "10.0.0.4 (alpha/db)"), "{result:#?}");
+    assert!(result.reasons.iter().any(|l| l.starts_with("ingress of alpha/db")), "{result:#?}");
+}

@@ -52,6 +52,13 @@ fn explain_names_the_deciding_policies_of_a_real_snapshot() {
     let blog = pair(WORDPRESS, POSTGRES, "5432", "4");
     assert_eq!(blog["verdict"], "deny");
     assert!(blog["reasons"].to_string().contains("tenant floor: blog -> shop"), "{blog}");
+    // To an address outside the cluster: the batch pod's egress allows DNS only; the
+    // frontend's egress is not isolated.
+    let outside = pair(REPORT, "198.51.100.7", "443", "4");
+    assert_eq!((&outside["verdict"], &outside["to"]), (&serde_json::json!("deny"), &serde_json::json!("198.51.100.7")), "{outside}");
+    assert!(outside["reasons"].to_string().contains("isolated by shop-db/default-deny-egress"), "{outside}");
+    assert!(!outside["reasons"].to_string().contains("ingress of"), "no ingress side outside: {outside}");
+    assert_eq!(pair(FRONTEND, "198.51.100.7", "443", "4")["verdict"], "allow");
 
     let matrix = json(&explain(&["--matrix", "--port", "5432", "-o", "json"]));
     let results = matrix["results"].as_array().expect("results");

@@ -1,13 +1,14 @@
 //! `moat explain`: the command — its arguments, loading the manifests and the config,
 //! and printing what `explain` (flows between pods) or `explain_dns` (DNS questions) says.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use serde::Serialize;
 
 use crate::compiler::{self, Scope};
 use crate::config::Config;
-use crate::explain::{explain, incomplete, parse_labels, ExplainError, Explanation, Format};
+use crate::explain::{explain, explain_to_address, incomplete, parse_labels, ExplainError, Explanation, Format};
 use crate::model::flow::{parse_pod, Family, Target};
 use crate::model::{Labels, PodKey};
 use crate::node::cgroups::PodCgroups;
@@ -27,8 +28,10 @@ pub struct ExplainArgs {
     pub node_labels: Option<Labels>,
     #[arg(long, value_parser = parse_pod, required_unless_present = "matrix", conflicts_with = "matrix")]
     pub from: Option<PodKey>,
-    #[arg(long, value_parser = parse_pod, required_unless_present_any = ["matrix", "dns"], conflicts_with_all = ["matrix", "dns"])]
-    pub to: Option<PodKey>,
+    /// NAMESPACE/POD, or an IP address (a node, anything outside the cluster): then only
+    /// the floor and `--from`'s egress rules decide.
+    #[arg(long, value_parser = parse_destination, required_unless_present_any = ["matrix", "dns"], conflicts_with_all = ["matrix", "dns"])]
+    pub to: Option<Destination>,
     /// A DNS question from `--from` instead of a flow: what tenant DNS isolation does with
     /// NAME (`web.team-b.svc.cluster.local`), any record type.
     #[arg(long, value_name = "NAME", conflicts_with_all = ["matrix", "port"])]
@@ -62,6 +65,20 @@ struct SingleOutput<'a> {
     unenforced: &'a [String],
 }
 
+/// Where `--to` goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    Pod(PodKey),
+    Address(IpAddr),
+}
+
+fn parse_destination(text: &str) -> Result<Destination, String> {
+    match text.parse::<IpAddr>() {
+        Ok(ip) => Ok(Destination::Address(ip.to_canonical())),
+        Err(_) => parse_pod(text).map(Destination::Pod),
+    }
+}
+
 pub fn run(args: ExplainArgs) -> Result<(), ExplainError> {
     let config = match &args.config {
         Some(path) => Config::load(path)?,
@@ -79,7 +96,7 @@ pub fn run(args: ExplainArgs) -> Result<(), ExplainError> {
     }
     // Without --dns, clap requires --port.
     let Some(port) = args.port else { return Ok(()) };
-    let pairs: Vec<(PodKey, PodKey)> = match (&args.from, &args.to) {
+    let pairs: Vec<(PodKey, Destination)> = match (&args.from, &args.to) {
         (Some(from), Some(to)) => vec![(from.clone(), to.clone())],
         _ => {
             let pods: Vec<&PodKey> = cluster
@@ -94,12 +111,15 @@ pub fn run(args: ExplainArgs) -> Result<(), ExplainError> {
                 })
                 .map(|(key, _)| key)
                 .collect();
-            pods.iter().flat_map(|a| pods.iter().filter(move |b| a != *b).map(move |b| ((*a).clone(), (*b).clone()))).collect()
+            pods.iter().flat_map(|a| pods.iter().filter(move |b| a != *b).map(move |b| ((*a).clone(), Destination::Pod((*b).clone())))).collect()
         }
     };
     let mut results = Vec::new();
     for (from, to) in &pairs {
-        results.push(explain(&cluster, &desired, from, to, port, args.family)?);
+        results.push(match to {
+            Destination::Pod(to) => explain(&cluster, &desired, from, to, port, args.family)?,
+            Destination::Address(to) => explain_to_address(&cluster, &desired, from, *to, port, args.family)?,
+        });
     }
     incomplete(&mut results, &unenforced);
     match args.output {
