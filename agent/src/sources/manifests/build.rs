@@ -15,8 +15,6 @@ use crate::sources::convert::{self, Rejection};
 use crate::model::cnp::{self, ClusterNetworkPolicy};
 use crate::sources::unenforced::{self, PolicyObject, Unenforced};
 
-/// The ClusterNetworkPolicy version moat reads.
-
 /// Skipped-count key for pods that have finished: their IPs may already belong to new pods.
 const FINISHED_PODS: &str = "Pod (Succeeded/Failed)";
 
