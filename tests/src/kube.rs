@@ -165,6 +165,7 @@ fn object_path(object: &Value) -> String {
         "Pod" => format!("/api/v1/namespaces/{namespace}/pods/{name}"),
         "NetworkPolicy" => format!("/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies/{name}"),
         "ClusterNetworkPolicy" => format!("/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies/{name}"),
+        "GlobalNetworkPolicy" => format!("/apis/crd.projectcalico.org/v1/globalnetworkpolicies/{name}"),
         other => panic!("no path for kind {other:?}"),
     }
 }

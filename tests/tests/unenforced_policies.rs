@@ -1,6 +1,6 @@
 //! Policy objects moat does not enforce are never ignored silently: the real agent warns,
 //! counts them in `moat_unenforced_policies` and lists them in `moat status`, from manifest
-//! files and from the API server (where the ClusterNetworkPolicy CRD may appear later).
+//! files and from the API server (where policy CRDs may appear later).
 
 use std::process::Command;
 use std::time::Duration;
@@ -11,9 +11,8 @@ use serde_json::{json, Value};
 
 const CONVERGE: Duration = Duration::from_secs(20);
 
-/// Enforced, but its `nodes` peer matches nothing yet (Node addresses are not in the maps),
-/// so it is reported as well.
-const CNP: &str = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata:\n  name: deny-beta\nspec:\n  tier: Admin\n  priority: 10\n  subject:\n    namespaces: {}\n  egress:\n  - action: Deny\n    to:\n    - nodes: {}\n";
+/// The older API version of the admin's policies: moat enforces `v1alpha2` only.
+const ANP: &str = "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata:\n  name: deny-beta\nspec:\n  priority: 10\n  subject:\n    namespaces: {}\n  egress:\n  - action: Deny\n    to:\n    - nodes: {}\n";
 const CALICO: &str = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: default-deny\nspec:\n  selector: all()\n";
 
 fn lab(manifests: &Manifests, options: UpOptions) -> Lab {
@@ -53,35 +52,35 @@ fn manifests_source_reports_policies_it_does_not_enforce() {
     assert!(wait_lines("nothing to report at first", || lab.agent_status(), |l| l.is_empty()).is_empty());
 
     let file = lab.manifests_dir().join("admin-policies.yaml");
-    std::fs::write(&file, format!("{CNP}---\n{CALICO}")).expect("writing the policies");
+    std::fs::write(&file, format!("{ANP}---\n{CALICO}")).expect("writing the policies");
     let lines = wait_lines("both policies reported", || lab.agent_status(), |l| l.len() == 2);
     assert_eq!(
         lines,
         vec![
-            "ClusterNetworkPolicy deny-beta (policy.networking.k8s.io/v1alpha2)",
+            "AdminNetworkPolicy deny-beta (policy.networking.k8s.io/v1alpha1)",
             "GlobalNetworkPolicy default-deny (projectcalico.org/v3)"
         ]
     );
     let log = lab.wait_log("NOT enforce", CONVERGE).unwrap_or_else(|e| panic!("no warning: {e}"));
     assert!(log.contains("deny-beta") && log.contains("\"WARN\""), "{log}");
     let body = metrics(&lab.agent_status());
-    assert!(body.contains(r#"moat_unenforced_policies{group="policy.networking.k8s.io",kind="ClusterNetworkPolicy"} 1"#), "{body}");
+    assert!(body.contains(r#"moat_unenforced_policies{group="policy.networking.k8s.io",kind="AdminNetworkPolicy"} 1"#), "{body}");
     assert!(body.contains(r#"moat_unenforced_policies{group="projectcalico.org",kind="GlobalNetworkPolicy"} 1"#), "{body}");
     let text = Command::new(moat_bin()).args(["status", "--lab", lab.name()]).output().expect("moat status");
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("NOT ENFORCED by moat (2)") && text.contains("deny-beta"), "{text}");
-    // Its one rule matches no pod: the floor decides as before.
+    // Not enforced: the floor decides as before.
     assert_eq!(lab.probe("x/p", "y/q", "80/TCP"), Verdict::Denied, "cross-tenant, by the floor");
 
     std::fs::remove_file(&file).expect("removing the policies");
     wait_lines("nothing reported once they are gone", || lab.agent_status(), |l| l.is_empty());
     lab.wait_log("no policy objects moat does not enforce remain", CONVERGE).unwrap_or_else(|e| panic!("{e}"));
     let body = metrics(&lab.agent_status());
-    assert!(body.contains(r#"moat_unenforced_policies{group="policy.networking.k8s.io",kind="ClusterNetworkPolicy"} 0"#), "{body}");
+    assert!(body.contains(r#"moat_unenforced_policies{group="policy.networking.k8s.io",kind="AdminNetworkPolicy"} 0"#), "{body}");
 }
 
 #[test]
-fn kube_source_notices_the_cluster_network_policy_crd_when_it_appears() {
+fn kube_source_notices_policy_crds_when_they_appear() {
     moat_integration::require_root();
     let manifests = Manifests::new();
     let lab = lab(&manifests, UpOptions { no_agent: true, ..UpOptions::default() });
@@ -106,15 +105,20 @@ fn kube_source_notices_the_cluster_network_policy_crd_when_it_appears() {
         "spec": {"tier": "Admin", "priority": 10, "subject": {"namespaces": {}}, "egress": [{"action": "Deny", "to": [{"nodes": {}}]}]}
     });
     server.apply(&cnp);
-    // Enforced from the watch, but its `nodes` peer is not: reported as from files.
-    let lines = wait_lines("the policy reported once its CRD appears", status, |l| !l.is_empty());
-    assert_eq!(lines, vec!["ClusterNetworkPolicy deny-beta (policy.networking.k8s.io/v1alpha2)"]);
+    agent.wait_log("the ClusterNetworkPolicy watched", CONVERGE, |line| line.to_string().contains("served: watching it"));
+
+    // Another vendor's policy CRD: its objects are reported, the enforced kind never is.
+    let (code, body) = server.request("POST", "/testapi/crds/globalnetworkpolicies.crd.projectcalico.org", None);
+    assert_eq!(code, 200, "{body}");
+    server.apply(&json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "GlobalNetworkPolicy", "metadata": {"name": "deny-beta"}}));
+    let lines = wait_lines("the other vendor's policy reported once its CRD appears", status, |l| !l.is_empty());
+    assert_eq!(lines, vec!["GlobalNetworkPolicy deny-beta (crd.projectcalico.org/v1)"]);
     agent.wait_log("a warning naming it", CONVERGE, |line| {
         line["level"] == "WARN" && line.to_string().contains("NOT enforce") && line.to_string().contains("deny-beta")
     });
-    assert!(metrics(&status()).contains(r#"moat_unenforced_policies{group="policy.networking.k8s.io",kind="ClusterNetworkPolicy"} 1"#));
+    assert!(metrics(&status()).contains(r#"moat_unenforced_policies{group="crd.projectcalico.org",kind="GlobalNetworkPolicy"} 1"#));
 
-    let (code, body) = server.request("DELETE", "/testapi/crds/clusternetworkpolicies.policy.networking.k8s.io", None);
+    let (code, body) = server.request("DELETE", "/testapi/crds/globalnetworkpolicies.crd.projectcalico.org", None);
     assert_eq!(code, 200, "{body}");
     wait_lines("nothing reported once the CRD is gone", status, |l| l.is_empty());
     agent.wait_log("the all-clear", CONVERGE, |line| line.to_string().contains("no policy objects moat does not enforce remain"));
@@ -144,12 +148,12 @@ fn explain_never_calls_a_verdict_complete_while_unenforced_policies_exist() {
     let clean: Value = serde_json::from_str(&explain("json")).expect("JSON");
     assert_eq!((clean["verdict"].as_str(), clean["complete"].as_bool()), (Some("allow"), Some(true)), "{clean}");
 
-    manifests.write("cnp.yaml", CNP);
+    manifests.write("anp.yaml", ANP);
     let text = explain("text");
     assert!(text.starts_with("WARNING: moat does not enforce these policy objects"), "{text}");
-    assert!(text.contains("ClusterNetworkPolicy deny-beta (policy.networking.k8s.io/v1alpha2)"), "{text}");
+    assert!(text.contains("AdminNetworkPolicy deny-beta (policy.networking.k8s.io/v1alpha1)"), "{text}");
     assert!(text.contains("x/p -> x/q 80/TCP: ALLOW (INCOMPLETE"), "{text}");
     let json: Value = serde_json::from_str(&explain("json")).expect("JSON");
     assert_eq!(json["complete"], false, "{json}");
-    assert_eq!(json["unenforced"][0], "ClusterNetworkPolicy deny-beta (policy.networking.k8s.io/v1alpha2)", "{json}");
+    assert_eq!(json["unenforced"][0], "AdminNetworkPolicy deny-beta (policy.networking.k8s.io/v1alpha1)", "{json}");
 }
