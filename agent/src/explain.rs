@@ -73,8 +73,10 @@ pub fn explain(cluster: &Cluster, desired: &Desired, from: &PodKey, to: &PodKey,
 
 /// The verdict for `from` → the address `to` (a node, a Service's backend outside the
 /// cluster, the Internet): the floor and `from`'s egress rules, as the kernel decides them. A
-/// pod's own address is explained as that pod, ingress included.
-pub fn explain_to_address(cluster: &Cluster, desired: &Desired, from: &PodKey, to: IpAddr, target: Target, family: Family) -> Result<Explanation, ExplainError> {
+/// pod's own address is explained as that pod, ingress included. The address's family is the
+/// flow's.
+pub fn explain_to_address(cluster: &Cluster, desired: &Desired, from: &PodKey, to: IpAddr, target: Target) -> Result<Explanation, ExplainError> {
+    let family = if to.is_ipv4() { Family::V4 } else { Family::V6 };
     let owner = cluster.pods.values().find(|pod| !pod.host_network && pod.ips.contains(&to));
     if let Some(pod) = owner {
         let mut explained = explain(cluster, desired, from, &pod.key, target, family)?;

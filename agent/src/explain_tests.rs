@@ -172,7 +172,7 @@ fn a_flow_to_a_node_address_names_the_nodes_rule_that_decides_it() {
     let desired = compiler::compile_scoped(&cluster, &config, &PodCgroups::new(), Scope::Cluster).unwrap();
     let to = |address: &str| {
         let from = PodKey::parse("alpha/web").unwrap();
-        explain_to_address(&cluster, &desired, &from, address.parse().unwrap(), Target::Port(9100, Protocol::Tcp), Family::V4).unwrap()
+        explain_to_address(&cluster, &desired, &from, address.parse().unwrap(), Target::Port(9100, Protocol::Tcp)).unwrap()
     };
     let result = to("192.0.2.2");
     assert_eq!(result.verdict, "deny", "{result:#?}");

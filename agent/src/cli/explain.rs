@@ -29,7 +29,7 @@ pub struct ExplainArgs {
     #[arg(long, value_parser = parse_pod, required_unless_present = "matrix", conflicts_with = "matrix")]
     pub from: Option<PodKey>,
     /// NAMESPACE/POD, or an IP address (a node, anything outside the cluster): then only
-    /// the floor and `--from`'s egress rules decide.
+    /// the floor and `--from`'s egress rules decide, over the address's family.
     #[arg(long, value_parser = parse_destination, required_unless_present_any = ["matrix", "dns"], conflicts_with_all = ["matrix", "dns"])]
     pub to: Option<Destination>,
     /// A DNS question from `--from` instead of a flow: what tenant DNS isolation does with
@@ -118,7 +118,7 @@ pub fn run(args: ExplainArgs) -> Result<(), ExplainError> {
     for (from, to) in &pairs {
         results.push(match to {
             Destination::Pod(to) => explain(&cluster, &desired, from, to, port, args.family)?,
-            Destination::Address(to) => explain_to_address(&cluster, &desired, from, *to, port, args.family)?,
+            Destination::Address(to) => explain_to_address(&cluster, &desired, from, *to, port)?,
         });
     }
     incomplete(&mut results, &unenforced);

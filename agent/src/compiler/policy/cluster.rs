@@ -25,7 +25,6 @@ use crate::model::cnp_eval::RuleRef;
 use crate::model::policy::{Peer, PortRef, PortRule, Rule};
 use crate::model::selector::{Selector, SelectorError};
 use crate::model::{Cluster, ContainerPort, Labels, Node, PodKey, Protocol};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use moat_common::maps::NetworkKey;
 
 /// The rules of one tier set, by position.
@@ -51,16 +50,21 @@ pub struct ClusterPolicyError {
     pub error: Box<SelectorError>,
 }
 
-/// The address ranges `policies` name — their networks, and the addresses of the Nodes their
-/// `nodes` peers select, each a range of one — : they join the partition of the address space
-/// that ipBlocks make, so an address's range identity serves both.
+/// The address ranges `policies` name: their networks, and each address of the Nodes their
+/// `nodes` peers select as a range of one. They join the partition of the address space that
+/// ipBlocks make, so an address's range identity serves both.
 pub fn networks(policies: &[&ClusterNetworkPolicy], nodes: &BTreeMap<String, Node>) -> Vec<Cidr> {
     let rules = policies.iter().flat_map(|policy| policy.ingress.iter().chain(&policy.egress));
     let mut out = Vec::new();
     for peer in rules.flat_map(|rule| &rule.peers) {
         match peer {
             CnpPeer::Networks(cidrs) => out.extend_from_slice(cidrs),
-            CnpPeer::Nodes(selector) => out.extend(node_addresses(selector, nodes)),
+            // The parser checked the selector: one that does not compile selects nothing.
+            CnpPeer::Nodes(selector) => {
+                if let Ok(selector) = Selector::from_api(selector) {
+                    out.extend(node_addresses(&selector, nodes));
+                }
+            }
             CnpPeer::Pods(_) => {}
         }
     }
@@ -72,13 +76,11 @@ pub fn names_nodes(policy: &ClusterNetworkPolicy) -> bool {
     policy.ingress.iter().chain(&policy.egress).flat_map(|rule| &rule.peers).any(|peer| matches!(peer, CnpPeer::Nodes(_)))
 }
 
-/// The addresses, as ranges of one, of the Nodes `selector` selects. The parser checked the
-/// selector, so one that does not compile selects nothing.
-fn node_addresses<'a>(selector: &LabelSelector, nodes: &'a BTreeMap<String, Node>) -> impl Iterator<Item = Cidr> + 'a {
-    let selector = Selector::from_api(selector).ok();
+/// The addresses, as ranges of one, of the Nodes `selector` selects.
+fn node_addresses<'a>(selector: &'a Selector, nodes: &'a BTreeMap<String, Node>) -> impl Iterator<Item = Cidr> + 'a {
     nodes
         .values()
-        .filter(move |node| selector.as_ref().is_some_and(|selector| selector.matches(&node.labels)))
+        .filter(|node| selector.matches(&node.labels))
         .flat_map(|node| &node.addresses)
         .map(|ip| Cidr { addr: *ip, prefix_len: if ip.is_ipv4() { 32 } else { 128 } })
 }
@@ -317,8 +319,8 @@ fn as_network_rule(rule: &crate::model::cnp::Rule, nodes: &BTreeMap<String, Node
                 peers.extend(cidrs.iter().map(|cidr| Peer::Block { cidr: *cidr, except: Vec::new() }));
             }
             CnpPeer::Nodes(selector) => {
-                Selector::from_api(selector)?;
-                peers.extend(node_addresses(selector, nodes).map(|cidr| Peer::Block { cidr, except: Vec::new() }));
+                let selector = Selector::from_api(selector)?;
+                peers.extend(node_addresses(&selector, nodes).map(|cidr| Peer::Block { cidr, except: Vec::new() }));
             }
         }
     }

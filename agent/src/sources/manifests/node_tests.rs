@@ -55,6 +55,9 @@ fn bad_nodes_are_refused_naming_file_object_and_field() {
     let address = format!("{}status:\n  addresses:\n  - {{type: Hostname, address: n1}}\n  - {{type: InternalIP, address: 10.0.0.300}}\n", node("n1", "    a: b\n"));
     let address = load_text(&address, None).unwrap_err().to_string();
     assert!(address.contains("Node n1") && address.contains("status.addresses[1].address: \"10.0.0.300\" is not an IP address"), "{address}");
+    let many: String = (0..=64).map(|i| format!("  - {{type: ExternalIP, address: 192.0.2.{i}}}\n")).collect();
+    let many = load_text(&format!("{}status:\n  addresses:\n{many}", node("n1", "    a: b\n")), None).unwrap_err().to_string();
+    assert!(many.contains("Node n1") && many.contains("status.addresses[64].address: more than 64 IP addresses"), "{many}");
     let twice = format!("{}---\n{}", node("n1", "    a: b\n"), node("n1", "    a: c\n"));
     let twice = load_text(&twice, Some("n1")).unwrap_err().to_string();
     assert!(twice.contains("Node n1 is defined twice"), "{twice}");
