@@ -133,7 +133,7 @@ mod tests {
         let reloaded = watch.check(false).expect("a changed mode reloads");
         assert!(reloaded.guard_changed);
         assert!(reloaded.restart_needed.is_empty());
-        assert_eq!(reloaded.config.guard.detections.get("escape.setns"), Some(&crate::guard::config::GuardMode::Off));
+        assert_eq!(reloaded.config.guard.detections.get("escape.setns"), Some(&crate::config::GuardMode::Off));
 
         write(&path, "guard:\n  detections:\n    escape.setns: off\npollIntervalMs: 500\n");
         let reloaded = watch.check(false).expect("a changed field is reported");
@@ -153,7 +153,7 @@ mod tests {
         assert!(watch.check(true).is_none(), "and stays rejected on SIGHUP");
         write(&path, "guard:\n  detections:\n    escape.setns: detect\n");
         let reloaded = watch.check(false).expect("the fix reloads");
-        assert_eq!(reloaded.config.guard.detections.get("escape.setns"), Some(&crate::guard::config::GuardMode::Detect));
+        assert_eq!(reloaded.config.guard.detections.get("escape.setns"), Some(&crate::config::GuardMode::Detect));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::compiler::{self, CompileError, Desired};
 use crate::config::ConfigError;
-use crate::guard::GuardMode;
+use crate::config::GuardMode;
 use crate::model::flow::{Family, Target};
 use crate::model::{Cluster, Labels, PodKey};
 use crate::sources::manifests::ManifestError;
@@ -107,7 +107,7 @@ fn explain_flow(desired: &Desired, (from, src): (&PodKey, Peer), (to, to_pod, ds
         let direction = if local == LocalEnd::Source { "egress" } else { "ingress" };
         if let Some(line) = explain_cnp::describe(desired, tier_set, &peer, (protocol, port), decision) {
             reasons.push(format!("{direction} of {pod}: {line}"));
-            if explain_cnp::decided(decision) {
+            if decision.is_cluster_tier() {
                 continue;
             }
         }

@@ -7,12 +7,6 @@ use moat_common::verdict::{first_cluster_rules, Peer, Reason};
 
 use crate::compiler::Desired;
 
-/// Whether a ClusterNetworkPolicy tier decided `reason` (rather than NetworkPolicy, the
-/// in-tenant default or the floor).
-pub fn decided(reason: Reason) -> bool {
-    matches!(reason, Reason::AdminAccepted | Reason::AdminDenied | Reason::BaselineAccepted | Reason::BaselineDenied)
-}
-
 /// What the tiers of `tier_set` did for `peer` on `(protocol, port)`, given the verdict
 /// `decision`: the deciding rule (after any Admin `Pass`), or the `Pass` that handed the flow
 /// on; None when no rule of the set matches or the pod has none.

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod compiler;
 pub mod config;
 pub mod config_watch;
+pub mod detections;
 pub mod events;
 pub mod explain;
 pub mod explain_dns;

@@ -20,7 +20,7 @@ use crate::kernel::maps::ApplyStats;
 use crate::kernel::stats::KernelStats;
 use crate::kernel::tc_pods::TcStatus;
 use crate::kernel::KernelError;
-use crate::node::capabilities;
+use crate::kernel::capabilities;
 use crate::sinks::file::{FileSink, RotatingFile};
 use crate::sinks::metrics::{self, MetricsSink};
 use crate::sinks::{kube_events, log::LogSink};

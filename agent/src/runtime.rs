@@ -16,7 +16,6 @@ use crate::compiler::{CompileError, Incremental};
 use crate::config::{Config, ConfigError};
 use crate::config_watch::{ConfigWatch, Reloaded};
 use crate::events;
-use crate::guard;
 use crate::kernel::tc_pods::{TcPods, TcStatus};
 use crate::kernel::{bpffs, loader, maps::KernelMaps, tc, KernelError};
 use crate::model::{Change, Cluster};
@@ -177,7 +176,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     let ring = RingBuf::try_from(ring_map).map_err(|e| KernelError::map(names::EVENTS, e))?;
     let submitter = observability.pipeline(index_rx).await?;
     let events_task = tokio::spawn(events::reader::run(ring, submitter.clone()));
-    guard::foreign::report(&submitter, &Default::default(), &compiler.desired().index.foreign);
+    events::foreign::report(&submitter, &Default::default(), &compiler.desired().index.foreign);
 
     let mut tick = tokio::time::interval(Duration::from_millis(config.poll_interval_ms));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -240,7 +239,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
                 }
                 observability.applied(&stats);
                 let _ = index_tx.send(Arc::new(next.index.clone()));
-                guard::foreign::report(&submitter, &old_index.foreign, &next.index.foreign);
+                events::foreign::report(&submitter, &old_index.foreign, &next.index.foreign);
                 if relisted {
                     return_freed_memory();
                 }

@@ -48,7 +48,7 @@ const _: () = assert!(core::mem::size_of::<FlowEvent>() == 88);
 pub const EVENT_KIND_DETECTION: u8 = 3;
 
 /// Detection codes: the index into the `GUARD_MODES` map and the code in a `GuardEvent`.
-/// The agent's `guard::registry` names them; never reuse a code.
+/// The agent's `detections` catalogue names them; never reuse a code.
 pub const DETECTION_KERNEL_SYSCTL: u32 = 1;
 pub const DETECTION_CGROUP_RELEASE_AGENT: u32 = 2;
 pub const DETECTION_HOST_MOUNT: u32 = 3;

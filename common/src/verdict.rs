@@ -57,6 +57,12 @@ impl Reason {
         (self as u8) < 64
     }
 
+    /// Whether a ClusterNetworkPolicy tier decided (rather than NetworkPolicy, the in-tenant
+    /// default or the floor).
+    pub const fn is_cluster_tier(self) -> bool {
+        matches!(self, Self::AdminAccepted | Self::AdminDenied | Self::BaselineAccepted | Self::BaselineDenied)
+    }
+
     pub const fn from_u8(value: u8) -> Option<Self> {
         Some(match value {
             1 => Self::SameTenant,

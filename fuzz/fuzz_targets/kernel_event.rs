@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = DenyRecord::from_event(&event, &index);
         }
         Some(Input::Guard(event)) => {
-            let _ = moat_agent::guard::decode(&event, &index);
+            let _ = moat_agent::events::detection::decode(&event, &index);
         }
         _ => {}
     }

@@ -350,11 +350,11 @@ fn status_lists_every_detection_and_what_this_kernel_does_with_it() {
     let probes = Probes::of(&guard);
     let listed = status["detections"]["configured"].as_array().cloned().unwrap_or_default();
     let ids: Vec<&str> = listed.iter().filter_map(|d| d["id"].as_str()).collect();
-    let registry: Vec<&str> = moat_agent::guard::DETECTIONS.iter().map(|s| s.id).collect();
+    let registry: Vec<&str> = moat_agent::detections::DETECTIONS.iter().map(|s| s.id).collect();
     assert_eq!(ids, registry, "every detection, once, in registry order: {status}");
     let log = guard.lab.agent_log();
     let connect_unix = status["capabilities"]["cgroup_connect_unix"] == "attached";
-    for spec in moat_agent::guard::DETECTIONS.iter() {
+    for spec in moat_agent::detections::DETECTIONS.iter() {
         let entry = detection_status(&status, spec.id);
         assert_eq!(entry["configured"], "block", "the default: {entry}");
         let note = entry["note"].as_str().unwrap_or_default();
@@ -376,7 +376,7 @@ fn status_lists_every_detection_and_what_this_kernel_does_with_it() {
                 assert!(hooks.iter().any(|h| h == hook), "{} holds {hook} of probe {}: {entry}", spec.id, probe.name());
             }
         }
-        if spec.probes.iter().any(|p| !matches!(p, moat_agent::kernel::guard_probes::Probe::Mknod | moat_agent::kernel::guard_probes::Probe::ConnectRefusals)) {
+        if spec.probes.iter().any(|p| !matches!(p, moat_agent::detections::Probe::Mknod | moat_agent::detections::Probe::ConnectRefusals)) {
             assert!(!hooks.is_empty(), "every detection with probes holds some hook here: {entry}");
         }
         let logged = format!("\"detection\":\"{}\",\"mode\":\"{effective}\"", spec.id);

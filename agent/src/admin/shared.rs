@@ -21,7 +21,7 @@ use crate::kernel::guard_probes::ProbeStatus;
 use crate::kernel::loader::Attached;
 use crate::kernel::stats::{Fill, KernelStats};
 use crate::kernel::tc_pods::TcStatus;
-use crate::node::capabilities::Capabilities;
+use crate::kernel::capabilities::Capabilities;
 use crate::sinks::metrics::{self, Metrics, VerdictLabels};
 use crate::sources::unenforced::Unenforced;
 

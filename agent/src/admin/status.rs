@@ -2,11 +2,12 @@
 
 use serde::Serialize;
 
-use crate::guard::foreign::{self, ForeignStatus};
-use crate::guard::{DetectionStatus, GuardMode};
+use crate::events::foreign::{self, ForeignStatus};
+use crate::config::GuardMode;
+use crate::guard::DetectionStatus;
 use crate::kernel::guard_probes::ProbeStatus;
 use crate::kernel::tc_pods::TcStatus;
-use crate::node::capabilities::Capabilities;
+use crate::kernel::capabilities::Capabilities;
 use super::dns_status::DnsStatus;
 use super::shared::{loss_series, KernelReading, ProgramStatus, Shared, SyncState};
 use crate::sources::unenforced::{PolicyKind, PolicyObject};

@@ -74,41 +74,6 @@ pub struct Index {
     pub foreign: super::foreign::Foreign,
 }
 
-impl Index {
-    /// This index, still naming what `old` named and this one does not (tenants, and the
-    /// cgroups and addresses `delta` removes): published before the maps are written, so an event decided under either
-    /// the old or the new maps finds its names. Ids are content hashes, so a name kept
-    /// from `old` can only be right.
-    pub fn naming_also(&self, old: &Index, delta: &super::Delta) -> Index {
-        let mut both = self.clone();
-        for (id, name) in old.tenants.iter().filter(|(id, _)| !self.tenants.contains_key(*id)) {
-            both.tenants.insert(*id, name.clone());
-        }
-        for (id, set) in old.cluster_sets.iter().filter(|(id, _)| !self.cluster_sets.contains_key(*id)) {
-            both.cluster_sets.insert(*id, set.clone());
-        }
-        // Only what the delta removed can be missing: O(change), not O(cluster).
-        for cgroup in &delta.local.removed {
-            if let Some(pod) = old.pods_by_cgroup.get(cgroup) {
-                both.pods_by_cgroup.insert(*cgroup, pod.clone());
-                if let Some(tenant) = old.pod_tenants.get(pod) {
-                    both.pod_tenants.entry(pod.clone()).or_insert_with(|| tenant.clone());
-                }
-            }
-        }
-        for address in &delta.remote.removed {
-            let ip = IpAddr::from(*address).to_canonical();
-            if let Some(pod) = old.pods_by_ip.get(&ip) {
-                both.pods_by_ip.insert(ip, pod.clone());
-                if let Some(tenant) = old.pod_tenants.get(pod) {
-                    both.pod_tenants.entry(pod.clone()).or_insert_with(|| tenant.clone());
-                }
-            }
-        }
-        both
-    }
-}
-
 impl Exceptions for Desired {
     fn shared_port(&self, key: &SharedPortKey) -> bool {
         self.shared_ports.contains(key)

@@ -79,7 +79,7 @@ pub fn namespaces(
 /// namespace is no DNS label (no question can name it).
 pub fn service_claims(service: &Service) -> impl Iterator<Item = ([u8; 16], NamespaceKey)> + '_ {
     let key = NamespaceKey::of(&service.key.namespace);
-    service.cluster_ips.iter().filter_map(move |ip| Some((super::mapped(*ip), key?)))
+    service.cluster_ips.iter().filter_map(move |ip| Some((super::keys::mapped(*ip), key?)))
 }
 
 /// Every ClusterIP's namespace (the full compile). Of two Services claiming one address

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use moat_common::maps::SharedPortKey;
 
-use super::{check_collision, CompileError};
+use super::error::{check_collision, CompileError};
 use crate::config::{Config, PortSpec};
 use crate::model::selector::matches_labels;
 use crate::model::{Cluster, Labels, Namespace, PodKey, TenantName};

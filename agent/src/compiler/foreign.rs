@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 
 use crate::config::Config;
-use crate::guard::config::GuardMode;
-use crate::guard::registry;
+use crate::config::GuardMode;
+use crate::detections;
 use crate::model::{Cluster, Pod, PodKey, TenantName};
 
 /// What this node's label reserves it for.
@@ -36,7 +36,7 @@ impl NodeProfile {
     /// The profile of this node, if its labels name a tenant and the detection is not off.
     /// An empty value names no tenant, as an empty namespace tenant label does.
     pub fn of(cluster: &Cluster, config: &Config) -> Option<Self> {
-        let mode = config.guard.mode(&registry::FOREIGN_TENANT);
+        let mode = config.guard.mode(&detections::FOREIGN_TENANT);
         if mode == GuardMode::Off {
             return None;
         }

@@ -6,45 +6,29 @@ pub mod desired;
 pub mod diff;
 pub mod dns;
 mod endpoints;
+pub mod error;
 pub mod foreign;
 pub mod incremental;
+pub mod keys;
 pub mod policy;
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
-
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use moat_common::maps::{
-    capacity, Endpoint, NetworkKey, TenantPairKey, ENDPOINT_EXTERNAL, ENDPOINT_FOREIGN,
-    NOT_ISOLATED, SETTING_CLUSTER_POLICIES,
+    Endpoint, NetworkKey, TenantPairKey, ENDPOINT_EXTERNAL, ENDPOINT_FOREIGN, NOT_ISOLATED,
+    SETTING_CLUSTER_POLICIES,
 };
 
 use crate::config::{Cidr, Config};
-use crate::model::{Cluster, PodKey, TenantId, TenantName};
+use crate::model::{Cluster, PodKey, TenantName};
 use crate::node::cgroups::PodCgroups;
+use error::check_capacity;
 
 pub use delta::Delta;
 pub use desired::{Desired, Index};
+pub use error::CompileError;
 pub use incremental::Incremental;
-
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum CompileError {
-    #[error("tenants {first} and {second} hash to the same id {id:#x}; rename one of them")]
-    TenantCollision {
-        first: String,
-        second: String,
-        id: u64,
-    },
-    #[error("{map} would need {needed} entries but holds at most {capacity}")]
-    Capacity {
-        map: &'static str,
-        needed: usize,
-        capacity: u32,
-    },
-    #[error(transparent)]
-    ClusterPolicy(#[from] policy::cluster::ClusterPolicyError),
-}
+pub use keys::{mapped, network_key};
 
 /// What the compiler produces policy entries for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,7 +118,7 @@ pub fn compile_scoped(
             .index
             .pod_tenants
             .insert(key.clone(), tenant.clone());
-        let tag = crate::guard::node::pod_tag(pod.uid.as_deref(), &key.namespace, &key.name);
+        let tag = crate::model::pod_tag::pod_tag(pod.uid.as_deref(), &key.namespace, &key.name);
         desired.index.pods_by_tag.insert(tag, key.clone());
         if pod.host_network {
             continue;
@@ -240,105 +224,6 @@ pub fn compile_scoped(
     }
     check_capacity(&desired)?;
     Ok(desired)
-}
-
-/// The 16-byte key form of an address (IPv4 mapped into IPv6).
-pub fn mapped(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(v4) => moat_common::maps::ipv4_mapped(v4.octets()),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
-
-pub fn network_key(cidr: &Cidr) -> NetworkKey {
-    let prefix_len = match cidr.addr {
-        IpAddr::V4(_) => u32::from(cidr.prefix_len) + 96,
-        IpAddr::V6(_) => u32::from(cidr.prefix_len),
-    };
-    // Host bits are cleared so equal prefixes written differently are one key.
-    let mut addr = mapped(cidr.addr);
-    for (i, byte) in addr.iter_mut().enumerate() {
-        let bits = prefix_len.saturating_sub(i as u32 * 8).min(8);
-        *byte &= if bits == 0 { 0 } else { 0xffu8 << (8 - bits) };
-    }
-    NetworkKey { prefix_len, addr }
-}
-
-pub(crate) fn check_capacity(desired: &Desired) -> Result<(), CompileError> {
-    let checks: [(&'static str, usize, u32); 11] = [
-        ("CNP_SUBJECTS", desired.cluster_subjects.len(), capacity::CNP_SUBJECTS),
-        ("CNP_RULES", desired.cluster_rules.len(), capacity::CNP_RULES),
-        (
-            "DNS_NAMESPACES",
-            desired.dns_namespaces.len(),
-            moat_common::dns::DNS_NAMESPACES_CAPACITY,
-        ),
-        ("DNS_SERVICES", desired.dns_services.len(), moat_common::dns::DNS_SERVICES_CAPACITY),
-        (
-            "POLICY_RULES",
-            desired.policy_rules.len(),
-            capacity::POLICY_RULES,
-        ),
-        (
-            "LOCAL_ENDPOINTS",
-            desired.local.len(),
-            capacity::LOCAL_ENDPOINTS,
-        ),
-        (
-            "LOCAL_ADDRESSES",
-            desired.local_addresses.len(),
-            capacity::LOCAL_ADDRESSES,
-        ),
-        (
-            "REMOTE_ENDPOINTS",
-            desired.remote.len(),
-            capacity::REMOTE_ENDPOINTS,
-        ),
-        (
-            "REMOTE_NETWORKS",
-            desired.networks.len(),
-            capacity::REMOTE_NETWORKS,
-        ),
-        (
-            "SHARED_PORTS",
-            desired.shared_ports.len(),
-            capacity::SHARED_PORTS,
-        ),
-        (
-            "TENANT_PAIRS",
-            desired.tenant_pairs.len(),
-            capacity::TENANT_PAIRS,
-        ),
-    ];
-    for (map, needed, capacity) in checks {
-        if needed > capacity as usize {
-            return Err(CompileError::Capacity {
-                map,
-                needed,
-                capacity,
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Ids seen by the compiler, kept to refuse collisions.
-pub(crate) fn check_collision(
-    seen: &mut BTreeMap<u64, TenantName>,
-    name: &TenantName,
-) -> Result<TenantId, CompileError> {
-    let id = name.id();
-    match seen.get(&id.0) {
-        Some(existing) if existing != name => Err(CompileError::TenantCollision {
-            first: existing.to_string(),
-            second: name.to_string(),
-            id: id.0,
-        }),
-        _ => {
-            seen.insert(id.0, name.clone());
-            Ok(id)
-        }
-    }
 }
 
 #[cfg(test)]

@@ -90,7 +90,7 @@ impl DenyRecord {
             protocol: protocol_name(event.protocol),
             rule: reason.map(Reason::name).unwrap_or("unknown"),
             policies: match index.cluster_sets.get(&event.policy_set) {
-                Some(tier_set) if reason.is_some_and(crate::explain::explain_cnp::decided) => tier_set
+                Some(tier_set) if reason.is_some_and(Reason::is_cluster_tier) => tier_set
                     .rules
                     .get(event.rule_position as usize)
                     .map(|rule| vec![rule.to_string()])

@@ -162,7 +162,7 @@ impl Named {
         };
         let detection = match key.kind {
             Kind::Detection(code) => {
-                crate::guard::registry::by_code(u32::from(code)).map(|spec| spec.id)
+                crate::detections::by_code(u32::from(code)).map(|spec| spec.id)
             }
             _ => None,
         };

@@ -148,7 +148,7 @@ impl Pipeline {
     fn take(&mut self, input: Input) {
         let payload = match input {
             Input::Deny(raw) => Payload::Flow(DenyRecord::from_event(&raw, &self.index.borrow())),
-            Input::Guard(raw) => match crate::guard::decode(&raw, &self.index.borrow()) {
+            Input::Guard(raw) => match super::detection::decode(&raw, &self.index.borrow()) {
                 Some(detection) => Payload::Detection(detection),
                 None => return,
             },

@@ -5,9 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::config::{GuardConfig, GuardMode};
-use super::registry::{self, Spec, DETECTIONS};
-use crate::kernel::guard_probes::{Kind, Probe, ProbeStatus};
+use crate::config::{GuardConfig, GuardMode};
+use crate::detections::{self, Spec, DETECTIONS};
+use crate::detections::Probe;
+use crate::kernel::guard_probes::{Kind, ProbeStatus};
 
 /// What attached: each probe's status, and cgroup/connect_unix (Linux 6.7+).
 #[derive(Clone, Debug, Default)]
@@ -80,7 +81,7 @@ pub fn statuses(config: &GuardConfig, attached: &Attached) -> Vec<DetectionStatu
 
 fn status(spec: &Spec, configured: GuardMode, attached: &Attached) -> DetectionStatus {
     let mut hooks = attached.hooks(spec.probes);
-    if spec.code == registry::RUNTIME_SOCKET.code && attached.connect_unix {
+    if spec.code == detections::RUNTIME_SOCKET.code && attached.connect_unix {
         hooks.insert(0, "cgroup/connect_unix".into());
     }
     let seen = !hooks.is_empty();
@@ -94,14 +95,14 @@ fn status(spec: &Spec, configured: GuardMode, attached: &Attached) -> DetectionS
         }
         GuardMode::Detect => (GuardMode::Detect, format!("detected by {detected_by}")),
         GuardMode::Block if lsm => (GuardMode::Block, format!("refused by {}", attached.hooks(spec.lsm_refuses).join(", "))),
-        GuardMode::Block if spec.code == registry::RUNTIME_SOCKET.code && attached.connect_unix => (
+        GuardMode::Block if spec.code == detections::RUNTIME_SOCKET.code && attached.connect_unix => (
             GuardMode::Block,
             format!("refused by cgroup/connect_unix by every path the pod's mounts give it; through any other path (a symlink) the process is killed before connect() returns ({detected_by})"),
         ),
         GuardMode::Block => match spec.always_refused {
             Some(what) if spec.probes.is_empty() => (GuardMode::Block, format!("refuses {what}")),
             Some(what) => (GuardMode::Block, format!("refuses {what}; the rest needs BPF LSM and is detected by {detected_by}")),
-            None if spec.code == registry::RUNTIME_SOCKET.code => (
+            None if spec.code == detections::RUNTIME_SOCKET.code => (
                 GuardMode::Detect,
                 format!("refusing needs BPF LSM or cgroup/connect_unix (Linux 6.7+); detected by {detected_by}, and the process is killed before connect() returns"),
             ),

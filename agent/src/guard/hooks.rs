@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 
 use aya::Ebpf;
 
-use super::config::{GuardConfig, GuardMode};
+use crate::config::{GuardConfig, GuardMode};
 use super::effective::{self, Attached, DetectionStatus};
-use super::registry;
+use crate::detections;
 use crate::kernel::bpffs::PinDirs;
-use crate::kernel::guard_probes::{GuardKernel, GuardProbes, Kind, Probe, ProbeStatus};
+use crate::detections::Probe;
+use crate::kernel::guard_probes::{GuardKernel, GuardProbes, Kind, ProbeStatus};
 use crate::kernel::{loader, unix_connect, KernelError};
 
 pub struct GuardHooks {
@@ -61,7 +62,7 @@ impl GuardHooks {
     /// attached in block mode unless `unix_stream_connect` runs as BPF LSM.
     fn plan_unix_connect(&mut self, config: &GuardConfig) {
         let by_lsm = self.probes.kind(Probe::UnixConnect) == Some(Kind::Lsm);
-        let wanted = config.mode(&registry::RUNTIME_SOCKET) == GuardMode::Block && !by_lsm;
+        let wanted = config.mode(&detections::RUNTIME_SOCKET) == GuardMode::Block && !by_lsm;
         match (&self.unix_connect, wanted, self.unix_connect_attached.is_some()) {
             (Ok(program), true, false) => match loader::attach_unix_connect(program, &self.cgroup_root, &self.dirs) {
                 Ok(attached) => self.unix_connect_attached = Some(attached),

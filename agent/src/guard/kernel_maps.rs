@@ -16,7 +16,7 @@ use moat_common::guard::{
 };
 use moat_common::maps::ipv4_mapped;
 
-use super::config::GuardConfig;
+use crate::config::GuardConfig;
 use super::node::Discovered;
 use crate::kernel::maps::take;
 use crate::kernel::KernelError;
@@ -216,7 +216,7 @@ pub fn actors(
     let mut out = BTreeMap::new();
     for (cgroup, key) in &index.pods_by_cgroup {
         let pod = cluster.pods.get(key);
-        let tag = super::node::pod_tag(pod.and_then(|p| p.uid.as_deref()), &key.namespace, &key.name);
+        let tag = crate::model::pod_tag::pod_tag(pod.and_then(|p| p.uid.as_deref()), &key.namespace, &key.name);
         let mut flags = 0;
         if config.exempt_namespaces.iter().any(|ns| **ns == *key.namespace) {
             flags |= ACTOR_EXEMPT;

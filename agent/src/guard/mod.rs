@@ -1,32 +1,31 @@
-//! The runtime guard: per-detection modes (config → `GUARD_MODES`), what each detection can
-//! do on this kernel, and the decoding of the kernel's detection records into `Detection`s.
+//! The runtime guard on this node: per-detection modes (config → `GUARD_MODES`), what each
+//! detection can do on this kernel, what the node holds that the guard protects (the
+//! kubelet's files, pods' volumes, the runtime's binaries and sockets) in the guard's maps,
+//! and what the event decoder needs to name it (`view`). Its records become `Detection`s in
+//! `events::detection`.
 //!
-//! Detections are listed in [`registry`]; `../../docs/design.md` (runtime guard) says how each
-//! is seen and, where the kernel allows, refused.
+//! Detections are listed in `crate::detections`; `../../docs/design.md` (runtime guard) says
+//! how each is seen and, where the kernel allows, refused.
 
-pub mod config;
-pub mod decode;
 pub mod effective;
-pub mod foreign;
 pub mod hooks;
 pub mod kernel_maps;
 pub mod node;
-pub mod registry;
 pub mod run;
 pub mod socket_paths;
 pub mod syscalls;
+pub mod view;
 
 use aya::maps::Array;
 use aya::Ebpf;
 use moat_common::event::{GUARD_MODE_BLOCK, GUARD_MODE_DETECT, GUARD_MODE_OFF};
 use moat_common::maps::names;
 
+use crate::config::{GuardConfig, GuardMode};
+use crate::detections::DETECTIONS;
 use crate::kernel::KernelError;
 
-pub use config::{GuardConfig, GuardMode};
-pub use decode::decode;
 pub use effective::{statuses, wanted, Attached, DetectionStatus};
-pub use registry::{Spec, DETECTIONS};
 
 const fn kernel_mode(mode: GuardMode) -> u32 {
     match mode {

@@ -12,9 +12,9 @@ use moat_common::guard::{
     kernel_dev, FileKey, FileRule, FILE_KUBELET_CREDENTIAL, FILE_POD_VOLUME, FILE_RUNTIME_BINARY,
     FILE_RUNTIME_SOCKET,
 };
-use sha2::{Digest, Sha256};
 
-use super::config::GuardConfig;
+use crate::config::GuardConfig;
+use crate::model::pod_tag::pod_tag;
 
 /// Volume plugins whose content is a credential or configuration of one pod.
 const VOLUME_PLUGINS: [&str; 4] =
@@ -22,20 +22,6 @@ const VOLUME_PLUGINS: [&str; 4] =
 /// Files of disk-backed volumes registered one by one; beyond this they are skipped (and
 /// counted), so a huge configMap cannot exhaust `GUARD_FILES`.
 const MAX_VOLUME_FILES: usize = 4096;
-
-/// A pod's tag in the guard maps: 64 bits of SHA-256 of its uid (the kubelet names volume
-/// directories by uid), or of namespace/name when the pod has no uid.
-pub fn pod_tag(uid: Option<&str>, namespace: &str, name: &str) -> u64 {
-    let mut hash = Sha256::new();
-    match uid {
-        Some(uid) => hash.update(format!("uid:{uid}")),
-        None => hash.update(format!("pod:{namespace}/{name}")),
-    }
-    let digest = hash.finalize();
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&digest[..8]);
-    u64::from_le_bytes(bytes).max(1)
-}
 
 /// Kernel identity of a file (following symlinks).
 pub fn file_key(path: &Path) -> std::io::Result<FileKey> {
@@ -232,14 +218,6 @@ mod tests {
     fn mountinfo_escapes() {
         assert_eq!(unescape(r"/a\040b"), "/a b");
         assert_eq!(unescape(r"/tmp\011x"), "/tmp\tx");
-    }
-
-    #[test]
-    fn pod_tags_are_stable_nonzero_and_distinct() {
-        assert_eq!(pod_tag(Some("u1"), "a", "b"), pod_tag(Some("u1"), "x", "y"));
-        assert_ne!(pod_tag(Some("u1"), "", ""), pod_tag(Some("u2"), "", ""));
-        assert_ne!(pod_tag(None, "a", "b"), pod_tag(None, "a", "c"));
-        assert_ne!(pod_tag(None, "a", "b"), 0);
     }
 
     #[test]

@@ -13,10 +13,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use moat_common::guard::{GuardSettings, FILE_RUNTIME_SOCKET};
 use moat_common::layout::KernelLayout;
 
-use super::config::GuardConfig;
+use crate::config::GuardConfig;
 use super::socket_paths::{PodProcesses, RuntimeSocket, SocketPaths};
 use crate::node::cgroups;
-use super::decode::{publish, GuardView};
+use super::view::{publish, GuardView};
 use super::kernel_maps::{self, GuardMaps, PodsRoot};
 use super::node::{self, Discovered};
 use crate::compiler::Index;
@@ -160,7 +160,7 @@ impl Guard {
             }
             let Some(dir) = self.pod_dirs.1.get(cgroup) else { continue };
             let uid = cluster.pods.get(key).and_then(|p| p.uid.as_deref());
-            let tag = node::pod_tag(uid, &key.namespace, &key.name);
+            let tag = crate::model::pod_tag::pod_tag(uid, &key.namespace, &key.name);
             pods.entry(tag).or_insert_with(|| PodProcesses { tag, cgroups: Vec::new() }).cgroups.push(dir.clone());
         }
         let sockets: Vec<RuntimeSocket> = self

@@ -26,153 +26,94 @@ use serde::Serialize;
 
 use super::bpffs::PinDirs;
 use super::error_chain as chain;
+use crate::detections::Probe;
 
-/// What a detection needs seen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Probe {
-    FileOpen,
-    Mount,
-    Fsopen,
-    Mknod,
-    UserNamespace,
-    ModuleLoad,
-    Bpf,
-    PerfEvent,
-    Ptrace,
-    Setns,
-    UnixConnect,
-    /// Reports what cgroup/connect_unix refused (that program cannot report itself).
-    ConnectRefusals,
-    ApiConnect,
-    /// Taint inheritance for `cred.kubelet-api`.
-    Fork,
-}
-
-impl Probe {
-    pub const ALL: [Probe; 14] = [
-        Probe::FileOpen,
-        Probe::Mount,
-        Probe::Fsopen,
-        Probe::Mknod,
-        Probe::UserNamespace,
-        Probe::ModuleLoad,
-        Probe::Bpf,
-        Probe::PerfEvent,
-        Probe::Ptrace,
-        Probe::Setns,
-        Probe::UnixConnect,
-        Probe::ConnectRefusals,
-        Probe::ApiConnect,
-        Probe::Fork,
-    ];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Probe::FileOpen => "file-open",
-            Probe::Mount => "mount",
-            Probe::Fsopen => "fsopen",
-            Probe::Mknod => "mknod",
-            Probe::UserNamespace => "user-namespace",
-            Probe::ModuleLoad => "module-load",
-            Probe::Bpf => "bpf",
-            Probe::PerfEvent => "perf-event",
-            Probe::Ptrace => "ptrace",
-            Probe::Setns => "setns",
-            Probe::UnixConnect => "unix-connect",
-            Probe::ConnectRefusals => "connect-refusals",
-            Probe::ApiConnect => "api-connect",
-            Probe::Fork => "fork",
-        }
-    }
-
-    /// The ways to see it, best first.
-    fn ways(self) -> &'static [Way] {
-        use Target::*;
-        match self {
-            Probe::FileOpen => &[
-                Way::Lsm(&[("moat_lsm_file_open", Lsm("file_open", 1))]),
-                Way::Fentry(&[("moat_fentry_file_open", Function("security_file_open"))]),
-                Way::Tracepoint(&[
-                    ("moat_tp_open", Syscall("sys_exit_open")),
-                    ("moat_tp_openat", Syscall("sys_exit_openat")),
-                    ("moat_tp_openat2", Syscall("sys_exit_openat2")),
-                    ("moat_tp_creat", Syscall("sys_exit_creat")),
-                ]),
-            ],
-            Probe::Mount => &[
-                Way::Lsm(&[("moat_lsm_sb_mount", Lsm("sb_mount", 5))]),
-                Way::Fentry(&[("moat_fentry_sb_mount", Function("security_sb_mount"))]),
-                Way::Tracepoint(&[("moat_tp_mount", Syscall("sys_enter_mount"))]),
-            ],
-            Probe::Fsopen => &[
-                Way::Fentry(&[("moat_sys_fsopen", SyscallEntry("fsopen"))]),
-                Way::Tracepoint(&[("moat_tp_fsopen", Syscall("sys_enter_fsopen"))]),
-            ],
-            Probe::Mknod => &[
-                Way::Fentry(&[("moat_sys_mknod", SyscallEntry("mknod")), ("moat_sys_mknodat", SyscallEntry("mknodat"))]),
-                Way::Tracepoint(&[("moat_tp_mknod", Syscall("sys_enter_mknod")), ("moat_tp_mknodat", Syscall("sys_enter_mknodat"))]),
-            ],
-            Probe::UserNamespace => &[
-                Way::Lsm(&[("moat_lsm_userns_create", Lsm("userns_create", 1))]),
-                Way::Fentry(&[("moat_fentry_userns_create", Function("security_create_user_ns"))]),
-                Way::Tracepoint(&[("moat_tp_unshare", Syscall("sys_enter_unshare"))]),
-            ],
-            Probe::ModuleLoad => &[
-                Way::Lsm(&[
-                    ("moat_lsm_kernel_read_file", Lsm("kernel_read_file", 3)),
-                    ("moat_lsm_kernel_load_data", Lsm("kernel_load_data", 2)),
-                ]),
-                Way::Fentry(&[
-                    ("moat_fentry_kernel_read_file", Function("security_kernel_read_file")),
-                    ("moat_fentry_kernel_load_data", Function("security_kernel_load_data")),
-                ]),
-                Way::Tracepoint(&[
-                    ("moat_tp_init_module", Syscall("sys_enter_init_module")),
-                    ("moat_tp_finit_module", Syscall("sys_enter_finit_module")),
-                ]),
-            ],
-            Probe::Bpf => &[
-                // The hook gained a parameter in Linux 6.16: the program whose verdict index
-                // matches the kernel's BTF loads, the other is skipped.
-                Way::Lsm(&[("moat_lsm_bpf", Lsm("bpf", 3)), ("moat_lsm_bpf4", Lsm("bpf", 4))]),
-                Way::Fentry(&[("moat_fentry_bpf", Function("security_bpf"))]),
-                Way::Tracepoint(&[("moat_tp_bpf", Syscall("sys_enter_bpf"))]),
-            ],
-            Probe::PerfEvent => &[
-                // `perf_event_open(attr, type)` became `perf_event_open(event)` in Linux 6.x.
-                Way::Lsm(&[("moat_lsm_perf_event_open", Lsm("perf_event_open", 2)), ("moat_lsm_perf_event_open1", Lsm("perf_event_open", 1))]),
-                Way::Fentry(&[("moat_fentry_perf_event_open", Function("security_perf_event_open"))]),
-                Way::Tracepoint(&[("moat_tp_perf_event_open", Syscall("sys_enter_perf_event_open"))]),
-            ],
-            Probe::Ptrace => &[
-                Way::Lsm(&[("moat_lsm_ptrace_access_check", Lsm("ptrace_access_check", 2))]),
-                Way::Fentry(&[("moat_fentry_ptrace_access_check", Function("security_ptrace_access_check"))]),
-                Way::Tracepoint(&[
-                    ("moat_tp_ptrace", Syscall("sys_enter_ptrace")),
-                    ("moat_tp_process_vm_writev", Syscall("sys_enter_process_vm_writev")),
-                ]),
-            ],
-            Probe::Setns => &[
-                Way::Fentry(&[("moat_sys_setns_enter", SyscallEntry("setns")), ("moat_sys_setns_exit", SyscallEntry("setns"))]),
-                Way::Tracepoint(&[("moat_tp_setns_enter", Syscall("sys_enter_setns")), ("moat_tp_setns_exit", Syscall("sys_exit_setns"))]),
-            ],
-            Probe::UnixConnect => &[
-                Way::Lsm(&[("moat_lsm_unix_stream_connect", Lsm("unix_stream_connect", 3))]),
-                Way::Fentry(&[("moat_fentry_unix_stream_connect", Function("security_unix_stream_connect"))]),
-                Way::Tracepoint(&[("moat_tp_connect_enter", Syscall("sys_enter_connect")), ("moat_tp_connect_exit", Syscall("sys_exit_connect"))]),
-            ],
-            Probe::ConnectRefusals => &[
-                Way::Fentry(&[("moat_sys_connect_exit", SyscallEntry("connect"))]),
-                Way::Tracepoint(&[("moat_tp_connect_enter", Syscall("sys_enter_connect")), ("moat_tp_connect_exit", Syscall("sys_exit_connect"))]),
-            ],
-            Probe::ApiConnect => &[
-                Way::Lsm(&[("moat_lsm_socket_connect", Lsm("socket_connect", 3))]),
-                Way::Fentry(&[("moat_fentry_socket_connect", Function("security_socket_connect"))]),
-                Way::Tracepoint(&[("moat_tp_connect_enter", Syscall("sys_enter_connect"))]),
-            ],
-            Probe::Fork => &[Way::RawTracepoint(&[("moat_sched_fork", Syscall("sched_process_fork"))])],
-        }
+/// The ways to see `probe`, best first.
+fn ways(probe: Probe) -> &'static [Way] {
+    use Target::*;
+    match probe {
+        Probe::FileOpen => &[
+            Way::Lsm(&[("moat_lsm_file_open", Lsm("file_open", 1))]),
+            Way::Fentry(&[("moat_fentry_file_open", Function("security_file_open"))]),
+            Way::Tracepoint(&[
+                ("moat_tp_open", Syscall("sys_exit_open")),
+                ("moat_tp_openat", Syscall("sys_exit_openat")),
+                ("moat_tp_openat2", Syscall("sys_exit_openat2")),
+                ("moat_tp_creat", Syscall("sys_exit_creat")),
+            ]),
+        ],
+        Probe::Mount => &[
+            Way::Lsm(&[("moat_lsm_sb_mount", Lsm("sb_mount", 5))]),
+            Way::Fentry(&[("moat_fentry_sb_mount", Function("security_sb_mount"))]),
+            Way::Tracepoint(&[("moat_tp_mount", Syscall("sys_enter_mount"))]),
+        ],
+        Probe::Fsopen => &[
+            Way::Fentry(&[("moat_sys_fsopen", SyscallEntry("fsopen"))]),
+            Way::Tracepoint(&[("moat_tp_fsopen", Syscall("sys_enter_fsopen"))]),
+        ],
+        Probe::Mknod => &[
+            Way::Fentry(&[("moat_sys_mknod", SyscallEntry("mknod")), ("moat_sys_mknodat", SyscallEntry("mknodat"))]),
+            Way::Tracepoint(&[("moat_tp_mknod", Syscall("sys_enter_mknod")), ("moat_tp_mknodat", Syscall("sys_enter_mknodat"))]),
+        ],
+        Probe::UserNamespace => &[
+            Way::Lsm(&[("moat_lsm_userns_create", Lsm("userns_create", 1))]),
+            Way::Fentry(&[("moat_fentry_userns_create", Function("security_create_user_ns"))]),
+            Way::Tracepoint(&[("moat_tp_unshare", Syscall("sys_enter_unshare"))]),
+        ],
+        Probe::ModuleLoad => &[
+            Way::Lsm(&[
+                ("moat_lsm_kernel_read_file", Lsm("kernel_read_file", 3)),
+                ("moat_lsm_kernel_load_data", Lsm("kernel_load_data", 2)),
+            ]),
+            Way::Fentry(&[
+                ("moat_fentry_kernel_read_file", Function("security_kernel_read_file")),
+                ("moat_fentry_kernel_load_data", Function("security_kernel_load_data")),
+            ]),
+            Way::Tracepoint(&[
+                ("moat_tp_init_module", Syscall("sys_enter_init_module")),
+                ("moat_tp_finit_module", Syscall("sys_enter_finit_module")),
+            ]),
+        ],
+        Probe::Bpf => &[
+            // The hook gained a parameter in Linux 6.16: the program whose verdict index
+            // matches the kernel's BTF loads, the other is skipped.
+            Way::Lsm(&[("moat_lsm_bpf", Lsm("bpf", 3)), ("moat_lsm_bpf4", Lsm("bpf", 4))]),
+            Way::Fentry(&[("moat_fentry_bpf", Function("security_bpf"))]),
+            Way::Tracepoint(&[("moat_tp_bpf", Syscall("sys_enter_bpf"))]),
+        ],
+        Probe::PerfEvent => &[
+            // `perf_event_open(attr, type)` became `perf_event_open(event)` in Linux 6.x.
+            Way::Lsm(&[("moat_lsm_perf_event_open", Lsm("perf_event_open", 2)), ("moat_lsm_perf_event_open1", Lsm("perf_event_open", 1))]),
+            Way::Fentry(&[("moat_fentry_perf_event_open", Function("security_perf_event_open"))]),
+            Way::Tracepoint(&[("moat_tp_perf_event_open", Syscall("sys_enter_perf_event_open"))]),
+        ],
+        Probe::Ptrace => &[
+            Way::Lsm(&[("moat_lsm_ptrace_access_check", Lsm("ptrace_access_check", 2))]),
+            Way::Fentry(&[("moat_fentry_ptrace_access_check", Function("security_ptrace_access_check"))]),
+            Way::Tracepoint(&[
+                ("moat_tp_ptrace", Syscall("sys_enter_ptrace")),
+                ("moat_tp_process_vm_writev", Syscall("sys_enter_process_vm_writev")),
+            ]),
+        ],
+        Probe::Setns => &[
+            Way::Fentry(&[("moat_sys_setns_enter", SyscallEntry("setns")), ("moat_sys_setns_exit", SyscallEntry("setns"))]),
+            Way::Tracepoint(&[("moat_tp_setns_enter", Syscall("sys_enter_setns")), ("moat_tp_setns_exit", Syscall("sys_exit_setns"))]),
+        ],
+        Probe::UnixConnect => &[
+            Way::Lsm(&[("moat_lsm_unix_stream_connect", Lsm("unix_stream_connect", 3))]),
+            Way::Fentry(&[("moat_fentry_unix_stream_connect", Function("security_unix_stream_connect"))]),
+            Way::Tracepoint(&[("moat_tp_connect_enter", Syscall("sys_enter_connect")), ("moat_tp_connect_exit", Syscall("sys_exit_connect"))]),
+        ],
+        Probe::ConnectRefusals => &[
+            Way::Fentry(&[("moat_sys_connect_exit", SyscallEntry("connect"))]),
+            Way::Tracepoint(&[("moat_tp_connect_enter", Syscall("sys_enter_connect")), ("moat_tp_connect_exit", Syscall("sys_exit_connect"))]),
+        ],
+        Probe::ApiConnect => &[
+            Way::Lsm(&[("moat_lsm_socket_connect", Lsm("socket_connect", 3))]),
+            Way::Fentry(&[("moat_fentry_socket_connect", Function("security_socket_connect"))]),
+            Way::Tracepoint(&[("moat_tp_connect_enter", Syscall("sys_enter_connect"))]),
+        ],
+        Probe::Fork => &[Way::RawTracepoint(&[("moat_sched_fork", Syscall("sched_process_fork"))])],
     }
 }
 
@@ -374,8 +315,8 @@ impl GuardProbes {
             return;
         }
         let ways: Vec<Way> = match self.chosen.get(&probe) {
-            Some(kind) => probe.ways().iter().copied().filter(|w| w.kind() == *kind).collect(),
-            None => probe.ways().to_vec(),
+            Some(kind) => ways(probe).iter().copied().filter(|w| w.kind() == *kind).collect(),
+            None => ways(probe).to_vec(),
         };
         for way in ways {
             if let Some(skip) = self.unavailable(way.kind()) {
@@ -646,7 +587,7 @@ impl std::fmt::Display for TracepointMissing {
 
 /// Every BPF LSM hook a probe may use.
 fn lsm_hooks() -> impl Iterator<Item = &'static str> {
-    Probe::ALL.into_iter().flat_map(|p| p.ways().iter()).flat_map(|w| w.programs().iter()).filter_map(|(_, target)| match target {
+    Probe::ALL.into_iter().flat_map(|p| ways(p).iter()).flat_map(|w| w.programs().iter()).filter_map(|(_, target)| match target {
         Target::Lsm(hook, _) => Some(*hook),
         _ => None,
     })

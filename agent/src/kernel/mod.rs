@@ -1,6 +1,7 @@
 //! The kernel side: bpffs, loading and attaching the programs, writing the maps.
 
 pub mod bpffs;
+pub mod capabilities;
 pub mod btf_layout;
 pub mod cgroup_link;
 pub mod dns_tcp;

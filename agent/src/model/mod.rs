@@ -6,6 +6,7 @@ pub mod cnp;
 pub mod cnp_eval;
 pub mod flow;
 pub mod labels;
+pub mod pod_tag;
 pub mod policy;
 pub mod selector;
 pub mod tenant;

@@ -5,7 +5,6 @@ pub mod cgroups;
 pub mod kubelet;
 pub mod mounts;
 pub mod netns;
-pub mod capabilities;
 
 use crate::config::CgroupLayoutKind;
 

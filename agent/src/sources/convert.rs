@@ -10,7 +10,7 @@ use k8s_openapi::api::networking::v1 as networking;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::limits;
-use super::manifests::validate_policy;
+use super::policy_checks::validate as validate_policy;
 use crate::model::{policy::Policy, ContainerPort, Labels, Namespace, Node, ObjectKey, Pod, Protocol, Service};
 
 /// Why one object is refused: the field (a path into the object; empty for the whole) and

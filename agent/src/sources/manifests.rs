@@ -26,7 +26,6 @@
 
 mod build;
 mod error;
-mod policy;
 mod read;
 
 use std::collections::BTreeMap;
@@ -37,7 +36,6 @@ use crate::model::{Cluster, Labels};
 use crate::sources::unenforced::Unenforced;
 
 pub use build::build_cluster;
-pub(crate) use policy::validate as validate_policy;
 pub use error::ManifestError;
 pub(crate) use read::list_files;
 pub use read::{parse_text, read_documents};
@@ -130,3 +128,7 @@ mod build_tests;
 #[cfg(test)]
 #[path = "manifests/node_tests.rs"]
 mod node_tests;
+
+#[cfg(test)]
+#[path = "manifests/policy_tests.rs"]
+mod policy_tests;

@@ -7,6 +7,7 @@ pub mod convert;
 pub mod kube;
 pub mod limits;
 pub mod manifests;
+pub mod policy_checks;
 pub mod sync;
 pub mod unenforced;
 pub mod watch;

@@ -123,7 +123,7 @@ pub fn assert_exact(event: &Value, id: &str, pod: &str, action: &str) {
     assert_detection(event, id, pod, TENANT, action);
     let mode = if action == "blocked" { "block" } else { "detect" };
     assert_eq!(event["mode"], mode, "{event}");
-    let severity = moat_agent::guard::registry::by_id(id).map(|s| s.severity).expect("a known detection");
+    let severity = moat_agent::detections::by_id(id).map(|s| s.severity).expect("a known detection");
     assert_eq!(event["severity"], severity, "{event}");
 }
 

@@ -23,7 +23,8 @@ use moat_common::maps::{NetworkKey, TierSets, SETTING_CLUSTER_POLICIES};
 use super::Incremental;
 use crate::compiler::delta::put;
 use crate::compiler::policy::cluster;
-use crate::compiler::{network_key, CompileError};
+use crate::compiler::error::CompileError;
+use crate::compiler::keys::network_key;
 use crate::model::cnp::ClusterNetworkPolicy;
 use crate::model::{Change, Node};
 

@@ -34,7 +34,9 @@ use moat_common::maps::{Endpoint, NetworkKey, TenantPairKey, ENDPOINT_EXTERNAL};
 use super::delta::{Delta, Journal};
 use super::endpoints::{self, Service};
 use super::policy::{self, PolicySet};
-use super::{check_collision, network_key, CompileError, Desired};
+use super::desired::Desired;
+use super::error::{check_collision, CompileError};
+use super::keys::network_key;
 use crate::config::Config;
 use crate::model::policy::Policy;
 use crate::model::{
@@ -592,7 +594,7 @@ fn dedup(mut ranges: Vec<NetworkKey>) -> Vec<NetworkKey> {
 }
 
 fn pod_tag(pod: &crate::model::Pod) -> u64 {
-    crate::guard::node::pod_tag(pod.uid.as_deref(), &pod.key.namespace, &pod.key.name)
+    crate::model::pod_tag::pod_tag(pod.uid.as_deref(), &pod.key.namespace, &pod.key.name)
 }
 
 impl Incremental {
@@ -611,7 +613,7 @@ impl Incremental {
     /// The pod with `uid`; of two claiming it, the last in key order (as the full compile's
     /// index keeps).
     fn pod_by_uid(&self, uid: &str) -> Option<&PodKey> {
-        let tag = crate::guard::node::pod_tag(Some(uid), "", "");
+        let tag = crate::model::pod_tag::pod_tag(Some(uid), "", "");
         self.with_tag(tag).filter(|key| self.cluster.pods.get(*key).and_then(|pod| pod.uid.as_deref()) == Some(uid)).last()
     }
 }

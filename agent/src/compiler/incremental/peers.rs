@@ -3,7 +3,7 @@
 use moat_common::maps::NetworkKey;
 
 use super::Incremental;
-use crate::compiler::mapped;
+use crate::compiler::keys::mapped;
 use crate::compiler::policy::targets::{host_key, in_block};
 use crate::compiler::policy::{PeerIndex, PodView};
 use crate::model::{Labels, Pod, PodKey};

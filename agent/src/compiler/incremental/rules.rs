@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use moat_common::maps::NetworkKey;
 
 use super::Incremental;
-use crate::compiler::network_key;
+use crate::compiler::keys::network_key;
 use crate::compiler::policy::targets::{host_key, in_block, namespace_labels};
 use crate::compiler::policy::{
     self, Direction, PeerIndex, PodView, RuleKey, RuleRef, Target,

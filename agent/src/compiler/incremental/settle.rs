@@ -12,7 +12,7 @@ use crate::compiler::delta::{mark, put};
 use crate::compiler::endpoints;
 use crate::compiler::foreign::{self, Foreign};
 use crate::compiler::policy::{self, Direction, PolicySet};
-use crate::compiler::{check_capacity, CompileError};
+use crate::compiler::error::{check_capacity, CompileError};
 use crate::model::PodKey;
 use crate::node::cgroups::PodRef;
 

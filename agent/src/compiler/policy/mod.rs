@@ -17,7 +17,7 @@ use moat_common::maps::{
     NetworkKey, PolicyMatch, IDENTITY_ANY, NOT_ISOLATED, POLICY_FULL_BITS, POLICY_SET_IDENTITY_BITS,
 };
 
-use super::network_key;
+use super::keys::network_key;
 use crate::config::Cidr;
 use crate::model::policy::{Peer, Policy, PortRef, PortRule, Rule};
 use crate::model::{Cluster, ContainerPort, Labels, ObjectKey, PodKey, Protocol};

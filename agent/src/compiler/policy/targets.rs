@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use moat_common::maps::NetworkKey;
 
 use super::{contains, Direction, PodFacts};
-use crate::compiler::network_key;
+use crate::compiler::keys::network_key;
 use crate::model::policy::{Peer, Policy, Rule};
 use crate::model::{Cluster, ContainerPort, Labels};
 

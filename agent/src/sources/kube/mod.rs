@@ -34,7 +34,7 @@ use tokio::task::JoinHandle;
 
 use super::manifests::Loaded;
 use super::unenforced::Unenforced;
-use super::SyncState;
+use super::sync::SyncState;
 use crate::model::{Change, Cluster, ObjectKey};
 
 pub const STALE_LOG_INTERVAL: Duration = Duration::from_secs(10);

@@ -28,7 +28,7 @@ use super::{ModelState, Shared};
 use crate::model::{self, policy::Policy, Change, ObjectKey};
 use crate::sources::convert::{self, Rejection};
 
-/// Watch numbers, for [`crate::sources::SyncState`] and the InitDone mask.
+/// Watch numbers, for [`crate::sources::sync::SyncState`] and the InitDone mask.
 pub const NAMESPACES: u32 = 0;
 pub const PODS: u32 = 1;
 pub const NETWORK_POLICIES: u32 = 2;

@@ -1,6 +1,9 @@
+//! NetworkPolicy checks (`sources::policy_checks`) as a manifest file meets them: refused at
+//! load time, naming file, object and field.
+
 use std::path::Path;
 
-use super::super::{build_cluster, Document, Origin};
+use super::{build_cluster, Document, Origin};
 
 /// Loads a policy with the given `spec` (YAML, indented two spaces); the error as text.
 fn error(spec: &str) -> String {

@@ -3,44 +3,17 @@
 //! named from what the agent registered (inode → path). Drops what is normal after all: a
 //! ptrace or /proc/PID/mem on a process of the actor's own pod.
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
 
 use moat_common::event::*;
 use moat_common::guard::{FileKey, NS_COUNT};
 
-use super::registry;
-use super::syscalls::class_name;
-use super::GuardMode;
+use super::record::Detection;
 use crate::compiler::Index;
-use crate::events::record::Detection;
-
-/// What the decoder knows besides the model: where protected files are, the host's PID
-/// namespace and /proc. Replaced by the runtime after each node discovery.
-#[derive(Clone, Debug, Default)]
-pub struct GuardView {
-    pub names: BTreeMap<FileKey, PathBuf>,
-    /// Pod tag → pod, for naming the owner of a volume.
-    pub pods_by_tag: imbl::OrdMap<u64, crate::model::PodKey>,
-    pub host_pid_ns: u64,
-    /// The host's namespace inodes, `NS_*` order (0 where unknown).
-    pub host_ns: [u32; NS_COUNT],
-    pub host_proc_dev: u64,
-}
-
-static VIEW: RwLock<Option<Arc<GuardView>>> = RwLock::new(None);
-
-pub fn publish(view: GuardView) {
-    if let Ok(mut slot) = VIEW.write() {
-        *slot = Some(Arc::new(view));
-    }
-}
-
-fn view() -> Arc<GuardView> {
-    VIEW.read().ok().and_then(|v| v.clone()).unwrap_or_default()
-}
+use crate::config::GuardMode;
+use crate::detections;
+use crate::guard::syscalls::class_name;
+use crate::guard::view::{view, GuardView};
 
 /// NUL-padded kernel bytes to text.
 fn text(bytes: &[u8]) -> String {
@@ -52,7 +25,7 @@ fn text(bytes: &[u8]) -> String {
 pub fn decode(event: &GuardEvent, index: &Index) -> Option<Detection> {
     let view = view();
     let detection = u32::from(event.detection);
-    let spec = registry::by_code(detection);
+    let spec = detections::by_code(detection);
     let pod = index.pods_by_cgroup.get(&event.cgroup);
     if detection == DETECTION_PTRACE && same_pod(event, index, &view) {
         return None;
@@ -185,7 +158,7 @@ fn evidence(event: &GuardEvent, view: &GuardView) -> (String, String) {
 
 /// A namespace file (nsfs has no path of its own) as its `/proc/PID/ns/*` link reads:
 /// `net:[4026531840]`, for the host's namespaces the agent knows.
-pub(super) fn namespace_file(ino: u64, host: &[u32; NS_COUNT]) -> Option<String> {
+fn namespace_file(ino: u64, host: &[u32; NS_COUNT]) -> Option<String> {
     let names = ["uts", "ipc", "mnt", "pid", "net", "cgroup"];
     host.iter().zip(names).find(|(&host_ns, _)| host_ns != 0 && u64::from(host_ns) == ino).map(|(_, name)| format!("{name}:[{ino}]"))
 }
@@ -323,11 +296,5 @@ pub fn container_id(cgroup_path: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-pub mod tests_support {
-    /// The cgroup id of the calling process.
-    pub fn own_cgroup() -> u64 {
-        let text = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-        let path = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/").to_string();
-        super::cgroup_of(std::process::id()).unwrap_or_else(|| panic!("cgroup of {path}"))
-    }
-}
+#[path = "detection_tests.rs"]
+mod tests;

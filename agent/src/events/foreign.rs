@@ -1,15 +1,15 @@
 //! `node.foreign-tenant`, reported: one `Detection` per pod that became foreign since the last
 //! applied state (it appeared here, or the node or its namespace was relabelled), not one per
-//! reconcile. Which pods are foreign, and the datapath flag that cuts their traffic, is the
+//! reconcile; and the foreign pods as `moat status` lists them. Which pods are foreign, and the datapath flag that cuts their traffic, is the
 //! compiler's job (`compiler::foreign`).
 
 use serde::Serialize;
 
-use super::config::GuardMode;
-use super::registry::FOREIGN_TENANT;
+use super::pipeline::{Input, Submitter};
+use super::record::Detection;
 use crate::compiler::foreign::{Foreign, NodeProfile};
-use crate::events::pipeline::{Input, Submitter};
-use crate::events::record::Detection;
+use crate::config::GuardMode;
+use crate::detections::FOREIGN_TENANT;
 use crate::model::{PodKey, TenantName};
 
 /// Detections for the pods foreign in `after` that were not foreign, or not under the same

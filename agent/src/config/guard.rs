@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::registry::{self, Spec};
+use crate::detections::{self, Spec};
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -148,8 +148,8 @@ impl GuardConfig {
     /// `(field, message)` for the first invalid setting.
     pub fn validate(&self) -> Result<(), (String, String)> {
         for id in self.detections.keys() {
-            if registry::by_id(id).is_none() {
-                let known: Vec<_> = registry::DETECTIONS.iter().map(|s| s.id).collect();
+            if detections::by_id(id).is_none() {
+                let known: Vec<_> = detections::DETECTIONS.iter().map(|s| s.id).collect();
                 return Err((format!("guard.detections.{id}"), format!("unknown detection; known: {}", known.join(", "))));
             }
         }
@@ -176,5 +176,27 @@ impl GuardConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_spelling() {
+        let config: GuardConfig = serde_yaml::from_str("detections:\n  escape.kernel-sysctl: detect").unwrap();
+        assert_eq!(config.mode(&crate::detections::KERNEL_SYSCTL), GuardMode::Detect);
+        assert_eq!(config.mode(&crate::detections::SETNS), GuardMode::Block);
+        assert!(serde_yaml::from_str::<GuardConfig>("detections:\n  escape.kernel-sysctl: maybe").is_err());
+        assert!(serde_yaml::from_str::<GuardConfig>("kernelSysctl: block").is_err());
+        let unknown: GuardConfig = serde_yaml::from_str("detections:\n  escape.kernel-sysctls: block").unwrap();
+        let (field, message) = unknown.validate().unwrap_err();
+        assert_eq!(field, "guard.detections.escape.kernel-sysctls");
+        assert!(message.contains("escape.kernel-sysctl,"), "{message}");
+        let relative: GuardConfig = serde_yaml::from_str("runtime:\n  sockets: [run/x.sock]").unwrap();
+        assert_eq!(relative.validate().unwrap_err().0, "guard.runtime.sockets[0]");
+        let server: GuardConfig = serde_yaml::from_str("apiServers: [\"10.0.0.1\"]").unwrap();
+        assert_eq!(server.validate().unwrap_err().0, "guard.apiServers[0]");
     }
 }

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::kernel::btf_layout::BTF_PATH;
-use crate::kernel::guard_probes::GuardKernel;
+use super::btf_layout::BTF_PATH;
+use super::guard_probes::GuardKernel;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Capabilities {

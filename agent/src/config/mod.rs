@@ -5,7 +5,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod budget;
+pub mod guard;
+
 use crate::model::{Labels, Protocol};
+
+pub use budget::BudgetConfig;
+pub use guard::{GuardConfig, GuardMode};
 pub use crate::model::tenant::TenantSource;
 /// Where address prefixes are defined (the model); configs write them too.
 pub use crate::model::Cidr;
@@ -59,8 +65,8 @@ pub struct Config {
     pub events: EventsConfig,
     /// Kubernetes Events on the offending pod for detections.
     pub kube_events: KubeEventsConfig,
-    /// The runtime guard: a mode per detection (see `guard::GuardConfig`).
-    pub guard: crate::guard::GuardConfig,
+    /// The runtime guard: a mode per detection (see `guard::GuardConfig` in this module).
+    pub guard: GuardConfig,
     /// How the ICMP program attaches to pod interfaces: TCX links where the kernel has them.
     pub tc_attach: TcAttach,
     /// Tenant DNS isolation: which cluster names a pod may resolve (see `DnsConfig`).
@@ -115,7 +121,7 @@ pub struct EventsConfig {
     /// 0: never fold distinct events.
     pub flood_threshold: usize,
     /// Per-tenant and per-pod budgets before the ring buffer (see `events::budget`).
-    pub budget: crate::events::budget::BudgetConfig,
+    pub budget: BudgetConfig,
     /// JSON lines written to a file as well as stdout.
     pub file: Option<FileSinkConfig>,
     /// Also report every newly admitted flow (one event per flow, not per packet), for
@@ -130,7 +136,7 @@ impl Default for EventsConfig {
             buffer: 4096,
             detection_buffer: 4096,
             flood_threshold: 16,
-            budget: crate::events::budget::BudgetConfig::default(),
+            budget: BudgetConfig::default(),
             file: None,
             report_allowed_flows: false,
         }
@@ -198,7 +204,7 @@ impl Default for Config {
             admin_socket: None,
             events: EventsConfig::default(),
             kube_events: KubeEventsConfig::default(),
-            guard: crate::guard::GuardConfig::default(),
+            guard: GuardConfig::default(),
             tc_attach: TcAttach::Auto,
             dns: DnsConfig::default(),
         }

@@ -1,10 +1,71 @@
-//! Every detection the guard implements: its stable id, severity, the probes that see it,
-//! and what refuses it — hooks that need no BPF LSM, or the probes that must be attached as
-//! BPF LSM. The id is what operators configure, filter on and alert on; never rename one.
+//! The runtime guard's catalogue: every detection it implements — its stable id, severity,
+//! the probes that see it, and what refuses it (hooks that need no BPF LSM, or the probes
+//! that must be attached as BPF LSM). Plain data that configuration, compiler, kernel, guard
+//! and events all name detections by. The id is what operators configure, filter on and
+//! alert on; never rename one. How each probe is attached is `kernel::guard_probes`.
 
 use moat_common::event as code;
+use serde::Serialize;
 
-use crate::kernel::guard_probes::Probe;
+/// What a detection needs seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Probe {
+    FileOpen,
+    Mount,
+    Fsopen,
+    Mknod,
+    UserNamespace,
+    ModuleLoad,
+    Bpf,
+    PerfEvent,
+    Ptrace,
+    Setns,
+    UnixConnect,
+    /// Reports what cgroup/connect_unix refused (that program cannot report itself).
+    ConnectRefusals,
+    ApiConnect,
+    /// Taint inheritance for `cred.kubelet-api`.
+    Fork,
+}
+
+impl Probe {
+    pub const ALL: [Probe; 14] = [
+        Probe::FileOpen,
+        Probe::Mount,
+        Probe::Fsopen,
+        Probe::Mknod,
+        Probe::UserNamespace,
+        Probe::ModuleLoad,
+        Probe::Bpf,
+        Probe::PerfEvent,
+        Probe::Ptrace,
+        Probe::Setns,
+        Probe::UnixConnect,
+        Probe::ConnectRefusals,
+        Probe::ApiConnect,
+        Probe::Fork,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Probe::FileOpen => "file-open",
+            Probe::Mount => "mount",
+            Probe::Fsopen => "fsopen",
+            Probe::Mknod => "mknod",
+            Probe::UserNamespace => "user-namespace",
+            Probe::ModuleLoad => "module-load",
+            Probe::Bpf => "bpf",
+            Probe::PerfEvent => "perf-event",
+            Probe::Ptrace => "ptrace",
+            Probe::Setns => "setns",
+            Probe::UnixConnect => "unix-connect",
+            Probe::ConnectRefusals => "connect-refusals",
+            Probe::ApiConnect => "api-connect",
+            Probe::Fork => "fork",
+        }
+    }
+}
 
 /// One detection.
 #[derive(Clone, Copy, Debug)]

@@ -163,7 +163,3 @@ fn is_port_name(name: &str) -> bool {
         && !name.ends_with('-')
         && !name.contains("--")
 }
-
-#[cfg(test)]
-#[path = "policy_tests.rs"]
-mod tests;
