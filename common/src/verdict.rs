@@ -464,6 +464,9 @@ mod tests {
             if let Some(reason) = Reason::from_u8(value) {
                 assert_eq!(reason as u8, value);
                 assert_eq!(reason.is_allow(), value < 64);
+                // A ClusterNetworkPolicy tier is named as such in events.
+                let name = reason.name();
+                assert_eq!(reason.is_cluster_tier(), name.starts_with("cluster-network-policy."), "{name}");
             }
         }
     }

@@ -4,21 +4,14 @@
 //! executable first, then on PATH, and execs it with ARGS; [`AGENT_BIN_ENV`] tells it which
 //! `moat` to run as the lab's agent.
 //!
-//! The lab's run-dir convention lives here too: both sides read it, and the operator CLI
-//! (`--lab NAME`) finds a lab agent's admin socket with it, linking no lab code.
+//! The lab's run-dir convention is `lab_dirs` (re-exported here).
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
+pub use super::lab_dirs::{admin_socket, lab_dir, parse_name, AGENT_BIN_ENV, LAB_BINARY, LAB_RUN_DIR};
 use super::CliError;
-
-/// The lab's binary.
-pub const LAB_BINARY: &str = "moat-lab";
-/// Set by `moat lab` for `moat-lab`: the `moat` binary the lab starts as its agent.
-pub const AGENT_BIN_ENV: &str = "MOAT_AGENT_BIN";
-/// Lab N keeps its files in `<LAB_RUN_DIR>/N`.
-pub const LAB_RUN_DIR: &str = "/run/moat/lab";
 
 /// `moat lab`'s arguments, handed to `moat-lab` untouched (`--help` included).
 #[derive(clap::Args)]
@@ -55,44 +48,9 @@ pub fn find_binary(name: &str, own: Option<&Path>, path: &OsStr) -> Option<PathB
         .find(|candidate| candidate.is_file())
 }
 
-/// Validates a lab name: `[a-z0-9-]{1,20}` (one path component under [`LAB_RUN_DIR`]).
-pub fn parse_name(text: &str) -> Result<String, String> {
-    let ok = (1..=20).contains(&text.len())
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
-        Ok(text.to_string())
-    } else {
-        Err(format!("invalid lab name {text:?}: want 1-20 characters of [a-z0-9-]"))
-    }
-}
-
-/// `/run/moat/lab/<name>`.
-pub fn lab_dir(name: &str) -> PathBuf {
-    Path::new(LAB_RUN_DIR).join(name)
-}
-
-/// `/run/moat/lab/<name>/admin.sock`: the lab's agent's admin socket (the lab writes it into
-/// its agent's configuration).
-pub fn admin_socket(name: &str) -> PathBuf {
-    lab_dir(name).join("admin.sock")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_validated() {
-        assert!(parse_name("default").is_ok());
-        assert!(parse_name("a-1").is_ok());
-        assert!(parse_name("").is_err());
-        assert!(parse_name("Upper").is_err());
-        assert!(parse_name("a/b").is_err());
-        assert!(parse_name("a".repeat(21).as_str()).is_err());
-        assert!(parse_name("external").is_ok());
-    }
 
     #[test]
     fn the_lab_binary_is_found_beside_first_then_on_path() {

@@ -3,6 +3,7 @@
 
 pub mod explain;
 pub mod lab;
+pub mod lab_dirs;
 pub mod observe;
 pub mod status;
 
@@ -20,7 +21,7 @@ pub struct Target {
     #[arg(long, conflicts_with = "lab")]
     pub socket: Option<PathBuf>,
     /// The agent of the lab with this name.
-    #[arg(long, value_parser = lab::parse_name)]
+    #[arg(long, value_parser = lab_dirs::parse_name)]
     pub lab: Option<String>,
 }
 
@@ -41,7 +42,7 @@ pub enum CliError {
     Agent(String),
     #[error("lab {name:?} does not exist (no {}); create it with `moat lab up --name {name}`", dir.display())]
     NoLab { name: String, dir: PathBuf },
-    #[error("`moat lab` runs the lab's own binary, `{bin}`, which is not installed: not beside this executable{}, nor on PATH (build it with `cargo build -p moat-lab`)", beside.as_ref().map(|d| format!(" ({})", d.display())).unwrap_or_default(), bin = lab::LAB_BINARY)]
+    #[error("`moat lab` runs the lab's own binary, `{bin}`, which is not installed: not beside this executable{}, nor on PATH (build it with `cargo build -p moat-lab`)", beside.as_ref().map(|d| format!(" ({})", d.display())).unwrap_or_default(), bin = lab_dirs::LAB_BINARY)]
     NoLabBinary { beside: Option<PathBuf> },
     #[error("running {path}: {source}")]
     Exec { path: PathBuf, source: std::io::Error },
@@ -53,11 +54,11 @@ impl Target {
             return Ok(path.clone());
         }
         if let Some(name) = &self.lab {
-            let dir = lab::lab_dir(name);
+            let dir = lab_dirs::lab_dir(name);
             if !dir.is_dir() {
                 return Err(CliError::NoLab { name: name.clone(), dir });
             }
-            return Ok(lab::admin_socket(name));
+            return Ok(lab_dirs::admin_socket(name));
         }
         Ok(Config::default().admin_socket_path())
     }

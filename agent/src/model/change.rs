@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use super::cnp::ClusterNetworkPolicy;
 use super::policy::Policy;
-use super::{Cluster, Labels, Namespace, Node, ObjectKey, Pod, PodKey, Service};
+use super::cluster::Cluster;
+use super::labels::Labels;
+use super::objects::{Namespace, Node, ObjectKey, Pod, PodKey, Service};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
@@ -179,8 +181,8 @@ mod tests {
             },
         );
         new.node_labels.insert("zone", "z");
-        old.nodes.insert("n1".into(), super::Node { labels: Labels::new(), addresses: vec!["192.0.2.1".parse().unwrap()] });
-        new.nodes.insert("n1".into(), super::Node { labels: Labels::new(), addresses: vec!["192.0.2.2".parse().unwrap()] });
+        old.nodes.insert("n1".into(), Node { labels: Labels::new(), addresses: vec!["192.0.2.1".parse().unwrap()] });
+        new.nodes.insert("n1".into(), Node { labels: Labels::new(), addresses: vec!["192.0.2.2".parse().unwrap()] });
         let changes = old.changes_to(&new);
         assert_eq!(changes.len(), 4);
         let mut applied = old.clone();

@@ -6,9 +6,9 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::Deserialize;
 
-use super::Protocol;
-use super::Cidr;
-use crate::model::selector;
+use super::cidr::Cidr;
+use super::objects::Protocol;
+use super::selector;
 
 /// The API group, version and kind moat enforces.
 pub const GROUP: &str = "policy.networking.k8s.io";

@@ -11,7 +11,9 @@ use std::net::IpAddr;
 
 use super::cnp::{Action, ClusterNetworkPolicy, Peer, PodSet, PortMatch, Tier};
 pub use super::policy::Direction;
-use super::{selector, Labels, Pod};
+use super::labels::Labels;
+use super::objects::Pod;
+use super::selector;
 
 /// A pod at one end of the flow, with its namespace's labels.
 #[derive(Clone, Copy, Debug)]
@@ -147,7 +149,7 @@ fn port_matches(matcher: &PortMatch, destination: &Pod, protocol: u8, port: u16)
     }
 }
 
-fn contains(cidr: &super::Cidr, ip: IpAddr) -> bool {
+fn contains(cidr: &super::cidr::Cidr, ip: IpAddr) -> bool {
     let bits = |ip: IpAddr| match ip {
         IpAddr::V4(v4) => (u128::from(v4.to_bits()) << 96, 32),
         IpAddr::V6(v6) => (v6.to_bits(), 128),

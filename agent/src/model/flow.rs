@@ -2,7 +2,7 @@
 //! is aimed at (a port with its protocol, or ICMP) and its address family. `moat explain`
 //! and the lab's probes share these spellings.
 
-use super::{PodKey, Protocol};
+use super::objects::{PodKey, Protocol};
 
 /// Parses `namespace/pod` (a clap value parser).
 pub fn parse_pod(text: &str) -> Result<PodKey, String> {

@@ -7,7 +7,7 @@ use std::fmt;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::Namespace;
+use super::objects::Namespace;
 
 /// Capsule labels every namespace of a tenant with this key, valued with the tenant's name.
 pub const CAPSULE_TENANT_LABEL: &str = "capsule.clastix.io/tenant";
