@@ -14,7 +14,7 @@ use moat_common::verdict::{self, ClusterRules, Exceptions, LocalEnd, Peer, Polic
 
 use super::policy::cluster::TierSet;
 use super::policy::prefixes::{mask, PROTOCOL_BITS};
-use super::policy::{covering_rules, PolicySet, RuleKey, RuleRef};
+use super::policy::{covering_rules, PolicySet, RuleKey, RuleRef, RuleRefs};
 
 use crate::model::{PodKey, TenantName};
 
@@ -30,7 +30,7 @@ pub struct Desired {
     pub shared_ports: BTreeSet<SharedPortKey>,
     pub tenant_pairs: BTreeSet<TenantPairKey>,
     /// NetworkPolicy entries, with the rules each came from.
-    pub policy_rules: BTreeMap<RuleKey, BTreeSet<RuleRef>>,
+    pub policy_rules: BTreeMap<RuleKey, RuleRefs>,
     /// cgroup → ClusterNetworkPolicy tier sets, for pods on this node that some policy selects.
     pub cluster_subjects: BTreeMap<u64, TierSets>,
     /// ClusterNetworkPolicy entries of those tier sets (`compiler::policy::cluster`).

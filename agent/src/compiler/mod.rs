@@ -208,7 +208,7 @@ pub fn compile_scoped(
     }
     for (key, refs) in policies.rules {
         if scope == Scope::Cluster || local_sets.contains(&key.1.set) {
-            desired.policy_rules.insert(key, refs);
+            desired.policy_rules.insert(key, refs.into_iter().collect());
         }
     }
     desired.index.policy_sets = policies.sets.into_iter().collect();

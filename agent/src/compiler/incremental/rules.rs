@@ -5,7 +5,7 @@
 //! the same for the pods of that namespace. A set is evaluated whole only when it appears,
 //! when one of its policies changes, or when the ipBlock partition changes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use moat_common::maps::NetworkKey;
 
@@ -13,7 +13,7 @@ use super::Incremental;
 use crate::compiler::keys::network_key;
 use crate::compiler::policy::targets::{host_key, in_block, namespace_labels};
 use crate::compiler::policy::{
-    self, Direction, PeerIndex, PodView, RuleKey, RuleRef, Target,
+    self, Direction, PeerIndex, PodView, RuleKey, RuleRef, RuleRefs, Target,
 };
 use crate::model::policy::{Peer, Policy, PortRef, Rule};
 use crate::model::{Labels, Pod, PodKey};
@@ -29,11 +29,34 @@ pub(super) enum Kind {
     AnyNamed,
 }
 
-/// The entries of one local set, with their counts.
+/// The entries of one local set, with their counts. Its rules are numbered (`rules`), and
+/// contributions and entries name a rule by number: 4 bytes where a `RuleRef` is 48, and
+/// these maps are most of the agent's memory for the policies of its pods. An entry's
+/// rules are a sorted vector, nearly always of one, rather than a B-tree node sized for 11.
 #[derive(Default)]
 pub(super) struct SetRules {
-    contributions: BTreeMap<(RuleRef, Kind, u64), u32>,
-    entries: BTreeMap<RuleKey, BTreeMap<RuleRef, u32>>,
+    rules: Vec<RuleRef>,
+    contributions: BTreeMap<(u32, Kind, u64), u32>,
+    entries: BTreeMap<RuleKey, Vec<(u32, u32)>>,
+}
+
+impl SetRules {
+    /// `rule`'s number in this set, numbering it if it is new. A set has the rules of a few
+    /// policies, so a scan is enough.
+    fn number(&mut self, rule: &RuleRef) -> u32 {
+        if let Some(position) = self.rules.iter().position(|known| known == rule) {
+            return position as u32;
+        }
+        self.rules.push(rule.clone());
+        (self.rules.len() - 1) as u32
+    }
+
+    /// The rules giving `refs`, as the maps' desired state names them (sorted).
+    fn named(&self, refs: &[(u32, u32)]) -> RuleRefs {
+        let mut named: Vec<RuleRef> = refs.iter().filter_map(|(number, _)| self.rules.get(*number as usize).cloned()).collect();
+        named.sort_unstable();
+        named.into_boxed_slice()
+    }
 }
 
 /// An index without pods: what a rule gives whatever the pods are (every peer, ipBlocks).
@@ -288,15 +311,14 @@ impl Incremental {
             let Some(rules) = self.set_rules.get_mut(&step.set) else {
                 continue;
             };
-            let count = rules
-                .contributions
-                .entry(step.contribution.clone())
-                .or_insert(0);
+            let (rule_ref, kind, identity) = step.contribution;
+            let contribution = (rules.number(&rule_ref), kind, identity);
+            let count = rules.contributions.entry(contribution).or_insert(0);
             let before = *count;
             *count = count.saturating_add_signed(step.by);
             let after = *count;
             if after == 0 {
-                rules.contributions.remove(&step.contribution);
+                rules.contributions.remove(&contribution);
             }
             let by = match (before, after) {
                 (0, 1..) => 1,
@@ -385,8 +407,9 @@ impl Incremental {
                     }
                 }
                 // Each rule is evaluated once, so no (rule, kind, identity) is counted yet.
+                let number = out.number(&rule_ref);
                 out.contributions
-                    .extend(counts.into_iter().map(|((kind, identity), count)| ((rule_ref.clone(), kind, identity), count)));
+                    .extend(counts.into_iter().map(|((kind, identity), count)| ((number, kind, identity), count)));
             }
         }
         out
@@ -465,9 +488,7 @@ impl Incremental {
                     .policy_rules
                     .entry(*key)
                     .or_insert_with(|| self.desired.policy_rules.contains_key(key));
-                self.desired
-                    .policy_rules
-                    .insert(*key, refs.keys().cloned().collect());
+                self.desired.policy_rules.insert(*key, rules.named(refs));
             }
             self.set_rules.insert(set, rules);
         }
@@ -477,25 +498,36 @@ impl Incremental {
 /// Counts `rule_ref`'s share of `key` up or down, keeping `desired` (and its journal) in step.
 fn count_entry(
     rules: &mut SetRules,
-    desired: &mut BTreeMap<RuleKey, BTreeSet<RuleRef>>,
+    desired: &mut BTreeMap<RuleKey, RuleRefs>,
     journal: &mut BTreeMap<RuleKey, bool>,
     key: RuleKey,
     rule_ref: RuleRef,
     by: i32,
 ) {
+    let number = rules.number(&rule_ref);
     let refs = rules.entries.entry(key).or_default();
-    let count = refs.entry(rule_ref.clone()).or_insert(0);
-    *count = count.saturating_add_signed(by);
-    if *count == 0 {
-        refs.remove(&rule_ref);
+    match refs.binary_search_by_key(&number, |(known, _)| *known) {
+        Ok(position) => {
+            let count = &mut refs[position].1;
+            *count = count.saturating_add_signed(by);
+            if *count == 0 {
+                refs.remove(position);
+            }
+        }
+        Err(position) if by > 0 => refs.insert(position, (number, by.unsigned_abs())),
+        Err(_) => {}
     }
     journal
         .entry(key)
         .or_insert_with(|| desired.contains_key(&key));
-    if refs.is_empty() {
-        rules.entries.remove(&key);
-        desired.remove(&key);
-    } else {
-        desired.insert(key, refs.keys().cloned().collect());
+    let named = rules.entries.get(&key).filter(|refs| !refs.is_empty()).map(|refs| rules.named(refs));
+    match named {
+        Some(named) => {
+            desired.insert(key, named);
+        }
+        None => {
+            rules.entries.remove(&key);
+            desired.remove(&key);
+        }
     }
 }

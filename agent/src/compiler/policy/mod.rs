@@ -40,6 +40,10 @@ pub struct RuleRef {
 /// A key of the trie: prefix length and the (masked) match data.
 pub type RuleKey = (u32, PolicyMatch);
 
+/// The rules giving an entry, sorted and without duplicates: nearly always one, so a slice
+/// (one small allocation) rather than a B-tree set, whose node is sized for eleven.
+pub type RuleRefs = Box<[RuleRef]>;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicySet {
     pub direction: Direction,
@@ -429,7 +433,7 @@ fn block_identities(policies: &[&Policy], config_networks: &[Cidr]) -> BTreeMap<
 /// Whether a full-length key is covered by any entry (what an LPM lookup finds), and which
 /// rules the covering entries came from.
 pub fn covering_rules<'a>(
-    rules: &'a BTreeMap<RuleKey, BTreeSet<RuleRef>>,
+    rules: &'a BTreeMap<RuleKey, RuleRefs>,
     key: &PolicyMatch,
 ) -> Vec<&'a RuleRef> {
     let mut found = Vec::new();
