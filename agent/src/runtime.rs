@@ -256,11 +256,6 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// Gives the memory freed after a list back to the system (its pages of API objects were
-/// parsed and dropped). glibc keeps freed chunks in its
-/// arenas, and a list's parsed pages leave ~20 MB of them at 30k pods: RSS would keep the
-/// list's peak for the agent's whole life. Called after (re-)lists only: a trim walks the
-/// whole heap.
 /// TCP DNS isolation's programs; a kernel that refuses them runs without (TCP questions
 /// pass unchecked, `moat status` says why), everything else still enforces.
 fn attach_dns_tcp(ebpf: &mut aya::Ebpf, cgroup_root: &Path, dirs: &bpffs::PinDirs, observability: &Observability, attached: &mut Vec<loader::Attached>) {
@@ -277,6 +272,10 @@ fn attach_dns_tcp(ebpf: &mut aya::Ebpf, cgroup_root: &Path, dirs: &bpffs::PinDir
     }
 }
 
+/// Gives the memory freed after a list back to the system (its pages of API objects were
+/// parsed and dropped). glibc keeps freed chunks in its arenas, and a list's parsed pages
+/// leave ~20 MB of them at 30k pods: RSS would keep the list's peak for the agent's whole
+/// life. Called after (re-)lists only: a trim walks the whole heap.
 fn return_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free memory of the process's own allocator.
