@@ -193,7 +193,8 @@ impl Incremental {
                     let claimants = &mut self
                         .claims
                         .entry(address)
-                        .or_insert_with(|| (*ip, Vec::new()))
+                        // One claimant nearly always: not the four a first push reserves.
+                        .or_insert_with(|| (*ip, Vec::with_capacity(1)))
                         .1;
                     if let Err(at) = claimants.binary_search(key) {
                         claimants.insert(at, key.clone());
