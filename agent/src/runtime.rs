@@ -95,25 +95,29 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     } else {
         Source::manifests(ManifestWatcher::new(args.files.clone()).for_node(config.node_name.clone()))
     };
+    let mut startup = Startup::begin();
+    // The kernel's side needs nothing from the cluster: it is loaded (and verified) here, on
+    // this thread, while the source's tasks list the cluster on the runtime's workers.
+    // Nothing is attached or written before the first compile.
+    let dirs = bpffs::pin_dirs(&config.bpffs_root, &config.instance);
+    let prepared = prepare_kernel(&config.bpffs_root, &dirs, &config.events.budget.kernel());
+    startup.phase("loaded");
     // For the API server: every watch has listed once, so this first apply prunes whatever
     // an earlier agent left behind against the whole cluster.
     let loaded = source.initial().await?;
+    startup.phase("listed");
     warn_skipped(&loaded.skipped);
     observability.unenforced(&source.unenforced());
     let mut compiler = Incremental::new(&config, loaded.cluster, cgroups::scan(&cgroup_root, layout.as_ref())?)?;
+    startup.phase("compiled");
 
-    let dirs = bpffs::pin_dirs(&config.bpffs_root, &config.instance);
-    bpffs::prepare(&config.bpffs_root, &dirs)?;
-    let (kernel_layout, layout_error) = crate::guard::run::kernel_layout();
-    let budget = config.events.budget.kernel();
-    let mut ebpf = loader::load_budgeted(&dirs, &kernel_layout, &budget).inspect_err(|e| observability.kernel_failed(e))?;
-    // Before any map leaves `ebpf`: the hand-loaded program is linked against all of them.
-    let unix_connect = loader::load_unix_connect(&ebpf);
+    let Prepared { mut ebpf, unix_connect, layout_error, tc_program } = prepared.inspect_err(|e| observability.kernel_failed(e))?;
     let mut maps = KernelMaps::take(&mut ebpf)?;
     // Adopt whatever an earlier agent left: reconcile from the maps' actual content, never
     // from empty, so nothing is cleared first.
     let adopted = maps.read()?;
     let stats = maps.apply(&adopted, compiler.desired())?;
+    startup.phase("maps-written");
     // Modes before any program attaches, so each acts on them from its first call (and an
     // adopted, still attached program keeps refusing what it refused).
     crate::guard::write_modes(&mut ebpf, &config.guard)?;
@@ -122,12 +126,15 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     if let Err(error) = guard.refresh(&compiler.desired().index, compiler.cluster()) {
         tracing::error!(%error, "runtime guard: writing its maps failed");
     }
+    startup.phase("guard-started");
     let mut attached = loader::attach_all(&mut ebpf, &cgroup_root, &dirs).inspect_err(|e| observability.kernel_failed(e))?;
     // The guard's hooks: for what the configured detections need, the best way this kernel
     // offers (BPF LSM, fentry, syscall tracepoints), and cgroup/connect_unix.
     let run_dir = config.admin_socket_path().parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/run/moat"));
     let mut hooks = crate::guard::hooks::GuardHooks::new(&dirs, &run_dir, &cgroup_root, unix_connect, guard.unix_connect_ready(), layout_error);
+    startup.phase("attached");
     let statuses = hooks.plan(&mut ebpf, &config.guard);
+    startup.phase("guard-hooks");
     if let Ok(Some(connect_unix)) = hooks.connect_unix() {
         attached.push(connect_unix.clone());
     }
@@ -140,7 +147,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     // ICMP echo into pods: the tc program on every pod's interfaces, before the agent says
     // it is ready; pods not ready for it yet are retried on every tick.
     // A kernel whose verifier rejects it runs without: everything else still enforces.
-    let mut tc_pods = match tc::load(&mut ebpf) {
+    let mut tc_pods = match tc_program {
         Ok(id) => Some(TcPods::new(id, tc::Mode::choose(config.tc_attach), &dirs.tc, &cgroup_root)),
         Err(error) => {
             observability.kernel_failed(&error);
@@ -153,7 +160,9 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
         tc_pods.reconcile(tc::program(&mut ebpf)?, compiler.cgroups(), &compiler.desired().index, compiler.cluster());
         observability.tc_pods(tc_pods.status());
     }
+    startup.phase("tc");
     tracing::info!(
+        startup = %startup,
         pods = compiler.cluster().pods.len(),
         local_pods = compiler.desired().local.len(),
         adopted_entries = adopted.local.len() + adopted.remote.len(),
@@ -254,6 +263,27 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     }
     tracing::info!("stopping; programs and maps stay pinned and keep enforcing the last state");
     Ok(())
+}
+
+/// The kernel's side as far as it goes without the cluster: the object loaded (maps created
+/// or adopted from their pins), the programs verified.
+struct Prepared {
+    ebpf: aya::Ebpf,
+    unix_connect: Result<std::os::fd::OwnedFd, KernelError>,
+    layout_error: Option<String>,
+    tc_program: Result<u32, KernelError>,
+}
+
+fn prepare_kernel(bpffs_root: &Path, dirs: &bpffs::PinDirs, budget: &moat_common::budget::EventBudget) -> Result<Prepared, KernelError> {
+    bpffs::prepare(bpffs_root, dirs)?;
+    let (kernel_layout, layout_error) = crate::guard::run::kernel_layout();
+    let mut ebpf = loader::load_budgeted(dirs, &kernel_layout, budget)?;
+    // Before any map leaves `ebpf`: the hand-loaded program is linked against all of them.
+    let unix_connect = loader::load_unix_connect(&ebpf);
+    loader::load_programs(&mut ebpf)?;
+    // A kernel whose verifier rejects it runs without: the caller reports it.
+    let tc_program = tc::load(&mut ebpf);
+    Ok(Prepared { ebpf, unix_connect, layout_error, tc_program })
 }
 
 /// TCP DNS isolation's programs; a kernel that refuses them runs without (TCP questions
@@ -374,4 +404,29 @@ fn warn_skipped(skipped: &std::collections::BTreeMap<String, usize>) {
     }
 }
 
+/// How long each step of start-up took, for the "enforcing" log line.
+struct Startup {
+    last: std::time::Instant,
+    phases: Vec<(&'static str, Duration)>,
+}
 
+impl Startup {
+    fn begin() -> Self {
+        Self { last: std::time::Instant::now(), phases: Vec::new() }
+    }
+
+    fn phase(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.phases.push((name, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Startup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, took)) in self.phases.iter().enumerate() {
+            write!(f, "{}{name} {} ms", if i == 0 { "" } else { ", " }, took.as_millis())?;
+        }
+        Ok(())
+    }
+}

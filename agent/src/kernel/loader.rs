@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use aya::programs::links::{FdLink, PinnedLink};
 use std::os::fd::AsFd;
 
-use aya::programs::{CgroupAttachMode, CgroupDevice, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, CgroupSysctl};
+use aya::programs::{CgroupAttachMode, CgroupDevice, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, CgroupSysctl, Program};
 use moat_common::budget::{names as budget_names, EventBudget};
 use moat_common::layout::KernelLayout;
 use aya::{Ebpf, EbpfLoader};
@@ -116,6 +116,31 @@ pub struct Attached {
 
 /// Attaches every program to `cgroup_root`, then detaches links an earlier agent left.
 /// cgroup bpf_links take no attach flags: several links on one cgroup always run together.
+/// Verifies the programs [`attach_all`] attaches. The verifier needs the maps, not their
+/// content, so this runs while the cluster is still being listed; `attach_all` loads any
+/// program not loaded yet.
+pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), KernelError> {
+    for (name, hook) in PROGRAMS {
+        let program = ebpf.program_mut(name).ok_or_else(|| KernelError::Program { program: name, hook: hook.name(), message: "missing from the object".into() })?;
+        load_once(program, hook).map_err(|message| KernelError::Program { program: name, hook: hook.name(), message })?;
+    }
+    Ok(())
+}
+
+fn load_once(program: &mut Program, hook: Hook) -> Result<(), String> {
+    if program.fd().is_ok() {
+        return Ok(());
+    }
+    let loaded = match hook {
+        Hook::SkbIngress | Hook::SkbEgress => <&mut CgroupSkb>::try_from(program).map_err(|e| e.to_string())?.load(),
+        Hook::SockAddr => <&mut CgroupSockAddr>::try_from(program).map_err(|e| e.to_string())?.load(),
+        Hook::Sysctl => <&mut CgroupSysctl>::try_from(program).map_err(|e| e.to_string())?.load(),
+        Hook::Device => <&mut CgroupDevice>::try_from(program).map_err(|e| e.to_string())?.load(),
+        Hook::UnixConnect | Hook::SockOps | Hook::SkMsg => return Err("loaded where it is attached".into()),
+    };
+    loaded.map_err(|e| format!("load: {}", chain(&e)))
+}
+
 pub fn attach_all(ebpf: &mut Ebpf, cgroup_root: &Path, dirs: &PinDirs) -> Result<Vec<Attached>, KernelError> {
     let cgroup = File::open(cgroup_root)
         .map_err(|source| KernelError::CgroupRoot { path: cgroup_root.into(), source })?;
@@ -124,11 +149,11 @@ pub fn attach_all(ebpf: &mut Ebpf, cgroup_root: &Path, dirs: &PinDirs) -> Result
     for (name, hook) in PROGRAMS {
         let fail = |message: String| KernelError::Program { program: name, hook: hook.name(), message };
         let program = ebpf.program_mut(name).ok_or_else(|| fail("missing from the object".into()))?;
+        load_once(program, hook).map_err(fail)?;
         let pin = dirs.links.join(format!("{name}@{stamp}"));
         let link: FdLink = match hook {
             Hook::SkbIngress | Hook::SkbEgress => {
                 let program: &mut CgroupSkb = program.try_into().map_err(|e| fail(format!("{e}")))?;
-                program.load().map_err(|e| fail(format!("load: {}", chain(&e))))?;
                 let kind = if hook == Hook::SkbIngress { CgroupSkbAttachType::Ingress } else { CgroupSkbAttachType::Egress };
                 let id = program
                     .attach(&cgroup, kind, CgroupAttachMode::Single)
@@ -138,7 +163,6 @@ pub fn attach_all(ebpf: &mut Ebpf, cgroup_root: &Path, dirs: &PinDirs) -> Result
             }
             Hook::SockAddr => {
                 let program: &mut CgroupSockAddr = program.try_into().map_err(|e| fail(format!("{e}")))?;
-                program.load().map_err(|e| fail(format!("load: {}", chain(&e))))?;
                 let id = program
                     .attach(&cgroup, CgroupAttachMode::Single)
                     .map_err(|e| fail(format!("attach to {}: {}", cgroup_root.display(), chain(&e))))?;
@@ -147,7 +171,6 @@ pub fn attach_all(ebpf: &mut Ebpf, cgroup_root: &Path, dirs: &PinDirs) -> Result
             }
             Hook::Sysctl => {
                 let program: &mut CgroupSysctl = program.try_into().map_err(|e| fail(format!("{e}")))?;
-                program.load().map_err(|e| fail(format!("load: {}", chain(&e))))?;
                 let fd = program.fd().map_err(|e| fail(format!("{e}")))?;
                 cgroup_link::attach_pinned(fd.as_fd(), cgroup.as_fd(), cgroup_link::BPF_CGROUP_SYSCTL, &pin)
                     .map_err(|e| fail(format!("attach to {}: {e}", cgroup_root.display())))?;
@@ -158,7 +181,6 @@ pub fn attach_all(ebpf: &mut Ebpf, cgroup_root: &Path, dirs: &PinDirs) -> Result
             Hook::SockOps | Hook::SkMsg => return Err(fail("attached by dns_tcp::attach".into())),
             Hook::Device => {
                 let program: &mut CgroupDevice = program.try_into().map_err(|e| fail(format!("{e}")))?;
-                program.load().map_err(|e| fail(format!("load: {}", chain(&e))))?;
                 let fd = program.fd().map_err(|e| fail(format!("{e}")))?;
                 cgroup_link::attach_pinned(fd.as_fd(), cgroup.as_fd(), cgroup_link::BPF_CGROUP_DEVICE, &pin)
                     .map_err(|e| fail(format!("attach to {}: {e}", cgroup_root.display())))?;

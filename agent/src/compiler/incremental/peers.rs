@@ -19,7 +19,8 @@ impl Incremental {
         })
     }
 
-    /// Pods with an address inside `outer` and in none of `excluded`.
+    /// Pods with an address inside `outer` and in none of `excluded`, in address order: a
+    /// pod with two addresses in the block comes twice (callers that count pods dedup).
     pub(super) fn keys_in_block(
         &self,
         outer: &NetworkKey,
@@ -38,9 +39,6 @@ impl Incremental {
                 pods.extend(claimants);
             }
         }
-        // A pod with two addresses in the block is one candidate.
-        pods.sort_unstable();
-        pods.dedup();
         pods
     }
 }

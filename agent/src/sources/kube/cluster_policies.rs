@@ -78,7 +78,7 @@ impl Reflected for ClusterNetworkPolicyObject {
     fn key(&self) -> Result<String, Rejection> {
         convert::name(&self.metadata)
     }
-    fn convert(self) -> Result<Option<Arc<ClusterNetworkPolicy>>, Rejection> {
+    fn convert(&self) -> Result<Option<Arc<ClusterNetworkPolicy>>, Rejection> {
         let name = convert::name(&self.metadata)?;
         let policy = ClusterNetworkPolicy::parse(&name, self.spec.as_ref())
             .map_err(|(field, message)| Rejection::new(field, message))?;

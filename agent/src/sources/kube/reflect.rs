@@ -56,7 +56,7 @@ pub trait Reflected:
     type Value: Clone + PartialEq + Send;
     fn key(&self) -> Result<Self::Key, Rejection>;
     /// None: valid, but not part of the model (a finished pod).
-    fn convert(self) -> Result<Option<Self::Value>, Rejection>;
+    fn convert(&self) -> Result<Option<Self::Value>, Rejection>;
     fn change(key: Self::Key, value: Option<Self::Value>) -> Change;
     /// The keys of this kind in the model.
     fn keys(state: &mut ModelState) -> &mut BTreeSet<Self::Key>;
@@ -70,8 +70,8 @@ impl Reflected for core::Namespace {
     fn key(&self) -> Result<String, Rejection> {
         convert::name(&self.metadata)
     }
-    fn convert(self) -> Result<Option<model::Namespace>, Rejection> {
-        convert::namespace(&self).map(Some)
+    fn convert(&self) -> Result<Option<model::Namespace>, Rejection> {
+        convert::namespace(self).map(Some)
     }
     fn change(key: String, value: Option<model::Namespace>) -> Change {
         Change::Namespace(key, value)
@@ -89,9 +89,9 @@ impl Reflected for core::Pod {
     fn key(&self) -> Result<ObjectKey, Rejection> {
         convert::namespaced_key(&self.metadata)
     }
-    fn convert(self) -> Result<Option<model::Pod>, Rejection> {
-        let pod = convert::pod(&self)?;
-        Ok((!convert::pod_finished(&self)).then_some(pod))
+    fn convert(&self) -> Result<Option<model::Pod>, Rejection> {
+        let pod = convert::pod(self)?;
+        Ok((!convert::pod_finished(self)).then_some(pod))
     }
     fn change(key: ObjectKey, value: Option<model::Pod>) -> Change {
         Change::Pod(key, value)
@@ -109,8 +109,8 @@ impl Reflected for networking::NetworkPolicy {
     fn key(&self) -> Result<ObjectKey, Rejection> {
         convert::namespaced_key(&self.metadata)
     }
-    fn convert(self) -> Result<Option<Arc<Policy>>, Rejection> {
-        let (_, policy) = convert::network_policy(&self)?;
+    fn convert(&self) -> Result<Option<Arc<Policy>>, Rejection> {
+        let (_, policy) = convert::network_policy(self)?;
         Ok(Some(Arc::new(policy)))
     }
     fn change(key: ObjectKey, value: Option<Arc<Policy>>) -> Change {
@@ -129,8 +129,8 @@ impl Reflected for core::Node {
     fn key(&self) -> Result<String, Rejection> {
         convert::name(&self.metadata)
     }
-    fn convert(self) -> Result<Option<model::Node>, Rejection> {
-        convert::node(&self).map(|(_, node)| Some(node))
+    fn convert(&self) -> Result<Option<model::Node>, Rejection> {
+        convert::node(self).map(|(_, node)| Some(node))
     }
     fn change(name: String, value: Option<model::Node>) -> Change {
         Change::Node(name, value)
@@ -148,8 +148,8 @@ impl Reflected for core::Service {
     fn key(&self) -> Result<ObjectKey, Rejection> {
         convert::namespaced_key(&self.metadata)
     }
-    fn convert(self) -> Result<Option<model::Service>, Rejection> {
-        convert::service(&self).map(Some)
+    fn convert(&self) -> Result<Option<model::Service>, Rejection> {
+        convert::service(self).map(Some)
     }
     fn change(key: ObjectKey, value: Option<model::Service>) -> Change {
         Change::Service(key, value)
@@ -232,7 +232,8 @@ fn failed<K: Reflected>(shared: &Shared, error: &str) {
 }
 
 /// Lists every object in pages and hands the result over as changes; returns the list's
-/// resourceVersion.
+/// resourceVersion. The next page is requested before this one is converted, so the API
+/// server produces it while the agent works.
 async fn list<K: Reflected>(
     api: &Api<K>,
     fields: Option<&str>,
@@ -242,20 +243,25 @@ async fn list<K: Reflected>(
     params.field_selector = fields.map(str::to_string);
     let mut listed = BTreeSet::new();
     let mut changes = Vec::new();
+    let mut page = api.list(&params).await?;
     let version = loop {
-        let page = api.list(&params).await?;
-        for object in page.items {
+        let next = page.metadata.continue_.take().filter(|token| !token.is_empty()).map(|token| {
+            params.continue_token = Some(token);
+            let (api, params) = (api.clone(), params.clone());
+            tokio::spawn(async move { api.list(&params).await })
+        });
+        for object in std::mem::take(&mut page.items) {
             let Ok(key) = checked(object.key(), &object) else {
                 continue;
             };
             // A refused object keeps its last good version: listed, but no change.
             listed.insert(key.clone());
-            if let Ok(value) = checked(object.clone().convert(), &object) {
+            if let Ok(value) = checked(object.convert(), &object) {
                 changes.push(K::change(key, value));
             }
         }
-        match page.metadata.continue_.filter(|token| !token.is_empty()) {
-            Some(token) => params.continue_token = Some(token),
+        match next {
+            Some(request) => page = request.await.map_err(|failed| kube::Error::Service(Box::new(failed)))??,
             None => break page.metadata.resource_version.unwrap_or_default(),
         }
     };
@@ -298,7 +304,7 @@ async fn watch<K: Reflected>(
                 let Ok(key) = checked(object.key(), &object) else {
                     continue;
                 };
-                if let Ok(value) = checked(object.clone().convert(), &object) {
+                if let Ok(value) = checked(object.convert(), &object) {
                     shared.changed::<K>(key, value, numeric(&version));
                 }
             }
