@@ -204,6 +204,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }
+        let woke = std::time::Instant::now();
         if let Some(reloaded) = config_watch.check(reread_config) {
             let hooks_in_force = GuardInForce { guard: &mut guard, hooks: &mut hooks, ebpf: &mut ebpf, observability: &observability };
             reconfigure(hooks_in_force, &mut config, reloaded, &args).await;
@@ -244,7 +245,9 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
                 resync = false;
                 if stats.writes + stats.removals > 0 {
                     let resource_version = source.resource_version();
-                    tracing::info!(writes = stats.writes, removals = stats.removals, generation = stats.generation, resource_version, "applied");
+                    // took_us: from the wake-up to the last map write (compile and writes).
+                    let took_us = woke.elapsed().as_micros() as u64;
+                    tracing::info!(writes = stats.writes, removals = stats.removals, generation = stats.generation, resource_version, took_us, "applied");
                 }
                 observability.applied(&stats);
                 let _ = index_tx.send(Arc::new(next.index.clone()));
