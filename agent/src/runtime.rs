@@ -98,20 +98,25 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     let mut startup = Startup::begin();
     // The kernel's side needs nothing from the cluster: it is loaded (and verified) here, on
     // this thread, while the source's tasks list the cluster on the runtime's workers.
-    // Nothing is attached or written before the first compile.
+    // Nothing is attached or written before the first compile, and a start that fails
+    // before it removes the pins it created: bad input leaves the node as it was.
     let dirs = bpffs::pin_dirs(&config.bpffs_root, &config.instance);
+    let fresh_pins = !dirs.instance.exists();
     let prepared = prepare_kernel(&config.bpffs_root, &dirs, &config.events.budget.kernel());
     startup.phase("loaded");
-    // For the API server: every watch has listed once, so this first apply prunes whatever
-    // an earlier agent left behind against the whole cluster.
-    let loaded = source.initial().await?;
-    startup.phase("listed");
-    warn_skipped(&loaded.skipped);
-    observability.unenforced(&source.unenforced());
-    let mut compiler = Incremental::new(&config, loaded.cluster, cgroups::scan(&cgroup_root, layout.as_ref())?)?;
-    startup.phase("compiled");
-
-    let Prepared { mut ebpf, unix_connect, layout_error, tc_program } = prepared.inspect_err(|e| observability.kernel_failed(e))?;
+    let started = first_state(&mut source, &config, &cgroup_root, layout.as_ref(), &observability, &mut startup)
+        .await
+        .and_then(|compiler| Ok((prepared.inspect_err(|e| observability.kernel_failed(e))?, compiler)));
+    let (prepared, mut compiler) = match started {
+        Ok(started) => started,
+        Err(error) => {
+            if fresh_pins {
+                bpffs::remove_instance(&dirs);
+            }
+            return Err(error);
+        }
+    };
+    let Prepared { mut ebpf, unix_connect, layout_error, tc_program } = prepared;
     let mut maps = KernelMaps::take(&mut ebpf)?;
     // Adopt whatever an earlier agent left: reconcile from the maps' actual content, never
     // from empty, so nothing is cleared first.
@@ -266,6 +271,25 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     }
     tracing::info!("stopping; programs and maps stay pinned and keep enforcing the last state");
     Ok(())
+}
+
+/// The first complete state, compiled. For the API server: every watch has listed once, so
+/// the first apply prunes whatever an earlier agent left behind against the whole cluster.
+async fn first_state(
+    source: &mut Source,
+    config: &Config,
+    cgroup_root: &Path,
+    layout: &dyn CgroupLayout,
+    observability: &Observability,
+    startup: &mut Startup,
+) -> Result<Incremental, RuntimeError> {
+    let loaded = source.initial().await?;
+    startup.phase("listed");
+    warn_skipped(&loaded.skipped);
+    observability.unenforced(&source.unenforced());
+    let compiler = Incremental::new(config, loaded.cluster, cgroups::scan(cgroup_root, layout)?)?;
+    startup.phase("compiled");
+    Ok(compiler)
 }
 
 /// The kernel's side as far as it goes without the cluster: the object loaded (maps created

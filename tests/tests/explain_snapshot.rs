@@ -120,5 +120,8 @@ fn explain_rejects_what_the_agent_rejects_with_the_same_message() {
         let agent = output_within(&mut command, Duration::from_secs(10));
         assert!(!agent.success && agent.code.is_some(), "{case}: the agent did not stop\n{agent}");
         assert_eq!(error_line(&agent), line, "{case}: explain and the agent word it differently");
+        // It may have loaded its programs meanwhile; the pins it made are gone again.
+        let pins = Path::new("/sys/fs/bpf/moat").join(format!("np{}", std::process::id()));
+        assert!(!pins.exists(), "{case}: the failed agent left {}", pins.display());
     }
 }

@@ -29,6 +29,18 @@ pub fn pin_dirs(bpffs_root: &Path, instance: &str) -> PinDirs {
     }
 }
 
+/// Removes the instance's pins and directories, and `<bpffs>/moat` if nothing else is left in
+/// it: for a start that created them and failed before its first apply.
+pub fn remove_instance(dirs: &PinDirs) {
+    if let Err(error) = std::fs::remove_dir_all(&dirs.instance) {
+        tracing::warn!(path = %dirs.instance.display(), %error, "removing this start's pins failed");
+    }
+    if let Some(parent) = dirs.instance.parent() {
+        // Fails while another instance's pins are there, as it should.
+        let _ = std::fs::remove_dir(parent);
+    }
+}
+
 /// Mounts bpffs at `root` unless one is there already, then creates the pin directories.
 pub fn prepare(root: &Path, dirs: &PinDirs) -> Result<(), KernelError> {
     let error = |message: String| KernelError::Bpffs { path: root.into(), message };
