@@ -36,7 +36,7 @@ pub(crate) fn tenants(cluster: &Cluster, config: &Config) -> Result<Tenants, Com
         of_namespace.insert(namespace.name.clone(), name);
     }
     for network in &config.tenant_networks {
-        check_collision(&mut seen, &TenantName::Label(network.tenant.clone()))?;
+        check_collision(&mut seen, &TenantName::Label(network.tenant.as_str().into()))?;
     }
     Ok(Tenants { of_namespace })
 }

@@ -48,7 +48,7 @@ impl NodeProfile {
     fn is_foreign(&self, namespace: &str, tenant: &TenantName, config: &Config) -> bool {
         match tenant {
             TenantName::OwnNamespace(_) => false,
-            TenantName::Label(name) => *name != self.tenant && !config.guard.exempt_namespaces.iter().any(|ns| ns == namespace),
+            TenantName::Label(name) => **name != *self.tenant && !config.guard.exempt_namespaces.iter().any(|ns| ns == namespace),
         }
     }
 }
@@ -82,7 +82,7 @@ impl Foreign {
 /// config (lab, one-node cluster) or in the pod, it does.
 pub fn scheduled_here(config: &Config, pod: &Pod) -> bool {
     match (&config.node_name, &pod.node_name) {
-        (Some(node), Some(pod_node)) => node == pod_node,
+        (Some(node), Some(pod_node)) => **node == **pod_node,
         _ => true,
     }
 }

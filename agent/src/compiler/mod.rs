@@ -161,7 +161,7 @@ pub fn compile_scoped(
         classified.insert(network_key(cidr), Endpoint::PENDING);
     }
     for network in &config.tenant_networks {
-        let tenant = TenantName::Label(network.tenant.clone());
+        let tenant = TenantName::Label(network.tenant.as_str().into());
         classified.insert(
             network_key(&network.cidr),
             Endpoint {
@@ -192,8 +192,8 @@ pub fn compile_scoped(
         );
     }
     for pair in &config.allowed_tenant_pairs {
-        let src = TenantName::Label(pair.from.clone());
-        let dst = TenantName::Label(pair.to.clone());
+        let src = TenantName::Label(pair.from.as_str().into());
+        let dst = TenantName::Label(pair.to.as_str().into());
         desired.tenant_pairs.insert(TenantPairKey {
             src: src.id().0,
             dst: dst.id().0,

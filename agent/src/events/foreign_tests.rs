@@ -5,7 +5,7 @@ fn profile(tenant: &str, mode: GuardMode) -> NodeProfile {
 }
 
 fn foreign(profile: Option<NodeProfile>, pods: &[(&str, &str, &str)]) -> Foreign {
-    let pods = pods.iter().map(|(ns, name, tenant)| (PodKey::new(*ns, *name), TenantName::Label(tenant.to_string()))).collect();
+    let pods = pods.iter().map(|(ns, name, tenant)| (PodKey::new(*ns, *name), TenantName::Label((*tenant).into()))).collect();
     Foreign { profile, pods }
 }
 

@@ -1,15 +1,19 @@
 //! An object's labels, kept compactly. A `BTreeMap<String, String>` costs a B-tree node (about
 //! half a kilobyte) plus two allocations per label for every pod; pods of one Deployment share
-//! their keys and most values. Here a label set is one sorted slice of shared strings, and
-//! equal strings are one allocation across the model (`intern`).
+//! their keys and most values, and usually the whole set. Here a label set is one sorted
+//! slice of shared strings, equal strings are one allocation across the model (`intern`),
+//! and so are equal label sets.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 /// Labels sorted by key, keys unique.
 #[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Labels(Box<[(Arc<str>, Arc<str>)]>);
+pub struct Labels(Arc<[Label]>);
+
+type Label = (Arc<str>, Arc<str>);
 
 impl Labels {
     pub fn new() -> Self {
@@ -41,7 +45,7 @@ impl Labels {
     /// built once per object, not edited in place.
     pub fn insert(&mut self, key: &str, value: &str) -> Option<String> {
         let value = intern(value);
-        let mut pairs = std::mem::take(&mut self.0).into_vec();
+        let mut pairs = self.0.to_vec();
         let old = match pairs.binary_search_by(|(k, _)| (**k).cmp(key)) {
             Ok(index) => Some(std::mem::replace(&mut pairs[index].1, value).to_string()),
             Err(index) => {
@@ -49,7 +53,7 @@ impl Labels {
                 None
             }
         };
-        self.0 = pairs.into_boxed_slice();
+        self.0 = intern_set(pairs);
         old
     }
 
@@ -84,7 +88,7 @@ impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for Labels {
                 _ => unique.push(pair),
             }
         }
-        Self(unique.into_boxed_slice())
+        Self(intern_set(unique))
     }
 }
 
@@ -118,33 +122,43 @@ impl<'de> serde::Deserialize<'de> for Labels {
     }
 }
 
-/// Every label string the model holds, once. Strings no label uses any more are dropped when
-/// the set has doubled since the last sweep, so churn (a new `pod-template-hash` per rollout)
-/// does not accumulate.
-struct Interner {
-    strings: HashSet<Arc<str>>,
+/// Every label string (and every label set) the model holds, once. Entries nothing else
+/// uses any more are dropped when the set has doubled since the last sweep, so churn (a new
+/// `pod-template-hash` per rollout) does not accumulate.
+struct Interner<T: ?Sized> {
+    items: HashSet<Arc<T>>,
     sweep_at: usize,
 }
 
-static INTERNER: Mutex<Option<Interner>> = Mutex::new(None);
+static STRINGS: Mutex<Option<Interner<str>>> = Mutex::new(None);
+static SETS: Mutex<Option<Interner<[Label]>>> = Mutex::new(None);
 
 const FIRST_SWEEP: usize = 4096;
 
-/// The shared copy of `text`.
-pub fn intern(text: &str) -> Arc<str> {
-    let mut guard = INTERNER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let interner = guard.get_or_insert_with(|| Interner { strings: HashSet::new(), sweep_at: FIRST_SWEEP });
-    if let Some(shared) = interner.strings.get(text) {
+fn shared<T: ?Sized + Eq + Hash>(interner: &Mutex<Option<Interner<T>>>, value: &T, make: impl FnOnce() -> Arc<T>) -> Arc<T> {
+    let mut guard = interner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let interner = guard.get_or_insert_with(|| Interner { items: HashSet::new(), sweep_at: FIRST_SWEEP });
+    if let Some(shared) = interner.items.get(value) {
         return Arc::clone(shared);
     }
-    if interner.strings.len() >= interner.sweep_at {
-        interner.strings.retain(|shared| Arc::strong_count(shared) > 1);
-        interner.strings.shrink_to_fit();
-        interner.sweep_at = (interner.strings.len() * 2).max(FIRST_SWEEP);
+    if interner.items.len() >= interner.sweep_at {
+        interner.items.retain(|shared| Arc::strong_count(shared) > 1);
+        interner.items.shrink_to_fit();
+        interner.sweep_at = (interner.items.len() * 2).max(FIRST_SWEEP);
     }
-    let shared: Arc<str> = text.into();
-    interner.strings.insert(Arc::clone(&shared));
+    let shared = make();
+    interner.items.insert(Arc::clone(&shared));
     shared
+}
+
+/// The shared copy of `text`.
+pub fn intern(text: &str) -> Arc<str> {
+    shared(&STRINGS, text, || text.into())
+}
+
+/// The shared copy of a sorted label set.
+fn intern_set(pairs: Vec<Label>) -> Arc<[Label]> {
+    shared(&SETS, pairs.as_slice(), || pairs.clone().into())
 }
 
 #[cfg(test)]
@@ -170,12 +184,15 @@ mod tests {
     fn equal_strings_are_shared_and_unused_ones_swept() {
         let a: Labels = [("app", "interned-once")].into_iter().collect();
         let b: Labels = [("app", "interned-once")].into_iter().collect();
-        assert!(Arc::ptr_eq(&a.0[0].1, &b.0[0].1));
+        assert!(Arc::ptr_eq(&a.0, &b.0), "equal sets are one allocation");
+        let wider: Labels = [("app", "interned-once"), ("tier", "web")].into_iter().collect();
+        assert!(!Arc::ptr_eq(&a.0, &wider.0));
+        assert!(Arc::ptr_eq(&a.0[0].1, &wider.0[0].1), "and a string is one across sets");
         // Strings no label holds any more go at a sweep; held ones stay shared.
         for i in 0..FIRST_SWEEP * 2 {
             drop(intern(&format!("churn-{i}")));
         }
-        let count = INTERNER.lock().unwrap().as_ref().unwrap().strings.len();
+        let count = STRINGS.lock().unwrap().as_ref().unwrap().items.len();
         assert!(count < FIRST_SWEEP * 2, "{count} strings kept");
         let c: Labels = [("app", "interned-once")].into_iter().collect();
         assert!(Arc::ptr_eq(&a.0[0].1, &c.0[0].1));

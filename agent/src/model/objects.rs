@@ -102,7 +102,8 @@ pub struct Pod {
     pub labels: Labels,
     /// status.podIPs (or status.podIP); empty until the pod has an address.
     pub ips: Vec<IpAddr>,
-    pub node_name: Option<String>,
+    /// Shared: a cluster has few nodes and many pods on each.
+    pub node_name: Option<Arc<str>>,
     /// hostNetwork pods share the node's address, so their IPs never identify them.
     pub host_network: bool,
     /// hostPID pods share the node's PID namespace: being in it is not an escape.

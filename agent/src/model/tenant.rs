@@ -3,10 +3,12 @@
 //! restart of the agent) computes the same id without agreeing on anything.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::labels::intern;
 use super::objects::Namespace;
 
 /// Capsule labels every namespace of a tenant with this key, valued with the tenant's name.
@@ -70,8 +72,8 @@ impl TenantSource {
             Self::Hnc {} => hnc_root(namespace),
         };
         match named {
-            Some(value) if !value.is_empty() => TenantName::Label(value),
-            _ => TenantName::OwnNamespace(namespace.name.clone()),
+            Some(value) if !value.is_empty() => TenantName::Label(intern(&value)),
+            _ => TenantName::OwnNamespace(intern(&namespace.name)),
         }
     }
 }
@@ -93,11 +95,12 @@ fn hnc_root(namespace: &Namespace) -> Option<String> {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TenantName {
-    /// The value of the tenant label.
-    Label(String),
+    /// The value of the tenant label. Shared strings: the compiler and the event index keep
+    /// a tenant per pod, and a clone is then a count, not an allocation.
+    Label(Arc<str>),
     /// A namespace without the tenant label: its own tenant. Printed `ns:<name>`; label values
     /// cannot contain ':', so the two kinds never print alike.
-    OwnNamespace(String),
+    OwnNamespace(Arc<str>),
 }
 
 impl TenantName {

@@ -126,12 +126,15 @@ pub fn pod(pod: &core::Pod) -> Result<Pod, Rejection> {
         }
     }
 
+    // Kept for the pod's lifetime: no room for pushes that will not come.
+    ips.shrink_to_fit();
+    ports.shrink_to_fit();
     Ok(Pod {
         key,
         uid: pod.metadata.uid.clone().filter(|uid| !uid.is_empty()),
         labels: labels_of(&pod.metadata),
         ips,
-        node_name: spec.node_name.clone().filter(|name| !name.is_empty()),
+        node_name: spec.node_name.as_deref().filter(|name| !name.is_empty()).map(crate::model::labels::intern),
         host_network: spec.host_network.unwrap_or(false),
         host_pid: spec.host_pid.unwrap_or(false),
         ports,
@@ -206,7 +209,8 @@ pub fn name(metadata: &ObjectMeta) -> Result<String, Rejection> {
 /// An absent namespace is `default`, as `kubectl apply` takes it.
 pub fn namespaced_key(metadata: &ObjectMeta) -> Result<ObjectKey, Rejection> {
     let namespace = metadata.namespace.as_deref().filter(|ns| !ns.is_empty()).unwrap_or("default");
-    Ok(ObjectKey::new(namespace, name(metadata)?))
+    // The namespace is shared by every object in it: one copy, not one per pod.
+    Ok(ObjectKey { namespace: crate::model::labels::intern(namespace), name: name(metadata)?.into() })
 }
 
 fn container_ports(field: &str, container: &core::Container) -> Result<Vec<ContainerPort>, Rejection> {

@@ -19,6 +19,7 @@
 //! last good state and marks the compiler stale: the next change rebuilds it from the model.
 
 mod cluster;
+mod compact;
 mod peers;
 mod rules;
 mod settle;
@@ -151,7 +152,7 @@ impl Incremental {
         let mut tenant_refs: BTreeMap<u64, (TenantName, usize)> = BTreeMap::new();
         let mut seen = BTreeMap::new();
         for network in &config.tenant_networks {
-            let tenant = TenantName::Label(network.tenant.clone());
+            let tenant = TenantName::Label(network.tenant.as_str().into());
             let id = check_collision(&mut seen, &tenant)?;
             classes.insert(
                 network_key(&network.cidr),
@@ -164,8 +165,8 @@ impl Incremental {
             desired.index.tenants.insert(id.0, tenant);
         }
         for pair in &config.allowed_tenant_pairs {
-            let src = TenantName::Label(pair.from.clone()).id().0;
-            let dst = TenantName::Label(pair.to.clone()).id().0;
+            let src = TenantName::Label(pair.from.as_str().into()).id().0;
+            let dst = TenantName::Label(pair.to.as_str().into()).id().0;
             desired.tenant_pairs.insert(TenantPairKey { src, dst });
         }
         let mut compiler = Self {
@@ -234,9 +235,16 @@ impl Incremental {
         self.dirty.changes += changes.len();
         let taken = self.take_all(changes, cgroups).and_then(|()| self.settle());
         let journal = std::mem::take(&mut self.journal);
+        let listed = self.dirty.changes > LIST_BATCH;
         self.dirty = Dirty::default();
         match taken {
-            Ok(()) => Ok(journal.into_delta(&self.desired)),
+            Ok(()) => {
+                let delta = journal.into_delta(&self.desired);
+                if listed {
+                    self.pack();
+                }
+                Ok(delta)
+            }
             Err(error) => {
                 journal.rollback(&mut self.desired);
                 self.stale = true;

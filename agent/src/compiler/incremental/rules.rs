@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use moat_common::maps::NetworkKey;
 
+use super::compact::Pack;
 use super::Incremental;
 use crate::compiler::keys::network_key;
 use crate::compiler::policy::targets::{host_key, in_block, namespace_labels};
@@ -49,6 +50,13 @@ impl SetRules {
         }
         self.rules.push(rule.clone());
         (self.rules.len() - 1) as u32
+    }
+
+    /// Its counts are inserted rule by rule, pod by pod: after a list, packed like the other
+    /// maps that grow with the cluster (at 100k pods they were the largest of all).
+    pub(super) fn pack(&mut self) {
+        self.contributions.pack();
+        self.entries.pack();
     }
 
     /// The rules giving `refs`, as the maps' desired state names them (sorted).

@@ -89,7 +89,7 @@ fn pod(rng: &mut Rng, key: &PodKey) -> Pod {
         uid: Some(format!("uid-{}", rng.below(12))),
         labels: pod_labels,
         ips,
-        node_name: Some(rng.pick(&["n1", "n1", "n2"]).to_string()),
+        node_name: Some((*rng.pick(&["n1", "n1", "n2"])).into()),
         host_network: rng.chance(5),
         host_pid: false,
         ports,
@@ -431,6 +431,12 @@ fn assert_same(seed: u64, step: usize, incremental: &Desired, full: &Desired) {
 }
 
 fn run(seed: u64, steps: usize) {
+    run_after_list(seed, 0, steps);
+}
+
+/// `run`, with a batch of `listed` changes first (more than `LIST_BATCH`: a re-list, which
+/// packs the compiler's maps).
+fn run_after_list(seed: u64, listed: usize, steps: usize) {
     let config = config();
     let mut rng = Rng::seeded(seed);
     // Start from a random cluster, as after a first list.
@@ -443,6 +449,13 @@ fn run(seed: u64, steps: usize) {
     let full = compile(compiler.cluster(), &config, &cgroups).expect("full compile");
     assert_same(seed, 0, compiler.desired(), &full);
     let mut kernel = Kernel::of(compiler.desired());
+    if listed > 0 {
+        let batch: Vec<Change> = (0..listed).map(|_| random_change(&mut rng)).collect();
+        let delta = compiler.apply(batch, None).unwrap_or_else(|e| panic!("seed {seed}, list: {e}"));
+        kernel.write(&delta);
+        let full = compile(compiler.cluster(), &config, compiler.cgroups()).expect("full compile");
+        assert_same(seed, 0, compiler.desired(), &full);
+    }
     for step in 1..=steps {
         let batch: Vec<Change> = (0..if rng.chance(20) { 2 + rng.below(6) } else { 1 })
             .map(|_| random_change(&mut rng))
@@ -467,6 +480,13 @@ fn incremental_state_equals_a_full_compile_after_every_event() {
     // 300 sequences of 40 steps: 12,000 events checked map by map.
     for seed in 0..300 {
         run(seed, 40);
+    }
+}
+
+#[test]
+fn after_a_list_sized_batch_packs_the_maps_every_event_still_equals_a_full_compile() {
+    for seed in 0..20 {
+        run_after_list(seed, super::LIST_BATCH + 1, 40);
     }
 }
 
