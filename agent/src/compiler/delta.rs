@@ -240,20 +240,25 @@ impl Index {
         for cgroup in &delta.local.removed {
             if let Some(pod) = old.pods_by_cgroup.get(cgroup) {
                 both.pods_by_cgroup.insert(*cgroup, pod.clone());
-                if let Some(tenant) = old.pod_tenants.get(pod) {
-                    both.pod_tenants.entry(pod.clone()).or_insert_with(|| tenant.clone());
-                }
+                both.keep_tenant_of(pod, old);
             }
         }
         for address in &delta.remote.removed {
             let ip = IpAddr::from(*address).to_canonical();
             if let Some(pod) = old.pods_by_ip.get(&ip) {
                 both.pods_by_ip.insert(ip, pod.clone());
-                if let Some(tenant) = old.pod_tenants.get(pod) {
-                    both.pod_tenants.entry(pod.clone()).or_insert_with(|| tenant.clone());
-                }
+                both.keep_tenant_of(pod, old);
             }
         }
         both
+    }
+
+    /// `pod`'s tenant as `old` named it, if this index no longer knows its namespace.
+    fn keep_tenant_of(&mut self, pod: &crate::model::PodKey, old: &Index) {
+        if self.tenant_of(pod).is_none() {
+            if let Some(tenant) = old.tenant_of(pod) {
+                self.namespace_tenants.insert(pod.namespace.clone(), tenant.clone());
+            }
+        }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use imbl::{OrdMap, OrdSet};
 
@@ -58,7 +59,9 @@ pub struct Index {
     pub tenants: OrdMap<u64, TenantName>,
     pub pods_by_ip: OrdMap<IpAddr, PodKey>,
     pub pods_by_cgroup: OrdMap<u64, PodKey>,
-    pub pod_tenants: OrdMap<PodKey, TenantName>,
+    /// Tenant of each namespace that exists or has pods: a pod's is its namespace's (one
+    /// entry per namespace, not one per pod).
+    pub namespace_tenants: OrdMap<Arc<str>, TenantName>,
     pub shared_names: BTreeMap<u32, String>,
     /// Addresses claimed by pods of different tenants.
     pub conflicts: OrdSet<IpAddr>,
@@ -72,6 +75,13 @@ pub struct Index {
     pub pods_by_tag: OrdMap<u64, PodKey>,
     /// Pods of another tenant on a node reserved for one (`node.foreign-tenant`).
     pub foreign: super::foreign::Foreign,
+}
+
+impl Index {
+    /// The tenant `pod` is named with: its namespace's.
+    pub fn tenant_of(&self, pod: &PodKey) -> Option<&TenantName> {
+        self.namespace_tenants.get(&*pod.namespace)
+    }
 }
 
 impl Exceptions for Desired {

@@ -92,6 +92,8 @@ pub fn compile_scoped(
             .collect(),
     };
     desired.index.foreign = foreign::Foreign::find(cluster, config, on_node, &tenants.of_namespace);
+    desired.index.namespace_tenants =
+        tenants.of_namespace.iter().map(|(namespace, tenant)| (std::sync::Arc::<str>::from(namespace.as_str()), tenant.clone())).collect();
     let mut pod_endpoints: BTreeMap<&PodKey, Endpoint> = BTreeMap::new();
     for (key, pod) in &cluster.pods {
         let tenant = &tenants.of_namespace[&*key.namespace];
@@ -114,10 +116,6 @@ pub fn compile_scoped(
             },
         };
         pod_endpoints.insert(key, endpoint);
-        desired
-            .index
-            .pod_tenants
-            .insert(key.clone(), tenant.clone());
         let tag = crate::model::pod_tag::pod_tag(pod.uid.as_deref(), &key.namespace, &key.name);
         desired.index.pods_by_tag.insert(tag, key.clone());
         if pod.host_network {

@@ -300,8 +300,13 @@ fn index_published_before_the_writes_names_the_old_and_the_new_state() {
         "a removed pod is still named"
     );
     assert_eq!(
-        both.pod_tenants[&PodKey::new("alpha-web", "web")].to_string(),
-        "gamma",
+        both.tenant_of(&PodKey::new("alpha-web", "web")).map(ToString::to_string).as_deref(),
+        Some("gamma"),
         "the new state wins"
+    );
+    assert_eq!(
+        both.tenant_of(&PodKey::new("beta", "web")).map(ToString::to_string).as_deref(),
+        Some("beta"),
+        "a removed pod keeps its tenant's name"
     );
 }

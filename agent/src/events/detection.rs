@@ -46,7 +46,7 @@ pub fn decode(event: &GuardEvent, index: &Index) -> Option<Detection> {
         id: spec.map(|s| s.id).unwrap_or("unknown").to_string(),
         mode: if blocked { GuardMode::Block } else { GuardMode::Detect }.name().to_string(),
         severity: spec.map(|s| s.severity).unwrap_or("unknown").to_string(),
-        tenant: pod.and_then(|p| index.pod_tenants.get(p)).map(ToString::to_string),
+        tenant: pod.and_then(|p| index.tenant_of(p)).map(ToString::to_string),
         namespace: pod.map(|p| p.namespace.to_string()),
         pod: pod.map(|p| p.name.to_string()),
         pid: Some(event.tgid),

@@ -15,7 +15,7 @@ fn decodes_a_blocked_write_naming_the_pod() {
     let mut index = Index::default();
     let pod = PodKey::new("alpha-web", "api");
     index.pods_by_cgroup.insert(42, pod.clone());
-    index.pod_tenants.insert(pod, TenantName::Label("alpha".into()));
+    index.namespace_tenants.insert(pod.namespace.clone(), TenantName::Label("alpha".into()));
     let event = GuardEvent {
         detection: DETECTION_KERNEL_SYSCTL as u8,
         blocked: 1,

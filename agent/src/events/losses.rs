@@ -147,8 +147,7 @@ impl Named {
                 Some((index, pod)) => (
                     Some(
                         index
-                            .pod_tenants
-                            .get(pod)
+                            .tenant_of(pod)
                             .map(ToString::to_string)
                             .unwrap_or_else(|| "none".into()),
                     ),
@@ -383,7 +382,7 @@ mod tests {
         index.tenants.insert(alpha.id().0, alpha.clone());
         let pod = crate::model::PodKey::new("a1", "web");
         index.pods_by_cgroup.insert(42, pod.clone());
-        index.pod_tenants.insert(pod, alpha.clone());
+        index.namespace_tenants.insert(pod.namespace.clone(), alpha.clone());
         let tenant = Named::new(
             &LossKey::userspace(Owner::Tenant(alpha.id().0), Kind::Deny, Reason::QueueFull),
             Some(&index),

@@ -567,8 +567,10 @@ impl Incremental {
                 .or_insert_with(|| (new.clone(), 0))
                 .1 += 1;
             self.desired.index.tenants.insert(id, new.clone());
+            self.desired.index.namespace_tenants.insert(crate::model::labels::intern(namespace), new.clone());
             self.tenants.insert(namespace.into(), new.clone());
         } else {
+            self.desired.index.namespace_tenants.remove(namespace);
             self.tenants.remove(namespace);
         }
         if let Some(key) = moat_common::dns::NamespaceKey::of(namespace) {

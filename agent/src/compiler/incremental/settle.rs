@@ -152,10 +152,6 @@ impl Incremental {
                         0
                     },
                 };
-                self.desired
-                    .index
-                    .pod_tenants
-                    .insert(key.clone(), tenant.clone());
                 Some(PodState {
                     identity,
                     endpoint,
@@ -185,27 +181,22 @@ impl Incremental {
                 self.dirty.addresses.insert(address);
             }
         }
-        match new {
-            Some(state) => {
-                self.count_group(state.endpoint.shared, 1);
-                for ip in &state.addresses {
-                    let address = key_of(*ip);
-                    let claimants = &mut self
-                        .claims
-                        .entry(address)
-                        // One claimant nearly always: not the four a first push reserves.
-                        .or_insert_with(|| (*ip, Vec::with_capacity(1)))
-                        .1;
-                    if let Err(at) = claimants.binary_search(key) {
-                        claimants.insert(at, key.clone());
-                    }
-                    self.dirty.addresses.insert(address);
+        if let Some(state) = new {
+            self.count_group(state.endpoint.shared, 1);
+            for ip in &state.addresses {
+                let address = key_of(*ip);
+                let claimants = &mut self
+                    .claims
+                    .entry(address)
+                    // One claimant nearly always: not the four a first push reserves.
+                    .or_insert_with(|| (*ip, Vec::with_capacity(1)))
+                    .1;
+                if let Err(at) = claimants.binary_search(key) {
+                    claimants.insert(at, key.clone());
                 }
-                self.pods.insert(key.clone(), state);
+                self.dirty.addresses.insert(address);
             }
-            None => {
-                self.desired.index.pod_tenants.remove(key);
-            }
+            self.pods.insert(key.clone(), state);
         }
         Ok(())
     }
