@@ -64,10 +64,11 @@ impl DnsMaps for Asked<'_> {
 
 /// The fate of the question `name` (any record type) asked by `from`.
 pub fn explain_dns(cluster: &Cluster, desired: &Desired, from: &PodKey, name: &str) -> Result<Explanation, ExplainError> {
-    let tenant = Some(from)
-        .filter(|pod| cluster.pods.contains_key(*pod))
-        .and_then(|pod| desired.index.tenant_of(pod))
-        .ok_or_else(|| ExplainError::UnknownPod(from.clone()))?;
+    let unknown = || ExplainError::UnknownPod(from.clone());
+    if !cluster.pods.contains_key(from) {
+        return Err(unknown());
+    }
+    let tenant = desired.index.tenant_of(from).ok_or_else(unknown)?;
     let mut scratch = DnsScratch::EMPTY;
     let len = dns::to_wire(name, &mut scratch.name).ok_or_else(|| ExplainError::NotADnsName(name.to_string()))?;
     let asked = Asked { desired, service_address: Cell::new(None) };

@@ -93,7 +93,7 @@ pub fn compile_scoped(
     };
     desired.index.foreign = foreign::Foreign::find(cluster, config, on_node, &tenants.of_namespace);
     desired.index.namespace_tenants =
-        tenants.of_namespace.iter().map(|(namespace, tenant)| (std::sync::Arc::<str>::from(namespace.as_str()), tenant.clone())).collect();
+        tenants.of_namespace.iter().map(|(namespace, tenant)| (crate::model::labels::intern(namespace), tenant.clone())).collect();
     let mut pod_endpoints: BTreeMap<&PodKey, Endpoint> = BTreeMap::new();
     for (key, pod) in &cluster.pods {
         let tenant = &tenants.of_namespace[&*key.namespace];
