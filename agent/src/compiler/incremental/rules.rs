@@ -121,6 +121,9 @@ fn kinds(
     if selected {
         out.push(Kind::Pod);
     }
+    if !policy::pods_in_blocks_matter(rule, direction) {
+        return out;
+    }
     let hosts: Vec<NetworkKey> = if pod.host_network {
         Vec::new()
     } else {
@@ -370,7 +373,7 @@ impl Incremental {
                     index,
                 };
                 // What the rule gives whatever the pods: every peer, ipBlock ranges.
-                let fixed = policy::targets::targets(&policy.key.namespace, rule, &NoPods, &blocks);
+                let fixed = policy::targets::targets(&policy.key.namespace, rule, state.set.direction, &NoPods, &blocks);
                 let mut map = BTreeMap::new();
                 policy::rule_entries(
                     set,
@@ -391,7 +394,7 @@ impl Incremental {
                 let mut counts: BTreeMap<(Kind, u64), u32> = BTreeMap::new();
                 // Candidates come a namespace at a time: its labels are looked up once.
                 let mut namespace: Option<(&str, &Labels)> = None;
-                for key in self.candidates(policy, rule) {
+                for key in self.candidates(policy, rule, state.set.direction) {
                     let Some(pod) = self.cluster.pods.get(key) else {
                         continue;
                     };
@@ -433,10 +436,10 @@ impl Incremental {
     }
 
     /// Pods that may be targets of `rule`: those of the namespaces its selectors can match,
-    /// those inside its ipBlocks, every pod for "every peer" on named ports.
+    /// those inside its ipBlocks where they matter, every pod for "every peer" on named ports.
     /// Without duplicates, borrowed: a rule over a cluster-wide ipBlock has every pod as a
     /// candidate, and a set of 100k cloned keys was most of a compile's time.
-    fn candidates(&self, policy: &Policy, rule: &Rule) -> Vec<&PodKey> {
+    fn candidates(&self, policy: &Policy, rule: &Rule, direction: Direction) -> Vec<&PodKey> {
         let mut out = Vec::new();
         let Some(peers) = &rule.peers else {
             if rule
@@ -476,10 +479,11 @@ impl Incremental {
                         }
                     }
                 }
-                Peer::Block { cidr, except } => {
+                Peer::Block { cidr, except } if policy::pods_in_blocks_matter(rule, direction) => {
                     let excluded: Vec<NetworkKey> = except.iter().map(network_key).collect();
                     out.extend(self.keys_in_block(&network_key(cidr), &excluded));
                 }
+                Peer::Block { .. } => {}
             }
         }
         unique(out)

@@ -177,7 +177,7 @@ pub fn compile_for<'k>(
                 };
                 let resolved = expanded.entry((which, slot, index, named.clone())).or_insert_with(|| {
                     // Every peer of a ClusterNetworkPolicy names its namespaces.
-                    let targets = targets::targets("", rule, peers, blocks);
+                    let targets = targets::targets("", rule, direction, peers, blocks);
                     expand(rule, &targets, direction, ports, peers)
                 });
                 for (identity, matched) in resolved.iter() {

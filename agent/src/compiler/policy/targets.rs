@@ -161,13 +161,14 @@ pub(super) fn cached<'c, 'a>(
     pods: &'a dyn PeerIndex,
     blocks: &BTreeMap<NetworkKey, u64>,
 ) -> &'c [Target<'a>] {
-    cache.entry(at).or_insert_with(|| targets(&policy.key.namespace, rule, pods, blocks))
+    cache.entry(at).or_insert_with(|| targets(&policy.key.namespace, rule, at.1, pods, blocks))
 }
 
 /// Whom `rule`'s peers cover; a peer without a namespace selector means `own_namespace`.
 pub fn targets<'a>(
     own_namespace: &str,
     rule: &Rule,
+    direction: Direction,
     pods: &'a dyn PeerIndex,
     blocks: &BTreeMap<NetworkKey, u64>,
 ) -> Vec<Target<'a>> {
@@ -198,11 +199,13 @@ pub fn targets<'a>(
                         out.push(Target::Block(*id));
                     }
                 }
-                out.extend(
-                    pods.in_block(&outer, &excluded)
-                        .into_iter()
-                        .map(Target::PodInBlock),
-                );
+                if super::pods_in_blocks_matter(rule, direction) {
+                    out.extend(
+                        pods.in_block(&outer, &excluded)
+                            .into_iter()
+                            .map(Target::PodInBlock),
+                    );
+                }
             }
         }
     }
