@@ -40,8 +40,6 @@ impl Incremental {
         pack_cluster(&mut self.cluster);
         pack_desired(&mut self.desired);
         self.policies.pack();
-        self.policies_by_namespace.pack();
-        self.pods_by_namespace.pack();
         self.namespace_labels.pack();
         self.tenants.pack();
         self.tenant_refs.pack();

@@ -90,9 +90,9 @@ pub struct Incremental {
     classes: BTreeMap<NetworkKey, Endpoint>,
     cluster: Cluster,
     cgroups: PodCgroups,
+    /// By key, so a namespace's policies are one range (`in_namespace`), as its pods are in
+    /// the model's: a set per namespace kept a B-tree leaf each, 7 MB at 10k namespaces.
     policies: BTreeMap<ObjectKey, Arc<Policy>>,
-    policies_by_namespace: BTreeMap<Arc<str>, BTreeSet<ObjectKey>>,
-    pods_by_namespace: BTreeMap<Arc<str>, BTreeSet<PodKey>>,
     /// Labels (plus `kubernetes.io/metadata.name`) of each namespace that has pods.
     namespace_labels: BTreeMap<Arc<str>, Labels>,
     tenants: BTreeMap<String, TenantName>,
@@ -176,8 +176,6 @@ impl Incremental {
             cluster: Cluster::default(),
             cgroups: PodCgroups::new(),
             policies: BTreeMap::new(),
-            policies_by_namespace: BTreeMap::new(),
-            pods_by_namespace: BTreeMap::new(),
             namespace_labels: BTreeMap::new(),
             tenants: BTreeMap::new(),
             dns_shared: crate::compiler::dns::shared_namespaces(config),
@@ -311,12 +309,10 @@ impl Incremental {
             }
             Change::Pod(key, value) => self.take_pod(key, value),
             Change::Policy(key, value) => {
-                let Some(Change::Policy(_, old)) =
-                    self.cluster.apply(Change::Policy(key.clone(), value))
-                else {
+                if self.cluster.apply(Change::Policy(key.clone(), value)).is_none() {
                     return Ok(());
-                };
-                self.take_policy(key, old.is_some())
+                }
+                self.take_policy(key)
             }
             Change::Service(key, value) => {
                 if let Some(Change::Service(_, old)) = self.cluster.apply(Change::Service(key.clone(), value)) {
@@ -391,9 +387,7 @@ impl Incremental {
         let namespace = key.namespace.clone();
         match (old.is_some(), new.is_some()) {
             (false, true) => {
-                let members = self.pods_by_namespace.entry(namespace.clone()).or_default();
-                members.insert(key.clone());
-                if members.len() == 1 {
+                if !self.namespace_labels.contains_key(&namespace) {
                     let labels = policy::targets::namespace_labels(
                         self.cluster.namespaces.get(&*namespace).map(|ns| &ns.labels),
                         &namespace,
@@ -402,12 +396,8 @@ impl Incremental {
                 }
             }
             (true, false) => {
-                if let Some(members) = self.pods_by_namespace.get_mut(&namespace) {
-                    members.remove(&key);
-                    if members.is_empty() {
-                        self.pods_by_namespace.remove(&namespace);
-                        self.namespace_labels.remove(&namespace);
-                    }
+                if in_namespace(&self.cluster.pods, &namespace).next().is_none() {
+                    self.namespace_labels.remove(&namespace);
                 }
             }
             _ => {}
@@ -440,7 +430,7 @@ impl Incremental {
         }
     }
 
-    fn take_policy(&mut self, key: ObjectKey, existed: bool) -> Result<(), CompileError> {
+    fn take_policy(&mut self, key: ObjectKey) -> Result<(), CompileError> {
         let normalized = self.cluster.network_policies.get(&key).cloned();
         let old = self.policies.remove(&key);
         // Sets of this node that hold the policy; sets it joins appear through their pods.
@@ -467,25 +457,11 @@ impl Incremental {
         match normalized {
             Some(policy) => {
                 self.policies.insert(key.clone(), policy);
-                self.policies_by_namespace
-                    .entry(key.namespace.clone())
-                    .or_default()
-                    .insert(key.clone());
-            }
-            None if existed => {
-                if let Some(keys) = self.policies_by_namespace.get_mut(&*key.namespace) {
-                    keys.remove(&key);
-                    if keys.is_empty() {
-                        self.policies_by_namespace.remove(&*key.namespace);
-                    }
-                }
             }
             None => {}
         }
         // Which of its namespace's pods it selects may have changed.
-        if let Some(members) = self.pods_by_namespace.get(&*key.namespace) {
-            self.dirty.pods.extend(members.iter().cloned());
-        }
+        self.dirty.pods.extend(in_namespace(&self.cluster.pods, &key.namespace).cloned());
         Ok(())
     }
 
@@ -535,7 +511,7 @@ impl Incremental {
     /// Recomputes the tenant of `namespace` (known if it exists or has pods).
     fn refresh_tenant(&mut self, namespace: &str) -> Result<(), CompileError> {
         let known = self.cluster.namespaces.contains_key(namespace)
-            || self.pods_by_namespace.contains_key(namespace);
+            || self.namespace_labels.contains_key(namespace);
         let new = known.then(|| {
             let implied = Namespace {
                 name: namespace.into(),
@@ -590,11 +566,16 @@ impl Incremental {
                 }
             }
         }
-        if let Some(members) = self.pods_by_namespace.get(namespace) {
-            self.dirty.pods.extend(members.iter().cloned());
-        }
+        self.dirty.pods.extend(in_namespace(&self.cluster.pods, namespace).cloned());
         Ok(())
     }
+}
+
+/// The keys of `map` in `namespace`: keys sort by namespace first, so they are one range.
+fn in_namespace<'m, V>(map: &'m BTreeMap<ObjectKey, V>, namespace: &str) -> impl Iterator<Item = &'m ObjectKey> + 'm {
+    let first = ObjectKey::new(namespace, "");
+    let namespace = first.namespace.clone();
+    map.range(first..).map(|(key, _)| key).take_while(move |key| key.namespace == namespace)
 }
 
 fn dedup(mut ranges: Vec<NetworkKey>) -> Vec<NetworkKey> {

@@ -52,10 +52,7 @@ impl PeerIndex for Incremental {
     }
 
     fn in_namespace(&self, namespace: &str) -> Vec<PodView<'_>> {
-        self.pods_by_namespace
-            .get(namespace)
-            .into_iter()
-            .flatten()
+        super::in_namespace(&self.cluster.pods, namespace)
             .filter_map(|key| self.view(key))
             .collect()
     }

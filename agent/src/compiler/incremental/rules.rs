@@ -298,13 +298,7 @@ impl Incremental {
         if self.dirty.all_sets || self.set_rules.is_empty() {
             return;
         }
-        let keys: Vec<PodKey> = self
-            .pods_by_namespace
-            .get(name)
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
+        let keys: Vec<PodKey> = super::in_namespace(&self.cluster.pods, name).cloned().collect();
         let mut steps = Vec::new();
         for key in keys {
             let Some(pod) = self.cluster.pods.get(&key) else {
@@ -458,10 +452,7 @@ impl Incremental {
                     namespaces: None, ..
                 } => {
                     out.extend(
-                        self.pods_by_namespace
-                            .get(&*policy.key.namespace)
-                            .into_iter()
-                            .flatten(),
+                        super::in_namespace(&self.cluster.pods, &policy.key.namespace),
                     );
                 }
                 Peer::Pods {
@@ -471,10 +462,7 @@ impl Incremental {
                     for (namespace, labels) in &self.namespace_labels {
                         if sel.matches(labels) {
                             out.extend(
-                                self.pods_by_namespace
-                                    .get(namespace)
-                                    .into_iter()
-                                    .flatten(),
+                                super::in_namespace(&self.cluster.pods, namespace),
                             );
                         }
                     }

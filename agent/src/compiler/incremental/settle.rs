@@ -111,12 +111,7 @@ impl Incremental {
                     .enumerate()
                 {
                     let mut selecting = Vec::new();
-                    for policy_key in self
-                        .policies_by_namespace
-                        .get(&*key.namespace)
-                        .into_iter()
-                        .flatten()
-                    {
+                    for policy_key in super::in_namespace(&self.policies, &key.namespace) {
                         if policy::selects(&self.policies[policy_key], direction, &pod.labels) {
                             selecting.push(policy_key);
                         }

@@ -241,7 +241,9 @@ async fn list<K: Reflected>(
 ) -> Result<String, kube::Error> {
     let mut params = ListParams::default().limit(PAGE);
     params.field_selector = fields.map(str::to_string);
-    let mut listed = BTreeSet::new();
+    // Collected, then built at once: inserted in the server's (key) order, a B-tree keeps its
+    // leaves half full — 4.8 MB for the keys of 100k pods.
+    let mut listed = Vec::new();
     let mut changes = Vec::new();
     let mut page = api.list(&params).await?;
     let version = loop {
@@ -255,7 +257,7 @@ async fn list<K: Reflected>(
                 continue;
             };
             // A refused object keeps its last good version: listed, but no change.
-            listed.insert(key.clone());
+            listed.push(key.clone());
             if let Ok(value) = checked(object.convert(), &object) {
                 changes.push(K::change(key, value));
             }
@@ -265,6 +267,7 @@ async fn list<K: Reflected>(
             None => break page.metadata.resource_version.unwrap_or_default(),
         }
     };
+    let listed: BTreeSet<K::Key> = listed.into_iter().collect();
     let count = listed.len();
     // Counted before the hand-over wakes anyone waiting for the first complete state.
     shared.sync.ok(K::WATCH);
