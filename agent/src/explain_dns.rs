@@ -179,7 +179,7 @@ mod tests {
                 node_name: None,
                 host_network: false,
                 host_pid: false,
-                ports: Vec::new(),
+                ports: Vec::new().into(),
             };
             cluster.pods.insert(key, pod);
         }

@@ -30,7 +30,7 @@ fn cluster(node_tenant: Option<&str>) -> Cluster {
             node_name: Some("node-1".into()),
             host_network: false,
             host_pid: false,
-            ports: vec![],
+            ports: Vec::new().into(),
         };
         cluster.pods.insert(key, pod);
     }

@@ -36,7 +36,7 @@ fn pod(cluster: &mut Cluster, ns: &str, name: &str, ip: &str, labels: &[(&str, &
             node_name: Some("node-1".into()),
             host_network: false,
             host_pid: false,
-            ports: vec![],
+            ports: Vec::new().into(),
         },
     );
 }

@@ -116,7 +116,7 @@ fn actors_carry_host_network_and_host_pid() {
     for (cgroup, name, host_network, host_pid) in [(1, "plain", false, false), (2, "net", true, false), (3, "pid", false, true)] {
         let key = PodKey::new("ns", name);
         index.pods_by_cgroup.insert(cgroup, key.clone());
-        let pod = crate::model::Pod { key: key.clone(), uid: None, labels: Default::default(), ips: vec![], node_name: None, host_network, host_pid, ports: vec![] };
+        let pod = crate::model::Pod { key: key.clone(), uid: None, labels: Default::default(), ips: vec![], node_name: None, host_network, host_pid, ports: Vec::new().into() };
         cluster.pods.insert(key, pod);
     }
     let actors = kernel_maps::actors(&index, &cluster, &GuardConfig::default(), None);

@@ -4,10 +4,11 @@
 //! slice of shared strings, equal strings are one allocation across the model (`intern`),
 //! and so are equal label sets.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::hash::Hash;
 use std::sync::{Arc, Mutex};
+
+use super::intern::{shared, Interner};
 
 /// Labels sorted by key, keys unique.
 #[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -122,34 +123,9 @@ impl<'de> serde::Deserialize<'de> for Labels {
     }
 }
 
-/// Every label string (and every label set) the model holds, once. Entries nothing else
-/// uses any more are dropped when the set has doubled since the last sweep, so churn (a new
-/// `pod-template-hash` per rollout) does not accumulate.
-struct Interner<T: ?Sized> {
-    items: HashSet<Arc<T>>,
-    sweep_at: usize,
-}
-
+/// Every label string (and every label set) the model holds, once.
 static STRINGS: Mutex<Option<Interner<str>>> = Mutex::new(None);
 static SETS: Mutex<Option<Interner<[Label]>>> = Mutex::new(None);
-
-const FIRST_SWEEP: usize = 4096;
-
-fn shared<T: ?Sized + Eq + Hash>(interner: &Mutex<Option<Interner<T>>>, value: &T, make: impl FnOnce() -> Arc<T>) -> Arc<T> {
-    let mut guard = interner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let interner = guard.get_or_insert_with(|| Interner { items: HashSet::new(), sweep_at: FIRST_SWEEP });
-    if let Some(shared) = interner.items.get(value) {
-        return Arc::clone(shared);
-    }
-    if interner.items.len() >= interner.sweep_at {
-        interner.items.retain(|shared| Arc::strong_count(shared) > 1);
-        interner.items.shrink_to_fit();
-        interner.sweep_at = (interner.items.len() * 2).max(FIRST_SWEEP);
-    }
-    let shared = make();
-    interner.items.insert(Arc::clone(&shared));
-    shared
-}
 
 /// The shared copy of `text`.
 pub fn intern(text: &str) -> Arc<str> {
@@ -164,6 +140,7 @@ fn intern_set(pairs: Vec<Label>) -> Arc<[Label]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::intern::FIRST_SWEEP;
 
     #[test]
     fn labels_behave_as_a_sorted_map() {

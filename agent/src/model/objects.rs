@@ -88,7 +88,7 @@ impl fmt::Display for Protocol {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ContainerPort {
     pub name: Option<String>,
     pub port: u16,
@@ -108,7 +108,18 @@ pub struct Pod {
     pub host_network: bool,
     /// hostPID pods share the node's PID namespace: being in it is not an escape.
     pub host_pid: bool,
-    pub ports: Vec<ContainerPort>,
+    /// Shared: pods of one workload declare the same ports (`shared_ports`).
+    pub ports: ContainerPorts,
+}
+
+/// A pod's container ports; equal lists are one allocation across the model.
+pub type ContainerPorts = std::sync::Arc<[ContainerPort]>;
+
+static PORTS: std::sync::Mutex<Option<super::intern::Interner<[ContainerPort]>>> = std::sync::Mutex::new(None);
+
+/// The shared copy of `ports`: 2 named ports cost 144 bytes of heap per pod otherwise.
+pub fn shared_ports(ports: Vec<ContainerPort>) -> ContainerPorts {
+    super::intern::shared(&PORTS, ports.as_slice(), || ports.clone().into())
 }
 
 /// A Service, as far as moat reads it: the addresses its name resolves to in reverse.
@@ -126,4 +137,20 @@ pub struct Node {
     pub labels: Labels,
     /// status.addresses of type InternalIP and ExternalIP, without duplicates.
     pub addresses: Vec<IpAddr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_port_lists_are_one_allocation() {
+        let port = |name: &str, port| ContainerPort { name: Some(name.into()), port, protocol: Protocol::Tcp };
+        let a = shared_ports(vec![port("http", 8080), port("metrics", 9090)]);
+        let b = shared_ports(vec![port("http", 8080), port("metrics", 9090)]);
+        let other = shared_ports(vec![port("http", 8080)]);
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        assert!(!std::sync::Arc::ptr_eq(&a, &other));
+        assert_eq!(*other, [port("http", 8080)]);
+    }
 }

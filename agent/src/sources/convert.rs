@@ -128,7 +128,6 @@ pub fn pod(pod: &core::Pod) -> Result<Pod, Rejection> {
 
     // Kept for the pod's lifetime: no room for pushes that will not come.
     ips.shrink_to_fit();
-    ports.shrink_to_fit();
     Ok(Pod {
         key,
         uid: pod.metadata.uid.clone().filter(|uid| !uid.is_empty()),
@@ -137,7 +136,7 @@ pub fn pod(pod: &core::Pod) -> Result<Pod, Rejection> {
         node_name: spec.node_name.as_deref().filter(|name| !name.is_empty()).map(crate::model::labels::intern),
         host_network: spec.host_network.unwrap_or(false),
         host_pid: spec.host_pid.unwrap_or(false),
-        ports,
+        ports: crate::model::shared_ports(ports),
     })
 }
 

@@ -75,7 +75,7 @@ pub fn cluster(shape: Shape) -> Result<Cluster, SynthError> {
             node_name: None,
             host_network: false,
             host_pid: false,
-            ports,
+            ports: ports.into(),
         };
         next_ip += 1;
         cluster.pods.insert(key, pod);

@@ -41,7 +41,7 @@ use super::keys::network_key;
 use crate::config::Config;
 use crate::model::policy::Policy;
 use crate::model::{
-    Change, Cluster, ContainerPort, Labels, Namespace, ObjectKey, PodKey, TenantName,
+    Change, Cluster, ContainerPorts, Labels, Namespace, ObjectKey, PodKey, TenantName,
 };
 use crate::node::cgroups::PodCgroups;
 
@@ -60,7 +60,7 @@ struct SetState {
     members: usize,
     /// A member's container ports: ingress named ports resolve on them (the set id includes
     /// the named ports, so every member has the same).
-    ports: Vec<ContainerPort>,
+    ports: ContainerPorts,
 }
 
 /// What the changes taken since the last settle may have made stale.
@@ -385,22 +385,15 @@ impl Incremental {
             self.refresh_tag(tag);
         }
         let namespace = key.namespace.clone();
-        match (old.is_some(), new.is_some()) {
-            (false, true) => {
-                if !self.namespace_labels.contains_key(&namespace) {
-                    let labels = policy::targets::namespace_labels(
-                        self.cluster.namespaces.get(&*namespace).map(|ns| &ns.labels),
-                        &namespace,
-                    );
-                    self.namespace_labels.insert(namespace.clone(), labels);
-                }
-            }
-            (true, false) => {
-                if in_namespace(&self.cluster.pods, &namespace).next().is_none() {
-                    self.namespace_labels.remove(&namespace);
-                }
-            }
-            _ => {}
+        // `namespace_labels` holds the namespaces that have pods.
+        if new.is_some() && !self.namespace_labels.contains_key(&namespace) {
+            let labels = policy::targets::namespace_labels(
+                self.cluster.namespaces.get(&*namespace).map(|ns| &ns.labels),
+                &namespace,
+            );
+            self.namespace_labels.insert(namespace.clone(), labels);
+        } else if new.is_none() && in_namespace(&self.cluster.pods, &namespace).next().is_none() {
+            self.namespace_labels.remove(&namespace);
         }
         self.dirty.pods.insert(key);
         self.dirty.local = true;
@@ -454,11 +447,8 @@ impl Incremental {
         for range in dedup(new_ranges) {
             self.count_block(range, 1);
         }
-        match normalized {
-            Some(policy) => {
-                self.policies.insert(key.clone(), policy);
-            }
-            None => {}
+        if let Some(policy) = normalized {
+            self.policies.insert(key.clone(), policy);
         }
         // Which of its namespace's pods it selects may have changed.
         self.dirty.pods.extend(in_namespace(&self.cluster.pods, &key.namespace).cloned());

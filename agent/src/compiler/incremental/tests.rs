@@ -92,7 +92,7 @@ fn pod(rng: &mut Rng, key: &PodKey) -> Pod {
         node_name: Some((*rng.pick(&["n1", "n1", "n2"])).into()),
         host_network: rng.chance(5),
         host_pid: false,
-        ports,
+        ports: ports.into(),
     }
 }
 
@@ -541,7 +541,7 @@ fn a_local_pod_relabelled_between_identities_others_keep_gets_its_new_tier_sets(
         node_name: Some("n1".into()),
         host_network: false,
         host_pid: false,
-        ports: Vec::new(),
+        ports: Vec::new().into(),
     };
     let mut cluster = Cluster::default();
     cluster.namespaces.insert("ns0".into(), Namespace { name: "ns0".into(), labels: labels(&[("tenant", "t0")]) });

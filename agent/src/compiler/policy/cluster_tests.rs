@@ -44,7 +44,7 @@ fn cluster(rng: &mut Rng) -> Cluster {
             node_name: None,
             host_network: false,
             host_pid: false,
-            ports,
+            ports: ports.into(),
         };
         cluster.pods.insert(key, pod);
     }
@@ -184,7 +184,7 @@ fn check(seed: u64) {
         node_name: None,
         host_network: true,
         host_pid: false,
-        ports: Vec::new(),
+        ports: Vec::new().into(),
     };
     let mut remotes: Vec<(End<'_>, DataPeer)> = cluster
         .pods

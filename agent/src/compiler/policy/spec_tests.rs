@@ -95,7 +95,7 @@ fn random_cluster(rng: &mut Rng) -> Cluster {
             let ip = IpAddr::V4(Ipv4Addr::new(10, 0, n as u8, p as u8 + 1));
             cluster.pods.insert(
                 key.clone(),
-                Pod { key, uid: None, labels: random_labels(rng), ips: vec![ip], node_name: None, host_network: false, host_pid: false, ports },
+                Pod { key, uid: None, labels: random_labels(rng), ips: vec![ip], node_name: None, host_network: false, host_pid: false, ports: ports.into() },
             );
         }
     }

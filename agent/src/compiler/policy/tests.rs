@@ -42,7 +42,7 @@ fn cluster(policies: &[&str]) -> Cluster {
                     node_name: None,
                     host_network: false,
                     host_pid: false,
-                    ports,
+                    ports: ports.into(),
                 },
             );
         }

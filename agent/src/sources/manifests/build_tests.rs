@@ -47,7 +47,7 @@ fn kubectl_pod_list_maps_to_the_model() {
     assert!(!web.host_network);
     // Containers, then sidecars; the plain init container's port is not served.
     assert_eq!(
-        web.ports,
+        *web.ports,
         [
             port(Some("http"), 8080, Protocol::Tcp),
             port(Some("metrics"), 9090, Protocol::Tcp),
@@ -58,7 +58,7 @@ fn kubectl_pod_list_maps_to_the_model() {
 
     let dns = &pods[&ObjectKey::new("kube-system", "coredns-5d78c9869d-abcde")];
     assert_eq!(
-        dns.ports,
+        *dns.ports,
         [
             port(Some("dns"), 53, Protocol::Udp),
             port(Some("dns-tcp"), 53, Protocol::Tcp)
