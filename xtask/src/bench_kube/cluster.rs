@@ -73,8 +73,9 @@ pub fn added_policy(n: usize, name: &str) -> Value {
 }
 
 /// `pods` pods in `pods / 10` namespaces and `cluster_policies` ClusterNetworkPolicies, as
-/// one List.
-pub fn cluster(pods: usize, cluster_policies: usize) -> Value {
+/// one List; `extra_policies` more NetworkPolicies in each namespace from `first_extra` on
+/// (of the same shapes, so they select pods of their own namespaces only).
+pub fn cluster(pods: usize, cluster_policies: usize, extra_policies: usize, first_extra: usize) -> Value {
     let namespaces = pods / PODS_PER_NAMESPACE;
     let mut items =
         Vec::with_capacity(namespaces * (1 + PODS_PER_NAMESPACE + POLICIES_PER_NAMESPACE));
@@ -85,6 +86,9 @@ pub fn cluster(pods: usize, cluster_policies: usize) -> Value {
         }
         for k in 0..POLICIES_PER_NAMESPACE {
             items.push(policy(n, k));
+        }
+        if n >= first_extra {
+            items.extend((0..extra_policies).map(|k| policy(n, POLICIES_PER_NAMESPACE + k)));
         }
     }
     items.extend((0..cluster_policies).map(cluster_policy));

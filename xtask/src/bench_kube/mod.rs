@@ -34,6 +34,9 @@ const RELABELS: usize = 100;
 const POD_ADDS: usize = 100;
 const LOCAL_POD_ADDS: usize = 20;
 const POLICY_CHANGES: usize = 100;
+/// NetworkPolicies added to every namespace without local pods, in one more run at the
+/// smallest size: what a policy that selects no pod of this node costs.
+const EXTRA_POLICIES_PER_NAMESPACE: usize = 10;
 /// The agent's cgroup scan interval in the bench (a new local pod's cgroup is seen within it).
 const POLL_MS: u64 = 100;
 
@@ -140,8 +143,18 @@ pub fn kube(ctx: &Context) -> Result<Section> {
             pods / 5,
             cluster_policies()?
         );
-        runs.push(measure(&moat, &apiserver, pods, &dir, &cgroup_root, LAB)?);
+        runs.push(measure(&moat, &apiserver, pods, 0, &dir, &cgroup_root, LAB)?);
     }
+    // The smallest size again, with many more NetworkPolicies none of which selects a pod of
+    // this node: their memory each, and whether they slow the events.
+    let extra = match runs.first() {
+        Some(base) => {
+            let policies = (base.pods / cluster::PODS_PER_NAMESPACE - LOCAL_NAMESPACES) * EXTRA_POLICIES_PER_NAMESPACE;
+            println!("\n== kube: {} pods, {policies} more NetworkPolicies selecting no pod of this node", base.pods);
+            Some((policies, measure(&moat, &apiserver, base.pods, EXTRA_POLICIES_PER_NAMESPACE, &dir, &cgroup_root, LAB)?))
+        }
+        None => None,
+    };
     drop(lab);
 
     let mut table = String::from("| pods / namespaces / NetworkPolicies | initial sync | relabel p50 / p99 / max | pod add | local pod add | policy add | policy delete | all events p99 | agent's own p50 / p99 / max | RSS synced → after events | peak (VmHWM) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
@@ -162,6 +175,15 @@ pub fn kube(ctx: &Context) -> Result<Section> {
                 / (last.pods - first.pods) as f64;
             let _ = writeln!(table, "\nMemory per pod (with a tenth of a namespace and a fifth of a NetworkPolicy), RSS slope {}k → {}k pods: {per_pod:.0} bytes.", first.pods / 1000, last.pods / 1000);
         }
+    }
+    if let (Some(base), Some((policies, with))) = (runs.first(), &extra) {
+        let per_policy = (with.rss_synced as f64 - base.rss_synced as f64) * 1024.0 / *policies as f64;
+        let _ = writeln!(
+            table,
+            "\nWith {policies} more NetworkPolicies that select no pod of this node ({EXTRA_POLICIES_PER_NAMESPACE} in each namespace without local pods) at {}k pods: initial sync {:.2} s ({:.2} s), all events p99 {:.1} ms ({:.1} ms), agent's own p99 {:.1} ms ({:.1} ms), RSS synced {:.0} MiB ({:.0} MiB): {per_policy:.0} bytes per NetworkPolicy.",
+            base.pods / 1000, with.sync.as_secs_f64(), base.sync.as_secs_f64(), with.all().pct(0.99), base.all().pct(0.99),
+            with.agent_own.pct(0.99), base.agent_own.pct(0.99), mib(with.rss_synced), mib(base.rss_synced)
+        );
     }
     let points: Vec<plot::Point> = runs
         .iter()
@@ -226,6 +248,7 @@ fn measure(
     moat: &Path,
     apiserver: &Path,
     pods: usize,
+    extra_policies: usize,
     dir: &Path,
     cgroup_root: &Path,
     lab: &str,
@@ -233,7 +256,7 @@ fn measure(
     let namespaces = pods / cluster::PODS_PER_NAMESPACE;
     let state = dir.join("state.json");
     let cluster_policies = cluster_policies()?;
-    std::fs::write(&state, cluster::cluster(pods, cluster_policies).to_string())
+    std::fs::write(&state, cluster::cluster(pods, cluster_policies, extra_policies, LOCAL_NAMESPACES).to_string())
         .context("writing the bench state")?;
     let (port_file, kubeconfig) = (dir.join("port"), dir.join("kubeconfig"));
     let _ = std::fs::remove_file(&port_file);
