@@ -220,14 +220,25 @@ pub fn kube(ctx: &Context) -> Result<Section> {
 /// `MOAT_BENCH_KUBE_PODS=10000,30000` measures only those sizes (a quick look at one size;
 /// the table's per-pod slope then spans what was run).
 fn sizes() -> Result<Vec<usize>> {
-    let Ok(list) = std::env::var("MOAT_BENCH_KUBE_PODS") else {
-        return Ok(SIZES.to_vec());
-    };
+    match std::env::var("MOAT_BENCH_KUBE_PODS") {
+        Ok(list) => parse_sizes(&list),
+        Err(_) => Ok(SIZES.to_vec()),
+    }
+}
+
+/// The fewest pods a size may have: namespaces of local pods and as many elsewhere (the pods
+/// added and the extra policies go there).
+const MIN_PODS: usize = 2 * LOCAL_NAMESPACES * cluster::PODS_PER_NAMESPACE;
+
+fn parse_sizes(list: &str) -> Result<Vec<usize>> {
     list.split(',')
         .map(|size| {
-            size.trim()
+            let pods: usize = size
+                .trim()
                 .parse()
-                .with_context(|| format!("MOAT_BENCH_KUBE_PODS: {size:?} is not a pod count"))
+                .with_context(|| format!("MOAT_BENCH_KUBE_PODS: {size:?} is not a pod count"))?;
+            anyhow::ensure!(pods >= MIN_PODS, "MOAT_BENCH_KUBE_PODS: {pods} pods is fewer than the bench needs ({MIN_PODS})");
+            Ok(pods)
         })
         .collect()
 }
@@ -512,5 +523,19 @@ fn wait<T>(timeout: Duration, mut attempt: impl FnMut() -> Option<T>) -> Option<
             return None;
         }
         std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_pod_counts_large_enough_for_the_bench() {
+        assert_eq!(parse_sizes("10000, 30000").unwrap(), [10_000, 30_000]);
+        let error = parse_sizes("10000,40").unwrap_err().to_string();
+        assert!(error.contains("40 pods is fewer than the bench needs (100)"), "{error}");
+        let error = parse_sizes("ten").unwrap_err().to_string();
+        assert!(error.contains("\"ten\" is not a pod count"), "{error}");
     }
 }
