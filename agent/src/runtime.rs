@@ -20,6 +20,7 @@ use crate::kernel::tc_pods::{TcPods, TcStatus};
 use crate::kernel::{bpffs, loader, maps::KernelMaps, tc, KernelError};
 use crate::model::{Change, Cluster};
 use crate::observability::{ObservabilityError, Observability};
+use crate::node::cgroup_watch::CgroupWatch;
 use crate::node::cgroups::{self, CgroupError, CgroupLayout, PodCgroups};
 use crate::node::mounts::{self, MountError};
 use crate::sources::kube::{KubeOptions, KubeSource};
@@ -199,25 +200,36 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
         .map_err(RuntimeError::Tokio)?;
     let mut config_watch = ConfigWatch::new(args.config.as_deref(), &config);
     let mut resync = false;
+    let mut cgroup_watch = CgroupWatch::new();
     loop {
-        // The tick re-scans cgroups (and manifest files); API server changes wake at once.
-        let mut reread_config = false;
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = source.changed() => {}
-            _ = hangup.recv() => reread_config = true,
+        // The tick re-scans the node (cgroups, the guard's files, manifest files); API server
+        // changes wake at once.
+        let wake = tokio::select! {
+            _ = tick.tick() => Wake::Tick,
+            _ = source.changed() => Wake::Source,
+            _ = hangup.recv() => Wake::Hangup,
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
-        }
+        };
         let woke = std::time::Instant::now();
-        if let Some(reloaded) = config_watch.check(reread_config) {
+        if let Some(reloaded) = config_watch.check(wake == Wake::Hangup) {
             let hooks_in_force = GuardInForce { guard: &mut guard, hooks: &mut hooks, ebpf: &mut ebpf, observability: &observability };
             reconfigure(hooks_in_force, &mut config, reloaded, &args).await;
         }
         if events_task.is_finished() {
             tracing::error!("event reader stopped; enforcement continues without events");
         }
-        let (changes, cgroups) = refresh(&mut source, compiler.cluster(), compiler.cgroups(), &cgroup_root, layout.as_ref());
+        let changes = poll(&mut source, compiler.cluster());
+        // The node's cgroups are walked on the tick, or for a watch event that may be about a
+        // pod of this node, and then only if inotify saw a cgroup come or go.
+        let scan_node = wake != Wake::Source;
+        let maybe_new_cgroup = scan_node || changes.iter().any(|change| may_run_here(change, &config));
+        let cgroups = if maybe_new_cgroup && cgroup_watch.due() {
+            scan_cgroups(compiler.cgroups(), &cgroup_root, layout.as_ref(), &mut cgroup_watch)
+        } else {
+            None
+        };
+        let mut scan_node = scan_node || cgroups.is_some();
         if changes.is_empty() && cgroups.is_none() && !resync {
             // Discovery runs apart from the changes: its findings are reported on every pass.
             observability.unenforced(&source.unenforced());
@@ -226,7 +238,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
             if source.sync_state().is_healthy() {
                 observability.in_sync();
             }
-            after_apply(&mut guard, &mut tc_pods, &mut ebpf, &compiler, &observability)?;
+            after_apply(&mut guard, &mut tc_pods, &mut ebpf, &compiler, &observability, scan_node)?;
             continue;
         }
         let old_index = compiler.desired().index.clone();
@@ -240,6 +252,8 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
         };
         observability.unenforced(&source.unenforced());
         let next = compiler.desired();
+        // A pod that gained or lost its cgroup: its socket paths and interfaces now.
+        scan_node |= !same_pods(&old_index.pods_by_cgroup, &next.index.pods_by_cgroup);
         // Names for events decided under the old maps or the new ones, published before the
         // maps change; the exact new index follows the writes.
         let _ = index_tx.send(Arc::new(next.index.naming_also(&old_index, &delta)));
@@ -267,7 +281,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
                 resync = true;
             }
         }
-        after_apply(&mut guard, &mut tc_pods, &mut ebpf, &compiler, &observability)?;
+        after_apply(&mut guard, &mut tc_pods, &mut ebpf, &compiler, &observability, scan_node)?;
     }
     tracing::info!("stopping; programs and maps stay pinned and keep enforcing the last state");
     Ok(())
@@ -386,10 +400,18 @@ async fn guard_api_servers(config: &Config, args: &AgentArgs) -> Vec<std::net::S
     crate::guard::kernel_maps::resolve(&servers)
 }
 
-/// What changed since the last round: the source's changes (a re-read of manifests as the
-/// changes from the model), and this node's pod cgroups if they differ.
-fn refresh(source: &mut Source, cluster: &Cluster, known: &PodCgroups, root: &Path, layout: &dyn CgroupLayout) -> (Vec<Change>, Option<PodCgroups>) {
-    let changes = match source.poll() {
+/// Why the loop woke.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    Tick,
+    Source,
+    Hangup,
+}
+
+/// The source's changes since the last round (a re-read of manifests as the changes from
+/// the model).
+fn poll(source: &mut Source, cluster: &Cluster) -> Vec<Change> {
+    match source.poll() {
         Some(Ok(Update::Whole(loaded))) => {
             warn_skipped(&loaded.skipped);
             cluster.changes_to(&loaded.cluster)
@@ -400,26 +422,49 @@ fn refresh(source: &mut Source, cluster: &Cluster, known: &PodCgroups, root: &Pa
             Vec::new()
         }
         None => Vec::new(),
-    };
-    let cgroups = match cgroups::scan(root, layout) {
+    }
+}
+
+/// Whether `change` adds or changes a pod that may run on this node: its cgroup may be new.
+fn may_run_here(change: &Change, config: &Config) -> bool {
+    matches!(change, Change::Pod(_, Some(pod)) if crate::compiler::foreign::scheduled_here(config, pod))
+}
+
+fn same_pods(old: &imbl::OrdMap<u64, crate::model::PodKey>, new: &imbl::OrdMap<u64, crate::model::PodKey>) -> bool {
+    old.ptr_eq(new) || old == new
+}
+
+/// This node's pod cgroups, if they differ from `known`.
+fn scan_cgroups(known: &PodCgroups, root: &Path, layout: &dyn CgroupLayout, watch: &mut CgroupWatch) -> Option<PodCgroups> {
+    match cgroups::scan_watched(root, layout, watch) {
         Ok(found) if found != *known => Some(found),
         Ok(_) => None,
         Err(error) => {
             tracing::error!(%error, "scanning pod cgroups failed");
             None
         }
-    };
-    (changes, cgroups)
+    }
 }
 
-/// Every round, after the maps: the runtime guard's maps and the ICMP program on pods'
-/// interfaces, kept off the path from a watch event to the map write.
-fn after_apply(guard: &mut crate::guard::run::Guard, tc_pods: &mut Option<TcPods>, ebpf: &mut aya::Ebpf, compiler: &Incremental, observability: &Observability) -> Result<(), RuntimeError> {
-    if let Err(error) = guard.refresh(&compiler.desired().index, compiler.cluster()) {
+/// After the maps, kept off the path from a watch event to the map write: the runtime
+/// guard's actors follow the model every round; what is read from the node's filesystem —
+/// the guard's files, volumes and socket paths, the ICMP program on pods' interfaces — only
+/// on the tick and when pod cgroups changed.
+fn after_apply(
+    guard: &mut crate::guard::run::Guard,
+    tc_pods: &mut Option<TcPods>,
+    ebpf: &mut aya::Ebpf,
+    compiler: &Incremental,
+    observability: &Observability,
+    scan_node: bool,
+) -> Result<(), RuntimeError> {
+    let (index, cluster) = (&compiler.desired().index, compiler.cluster());
+    let guarded = if scan_node { guard.refresh(index, cluster) } else { guard.follow_model(index, cluster) };
+    if let Err(error) = guarded {
         tracing::error!(%error, "runtime guard: updating its maps failed");
     }
-    if let Some(tc_pods) = tc_pods.as_mut() {
-        tc_pods.reconcile(tc::program(ebpf)?, compiler.cgroups(), &compiler.desired().index, compiler.cluster());
+    if let (true, Some(tc_pods)) = (scan_node, tc_pods.as_mut()) {
+        tc_pods.reconcile(tc::program(ebpf)?, compiler.cgroups(), index, cluster);
         observability.tc_pods(tc_pods.status());
     }
     Ok(())

@@ -1,6 +1,6 @@
-//! The guard at run time: kernel layout and settings at start-up, then on every tick the
-//! actors (from the model) and the node's protected files and volumes (from the
-//! filesystem). Guard failures are logged and shown in status; they never stop network
+//! The guard at run time: kernel layout and settings at start-up, then the actors after
+//! every change of the model, and on every tick the node's protected files, volumes and
+//! runtime socket paths (from the filesystem). Guard failures are logged and shown in status; they never stop network
 //! enforcement.
 
 use std::net::SocketAddr;
@@ -47,6 +47,15 @@ pub struct Guard {
     /// Pod cgroup ids → their directories, found again when the set of ids changes.
     pod_dirs: (BTreeSet<u64>, BTreeMap<u64, PathBuf>),
     socket_paths: SocketPaths,
+    host: Option<HostIds>,
+}
+
+/// The host's namespaces and /proc, as last read.
+#[derive(Clone, Copy, Default)]
+struct HostIds {
+    pid_ns: u64,
+    ns: [u32; moat_common::guard::NS_COUNT],
+    proc_dev: u64,
 }
 
 impl Guard {
@@ -89,6 +98,7 @@ impl Guard {
             cgroup_root: cgroup_root.into(),
             pod_dirs: Default::default(),
             socket_paths: SocketPaths::default(),
+            host: None,
         })
     }
 
@@ -104,14 +114,52 @@ impl Guard {
         Ok(())
     }
 
-    /// Brings actors, files and volumes up to date; writes settings when they change.
+    /// After a change of the model: the actors, and the pod names events show. Reads nothing
+    /// from the filesystem, so it stays cheap on the path of every watch event.
+    pub fn follow_model(&mut self, index: &Index, cluster: &Cluster) -> Result<(), KernelError> {
+        let actors = kernel_maps::actors(index, cluster, &self.config, self.own_cgroup);
+        self.maps.sync_actors(actors)?;
+        if self.tags_changed(index) {
+            self.pods_by_tag = index.pods_by_tag.clone();
+            self.publish(false);
+        }
+        Ok(())
+    }
+
+    /// The compiler keeps pod tags up to date; a new map (not the same tree) means a change.
+    fn tags_changed(&self, index: &Index) -> bool {
+        !index.pods_by_tag.ptr_eq(&self.pods_by_tag)
+    }
+
+    /// The view events are named with. The host's namespaces and /proc are read again with
+    /// the node's files (on the tick), not for a change of pods.
+    fn publish(&mut self, read_host: bool) {
+        if read_host || self.host.is_none() {
+            self.host = Some(HostIds {
+                pid_ns: kernel_maps::host_namespace("pid"),
+                ns: kernel_maps::host_namespaces(),
+                proc_dev: kernel_maps::host_proc_dev(),
+            });
+        }
+        let host = self.host.unwrap_or_default();
+        publish(GuardView {
+            names: self.discovered.names.clone(),
+            pods_by_tag: self.pods_by_tag.clone(),
+            host_pid_ns: host.pid_ns,
+            host_ns: host.ns,
+            host_proc_dev: host.proc_dev,
+        });
+    }
+
+    /// Brings actors, files, volumes and runtime socket paths up to date from the model and
+    /// the node's filesystem; writes settings when they change. On the tick, and when pod
+    /// cgroups come or go.
     pub fn refresh(&mut self, index: &Index, cluster: &Cluster) -> Result<(), KernelError> {
         let actors = kernel_maps::actors(index, cluster, &self.config, self.own_cgroup);
         self.maps.sync_actors(actors)?;
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let found = node::discover(&self.config, &mountinfo);
-        // The compiler keeps pod tags up to date; a new map (not the same tree) means a change.
-        let tags_changed = !index.pods_by_tag.ptr_eq(&self.pods_by_tag);
+        let tags_changed = self.tags_changed(index);
         if found != self.discovered || tags_changed {
             for path in found.missing.difference(&self.discovered.missing) {
                 tracing::info!(path = %path.display(), "guard: configured node path not found; skipped");
@@ -121,14 +169,8 @@ impl Guard {
             }
             self.maps.sync_node(&found)?;
             self.pods_by_tag = index.pods_by_tag.clone();
-            publish(GuardView {
-                names: found.names.clone(),
-                pods_by_tag: self.pods_by_tag.clone(),
-                host_pid_ns: kernel_maps::host_namespace("pid"),
-                host_ns: kernel_maps::host_namespaces(),
-                host_proc_dev: kernel_maps::host_proc_dev(),
-            });
             self.discovered = found;
+            self.publish(true);
         }
         self.sync_socket_paths(index, cluster)?;
         let (dev, ino) = self.discovered.kubelet_exe.map(|k| (k.dev, k.ino)).unwrap_or((0, 0));

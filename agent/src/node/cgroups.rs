@@ -3,9 +3,10 @@
 //! A cgroup that maps to no known pod gets no entry, and the datapath treats it as pending.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
 
+use super::cgroup_watch::CgroupWatch;
 use crate::config::CgroupLayoutKind;
 use crate::model::PodKey;
 
@@ -48,8 +49,22 @@ const MAX_DEPTH: usize = 6;
 
 /// Walks `root`. Directories that vanish mid-walk (a container exiting) are skipped.
 pub fn scan(root: &Path, layout: &dyn CgroupLayout) -> Result<PodCgroups, CgroupError> {
+    scan_listing(root, layout, |_| {})
+}
+
+/// [`scan`], watching every directory it lists for the next change.
+pub fn scan_watched(root: &Path, layout: &dyn CgroupLayout, watch: &mut CgroupWatch) -> Result<PodCgroups, CgroupError> {
+    watch.scanning();
+    let scanned = scan_listing(root, layout, |dir| watch.watch(dir));
+    if scanned.is_err() {
+        watch.scan_failed();
+    }
+    scanned
+}
+
+fn scan_listing(root: &Path, layout: &dyn CgroupLayout, before_listing: impl FnMut(&Path)) -> Result<PodCgroups, CgroupError> {
     let mut found = PodCgroups::new();
-    walk(root, |_, parts, id| {
+    walk(root, before_listing, |_, parts, id| {
         let borrowed: Vec<&str> = parts.iter().map(String::as_str).collect();
         if let Some(pod) = layout.pod_of(&borrowed) {
             found.insert(id, pod);
@@ -61,7 +76,7 @@ pub fn scan(root: &Path, layout: &dyn CgroupLayout) -> Result<PodCgroups, Cgroup
 /// The directories of the cgroups `ids` below `root` (those still there).
 pub fn paths(root: &Path, ids: &BTreeSet<u64>) -> Result<BTreeMap<u64, PathBuf>, CgroupError> {
     let mut found = BTreeMap::new();
-    walk(root, |path, _, id| {
+    walk(root, |_| {}, |path, _, id| {
         if ids.contains(&id) {
             found.insert(id, path.to_path_buf());
         }
@@ -70,11 +85,12 @@ pub fn paths(root: &Path, ids: &BTreeSet<u64>) -> Result<BTreeMap<u64, PathBuf>,
 }
 
 /// Calls `visit(path, parts below root, cgroup id)` for every directory below `root`, up to
-/// `MAX_DEPTH` deep.
-fn walk(root: &Path, mut visit: impl FnMut(&Path, &[String], u64)) -> Result<(), CgroupError> {
+/// `MAX_DEPTH` deep, and `before_listing(dir)` before each directory is listed.
+fn walk(root: &Path, mut before_listing: impl FnMut(&Path), mut visit: impl FnMut(&Path, &[String], u64)) -> Result<(), CgroupError> {
     std::fs::metadata(root).map_err(|source| CgroupError::Root { path: root.into(), source })?;
     let mut stack = vec![(root.to_path_buf(), Vec::<String>::new())];
     while let Some((dir, parts)) = stack.pop() {
+        before_listing(&dir);
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         for entry in entries.flatten() {
             // The entry's type comes with the directory listing; a cgroup's dozens of control
@@ -82,12 +98,12 @@ fn walk(root: &Path, mut visit: impl FnMut(&Path, &[String], u64)) -> Result<(),
             if !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
                 continue;
             }
-            let Ok(metadata) = entry.metadata() else { continue };
             let mut child_parts = parts.clone();
             child_parts.push(entry.file_name().to_string_lossy().into_owned());
             let path = entry.path();
-            // On cgroup v2 a directory's inode number is the cgroup id the kernel reports.
-            visit(&path, &child_parts, metadata.ino());
+            // On cgroup v2 a directory's inode number is the cgroup id the kernel reports,
+            // and kernfs lists it with the entry: no stat per cgroup.
+            visit(&path, &child_parts, entry.ino());
             if child_parts.len() < MAX_DEPTH {
                 stack.push((path, child_parts));
             }
@@ -154,7 +170,27 @@ mod tests {
     }
 
     #[test]
+    fn a_watched_scan_is_due_again_only_after_a_cgroup_comes_or_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("x_a/c1")).unwrap();
+        let mut watch = CgroupWatch::new();
+        assert!(watch.due());
+        assert_eq!(scan_watched(dir.path(), &LabLayout, &mut watch).unwrap().len(), 2);
+        assert!(!watch.due());
+        std::fs::create_dir(dir.path().join("x_a/c2")).unwrap();
+        assert!(watch.due(), "a container's cgroup inside a pod's");
+        assert_eq!(scan_watched(dir.path(), &LabLayout, &mut watch).unwrap().len(), 3);
+        assert!(!watch.due());
+        std::fs::remove_dir_all(dir.path().join("x_a")).unwrap();
+        assert!(watch.due(), "a pod's cgroup gone");
+        assert!(scan_watched(dir.path(), &LabLayout, &mut watch).unwrap().is_empty());
+        assert!(scan_watched(&dir.path().join("missing"), &LabLayout, &mut watch).is_err());
+        assert!(watch.due(), "a failed scan is retried at once");
+    }
+
+    #[test]
     fn scan_maps_inodes_and_skips_strays() {
+        use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("x_a/c1")).unwrap();
         std::fs::create_dir_all(dir.path().join("stray")).unwrap();
