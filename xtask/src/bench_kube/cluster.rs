@@ -20,8 +20,13 @@ pub fn tenant_of(n: usize) -> String {
     format!("t{}", n / NAMESPACES_PER_TENANT)
 }
 
-/// Pod `name` in namespace `n`; `i` numbers it cluster-wide (its address and uid).
-pub fn pod(n: usize, name: &str, i: usize) -> Value {
+/// The node the agent runs as: the pods with cgroups on the lab are scheduled to it.
+pub const LAB_NODE: &str = "lab-node";
+
+/// Pod `name` in namespace `n`; `i` numbers it cluster-wide (its address and uid). A `local`
+/// pod is scheduled to [`LAB_NODE`], the others spread over 100 nodes.
+pub fn pod(n: usize, name: &str, i: usize, local: bool) -> Value {
+    let node = if local { LAB_NODE.to_string() } else { format!("node{}", i % 100) };
     let ip = format!("10.{}.{}.{}", 64 + i / 65536, (i / 256) % 256, i % 256);
     let app = format!("app{}", i % 3);
     let tier = if i.is_multiple_of(2) {
@@ -33,7 +38,7 @@ pub fn pod(n: usize, name: &str, i: usize) -> Value {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": format!("ns{n}"), "uid": format!("00000000-0000-4000-8000-{i:012}"),
                      "labels": {"app": app, "pod-template-hash": format!("{:08x}", (i / 3) * 2654435761usize % 0xffff_ffff), "tier": tier}},
-        "spec": {"nodeName": format!("node{}", i % 100), "containers": [{"name": "app", "image": "registry.example/app:1",
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "registry.example/app:1",
                  "ports": [{"name": "http", "containerPort": 8080}, {"name": "metrics", "containerPort": 9090}]}]},
         "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
     })
@@ -73,21 +78,22 @@ pub fn added_policy(n: usize, name: &str) -> Value {
 }
 
 /// `pods` pods in `pods / 10` namespaces and `cluster_policies` ClusterNetworkPolicies, as
-/// one List; `extra_policies` more NetworkPolicies in each namespace from `first_extra` on
-/// (of the same shapes, so they select pods of their own namespaces only).
-pub fn cluster(pods: usize, cluster_policies: usize, extra_policies: usize, first_extra: usize) -> Value {
+/// one List. The pods of the first `local_namespaces` run on [`LAB_NODE`]; `extra_policies`
+/// more NetworkPolicies go in each namespace after them (of the same shapes, so they select
+/// pods of their own namespaces only: none of this node's).
+pub fn cluster(pods: usize, cluster_policies: usize, extra_policies: usize, local_namespaces: usize) -> Value {
     let namespaces = pods / PODS_PER_NAMESPACE;
     let mut items =
         Vec::with_capacity(namespaces * (1 + PODS_PER_NAMESPACE + POLICIES_PER_NAMESPACE));
     for n in 0..namespaces {
         items.push(namespace(n, &tenant_of(n)));
         for p in 0..PODS_PER_NAMESPACE {
-            items.push(pod(n, &format!("pod{p}"), n * PODS_PER_NAMESPACE + p));
+            items.push(pod(n, &format!("pod{p}"), n * PODS_PER_NAMESPACE + p, n < local_namespaces));
         }
         for k in 0..POLICIES_PER_NAMESPACE {
             items.push(policy(n, k));
         }
-        if n >= first_extra {
+        if n >= local_namespaces {
             items.extend((0..extra_policies).map(|k| policy(n, POLICIES_PER_NAMESPACE + k)));
         }
     }

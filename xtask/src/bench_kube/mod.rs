@@ -1,7 +1,7 @@
 //! Bench section `kube`: the API server source at scale, release builds. For 10k, 30k and
 //! 100k pods (a tenth as many namespaces, a fifth as many NetworkPolicies; see `cluster.rs`)
-//! `moat-test-apiserver` serves the cluster and `moat agent --kubeconfig` syncs it over a lab
-//! node on which 50 of the pods have cgroups (this node's pods). Reported per size: start →
+//! `moat-test-apiserver` serves the cluster and `moat agent --kubeconfig` syncs it as the
+//! node `lab-node`, to which 50 of the pods are scheduled, with cgroups on the lab. Reported per size: start →
 //! ready; the time from each API write to the agent's `applied` log line, written right after
 //! the kernel map writes (p50 / p99 / max), for namespace relabels that move local pods
 //! between tenants, pod adds elsewhere, new local pods (cgroup first, then the watch event),
@@ -304,7 +304,11 @@ fn measure(
     let config = dir.join("agent.yaml");
     std::fs::write(
         &config,
-        format!("instance: lab-{lab}\ncgroupRoot: {}\ncgroupLayout: lab\npollIntervalMs: {POLL_MS}\nclusterCidrs: [10.0.0.0/8]\n", cgroup_root.display()),
+        format!(
+            "instance: lab-{lab}\nnodeName: {}\ncgroupRoot: {}\ncgroupLayout: lab\npollIntervalMs: {POLL_MS}\nclusterCidrs: [10.0.0.0/8]\n",
+            cluster::LAB_NODE,
+            cgroup_root.display()
+        ),
     )?;
     let (log, ready) = (
         dir.join(format!("agent-{pods}.log")),
@@ -362,7 +366,7 @@ fn measure(
     let mut pod_adds = Vec::new();
     for i in 0..POD_ADDS {
         let n = (i * 37 + LOCAL_NAMESPACES) % namespaces;
-        let pod = cluster::pod(n, &format!("extra{i}"), pods + i);
+        let pod = cluster::pod(n, &format!("extra{i}"), pods + i, false);
         pod_adds.push(timed(
             "POST",
             &format!("/api/v1/namespaces/ns{n}/pods"),
@@ -375,7 +379,7 @@ fn measure(
         let n = i % LOCAL_NAMESPACES;
         cgroups.make(cgroup_root.join(format!("ns{n}_local{i}")))?;
         std::thread::sleep(Duration::from_millis(3 * POLL_MS));
-        let pod = cluster::pod(n, &format!("local{i}"), pods + POD_ADDS + i);
+        let pod = cluster::pod(n, &format!("local{i}"), pods + POD_ADDS + i, true);
         local_adds.push(timed(
             "POST",
             &format!("/api/v1/namespaces/ns{n}/pods"),
