@@ -34,6 +34,9 @@ enum Command {
     /// Benchmark: time and memory to compile a synthetic cluster (JSON).
     #[command(name = "__bench-compile", hide = true)]
     BenchCompile(bench::compile::CompileArgs),
+    /// Benchmark: each moat program's runs and run time while a command runs (JSON).
+    #[command(name = "__bench-prog-stats", hide = true)]
+    BenchProgStats(bench::prog_stats::ProgStatsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         Command::PodConnect(args) => std::process::exit(connect::run(args)?),
         Command::BenchDatapath(args) => bench::datapath::run(args)?,
         Command::BenchCompile(args) => bench::compile::run(args)?,
+        Command::BenchProgStats(args) => bench::prog_stats::run(args)?,
     }
     Ok(())
 }

@@ -131,9 +131,9 @@ pub fn guard(ctx: &Context) -> Result<Section> {
 
     // What the agent attaches, and the detection ids for the all-off configuration.
     println!("\n== guard: what the lab's agent attaches");
-    let AgentStatus { programs, detections } = {
-        let _lab = bench.lab(&[])?;
-        agent_status(&bench.moat, LAB)?
+    let (AgentStatus { programs, detections }, costs) = {
+        let lab = bench.lab(&[])?;
+        (agent_status(&bench.moat, LAB)?, bench.program_costs(&lab)?)
     };
     let off_config = write_off_config(&detections)?;
     let (samples, foreign) = bench.rounds(&off_config)?;
@@ -163,7 +163,7 @@ pub fn guard(ctx: &Context) -> Result<Section> {
          machine; a cost the programs add to every call is in every batch), median over the \
          rounds. Ratios are agent / no agent: above 1 is a cost.\n\n\
          Run to run: the fastest batch of every run, and the mean over whole runs, which \
-         carries the machine's other load:\n\n{spread}",
+         carries the machine's other load:\n\n{spread}\n{costs}",
         if programs.is_empty() { "none".to_string() } else { programs.join(", ") },
         detections.iter().map(|(id, mode)| format!("{id} {mode}")).collect::<Vec<_>>().join(", "),
         bench.iterations(Loop::Open),
@@ -209,6 +209,29 @@ impl Bench {
             Loop::Exec => EXEC_PER_SECOND * self.seconds,
             Loop::Connect => CONNECT_PER_SECOND * self.seconds,
         }
+    }
+
+    /// Each moat program's runs and run time per call of every loop, at the defaults: one
+    /// more run of each loop under `moat-lab __bench-prog-stats` (the kernel's accounting is
+    /// on for that run only, never for the timed ones).
+    fn program_costs(&self, lab: &Lab) -> Result<String> {
+        let lab_bin = crate::util::lab_bin_beside(&self.moat);
+        let mut costs = Vec::new();
+        for kind in Loop::ALL {
+            for place in [Place::Pod, Place::Host] {
+                check_interrupt()?;
+                let iterations = self.iterations(kind);
+                let looped = loop_command(lab, &self.attack, kind, place, iterations);
+                let mut cmd = Command::new(&lab_bin);
+                cmd.args(["__bench-prog-stats", "--"]).arg(looped.get_program()).args(looped.get_args());
+                eprintln!("$ {}", render(&cmd));
+                let text = stdout_of(&mut cmd)?;
+                let value: Value = serde_json::from_str(text.trim()).with_context(|| format!("no JSON from __bench-prog-stats: {text:?}"))?;
+                let label = format!("{} {}", kind.label(), place.label());
+                costs.extend(crate::bench_guard_programs::per_call(&label, iterations, &value)?);
+            }
+        }
+        Ok(crate::bench_guard_programs::table(&costs))
     }
 
     /// Every round, every configuration: each configuration's samples, and the raw
@@ -309,6 +332,16 @@ fn write_off_config(detections: &[(String, String)]) -> Result<PathBuf> {
 /// One loop run.
 fn measure(lab: &Lab, attack: &Path, kind: Loop, place: Place, iterations: u64) -> Result<Sample> {
     check_interrupt()?;
+    let mut cmd = loop_command(lab, attack, kind, place, iterations);
+    eprintln!("$ {}", render(&cmd));
+    let text = stdout_of(&mut cmd)?;
+    let value: Value = serde_json::from_str(text.trim()).with_context(|| format!("no JSON from the loop: {text:?}"))?;
+    let number = |key: &str| value[key].as_f64().with_context(|| format!("no {key} in {value}"));
+    Ok(Sample { fastest: number("min_ns_per_op")?, mean: number("ns_per_op")? })
+}
+
+/// `moat-attack loop …` for `kind`, in the pod or on the host.
+fn loop_command(lab: &Lab, attack: &Path, kind: Loop, place: Place, iterations: u64) -> Command {
     let mut cmd = match place {
         Place::Pod => {
             let mut cmd = lab.command();
@@ -341,11 +374,7 @@ fn measure(lab: &Lab, attack: &Path, kind: Loop, place: Place, iterations: u64) 
         }
     };
     cmd.args(["--batches", &batches.to_string()]);
-    eprintln!("$ {}", render(&cmd));
-    let text = stdout_of(&mut cmd)?;
-    let value: Value = serde_json::from_str(text.trim()).with_context(|| format!("no JSON from the loop: {text:?}"))?;
-    let number = |key: &str| value[key].as_f64().with_context(|| format!("no {key} in {value}"));
-    Ok(Sample { fastest: number("min_ns_per_op")?, mean: number("ns_per_op")? })
+    cmd
 }
 
 fn median(values: &[f64]) -> Result<f64> {

@@ -3,10 +3,12 @@
 //! * `moat-lab __bench-datapath`: per-packet cost of the verdict programs under BPF_PROG_TEST_RUN,
 //!   against a program that only returns 1, with the state of a synthetic cluster.
 //! * `moat-lab __bench-compile`: time and memory to compile a synthetic cluster.
+//! * `moat-lab __bench-prog-stats -- CMD`: each moat program's runs and run time while CMD runs.
 
 pub mod compile;
 pub mod datapath;
 pub mod harness;
+pub mod prog_stats;
 pub mod synth;
 pub mod testrun;
 
