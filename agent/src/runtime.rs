@@ -222,14 +222,15 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
         let changes = poll(&mut source, compiler.cluster());
         // The node's cgroups are walked on the tick, or for a watch event that may be about a
         // pod of this node, and then only if inotify saw a cgroup come or go.
-        let scan_node = wake != Wake::Source;
-        let maybe_new_cgroup = scan_node || changes.iter().any(|change| may_run_here(change, &config));
+        let on_tick = wake != Wake::Source;
+        let maybe_new_cgroup = on_tick || changes.iter().any(|change| may_run_here(change, &config));
         let cgroups = if maybe_new_cgroup && cgroup_watch.due() {
             scan_cgroups(compiler.cgroups(), &cgroup_root, layout.as_ref(), &mut cgroup_watch)
         } else {
             None
         };
-        let mut scan_node = scan_node || cgroups.is_some();
+        let cgroups_found = cgroups.is_some();
+        let mut scan_node = on_tick || cgroups_found;
         if changes.is_empty() && cgroups.is_none() && !resync {
             // Discovery runs apart from the changes: its findings are reported on every pass.
             observability.unenforced(&source.unenforced());
@@ -247,6 +248,10 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
             Ok(delta) => delta,
             Err(error) => {
                 tracing::error!(%error, "cluster state does not compile; last good state stays enforced");
+                // The cgroups found went with the failed change: look again next round.
+                if cgroups_found {
+                    cgroup_watch.mark_due();
+                }
                 continue;
             }
         };

@@ -1,7 +1,7 @@
 //! The guard at run time: kernel layout and settings at start-up, then the actors after
 //! every change of the model, and on every tick the node's protected files, volumes and
-//! runtime socket paths (from the filesystem). Guard failures are logged and shown in status; they never stop network
-//! enforcement.
+//! runtime socket paths (from the filesystem). Guard failures are logged and shown in
+//! status; they never stop network enforcement.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
@@ -117,13 +117,16 @@ impl Guard {
     /// After a change of the model: the actors, and the pod names events show. Reads nothing
     /// from the filesystem, so it stays cheap on the path of every watch event.
     pub fn follow_model(&mut self, index: &Index, cluster: &Cluster) -> Result<(), KernelError> {
-        let actors = kernel_maps::actors(index, cluster, &self.config, self.own_cgroup);
-        self.maps.sync_actors(actors)?;
+        self.sync_actors(index, cluster)?;
         if self.tags_changed(index) {
             self.pods_by_tag = index.pods_by_tag.clone();
             self.publish(false);
         }
         Ok(())
+    }
+
+    fn sync_actors(&mut self, index: &Index, cluster: &Cluster) -> Result<(), KernelError> {
+        self.maps.sync_actors(kernel_maps::actors(index, cluster, &self.config, self.own_cgroup))
     }
 
     /// The compiler keeps pod tags up to date; a new map (not the same tree) means a change.
@@ -155,8 +158,7 @@ impl Guard {
     /// the node's filesystem; writes settings when they change. On the tick, and when pod
     /// cgroups come or go.
     pub fn refresh(&mut self, index: &Index, cluster: &Cluster) -> Result<(), KernelError> {
-        let actors = kernel_maps::actors(index, cluster, &self.config, self.own_cgroup);
-        self.maps.sync_actors(actors)?;
+        self.sync_actors(index, cluster)?;
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let found = node::discover(&self.config, &mountinfo);
         let tags_changed = self.tags_changed(index);

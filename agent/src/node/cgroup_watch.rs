@@ -63,8 +63,8 @@ impl CgroupWatch {
         self.last_scan = Some(Instant::now());
     }
 
-    /// The scan did not complete: the next one is due at once.
-    pub fn scan_failed(&mut self) {
+    /// The next scan is due at once: the last one failed, or what it found was not taken.
+    pub fn mark_due(&mut self) {
         self.dirty = true;
     }
 

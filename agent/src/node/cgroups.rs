@@ -57,7 +57,7 @@ pub fn scan_watched(root: &Path, layout: &dyn CgroupLayout, watch: &mut CgroupWa
     watch.scanning();
     let scanned = scan_listing(root, layout, |dir| watch.watch(dir));
     if scanned.is_err() {
-        watch.scan_failed();
+        watch.mark_due();
     }
     scanned
 }
