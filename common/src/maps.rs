@@ -25,7 +25,18 @@ pub mod names {
     pub const CNP_SUBJECTS: &str = "CNP_SUBJECTS";
     /// ClusterNetworkPolicy entries: `PolicyMatch` prefix → `TierMatch`.
     pub const CNP_RULES: &str = "CNP_RULES";
+    /// The packet programs' later stages, by slot (`STAGE_*`).
+    pub const EGRESS_STAGES: &str = "EGRESS_STAGES";
+    pub const INGRESS_STAGES: &str = "INGRESS_STAGES";
 }
+
+/// Slots of `EGRESS_STAGES` / `INGRESS_STAGES`: the decider, for every packet an established
+/// flow does not answer.
+pub const STAGE_DECIDE: u32 = 0;
+/// Egress only: the tenant DNS check, for every UDP packet to port 53 (and any whose headers
+/// only the full parse reads).
+pub const STAGE_DNS: u32 = 1;
+pub const STAGES: u32 = 2;
 
 /// Capacities; the agent refuses a model that would not fit rather than writing part of it.
 pub mod capacity {

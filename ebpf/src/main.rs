@@ -24,17 +24,19 @@ use aya_ebpf::{
     programs::{DeviceContext, SkBuffContext, SockAddrContext, SysctlContext, TcContext},
 };
 use moat_common::{
-    dns::DNS_OFF,
+    dns::{DNS_OFF, DNS_PORT},
     event::{HOOK_CONNECT, HOOK_SENDMSG, HOOK_SKB},
     maps::{
         Settings, DIRECTION_EGRESS, DIRECTION_INGRESS, ORIGIN_INBOUND, ORIGIN_OUTBOUND,
-        SETTING_REPORT_ALLOWED,
+        SETTING_REPORT_ALLOWED, STAGE_DECIDE, STAGE_DNS,
     },
     verdict::Reason,
+    IPPROTO_UDP,
 };
 
 use ends::{Ends, FlowId};
 use flows::{FlowLookup, Tracked};
+use maps::{EGRESS_STAGES, INGRESS_STAGES};
 use packet::{Addr, Packet, Parsed};
 
 const PASS: i32 = 1;
@@ -50,35 +52,98 @@ pub fn moat_ingress(ctx: SkBuffContext) -> i32 {
     on_packet(&ctx, false)
 }
 
+/// Stage `STAGE_DECIDE` of `moat_egress`: every packet an established flow does not answer.
+#[cgroup_skb(egress)]
+pub fn moat_decide_out(ctx: SkBuffContext) -> i32 {
+    on_undecided(&ctx, true)
+}
+
+/// Stage `STAGE_DECIDE` of `moat_ingress`.
+#[cgroup_skb(ingress)]
+pub fn moat_decide_in(ctx: SkBuffContext) -> i32 {
+    on_undecided(&ctx, false)
+}
+
+/// Stage `STAGE_DNS` of `moat_egress`: a question to a DNS server, decided before any
+/// flow-table shortcut (one socket asks many); then on as any packet.
+#[cgroup_skb(egress)]
+pub fn moat_dns_out(ctx: SkBuffContext) -> i32 {
+    let Some((settings, cgroup)) = armed(&ctx) else { return PASS };
+    if dns::refuses(&ctx, cgroup, settings) {
+        return DROP;
+    }
+    established_or_decide(&ctx, true, cgroup, settings, packet::parse_linear(&ctx))
+}
+
+/// The packet programs' first stage. The DNS check and the decision are stages of their own
+/// (tail calls, verified apart): inline, either made this program too large for the verifier.
 #[inline(always)]
 fn on_packet(ctx: &SkBuffContext, egress: bool) -> i32 {
-    // In place, not copied: this frame cannot spare the 24 bytes (6.1's verifier allows 512
-    // over the call chain); `decide_packet` reads the generation once.
-    let Some(settings) = floor::settings_in_map() else { return PASS };
+    let Some((settings, cgroup)) = armed(ctx) else { return PASS };
+    let linear = packet::parse_linear(ctx);
+    if egress && settings.dns != DNS_OFF {
+        let may_ask_dns = match &linear {
+            Some(packet) => packet.protocol == IPPROTO_UDP && packet.dst_port == DNS_PORT,
+            None => true,
+        };
+        if may_ask_dns {
+            return next_stage(ctx, egress, STAGE_DNS);
+        }
+    }
+    established_or_decide(ctx, egress, cgroup, settings, linear)
+}
+
+/// An established packet: one flow-table lookup, a per-CPU counter. Anything else goes to
+/// the decider.
+#[inline(always)]
+fn established_or_decide(ctx: &SkBuffContext, egress: bool, cgroup: u64, settings: &Settings, linear: Option<Packet>) -> i32 {
+    if let Some(packet) = linear {
+        let flow = flow_of(&packet, egress, cgroup);
+        if let Tracked::Current(tenant) = flows::lookup(&flow.key(), settings.generation) {
+            let direction = if egress { DIRECTION_EGRESS } else { DIRECTION_INGRESS };
+            counters::established(tenant, direction, ctx.len() as u64);
+            return PASS;
+        }
+    }
+    next_stage(ctx, egress, STAGE_DECIDE)
+}
+
+/// Tail-calls the direction's stage `slot`.
+#[inline(always)]
+fn next_stage(ctx: &SkBuffContext, egress: bool, slot: u32) -> i32 {
+    // SAFETY: the context is this program's own; on success the call does not return.
+    unsafe {
+        if egress {
+            EGRESS_STAGES.tail_call(ctx, slot);
+        } else {
+            INGRESS_STAGES.tail_call(ctx, slot);
+        }
+    }
+    // The slot is empty: only while the pin directory is deleted, before the links that hold
+    // this program, as enforcement ends. Passed, and counted as not armed.
+    let direction = if egress { DIRECTION_EGRESS } else { DIRECTION_INGRESS };
+    counters::count(0, direction, Reason::NotReady, ctx.len() as u64);
+    PASS
+}
+
+#[inline(always)]
+fn on_undecided(ctx: &SkBuffContext, egress: bool) -> i32 {
+    let Some((settings, cgroup)) = armed(ctx) else { return PASS };
+    decide_packet(ctx, egress, cgroup, settings)
+}
+
+/// `SETTINGS` once an agent has armed enforcement, and the packet's cgroup. Each stage reads
+/// them again: a tail call carries nothing but the skb. The settings stay in the map, not
+/// copied: `decide_packet` reads the generation once.
+#[inline(always)]
+fn armed(ctx: &SkBuffContext) -> Option<(&'static Settings, u64)> {
+    let settings = floor::settings_in_map()?;
     if settings.ready == 0 {
-        return PASS;
+        return None;
     }
     // SAFETY: the context pointer is the program's own __sk_buff.
     let cgroup = unsafe { bpf_skb_cgroup_id(ctx.skb.skb as *mut __sk_buff) };
-    let direction = if egress { DIRECTION_EGRESS } else { DIRECTION_INGRESS };
-    // A question to a DNS server, before any flow-table shortcut (one socket asks many).
-    if egress && settings.dns != DNS_OFF && dns::refuses(ctx, cgroup, settings) {
-        return DROP;
-    }
-    // An established flow: headers read in place, one flow-table lookup, a per-CPU counter.
-    let mut known_missing = false;
-    if let Some(packet) = packet::parse_linear(ctx) {
-        let flow = flow_of(&packet, egress, cgroup);
-        match flows::lookup(&flow.key(), settings.generation) {
-            Tracked::Current(tenant) => {
-                counters::established(tenant, direction, ctx.len() as u64);
-                return PASS;
-            }
-            Tracked::Missing => known_missing = true,
-            Tracked::Stale(_) => {}
-        }
-    }
-    decide_packet(ctx, egress, cgroup, settings, known_missing)
+    Some((settings, cgroup))
 }
 
 /// The packet's flow from the local end: egress leaves from the local socket, ingress
@@ -94,12 +159,11 @@ fn flow_of(packet: &Packet, egress: bool, cgroup: u64) -> FlowId {
 }
 
 /// Everything but an established packet: a new flow, a flow to re-decide after a change, a
-/// packet the flow table does not track. `known_missing`: the caller already looked the
-/// flow up and found nothing. `settings` is the map's value in place: the generation is
+/// packet the flow table does not track. `settings` is the map's value in place: the generation is
 /// read once, first, and everything this run records carries it, so a change armed while it
 /// decides still has the flow re-decided.
 #[inline(never)]
-fn decide_packet(ctx: &SkBuffContext, egress: bool, cgroup: u64, settings: &Settings, known_missing: bool) -> i32 {
+fn decide_packet(ctx: &SkBuffContext, egress: bool, cgroup: u64, settings: &Settings) -> i32 {
     let generation = settings.generation;
     let packet = match packet::parse_linear(ctx) {
         Some(packet) => packet,
@@ -119,7 +183,7 @@ fn decide_packet(ctx: &SkBuffContext, egress: bool, cgroup: u64, settings: &Sett
     let flow = flow_of(&packet, egress, cgroup);
     let key = flow.key();
     let report_allowed = settings.flags & SETTING_REPORT_ALLOWED != 0;
-    let tracked = if !packet.trackable || known_missing { Tracked::Missing } else { flows::lookup(&key, generation) };
+    let tracked = if !packet.trackable { Tracked::Missing } else { flows::lookup(&key, generation) };
     match tracked {
         Tracked::Current(tenant) => {
             counters::established(tenant, direction, bytes);

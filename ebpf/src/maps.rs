@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, SockHash},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
 };
 use moat_common::budget::{BudgetKey, BudgetState, EVENT_BUDGETS_CAPACITY};
 use moat_common::guard::{
@@ -14,9 +14,20 @@ use moat_common::dns::{
     ZONE_SLOTS,
 };
 use moat_common::maps::{
-    capacity, Counter, CounterKey, Endpoint, FlowKey, FlowState, PolicyMatch, Settings,
+    capacity, Counter, CounterKey, STAGES, Endpoint, FlowKey, FlowState, PolicyMatch, Settings,
     SharedPortKey, SlotCounter, TenantPairKey, TierMatch, TierSets,
 };
+
+/// The packet programs' later stages, tail-called by slot (`STAGE_*`): the decider for every
+/// packet an established flow does not answer, and (egress) the DNS check for every question.
+/// Each is verified apart, so no program nears the verifier's instruction limit. One array per
+/// direction: the kernel ties an array to one attach type. Pinned, so the entries outlive the
+/// agent that wrote them, as the programs' links do (`loader::arm_stages`).
+#[map]
+pub static EGRESS_STAGES: ProgramArray = ProgramArray::pinned(STAGES, 0);
+
+#[map]
+pub static INGRESS_STAGES: ProgramArray = ProgramArray::pinned(STAGES, 0);
 
 #[map]
 pub static LOCAL_ENDPOINTS: HashMap<u64, Endpoint> =

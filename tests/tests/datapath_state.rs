@@ -1,7 +1,8 @@
 //! The datapath's per-packet state on the real kernel, through BPF_PROG_TEST_RUN on the
 //! real object (private pins, nothing attached): an established flow is cut by the next
-//! generation, a verdict cached for earlier flows does not outlive it, and established
-//! packets counted in the per-CPU slots reach the agent's verdict counters.
+//! generation, a verdict cached for earlier flows does not outlive it, established
+//! packets counted in the per-CPU slots reach the agent's verdict counters, and a packet
+//! program whose decider slot is empty passes what it cannot decide, counted as not ready.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,8 @@ use moat_agent::config::Config;
 use moat_agent::kernel::stats::KernelStats;
 use moat_agent::model::PodKey;
 use moat_agent::node::cgroups::{PodCgroups, PodRef};
-use moat_common::maps::{CounterKey, DIRECTION_EGRESS, VERDICT_ALLOW};
+use moat_agent::kernel::loader;
+use moat_common::maps::{names, CounterKey, DIRECTION_EGRESS, STAGE_DECIDE, VERDICT_ALLOW};
 use moat_common::verdict::Reason;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -93,4 +95,28 @@ fn a_new_generation_cuts_established_flows_and_cached_verdicts() {
     loaded.maps.apply(&denied, &allowed).expect("apply");
     assert_eq!(run(&syn(40003), 1), PASS);
     assert_eq!(run(&ack(40003), 10), PASS);
+}
+
+#[test]
+fn an_empty_decider_slot_passes_undecided_packets_counted_as_not_ready() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cgroup = own_cgroup_id().expect("own cgroup");
+    // Allowed to port 81 only: a SYN to port 80 is denied.
+    let denied = desired(dir.path(), 81, cgroup);
+    let mut loaded = Loaded::new(Path::new("/sys/fs/bpf"), &format!("test-stages-{}", std::process::id())).expect("loads");
+    loaded.maps.apply(&Desired::default(), &denied).expect("apply");
+    let egress = loaded.skb_program("moat_egress").expect("moat_egress");
+    let run = |packet: &[u8]| test_run("moat_egress", egress, packet, 1).expect("test run").retval;
+    assert_eq!(run(&syn(41000)), DROP, "decided by the decider stage");
+
+    loaded.clear_stage(names::EGRESS_STAGES, STAGE_DECIDE).expect("clear");
+    assert_eq!(run(&syn(41001)), PASS, "no decider: passed, as enforcement ends");
+    assert_eq!(run(&syn(41002)), PASS);
+    let stats = KernelStats::open(&loaded.dirs.maps).expect("stats");
+    let not_ready = CounterKey { tenant: 0, direction: DIRECTION_EGRESS, verdict: VERDICT_ALLOW, reason: Reason::NotReady as u8, _pad: [0; 5] };
+    let counted = stats.counters().into_iter().find(|(key, _)| *key == not_ready).map(|(_, c)| c.packets);
+    assert_eq!(counted, Some(2), "each undecided packet counted as not ready");
+
+    loader::arm_stages(&mut loaded.ebpf).expect("re-arm");
+    assert_eq!(run(&syn(41003)), DROP, "decided again once the slot is written");
 }

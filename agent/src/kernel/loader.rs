@@ -15,7 +15,9 @@ use std::os::fd::AsFd;
 use aya::programs::{CgroupAttachMode, CgroupDevice, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, CgroupSysctl, Program};
 use moat_common::budget::{names as budget_names, EventBudget};
 use moat_common::layout::KernelLayout;
+use aya::maps::ProgramArray;
 use aya::{Ebpf, EbpfLoader};
+use moat_common::maps::{names, STAGE_DECIDE, STAGE_DNS};
 
 use super::bpffs::PinDirs;
 use super::cgroup_link;
@@ -65,6 +67,15 @@ pub const PROGRAMS: [(&str, Hook); 8] = [
     ("moat_sendmsg6", Hook::SockAddr),
     ("moat_sysctl", Hook::Sysctl),
     ("moat_device", Hook::Device),
+];
+
+/// The packet programs' later stages: (program, hook, array, slot). Loaded and written before
+/// the packet programs attach; a new agent's stages then serve an older agent's programs for
+/// the moment both run, as its maps do (`arm_stages`).
+pub const STAGES: [(&str, Hook, &str, u32); 3] = [
+    ("moat_decide_out", Hook::SkbEgress, names::EGRESS_STAGES, STAGE_DECIDE),
+    ("moat_dns_out", Hook::SkbEgress, names::EGRESS_STAGES, STAGE_DNS),
+    ("moat_decide_in", Hook::SkbIngress, names::INGRESS_STAGES, STAGE_DECIDE),
 ];
 
 /// Loads the object. Maps already pinned under `dirs.maps` are reused with their contents.
@@ -124,6 +135,21 @@ pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), KernelError> {
         let program = ebpf.program_mut(name).ok_or_else(|| KernelError::Program { program: name, hook: hook.name(), message: "missing from the object".into() })?;
         load_once(program, hook).map_err(|message| KernelError::Program { program: name, hook: hook.name(), message })?;
     }
+    arm_stages(ebpf)
+}
+
+/// Loads the stages and writes each into its slot (idempotent).
+pub fn arm_stages(ebpf: &mut Ebpf) -> Result<(), KernelError> {
+    for (name, hook, array, slot) in STAGES {
+        let fail = |message: String| KernelError::Program { program: name, hook: hook.name(), message };
+        let program = ebpf.program_mut(name).ok_or_else(|| fail("missing from the object".into()))?;
+        load_once(program, hook).map_err(fail)?;
+        let program: &mut CgroupSkb = program.try_into().map_err(|e| fail(format!("{e}")))?;
+        let fd = program.fd().map_err(|e| fail(format!("{e}")))?.try_clone().map_err(|e| fail(format!("{e}")))?;
+        let map = ebpf.map_mut(array).ok_or_else(|| KernelError::map(array, "missing from the object"))?;
+        let mut slots = ProgramArray::try_from(map).map_err(|e| KernelError::map(array, e))?;
+        slots.set(slot, &fd, 0).map_err(|e| fail(format!("write into {array}[{slot}]: {}", chain(&e))))?;
+    }
     Ok(())
 }
 
@@ -145,6 +171,7 @@ pub fn attach_all(ebpf: &mut Ebpf, cgroup_root: &Path, dirs: &PinDirs) -> Result
     let cgroup = File::open(cgroup_root)
         .map_err(|source| KernelError::CgroupRoot { path: cgroup_root.into(), source })?;
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    arm_stages(ebpf)?;
     let mut attached = Vec::new();
     for (name, hook) in PROGRAMS {
         let fail = |message: String| KernelError::Program { program: name, hook: hook.name(), message };

@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, Map, MapData};
+use aya::maps::{Array, Map, MapData, ProgramArray};
 use aya::programs::{CgroupSkb, SchedClassifier};
 use aya::Ebpf;
 use moat_common::maps::{names, Settings};
@@ -40,6 +40,8 @@ impl Loaded {
         // From here on the pins are ours to remove, even if loading fails.
         let pins = PinGuard(dirs.instance.clone());
         let mut ebpf = loader::load(&dirs, &moat_common::layout::KernelLayout::default())?;
+        // The packet programs' later stages (the decider, the DNS check), by tail call.
+        loader::arm_stages(&mut ebpf)?;
         let maps = KernelMaps::take(&mut ebpf)?;
         Ok(Self { ebpf, maps, dirs, _pins: pins })
     }
@@ -61,6 +63,15 @@ impl Loaded {
         let program: &mut SchedClassifier = tc::program(&mut self.ebpf)?;
         let fd = program.fd().map_err(|e| fail(format!("{e}")))?;
         Ok(fd.as_fd().as_raw_fd())
+    }
+
+    /// Empties `slot` of a packet program's stage array (`EGRESS_STAGES`, `INGRESS_STAGES`), as
+    /// while the pins are being removed: what the programs do then is a tested fail-safe.
+    pub fn clear_stage(&mut self, array: &'static str, slot: u32) -> Result<(), BenchError> {
+        let fail = |message: String| BenchError::Program { program: array, message };
+        let map = self.ebpf.map_mut(array).ok_or_else(|| fail("missing from the object".into()))?;
+        let mut slots = ProgramArray::try_from(map).map_err(|e| fail(format!("{e}")))?;
+        slots.clear_index(&slot).map_err(|e| fail(format!("clearing slot {slot}: {e}")))
     }
 
     /// Writes `SETTINGS` with the next generation, as an agent applying a change would.
