@@ -1,6 +1,5 @@
 //! The flow table: one lookup for an established packet, generation-based revocation.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use moat_common::{
     maps::{FlowKey, FlowState, Settings},
     verdict::Reason,
@@ -49,7 +48,6 @@ pub fn renew(state: *mut FlowState, generation: u64, reason: Reason, local_tenan
     // SAFETY: from `lookup` in this program run, with no FLOWS operation since.
     let state = unsafe { &mut *state };
     state.generation = generation;
-    state.last_seen_ns = unsafe { bpf_ktime_get_ns() };
     state.reason = reason as u8;
     state.local_tenant = local_tenant;
 }
@@ -97,7 +95,6 @@ pub fn check_flow(key: &FlowKey, ends: &Ends, settings: &Settings) -> FlowLookup
 pub fn track(key: &FlowKey, generation: u64, origin: u8, reason: Reason, local_tenant: u64) {
     let state = FlowState {
         generation,
-        last_seen_ns: unsafe { bpf_ktime_get_ns() },
         local_tenant,
         origin,
         reason: reason as u8,

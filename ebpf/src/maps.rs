@@ -14,7 +14,7 @@ use moat_common::dns::{
     ZONE_SLOTS,
 };
 use moat_common::maps::{
-    capacity, Counter, CounterKey, STAGES, Endpoint, FlowKey, FlowState, PolicyMatch, Settings,
+    capacity, Counter, CounterKey, STAGE_SLOTS, Endpoint, FlowKey, FlowState, PolicyMatch, Settings,
     SharedPortKey, SlotCounter, TenantPairKey, TierMatch, TierSets,
 };
 
@@ -24,10 +24,10 @@ use moat_common::maps::{
 /// direction: the kernel ties an array to one attach type. Pinned, so the entries outlive the
 /// agent that wrote them, as the programs' links do (`loader::arm_stages`).
 #[map]
-pub static EGRESS_STAGES: ProgramArray = ProgramArray::pinned(STAGES, 0);
+pub static EGRESS_STAGES: ProgramArray = ProgramArray::pinned(STAGE_SLOTS, 0);
 
 #[map]
-pub static INGRESS_STAGES: ProgramArray = ProgramArray::pinned(STAGES, 0);
+pub static INGRESS_STAGES: ProgramArray = ProgramArray::pinned(STAGE_SLOTS, 0);
 
 #[map]
 pub static LOCAL_ENDPOINTS: HashMap<u64, Endpoint> =
