@@ -31,7 +31,7 @@ use moat_common::{
         SETTING_REPORT_ALLOWED, STAGE_DECIDE, STAGE_DNS,
     },
     verdict::Reason,
-    IPPROTO_UDP,
+    IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use ends::{Ends, FlowId};
@@ -94,10 +94,14 @@ fn on_packet(ctx: &SkBuffContext, egress: bool) -> i32 {
 }
 
 /// An established packet: one flow-table lookup, a per-CPU counter. Anything else goes to
-/// the decider.
+/// the decider, which looks the flow up itself: a SYN that opens a connection goes there
+/// without this lookup (a retransmitted one finds its entry there).
 #[inline(always)]
 fn established_or_decide(ctx: &SkBuffContext, egress: bool, cgroup: u64, settings: &Settings, linear: Option<Packet>) -> i32 {
     if let Some(packet) = linear {
+        if packet.protocol == IPPROTO_TCP && !packet.tcp_midstream {
+            return next_stage(ctx, egress, STAGE_DECIDE);
+        }
         let flow = flow_of(&packet, egress, cgroup);
         if let Tracked::Current(tenant) = flows::lookup(&flow.key(), settings.generation) {
             let direction = if egress { DIRECTION_EGRESS } else { DIRECTION_INGRESS };
