@@ -69,9 +69,9 @@ pub const PROGRAMS: [(&str, Hook); 8] = [
     ("moat_device", Hook::Device),
 ];
 
-/// The packet programs' later stages: (program, hook, array, slot). Loaded and written before
-/// the packet programs attach; a new agent's stages then serve an older agent's programs for
-/// the moment both run, as its maps do (`arm_stages`).
+/// The packet programs' later stages: (program, hook, array, slot). Verified with the other
+/// programs, written into their slots just before the packet programs attach; a new agent's
+/// stages then serve an older agent's programs for the moment both run, as its maps do.
 pub const STAGES: [(&str, Hook, &str, u32); 3] = [
     ("moat_decide_out", Hook::SkbEgress, names::EGRESS_STAGES, STAGE_DECIDE),
     ("moat_dns_out", Hook::SkbEgress, names::EGRESS_STAGES, STAGE_DNS),
@@ -131,11 +131,13 @@ pub struct Attached {
 /// content, so this runs while the cluster is still being listed; `attach_all` loads any
 /// program not loaded yet.
 pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), KernelError> {
-    for (name, hook) in PROGRAMS {
+    // The stages are verified now too, but written into their slots only when this agent attaches.
+    let stages = STAGES.iter().map(|(name, hook, _, _)| (*name, *hook));
+    for (name, hook) in PROGRAMS.into_iter().chain(stages) {
         let program = ebpf.program_mut(name).ok_or_else(|| KernelError::Program { program: name, hook: hook.name(), message: "missing from the object".into() })?;
         load_once(program, hook).map_err(|message| KernelError::Program { program: name, hook: hook.name(), message })?;
     }
-    arm_stages(ebpf)
+    Ok(())
 }
 
 /// Loads the stages and writes each into its slot (idempotent).
