@@ -48,38 +48,83 @@ pub enum Via {
     Syscall,
 }
 
-/// What opening `file` means, if anything. `/proc/PID/mem` is only classified at the
-/// syscall: where security hooks run, the ptrace hook sees that open with its target task
-/// (and can tell the actor's own processes apart in the kernel, which a refusal needs).
+/// What an opened file may be to some detection, found from the file alone. Most opens
+/// (a regular file, not protected, on no pod's volume) are none of these and end here,
+/// before the actor is looked up: that costs more than this (a hash lookup and helpers).
+#[derive(Clone, Copy)]
+enum Candidate {
+    /// A protected file (`GUARD_FILES`): its class and, for a pod volume's file, its owner.
+    Protected { class: u32, owner: u64 },
+    /// A file on a pod's volume mounted on its own (`GUARD_VOLUMES`): the owning pod.
+    Volume(u64),
+    /// A kernel interface's filesystem: cgroup, sysfs, proc, debugfs, tracefs (and nsfs
+    /// where the open is seen by BPF LSM).
+    KernelFs,
+}
+
+/// An opened file that may concern a detection, to be judged for its actor (`classify`).
+#[derive(Clone, Copy)]
+pub struct Opened {
+    file: usize,
+    id: FileId,
+    candidate: Candidate,
+}
+
+/// The opened `file` if it may concern some detection; `None` for every other file,
+/// whoever opened it.
 #[inline(always)]
-pub fn classify(file: usize, settings: &GuardSettings, actor: &Actor, via: Via) -> Option<Finding> {
-    let id = kernel::file_id(file)?;
-    let write = kernel::file_mode(file) & FMODE_WRITE != 0;
+pub fn candidate(file: usize, via: Via) -> Option<Opened> {
+    // A security hook's `file` is a BTF pointer; the syscall's, read from the fd table, is not.
+    let id = if via == Via::Syscall { kernel::file_id(file)? } else { kernel::btf_file_id(file)? };
+    // SAFETY: plain-data key.
+    let candidate = if let Some(rule) = unsafe { GUARD_FILES.get(&FileKey { dev: id.dev, ino: id.ino }) } {
+        Candidate::Protected { class: rule.class, owner: rule.owner }
+    } else if let Some(owner) = unsafe { GUARD_VOLUMES.get(&id.dev) } {
+        // SAFETY: as above.
+        Candidate::Volume(*owner)
+    } else if matches!(id.magic, CGROUP_SUPER_MAGIC | SYSFS_MAGIC | PROC_SUPER_MAGIC | DEBUGFS_MAGIC | TRACEFS_MAGIC)
+        || (via == Via::Lsm && id.magic == NSFS_MAGIC)
+    {
+        Candidate::KernelFs
+    } else {
+        return None;
+    };
+    Some(Opened { file, id, candidate })
+}
+
+/// What opening the file means for `actor`, if anything. `/proc/PID/mem` is only
+/// classified at the syscall: where security hooks run, the ptrace hook sees that open with
+/// its target task (and can tell the actor's own processes apart in the kernel, which a
+/// refusal needs).
+#[inline(always)]
+pub fn classify(opened: &Opened, settings: &GuardSettings, actor: &Actor, via: Via) -> Option<Finding> {
+    let Opened { file, id, candidate } = *opened;
+    let write = || kernel::file_mode(file) & FMODE_WRITE != 0;
     let found = |detection: u32, owner: u64| {
         if report::mode(detection) == GUARD_MODE_OFF {
             return None;
         }
         Some(Finding { detection, id, owner, dentry: kernel::file_dentry(file).unwrap_or(0) })
     };
-    // SAFETY: plain-data key.
-    if let Some(rule) = unsafe { GUARD_FILES.get(&FileKey { dev: id.dev, ino: id.ino }) } {
-        if rule.class == FILE_KUBELET_CREDENTIAL && !actor::is_kubelet(settings, actor) {
-            return found(DETECTION_KUBELET_PKI, 0);
+    match candidate {
+        Candidate::Protected { class, owner } => {
+            if class == FILE_KUBELET_CREDENTIAL && !actor::is_kubelet(settings, actor) {
+                return found(DETECTION_KUBELET_PKI, 0);
+            }
+            if class == FILE_RUNTIME_BINARY && actor.in_pod && write() {
+                return found(DETECTION_RUNTIME_BINARY, 0);
+            }
+            if class == FILE_POD_VOLUME && actor.in_pod && owner != actor.pod {
+                return found(DETECTION_OTHER_POD_VOLUME, owner);
+            }
+            return None;
         }
-        if rule.class == FILE_RUNTIME_BINARY && write && actor.in_pod {
-            return found(DETECTION_RUNTIME_BINARY, 0);
+        // Host processes (the kubelet writes pods' volumes) concern nothing below.
+        _ if !actor.in_pod => return None,
+        Candidate::Volume(owner) => {
+            return if owner != actor.pod { found(DETECTION_OTHER_POD_VOLUME, owner) } else { None };
         }
-        if rule.class == FILE_POD_VOLUME && actor.in_pod && rule.owner != actor.pod {
-            return found(DETECTION_OTHER_POD_VOLUME, rule.owner);
-        }
-        return None;
-    }
-    if !actor.in_pod {
-        return None;
-    }
-    // SAFETY: plain-data key.
-    if let Some(owner) = unsafe { GUARD_VOLUMES.get(&id.dev) } {
-        return if *owner != actor.pod { found(DETECTION_OTHER_POD_VOLUME, *owner) } else { None };
+        Candidate::KernelFs => {}
     }
     if via == Via::Lsm && id.magic == NSFS_MAGIC {
         let mut i = 0;
@@ -94,16 +139,13 @@ pub fn classify(file: usize, settings: &GuardSettings, actor: &Actor, via: Via) 
         }
         return None;
     }
-    let interesting = matches!(id.magic, CGROUP_SUPER_MAGIC | SYSFS_MAGIC | PROC_SUPER_MAGIC | DEBUGFS_MAGIC | TRACEFS_MAGIC);
-    if !interesting {
-        return None;
-    }
     if id.magic == DEBUGFS_MAGIC || id.magic == TRACEFS_MAGIC {
         return found(DETECTION_KERNEL_MEMORY, 0);
     }
     let dentry = kernel::file_dentry(file)?;
     let mut name = [0u8; NAME];
     let len = kernel::dentry_name(dentry, &mut name);
+    let write = write();
     match id.magic {
         CGROUP_SUPER_MAGIC if write && (eq(&name, len, b"release_agent") || eq(&name, len, b"notify_on_release")) => {
             found(DETECTION_CGROUP_RELEASE_AGENT, 0)

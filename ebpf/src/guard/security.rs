@@ -101,9 +101,11 @@ fn pod_actor() -> Option<Actor> {
 #[inline(always)]
 pub fn file_open(file: u64, gate: Gate) -> i32 {
     let Some(settings) = actor::settings() else { return 0 };
-    let Some(actor) = actor::current(&settings) else { return 0 };
     let via = if gate == Gate::Refuse { file::Via::Lsm } else { file::Via::Fentry };
-    let Some(finding) = file::classify(file as usize, &settings, &actor, via) else { return 0 };
+    // The file first: most opens concern no detection, and end before the actor lookup.
+    let Some(opened) = file::candidate(file as usize, via) else { return 0 };
+    let Some(actor) = actor::current(&settings) else { return 0 };
+    let Some(finding) = file::classify(&opened, &settings, &actor, via) else { return 0 };
     // Host processes are the operator's: reported, never refused (a node's own tooling may
     // read the kubelet's certificates; pods never need to).
     let refused = gate.refuses(report::mode(finding.detection)) && actor.in_pod;

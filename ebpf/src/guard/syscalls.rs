@@ -241,16 +241,17 @@ pub fn setns_exit(ret: i64) {
 
 
 /// open/openat/openat2/creat exit: the file the call returned, for every process (host
-/// processes only match the kubelet's credentials, by inode).
+/// processes only match the kubelet's credentials, by inode). The file first: most opens
+/// concern no detection, and end before the actor is looked up.
 #[inline(always)]
 pub fn open_exit(ret: i64) {
     if ret < 0 {
         return;
     }
     let Some(settings) = actor::settings() else { return };
+    let Some(opened) = kernel::fd_file(ret as u64).and_then(|file| file::candidate(file, file::Via::Syscall)) else { return };
     let Some(actor) = actor::current(&settings) else { return };
-    let Some(opened) = kernel::fd_file(ret as u64) else { return };
-    if let Some(finding) = file::classify(opened, &settings, &actor, file::Via::Syscall) {
+    if let Some(finding) = file::classify(&opened, &settings, &actor, file::Via::Syscall) {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         // SAFETY: no arguments.
         let now = unsafe { bpf_ktime_get_ns() };
