@@ -13,7 +13,6 @@ pub mod names {
     pub const GUARD_PORTS: &str = "GUARD_PORTS";
     pub const GUARD_SOCKET_PATHS: &str = "GUARD_SOCKET_PATHS";
     pub const GUARD_UNIX_REFUSED: &str = "GUARD_UNIX_REFUSED";
-    pub const GUARD_CONNECTING: &str = "GUARD_CONNECTING";
 }
 
 pub mod capacity {
@@ -31,8 +30,6 @@ pub mod capacity {
     pub const GUARD_SOCKET_PATHS: u32 = 16_384;
     /// Threads between a refused connect and its exit (LRU).
     pub const GUARD_UNIX_REFUSED: u32 = 1_024;
-    /// Pods' threads between an AF_UNIX connect's entry and exit (LRU).
-    pub const GUARD_CONNECTING: u32 = 1_024;
 }
 
 /// System calls, as records name them (`GuardEvent::owner` of call evidence).

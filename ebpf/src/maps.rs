@@ -160,10 +160,6 @@ pub static GUARD_SOCKET_PATHS: HashMap<SocketPath, FileKey> = HashMap::pinned(gu
 pub static GUARD_UNIX_REFUSED: LruHashMap<u64, UnixRefusal> =
     LruHashMap::pinned(guard_capacity::GUARD_UNIX_REFUSED, 0);
 
-/// Pods' threads (pid_tgid) in an AF_UNIX connect → its fd, for the exit tracepoint (which
-/// has no arguments) to find the peer.
-#[map]
-pub static GUARD_CONNECTING: LruHashMap<u64, u64> = LruHashMap::pinned(guard_capacity::GUARD_CONNECTING, 0);
 
 /// Event budgets (`moat_common::budget`): each local tenant's deny events, per CPU.
 #[map]

@@ -102,11 +102,12 @@ fn ways(probe: Probe) -> &'static [Way] {
         Probe::UnixConnect => &[
             Way::Lsm(&[("moat_lsm_unix_stream_connect", Lsm("unix_stream_connect", 3))]),
             Way::Fentry(&[("moat_fentry_unix_stream_connect", Function("security_unix_stream_connect"))]),
-            Way::Tracepoint(&[("moat_tp_connect_enter", Syscall("sys_enter_connect")), ("moat_tp_connect_exit", Syscall("sys_exit_connect"))]),
+            // The exit reads the socket's fd from the task's saved registers.
+            Way::Tracepoint(&[("moat_tp_connect_exit", Syscall("sys_exit_connect"))]),
         ],
         Probe::ConnectRefusals => &[
             Way::Fentry(&[("moat_sys_connect_exit", SyscallEntry("connect"))]),
-            Way::Tracepoint(&[("moat_tp_connect_enter", Syscall("sys_enter_connect")), ("moat_tp_connect_exit", Syscall("sys_exit_connect"))]),
+            Way::Tracepoint(&[("moat_tp_connect_exit", Syscall("sys_exit_connect"))]),
         ],
         Probe::ApiConnect => &[
             Way::Lsm(&[("moat_lsm_socket_connect", Lsm("socket_connect", 3))]),

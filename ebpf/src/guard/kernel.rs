@@ -54,8 +54,8 @@ pub fn current_task() -> usize {
     unsafe { bpf_get_current_task() as usize }
 }
 
-/// The current task's saved user registers (`struct pt_regs`). Only for BTF-typed tracing
-/// programs (BPF LSM, fentry): the helper wants the BTF task pointer they can get.
+/// The current task's saved user registers (`struct pt_regs`), as a BTF pointer. Tracing
+/// programs only: the helpers are theirs.
 #[inline(always)]
 pub fn current_regs() -> Option<usize> {
     // SAFETY: the current task's BTF pointer, as the helper requires.
@@ -67,6 +67,17 @@ pub fn current_regs() -> Option<usize> {
 #[inline(always)]
 pub fn current_syscall_arg(n: usize) -> Option<u64> {
     read::<u64>(current_regs()?, regs_arg(n))
+}
+
+/// The first argument of the system call the current task is leaving, at its exit (the
+/// register that still holds it: arm64 overwrites x0 with the return value). No null check:
+/// the verifier cannot tell a checked BTF pointer from an unchecked one on a later branch,
+/// and a direct load through null reads 0.
+#[inline(always)]
+pub fn current_syscall_exit_arg0() -> u64 {
+    // SAFETY: the current task's BTF pointer, as the helper requires.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as usize;
+    btf_load(regs, offset!(regs_exit_arg0))
 }
 
 /// The number of the system call the current task is in (see [`current_regs`]).

@@ -15,7 +15,7 @@ use moat_common::guard as g;
 
 use super::args::{syscall_fexit_ret, tracepoint_ret, traced, RegsArgs, TracepointArgs};
 use super::security::{self, Gate};
-use super::syscalls;
+use super::{kernel, syscalls};
 
 // ---------------------------------------------------------------------------------------
 // BPF LSM. Each program first honours the verdict of BPF LSM programs before it: the
@@ -289,13 +289,13 @@ pub fn moat_tp_setns_exit(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn moat_tp_connect_enter(ctx: TracePointContext) -> u32 {
-    syscalls::connect_enter(&TracepointArgs(&ctx), true);
+    syscalls::connect_enter(&TracepointArgs(&ctx));
     0
 }
 
 #[tracepoint]
 pub fn moat_tp_connect_exit(ctx: TracePointContext) -> u32 {
-    syscalls::connect_exit(None, tracepoint_ret(&ctx));
+    syscalls::connect_exit(Some(kernel::current_syscall_exit_arg0()), tracepoint_ret(&ctx));
     0
 }
 

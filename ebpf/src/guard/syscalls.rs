@@ -28,7 +28,7 @@ use super::kernel;
 use super::mount::{self, MountKind};
 use super::security::endpoint;
 use super::{file, report};
-use crate::maps::{GUARD_API_SERVERS, GUARD_CONNECTING, GUARD_FILES, GUARD_SETNS, GUARD_TAINTED, GUARD_UNIX_REFUSED};
+use crate::maps::{GUARD_API_SERVERS, GUARD_FILES, GUARD_SETNS, GUARD_TAINTED, GUARD_UNIX_REFUSED};
 
 const CLONE_NEWUSER: u64 = 0x1000_0000;
 const S_IFMT: u64 = 0o170000;
@@ -260,17 +260,13 @@ pub fn open_exit(ret: i64) {
 }
 
 /// connect(fd, addr, len) entry: a process that read the kubelet's credentials (tainted)
-/// reaching an API server is reported; a pod's AF_UNIX connect leaves its fd for the exit
-/// (where the peer is known) when `kill_at_exit`.
+/// reaching an API server is reported.
 #[inline(always)]
-pub fn connect_enter(args: &impl SyscallArgs, kill_at_exit: bool) {
+pub fn connect_enter(args: &impl SyscallArgs) {
     let sockaddr = args.arg(1);
     // SAFETY: user memory read through the helper.
     let Ok(family) = (unsafe { bpf_probe_read_user(sockaddr as *const u16) }) else { return };
     if family == AF_UNIX {
-        if kill_at_exit && report::mode(DETECTION_RUNTIME_SOCKET) != GUARD_MODE_OFF && pod_actor().is_some() {
-            let _ = GUARD_CONNECTING.insert(&bpf_get_current_pid_tgid(), &args.arg(0), 0);
-        }
         return;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -308,7 +304,9 @@ pub fn connect_enter(args: &impl SyscallArgs, kill_at_exit: bool) {
 /// report itself), and — where no security hook sees unix connects — a pod that reached a
 /// container runtime's socket by a path the cgroup hook could not match (symlink, relative
 /// path): in block mode the process is killed before connect() returns, so it never sends
-/// the runtime a request. `fd`: the socket, where the probe still has the arguments.
+/// the runtime a request. `fd`: the socket, where the probe reads it (the tracepoint, from
+/// the saved registers). The actor first: host processes' connects end there, before the
+/// dozen reads that find a unix socket's peer.
 #[inline(always)]
 pub fn connect_exit(fd: Option<u64>, ret: i64) {
     let thread = bpf_get_current_pid_tgid();
@@ -322,12 +320,7 @@ pub fn connect_exit(fd: Option<u64>, ret: i64) {
         }
         return;
     }
-    // SAFETY: plain-data key.
-    let stashed = unsafe { GUARD_CONNECTING.get(&thread) }.copied();
-    if stashed.is_some() {
-        let _ = GUARD_CONNECTING.remove(&thread);
-    }
-    let Some(fd) = fd.or(stashed) else { return };
+    let Some(fd) = fd else { return };
     if ret != 0 && ret != -EINPROGRESS {
         return;
     }
