@@ -160,7 +160,6 @@ pub static GUARD_SOCKET_PATHS: HashMap<SocketPath, FileKey> = HashMap::pinned(gu
 pub static GUARD_UNIX_REFUSED: LruHashMap<u64, UnixRefusal> =
     LruHashMap::pinned(guard_capacity::GUARD_UNIX_REFUSED, 0);
 
-
 /// Event budgets (`moat_common::budget`): each local tenant's deny events, per CPU.
 #[map]
 pub static FLOW_BUDGETS: LruPerCpuHashMap<u64, BudgetState> =
