@@ -82,10 +82,11 @@ pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::pinned(capacity::
 pub static COUNTERS: LruPerCpuHashMap<CounterKey, Counter> =
     LruPerCpuHashMap::pinned(capacity::COUNTERS, 0);
 
-/// Established packets per CPU, by tenant slot and direction (`counters.rs`).
+/// Verdict counters per CPU, in slots: established packets by tenant and direction, other
+/// verdicts by their key (`counters.rs`).
 #[map]
 pub static COUNTER_SLOTS: PerCpuArray<SlotCounter> =
-    PerCpuArray::pinned(2 * capacity::TENANT_SLOTS, 0);
+    PerCpuArray::pinned(capacity::COUNTER_SLOTS, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::pinned(capacity::EVENTS_BYTES, 0);

@@ -1,8 +1,9 @@
 //! The datapath's per-packet state on the real kernel, through BPF_PROG_TEST_RUN on the
 //! real object (private pins, nothing attached): an established flow is cut by the next
 //! generation, a verdict cached for earlier flows does not outlive it, established
-//! packets counted in the per-CPU slots reach the agent's verdict counters, and a packet
-//! program whose decider slot is empty passes what it cannot decide, counted as not ready.
+//! packets counted in the per-CPU slots reach the agent's verdict counters (also when another
+//! key held the slot), and a packet program whose decider slot is empty passes what it
+//! cannot decide, counted as not ready.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,10 @@ use moat_agent::kernel::stats::KernelStats;
 use moat_agent::model::PodKey;
 use moat_agent::node::cgroups::{PodCgroups, PodRef};
 use moat_agent::kernel::loader;
-use moat_common::maps::{names, CounterKey, DIRECTION_EGRESS, STAGE_DECIDE, VERDICT_ALLOW};
+use moat_common::maps::{
+    counter_slot, decision_slot, names, CounterKey, SlotCounter, DIRECTION_EGRESS, DIRECTION_INGRESS, STAGE_DECIDE,
+    VERDICT_ALLOW, VERDICT_DENY,
+};
 use moat_common::verdict::Reason;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -119,4 +123,47 @@ fn an_empty_decider_slot_passes_undecided_packets_counted_as_not_ready() {
 
     loader::arm_stages(&mut loaded.ebpf).expect("re-arm");
     assert_eq!(run(&syn(41003)), DROP, "decided again once the slot is written");
+}
+
+#[test]
+fn a_counter_slot_another_key_held_hands_that_keys_counts_on_exactly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cgroup = own_cgroup_id().expect("own cgroup");
+    let allowed = desired(dir.path(), 80, cgroup);
+    let tenant = allowed.local[&cgroup].tenant;
+    let mut loaded = Loaded::new(Path::new("/sys/fs/bpf"), &format!("test-slots-{}", std::process::id())).expect("loads");
+    loaded.maps.apply(&Desired::default(), &allowed).expect("apply");
+    let egress = loaded.skb_program("moat_egress").expect("moat_egress");
+    let run = |packet: &[u8], repeat| test_run("moat_egress", egress, packet, repeat).expect("test run").retval;
+
+    let established = CounterKey { tenant, direction: DIRECTION_EGRESS, verdict: VERDICT_ALLOW, reason: Reason::Established as u8, _pad: [0; 5] };
+    let policy_allowed = CounterKey { reason: Reason::PolicyAllowed as u8, ..established };
+    // Other keys hold both slots the client's packets will use, on every CPU, as after
+    // another tenant's traffic: 3 packets of 100 bytes each.
+    let squatters = [
+        (counter_slot(tenant, DIRECTION_EGRESS), CounterKey { tenant: tenant ^ 0x400, ..established }),
+        (
+            decision_slot(&policy_allowed),
+            CounterKey { tenant: 77, direction: DIRECTION_INGRESS, verdict: VERDICT_DENY, reason: Reason::CrossTenant as u8, _pad: [0; 5] },
+        ),
+    ];
+    let cpus = aya::util::nr_cpus().expect("cpus");
+    let pin = loaded.dirs.maps.join(names::COUNTER_SLOTS);
+    let mut slots: aya::maps::PerCpuArray<_, SlotCounter> =
+        aya::maps::Map::PerCpuArray(aya::maps::MapData::from_pin(&pin).expect("COUNTER_SLOTS pin")).try_into().expect("per-CPU array");
+    for (index, key) in squatters {
+        assert_eq!(counter_slot(key.tenant, DIRECTION_EGRESS) == index, key.reason == Reason::Established as u8);
+        let held = vec![SlotCounter { key, packets: 3, bytes: 300 }; cpus];
+        slots.set(index, held.try_into().expect("values"), 0).expect("writing the slot");
+    }
+
+    assert_eq!(run(&syn(42000), 1), PASS);
+    assert_eq!(run(&ack(42000), 10), PASS);
+    let counted: std::collections::HashMap<_, _> = KernelStats::open(&loaded.dirs.maps).expect("stats").counters().into_iter().collect();
+    for (_, key) in squatters {
+        let total = counted.get(&key).map(|c| (c.packets, c.bytes));
+        assert_eq!(total, Some((3 * cpus as u64, 300 * cpus as u64)), "the slot's earlier key keeps every count: {key:?}");
+    }
+    assert_eq!(counted.get(&policy_allowed).map(|c| c.packets), Some(1), "the SYN");
+    assert_eq!(counted.get(&established).map(|c| c.packets), Some(10), "the ACKs");
 }

@@ -7,11 +7,10 @@ use std::path::Path;
 use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
 use moat_common::maps::{
-    capacity, counter_slot_direction, names, Counter, CounterKey, Endpoint, FlowKey, FlowState, SharedPortKey,
-    SlotCounter, TenantPairKey, VERDICT_ALLOW,
+    capacity, names, Counter, CounterKey, Endpoint, FlowKey, FlowState, SharedPortKey,
+    SlotCounter, TenantPairKey,
 };
 use moat_common::dns::{self, DnsNamespace, NamespaceKey};
-use moat_common::verdict::Reason;
 
 use super::KernelError;
 
@@ -52,17 +51,10 @@ fn add(sum: Counter, counter: &Counter) -> Counter {
     Counter { packets: sum.packets.wrapping_add(counter.packets), bytes: sum.bytes.wrapping_add(counter.bytes) }
 }
 
-/// Adds each CPU's slot of established packets in `direction` to its tenant's total.
-fn fold_slot<'a>(totals: &mut std::collections::HashMap<CounterKey, Counter>, direction: u8, cpus: impl Iterator<Item = &'a SlotCounter>) {
+/// Adds what each CPU's copy of one slot holds to the total of the key that holds it.
+fn fold_slot<'a>(totals: &mut std::collections::HashMap<CounterKey, Counter>, cpus: impl Iterator<Item = &'a SlotCounter>) {
     for slot in cpus.filter(|slot| slot.packets != 0) {
-        let key = CounterKey {
-            tenant: slot.tenant,
-            direction,
-            verdict: VERDICT_ALLOW,
-            reason: Reason::Established as u8,
-            _pad: [0; 5],
-        };
-        let total = totals.entry(key).or_default();
+        let total = totals.entry(slot.key).or_default();
         *total = add(*total, &Counter { packets: slot.packets, bytes: slot.bytes });
     }
 }
@@ -90,8 +82,8 @@ impl KernelStats {
         })
     }
 
-    /// Verdict counters summed over CPUs: `COUNTERS`, plus the established packets that
-    /// `COUNTER_SLOTS` holds. `COUNTERS` is read first: a program moving a slot's counts
+    /// Verdict counters summed over CPUs: `COUNTERS`, plus what the slots of
+    /// `COUNTER_SLOTS` hold. `COUNTERS` is read first: a program moving a slot's counts
     /// into it meanwhile then makes this reading low (the metrics only ever rise), never
     /// counts them twice.
     pub fn counters(&self) -> Vec<(CounterKey, Counter)> {
@@ -101,9 +93,8 @@ impl KernelStats {
             .filter_map(Result::ok)
             .map(|(key, values)| (key, values.iter().fold(Counter::default(), add)))
             .collect();
-        let slots = (0..2 * capacity::TENANT_SLOTS).filter_map(|index| Some((index, self.counter_slots.get(&index, 0).ok()?)));
-        for (index, values) in slots {
-            fold_slot(&mut totals, counter_slot_direction(index), values.iter());
+        for values in (0..capacity::COUNTER_SLOTS).filter_map(|index| self.counter_slots.get(&index, 0).ok()) {
+            fold_slot(&mut totals, values.iter());
         }
         totals.into_iter().collect()
     }
@@ -134,29 +125,33 @@ impl KernelStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use moat_common::maps::{DIRECTION_EGRESS, DIRECTION_INGRESS};
+    use moat_common::maps::{DIRECTION_EGRESS, DIRECTION_INGRESS, VERDICT_ALLOW};
+    use moat_common::verdict::Reason;
 
     #[test]
-    fn slots_add_to_the_established_counters_of_their_tenant() {
-        let established = |tenant, direction| CounterKey {
+    fn slots_add_to_the_counters_of_the_key_that_holds_them() {
+        let key = |tenant, direction, reason: Reason| CounterKey {
             tenant,
             direction,
-            verdict: VERDICT_ALLOW,
-            reason: Reason::Established as u8,
+            verdict: if reason.is_allow() { VERDICT_ALLOW } else { moat_common::maps::VERDICT_DENY },
+            reason: reason as u8,
             _pad: [0; 5],
         };
+        let established = key(7, DIRECTION_EGRESS, Reason::Established);
+        let denied = key(9, DIRECTION_INGRESS, Reason::PolicyIngressDenied);
         let mut totals = std::collections::HashMap::new();
-        totals.insert(established(7, DIRECTION_EGRESS), Counter { packets: 10, bytes: 1000 });
-        // Two CPUs: one holds tenant 7's packets, the other tenant 9's (the slot changed hands).
+        totals.insert(established, Counter { packets: 10, bytes: 1000 });
+        // Three CPUs: one holds tenant 7's packets, one tenant 9's denials (the slot changed
+        // hands on that CPU), one nothing.
         let cpus = [
-            SlotCounter { tenant: 7, packets: 3, bytes: 300 },
-            SlotCounter { tenant: 9, packets: 2, bytes: 20 },
-            SlotCounter { tenant: 5, packets: 0, bytes: 0 },
+            SlotCounter { key: established, packets: 3, bytes: 300 },
+            SlotCounter { key: denied, packets: 2, bytes: 20 },
+            SlotCounter::default(),
         ];
-        fold_slot(&mut totals, DIRECTION_EGRESS, cpus.iter());
-        assert_eq!(totals[&established(7, DIRECTION_EGRESS)], Counter { packets: 13, bytes: 1300 });
-        assert_eq!(totals[&established(9, DIRECTION_EGRESS)], Counter { packets: 2, bytes: 20 });
-        assert!(!totals.contains_key(&established(5, DIRECTION_EGRESS)), "an empty slot adds nothing");
-        assert!(!totals.contains_key(&established(7, DIRECTION_INGRESS)));
+        fold_slot(&mut totals, cpus.iter());
+        assert_eq!(totals[&established], Counter { packets: 13, bytes: 1300 });
+        assert_eq!(totals[&denied], Counter { packets: 2, bytes: 20 });
+        assert_eq!(totals.len(), 2, "an empty slot adds nothing: {totals:?}");
+        assert!(!totals.contains_key(&key(7, DIRECTION_INGRESS, Reason::Established)));
     }
 }
