@@ -11,13 +11,16 @@
 //! agent, the pods' echo servers and the client.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use anyhow::{Context as _, Result};
+use serde_json::Value;
 
 use crate::bench_run::{lab_bench_run, Context, Measurement, Row, Section};
 use crate::bench_guard_agent::{agent_status, lab_agent_pid, raw_tracepoints_elsewhere, AgentStatus};
 use crate::e2e_setup::{self as setup, Files, CLIENT, PEERS, SERVER, TCP_PORT, UDP_PORT};
-use crate::util::{check_interrupt, Lab};
+use crate::bench_programs::{per_call, table, TableWords};
+use crate::util::{capture, check_interrupt, lab_bin_beside, render, Lab};
 
 const LAB: &str = "e2e";
 /// Rounds: more than other sections, since each configuration is a fresh lab on a shared
@@ -110,9 +113,9 @@ pub fn e2e(ctx: &Context) -> Result<Section> {
 fn measure(ctx: &Context, moat: &Path, dir: &Path) -> Result<Section> {
     let files = setup::write_files(dir)?;
     println!("\n== e2e: what the lab's agent attaches");
-    let AgentStatus { programs, detections } = {
+    let (AgentStatus { programs, detections }, program_costs) = {
         let _lab = Lab::up(moat, LAB, std::slice::from_ref(&files.base), &[])?;
-        agent_status(moat, LAB)?
+        (agent_status(moat, LAB)?, program_costs(moat, ctx.seconds)?)
     };
     let guard_off = write_guard_off(dir, &detections)?;
     let mut samples = Samples::default();
@@ -163,7 +166,7 @@ fn measure(ctx: &Context, moat: &Path, dir: &Path) -> Result<Section> {
          measurement of each, a probe from the outsider pod checks that the server is closed \
          to it. The full agent attached: {}. Detections at their defaults: {}. \"Every guard \
          detection off\" sets each of them `off` in the agent's config. {foreign}\n\n\
-         Run to run, in transactions/s:\n\n{}",
+         Run to run, in transactions/s:\n\n{}\n{program_costs}",
         table_note(),
         ctx.seconds,
         PEERS - 1,
@@ -184,6 +187,44 @@ fn measure(ctx: &Context, moat: &Path, dir: &Path) -> Result<Section> {
         notes,
         table: None,
     })
+}
+
+const PROGRAM_TABLE: TableWords = TableWords {
+    label: "mode",
+    call: "transaction",
+    intro: "Per program, full agent with the tenant floor only, by the kernel's own accounting \
+            (`BPF_ENABLE_STATS`, one more run of each mode before the rounds, apart from the timed \
+            ones; programs that ran less than once per thousand transactions are left out; the \
+            kernel keeps 15 characters of a name, … marks the cut). Both pods' programs count: a \
+            transaction's packets pass the client's and the server's. The accounting itself adds \
+            its clock reads to every run, and the rates of this run are lower for it:",
+};
+
+/// Each moat program's runs and run time per transaction of every mode, in the lab that is
+/// up (the full agent, floor only): one run of each under `moat-lab __bench-prog-stats`.
+fn program_costs(moat: &Path, seconds: u32) -> Result<String> {
+    let mut costs = Vec::new();
+    for mode in Mode::ALL {
+        check_interrupt()?;
+        let mut cmd = Command::new(lab_bin_beside(moat));
+        cmd.args(["__bench-prog-stats", "--"]).arg(moat).args(["lab", "bench", "--name", LAB, "--from", CLIENT, "--to", SERVER]);
+        cmd.args(["--port", &mode.port().to_string(), "--mode", mode.arg(), "--seconds", &seconds.to_string(), "-o", "json"]);
+        eprintln!("$ {}", render(&cmd));
+        let output = capture(&mut cmd)?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() {
+            anyhow::bail!("`{}` failed ({}): {}", render(&cmd), output.status, stderr.trim());
+        }
+        // The accounting's JSON on stdout; the bench's own (its stdout) on stderr.
+        let stats: Value = serde_json::from_slice(&output.stdout).with_context(|| format!("no JSON from `{}`", render(&cmd)))?;
+        let transactions = stderr
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line.trim()).ok())
+            .find_map(|bench| bench["ops"].as_u64())
+            .with_context(|| format!("no \"ops\" from `moat lab bench` in {stderr:?}"))?;
+        costs.extend(per_call(mode.arg(), transactions, &stats)?);
+    }
+    Ok(table(&costs, &PROGRAM_TABLE))
 }
 
 fn table_note() -> &'static str {

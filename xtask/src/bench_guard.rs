@@ -228,10 +228,10 @@ impl Bench {
                 let text = stdout_of(&mut cmd)?;
                 let value: Value = serde_json::from_str(text.trim()).with_context(|| format!("no JSON from __bench-prog-stats: {text:?}"))?;
                 let label = format!("{} {}", kind.label(), place.label());
-                costs.extend(crate::bench_guard_programs::per_call(&label, iterations, &value)?);
+                costs.extend(crate::bench_programs::per_call(&label, iterations, &value)?);
             }
         }
-        Ok(crate::bench_guard_programs::table(&costs))
+        Ok(crate::bench_programs::table(&costs, &crate::bench_programs::GUARD_TABLE))
     }
 
     /// Every round, every configuration: each configuration's samples, and the raw

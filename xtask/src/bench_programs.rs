@@ -1,6 +1,7 @@
-//! What each of the guard's programs costs per call of a bench loop, from the kernel's own
-//! accounting (`moat-lab __bench-prog-stats`): how often it ran per call, and for how long.
-//! The timed loops show what a workload pays in all; this shows which program it pays for.
+//! What each moat program costs per call of a bench loop (the guard's system calls, the
+//! e2e section's transactions), from the kernel's own accounting (`moat-lab
+//! __bench-prog-stats`): how often it ran per call, and for how long. The timed runs show
+//! what a workload pays in all; this shows which program it pays for.
 
 use anyhow::{Context as _, Result};
 use serde_json::Value;
@@ -45,17 +46,31 @@ pub fn per_call(label: &str, iterations: u64, stats: &Value) -> Result<Vec<Progr
         .collect()
 }
 
-/// A markdown table of the costs, each loop's programs by cost per call.
-pub fn table(costs: &[ProgramCost]) -> String {
+/// How a section names what it loops over, and the text before its table.
+pub struct TableWords {
+    /// The first column: what a label names ("loop").
+    pub label: &'static str,
+    /// One iteration ("call").
+    pub call: &'static str,
+    pub intro: &'static str,
+}
+
+pub const GUARD_TABLE: TableWords = TableWords {
+    label: "loop",
+    call: "call",
+    intro: "Per program at the defaults, by the kernel's own accounting (`BPF_ENABLE_STATS`, one \
+            more run of each loop, apart from the timed ones; programs that ran less than once per \
+            thousand calls are left out; the kernel keeps 15 characters of a name, … marks the cut):",
+};
+
+/// A markdown table of the costs, each label's programs by cost per call.
+pub fn table(costs: &[ProgramCost], words: &TableWords) -> String {
+    let TableWords { label: column, call, intro } = words;
     if costs.is_empty() {
-        return "No moat program ran during the loops at the defaults.\n".to_string();
+        return format!("No moat program ran during the {column}s.\n");
     }
-    let mut text = String::from(
-        "Per program at the defaults, by the kernel's own accounting (`BPF_ENABLE_STATS`, one \
-         more run of each loop, apart from the timed ones; programs that ran less than once per \
-         thousand calls are left out; the kernel keeps 15 characters of a name, … marks the \
-         cut):\n\n\
-         | loop | program | runs per call | ns per run | ns per call |\n|---|---|---:|---:|---:|\n",
+    let mut text = format!(
+        "{intro}\n\n| {column} | program | runs per {call} | ns per run | ns per {call} |\n|---|---|---:|---:|---:|\n"
     );
     let mut labels: Vec<&str> = costs.iter().map(|c| c.loop_label.as_str()).collect();
     labels.dedup();
@@ -93,7 +108,8 @@ mod tests {
         assert_eq!(costs[0].runs_per_call, 1.0);
         assert_eq!(costs[0].ns_per_run, 150.0);
         assert_eq!(costs[0].ns_per_call(), 150.0);
-        let text = table(&costs);
+        let text = table(&costs, &GUARD_TABLE);
+        assert!(text.contains("| loop | program | runs per call |"), "{text}");
         let openat = text.find("moat_tp_openat_… | 1.00 | 150 | 150").unwrap();
         let close = text.find("moat_tp_close | 0.50 | 40 | 20").unwrap();
         assert!(openat < close, "{text}");
