@@ -374,7 +374,6 @@ const _: () = {
     assert!(core::mem::size_of::<CounterKey>() == 16);
     assert!(core::mem::size_of::<Counter>() == 16);
     assert!(core::mem::size_of::<SlotCounter>() == 32);
-    assert!(core::mem::size_of::<CounterKey>() == 16);
     assert!(capacity::DECISION_SLOTS.is_power_of_two());
     assert!(capacity::TENANT_SLOTS.is_power_of_two());
     assert!(core::mem::size_of::<PolicyMatch>() == 24);
