@@ -194,8 +194,8 @@ const PROGRAM_TABLE: TableWords = TableWords {
     call: "transaction",
     intro: "Per program, full agent with the tenant floor only, by the kernel's own accounting \
             (`BPF_ENABLE_STATS`, one more run of each mode before the rounds, apart from the timed \
-            ones; programs that ran less than once per thousand transactions are left out; the \
-            kernel keeps 15 characters of a name, … marks the cut). Both pods' programs count: a \
+            ones; programs that ran less than once per thousand transactions are left out; full \
+            names from `/proc/kallsyms`, … marks one the kernel cut at 15 characters). Both pods' programs count: a \
             transaction's packets pass the client's and the server's. The accounting itself adds \
             its clock reads to every run, and the rates of this run are lower for it:",
 };

@@ -1,7 +1,7 @@
 //! `cargo xtask bench --only guard`: what the runtime guard's programs add to the system
-//! calls they watch, and to those they do not. Five loops of `moat-attack loop` (open+close
-//! of a regular file, stat of it, getppid, connect+accept+close on a unix socket, fork+exec
-//! of /bin/true) run in a lab pod, where the guard evaluates every actor fully, and on the
+//! calls they watch, and to those they do not. Six loops of `moat-attack loop` (open+close
+//! of a regular file, stat of it, getppid, connect+accept+close on a unix socket and on a
+//! loopback TCP listener, fork+exec of /bin/true) run in a lab pod, where the guard evaluates every actor fully, and on the
 //! host, under three configurations: no agent, the agent with the guard at its defaults,
 //! and the agent with every detection `off`.
 //!
@@ -26,12 +26,13 @@ const LAB: &str = "guard-bench";
 const POD: &str = "bench/client";
 const ROUNDS: usize = 7;
 /// Iterations per second of `--seconds`: each loop then runs for a fraction of it, so a
-/// round (three lab ups, eighteen loops) stays short on a slow machine.
+/// round (three lab ups, every loop in the pod and on the host) stays short on a slow machine.
 const OPEN_PER_SECOND: u64 = 40_000;
 const STAT_PER_SECOND: u64 = 60_000;
 const GETPPID_PER_SECOND: u64 = 400_000;
 const EXEC_PER_SECOND: u64 = 100;
 const CONNECT_PER_SECOND: u64 = 20_000;
+const TCP_CONNECT_PER_SECOND: u64 = 10_000;
 const EXEC_PROGRAM: &str = "/bin/true";
 /// Calls per timed batch: short batches (a few ms), so on a busy machine some run
 /// undisturbed; the fastest batch of each run is its figure.
@@ -40,6 +41,7 @@ const STAT_BATCH: u64 = 100;
 const GETPPID_BATCH: u64 = 1_000;
 const EXEC_BATCH: u64 = 2;
 const CONNECT_BATCH: u64 = 100;
+const TCP_CONNECT_BATCH: u64 = 100;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Config {
@@ -81,11 +83,12 @@ enum Loop {
     Stat,
     Getppid,
     Connect,
+    TcpConnect,
     Exec,
 }
 
 impl Loop {
-    const ALL: [Loop; 5] = [Loop::Open, Loop::Stat, Loop::Getppid, Loop::Connect, Loop::Exec];
+    const ALL: [Loop; 6] = [Loop::Open, Loop::Stat, Loop::Getppid, Loop::Connect, Loop::TcpConnect, Loop::Exec];
 
     fn label(self) -> &'static str {
         match self {
@@ -93,6 +96,7 @@ impl Loop {
             Loop::Stat => "stat",
             Loop::Getppid => "getppid",
             Loop::Connect => "unix connect",
+            Loop::TcpConnect => "tcp connect",
             Loop::Exec => "fork+exec",
         }
     }
@@ -106,7 +110,7 @@ struct Sample {
 }
 
 /// One configuration's samples: `[loop][place]`, one per round.
-type Samples = [[Vec<Sample>; 2]; 5];
+type Samples = [[Vec<Sample>; 2]; Loop::ALL.len()];
 
 pub fn guard(ctx: &Context) -> Result<Section> {
     // The loops in a release build, so the tool's own work dilutes no ratio.
@@ -157,7 +161,11 @@ pub fn guard(ctx: &Context) -> Result<Section> {
          loop exec N {EXEC_PROGRAM}` times N fork(2)+execve(2)+waitpid(2) ({} per run, in \
          batches of {EXEC_BATCH}); `moat-attack loop connect-unix N` times N connect(2) to a \
          unix socket of its own, accept(2) and two close(2) ({} per run, in batches of \
-         {CONNECT_BATCH}: cgroup/connect_unix looks the path up, the connect probe the peer). Only the loop is timed. In a pod: through `moat lab exec` \
+         {CONNECT_BATCH}: cgroup/connect_unix looks the path up, the connect probe the peer); \
+         `moat-attack loop connect-tcp N` the same with a TCP listener of its own on \
+         127.0.0.1 ({} per run, in batches of {TCP_CONNECT_BATCH}; the accepted end resets, so \
+         no TIME_WAIT piles up; in a pod the datapath's programs see the loopback packets and \
+         `moat_connect4` the connect, in every agent configuration alike). Only the loop is timed. In a pod: through `moat lab exec` \
          (the pod's cgroup and namespaces); on the host: from xtask's own cgroup. The \
          table gives each run's fastest batch (the one least disturbed by other work on the \
          machine; a cost the programs add to every call is in every batch), median over the \
@@ -171,6 +179,7 @@ pub fn guard(ctx: &Context) -> Result<Section> {
         bench.iterations(Loop::Getppid),
         bench.iterations(Loop::Exec),
         bench.iterations(Loop::Connect),
+        bench.iterations(Loop::TcpConnect),
     );
     Ok(Section {
         id: "guard",
@@ -208,6 +217,7 @@ impl Bench {
             Loop::Getppid => GETPPID_PER_SECOND * self.seconds,
             Loop::Exec => EXEC_PER_SECOND * self.seconds,
             Loop::Connect => CONNECT_PER_SECOND * self.seconds,
+            Loop::TcpConnect => TCP_CONNECT_PER_SECOND * self.seconds,
         }
     }
 
@@ -372,6 +382,10 @@ fn loop_command(lab: &Lab, attack: &Path, kind: Loop, place: Place, iterations: 
             cmd.args(["connect-unix", &iterations.to_string()]);
             iterations.div_ceil(CONNECT_BATCH)
         }
+        Loop::TcpConnect => {
+            cmd.args(["connect-tcp", &iterations.to_string()]);
+            iterations.div_ceil(TCP_CONNECT_BATCH)
+        }
     };
     cmd.args(["--batches", &batches.to_string()]);
     cmd
@@ -386,7 +400,7 @@ fn median(values: &[f64]) -> Result<f64> {
 /// ns for open, µs for exec: the scale each is read at.
 fn per_op(kind: Loop, ns: f64) -> Measurement {
     match kind {
-        Loop::Open | Loop::Stat | Loop::Getppid | Loop::Connect => Measurement { rate: ns, unit: "ns/op".into() },
+        Loop::Open | Loop::Stat | Loop::Getppid | Loop::Connect | Loop::TcpConnect => Measurement { rate: ns, unit: "ns/op".into() },
         Loop::Exec => Measurement { rate: ns / 1_000.0, unit: "µs/op".into() },
     }
 }

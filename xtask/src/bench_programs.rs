@@ -6,9 +6,6 @@
 use anyhow::{Context as _, Result};
 use serde_json::Value;
 
-/// A program name as the kernel keeps it (BPF_OBJ_NAME_LEN less the NUL).
-const KERNEL_NAME_CHARS: usize = 15;
-
 /// One program's share of one loop.
 #[derive(Debug, PartialEq)]
 pub struct ProgramCost {
@@ -35,10 +32,11 @@ pub fn per_call(label: &str, iterations: u64, stats: &Value) -> Result<Vec<Progr
             let number = |key: &str| program[key].as_u64().with_context(|| format!("no {key} in {program}"));
             let runs = number("runs")?;
             let name = program["name"].as_str().unwrap_or("?");
+            // A name the kernel cut at 15 characters that /proc/kallsyms could not complete.
+            let truncated = program["truncated"].as_bool().unwrap_or(false);
             Ok(ProgramCost {
                 loop_label: label.to_string(),
-                // The kernel keeps 15 characters of a program's name: mark the cut.
-                program: if name.len() >= KERNEL_NAME_CHARS { format!("{name}…") } else { name.to_string() },
+                program: if truncated { format!("{name}…") } else { name.to_string() },
                 runs_per_call: runs as f64 / calls,
                 ns_per_run: number("run_time_ns")? as f64 / runs.max(1) as f64,
             })
@@ -60,7 +58,8 @@ pub const GUARD_TABLE: TableWords = TableWords {
     call: "call",
     intro: "Per program at the defaults, by the kernel's own accounting (`BPF_ENABLE_STATS`, one \
             more run of each loop, apart from the timed ones; programs that ran less than once per \
-            thousand calls are left out; the kernel keeps 15 characters of a name, … marks the cut):",
+            thousand calls are left out; full names from `/proc/kallsyms`, … marks one the kernel \
+            cut at 15 characters):",
 };
 
 /// A markdown table of the costs, each label's programs by cost per call.
@@ -100,9 +99,9 @@ mod tests {
     #[test]
     fn costs_per_call_and_the_table_orders_by_them() {
         let stats = serde_json::json!({"programs": [
-            {"id": 1, "name": "moat_tp_openat_", "runs": 2000, "run_time_ns": 300000},
+            {"id": 1, "name": "moat_tp_openat_", "truncated": true, "runs": 2000, "run_time_ns": 300000},
             {"id": 2, "name": "moat_device", "runs": 1, "run_time_ns": 50},
-            {"id": 3, "name": "moat_tp_close", "runs": 1000, "run_time_ns": 40000}
+            {"id": 3, "name": "moat_tp_connect_enter", "truncated": false, "runs": 1000, "run_time_ns": 40000}
         ]});
         let costs = per_call("open+close in a pod", 2000, &stats).unwrap();
         assert_eq!(costs[0].runs_per_call, 1.0);
@@ -111,8 +110,8 @@ mod tests {
         let text = table(&costs, &GUARD_TABLE);
         assert!(text.contains("| loop | program | runs per call |"), "{text}");
         let openat = text.find("moat_tp_openat_… | 1.00 | 150 | 150").unwrap();
-        let close = text.find("moat_tp_close | 0.50 | 40 | 20").unwrap();
-        assert!(openat < close, "{text}");
+        let connect = text.find("| moat_tp_connect_enter | 0.50 | 40 | 20").unwrap();
+        assert!(openat < connect, "{text}");
         assert!(!text.contains("moat_device"), "a program that ran once in 2000 calls is left out: {text}");
         assert!(per_call("x", 10, &serde_json::json!({})).is_err());
     }

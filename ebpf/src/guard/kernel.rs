@@ -237,16 +237,19 @@ pub fn current_namespaces() -> [u32; NS_COUNT] {
     out
 }
 
-/// For a connected AF_UNIX socket file: the (dev, inode) of the socket file its peer is
-/// bound to (a stream connect copies the listener's path into the peer).
+/// A socket file's `struct sock` if it is an AF_UNIX socket, `None` for any other file.
 #[inline(always)]
-pub fn unix_peer_id(file: usize) -> Option<FileId> {
+pub fn unix_sock(file: usize) -> Option<usize> {
     let socket = ptr(file, offset!(file_private_data))?;
     let sk = ptr(socket, offset!(socket_sk))?;
     let family: u16 = read(sk, offset!(sock_family))?;
-    if family != AF_UNIX {
-        return None;
-    }
+    (family == AF_UNIX).then_some(sk)
+}
+
+/// For a connected AF_UNIX socket (`unix_sock`'s): the (dev, inode) of the socket file its
+/// peer is bound to (a stream connect copies the listener's path into the peer).
+#[inline(always)]
+pub fn unix_peer_id(sk: usize) -> Option<FileId> {
     let peer = ptr(sk, offset!(unix_sock_peer))?;
     let dentry = ptr(peer, offset!(unix_sock_path) + offset!(path_dentry))?;
     inode_id(ptr(dentry, offset!(dentry_inode))?)

@@ -260,18 +260,19 @@ pub fn open_exit(ret: i64) {
 }
 
 /// connect(fd, addr, len) entry: a process that read the kubelet's credentials (tainted)
-/// reaching an API server is reported.
+/// reaching an API server is reported. The taint first: almost no process has it, and the
+/// lookup ends the program before the user-memory read of the address.
 #[inline(always)]
 pub fn connect_enter(args: &impl SyscallArgs) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: plain-data key.
+    if unsafe { GUARD_TAINTED.get(&tgid) }.is_none() || report::mode(DETECTION_KUBELET_API) == GUARD_MODE_OFF {
+        return;
+    }
     let sockaddr = args.arg(1);
     // SAFETY: user memory read through the helper.
     let Ok(family) = (unsafe { bpf_probe_read_user(sockaddr as *const u16) }) else { return };
     if family == AF_UNIX {
-        return;
-    }
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: plain-data key.
-    if unsafe { GUARD_TAINTED.get(&tgid) }.is_none() || report::mode(DETECTION_KUBELET_API) == GUARD_MODE_OFF {
         return;
     }
     let mut raw = [0u8; 24];
@@ -305,15 +306,17 @@ pub fn connect_enter(args: &impl SyscallArgs) {
 /// container runtime's socket by a path the cgroup hook could not match (symlink, relative
 /// path): in block mode the process is killed before connect() returns, so it never sends
 /// the runtime a request. `fd`: the socket, where the probe reads it (the tracepoint, from
-/// the saved registers). The actor first: host processes' connects end there, before the
-/// dozen reads that find a unix socket's peer.
+/// the saved registers). The socket's family first (three loads): an inet connect — nearly
+/// every connect a pod makes — ends there, before the actor lookup; then the actor, so a
+/// host process's unix connect ends before the reads that find the peer.
 #[inline(always)]
 pub fn connect_exit(fd: Option<u64>, ret: i64) {
-    let thread = bpf_get_current_pid_tgid();
-    // SAFETY: plain-data key; the value is copied out before the entry is removed.
-    if let Some(refusal) = unsafe { GUARD_UNIX_REFUSED.get(&thread) }.copied() {
-        let _ = GUARD_UNIX_REFUSED.remove(&thread);
-        if ret == -EPERM {
+    // A refusal always fails the call with EPERM: a connect that succeeded skips the lookup.
+    if ret == -EPERM {
+        let thread = bpf_get_current_pid_tgid();
+        // SAFETY: plain-data key; the value is copied out before the entry is removed.
+        if let Some(refusal) = unsafe { GUARD_UNIX_REFUSED.get(&thread) }.copied() {
+            let _ = GUARD_UNIX_REFUSED.remove(&thread);
             if let Some((_, actor)) = pod_actor() {
                 report_refusal(&refusal, &actor);
             }
@@ -328,8 +331,9 @@ pub fn connect_exit(fd: Option<u64>, ret: i64) {
     if mode == GUARD_MODE_OFF {
         return;
     }
+    let Some(sk) = kernel::fd_file(fd).and_then(kernel::unix_sock) else { return };
     let Some((_, actor)) = pod_actor() else { return };
-    let Some(peer) = kernel::fd_file(fd).and_then(kernel::unix_peer_id) else { return };
+    let Some(peer) = kernel::unix_peer_id(sk) else { return };
     // SAFETY: plain-data key.
     let protected = unsafe { GUARD_FILES.get(&FileKey { dev: peer.dev, ino: peer.ino }) };
     if !matches!(protected, Some(rule) if rule.class == FILE_RUNTIME_SOCKET) {

@@ -127,6 +127,14 @@ pub enum Loop {
         #[arg(long, default_value_t = 1)]
         batches: u64,
     },
+    /// connect(2) to a TCP listener of its own on 127.0.0.1 (accepted, both ends closed), N
+    /// times: the call every client makes.
+    ConnectTcp {
+        iterations: u64,
+        /// Time the loop in this many batches.
+        #[arg(long, default_value_t = 1)]
+        batches: u64,
+    },
     /// fork(2) + execve(2) of PROGRAM (no arguments) and wait, N times.
     Exec {
         iterations: u64,
@@ -312,6 +320,10 @@ mod tests {
         assert_eq!(
             parse(&["loop", "connect-unix", "5", "--batches", "2"]).unwrap(),
             Command::Loop(Loop::ConnectUnix { iterations: 5, batches: 2 })
+        );
+        assert_eq!(
+            parse(&["loop", "connect-tcp", "5", "--batches", "2"]).unwrap(),
+            Command::Loop(Loop::ConnectTcp { iterations: 5, batches: 2 })
         );
         assert_eq!(
             parse(&["loop", "stat", "3", "/etc/hostname"]).unwrap(),

@@ -1,11 +1,13 @@
 //! `moat-attack loop ...`: the syscall loops `cargo xtask bench --only guard` times, inside a
 //! lab pod and on the host, to see what the guard's programs add to every open, exec and
-//! unix-socket connect.
+//! connect.
 //! Only the loop is timed (not process start-up); setup happens before the clock starts.
 //! The loop runs in batches, each timed on its own, so a caller can see past interference.
 
 use std::ffi::CString;
 use std::io;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::Instant;
@@ -40,6 +42,7 @@ pub fn run(kind: &Loop) -> Result<String, LoopError> {
         Loop::Open { iterations, path, batches } => ("open", *iterations, *batches, open_close(*iterations, *batches, path)?),
         Loop::Exec { iterations, program, batches } => ("exec", *iterations, *batches, fork_exec(*iterations, *batches, program)?),
         Loop::ConnectUnix { iterations, batches } => ("connect-unix", *iterations, *batches, connect_close(*iterations, *batches)?),
+        Loop::ConnectTcp { iterations, batches } => ("connect-tcp", *iterations, *batches, tcp_connect_close(*iterations, *batches)?),
         Loop::Stat { iterations, path, batches } => ("stat", *iterations, *batches, stat(*iterations, *batches, path)?),
         Loop::Getppid { iterations, batches } => ("getppid", *iterations, *batches, getppid(*iterations, *batches)?),
     };
@@ -133,6 +136,39 @@ fn connect_close(iterations: u64, batches: u64) -> Result<Timing, LoopError> {
     timing
 }
 
+/// One thread: connect to a loopback listener (the backlog completes the handshake), accept,
+/// close both ends. The accepted end closes first and resets (SO_LINGER 0), so no end keeps
+/// a TIME_WAIT entry: a run leaves nothing behind in the pod's or the host's socket table.
+fn tcp_connect_close(iterations: u64, batches: u64) -> Result<Timing, LoopError> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|source| LoopError::Syscall { call: "bind", iteration: 0, source })?;
+    tcp_connect_close_to(&listener, iterations, batches)
+}
+
+fn tcp_connect_close_to(listener: &TcpListener, iterations: u64, batches: u64) -> Result<Timing, LoopError> {
+    let address = listener.local_addr().map_err(|source| LoopError::Syscall { call: "getsockname", iteration: 0, source })?;
+    batched(iterations, batches, |iteration| {
+        let client = TcpStream::connect(address).map_err(|source| LoopError::Syscall { call: "connect", iteration, source })?;
+        let (server, _) = listener.accept().map_err(|source| LoopError::Syscall { call: "accept", iteration, source })?;
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: a valid socket and a struct of the size passed.
+        let set = unsafe {
+            libc::setsockopt(
+                server.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        if set != 0 {
+            return Err(LoopError::Syscall { call: "setsockopt(SO_LINGER)", iteration, source: io::Error::last_os_error() });
+        }
+        drop(server);
+        drop(client);
+        Ok(())
+    })
+}
+
 fn fork_exec(iterations: u64, batches: u64, program: &Path) -> Result<Timing, LoopError> {
     let program = c_path(program).map_err(LoopError::Usage)?;
     let argv: [*const libc::c_char; 2] = [program.as_ptr(), std::ptr::null()];
@@ -191,6 +227,27 @@ mod tests {
         // More batches than iterations: one iteration each.
         assert_eq!(batched(2, 5, |_| Ok(())).unwrap().batch_ns_per_op.len(), 2);
         assert!(batched(0, 5, |_| Ok(())).unwrap().batch_ns_per_op.is_empty());
+    }
+
+    #[test]
+    fn the_tcp_connect_loop_leaves_no_time_wait_behind() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let timing = tcp_connect_close_to(&listener, 2_000, 4).unwrap();
+        assert_eq!(timing.batch_ns_per_op.len(), 4);
+        // /proc/net/tcp: "sl local_address rem_address st ...", addresses as HEX_IP:HEX_PORT,
+        // state 06 = TIME_WAIT.
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let ours = format!(":{port:04X}");
+        let waiting = table
+            .lines()
+            .skip(1)
+            .filter(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.len() > 3 && fields[3] == "06" && (fields[1].ends_with(&ours) || fields[2].ends_with(&ours))
+            })
+            .count();
+        assert_eq!(waiting, 0, "TIME_WAIT entries of the loop's port {port}");
     }
 
     #[test]
