@@ -68,6 +68,20 @@ pub fn incomplete(results: &mut [Explanation], unenforced: &[String]) {
 pub fn explain(cluster: &Cluster, desired: &Desired, from: &PodKey, to: &PodKey, target: Target, family: Family) -> Result<Explanation, ExplainError> {
     let src = peer(cluster, desired, from, family)?;
     let dst = peer(cluster, desired, to, family)?;
+    // As the datapath decides it (`Reason::SamePod`): not for a hostNetwork pod, whose
+    // address and loopback are the node's.
+    if from == to && cluster.pods.get(from).is_some_and(|pod| !pod.host_network) {
+        return Ok(Explanation {
+            from: from.to_string(),
+            to: to.to_string(),
+            verdict: "allow",
+            complete: true,
+            reasons: vec![format!(
+                "{}: {from} to itself (its own address or loopback) never leaves its network namespace; no NetworkPolicy or tenant rule applies",
+                Reason::SamePod.name()
+            )],
+        });
+    }
     Ok(explain_flow(desired, (from, src), (&to.to_string(), Some(to), dst), protocol_port(target, family)))
 }
 

@@ -186,3 +186,29 @@ fn a_flow_to_a_node_address_names_the_nodes_rule_that_decides_it() {
     assert_eq!((result.verdict, result.to.as_str()), ("allow", "10.0.0.4 (alpha/db)"), "{result:#?}");
     assert!(result.reasons.iter().any(|l| l.starts_with("ingress of alpha/db")), "{result:#?}");
 }
+
+#[test]
+fn a_pod_to_itself_is_allowed_whatever_isolates_it_unless_it_is_host_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let deny_all = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: deny-all\n  namespace: beta\n\
+                    spec:\n  podSelector: {}\n  policyTypes: [Ingress, Egress]\n";
+    let path = dir.path().join("deny.yaml");
+    std::fs::write(&path, deny_all).unwrap();
+    let mut cluster = manifests::load(&[manifests(dir.path()), path]).unwrap().cluster;
+    // No Node profile: only the policy decides.
+    let config = Config::default();
+    cluster.nodes.clear();
+    let itself = explain_with(&cluster, &config, "beta/api", "beta/api");
+    assert_eq!(itself.verdict, "allow", "{itself:?}");
+    assert!(itself.reasons[0].starts_with("same-pod:"), "{itself:?}");
+    let other = explain_with(&cluster, &config, "beta/api", "beta/web");
+    assert_eq!(other.verdict, "deny", "{other:?}");
+    if let Some(pod) = cluster.pods.get_mut(&PodKey::new("beta", "api")) {
+        pod.host_network = true;
+    }
+    // A hostNetwork pod's address is the node's: explain names no pod by it, itself neither.
+    let desired = compiler::compile_scoped(&cluster, &config, &PodCgroups::new(), Scope::Cluster).unwrap();
+    let api = PodKey::new("beta", "api");
+    let host = explain(&cluster, &desired, &api, &api, Target::Port(80, Protocol::Tcp), Family::V4);
+    assert!(host.is_err(), "{host:?}");
+}

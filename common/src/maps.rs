@@ -69,6 +69,9 @@ pub const ENDPOINT_EXTERNAL: u32 = 2;
 /// A pod of another tenant on a node reserved for one tenant (`node.foreign-tenant` in block
 /// mode): every flow to or from it is denied, before anything else is considered.
 pub const ENDPOINT_FOREIGN: u32 = 4;
+/// A hostNetwork pod (local entries only): its loopback is the node's, shared with the host
+/// and every other hostNetwork pod, so loopback traffic is not the pod's own.
+pub const ENDPOINT_HOST_NETWORK: u32 = 8;
 
 /// Policy-set id of an endpoint no NetworkPolicy isolates (in that direction).
 pub const NOT_ISOLATED: u64 = 0;
@@ -115,6 +118,10 @@ impl Endpoint {
 
     pub const fn is_foreign(&self) -> bool {
         self.flags & ENDPOINT_FOREIGN != 0
+    }
+
+    pub const fn is_host_network(&self) -> bool {
+        self.flags & ENDPOINT_HOST_NETWORK != 0
     }
 }
 

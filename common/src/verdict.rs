@@ -31,6 +31,9 @@ pub enum Reason {
     AdminAccepted = 11,
     /// A Baseline-tier ClusterNetworkPolicy rule accepts it (no NetworkPolicy isolates the pod).
     BaselineAccepted = 12,
+    /// Both ends are the same pod: its loopback, or its own address. Such traffic never leaves
+    /// the pod's network namespace, and no NetworkPolicy or tenant rule applies to it.
+    SamePod = 13,
     CrossTenant = 64,
     Pending = 65,
     UnknownDenied = 66,
@@ -77,6 +80,7 @@ impl Reason {
             10 => Self::DnsMalformedDetected,
             11 => Self::AdminAccepted,
             12 => Self::BaselineAccepted,
+            13 => Self::SamePod,
             64 => Self::CrossTenant,
             65 => Self::Pending,
             66 => Self::UnknownDenied,
@@ -114,6 +118,7 @@ impl Reason {
             Self::DnsMalformed | Self::DnsMalformedDetected => "dns.malformed",
             Self::AdminAccepted | Self::AdminDenied => "cluster-network-policy.admin",
             Self::BaselineAccepted | Self::BaselineDenied => "cluster-network-policy.baseline",
+            Self::SamePod => "same-pod",
         }
     }
 }

@@ -7,7 +7,7 @@ use core::mem::{offset_of, size_of, MaybeUninit};
 use aya_ebpf::maps::lpm_trie::Key;
 use moat_common::{
     maps::{FlowKey, Settings, NOT_ISOLATED, ORIGIN_OUTBOUND, SETTING_CLUSTER_POLICIES},
-    verdict::Peer,
+    verdict::{Peer, PeerClass},
 };
 
 use crate::maps::{LOCAL_ENDPOINTS, REMOTE_ENDPOINTS, REMOTE_NETWORKS};
@@ -65,8 +65,9 @@ impl FlowId {
     /// Both ends, looked up in the endpoint maps. The remote address's range identity only
     /// matters to a NetworkPolicy of the local pod or to a ClusterNetworkPolicy, so a pod no
     /// policy isolates skips that lookup for a remote pod on a node without the latter.
+    /// `local_addr`: the local end's address where the hook knows it, else `Addr::ZERO`.
     #[inline(always)]
-    pub fn ends(&self, settings: &Settings) -> Ends {
+    pub fn ends(&self, settings: &Settings, local_addr: Addr) -> Ends {
         let local = local_peer(self.cgroup);
         let isolated = local.endpoint.ingress_policy != NOT_ISOLATED
             || local.endpoint.egress_policy != NOT_ISOLATED
@@ -74,6 +75,7 @@ impl FlowId {
         Ends {
             cgroup: self.cgroup,
             local,
+            local_addr,
             remote_addr: self.remote_addr,
             remote: remote_peer(&self.remote_addr, isolated),
             local_port: self.local_port,
@@ -87,6 +89,8 @@ impl FlowId {
 pub struct Ends {
     pub cgroup: u64,
     pub local: Peer,
+    /// `Addr::ZERO` where the hook does not know it (an unbound socket's connect).
+    pub local_addr: Addr,
     pub remote_addr: Addr,
     pub remote: Peer,
     pub local_port: u16,
@@ -98,6 +102,23 @@ impl Ends {
     #[inline(always)]
     pub fn local_tenant(&self) -> u64 {
         self.local.tenant()
+    }
+
+    /// Both ends are the local pod itself: a loopback address at either end, or one address
+    /// at both (a pod reaching its own address, which the kernel routes over loopback). Such
+    /// traffic never leaves the pod's network namespace, so no policy or tenant rule applies.
+    /// Not for a hostNetwork pod, whose loopback is the node's, nor for a pod the agent does
+    /// not know yet or has marked foreign (both decided as before). A loopback source cannot
+    /// come in from another interface: the kernel drops it as martian, and a packet from the
+    /// pod's own address as well (`accept_local` is off by default).
+    #[inline(always)]
+    pub fn within_pod(&self) -> bool {
+        matches!(self.local.class, PeerClass::Known)
+            && !self.local.endpoint.is_host_network()
+            && !self.local.endpoint.is_foreign()
+            && (self.remote_addr.is_loopback()
+                || self.local_addr.is_loopback()
+                || (self.local_addr != Addr::ZERO && self.local_addr == self.remote_addr))
     }
 
     #[inline(always)]

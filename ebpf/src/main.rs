@@ -200,7 +200,7 @@ fn decide_packet(ctx: &SkBuffContext, egress: bool, cgroup: u64, settings: &Sett
                 counters::count(tenant, direction, reason, bytes);
                 return PASS;
             }
-            let ends = flow.ends(settings);
+            let ends = flow.ends(settings, local_addr);
             let reason = flows::redecide(state, &key, &ends, settings, generation);
             finish(&ends, local_addr, direction, reason, bytes)
         }
@@ -213,7 +213,7 @@ fn decide_packet(ctx: &SkBuffContext, egress: bool, cgroup: u64, settings: &Sett
                     return PASS;
                 }
             }
-            let ends = flow.ends(settings);
+            let ends = flow.ends(settings, local_addr);
             let (reason, origin) = floor::decide_new(&ends, settings, egress, packet.tcp_midstream);
             if reason.is_allow() {
                 verdicts::put(&flow.verdict_inputs(origin), generation, reason, ends.local_tenant());
@@ -225,7 +225,7 @@ fn decide_packet(ctx: &SkBuffContext, egress: bool, cgroup: u64, settings: &Sett
             finish(&ends, local_addr, direction, reason, bytes)
         }
         Tracked::Missing => {
-            let ends = flow.ends(settings);
+            let ends = flow.ends(settings, local_addr);
             let reason = floor::decide_new(&ends, settings, egress, false).0;
             finish(&ends, local_addr, direction, reason, bytes)
         }
@@ -297,12 +297,23 @@ fn on_sock_addr(ctx: &SockAddrContext, ipv6: bool, hook: u8) -> i32 {
     } else {
         Addr::v4(addr.user_ip4)
     };
+    // connect() or sendto() to the unspecified address reaches this host's loopback: the
+    // kernel routes it to 127.0.0.1 (::1), which is what the packets will carry.
+    let remote_addr = if remote_addr.is_unspecified() { Addr::loopback(ipv6) } else { remote_addr };
     let remote_port = u16::from_be(addr.user_port as u16);
     let protocol = addr.protocol as u8;
-    // SAFETY: the kernel always sets `sk` for these attach types.
-    let local_port = unsafe {
+    // SAFETY: the kernel always sets `sk` for these attach types; plain reads of its fields.
+    let (local_port, bound_addr) = unsafe {
         let sk = addr.__bindgen_anon_1.sk;
-        if sk.is_null() { 0 } else { (*sk).src_port as u16 }
+        if sk.is_null() {
+            (0, Addr::ZERO)
+        } else if ipv6 {
+            let word = |i: usize| core::ptr::read_volatile(&(*sk).src_ip6[i]);
+            ((*sk).src_port as u16, Addr([word(0), word(1), word(2), word(3)]))
+        } else {
+            let ip = (*sk).src_ip4;
+            ((*sk).src_port as u16, if ip == 0 { Addr::ZERO } else { Addr::v4(ip) })
+        }
     };
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     if hook == HOOK_CONNECT && guard::kubelet_port(remote_port, remote_addr.bytes()) {
@@ -323,7 +334,16 @@ fn on_sock_addr(ctx: &SockAddrContext, ipv6: bool, hook: u8) -> i32 {
     if verdicts::get(&inputs, settings.generation).is_some() {
         return PASS;
     }
-    let ends = flow.ends(&settings);
+    // An unbound socket's source is chosen later; a destination that is the pod's own
+    // address will have that address as its source too.
+    let local_addr = if bound_addr != Addr::ZERO {
+        bound_addr
+    } else if unsafe { icmp::LOCAL_ADDRESSES.get(remote_addr.bytes()) }.copied() == Some(cgroup) {
+        remote_addr
+    } else {
+        Addr::ZERO
+    };
+    let ends = flow.ends(&settings, local_addr);
     let reason = ends.decide(&settings, ORIGIN_OUTBOUND);
     if reason.is_allow() {
         verdicts::put(&inputs, settings.generation, reason, ends.local_tenant());

@@ -17,7 +17,7 @@ const ICMPV6_ECHO_REPLY: u8 = 129;
 
 /// A 16-byte address in network order (IPv4 as `::ffff:a.b.c.d`), held as aligned words so
 /// that copies are two 8-byte moves. The bytes are those of the maps' `[u8; 16]` keys.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 #[repr(C, align(8))]
 pub struct Addr(pub [u32; 4]);
 
@@ -28,6 +28,33 @@ impl Addr {
     #[inline(always)]
     pub fn v4(word: u32) -> Self {
         Self([0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), word])
+    }
+
+    /// 127.0.0.1 or ::1.
+    #[inline(always)]
+    pub fn loopback(ipv6: bool) -> Self {
+        if ipv6 {
+            Self([0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])])
+        } else {
+            Self::v4(u32::from_ne_bytes([127, 0, 0, 1]))
+        }
+    }
+
+    /// 0.0.0.0 (IPv4-mapped) or ::.
+    #[inline(always)]
+    pub fn is_unspecified(&self) -> bool {
+        let [w0, w1, w2, w3] = self.0;
+        w0 == 0 && w1 == 0 && w3 == 0 && (w2 == 0 || w2 == u32::from_ne_bytes([0, 0, 0xff, 0xff]))
+    }
+
+    /// 127.0.0.0/8 (IPv4-mapped) or ::1: an address that never leaves its network namespace.
+    #[inline(always)]
+    pub fn is_loopback(&self) -> bool {
+        let [w0, w1, w2, w3] = self.0;
+        w0 == 0
+            && w1 == 0
+            && ((w2 == u32::from_ne_bytes([0, 0, 0xff, 0xff]) && w3.to_ne_bytes()[0] == 127)
+                || (w2 == 0 && w3 == u32::from_ne_bytes([0, 0, 0, 1])))
     }
 
     /// The map-key view of the same bytes.

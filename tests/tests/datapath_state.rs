@@ -2,8 +2,9 @@
 //! real object (private pins, nothing attached): an established flow is cut by the next
 //! generation, a verdict cached for earlier flows does not outlive it, established
 //! packets counted in the per-CPU slots reach the agent's verdict counters (also when another
-//! key held the slot), and a packet program whose decider slot is empty passes what it
-//! cannot decide, counted as not ready.
+//! key held the slot), a packet program whose decider slot is empty passes what it
+//! cannot decide, counted as not ready, and a pod's traffic to itself (loopback, its own
+//! address) is never policed — unless the pod is hostNetwork.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -49,8 +50,12 @@ fn manifests(port: u16) -> String {
 
 /// The compiled state with this process's cgroup (and 0) as the client pod.
 fn desired(dir: &Path, port: u16, cgroup: u64) -> Desired {
-    let path: PathBuf = dir.join(format!("cluster-{port}.yaml"));
-    std::fs::write(&path, manifests(port)).expect("writing manifests");
+    desired_from(dir, &format!("cluster-{port}.yaml"), &manifests(port), cgroup)
+}
+
+fn desired_from(dir: &Path, name: &str, manifests: &str, cgroup: u64) -> Desired {
+    let path: PathBuf = dir.join(name);
+    std::fs::write(&path, manifests).expect("writing manifests");
     let cluster = moat_agent::sources::manifests::load(&[path]).expect("manifests load").cluster;
     let client = PodRef::Key(PodKey::new("a", "client"));
     let cgroups: PodCgroups = [(cgroup, client.clone()), (0, client)].into();
@@ -166,4 +171,39 @@ fn a_counter_slot_another_key_held_hands_that_keys_counts_on_exactly() {
     }
     assert_eq!(counted.get(&policy_allowed).map(|c| c.packets), Some(1), "the SYN");
     assert_eq!(counted.get(&established).map(|c| c.packets), Some(10), "the ACKs");
+}
+
+#[test]
+fn a_pods_traffic_to_itself_is_never_policed_but_a_host_network_pods_loopback_is() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cgroup = own_cgroup_id().expect("own cgroup");
+    const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
+    // The client may reach the server on port 80 only: everything else it sends is refused.
+    let isolated = desired(dir.path(), 80, cgroup);
+    let host_network = manifests(80).replacen("spec:\n  containers:", "spec:\n  hostNetwork: true\n  containers:", 1);
+    let host_network = desired_from(dir.path(), "host-network.yaml", &host_network, cgroup);
+    let tenant = isolated.local[&cgroup].tenant;
+    let mut loaded = Loaded::new(Path::new("/sys/fs/bpf"), &format!("test-same-pod-{}", std::process::id())).expect("loads");
+    loaded.maps.apply(&Desired::default(), &isolated).expect("apply");
+    let egress = loaded.skb_program("moat_egress").expect("moat_egress");
+    let ingress = loaded.skb_program("moat_ingress").expect("moat_ingress");
+    let out = |packet: &[u8]| test_run("moat_egress", egress, packet, 1).expect("test run").retval;
+    let into = |packet: &[u8]| test_run("moat_ingress", ingress, packet, 1).expect("test run").retval;
+
+    assert_eq!(out(&tcp_frame(CLIENT, 42000, SERVER, 9000, TCP_SYN)), DROP, "the policy refuses another port of the server");
+    assert_eq!(out(&tcp_frame(CLIENT, 42001, LOOPBACK, 9000, TCP_SYN)), PASS, "its own 127.0.0.1");
+    assert_eq!(out(&tcp_frame(LOOPBACK, 42002, LOOPBACK, 9000, TCP_SYN)), PASS, "loopback to loopback");
+    assert_eq!(out(&tcp_frame(Ipv4Addr::new(127, 0, 0, 6), 42003, CLIENT, 9000, TCP_SYN)), PASS, "a loopback source to its own address");
+    assert_eq!(out(&tcp_frame(CLIENT, 42004, CLIENT, 9000, TCP_SYN)), PASS, "its own address to itself");
+    assert_eq!(into(&tcp_frame(CLIENT, 9000, CLIENT, 42004, TCP_SYN | TCP_ACK)), PASS, "and the answer coming in");
+    let stats = KernelStats::open(&loaded.dirs.maps).expect("stats");
+    let same_pod = CounterKey { tenant, direction: DIRECTION_EGRESS, verdict: VERDICT_ALLOW, reason: Reason::SamePod as u8, _pad: [0; 5] };
+    let counted = stats.counters().into_iter().find(|(key, _)| *key == same_pod).map(|(_, c)| c.packets);
+    assert_eq!(counted, Some(4), "each counted as the pod's own traffic");
+
+    // A hostNetwork pod's loopback is the node's: policed as before.
+    loaded.maps.apply(&isolated, &host_network).expect("apply");
+    assert_ne!(host_network.local[&cgroup].flags & moat_common::maps::ENDPOINT_HOST_NETWORK, 0);
+    assert_eq!(out(&tcp_frame(CLIENT, 42010, LOOPBACK, 9000, TCP_SYN)), DROP, "a hostNetwork pod's 127.0.0.1 is the node's");
+    assert_eq!(out(&tcp_frame(CLIENT, 42011, CLIENT, 9000, TCP_SYN)), DROP, "and its address the node's");
 }

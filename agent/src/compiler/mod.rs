@@ -15,7 +15,7 @@ pub mod policy;
 use std::collections::{BTreeMap, BTreeSet};
 
 use moat_common::maps::{
-    Endpoint, NetworkKey, TenantPairKey, ENDPOINT_EXTERNAL, ENDPOINT_FOREIGN, NOT_ISOLATED,
+    Endpoint, NetworkKey, TenantPairKey, ENDPOINT_EXTERNAL, ENDPOINT_FOREIGN, ENDPOINT_HOST_NETWORK, NOT_ISOLATED,
     SETTING_CLUSTER_POLICIES,
 };
 
@@ -108,12 +108,7 @@ pub fn compile_scoped(
             ingress_policy,
             egress_policy,
             shared: shared.group_of(key),
-            // On the remote entry too, so this node's other pods are refused at once as well.
-            flags: if desired.index.foreign.blocks(key) {
-                ENDPOINT_FOREIGN
-            } else {
-                0
-            },
+            flags: endpoint_flags(desired.index.foreign.blocks(key), pod.host_network),
         };
         pod_endpoints.insert(key, endpoint);
         let tag = crate::model::pod_tag::pod_tag(pod.uid.as_deref(), &key.namespace, &key.name);
@@ -224,5 +219,13 @@ pub fn compile_scoped(
     Ok(desired)
 }
 
+/// A pod endpoint's `ENDPOINT_*` flags. Foreign: on the remote entry too, so this node's other
+/// pods are refused at once as well. hostNetwork: the datapath never treats its loopback as
+/// the pod's own (it is the node's).
+pub(crate) fn endpoint_flags(foreign: bool, host_network: bool) -> u32 {
+    (if foreign { ENDPOINT_FOREIGN } else { 0 }) | (if host_network { ENDPOINT_HOST_NETWORK } else { 0 })
+}
+
 #[cfg(test)]
 mod tests;
+

@@ -274,6 +274,9 @@ fn local_pod_addresses_name_their_lowest_cgroup() {
     let web: IpAddr = "10.0.0.1".parse().unwrap();
     // The pod's own address only: no remote pod's, no hostNetwork pod's (the node's address).
     assert_eq!(desired.local_addresses, [(mapped(web), 11)].into());
+    // The datapath never takes a hostNetwork pod's loopback for the pod's own.
+    assert_eq!(desired.local[&20].flags & moat_common::maps::ENDPOINT_HOST_NETWORK, moat_common::maps::ENDPOINT_HOST_NETWORK);
+    assert_eq!(desired.local[&11].flags & moat_common::maps::ENDPOINT_HOST_NETWORK, 0);
 }
 
 #[test]

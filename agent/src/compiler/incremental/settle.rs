@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use moat_common::maps::{Endpoint, ENDPOINT_FOREIGN, NOT_ISOLATED};
+use moat_common::maps::{Endpoint, NOT_ISOLATED};
 
 use super::peers::{claimed, key_of};
 use super::{Incremental, PodState, SetState};
@@ -141,11 +141,7 @@ impl Incremental {
                     ingress_policy: sets[0],
                     egress_policy: sets[1],
                     shared,
-                    flags: if self.desired.index.foreign.blocks(key) {
-                        ENDPOINT_FOREIGN
-                    } else {
-                        0
-                    },
+                    flags: crate::compiler::endpoint_flags(self.desired.index.foreign.blocks(key), pod.host_network),
                 };
                 Some(PodState {
                     identity,

@@ -127,10 +127,13 @@ pub enum Loop {
         #[arg(long, default_value_t = 1)]
         batches: u64,
     },
-    /// connect(2) to a TCP listener of its own on 127.0.0.1 (accepted, both ends closed), N
-    /// times: the call every client makes.
+    /// connect(2) to a TCP listener of its own (accepted, both ends closed), N times: the
+    /// call every client makes.
     ConnectTcp {
         iterations: u64,
+        /// The listener's address (it binds a free port there).
+        #[arg(long, default_value = "127.0.0.1")]
+        address: std::net::IpAddr,
         /// Time the loop in this many batches.
         #[arg(long, default_value_t = 1)]
         batches: u64,
@@ -323,7 +326,11 @@ mod tests {
         );
         assert_eq!(
             parse(&["loop", "connect-tcp", "5", "--batches", "2"]).unwrap(),
-            Command::Loop(Loop::ConnectTcp { iterations: 5, batches: 2 })
+            Command::Loop(Loop::ConnectTcp { iterations: 5, address: [127, 0, 0, 1].into(), batches: 2 })
+        );
+        assert_eq!(
+            parse(&["loop", "connect-tcp", "1", "--address", "::1"]).unwrap(),
+            Command::Loop(Loop::ConnectTcp { iterations: 1, address: std::net::Ipv6Addr::LOCALHOST.into(), batches: 1 })
         );
         assert_eq!(
             parse(&["loop", "stat", "3", "/etc/hostname"]).unwrap(),

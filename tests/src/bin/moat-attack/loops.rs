@@ -6,7 +6,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{IpAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -42,7 +42,7 @@ pub fn run(kind: &Loop) -> Result<String, LoopError> {
         Loop::Open { iterations, path, batches } => ("open", *iterations, *batches, open_close(*iterations, *batches, path)?),
         Loop::Exec { iterations, program, batches } => ("exec", *iterations, *batches, fork_exec(*iterations, *batches, program)?),
         Loop::ConnectUnix { iterations, batches } => ("connect-unix", *iterations, *batches, connect_close(*iterations, *batches)?),
-        Loop::ConnectTcp { iterations, batches } => ("connect-tcp", *iterations, *batches, tcp_connect_close(*iterations, *batches)?),
+        Loop::ConnectTcp { iterations, address, batches } => ("connect-tcp", *iterations, *batches, tcp_connect_close(*address, *iterations, *batches)?),
         Loop::Stat { iterations, path, batches } => ("stat", *iterations, *batches, stat(*iterations, *batches, path)?),
         Loop::Getppid { iterations, batches } => ("getppid", *iterations, *batches, getppid(*iterations, *batches)?),
     };
@@ -139,8 +139,8 @@ fn connect_close(iterations: u64, batches: u64) -> Result<Timing, LoopError> {
 /// One thread: connect to a loopback listener (the backlog completes the handshake), accept,
 /// close both ends. The accepted end closes first and resets (SO_LINGER 0), so no end keeps
 /// a TIME_WAIT entry: a run leaves nothing behind in the pod's or the host's socket table.
-fn tcp_connect_close(iterations: u64, batches: u64) -> Result<Timing, LoopError> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|source| LoopError::Syscall { call: "bind", iteration: 0, source })?;
+fn tcp_connect_close(address: IpAddr, iterations: u64, batches: u64) -> Result<Timing, LoopError> {
+    let listener = TcpListener::bind((address, 0)).map_err(|source| LoopError::Syscall { call: "bind", iteration: 0, source })?;
     tcp_connect_close_to(&listener, iterations, batches)
 }
 
@@ -231,7 +231,7 @@ mod tests {
 
     #[test]
     fn the_tcp_connect_loop_leaves_no_time_wait_behind() {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let timing = tcp_connect_close_to(&listener, 2_000, 4).unwrap();
         assert_eq!(timing.batch_ns_per_op.len(), 4);
