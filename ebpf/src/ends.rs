@@ -65,9 +65,8 @@ impl FlowId {
     /// Both ends, looked up in the endpoint maps. The remote address's range identity only
     /// matters to a NetworkPolicy of the local pod or to a ClusterNetworkPolicy, so a pod no
     /// policy isolates skips that lookup for a remote pod on a node without the latter.
-    /// `local_addr`: the local end's address where the hook knows it, else `Addr::ZERO`.
     #[inline(always)]
-    pub fn ends(&self, settings: &Settings, local_addr: Addr) -> Ends {
+    pub fn ends(&self, settings: &Settings) -> Ends {
         let local = local_peer(self.cgroup);
         let isolated = local.endpoint.ingress_policy != NOT_ISOLATED
             || local.endpoint.egress_policy != NOT_ISOLATED
@@ -75,7 +74,6 @@ impl FlowId {
         Ends {
             cgroup: self.cgroup,
             local,
-            local_addr,
             remote_addr: self.remote_addr,
             remote: remote_peer(&self.remote_addr, isolated),
             local_port: self.local_port,
@@ -89,8 +87,6 @@ impl FlowId {
 pub struct Ends {
     pub cgroup: u64,
     pub local: Peer,
-    /// `Addr::ZERO` where the hook does not know it (an unbound socket's connect).
-    pub local_addr: Addr,
     pub remote_addr: Addr,
     pub remote: Peer,
     pub local_port: u16,
@@ -104,23 +100,6 @@ impl Ends {
         self.local.tenant()
     }
 
-    /// Both ends are the local pod itself: a loopback address at either end, or one address
-    /// at both (a pod reaching its own address, which the kernel routes over loopback). Such
-    /// traffic never leaves the pod's network namespace, so no policy or tenant rule applies.
-    /// Not for a hostNetwork pod, whose loopback is the node's, nor for a pod the agent does
-    /// not know yet or has marked foreign (both decided as before). A loopback source cannot
-    /// come in from another interface: the kernel drops it as martian, and a packet from the
-    /// pod's own address as well (`accept_local` is off by default).
-    #[inline(always)]
-    pub fn within_pod(&self) -> bool {
-        matches!(self.local.class, PeerClass::Known)
-            && !self.local.endpoint.is_host_network()
-            && !self.local.endpoint.is_foreign()
-            && (self.remote_addr.is_loopback()
-                || self.local_addr.is_loopback()
-                || (self.local_addr != Addr::ZERO && self.local_addr == self.remote_addr))
-    }
-
     #[inline(always)]
     pub fn flow(&self) -> FlowId {
         FlowId {
@@ -131,6 +110,25 @@ impl Ends {
             protocol: self.protocol,
         }
     }
+}
+
+/// A pod's traffic to itself, by its addresses: a loopback address at either end, or one
+/// address at both (a pod reaching its own address, which the kernel routes over loopback).
+/// `local_addr` is `Addr::ZERO` where the hook does not know it. Only where the hook also
+/// knows the traffic stays in the pod's network namespace — a packet on the loopback device,
+/// or a connect/sendmsg whose packets are checked again on their device — since a raw socket
+/// can put any source on a packet it sends out of eth0.
+#[inline(always)]
+pub fn addresses_within_pod(local_addr: &Addr, remote_addr: &Addr) -> bool {
+    remote_addr.is_loopback() || local_addr.is_loopback() || (*local_addr != Addr::ZERO && local_addr == remote_addr)
+}
+
+/// Whether a local pod's loopback is its own: a pod the agent knows, not hostNetwork (its
+/// loopback and address are the node's, shared with host services and every other
+/// hostNetwork pod) and not foreign (`node.foreign-tenant` denies everything).
+#[inline(always)]
+pub fn owns_its_loopback(local: &Peer) -> bool {
+    matches!(local.class, PeerClass::Known) && !local.endpoint.is_host_network() && !local.endpoint.is_foreign()
 }
 
 /// Whether some ClusterNetworkPolicy selects a pod of this node (`CNP_SUBJECTS` is read).

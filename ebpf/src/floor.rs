@@ -141,9 +141,6 @@ impl Ends {
     /// The verdict for a flow opened by the local end (`ORIGIN_OUTBOUND`) or by the remote.
     #[inline(always)]
     pub fn decide(&self, settings: &Settings, origin: u8) -> Reason {
-        if settings.ready != 0 && self.within_pod() {
-            return Reason::SamePod;
-        }
         let outbound = origin == ORIGIN_OUTBOUND;
         let set = if cluster_policies(settings) { cluster_set(self.cgroup, outbound) } else { NOT_ISOLATED };
         if outbound {

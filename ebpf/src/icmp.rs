@@ -91,7 +91,6 @@ pub fn on_ingress(ctx: &TcContext) -> i32 {
     let ends = Ends {
         cgroup,
         local: local_peer(&packet.dst_addr),
-        local_addr: packet.dst_addr,
         remote_addr: packet.src_addr,
         remote: remote_peer(&packet.src_addr, true),
         local_port: packet.dst_port,

@@ -186,6 +186,20 @@ fn decide_packet(ctx: &SkBuffContext, egress: bool, cgroup: u64, settings: &Sett
     let bytes = ctx.len() as u64;
     let flow = flow_of(&packet, egress, cgroup);
     let key = flow.key();
+    // A pod's traffic to itself on its own loopback device is never policed (docs/design.md,
+    // "Verdict"); tracked like any flow, so its next packets take the first stage's lookup.
+    if on_loopback(ctx) && ends::addresses_within_pod(&local_addr, &flow.remote_addr) {
+        let local = ends::local_peer(cgroup);
+        if ends::owns_its_loopback(&local) {
+            let tenant = local.tenant();
+            if packet.trackable {
+                let origin = if egress { ORIGIN_OUTBOUND } else { ORIGIN_INBOUND };
+                flows::track(&key, generation, origin, Reason::SamePod, tenant);
+            }
+            counters::count(tenant, direction, Reason::SamePod, bytes);
+            return PASS;
+        }
+    }
     let report_allowed = settings.flags & SETTING_REPORT_ALLOWED != 0;
     let tracked = if !packet.trackable { Tracked::Missing } else { flows::lookup(&key, generation) };
     match tracked {
@@ -200,7 +214,7 @@ fn decide_packet(ctx: &SkBuffContext, egress: bool, cgroup: u64, settings: &Sett
                 counters::count(tenant, direction, reason, bytes);
                 return PASS;
             }
-            let ends = flow.ends(settings, local_addr);
+            let ends = flow.ends(settings);
             let reason = flows::redecide(state, &key, &ends, settings, generation);
             finish(&ends, local_addr, direction, reason, bytes)
         }
@@ -213,7 +227,7 @@ fn decide_packet(ctx: &SkBuffContext, egress: bool, cgroup: u64, settings: &Sett
                     return PASS;
                 }
             }
-            let ends = flow.ends(settings, local_addr);
+            let ends = flow.ends(settings);
             let (reason, origin) = floor::decide_new(&ends, settings, egress, packet.tcp_midstream);
             if reason.is_allow() {
                 verdicts::put(&flow.verdict_inputs(origin), generation, reason, ends.local_tenant());
@@ -225,11 +239,23 @@ fn decide_packet(ctx: &SkBuffContext, egress: bool, cgroup: u64, settings: &Sett
             finish(&ends, local_addr, direction, reason, bytes)
         }
         Tracked::Missing => {
-            let ends = flow.ends(settings, local_addr);
+            let ends = flow.ends(settings);
             let reason = floor::decide_new(&ends, settings, egress, false).0;
             finish(&ends, local_addr, direction, reason, bytes)
         }
     }
+}
+
+/// The loopback device's index, the same in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// Whether the packet is on the loopback device: `ifindex` is the device it leaves by
+/// (egress) or arrived on (ingress). A test run's packet is on loopback unless it names
+/// another device.
+#[inline(always)]
+fn on_loopback(ctx: &SkBuffContext) -> bool {
+    // SAFETY: a read of the program's own context.
+    unsafe { (*ctx.skb.skb).ifindex == LOOPBACK_IFINDEX }
 }
 
 /// Counts a decided packet; reports and drops it if denied.
@@ -343,7 +369,12 @@ fn on_sock_addr(ctx: &SockAddrContext, ipv6: bool, hook: u8) -> i32 {
     } else {
         Addr::ZERO
     };
-    let ends = flow.ends(&settings, local_addr);
+    let ends = flow.ends(&settings);
+    // A pod's own address or loopback: passed, and not cached (its packets are checked on
+    // their device).
+    if ends::owns_its_loopback(&ends.local) && ends::addresses_within_pod(&local_addr, &ends.remote_addr) {
+        return PASS;
+    }
     let reason = ends.decide(&settings, ORIGIN_OUTBOUND);
     if reason.is_allow() {
         verdicts::put(&inputs, settings.generation, reason, ends.local_tenant());

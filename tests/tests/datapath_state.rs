@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use moat_lab::bench::harness::{own_cgroup_id, test_run, Loaded};
-use moat_lab::bench::testrun::{tcp_frame, TCP_ACK, TCP_SYN};
+use moat_lab::bench::testrun::{self, tcp_frame, TCP_ACK, TCP_SYN};
 use moat_agent::compiler::{compile, Desired};
 use moat_agent::config::Config;
 use moat_agent::kernel::stats::KernelStats;
@@ -201,9 +201,28 @@ fn a_pods_traffic_to_itself_is_never_policed_but_a_host_network_pods_loopback_is
     let counted = stats.counters().into_iter().find(|(key, _)| *key == same_pod).map(|(_, c)| c.packets);
     assert_eq!(counted, Some(4), "each counted as the pod's own traffic");
 
+    // The same addresses on any other device are not the pod's own: a raw socket can put a
+    // loopback or the pod's own source on a packet it sends out of eth0. (The device is only
+    // looked up by the test run: nothing is sent on it.)
+    let device = other_device().expect("a network device besides loopback");
+    let out_on = |packet: &[u8]| testrun::run_on(egress, packet, 1, Some(device)).expect("test run").retval;
+    assert_eq!(out_on(&tcp_frame(CLIENT, 42005, LOOPBACK, 9000, TCP_SYN)), DROP, "127.0.0.1 off the loopback device");
+    assert_eq!(out_on(&tcp_frame(Ipv4Addr::new(127, 0, 0, 6), 42006, SERVER, 9000, TCP_SYN)), DROP, "a forged loopback source");
+    assert_eq!(out_on(&tcp_frame(SERVER, 42007, SERVER, 9000, TCP_SYN)), DROP, "a forged source equal to the destination");
+    assert_eq!(out(&tcp_frame(CLIENT, 42008, LOOPBACK, 9000, TCP_SYN)), PASS, "and on loopback again: nothing cached for that peer");
+
     // A hostNetwork pod's loopback is the node's: policed as before.
     loaded.maps.apply(&isolated, &host_network).expect("apply");
     assert_ne!(host_network.local[&cgroup].flags & moat_common::maps::ENDPOINT_HOST_NETWORK, 0);
     assert_eq!(out(&tcp_frame(CLIENT, 42010, LOOPBACK, 9000, TCP_SYN)), DROP, "a hostNetwork pod's 127.0.0.1 is the node's");
     assert_eq!(out(&tcp_frame(CLIENT, 42011, CLIENT, 9000, TCP_SYN)), DROP, "and its address the node's");
+}
+
+/// The index of a network device of this namespace other than loopback, for a test run's
+/// packet to be "on" (read from sysfs; the device is not touched).
+fn other_device() -> Option<u32> {
+    std::fs::read_dir("/sys/class/net")
+        .ok()?
+        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path().join("ifindex")).ok()?.trim().parse::<u32>().ok())
+        .find(|index| *index > 1)
 }

@@ -44,8 +44,20 @@ pub struct Outcome {
     pub duration_ns: u32,
 }
 
-/// Runs the program `repeat` times on `packet`.
+/// Runs the program `repeat` times on `packet` (on the loopback device, the kernel's default).
 pub fn run(prog_fd: RawFd, packet: &[u8], repeat: u32) -> std::io::Result<Outcome> {
+    run_on(prog_fd, packet, repeat, None)
+}
+
+/// `struct __sk_buff` up to `ifindex` (offset 40) and `tc_index`: the kernel takes a shorter
+/// `ctx_in` and zero-fills the rest.
+const SKB_CTX_IFINDEX: usize = 40;
+const SKB_CTX_LEN: usize = 48;
+
+/// Like [`run`], the packet on device `ifindex` of this network namespace where given (it
+/// must exist: the kernel looks it up; nothing is sent on it).
+pub fn run_on(prog_fd: RawFd, packet: &[u8], repeat: u32, ifindex: Option<u32>) -> std::io::Result<Outcome> {
+    let mut ctx = [0u8; SKB_CTX_LEN];
     let mut attr = TestAttr {
         prog_fd: prog_fd as u32,
         data_size_in: packet.len() as u32,
@@ -53,9 +65,14 @@ pub fn run(prog_fd: RawFd, packet: &[u8], repeat: u32) -> std::io::Result<Outcom
         repeat,
         ..TestAttr::default()
     };
+    if let Some(ifindex) = ifindex {
+        ctx[SKB_CTX_IFINDEX..SKB_CTX_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+        attr.ctx_size_in = SKB_CTX_LEN as u32;
+        attr.ctx_in = ctx.as_ptr() as u64;
+    }
     // SAFETY: `attr` is a valid, fully initialised `bpf_attr` prefix of the size passed; the
-    // kernel reads `data_size_in` bytes from `packet`, which outlives the call, and writes
-    // nothing through the null output pointers.
+    // kernel reads `data_size_in` bytes from `packet` and `ctx_size_in` from `ctx`, both of
+    // which outlive the call, and writes nothing through the null output pointers.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
