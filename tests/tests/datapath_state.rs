@@ -202,13 +202,19 @@ fn a_pods_traffic_to_itself_is_never_policed_but_a_host_network_pods_loopback_is
     assert_eq!(counted, Some(4), "each counted as the pod's own traffic");
 
     // The same addresses on any other device are not the pod's own: a raw socket can put a
-    // loopback or the pod's own source on a packet it sends out of eth0. (The device is only
-    // looked up by the test run: nothing is sent on it.)
-    let device = other_device().expect("a network device besides loopback");
-    let out_on = |packet: &[u8]| testrun::run_on(egress, packet, 1, Some(device)).expect("test run").retval;
-    assert_eq!(out_on(&tcp_frame(CLIENT, 42005, LOOPBACK, 9000, TCP_SYN)), DROP, "127.0.0.1 off the loopback device");
-    assert_eq!(out_on(&tcp_frame(Ipv4Addr::new(127, 0, 0, 6), 42006, SERVER, 9000, TCP_SYN)), DROP, "a forged loopback source");
-    assert_eq!(out_on(&tcp_frame(SERVER, 42007, SERVER, 9000, TCP_SYN)), DROP, "a forged source equal to the destination");
+    // loopback or the pod's own source on a packet it sends out of eth0. The device is a veth
+    // in a network namespace of the test's own (a test run looks it up there; nothing is sent).
+    let forged = on_private_device(|device| {
+        let out_on = |packet: &[u8]| testrun::run_on(egress, packet, 1, Some(device)).expect("test run").retval;
+        [
+            out_on(&tcp_frame(CLIENT, 42005, LOOPBACK, 9000, TCP_SYN)),
+            out_on(&tcp_frame(Ipv4Addr::new(127, 0, 0, 6), 42006, SERVER, 9000, TCP_SYN)),
+            out_on(&tcp_frame(SERVER, 42007, SERVER, 9000, TCP_SYN)),
+        ]
+    });
+    assert_eq!(forged[0], DROP, "127.0.0.1 off the loopback device");
+    assert_eq!(forged[1], DROP, "a forged loopback source");
+    assert_eq!(forged[2], DROP, "a forged source equal to the destination");
     assert_eq!(out(&tcp_frame(CLIENT, 42008, LOOPBACK, 9000, TCP_SYN)), PASS, "and on loopback again: nothing cached for that peer");
 
     // A hostNetwork pod's loopback is the node's: policed as before.
@@ -218,11 +224,28 @@ fn a_pods_traffic_to_itself_is_never_policed_but_a_host_network_pods_loopback_is
     assert_eq!(out(&tcp_frame(CLIENT, 42011, CLIENT, 9000, TCP_SYN)), DROP, "and its address the node's");
 }
 
-/// The index of a network device of this namespace other than loopback, for a test run's
-/// packet to be "on" (read from sysfs; the device is not touched).
-fn other_device() -> Option<u32> {
-    std::fs::read_dir("/sys/class/net")
-        .ok()?
-        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path().join("ifindex")).ok()?.trim().parse::<u32>().ok())
-        .find(|index| *index > 1)
+/// Runs `f` on a thread of its own in a new network namespace holding one veth pair (by
+/// `ip`), with the index of one end: a device a test run's packet can be on. The namespace,
+/// and its devices with it, go when the thread ends; the host's networking is never touched.
+fn on_private_device<T: Send>(f: impl FnOnce(u32) -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: unshare only changes this thread's namespaces.
+                let unshared = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+                assert_eq!(unshared, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+                // A child forked from this thread starts in its network namespace.
+                let status = std::process::Command::new("ip")
+                    .args(["link", "add", "moat-t0", "type", "veth", "peer", "name", "moat-t1"])
+                    .status()
+                    .expect("running ip");
+                assert!(status.success(), "ip link add: {status}");
+                // SAFETY: a NUL-terminated name; the lookup runs in this thread's namespace.
+                let index = unsafe { libc::if_nametoindex(c"moat-t0".as_ptr()) };
+                assert!(index > 1, "moat-t0 has an index: {}", std::io::Error::last_os_error());
+                f(index)
+            })
+            .join()
+            .expect("the private-device thread")
+    })
 }
