@@ -68,9 +68,9 @@ pub fn incomplete(results: &mut [Explanation], unenforced: &[String]) {
 pub fn explain(cluster: &Cluster, desired: &Desired, from: &PodKey, to: &PodKey, target: Target, family: Family) -> Result<Explanation, ExplainError> {
     let src = peer(cluster, desired, from, family)?;
     let dst = peer(cluster, desired, to, family)?;
-    // As the datapath decides it (`Reason::SamePod`): not for a hostNetwork pod, whose
-    // address and loopback are the node's.
-    if from == to && cluster.pods.get(from).is_some_and(|pod| !pod.host_network) {
+    // As the datapath decides it (`Reason::SamePod`). A hostNetwork pod never gets here:
+    // `peer` refuses it (its address and loopback are the node's).
+    if from == to {
         return Ok(Explanation {
             from: from.to_string(),
             to: to.to_string(),
