@@ -22,6 +22,9 @@ pub mod names {
     /// Address of a pod on this node → one of its cgroup ids: names the pod in the events of
     /// the tc program, which sees no socket.
     pub const LOCAL_ADDRESSES: &str = "LOCAL_ADDRESSES";
+    /// Every cgroup of a pod on this node with each of the pod's addresses (`PodAddress`):
+    /// an unbound socket's connect to one of them is the pod's to itself.
+    pub const POD_ADDRESSES: &str = "POD_ADDRESSES";
     /// ClusterNetworkPolicy: cgroup of a pod on this node → its `TierSets`.
     pub const CNP_SUBJECTS: &str = "CNP_SUBJECTS";
     /// ClusterNetworkPolicy entries: `PolicyMatch` prefix → `TierMatch`.
@@ -43,6 +46,8 @@ pub const STAGE_SLOTS: u32 = 2;
 pub mod capacity {
     pub const LOCAL_ENDPOINTS: u32 = 65_536;
     pub const LOCAL_ADDRESSES: u32 = 65_536;
+    /// Cgroups × addresses: room for several containers of every pod, in both families.
+    pub const POD_ADDRESSES: u32 = 262_144;
     pub const REMOTE_ENDPOINTS: u32 = 262_144;
     pub const REMOTE_NETWORKS: u32 = 16_384;
     pub const SHARED_PORTS: u32 = 16_384;
@@ -294,6 +299,14 @@ pub struct FlowState {
     pub _pad: [u8; 6],
 }
 
+/// `POD_ADDRESSES` key: a cgroup of a pod on this node and one of the pod's addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodAddress {
+    pub cgroup: u64,
+    pub addr: [u8; 16],
+}
+
 pub const DIRECTION_INGRESS: u8 = 1;
 pub const DIRECTION_EGRESS: u8 = 2;
 
@@ -368,10 +381,12 @@ mod pod_impls {
     unsafe impl aya::Pod for PolicyMatch {}
     unsafe impl aya::Pod for TierSets {}
     unsafe impl aya::Pod for TierMatch {}
+    unsafe impl aya::Pod for PodAddress {}
 }
 
 const _: () = {
     assert!(core::mem::size_of::<Endpoint>() == 40);
+    assert!(core::mem::size_of::<PodAddress>() == 24);
     assert!(core::mem::size_of::<NetworkKey>() == 20);
     assert!(core::mem::size_of::<SharedPortKey>() == 8);
     assert!(core::mem::size_of::<TenantPairKey>() == 16);

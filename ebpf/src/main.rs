@@ -27,7 +27,7 @@ use moat_common::{
     dns::{DNS_OFF, DNS_PORT},
     event::{HOOK_CONNECT, HOOK_SENDMSG, HOOK_SKB},
     maps::{
-        Settings, DIRECTION_EGRESS, DIRECTION_INGRESS, ORIGIN_INBOUND, ORIGIN_OUTBOUND,
+        PodAddress, Settings, DIRECTION_EGRESS, DIRECTION_INGRESS, ORIGIN_INBOUND, ORIGIN_OUTBOUND,
         SETTING_REPORT_ALLOWED, STAGE_DECIDE, STAGE_DNS,
     },
     verdict::Reason,
@@ -93,12 +93,18 @@ fn on_packet(ctx: &SkBuffContext, egress: bool) -> i32 {
     established_or_decide(ctx, egress, cgroup, settings, linear)
 }
 
-/// An established packet: one flow-table lookup, a per-CPU counter. Anything else goes to
-/// the decider, which looks the flow up itself: a SYN that opens a connection goes there
-/// without this lookup (a retransmitted one finds its entry there).
+/// An established packet: one flow-table lookup, a per-CPU counter. A pod's traffic to
+/// itself: passed before that, never tracked. Anything else goes to the decider, which looks
+/// the flow up itself: a SYN that opens a connection goes there without this lookup (a
+/// retransmitted one finds its entry there).
 #[inline(always)]
 fn established_or_decide(ctx: &SkBuffContext, egress: bool, cgroup: u64, settings: &Settings, linear: Option<Packet>) -> i32 {
     if let Some(packet) = linear {
+        let (local_addr, remote_addr) = if egress { (&packet.src_addr, &packet.dst_addr) } else { (&packet.dst_addr, &packet.src_addr) };
+        let direction = if egress { DIRECTION_EGRESS } else { DIRECTION_INGRESS };
+        if own_traffic(ctx, local_addr, remote_addr, cgroup, direction) {
+            return PASS;
+        }
         if packet.protocol == IPPROTO_TCP && !packet.tcp_midstream {
             return next_stage(ctx, egress, STAGE_DECIDE);
         }
@@ -186,19 +192,9 @@ fn decide_packet(ctx: &SkBuffContext, egress: bool, cgroup: u64, settings: &Sett
     let bytes = ctx.len() as u64;
     let flow = flow_of(&packet, egress, cgroup);
     let key = flow.key();
-    // A pod's traffic to itself on its own loopback device is never policed (docs/design.md,
-    // "Verdict"); tracked like any flow, so its next packets take the first stage's lookup.
-    if on_loopback(ctx) && ends::addresses_within_pod(&local_addr, &flow.remote_addr) {
-        let local = ends::local_peer(cgroup);
-        if ends::owns_its_loopback(&local) {
-            let tenant = local.tenant();
-            if packet.trackable {
-                let origin = if egress { ORIGIN_OUTBOUND } else { ORIGIN_INBOUND };
-                flows::track(&key, generation, origin, Reason::SamePod, tenant);
-            }
-            counters::count(tenant, direction, Reason::SamePod, bytes);
-            return PASS;
-        }
+    // A packet the first stage could not read in place: the same rule here.
+    if own_traffic(ctx, &local_addr, &flow.remote_addr, cgroup, direction) {
+        return PASS;
     }
     let report_allowed = settings.flags & SETTING_REPORT_ALLOWED != 0;
     let tracked = if !packet.trackable { Tracked::Missing } else { flows::lookup(&key, generation) };
@@ -244,6 +240,23 @@ fn decide_packet(ctx: &SkBuffContext, egress: bool, cgroup: u64, settings: &Sett
             finish(&ends, local_addr, direction, reason, bytes)
         }
     }
+}
+
+/// A pod's traffic to itself on its own loopback device, which no policy governs
+/// (docs/design.md, "Verdict"): counted and passed. Never tracked nor cached: it costs no
+/// flow-table insert, and the device, which neither key holds, is what makes it the pod's own.
+/// Off loopback this is one context read.
+#[inline(always)]
+fn own_traffic(ctx: &SkBuffContext, local_addr: &Addr, remote_addr: &Addr, cgroup: u64, direction: u8) -> bool {
+    if !on_loopback(ctx) || !ends::addresses_within_pod(local_addr, remote_addr) {
+        return false;
+    }
+    let local = ends::local_peer(cgroup);
+    if !ends::owns_its_loopback(&local) {
+        return false;
+    }
+    counters::count(local.tenant(), direction, Reason::SamePod, ctx.len() as u64);
+    true
 }
 
 /// The loopback device's index, the same in every network namespace.
@@ -360,18 +373,17 @@ fn on_sock_addr(ctx: &SockAddrContext, ipv6: bool, hook: u8) -> i32 {
     if verdicts::get(&inputs, settings.generation).is_some() {
         return PASS;
     }
-    // An unbound socket's source is chosen later; a destination that is the pod's own
-    // address will have that address as its source too.
+    // A pod's own address or loopback: passed, and not cached (its packets are checked on
+    // their device). An unbound socket's source is chosen later; a destination that is the
+    // pod's own address (any container's) will have that address as its source too.
     let local_addr = if bound_addr != Addr::ZERO {
         bound_addr
-    } else if unsafe { icmp::LOCAL_ADDRESSES.get(remote_addr.bytes()) }.copied() == Some(cgroup) {
+    } else if unsafe { maps::POD_ADDRESSES.get(&PodAddress { cgroup, addr: remote_addr.to_bytes() }) }.is_some() {
         remote_addr
     } else {
         Addr::ZERO
     };
     let ends = flow.ends(&settings);
-    // A pod's own address or loopback: passed, and not cached (its packets are checked on
-    // their device).
     if ends::owns_its_loopback(&ends.local) && ends::addresses_within_pod(&local_addr, &ends.remote_addr) {
         return PASS;
     }

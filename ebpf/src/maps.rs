@@ -1,6 +1,7 @@
 //! The pinned maps. Names must match `moat_common::maps::names`.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
 };
@@ -14,7 +15,7 @@ use moat_common::dns::{
     ZONE_SLOTS,
 };
 use moat_common::maps::{
-    capacity, Counter, CounterKey, STAGE_SLOTS, Endpoint, FlowKey, FlowState, PolicyMatch, Settings,
+    capacity, Counter, CounterKey, STAGE_SLOTS, Endpoint, FlowKey, FlowState, PodAddress, PolicyMatch, Settings,
     SharedPortKey, SlotCounter, TenantPairKey, TierMatch, TierSets,
 };
 
@@ -32,6 +33,12 @@ pub static INGRESS_STAGES: ProgramArray = ProgramArray::pinned(STAGE_SLOTS, 0);
 #[map]
 pub static LOCAL_ENDPOINTS: HashMap<u64, Endpoint> =
     HashMap::pinned(capacity::LOCAL_ENDPOINTS, 0);
+
+/// Read only for a connect the policy refuses (is it to the pod itself?): allocated as
+/// entries arrive, so an idle map costs no memory.
+#[map]
+pub static POD_ADDRESSES: HashMap<PodAddress, u8> =
+    HashMap::pinned(capacity::POD_ADDRESSES, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static REMOTE_ENDPOINTS: HashMap<[u8; 16], Endpoint> =

@@ -4,7 +4,7 @@
 //! packets counted in the per-CPU slots reach the agent's verdict counters (also when another
 //! key held the slot), a packet program whose decider slot is empty passes what it
 //! cannot decide, counted as not ready, and a pod's traffic to itself (loopback, its own
-//! address) is never policed — unless the pod is hostNetwork.
+//! address) is never policed nor tracked — unless the pod is hostNetwork.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -196,10 +196,16 @@ fn a_pods_traffic_to_itself_is_never_policed_but_a_host_network_pods_loopback_is
     assert_eq!(out(&tcp_frame(Ipv4Addr::new(127, 0, 0, 6), 42003, CLIENT, 9000, TCP_SYN)), PASS, "a loopback source to its own address");
     assert_eq!(out(&tcp_frame(CLIENT, 42004, CLIENT, 9000, TCP_SYN)), PASS, "its own address to itself");
     assert_eq!(into(&tcp_frame(CLIENT, 9000, CLIENT, 42004, TCP_SYN | TCP_ACK)), PASS, "and the answer coming in");
+    // A connection's next packets, which the first stage answers.
+    assert_eq!(out(&tcp_frame(CLIENT, 42004, CLIENT, 9000, TCP_ACK)), PASS, "its own address, established");
+    assert_eq!(into(&tcp_frame(LOOPBACK, 9000, LOOPBACK, 42002, TCP_ACK)), PASS, "loopback, established, coming in");
     let stats = KernelStats::open(&loaded.dirs.maps).expect("stats");
-    let same_pod = CounterKey { tenant, direction: DIRECTION_EGRESS, verdict: VERDICT_ALLOW, reason: Reason::SamePod as u8, _pad: [0; 5] };
-    let counted = stats.counters().into_iter().find(|(key, _)| *key == same_pod).map(|(_, c)| c.packets);
-    assert_eq!(counted, Some(4), "each counted as the pod's own traffic");
+    let same_pod = |direction| CounterKey { tenant, direction, verdict: VERDICT_ALLOW, reason: Reason::SamePod as u8, _pad: [0; 5] };
+    let counted = |direction| stats.counters().into_iter().find(|(key, _)| *key == same_pod(direction)).map(|(_, c)| c.packets);
+    assert_eq!(counted(DIRECTION_EGRESS), Some(5), "each counted as the pod's own traffic");
+    assert_eq!(counted(DIRECTION_INGRESS), Some(2), "each counted as the pod's own traffic");
+    let flows = stats.fill().into_iter().find(|fill| fill.map == names::FLOWS).map(|fill| fill.entries);
+    assert_eq!(flows, Some(0), "a pod's own traffic is never tracked (and the refused SYN was not either)");
 
     // The same addresses on any other device are not the pod's own: a raw socket can put a
     // loopback or the pod's own source on a packet it sends out of eth0. The device is a veth
@@ -222,6 +228,11 @@ fn a_pods_traffic_to_itself_is_never_policed_but_a_host_network_pods_loopback_is
     assert_ne!(host_network.local[&cgroup].flags & moat_common::maps::ENDPOINT_HOST_NETWORK, 0);
     assert_eq!(out(&tcp_frame(CLIENT, 42010, LOOPBACK, 9000, TCP_SYN)), DROP, "a hostNetwork pod's 127.0.0.1 is the node's");
     assert_eq!(out(&tcp_frame(CLIENT, 42011, CLIENT, 9000, TCP_SYN)), DROP, "and its address the node's");
+    // Midstream, past the first stage: decided as the flow it may be a part of (an inbound
+    // one, which no policy isolates here), not as the pod's own.
+    let before = counted(DIRECTION_EGRESS);
+    out(&tcp_frame(CLIENT, 42012, LOOPBACK, 9000, TCP_ACK));
+    assert_eq!(counted(DIRECTION_EGRESS), before, "a hostNetwork pod's loopback is never counted as its own");
 }
 
 /// Runs `f` on a thread of its own in a new network namespace holding one veth pair (by

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use moat_common::dns::{DnsNamespace, DnsZone, NamespaceKey};
-use moat_common::maps::{Endpoint, NetworkKey, SharedPortKey, TenantPairKey, TierMatch, TierSets};
+use moat_common::maps::{Endpoint, NetworkKey, PodAddress, SharedPortKey, TenantPairKey, TierMatch, TierSets};
 
 use super::desired::{Desired, Index};
 use super::diff::{self, Changes};
@@ -15,6 +15,7 @@ use super::policy::RuleKey;
 pub struct Delta {
     pub local: Changes<u64, Endpoint>,
     pub local_addresses: Changes<[u8; 16], u64>,
+    pub pod_addresses: Changes<PodAddress, ()>,
     pub remote: Changes<[u8; 16], Endpoint>,
     pub networks: Changes<NetworkKey, Endpoint>,
     pub shared_ports: Changes<SharedPortKey, ()>,
@@ -35,6 +36,7 @@ impl Delta {
         Self {
             local: diff::maps(&from.local, &to.local),
             local_addresses: diff::maps(&from.local_addresses, &to.local_addresses),
+            pod_addresses: diff::sets(&from.pod_addresses, &to.pod_addresses),
             remote: diff::maps(&from.remote, &to.remote),
             networks: diff::maps(&from.networks, &to.networks),
             shared_ports: diff::sets(&from.shared_ports, &to.shared_ports),
@@ -51,6 +53,7 @@ impl Delta {
     pub fn len(&self) -> usize {
         self.local.len()
             + self.local_addresses.len()
+            + self.pod_addresses.len()
             + self.remote.len()
             + self.networks.len()
             + self.shared_ports.len()
@@ -74,6 +77,7 @@ impl Delta {
 pub struct Journal {
     pub local: BTreeMap<u64, Option<Endpoint>>,
     pub local_addresses: BTreeMap<[u8; 16], Option<u64>>,
+    pub pod_addresses: BTreeMap<PodAddress, bool>,
     pub remote: BTreeMap<[u8; 16], Option<Endpoint>>,
     pub networks: BTreeMap<NetworkKey, Option<Endpoint>>,
     pub shared_ports: BTreeMap<SharedPortKey, bool>,
@@ -162,6 +166,7 @@ impl Journal {
         Delta {
             local: changes(self.local, &now.local),
             local_addresses: changes(self.local_addresses, &now.local_addresses),
+            pod_addresses: presence(self.pod_addresses, |key| now.pod_addresses.contains(key)),
             remote: changes(self.remote, &now.remote),
             networks: changes(self.networks, &now.networks),
             shared_ports: presence(self.shared_ports, |key| now.shared_ports.contains(key)),
@@ -211,6 +216,13 @@ impl Journal {
                 desired.shared_ports.insert(key);
             } else {
                 desired.shared_ports.remove(&key);
+            }
+        }
+        for (key, before) in self.pod_addresses {
+            if before {
+                desired.pod_addresses.insert(key);
+            } else {
+                desired.pod_addresses.remove(&key);
             }
         }
         for (key, before) in self.policy_rules {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use imbl::{OrdMap, OrdSet};
 
 use moat_common::maps::{
-    Endpoint, NetworkKey, PolicyMatch, Settings, SharedPortKey, TenantPairKey, TierMatch, TierSets,
+    Endpoint, NetworkKey, PodAddress, PolicyMatch, Settings, SharedPortKey, TenantPairKey, TierMatch, TierSets,
     POLICY_FULL_BITS, POLICY_SET_IDENTITY_BITS,
 };
 use moat_common::dns::{DnsNamespace, DnsZone, NamespaceKey};
@@ -25,6 +25,9 @@ pub struct Desired {
     pub local: BTreeMap<u64, Endpoint>,
     /// Address of a pod on this node → its lowest cgroup id, for the tc program's events.
     pub local_addresses: BTreeMap<[u8; 16], u64>,
+    /// Every cgroup of a pod on this node with each of the pod's addresses: a connect to one
+    /// of them from that cgroup is the pod's to itself (`on_sock_addr`).
+    pub pod_addresses: BTreeSet<PodAddress>,
     /// Pod address → endpoint, for every pod in the cluster.
     pub remote: BTreeMap<[u8; 16], Endpoint>,
     pub networks: BTreeMap<NetworkKey, Endpoint>,

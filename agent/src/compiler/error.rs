@@ -28,7 +28,7 @@ pub enum CompileError {
 }
 
 pub(crate) fn check_capacity(desired: &Desired) -> Result<(), CompileError> {
-    let checks: [(&'static str, usize, u32); 11] = [
+    let checks: [(&'static str, usize, u32); 12] = [
         ("CNP_SUBJECTS", desired.cluster_subjects.len(), capacity::CNP_SUBJECTS),
         ("CNP_RULES", desired.cluster_rules.len(), capacity::CNP_RULES),
         (
@@ -51,6 +51,11 @@ pub(crate) fn check_capacity(desired: &Desired) -> Result<(), CompileError> {
             "LOCAL_ADDRESSES",
             desired.local_addresses.len(),
             capacity::LOCAL_ADDRESSES,
+        ),
+        (
+            "POD_ADDRESSES",
+            desired.pod_addresses.len(),
+            capacity::POD_ADDRESSES,
         ),
         (
             "REMOTE_ENDPOINTS",

@@ -15,7 +15,7 @@ pub mod policy;
 use std::collections::{BTreeMap, BTreeSet};
 
 use moat_common::maps::{
-    Endpoint, NetworkKey, TenantPairKey, ENDPOINT_EXTERNAL, ENDPOINT_FOREIGN, ENDPOINT_HOST_NETWORK, NOT_ISOLATED,
+    Endpoint, NetworkKey, PodAddress, TenantPairKey, ENDPOINT_EXTERNAL, ENDPOINT_FOREIGN, ENDPOINT_HOST_NETWORK, NOT_ISOLATED,
     SETTING_CLUSTER_POLICIES,
 };
 
@@ -147,6 +147,7 @@ pub fn compile_scoped(
         let pod = &cluster.pods[key];
         for ip in pod.ips.iter().filter(|_| !pod.host_network) {
             desired.local_addresses.entry(mapped(*ip)).or_insert(cgroup);
+            desired.pod_addresses.insert(PodAddress { cgroup, addr: mapped(*ip) });
         }
     }
     let mut classified: BTreeMap<NetworkKey, Endpoint> = BTreeMap::new();

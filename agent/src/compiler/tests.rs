@@ -254,7 +254,7 @@ fn one_pod_change_is_a_handful_of_writes() {
 }
 
 #[test]
-fn local_pod_addresses_name_their_lowest_cgroup() {
+fn local_pod_addresses_name_their_lowest_cgroup_and_belong_to_every_cgroup_of_the_pod() {
     let mut cluster = cluster();
     pod(&mut cluster, "beta", "host", "10.0.0.9", &[]);
     if let Some(host) = cluster.pods.get_mut(&PodKey::new("beta", "host")) {
@@ -274,6 +274,9 @@ fn local_pod_addresses_name_their_lowest_cgroup() {
     let web: IpAddr = "10.0.0.1".parse().unwrap();
     // The pod's own address only: no remote pod's, no hostNetwork pod's (the node's address).
     assert_eq!(desired.local_addresses, [(mapped(web), 11)].into());
+    // Each container's connect to the pod's address is the pod's own.
+    let own = |cgroup| moat_common::maps::PodAddress { cgroup, addr: mapped(web) };
+    assert_eq!(desired.pod_addresses, [own(11), own(12)].into());
     // The datapath never takes a hostNetwork pod's loopback for the pod's own.
     assert_eq!(desired.local[&20].flags & moat_common::maps::ENDPOINT_HOST_NETWORK, moat_common::maps::ENDPOINT_HOST_NETWORK);
     assert_eq!(desired.local[&11].flags & moat_common::maps::ENDPOINT_HOST_NETWORK, 0);

@@ -9,7 +9,7 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::Ebpf;
 use moat_common::maps::{
-    names, Endpoint, NetworkKey, PolicyMatch, Settings, SharedPortKey, TenantPairKey, TierMatch,
+    names, Endpoint, NetworkKey, PodAddress, PolicyMatch, Settings, SharedPortKey, TenantPairKey, TierMatch,
     TierSets,
 };
 
@@ -23,6 +23,7 @@ const PENDING: Endpoint = Endpoint::PENDING;
 pub struct KernelMaps {
     local: HashMap<MapData, u64, Endpoint>,
     local_addresses: HashMap<MapData, [u8; 16], u64>,
+    pod_addresses: HashMap<MapData, PodAddress, u8>,
     remote: HashMap<MapData, [u8; 16], Endpoint>,
     networks: LpmTrie<MapData, [u8; 16], Endpoint>,
     shared_ports: HashMap<MapData, SharedPortKey, u8>,
@@ -63,6 +64,7 @@ impl KernelMaps {
         Ok(Self {
             local: take(ebpf, names::LOCAL_ENDPOINTS)?,
             local_addresses: take(ebpf, names::LOCAL_ADDRESSES)?,
+            pod_addresses: take(ebpf, names::POD_ADDRESSES)?,
             remote: take(ebpf, names::REMOTE_ENDPOINTS)?,
             networks: take(ebpf, names::REMOTE_NETWORKS)?,
             shared_ports: take(ebpf, names::SHARED_PORTS)?,
@@ -123,6 +125,11 @@ impl KernelMaps {
             let (key, value) = entry.map_err(|e| KernelError::map(names::LOCAL_ADDRESSES, e))?;
             state.local_addresses.insert(key, value);
         }
+        for key in self.pod_addresses.keys() {
+            state
+                .pod_addresses
+                .insert(key.map_err(|e| KernelError::map(names::POD_ADDRESSES, e))?);
+        }
         for entry in self.remote.iter() {
             let (key, value) = entry.map_err(|e| KernelError::map(names::REMOTE_ENDPOINTS, e))?;
             state.remote.insert(key, value);
@@ -174,6 +181,7 @@ impl KernelMaps {
         let Delta {
             local,
             local_addresses: addresses,
+            pod_addresses,
             remote,
             networks,
             shared_ports: shared,
@@ -233,11 +241,18 @@ impl KernelMaps {
         for (key, value) in local.added.iter().chain(&local.changed) {
             self.put_local(*key, *value, &mut stats)?;
         }
-        // Addresses only name pods in events: no ordering constraint of their own.
+        // Addresses only name pods in events, or let a pod's connect to itself through: no
+        // ordering constraint of their own.
         for (key, cgroup) in addresses.added.iter().chain(&addresses.changed) {
             self.local_addresses
                 .insert(key, cgroup, 0)
                 .map_err(|e| KernelError::map(names::LOCAL_ADDRESSES, e))?;
+            stats.writes += 1;
+        }
+        for (key, ()) in &pod_addresses.added {
+            self.pod_addresses
+                .insert(key, 1, 0)
+                .map_err(|e| KernelError::map(names::POD_ADDRESSES, e))?;
             stats.writes += 1;
         }
         for (key, value) in remote.added.iter().chain(&remote.changed) {
@@ -272,6 +287,9 @@ impl KernelMaps {
         }
         for key in &addresses.removed {
             remove_tolerant(self.local_addresses.remove(key), names::LOCAL_ADDRESSES)?;
+        }
+        for key in &pod_addresses.removed {
+            remove_tolerant(self.pod_addresses.remove(key), names::POD_ADDRESSES)?;
         }
         for key in &remote.removed {
             remove_tolerant(self.remote.remove(key), names::REMOTE_ENDPOINTS)?;
@@ -308,6 +326,7 @@ impl KernelMaps {
         }
         stats.removals = local.removed.len()
             + addresses.removed.len()
+            + pod_addresses.removed.len()
             + remote.removed.len()
             + networks.removed.len()
             + shared.removed.len()

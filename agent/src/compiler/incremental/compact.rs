@@ -70,6 +70,7 @@ fn pack_cluster(cluster: &mut Cluster) {
 fn pack_desired(desired: &mut Desired) {
     desired.local.pack();
     desired.local_addresses.pack();
+    desired.pod_addresses.pack();
     desired.remote.pack();
     desired.networks.pack();
     desired.shared_ports.pack();

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use moat_common::maps::{Endpoint, NOT_ISOLATED};
+use moat_common::maps::{Endpoint, PodAddress, NOT_ISOLATED};
 
 use super::peers::{claimed, key_of};
 use super::{Incremental, PodState, SetState};
@@ -264,6 +264,15 @@ impl Incremental {
         for address in addresses {
             self.local_claims.entry(address).or_default().insert(cgroup);
             touched.insert(address);
+        }
+        for &address in &touched {
+            let holds = self.local_claims.get(&address).is_some_and(|cgroups| cgroups.contains(&cgroup));
+            mark(
+                &mut self.desired.pod_addresses,
+                &mut self.journal.pod_addresses,
+                PodAddress { cgroup, addr: address },
+                holds,
+            );
         }
         for address in touched {
             // The lowest cgroup of a local pod with the address names it (tc events).

@@ -318,6 +318,7 @@ fn config() -> Config {
 struct Kernel {
     local: BTreeMap<u64, moat_common::maps::Endpoint>,
     local_addresses: BTreeMap<[u8; 16], u64>,
+    pod_addresses: BTreeSet<moat_common::maps::PodAddress>,
     remote: BTreeMap<[u8; 16], moat_common::maps::Endpoint>,
     networks: BTreeMap<moat_common::maps::NetworkKey, moat_common::maps::Endpoint>,
     shared_ports: BTreeSet<moat_common::maps::SharedPortKey>,
@@ -363,6 +364,7 @@ impl Kernel {
         }
         apply(&mut self.local, &delta.local);
         apply(&mut self.local_addresses, &delta.local_addresses);
+        apply_set(&mut self.pod_addresses, &delta.pod_addresses);
         apply(&mut self.remote, &delta.remote);
         apply(&mut self.networks, &delta.networks);
         apply_set(&mut self.shared_ports, &delta.shared_ports);
@@ -379,6 +381,7 @@ impl Kernel {
         Self {
             local: desired.local.clone(),
             local_addresses: desired.local_addresses.clone(),
+            pod_addresses: desired.pod_addresses.clone(),
             remote: desired.remote.clone(),
             networks: desired.networks.clone(),
             shared_ports: desired.shared_ports.clone(),
@@ -400,6 +403,7 @@ fn assert_same(seed: u64, step: usize, incremental: &Desired, full: &Desired) {
         incremental.local_addresses, full.local_addresses,
         "LOCAL_ADDRESSES, {at}"
     );
+    assert_eq!(incremental.pod_addresses, full.pod_addresses, "POD_ADDRESSES, {at}");
     assert_eq!(incremental.remote, full.remote, "REMOTE_ENDPOINTS, {at}");
     assert_eq!(incremental.networks, full.networks, "REMOTE_NETWORKS, {at}");
     assert_eq!(
