@@ -34,8 +34,8 @@ pub static INGRESS_STAGES: ProgramArray = ProgramArray::pinned(STAGE_SLOTS, 0);
 pub static LOCAL_ENDPOINTS: HashMap<u64, Endpoint> =
     HashMap::pinned(capacity::LOCAL_ENDPOINTS, 0);
 
-/// Read only for a connect the policy refuses (is it to the pod itself?): allocated as
-/// entries arrive, so an idle map costs no memory.
+/// Read by a connect or sendmsg of an unbound socket that no cached verdict answers (is it to
+/// the pod itself?): allocated as entries arrive, not preallocated at full capacity.
 #[map]
 pub static POD_ADDRESSES: HashMap<PodAddress, u8> =
     HashMap::pinned(capacity::POD_ADDRESSES, BPF_F_NO_PREALLOC);

@@ -5,10 +5,10 @@
 //! default-deny policy must not cut them off — from any of the pod's containers. Traffic to
 //! any other pod stays denied.
 
-use moat_integration::guard::attack_bin;
-use moat_integration::netpol::policy;
 use std::time::Duration;
 
+use moat_integration::guard::attack_bin;
+use moat_integration::netpol::policy;
 use moat_integration::{cgroup2_mount, documents, eventually, namespace_yaml, pod_yaml, Family, Lab, Manifests, UpOptions, Verdict};
 
 #[test]

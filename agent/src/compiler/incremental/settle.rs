@@ -261,18 +261,14 @@ impl Incremental {
             }
             !cgroups.is_empty()
         });
-        for address in addresses {
+        for &address in &addresses {
             self.local_claims.entry(address).or_default().insert(cgroup);
             touched.insert(address);
         }
+        // This cgroup with each address its pod holds now, none it dropped (connects to itself).
         for &address in &touched {
-            let holds = self.local_claims.get(&address).is_some_and(|cgroups| cgroups.contains(&cgroup));
-            mark(
-                &mut self.desired.pod_addresses,
-                &mut self.journal.pod_addresses,
-                PodAddress { cgroup, addr: address },
-                holds,
-            );
+            let held = addresses.contains(&address);
+            mark(&mut self.desired.pod_addresses, &mut self.journal.pod_addresses, PodAddress { cgroup, addr: address }, held);
         }
         for address in touched {
             // The lowest cgroup of a local pod with the address names it (tc events).
