@@ -358,6 +358,12 @@ fn on_sock_addr(ctx: &SockAddrContext, ipv6: bool, hook: u8) -> i32 {
     if hook == HOOK_CONNECT && guard::kubelet_port(remote_port, remote_addr.bytes()) {
         return DROP;
     }
+    // A pod's connect or send over its own loopback (a mesh sidecar's every hop): passed on
+    // one lookup, before the flow, verdict and remote-end lookups the rest of this path makes.
+    // The same rule as below, where a pod's own address is recognised too.
+    if (remote_addr.is_loopback() || bound_addr.is_loopback()) && ends::owns_its_loopback(&ends::local_peer(cgroup)) {
+        return PASS;
+    }
     let flow = FlowId { cgroup, remote_addr, local_port, remote_port, protocol };
     // A bound socket's next datagram to a peer it already talks to (either side opened the
     // flow): one lookup, as for its packets.
