@@ -142,18 +142,27 @@ fn a_pod_cannot_use_the_runtime_socket_by_any_path() {
     let link = g.lab.node().root.join("tmp-runtime-link.sock");
     std::os::unix::fs::symlink(&socket, &link).expect("symlink to the runtime socket");
     let direct = socket.to_str().expect("UTF-8 path").to_string();
-    // (pod, path, whether cgroup/connect_unix can match the path)
-    let tries = [("alpha/spy", alias.clone(), true), ("beta/web", direct, true), ("alpha/spy", link.to_str().expect("UTF-8 path").to_string(), false)];
-    for (pod, path, matchable) in tries {
+    // (pod, path, how the address names it, whether cgroup/connect_unix can match the path).
+    // The kernel takes a path up to its NUL or the address length: an address without the
+    // NUL, or with bytes after it, names the same socket and must be refused alike.
+    let link = link.to_str().expect("UTF-8 path").to_string();
+    let tries = [
+        ("alpha/spy", alias.clone(), "terminated", true),
+        ("beta/web", direct.clone(), "terminated", true),
+        ("alpha/spy", alias.clone(), "unterminated", true),
+        ("beta/web", direct, "padded", true),
+        ("alpha/spy", link, "terminated", false),
+    ];
+    for (pod, path, form, matchable) in tries {
         let mut output = None;
-        let seen = g.during(|| output = Some(g.attack(pod, &["connect-unix", &path])));
+        let seen = g.during(|| output = Some(g.attack(pod, &["connect-unix", &path, "--address", form])));
         let output = output.expect("the connect ran");
         let event = match seen.as_slice() {
             [one] => one.clone(),
-            _ => panic!("{pod} connecting to {path}: one detection, got {seen:#?}\nagent log:\n{}", g.lab.agent_log()),
+            _ => panic!("{pod} connecting to {path} ({form}): one detection, got {seen:#?}\nagent log:\n{}", g.lab.agent_log()),
         };
         if by_lsm || (by_path && matchable) {
-            assert!(!output.success && output.stdout.contains("EPERM"), "{path} is refused:\n{output}\nagent log:\n{}", g.lab.agent_log());
+            assert!(!output.success && output.stdout.contains("EPERM"), "{path} ({form}) is refused:\n{output}\nagent log:\n{}", g.lab.agent_log());
             assert_detection(&event, "escape.runtime-socket", pod, pod.split_once('/').map(|(ns, _)| ns).unwrap_or(pod), "blocked");
             let want = if by_lsm { socket.display().to_string() } else { format!("{path} (runtime socket {})", socket.display()) };
             assert_eq!(event["evidence"], want, "{event}");

@@ -9,7 +9,7 @@
 //! the layout): it leaves the refusal in `GUARD_UNIX_REFUSED` for sys_exit to report. A path
 //! it cannot see through (symlink, relative path) is caught by inode at sys_exit instead.
 
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes};
 use aya_ebpf::programs::SockAddrContext;
 use moat_common::event::{DETECTION_RUNTIME_SOCKET, GUARD_MODE_BLOCK};
 use moat_common::guard::{SocketPath, UnixRefusal, SOCKET_PATH_LEN};
@@ -57,21 +57,24 @@ fn requested_path(kern: usize, uaddr_at: usize, uaddrlen_at: usize, pod: u64) ->
     if uaddr == 0 || len <= SUN_PATH {
         return None;
     }
+    // The path is what the kernel takes: the bytes up to the first NUL or the passed length,
+    // whichever comes first; the rest of the key stays zero, as the agent wrote its keys. A
+    // string read with room for one byte past the passed length stops at either (the byte
+    // past it, inside the kernel's sockaddr_storage, is overwritten with the NUL): one helper
+    // call where a byte loop over the whole buffer cost ~100 ns.
     let mut key = SocketPath { pod, path: [0; SOCKET_PATH_LEN], _pad: [0; 4] };
-    unsafe { bpf_probe_read_kernel_buf((uaddr as usize + SUN_PATH) as *const u8, &mut key.path) }.ok()?;
-    // An abstract socket (leading NUL) has no path; keep bytes up to the first NUL or the
-    // passed length, zero the rest, as the agent wrote its keys.
+    let src = (uaddr as usize + SUN_PATH) as *const u8;
     let given = len - SUN_PATH;
-    let mut ended = false;
-    let mut i = 0;
-    while i < SOCKET_PATH_LEN {
-        if i >= given || key.path[i] == 0 {
-            ended = true;
-        }
-        if ended {
-            key.path[i] = 0;
-        }
-        i += 1;
+    let room = if given < SOCKET_PATH_LEN { given + 1 } else { SOCKET_PATH_LEN };
+    let dest = key.path.get_mut(..room)?;
+    // SAFETY: kernel memory read through the helper into the key's own bytes.
+    let path_len = unsafe { bpf_probe_read_kernel_str_bytes(src, dest) }.ok()?.len();
+    // Passed whole and filled up to the key's last byte (which the read makes the NUL): the
+    // path may go on past what the key holds. The agent keeps only shorter paths, so it is
+    // none of them.
+    if given >= SOCKET_PATH_LEN && path_len == SOCKET_PATH_LEN - 1 && unsafe { bpf_probe_read_kernel(src.add(SOCKET_PATH_LEN - 1)) }.ok()? != 0u8 {
+        return None;
     }
+    // An abstract socket (leading NUL) has no path.
     (key.path[0] != 0).then_some(key)
 }

@@ -64,7 +64,12 @@ pub enum Command {
     /// unshare(CLONE_NEWUSER).
     UnshareUser,
     /// connect(2) a unix stream socket to PATH.
-    ConnectUnix { path: PathBuf },
+    ConnectUnix {
+        path: PathBuf,
+        /// How the address names PATH: the kernel reads the same path from each.
+        #[arg(long, value_enum, default_value_t = UnixAddress::Terminated)]
+        address: UnixAddress,
+    },
     /// connect(2) to HOST:PORT over TCP, 1 s timeout (ECONNREFUSED: the call was made).
     ConnectTcp { host: String, port: u16 },
     /// init_module(2) with a bogus image: the kernel refuses it, nothing is loaded.
@@ -147,6 +152,17 @@ pub enum Loop {
         #[arg(long, default_value_t = 1)]
         batches: u64,
     },
+}
+
+/// The forms of a `sockaddr_un` that name one path.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnixAddress {
+    /// The path and its NUL, as libc and std pass it.
+    Terminated,
+    /// The path without a NUL: the length ends the path.
+    Unterminated,
+    /// The path, its NUL, and bytes after it that the kernel ignores.
+    Padded,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -83,7 +83,7 @@ fn perform(command: Command) -> Result<Report, Usage> {
         Command::Setns { path, ns_type } => ns::setns(&path, ns_type),
         Command::SetnsPid { pid } => ns::setns_pid(pid),
         Command::UnshareUser => ns::unshare_user(),
-        Command::ConnectUnix { path } => net::connect_unix(&path),
+        Command::ConnectUnix { path, address } => net::connect_unix(&path, address),
         Command::ConnectTcp { host, port } => net::connect_tcp(&host, port),
         Command::InitModule => kernel::init_module(),
         Command::FinitModule { path } => kernel::finit_module(&path)?,
