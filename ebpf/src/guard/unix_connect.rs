@@ -61,11 +61,18 @@ fn requested_path(kern: usize, uaddr_at: usize, uaddrlen_at: usize, pod: u64) ->
     // whichever comes first; the rest of the key stays zero, as the agent wrote its keys. A
     // string read with room for one byte past the passed length stops at either (the byte
     // past it, inside the kernel's sockaddr_storage, is overwritten with the NUL): one helper
-    // call where a byte loop over the whole buffer cost ~100 ns.
+    // call where a byte loop over the whole buffer cost ~60 ns more.
     let mut key = SocketPath { pod, path: [0; SOCKET_PATH_LEN], _pad: [0; 4] };
     let src = (uaddr as usize + SUN_PATH) as *const u8;
     let given = len - SUN_PATH;
     let room = if given < SOCKET_PATH_LEN { given + 1 } else { SOCKET_PATH_LEN };
+    // Read back and checked where the helper gets it: the 6.12 verifier loses the bound of the
+    // select above and refuses the read as unbounded (6.18 keeps it).
+    // SAFETY: a read of a local.
+    let room = unsafe { core::ptr::read_volatile(&room) };
+    if room > SOCKET_PATH_LEN {
+        return None;
+    }
     let dest = key.path.get_mut(..room)?;
     // SAFETY: kernel memory read through the helper into the key's own bytes.
     let path_len = unsafe { bpf_probe_read_kernel_str_bytes(src, dest) }.ok()?.len();
