@@ -288,15 +288,18 @@ pub const ORIGIN_INBOUND: u8 = 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowState {
-    /// `Settings::generation` the flow was last admitted under. No timestamp: nothing read
-    /// it, and the clock read cost a new flow 50–60 ns (the LRU evicts by use, not age).
+    /// `Settings::generation` the flow was last admitted under.
     pub generation: u64,
     /// Tenant of the local end when admitted, for the counters of established packets.
     pub local_tenant: u64,
     /// `ORIGIN_*`: which side opened the flow, so re-evaluation uses the original direction.
     pub origin: u8,
     pub reason: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// When a packet last used the flow, in units of `flow_table::USED_SHIFT` jiffies: which
+    /// way of a full set an insert replaces. A hint outside the slot's check, refreshed in
+    /// place at most once per unit.
+    pub used: u32,
 }
 
 /// `POD_ADDRESSES` key: a cgroup of a pod on this node and one of the pod's addresses.

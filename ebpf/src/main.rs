@@ -206,7 +206,7 @@ fn decide_packet(ctx: &SkBuffContext, egress: bool, cgroup: u64, settings: &Sett
         Tracked::Stale(state) => {
             let origin = flows::origin_of(state);
             if let Some((reason, tenant)) = verdicts::get(&flow.verdict_inputs(origin), generation) {
-                flows::renew(state, generation, reason, tenant);
+                flows::renew(state, &key, generation, reason, tenant);
                 counters::count(tenant, direction, reason, bytes);
                 return PASS;
             }

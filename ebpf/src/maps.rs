@@ -1,7 +1,7 @@
 //! The pinned maps. Names must match `moat_common::maps::names`.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
 };
@@ -14,8 +14,9 @@ use moat_common::dns::{
     DnsNamespace, DnsScratch, DnsZone, NamespaceKey, SocketKey, DNS_NAMESPACES_CAPACITY, DNS_SERVICES_CAPACITY, DNS_SOCKETS_CAPACITY,
     ZONE_SLOTS,
 };
+use moat_common::flow_table::FlowSlot;
 use moat_common::maps::{
-    capacity, Counter, CounterKey, STAGE_SLOTS, Endpoint, FlowKey, FlowState, PodAddress, PolicyMatch, Settings,
+    capacity, Counter, CounterKey, STAGE_SLOTS, Endpoint, PodAddress, PolicyMatch, Settings,
     SharedPortKey, SlotCounter, TenantPairKey, TierMatch, TierSets,
 };
 
@@ -82,8 +83,11 @@ pub static DNS_SOCKETS: SockHash<SocketKey> = SockHash::with_max_entries(DNS_SOC
 #[map]
 pub static SETTINGS: Array<Settings> = Array::pinned(1, 0);
 
+/// The flow table (`flows.rs`): `capacity::FLOWS` slots in sets of `flow_table::WAYS`.
+/// Mmapable, so the agent counts live slots by reading the pages rather than by one
+/// system call per slot, and so the array's values start on a page: each slot is one cache line.
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::pinned(capacity::FLOWS, 0);
+pub static FLOWS: Array<FlowSlot> = Array::pinned(capacity::FLOWS, BPF_F_MMAPABLE);
 
 #[map]
 pub static COUNTERS: LruPerCpuHashMap<CounterKey, Counter> =

@@ -1,5 +1,5 @@
 //! The flow table under a flood from one tenant. Tenant b fills `FLOWS` (262,144 entries)
-//! with UDP datagrams from several sockets to every port of its own peer, so the LRU evicts.
+//! with UDP datagrams from several sockets to every port of its own peer, so every set evicts.
 //! Meanwhile tenant a's idle TCP connection, its idle UDP session — with an ingress-deny
 //! NetworkPolicy on a's client, so the server's replies pass only by flow state — and new
 //! connections (IPv4 and IPv6, and a ping) keep working. What a full table means is in

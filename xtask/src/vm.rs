@@ -22,8 +22,8 @@ use anyhow::{bail, Context as _, Result};
 use crate::util::{cargo, check_interrupt, interrupted, run, workspace_root};
 use kernels::Kernel;
 
-/// The test binaries CI runs on every kernel: the runtime guard, the tenant floor and the
-/// NetworkPolicy backend. Under emulation the full NetworkPolicy model takes over half an hour
+/// The test binaries CI runs on every kernel: the runtime guard, the tenant floor, the
+/// NetworkPolicy backend and the flow table's slots (torn-slot check, set replacement). Under emulation the full NetworkPolicy model takes over half an hour
 /// per kernel (ports and protocols alone ten minutes), so CI runs the ipBlock cases, which
 /// reach the policy path and the address-range trie over IPv4 and IPv6;
 /// `cargo xtask vm --test netpol_model` runs them all.
@@ -32,6 +32,7 @@ pub const CI_TESTS: &[&str] = &[
     "dns_isolation",
     "netpol_model:ip_blocks_with_except",
     "cluster_network_policy",
+    "flow_slots",
     "guard_escapes",
     "guard_escapes_process",
     "guard_credentials",

@@ -9,6 +9,7 @@ pub mod event_budgets;
 pub mod guard_probes;
 pub mod loader;
 pub mod maps;
+pub mod flow_count;
 pub mod stats;
 pub mod tc;
 pub mod tc_pods;

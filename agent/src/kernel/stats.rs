@@ -7,11 +7,12 @@ use std::path::Path;
 use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
 use moat_common::maps::{
-    capacity, names, Counter, CounterKey, Endpoint, FlowKey, FlowState, SharedPortKey,
+    capacity, names, Counter, CounterKey, Endpoint, SharedPortKey,
     SlotCounter, TenantPairKey,
 };
 use moat_common::dns::{self, DnsNamespace, NamespaceKey};
 
+use super::flow_count::FlowTableView;
 use super::KernelError;
 
 /// Entries in one map against its capacity.
@@ -31,7 +32,7 @@ pub struct KernelStats {
     networks: LpmTrie<MapData, [u8; 16], Endpoint>,
     shared_ports: HashMap<MapData, SharedPortKey, u8>,
     tenant_pairs: HashMap<MapData, TenantPairKey, u8>,
-    flows: HashMap<MapData, FlowKey, FlowState>,
+    flows: FlowTableView,
     dns_namespaces: HashMap<MapData, NamespaceKey, DnsNamespace>,
     dns_services: HashMap<MapData, [u8; 16], NamespaceKey>,
 }
@@ -76,7 +77,7 @@ impl KernelStats {
             networks: typed(names::REMOTE_NETWORKS, Map::LpmTrie(open(names::REMOTE_NETWORKS)?))?,
             shared_ports: typed(names::SHARED_PORTS, Map::HashMap(open(names::SHARED_PORTS)?))?,
             tenant_pairs: typed(names::TENANT_PAIRS, Map::HashMap(open(names::TENANT_PAIRS)?))?,
-            flows: typed(names::FLOWS, Map::LruHashMap(open(names::FLOWS)?))?,
+            flows: FlowTableView::open(&maps_dir.join(names::FLOWS))?,
             dns_namespaces: typed(dns::names::DNS_NAMESPACES, Map::HashMap(open(dns::names::DNS_NAMESPACES)?))?,
             dns_services: typed(dns::names::DNS_SERVICES, Map::HashMap(open(dns::names::DNS_SERVICES)?))?,
         })
@@ -114,7 +115,7 @@ impl KernelStats {
             fill(names::REMOTE_NETWORKS, count(self.networks.keys()), capacity::REMOTE_NETWORKS),
             fill(names::SHARED_PORTS, count(self.shared_ports.keys()), capacity::SHARED_PORTS),
             fill(names::TENANT_PAIRS, count(self.tenant_pairs.keys()), capacity::TENANT_PAIRS),
-            fill(names::FLOWS, count(self.flows.keys()), capacity::FLOWS),
+            Fill { map: names::FLOWS, entries: self.flows.live(), capacity: self.flows.capacity() },
             fill(names::COUNTERS, count(self.counters.keys()), capacity::COUNTERS),
             fill(dns::names::DNS_NAMESPACES, count(self.dns_namespaces.keys()), dns::DNS_NAMESPACES_CAPACITY),
             fill(dns::names::DNS_SERVICES, count(self.dns_services.keys()), dns::DNS_SERVICES_CAPACITY),

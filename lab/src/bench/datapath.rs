@@ -13,9 +13,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{Array, MapData};
 use aya::Ebpf;
-use moat_common::maps::{FlowKey, FlowState};
+use moat_common::flow_table::FlowSlot;
 use moat_common::verdict::{LocalEnd, Peer, Reason};
 use moat_common::{IPPROTO_ICMP, IPPROTO_TCP};
 use serde_json::{json, Value};
@@ -302,11 +302,12 @@ fn expect(program: &'static str, case: &'static str, outcome: testrun::Outcome, 
     })
 }
 
-/// The cgroup id in the flow-table entry of the egress flow: the local end as the programs saw it.
+/// The cgroup id in the flow-table slot of the egress flow: the local end as the programs saw it.
 fn cgroup_seen(ebpf: &mut Ebpf, remote: &[u8; 16]) -> Result<Option<u64>, BenchError> {
     let name = moat_common::maps::names::FLOWS;
     let map = ebpf.map_mut(name).ok_or_else(|| BenchError::Setup(format!("map {name} missing")))?;
-    let flows: HashMap<&mut MapData, FlowKey, FlowState> =
-        HashMap::try_from(map).map_err(|e| BenchError::Setup(format!("map {name}: {e}")))?;
-    Ok(flows.keys().flatten().find(|key| &key.remote_addr == remote).map(|key| key.cgroup))
+    let flows: Array<&mut MapData, FlowSlot> =
+        Array::try_from(map).map_err(|e| BenchError::Setup(format!("map {name}: {e}")))?;
+    let seen = flows.iter().flatten().find(|slot| slot.is_live() && &slot.key.remote_addr == remote).map(|slot| slot.key.cgroup);
+    Ok(seen)
 }
