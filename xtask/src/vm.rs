@@ -23,8 +23,9 @@ use crate::util::{cargo, check_interrupt, interrupted, run, workspace_root};
 use kernels::Kernel;
 
 /// The test binaries CI runs on every kernel: the runtime guard, the tenant floor, the
-/// NetworkPolicy backend and the flow table's slots (torn-slot check, set replacement). Under emulation the full NetworkPolicy model takes over half an hour
-/// per kernel (ports and protocols alone ten minutes), so CI runs the ipBlock cases, which
+/// NetworkPolicy backend and the flow table's slots (torn-slot check, set replacement). Under
+/// emulation the full NetworkPolicy model takes over half an hour per kernel (ports and
+/// protocols alone ten minutes), so CI runs the ipBlock cases, which
 /// reach the policy path and the address-range trie over IPv4 and IPv6;
 /// `cargo xtask vm --test netpol_model` runs them all.
 pub const CI_TESTS: &[&str] = &[
