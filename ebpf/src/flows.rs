@@ -113,6 +113,18 @@ pub fn origin_of(stale: StaleFlow) -> u8 {
     stale.origin
 }
 
+/// The side that opened a stale flow, read again from its slot for the report after the
+/// decision. The same value as `origin_of` unless another CPU has since reused the slot, when
+/// at worst the report looks for its ClusterNetworkPolicy rule on the wrong side. Read again
+/// because the verifier knows nothing of a value read from a map: carried from before the
+/// decision, which branches on it, the verifier would walk every path after it once for each
+/// origin, past its limit in the deciders.
+#[inline(always)]
+pub fn origin_to_report(stale: StaleFlow) -> u8 {
+    // SAFETY: from `lookup` in this program run; a read of one byte.
+    unsafe { core::ptr::read_volatile(&(*stale.slot).state.origin) }
+}
+
 /// Marks a stale flow admitted under the current generation. The check is computed from
 /// `key`, not from the slot: should another CPU have put a different flow there since the
 /// lookup, the slot reads as empty rather than as that flow with this one's state.
@@ -146,8 +158,8 @@ pub fn redecide(stale: StaleFlow, key: &FlowKey, ends: &Ends, settings: &Setting
 pub enum FlowLookup {
     /// Admitted under the current generation.
     Current,
-    /// Admitted earlier; re-decided in its original direction (allowed or cut).
-    Redecided(Reason),
+    /// Admitted earlier; re-decided in its original direction (`ORIGIN_*`), allowed or cut.
+    Redecided(Reason, u8),
     Missing,
 }
 
@@ -157,7 +169,7 @@ pub fn check_flow(key: &FlowKey, ends: &Ends, settings: &Settings) -> FlowLookup
     let generation = settings.generation;
     match lookup(key, generation) {
         Tracked::Current(_) => FlowLookup::Current,
-        Tracked::Stale(stale) => FlowLookup::Redecided(redecide(stale, key, ends, settings, generation)),
+        Tracked::Stale(stale) => FlowLookup::Redecided(redecide(stale, key, ends, settings, generation), origin_to_report(stale)),
         Tracked::Missing => FlowLookup::Missing,
     }
 }

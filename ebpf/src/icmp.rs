@@ -99,9 +99,9 @@ pub fn on_ingress(ctx: &TcContext) -> i32 {
     };
     let key = ends.flow().key();
     let bytes = ctx.len() as u64;
-    let reason = match flows::check_flow(&key, &ends, &settings) {
-        FlowLookup::Current => Reason::Established,
-        FlowLookup::Redecided(reason) => reason,
+    let (reason, origin) = match flows::check_flow(&key, &ends, &settings) {
+        FlowLookup::Current => (Reason::Established, ORIGIN_INBOUND),
+        FlowLookup::Redecided(reason, origin) => (reason, origin),
         FlowLookup::Missing => {
             let reason = ends.decide(&settings, ORIGIN_INBOUND);
             if reason.is_allow() {
@@ -110,14 +110,14 @@ pub fn on_ingress(ctx: &TcContext) -> i32 {
                     floor::report(&ends, packet.dst_addr.to_bytes(), HOOK_SKB, DIRECTION_INGRESS, reason);
                 }
             }
-            reason
+            (reason, ORIGIN_INBOUND)
         }
     };
     counters::count(ends.local_tenant(), DIRECTION_INGRESS, reason, bytes);
     if reason.is_allow() {
         NEXT
     } else {
-        floor::report(&ends, packet.dst_addr.to_bytes(), HOOK_SKB, DIRECTION_INGRESS, reason);
+        floor::report_as(&ends, packet.dst_addr.to_bytes(), HOOK_SKB, DIRECTION_INGRESS, origin, reason);
         DROP
     }
 }

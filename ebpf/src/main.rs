@@ -212,7 +212,13 @@ fn decide_packet(ctx: &SkBuffContext, egress: bool, cgroup: u64, settings: &Sett
             }
             let ends = flow.ends(settings);
             let reason = flows::redecide(state, &key, &ends, settings, generation);
-            finish(&ends, local_addr, direction, reason, bytes)
+            // Reported as decided: in the connection's direction, for a reply not its own.
+            counters::count(ends.local_tenant(), direction, reason, bytes);
+            if reason.is_allow() {
+                return PASS;
+            }
+            floor::report_as(&ends, local_addr.to_bytes(), HOOK_SKB, direction, flows::origin_to_report(state), reason);
+            DROP
         }
         Tracked::Missing if packet.trackable => {
             let origin = if egress { ORIGIN_OUTBOUND } else { ORIGIN_INBOUND };
@@ -403,7 +409,7 @@ fn on_sock_addr(ctx: &SockAddrContext, ipv6: bool, hook: u8) -> i32 {
     if local_port != 0 {
         match flows::check_flow(&key, &ends, &settings) {
             FlowLookup::Current => return PASS,
-            FlowLookup::Redecided(reason) if reason.is_allow() => return PASS,
+            FlowLookup::Redecided(reason, _) if reason.is_allow() => return PASS,
             _ => {}
         }
     }

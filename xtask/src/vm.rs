@@ -23,7 +23,8 @@ use crate::util::{cargo, check_interrupt, interrupted, run, workspace_root};
 use kernels::Kernel;
 
 /// The test binaries CI runs on every kernel: the runtime guard, the tenant floor, the
-/// NetworkPolicy backend and the flow table's slots (torn-slot check, set replacement). Under
+/// NetworkPolicy backend, the flow table's slots (torn-slot check, set replacement), the
+/// rule a connection cut on its reply is reported with, and the verifier's headroom. Under
 /// emulation the full NetworkPolicy model takes over half an hour per kernel (ports and
 /// protocols alone ten minutes), so CI runs the ipBlock cases, which
 /// reach the policy path and the address-range trie over IPv4 and IPv6;
@@ -34,6 +35,8 @@ pub const CI_TESTS: &[&str] = &[
     "netpol_model:ip_blocks_with_except",
     "cluster_network_policy",
     "flow_slots",
+    "datapath_reports",
+    "verifier_budget",
     "guard_escapes",
     "guard_escapes_process",
     "guard_credentials",
