@@ -17,12 +17,10 @@ use moat_agent::model::PodKey;
 use moat_agent::node::cgroups::{PodCgroups, PodRef};
 use moat_common::maps::names;
 use moat_lab::bench::harness::{own_cgroup_id, test_run, Loaded};
-use moat_lab::bench::testrun::{tcp_frame, TCP_ACK, TCP_SYN};
+use moat_lab::bench::testrun::{tcp_frame, DROP, PASS, TCP_ACK, TCP_SYN};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-const PASS: u32 = 1;
-const DROP: u32 = 0;
 
 /// One tenant: client in namespace `front`, server (this process's cgroup) in `back`.
 const PODS: &str = r#"

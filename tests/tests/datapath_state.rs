@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use moat_lab::bench::harness::{own_cgroup_id, test_run, Loaded};
-use moat_lab::bench::testrun::{self, tcp_frame, TCP_ACK, TCP_SYN};
+use moat_lab::bench::testrun::{self, tcp_frame, DROP, PASS, TCP_ACK, TCP_SYN};
 use moat_agent::compiler::{compile, Desired};
 use moat_agent::config::Config;
 use moat_agent::kernel::stats::KernelStats;
@@ -25,8 +25,6 @@ use moat_common::verdict::Reason;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-const PASS: u32 = 1;
-const DROP: u32 = 0;
 
 /// Client and server of one tenant; the client's egress allowed to the server on `port`.
 fn manifests(port: u16) -> String {

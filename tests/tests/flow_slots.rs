@@ -15,12 +15,10 @@ use moat_agent::node::cgroups::{PodCgroups, PodRef};
 use moat_common::flow_table::{check_of, first_slot, hash, FlowSlot, WAYS};
 use moat_common::maps::{names, FlowKey};
 use moat_lab::bench::harness::{own_cgroup_id, test_run, Loaded};
-use moat_lab::bench::testrun::{tcp_frame, TCP_ACK, TCP_SYN};
+use moat_lab::bench::testrun::{tcp_frame, DROP, PASS, TCP_ACK, TCP_SYN};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-const PASS: u32 = 1;
-const DROP: u32 = 0;
 
 /// Client and server of one tenant; the client may open connections to the server's port 80
 /// and ports 1000–9000 only (egress policy), so a SYN to port 81 is refused.

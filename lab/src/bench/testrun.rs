@@ -87,6 +87,10 @@ pub fn run_on(prog_fd: RawFd, packet: &[u8], repeat: u32, ifindex: Option<u32>) 
     Ok(Outcome { retval: attr.retval, duration_ns: attr.duration })
 }
 
+/// A cgroup_skb program's verdicts, as `Outcome::retval`.
+pub const PASS: u32 = 1;
+pub const DROP: u32 = 0;
+
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
 
