@@ -1,5 +1,7 @@
 //! The tenant floor over the kernel maps: the verdict for a flow's `Ends`, and its events.
 
+use core::{mem::offset_of, ptr::addr_of_mut};
+
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use moat_common::{
     event::{FlowEvent, EVENT_KIND_ALLOW, EVENT_KIND_DENY},
@@ -12,6 +14,7 @@ use moat_common::{
 
 use crate::budget;
 use crate::ends::{cluster_policies, Ends};
+use crate::packet::Addr;
 use crate::maps::{CNP_RULES, CNP_SUBJECTS, POLICY_RULES, SETTINGS, SHARED_PORTS, TENANT_PAIRS};
 
 struct KernelExceptions;
@@ -33,14 +36,14 @@ impl Exceptions for KernelExceptions {
 impl PolicyRules for KernelExceptions {
     #[inline(always)]
     fn covers(&self, key: &PolicyMatch) -> bool {
-        POLICY_RULES.get(Key::new(POLICY_FULL_BITS, *key)).is_some()
+        POLICY_RULES.get(RuleKey::of(key).as_key()).is_some()
     }
 }
 
 impl ClusterRules for KernelExceptions {
     #[inline(always)]
     fn first_rules(&self, key: &PolicyMatch) -> TierMatch {
-        match CNP_RULES.get(Key::new(POLICY_FULL_BITS, *key)) {
+        match CNP_RULES.get(RuleKey::of(key).as_key()) {
             Some(found) => *found,
             None => TierMatch::NONE,
         }
@@ -53,13 +56,12 @@ impl ClusterRules for KernelExceptions {
     }
 }
 
-/// `verdict::first_cluster_rules` as a function of its own (a BPF call) with one key:
-/// inlined, its keys would push the packet programs' stack past what 6.1 allows (512 bytes
-/// over the call chain, each frame rounded up to 32). Scalars only in and out
-/// (`TierMatch::to_bits`).
-#[inline(never)]
+/// `verdict::first_cluster_rules` with one key, rewritten for each identity: the packet
+/// programs' stack has little room (6.1 allows 512 bytes). Inline, like everything the
+/// datapath programs call: a BPF call costs 6.1's verifier its pruning (see `RuleKey`).
+#[inline(always)]
 fn first_cluster_rules(set: u64, identity: u64, cidr_identity: u64, protocol_port: u32) -> u64 {
-    let mut key = ClusterKey::new(set, IDENTITY_ANY, protocol_port);
+    let mut key = RuleKey::new(set, IDENTITY_ANY, protocol_port);
     let mut found = key.lookup(TierMatch::NONE);
     if identity != 0 {
         key.set_identity(identity);
@@ -72,14 +74,24 @@ fn first_cluster_rules(set: u64, identity: u64, cidr_identity: u64, protocol_por
     found.to_bits()
 }
 
-/// A full-length `Key<PolicyMatch>` as words, written field by field: `PolicyMatch::new`
-/// zeroes its 5 padding bytes with a call to `memset`, one more frame in the chain.
+/// A full-length `Key<PolicyMatch>` as words, written field by field. Copied into a
+/// `Key<PolicyMatch>`, a `PolicyMatch`'s 5 padding bytes are zeroed by a call to `memset`: a
+/// BPF call, where Debian's 6.1 verifier gives up tracking which values matter (it marks
+/// every one precise) and so prunes far fewer paths. Thirty such calls took its walk of the
+/// deciders to 700,000–840,000 instructions.
 #[repr(C)]
-struct ClusterKey([u32; 7]);
+struct RuleKey([u32; 7]);
 
-const _: () = assert!(core::mem::size_of::<ClusterKey>() == core::mem::size_of::<Key<PolicyMatch>>());
+const _: () = assert!(core::mem::size_of::<RuleKey>() == core::mem::size_of::<Key<PolicyMatch>>());
 
-impl ClusterKey {
+impl RuleKey {
+    /// The key for `key`'s fields (its padding is not read).
+    #[inline(always)]
+    fn of(key: &PolicyMatch) -> Self {
+        let port = u16::from_be_bytes(key.port);
+        Self::new(key.set, key.identity, u32::from(key.protocol) << 16 | u32::from(port))
+    }
+
     /// Words in memory order on little-endian BPF: prefix length, set, identity, then the
     /// protocol byte and the big-endian port, then padding.
     #[inline(always)]
@@ -221,7 +233,7 @@ pub fn decide_new(ends: &Ends, settings: &Settings, egress: bool, midstream: boo
 
 /// Reports the packet that `reason` decided in the packet's own direction.
 #[inline(always)]
-pub fn report(ends: &Ends, local_addr: [u8; 16], hook: u8, direction: u8, reason: Reason) {
+pub fn report(ends: &Ends, local_addr: &Addr, hook: u8, direction: u8, reason: Reason) {
     let rule = cluster_rule_by_direction(ends, direction, reason);
     write_report(ends, local_addr, hook, direction, reason, rule);
 }
@@ -229,7 +241,7 @@ pub fn report(ends: &Ends, local_addr: [u8; 16], hook: u8, direction: u8, reason
 /// Reports the packet that `reason` decided: `direction` is the packet's, `origin` the
 /// direction its flow was decided in (`ORIGIN_*`).
 #[inline(always)]
-pub fn report_as(ends: &Ends, local_addr: [u8; 16], hook: u8, direction: u8, origin: u8, reason: Reason) {
+pub fn report_as(ends: &Ends, local_addr: &Addr, hook: u8, direction: u8, origin: u8, reason: Reason) {
     let rule = cluster_rule_by_origin(ends, origin, reason);
     write_report(ends, local_addr, hook, direction, reason, rule);
 }
@@ -238,32 +250,37 @@ pub fn report_as(ends: &Ends, local_addr: [u8; 16], hook: u8, direction: u8, ori
 /// asked, so a ClusterNetworkPolicy denial past its budget still pays the lookup: asked
 /// first, the budget cost the deciders 38,000–94,000 more verified instructions on 6.1.
 #[inline(always)]
-fn write_report(ends: &Ends, local_addr: [u8; 16], hook: u8, direction: u8, reason: Reason, rule: (u64, u32)) {
+fn write_report(ends: &Ends, local_addr: &Addr, hook: u8, direction: u8, reason: Reason, rule: (u64, u32)) {
     let Some(mut entry) = budget::reserve_flow(&ends.local_tenant(), reason.is_allow()) else {
         return;
     };
     let (cluster_set, rule_position) = rule;
-    entry.write(FlowEvent {
-        kind: if reason.is_allow() { EVENT_KIND_ALLOW } else { EVENT_KIND_DENY },
-        hook,
-        direction,
-        reason: reason as u8,
-        protocol: ends.protocol,
-        _pad: [0; 3],
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
-        cgroup: ends.cgroup,
-        local_tenant: ends.local_tenant(),
-        remote_tenant: ends.remote.tenant(),
-        local_addr,
-        remote_addr: ends.remote_addr.to_bytes(),
-        local_port: ends.local_port,
-        remote_port: ends.remote_port,
-        rule_position,
-        policy_set: match reason {
-            Reason::PolicyEgressDenied => ends.local.endpoint.egress_policy,
-            Reason::PolicyIngressDenied => ends.local.endpoint.ingress_policy,
-            _ => cluster_set,
-        },
-    });
+    let kind = if reason.is_allow() { EVENT_KIND_ALLOW } else { EVENT_KIND_DENY };
+    let policy_set = match reason {
+        Reason::PolicyEgressDenied => ends.local.endpoint.egress_policy,
+        Reason::PolicyIngressDenied => ends.local.endpoint.ingress_policy,
+        _ => cluster_set,
+    };
+    const _: () = assert!(offset_of!(FlowEvent, protocol) == 4 && offset_of!(FlowEvent, timestamp_ns) == 8);
+    // The addresses are written as `Addr` words: a copy of the byte array can be a call to
+    // `memmove` (see `RuleKey`).
+    const _: () = assert!(offset_of!(FlowEvent, local_addr) % 4 == 0 && offset_of!(FlowEvent, remote_addr) % 4 == 0);
+    let event = entry.as_mut_ptr();
+    // SAFETY: the reserved record, written whole before it is submitted: the first word
+    // (kind to protocol and the 3-byte pad) at once, then every later field. As a struct
+    // literal, the pad is zeroed by a call to `memset` (see `RuleKey`).
+    unsafe {
+        *(event as *mut u64) = u64::from_ne_bytes([kind, hook, direction, reason as u8, ends.protocol, 0, 0, 0]);
+        (*event).timestamp_ns = bpf_ktime_get_ns();
+        (*event).cgroup = ends.cgroup;
+        (*event).local_tenant = ends.local_tenant();
+        (*event).remote_tenant = ends.remote.tenant();
+        addr_of_mut!((*event).local_addr).cast::<Addr>().write(*local_addr);
+        addr_of_mut!((*event).remote_addr).cast::<Addr>().write(ends.remote_addr);
+        (*event).local_port = ends.local_port;
+        (*event).remote_port = ends.remote_port;
+        (*event).rule_position = rule_position;
+        (*event).policy_set = policy_set;
+    }
     entry.submit(0);
 }

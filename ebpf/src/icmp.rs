@@ -107,7 +107,7 @@ pub fn on_ingress(ctx: &TcContext) -> i32 {
             if reason.is_allow() {
                 flows::track(&key, settings.generation, ORIGIN_INBOUND, reason, ends.local_tenant());
                 if settings.flags & SETTING_REPORT_ALLOWED != 0 {
-                    floor::report(&ends, packet.dst_addr.to_bytes(), HOOK_SKB, DIRECTION_INGRESS, reason);
+                    floor::report(&ends, &packet.dst_addr, HOOK_SKB, DIRECTION_INGRESS, reason);
                 }
             }
             (reason, ORIGIN_INBOUND)
@@ -117,7 +117,7 @@ pub fn on_ingress(ctx: &TcContext) -> i32 {
     if reason.is_allow() {
         NEXT
     } else {
-        floor::report_as(&ends, packet.dst_addr.to_bytes(), HOOK_SKB, DIRECTION_INGRESS, origin, reason);
+        floor::report_as(&ends, &packet.dst_addr, HOOK_SKB, DIRECTION_INGRESS, origin, reason);
         DROP
     }
 }

@@ -171,8 +171,9 @@ fn flow_of(packet: &Packet, egress: bool, cgroup: u64) -> FlowId {
 /// Everything but an established packet: a new flow, a flow to re-decide after a change, a
 /// packet the flow table does not track. `settings` is the map's value in place: the generation is
 /// read once, first, and everything this run records carries it, so a change armed while it
-/// decides still has the flow re-decided.
-#[inline(never)]
+/// decides still has the flow re-decided. Inline, so each decider holds its own direction's
+/// code and no BPF call (docs/design.md, "Stages").
+#[inline(always)]
 fn decide_packet(ctx: &SkBuffContext, egress: bool, cgroup: u64, settings: &Settings) -> i32 {
     let generation = settings.generation;
     let packet = match packet::parse_linear(ctx) {
@@ -217,7 +218,7 @@ fn decide_packet(ctx: &SkBuffContext, egress: bool, cgroup: u64, settings: &Sett
             if reason.is_allow() {
                 return PASS;
             }
-            floor::report_as(&ends, local_addr.to_bytes(), HOOK_SKB, direction, flows::origin_to_report(state), reason);
+            floor::report_as(&ends, &local_addr, HOOK_SKB, direction, flows::origin_to_report(state), reason);
             DROP
         }
         Tracked::Missing if packet.trackable => {
@@ -235,7 +236,7 @@ fn decide_packet(ctx: &SkBuffContext, egress: bool, cgroup: u64, settings: &Sett
                 verdicts::put(&flow.verdict_inputs(origin), generation, reason, ends.local_tenant());
                 flows::track(&key, generation, origin, reason, ends.local_tenant());
                 if report_allowed {
-                    floor::report(&ends, local_addr.to_bytes(), HOOK_SKB, direction, reason);
+                    floor::report(&ends, &local_addr, HOOK_SKB, direction, reason);
                 }
             }
             finish(&ends, local_addr, direction, reason, bytes)
@@ -284,7 +285,7 @@ fn finish(ends: &Ends, local_addr: Addr, direction: u8, reason: Reason, bytes: u
     if reason.is_allow() {
         PASS
     } else {
-        floor::report(ends, local_addr.to_bytes(), HOOK_SKB, direction, reason);
+        floor::report(ends, &local_addr, HOOK_SKB, direction, reason);
         DROP
     }
 }
@@ -413,7 +414,7 @@ fn on_sock_addr(ctx: &SockAddrContext, ipv6: bool, hook: u8) -> i32 {
             _ => {}
         }
     }
-    floor::report(&ends, [0; 16], hook, DIRECTION_EGRESS, reason);
+    floor::report(&ends, &Addr::ZERO, hook, DIRECTION_EGRESS, reason);
     DROP
 }
 
