@@ -23,7 +23,7 @@ use super::bpffs::PinDirs;
 use super::cgroup_link;
 use super::{error_chain as chain, KernelError};
 
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/moat-programs"));
+pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/moat-programs"));
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {

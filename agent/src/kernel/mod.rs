@@ -9,6 +9,8 @@ pub mod event_budgets;
 pub mod guard_probes;
 pub mod loader;
 pub mod maps;
+#[cfg(test)]
+mod object_calls;
 pub mod flow_count;
 pub mod stats;
 pub mod tc;
