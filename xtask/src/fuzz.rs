@@ -32,6 +32,10 @@ pub struct FuzzArgs {
     /// Only this target (default: all).
     #[arg(long)]
     pub target: Option<String>,
+    /// Build the targets unoptimized (cargo-fuzz `--dev`): about half the build time, slower
+    /// fuzzing; the smoke in `cargo xtask test` runs each target only seconds.
+    #[arg(long)]
+    pub dev: bool,
 }
 
 pub fn run_fuzz(args: &FuzzArgs) -> Result<()> {
@@ -41,11 +45,11 @@ pub fn run_fuzz(args: &FuzzArgs) -> Result<()> {
     }
     let root = workspace_root();
     // One build of every target first, so each run starts at once.
-    run(&mut fuzz_command("build"))?;
+    run(&mut fuzz_command("build", args.dev))?;
     for (name, seeds) in targets {
         let corpus = seed_corpus(&root, name, seeds)?;
         let max_total_time = format!("-max_total_time={}", args.seconds);
-        let status = fuzz_command("run")
+        let status = fuzz_command("run", args.dev)
             .arg(name)
             .arg(&corpus)
             .args(["--", &max_total_time, "-timeout=10", "-rss_limit_mb=4096", "-max_len=65536"])
@@ -63,10 +67,13 @@ pub fn run_fuzz(args: &FuzzArgs) -> Result<()> {
 
 /// `cargo fuzz` for the fuzz/ directory, on the stable toolchain (RUSTC_BOOTSTRAP=1 allows
 /// the sanitizer flags it passes).
-fn fuzz_command(subcommand: &str) -> Command {
+fn fuzz_command(subcommand: &str, dev: bool) -> Command {
     let mut command = cargo();
     // cargo-fuzz takes --fuzz-dir after its subcommand.
     command.args(["fuzz", subcommand, "--fuzz-dir", "fuzz"]).env("RUSTC_BOOTSTRAP", "1");
+    if dev {
+        command.arg("--dev");
+    }
     command
 }
 

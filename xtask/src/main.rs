@@ -134,5 +134,5 @@ fn test() -> Result<()> {
     }
     util::check_interrupt()?;
     // A short smoke of every fuzz target: each parser of outside input, from its seeds.
-    fuzz::run_fuzz(&fuzz::FuzzArgs { seconds: fuzz::SMOKE_SECONDS, target: None })
+    fuzz::run_fuzz(&fuzz::FuzzArgs { seconds: fuzz::SMOKE_SECONDS, target: None, dev: true })
 }
