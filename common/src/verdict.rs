@@ -278,8 +278,8 @@ pub trait ClusterRules {
     /// if none does.
     fn first_rules(&self, key: &PolicyMatch) -> TierMatch;
 
-    /// `first_cluster_rules` over these entries; the programs override it with a function of
-    /// their own, whose keys stay off the packet programs' stack.
+    /// `first_cluster_rules` over these entries; the programs override it with one that
+    /// rewrites a single key written as words (their stack has little room to spare).
     #[inline(always)]
     fn first_for_peer(&self, set: u64, peer: &Peer, protocol: u8, port: u16) -> TierMatch
     where
