@@ -66,7 +66,7 @@ impl Reason {
         matches!(self, Self::AdminAccepted | Self::AdminDenied | Self::BaselineAccepted | Self::BaselineDenied)
     }
 
-    // Inline: a BPF call where it is not costs the 6.1 verifier its pruning (ebpf floor.rs, `RuleKey`).
+    // Inline in the programs: a BPF call costs 6.1's verifier its pruning (ebpf floor.rs, `RuleKey`).
     #[inline(always)]
     pub const fn from_u8(value: u8) -> Option<Self> {
         Some(match value {

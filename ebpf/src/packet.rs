@@ -64,13 +64,10 @@ impl Addr {
         unsafe { &*(self as *const Self as *const [u8; 16]) }
     }
 
-    /// A copy as bytes (event records carry the address as `[u8; 16]`): moved as words, where a
-    /// copy of the byte array can be a call to `memmove`, a BPF call that costs Debian's 6.1
-    /// verifier its pruning (`floor::RuleKey`).
+    /// A copy as bytes (event records carry the address as `[u8; 16]`).
     #[inline(always)]
     pub fn to_bytes(self) -> [u8; 16] {
-        // SAFETY: same size; every bit pattern is a valid [u8; 16].
-        unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(self.0) }
+        *self.bytes()
     }
 }
 
