@@ -14,9 +14,12 @@ pub const HOST_KUBELET: &str = "/host/var/lib/kubelet";
 pub const HOST_RUN: &str = "/host/run";
 pub const HOST_BIN: &str = "/host/usr/bin";
 
-/// `moat-attack`, built next to the agent binary.
+/// `moat-attack`, built next to the agent binary. Checked here: a missing one would only
+/// show as detections that never arrive (the exec inside the pod fails every try).
 pub fn attack_bin() -> PathBuf {
-    moat_bin().with_file_name("moat-attack")
+    let bin = moat_bin().with_file_name("moat-attack");
+    assert!(bin.is_file(), "{} was not found; build it beside `moat` with `cargo build -p moat-integration --bin moat-attack`", bin.display());
+    bin
 }
 
 /// How a test pod is made.
