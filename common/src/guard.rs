@@ -5,7 +5,7 @@ pub mod names {
     pub const GUARD_SETTINGS: &str = "GUARD_SETTINGS";
     pub const GUARD_ACTORS: &str = "GUARD_ACTORS";
     pub const GUARD_FILES: &str = "GUARD_FILES";
-    pub const GUARD_VOLUMES: &str = "GUARD_VOLUMES";
+    pub const GUARD_DEVICES: &str = "GUARD_DEVICES";
     pub const GUARD_TAINTED: &str = "GUARD_TAINTED";
     pub const GUARD_SETNS: &str = "GUARD_SETNS";
     pub const GUARD_DEVICE_SEEN: &str = "GUARD_DEVICE_SEEN";
@@ -18,7 +18,8 @@ pub mod names {
 pub mod capacity {
     pub const GUARD_ACTORS: u32 = 65_536;
     pub const GUARD_FILES: u32 = 8_192;
-    pub const GUARD_VOLUMES: u32 = 65_536;
+    /// Pod volumes (65,536) and the filesystems that hold protected files (at most one per file).
+    pub const GUARD_DEVICES: u32 = 65_536 + GUARD_FILES;
     pub const GUARD_TAINTED: u32 = 4_096;
     /// Threads inside setns at once.
     pub const GUARD_SETNS: u32 = 1_024;
@@ -94,7 +95,7 @@ pub struct GuardSettings {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Actor {
-    /// Pod tag: 64 bits of the pod's uid hash; the same in `GUARD_VOLUMES`.
+    /// Pod tag: 64 bits of the pod's uid hash; the same in `GUARD_DEVICES`.
     pub pod: u64,
     /// `ACTOR_*`
     pub flags: u32,
@@ -121,7 +122,7 @@ pub const FILE_KUBELET_CREDENTIAL: u32 = 1;
 pub const FILE_RUNTIME_BINARY: u32 = 2;
 pub const FILE_RUNTIME_SOCKET: u32 = 3;
 /// A file of a pod's volume on a filesystem shared with others (a configMap volume on the
-/// node's disk); tmpfs volumes are matched by superblock in `GUARD_VOLUMES` instead.
+/// node's disk); tmpfs volumes are matched by superblock in `GUARD_DEVICES` instead.
 pub const FILE_POD_VOLUME: u32 = 4;
 
 #[repr(C)]
@@ -133,6 +134,24 @@ pub struct FileRule {
     /// `FILE_POD_VOLUME`: the owning pod's tag.
     pub owner: u64,
 }
+
+/// A filesystem (superblock) the guard knows (`GUARD_DEVICES`, by `s_dev`): one that holds
+/// protected files, or a pod's own volume, or both. A file open on any other filesystem
+/// costs the guard one lookup, not one per map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceRule {
+    /// `DEVICE_*`
+    pub flags: u32,
+    pub _pad: u32,
+    /// `DEVICE_POD_VOLUME`: the owning pod's tag.
+    pub owner: u64,
+}
+
+/// Some `GUARD_FILES` entry is on this filesystem.
+pub const DEVICE_HOLDS_FILES: u32 = 1;
+/// A pod's secret/configMap/token volume, mounted on its own (tmpfs).
+pub const DEVICE_POD_VOLUME: u32 = 2;
 
 /// An API server endpoint (`GUARD_API_SERVERS`): IPv4-mapped address and port.
 #[repr(C)]
@@ -203,6 +222,7 @@ mod pod {
     unsafe impl aya::Pod for Actor {}
     unsafe impl aya::Pod for FileKey {}
     unsafe impl aya::Pod for FileRule {}
+    unsafe impl aya::Pod for DeviceRule {}
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for SocketPath {}
     unsafe impl aya::Pod for UnixRefusal {}

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use moat_common::budget::{BudgetKey, BudgetState, EVENT_BUDGETS_CAPACITY};
 use moat_common::guard::{
-    capacity as guard_capacity, Actor, Endpoint as GuardEndpoint, FileKey, FileRule, GuardSettings,
+    capacity as guard_capacity, Actor, DeviceRule, Endpoint as GuardEndpoint, FileKey, FileRule, GuardSettings,
     SetnsEntry, SocketPath, UnixRefusal,
 };
 use moat_common::dns::{
@@ -136,9 +136,10 @@ pub static GUARD_ACTORS: HashMap<u64, Actor> = HashMap::pinned(guard_capacity::G
 #[map]
 pub static GUARD_FILES: HashMap<FileKey, FileRule> = HashMap::pinned(guard_capacity::GUARD_FILES, 0);
 
-/// Superblock of a pod's secret/configMap/token volume → the owning pod's tag.
+/// Superblocks that hold protected files or are a pod's own volume (`s_dev` → `DeviceRule`):
+/// looked up first, so an open on any other filesystem ends after one lookup.
 #[map]
-pub static GUARD_VOLUMES: HashMap<u64, u64> = HashMap::pinned(guard_capacity::GUARD_VOLUMES, 0);
+pub static GUARD_DEVICES: HashMap<u64, DeviceRule> = HashMap::pinned(guard_capacity::GUARD_DEVICES, 0);
 
 /// Processes that opened kubelet credentials (tgid → when), and their children.
 #[map]

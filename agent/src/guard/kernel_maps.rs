@@ -1,6 +1,6 @@
 //! The guard's maps: node-wide settings and syscall classes once at start-up; actors
-//! (cgroup → pod), protected files and pod volumes reconciled on every change, writing only
-//! the difference.
+//! (cgroup → pod), protected files and the filesystems they and pods' volumes are on
+//! reconciled on every change, writing only the difference.
 
 use std::collections::BTreeMap;
 use std::hash::Hash;
@@ -11,12 +11,13 @@ use std::path::Path;
 use aya::maps::{Array, HashMap, MapData};
 use aya::{Ebpf, Pod};
 use moat_common::guard::{
-    names, Actor, Endpoint, FileKey, FileRule, GuardSettings, SocketPath, ACTOR_EXEMPT, ACTOR_HOST_NETWORK, ACTOR_HOST_PID,
+    names, Actor, DeviceRule, Endpoint, FileKey, FileRule, GuardSettings, SocketPath, ACTOR_EXEMPT, ACTOR_HOST_NETWORK, ACTOR_HOST_PID,
     NS_CGROUP, NS_COUNT, NS_IPC, NS_MNT, NS_NET, NS_PID, NS_UTS,
 };
 use moat_common::maps::ipv4_mapped;
 
 use crate::config::GuardConfig;
+use super::devices;
 use super::node::Discovered;
 use crate::kernel::maps::take;
 use crate::kernel::KernelError;
@@ -25,14 +26,14 @@ pub struct GuardMaps {
     settings: Array<MapData, GuardSettings>,
     actors: HashMap<MapData, u64, Actor>,
     files: HashMap<MapData, FileKey, FileRule>,
-    volumes: HashMap<MapData, u64, u64>,
+    devices: HashMap<MapData, u64, DeviceRule>,
     api_servers: HashMap<MapData, Endpoint, u8>,
     ports: HashMap<MapData, u16, u8>,
     socket_paths: HashMap<MapData, SocketPath, FileKey>,
     written_actors: BTreeMap<u64, Actor>,
     written_socket_paths: BTreeMap<SocketPath, FileKey>,
     written_files: BTreeMap<FileKey, FileRule>,
-    written_volumes: BTreeMap<u64, u64>,
+    written_devices: BTreeMap<u64, DeviceRule>,
 }
 
 /// Where the pods' cgroups are, for attributing tasks of pods the model does not know yet.
@@ -57,18 +58,18 @@ impl GuardMaps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, KernelError> {
         let actors: HashMap<MapData, u64, Actor> = take(ebpf, names::GUARD_ACTORS)?;
         let files: HashMap<MapData, FileKey, FileRule> = take(ebpf, names::GUARD_FILES)?;
-        let volumes: HashMap<MapData, u64, u64> = take(ebpf, names::GUARD_VOLUMES)?;
+        let devices: HashMap<MapData, u64, DeviceRule> = take(ebpf, names::GUARD_DEVICES)?;
         let socket_paths: HashMap<MapData, SocketPath, FileKey> = take(ebpf, names::GUARD_SOCKET_PATHS)?;
         Ok(Self {
             settings: take(ebpf, names::GUARD_SETTINGS)?,
             written_actors: actors.iter().filter_map(Result::ok).collect(),
             written_files: files.iter().filter_map(Result::ok).collect(),
-            written_volumes: volumes.iter().filter_map(Result::ok).collect(),
+            written_devices: devices.iter().filter_map(Result::ok).collect(),
             written_socket_paths: socket_paths.iter().filter_map(Result::ok).collect(),
             socket_paths,
             actors,
             files,
-            volumes,
+            devices,
             api_servers: take(ebpf, names::GUARD_API_SERVERS)?,
             ports: take(ebpf, names::GUARD_PORTS)?,
         })
@@ -99,9 +100,14 @@ impl GuardMaps {
         sync(&mut self.actors, names::GUARD_ACTORS, &mut self.written_actors, actors)
     }
 
+    /// Protected files and their filesystems: a file's filesystem is marked before the file
+    /// is written and unmarked only after it is removed (`devices::during_change`).
     pub fn sync_node(&mut self, found: &Discovered) -> Result<(), KernelError> {
+        let next = devices::devices(&found.files, &found.volumes);
+        let during = devices::during_change(&self.written_devices, &next);
+        sync(&mut self.devices, names::GUARD_DEVICES, &mut self.written_devices, during)?;
         sync(&mut self.files, names::GUARD_FILES, &mut self.written_files, found.files.clone())?;
-        sync(&mut self.volumes, names::GUARD_VOLUMES, &mut self.written_volumes, found.volumes.clone())
+        sync(&mut self.devices, names::GUARD_DEVICES, &mut self.written_devices, next)
     }
 
     /// The (pod, path) pairs cgroup/connect_unix refuses.

@@ -7,6 +7,7 @@
 //! Detections are listed in `crate::detections`; `../../docs/design.md` (runtime guard) says
 //! how each is seen and, where the kernel allows, refused.
 
+pub mod devices;
 pub mod effective;
 pub mod hooks;
 pub mod kernel_maps;

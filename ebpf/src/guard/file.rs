@@ -9,13 +9,16 @@ use moat_common::event::{
     DETECTION_KUBELET_PKI, DETECTION_OTHER_POD_VOLUME, DETECTION_PTRACE,
     DETECTION_RUNTIME_BINARY, DETECTION_SETNS, EVIDENCE_FILE, GUARD_MODE_BLOCK, GUARD_MODE_OFF,
 };
-use moat_common::guard::{FileKey, GuardSettings, FILE_KUBELET_CREDENTIAL, FILE_POD_VOLUME, FILE_RUNTIME_BINARY, NS_COUNT};
+use moat_common::guard::{
+    FileKey, GuardSettings, DEVICE_HOLDS_FILES, DEVICE_POD_VOLUME, FILE_KUBELET_CREDENTIAL, FILE_POD_VOLUME, FILE_RUNTIME_BINARY,
+    NS_COUNT,
+};
 
 use super::actor::{self, Actor};
 use super::bytes::eq;
 use super::kernel::{self, FileId, FMODE_WRITE};
 use super::report;
-use crate::maps::{GUARD_FILES, GUARD_TAINTED, GUARD_VOLUMES};
+use crate::maps::{GUARD_DEVICES, GUARD_FILES, GUARD_TAINTED};
 
 const CGROUP_SUPER_MAGIC: u64 = 0x27e0eb;
 const SYSFS_MAGIC: u64 = 0x62656572;
@@ -55,7 +58,7 @@ pub enum Via {
 enum Candidate {
     /// A protected file (`GUARD_FILES`): its class and, for a pod volume's file, its owner.
     Protected { class: u32, owner: u64 },
-    /// A file on a pod's volume mounted on its own (`GUARD_VOLUMES`): the owning pod.
+    /// A file on a pod's volume mounted on its own (`GUARD_DEVICES`): the owning pod.
     Volume(u64),
     /// A kernel interface's filesystem: cgroup, sysfs, proc, debugfs, tracefs (and nsfs
     /// where the open is seen by BPF LSM).
@@ -76,12 +79,20 @@ pub struct Opened {
 pub fn candidate(file: usize, via: Via) -> Option<Opened> {
     // A security hook's `file` is a BTF pointer; the syscall's, read from the fd table, is not.
     let id = if via == Via::Syscall { kernel::file_id(file)? } else { kernel::btf_file_id(file)? };
-    // SAFETY: plain-data key.
-    let candidate = if let Some(rule) = unsafe { GUARD_FILES.get(&FileKey { dev: id.dev, ino: id.ino }) } {
-        Candidate::Protected { class: rule.class, owner: rule.owner }
-    } else if let Some(owner) = unsafe { GUARD_VOLUMES.get(&id.dev) } {
+    // The filesystem first: most opens are on one that holds no protected file and is no
+    // pod's volume (a container's root), and end after this one lookup.
+    // SAFETY: plain-data key; the value is copied out at once.
+    let device = unsafe { GUARD_DEVICES.get(&id.dev) }.copied().unwrap_or_default();
+    let protected = if device.flags & DEVICE_HOLDS_FILES != 0 {
         // SAFETY: as above.
-        Candidate::Volume(*owner)
+        unsafe { GUARD_FILES.get(&FileKey { dev: id.dev, ino: id.ino }) }
+    } else {
+        None
+    };
+    let candidate = if let Some(rule) = protected {
+        Candidate::Protected { class: rule.class, owner: rule.owner }
+    } else if device.flags & DEVICE_POD_VOLUME != 0 {
+        Candidate::Volume(device.owner)
     } else if matches!(id.magic, CGROUP_SUPER_MAGIC | SYSFS_MAGIC | PROC_SUPER_MAGIC | DEBUGFS_MAGIC | TRACEFS_MAGIC)
         || (via == Via::Lsm && id.magic == NSFS_MAGIC)
     {
