@@ -18,7 +18,7 @@ pub mod verdict;
 
 /// Bumped whenever a pinned map's key or value layout changes. Pins live under a directory
 /// named after it, so an agent never reuses maps of a layout it does not understand.
-pub const LAYOUT_VERSION: u32 = 10;
+pub const LAYOUT_VERSION: u32 = 11;
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;

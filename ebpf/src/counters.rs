@@ -44,7 +44,7 @@ fn add_to_slot(index: u32, key: &CounterKey, bytes: u64) {
     // SAFETY: this CPU's value; a program that interrupts this one (softirq) may update it
     // too, as with any per-CPU counter, and finishes before this one resumes.
     let slot = unsafe { &mut *slot };
-    if slot.key != *key {
+    if words(&slot.key) != words(key) {
         if slot.packets != 0 {
             add_to_map(&slot.key, slot.packets, slot.bytes);
         }
@@ -52,6 +52,14 @@ fn add_to_slot(index: u32, key: &CounterKey, bytes: u64) {
     }
     slot.packets += 1;
     slot.bytes += bytes;
+}
+
+/// A key as two words, compared with two branches where the derived comparison tests each
+/// byte field apart (keys are built with their padding zero).
+#[inline(always)]
+fn words(key: &CounterKey) -> [u64; 2] {
+    // SAFETY: CounterKey is 16 bytes of plain data, 8-byte aligned.
+    unsafe { core::ptr::read(key as *const CounterKey as *const [u64; 2]) }
 }
 
 #[inline(always)]
