@@ -73,8 +73,8 @@ const fn mix(h: u64, word: u64) -> u64 {
 /// The slot's check for a flow: every word of key and state but `used` (a recency hint that
 /// readers refresh in place). Never zero, so a zeroed slot is empty. Three lanes of two words
 /// each, mixed apart and then together: the same nonlinear mix of every word as one chain, but
-/// three multiplies deep instead of seven, which is most of what an established packet's
-/// lookup computes (the lanes run side by side in the CPU).
+/// three multiplies deep instead of seven: the longest chain of arithmetic in an established
+/// packet's lookup (the lanes run side by side in the CPU).
 #[inline(always)]
 pub const fn check_of(key: &FlowKey, state: &FlowState) -> u64 {
     let w = key_words(key);
