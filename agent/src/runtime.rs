@@ -20,7 +20,7 @@ use crate::kernel::tc_pods::{TcPods, TcStatus};
 use crate::kernel::{bpffs, loader, maps::KernelMaps, tc, KernelError};
 use crate::model::{Change, Cluster};
 use crate::observability::{ObservabilityError, Observability};
-use crate::node::cgroup_watch::CgroupWatch;
+use crate::node::dir_watch::DirWatch;
 use crate::node::cgroups::{self, CgroupError, CgroupLayout, PodCgroups};
 use crate::node::mounts::{self, MountError};
 use crate::sources::kube::{KubeOptions, KubeSource};
@@ -129,7 +129,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
     crate::guard::write_modes(&mut ebpf, &config.guard)?;
     let api_servers = guard_api_servers(&config, &args).await;
     let mut guard = crate::guard::run::Guard::start(&mut ebpf, &config.guard, &cgroup_root, &mounts::cgroup2()?, &api_servers)?;
-    if let Err(error) = guard.refresh(&compiler.desired().index, compiler.cluster()) {
+    if let Err(error) = guard.refresh(&compiler.desired().index, compiler.cluster(), true) {
         tracing::error!(%error, "runtime guard: writing its maps failed");
     }
     startup.phase("guard-started");
@@ -163,7 +163,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
         }
     };
     if let Some(tc_pods) = tc_pods.as_mut() {
-        tc_pods.reconcile(tc::program(&mut ebpf)?, compiler.cgroups(), &compiler.desired().index, compiler.cluster());
+        tc_pods.reconcile(tc::program(&mut ebpf)?, compiler.cgroups(), &compiler.desired().index, compiler.cluster(), true);
         observability.tc_pods(tc_pods.status());
     }
     startup.phase("tc");
@@ -200,10 +200,10 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
         .map_err(RuntimeError::Tokio)?;
     let mut config_watch = ConfigWatch::new(args.config.as_deref(), &config);
     let mut resync = false;
-    let mut cgroup_watch = CgroupWatch::new();
+    let mut cgroup_watch = crate::node::cgroup_watch();
     loop {
-        // The tick re-scans the node (cgroups, the guard's files, manifest files); API server
-        // changes wake at once.
+        // The tick looks at the node (cgroups, the guard's files, manifest files), and re-reads
+        // what its watches say changed; API server changes wake at once.
         let wake = tokio::select! {
             _ = tick.tick() => Wake::Tick,
             _ = source.changed() => Wake::Source,
@@ -230,7 +230,11 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
             None
         };
         let cgroups_found = cgroups.is_some();
-        let mut scan_node = on_tick || cgroups_found;
+        let mut scan_node = match (cgroups_found, on_tick) {
+            (true, _) => NodeScan::Now,
+            (false, true) => NodeScan::IfChanged,
+            (false, false) => NodeScan::No,
+        };
         if changes.is_empty() && cgroups.is_none() && !resync {
             // Discovery runs apart from the changes: its findings are reported on every pass.
             observability.unenforced(&source.unenforced());
@@ -258,7 +262,9 @@ async fn run_agent(args: AgentArgs) -> Result<(), RuntimeError> {
         observability.unenforced(&source.unenforced());
         let next = compiler.desired();
         // A pod that gained or lost its cgroup: its socket paths and interfaces now.
-        scan_node |= !same_pods(&old_index.pods_by_cgroup, &next.index.pods_by_cgroup);
+        if !same_pods(&old_index.pods_by_cgroup, &next.index.pods_by_cgroup) {
+            scan_node = NodeScan::Now;
+        }
         // Names for events decided under the old maps or the new ones, published before the
         // maps change; the exact new index follows the writes.
         let _ = index_tx.send(Arc::new(next.index.naming_also(&old_index, &delta)));
@@ -440,7 +446,7 @@ fn same_pods(old: &imbl::OrdMap<u64, crate::model::PodKey>, new: &imbl::OrdMap<u
 }
 
 /// This node's pod cgroups, if they differ from `known`.
-fn scan_cgroups(known: &PodCgroups, root: &Path, layout: &dyn CgroupLayout, watch: &mut CgroupWatch) -> Option<PodCgroups> {
+fn scan_cgroups(known: &PodCgroups, root: &Path, layout: &dyn CgroupLayout, watch: &mut DirWatch) -> Option<PodCgroups> {
     match cgroups::scan_watched(root, layout, watch) {
         Ok(found) if found != *known => Some(found),
         Ok(_) => None,
@@ -451,25 +457,39 @@ fn scan_cgroups(known: &PodCgroups, root: &Path, layout: &dyn CgroupLayout, watc
     }
 }
 
+/// How much of the node's filesystem a round reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NodeScan {
+    /// A watch event of nothing on this node: the model only.
+    No,
+    /// The tick: what the watches say may have changed, and pods still being set up.
+    IfChanged,
+    /// Pod cgroups came or went: everything about the pods.
+    Now,
+}
+
 /// After the maps, kept off the path from a watch event to the map write: the runtime
 /// guard's actors follow the model every round; what is read from the node's filesystem —
 /// the guard's files, volumes and socket paths, the ICMP program on pods' interfaces — only
-/// on the tick and when pod cgroups changed.
+/// when pod cgroups changed, and on the tick where it may have changed (`NodeScan`).
 fn after_apply(
     guard: &mut crate::guard::run::Guard,
     tc_pods: &mut Option<TcPods>,
     ebpf: &mut aya::Ebpf,
     compiler: &Incremental,
     observability: &Observability,
-    scan_node: bool,
+    scan_node: NodeScan,
 ) -> Result<(), RuntimeError> {
     let (index, cluster) = (&compiler.desired().index, compiler.cluster());
-    let guarded = if scan_node { guard.refresh(index, cluster) } else { guard.follow_model(index, cluster) };
+    let guarded = match scan_node {
+        NodeScan::No => guard.follow_model(index, cluster),
+        NodeScan::IfChanged | NodeScan::Now => guard.refresh(index, cluster, scan_node == NodeScan::Now),
+    };
     if let Err(error) = guarded {
         tracing::error!(%error, "runtime guard: updating its maps failed");
     }
-    if let (true, Some(tc_pods)) = (scan_node, tc_pods.as_mut()) {
-        tc_pods.reconcile(tc::program(ebpf)?, compiler.cgroups(), index, cluster);
+    if let (true, Some(tc_pods)) = (scan_node != NodeScan::No, tc_pods.as_mut()) {
+        tc_pods.reconcile(tc::program(ebpf)?, compiler.cgroups(), index, cluster, scan_node == NodeScan::Now);
         observability.tc_pods(tc_pods.status());
     }
     Ok(())

@@ -87,7 +87,9 @@ pub struct GuardLab {
     pub lab: Lab,
     pub observer: Observer,
     config: Option<PathBuf>,
-    _manifests: Manifests,
+    manifests: Manifests,
+    /// Every document the lab was given, for [`GuardLab::add_pods`].
+    docs: Vec<String>,
 }
 
 impl GuardLab {
@@ -104,9 +106,17 @@ impl GuardLab {
         let config = config.map(|c| manifests.write("moat.yaml", c));
         lab.start(&[file], UpOptions { config: config.clone(), api_server, ..UpOptions::default() });
         let observer = Observer::start(&lab);
-        let guard = GuardLab { lab, observer, config, _manifests: manifests };
+        let guard = GuardLab { lab, observer, config, manifests, docs };
         guard.marker();
         guard
+    }
+
+    /// Starts `pods` on the running lab (`moat lab apply` with every document so far and
+    /// theirs: apply makes the lab match what it is given).
+    pub fn add_pods(&mut self, pods: &[PodSpec]) {
+        self.docs.extend(pods.iter().map(|p| p.yaml(&self.lab)));
+        let file = self.manifests.write("cluster.yaml", &crate::documents(&self.docs));
+        self.lab.apply(&[file]);
     }
 
     /// Replaces the running agent's configuration (`moat lab agent config`: the file is

@@ -107,6 +107,31 @@ fn a_pod_reading_another_pods_volume_is_reported_and_its_own_is_not() {
     assert!(evidence.contains("token") && evidence.contains("volume of pod beta/web"), "{event}");
 }
 
+/// A pod that starts while the agent runs: its token volume, a tmpfs mounted after the
+/// agent's last scan of the node, is protected once the agent sees the pod or the mount. Read
+/// by an escaped pod through the host's mount namespace (`/proc/<host pid>/root`), which sees
+/// mounts made after the pod started; its hostPath view of the node does not.
+#[test]
+fn a_pod_started_while_the_agent_runs_has_its_volume_protected() {
+    let mut g = GuardLab::up(TENANTS, &[PodSpec::new("alpha", "spy").host_pid(), PodSpec::new("beta", "web")], None, None);
+    g.add_pods(&[PodSpec::new("beta", "late")]);
+    let token = g.lab.pod_token_volume("beta/late").join("token");
+    let theirs = format!("/proc/{}/root{}", g.lab.kubelet_pid(), token.display());
+    let late = |e: &serde_json::Value| {
+        e["id"] == "cred.other-pod-volume" && e["evidence"].as_str().is_some_and(|v| v.contains("volume of pod beta/late"))
+    };
+    let mut last = None;
+    let seen = eventually(std::time::Duration::from_secs(10), || {
+        last = Some(g.attack("alpha/spy", &["open", &theirs, "--read-bytes", "8"]));
+        g.observer.matching(late).into_iter().next()
+    });
+    let event = seen.unwrap_or_else(|| {
+        let last = last.map(|o| o.to_string()).unwrap_or_default();
+        panic!("beta/late's token read by alpha/spy was never reported; the last read:\n{last}\nagent log:\n{}", g.lab.agent_log())
+    });
+    assert_detection(&event, "cred.other-pod-volume", "alpha/spy", "alpha", Probes::of(&g).action("file-open"));
+}
+
 #[test]
 fn the_runtime_binary_is_matched_through_an_alias() {
     let g = lab(None);

@@ -35,6 +35,7 @@ const SECTIONS: &[(&str, SectionFn)] = &[
     ("np-compile", crate::bench_np::compile),
     ("kube", crate::bench_kube::kube),
     ("guard", crate::bench_guard::guard),
+    ("idle", crate::bench_idle::idle),
     ("fairness", crate::bench_fair::fairness),
     ("dns", crate::bench_dns::dns),
 ];

@@ -6,6 +6,7 @@ mod bench_e2e;
 mod bench_fair;
 mod bench_guard;
 mod bench_guard_agent;
+mod bench_idle;
 mod bench_programs;
 mod bench_kube;
 mod bench_np;

@@ -1,8 +1,9 @@
 //! What the guard protects on this node, found by identity: the kubelet's credentials and
 //! executable, the runtime's binaries and sockets (file → (dev, inode)), and every pod's
 //! secret/configMap/token volume (tmpfs superblock → pod; files of disk-backed volumes →
-//! pod). Re-run on every tick, so a rotated certificate or a new pod's volume is covered
-//! within one poll interval.
+//! pod). Re-run when a directory it read changed (the caller's `before_listing` watches each
+//! before it is read: `node::dir_watch`) or the mount table did, so a rotated certificate or
+//! a new pod's volume is covered within one poll interval, and an idle node is not re-read.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -56,13 +57,17 @@ impl Discovered {
     }
 }
 
-pub fn discover(config: &GuardConfig, mountinfo: &str) -> Discovered {
+/// Everything to protect. `before_listing` is called with every directory whose entries (or
+/// their files' content) the result depends on, before it is read.
+pub fn discover(config: &GuardConfig, mountinfo: &str, before_listing: &mut dyn FnMut(&Path)) -> Discovered {
     let mut found = Discovered::default();
-    kubelet_credentials(config, &mut found);
+    kubelet_credentials(config, &mut found, before_listing);
     for path in &config.runtime.binaries {
+        watch_parent(path, before_listing);
         found.add(path, FILE_RUNTIME_BINARY, 0);
     }
     for path in &config.runtime.sockets {
+        watch_parent(path, before_listing);
         match std::fs::metadata(path) {
             Ok(meta) if meta.file_type().is_socket() => found.add(path, FILE_RUNTIME_SOCKET, 0),
             _ => {
@@ -70,24 +75,44 @@ pub fn discover(config: &GuardConfig, mountinfo: &str) -> Discovered {
             }
         }
     }
+    watch_parent(&config.kubelet.executable, before_listing);
     found.kubelet_exe = file_key(&config.kubelet.executable).ok();
     if found.kubelet_exe.is_none() {
         found.missing.insert(config.kubelet.executable.clone());
     }
-    volumes(config, mountinfo, &mut found);
+    volumes(config, mountinfo, &mut found, before_listing);
     found
+}
+
+/// The directory holding `path`: a file replaced, created or removed there is a change.
+fn watch_parent(path: &Path, before_listing: &mut dyn FnMut(&Path)) {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        watch_dir(parent, before_listing);
+    }
+}
+
+/// `dir`, or where it does not exist (yet), the nearest directory above it: its making is
+/// then the change to see.
+fn watch_dir(dir: &Path, before_listing: &mut dyn FnMut(&Path)) {
+    if let Some(existing) = dir.ancestors().find(|d| d.is_dir()) {
+        before_listing(existing);
+    }
 }
 
 /// Every file in the PKI directory (symlinks followed, so both the rotation link's target
 /// and older dated files are covered), the kubeconfigs, and the certificate and key files
 /// the kubeconfigs point at.
-fn kubelet_credentials(config: &GuardConfig, found: &mut Discovered) {
+fn kubelet_credentials(config: &GuardConfig, found: &mut Discovered, before_listing: &mut dyn FnMut(&Path)) {
+    watch_dir(&config.kubelet.pki_dir, before_listing);
     match std::fs::read_dir(&config.kubelet.pki_dir) {
         Ok(entries) => {
             for entry in entries.flatten() {
                 // Named by the file itself (the dated one behind `-current`), which rotation
                 // changes and which an event should show.
                 let path = std::fs::canonicalize(entry.path()).unwrap_or_else(|_| entry.path());
+                if path.parent() != Some(config.kubelet.pki_dir.as_path()) {
+                    watch_parent(&path, before_listing);
+                }
                 if path.is_file() {
                     found.add(&path, FILE_KUBELET_CREDENTIAL, 0);
                 }
@@ -98,8 +123,10 @@ fn kubelet_credentials(config: &GuardConfig, found: &mut Discovered) {
         }
     }
     for kubeconfig in &config.kubelet.kubeconfigs {
+        watch_parent(kubeconfig, before_listing);
         found.add(kubeconfig, FILE_KUBELET_CREDENTIAL, 0);
         for referenced in kubeconfig_files(kubeconfig) {
+            watch_parent(&referenced, before_listing);
             found.add(&referenced, FILE_KUBELET_CREDENTIAL, 0);
         }
     }
@@ -124,9 +151,12 @@ fn kubeconfig_files(kubeconfig: &Path) -> Vec<PathBuf> {
 /// Pod volumes below `<kubelet root>/pods/<uid>/volumes/<plugin>/<name>`: a mount of its own
 /// (tmpfs for secrets and tokens) is matched by superblock; a plain directory (configMaps
 /// on the node's disk) file by file.
-fn volumes(config: &GuardConfig, mountinfo: &str, found: &mut Discovered) {
+fn volumes(config: &GuardConfig, mountinfo: &str, found: &mut Discovered, before_listing: &mut dyn FnMut(&Path)) {
     let root = std::fs::canonicalize(&config.kubelet.root).unwrap_or_else(|_| config.kubelet.root.clone());
     let pods = root.join("pods");
+    // A volume mounted later is a change of the mount table, which the caller watches; a
+    // directory made later is one of these.
+    watch_dir(&pods, before_listing);
     let mut mounted = BTreeSet::new();
     for line in mountinfo.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
@@ -144,23 +174,26 @@ fn volumes(config: &GuardConfig, mountinfo: &str, found: &mut Discovered) {
         let uid = pod.file_name().to_string_lossy().into_owned();
         let tag = pod_tag(Some(&uid), "", "");
         for plugin in VOLUME_PLUGINS {
-            let Ok(volumes) = std::fs::read_dir(pod.path().join("volumes").join(plugin)) else { continue };
+            let plugin_dir = pod.path().join("volumes").join(plugin);
+            watch_dir(&plugin_dir, before_listing);
+            let Ok(volumes) = std::fs::read_dir(&plugin_dir) else { continue };
             for volume in volumes.flatten() {
                 if mounted.contains(&volume.path()) {
                     continue;
                 }
-                register_tree(&volume.path(), tag, found, &mut budget, 0);
+                register_tree(&volume.path(), tag, found, &mut budget, 0, before_listing);
             }
         }
     }
 }
 
-fn register_tree(dir: &Path, tag: u64, found: &mut Discovered, budget: &mut usize, depth: usize) {
+fn register_tree(dir: &Path, tag: u64, found: &mut Discovered, budget: &mut usize, depth: usize, before_listing: &mut dyn FnMut(&Path)) {
+    before_listing(dir);
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let Ok(kind) = entry.file_type() else { continue };
         if kind.is_dir() && depth < 4 {
-            register_tree(&entry.path(), tag, found, budget, depth + 1);
+            register_tree(&entry.path(), tag, found, budget, depth + 1, before_listing);
         } else if kind.is_file() {
             if *budget == 0 {
                 found.skipped_volume_files += 1;
@@ -242,7 +275,8 @@ mod tests {
         config.runtime.sockets = vec![kubeconfig.clone()];
         let root_canonical = std::fs::canonicalize(&root).unwrap();
         let mountinfo = format!("40 1 0:99 / {}/pods/uid-2/volumes/kubernetes.io~secret/tok rw - tmpfs tmpfs rw\n", root_canonical.display());
-        let found = discover(&config, &mountinfo);
+        let mut listed = Vec::new();
+        let found = discover(&config, &mountinfo, &mut |dir: &Path| listed.push(dir.to_path_buf()));
         let credentials = found.files.values().filter(|r| r.class == FILE_KUBELET_CREDENTIAL).count();
         // The dated cert (once, though reached through the link too), the kubeconfig, the key.
         assert_eq!(credentials, 3);
@@ -254,5 +288,50 @@ mod tests {
         assert!(found.missing.contains(&dir.path().join("no-runc")));
         // Not a socket: refused as a runtime socket.
         assert!(found.missing.contains(&kubeconfig));
+        for dir in [&pki, &root_canonical.join("pods"), &root_canonical.join("pods/uid-1/volumes/kubernetes.io~configmap/settings"), &dir.path().to_path_buf()] {
+            assert!(listed.contains(dir), "{} watched; listed: {listed:?}", dir.display());
+        }
+    }
+
+    /// What the scan read is watched: an idle node needs no new scan; a rotated certificate,
+    /// a configMap's update, a new pod's directory each make one due.
+    #[test]
+    fn a_scan_is_due_again_only_after_something_it_read_changed() {
+        use crate::node::dir_watch::{DirWatch, ENTRIES_AND_CONTENT};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("kubelet");
+        let pki = root.join("pki");
+        let cm = root.join("pods/uid-1/volumes/kubernetes.io~configmap/settings");
+        std::fs::create_dir_all(&pki).unwrap();
+        std::fs::create_dir_all(&cm).unwrap();
+        std::fs::write(pki.join("kubelet-client-1.pem"), "cert").unwrap();
+        std::fs::write(cm.join("app.yaml"), "x: 1").unwrap();
+        let mut config = GuardConfig::default();
+        config.kubelet.root = root.clone();
+        config.kubelet.pki_dir = pki.clone();
+        config.kubelet.kubeconfigs = vec![];
+        config.runtime.binaries = vec![];
+        config.runtime.sockets = vec![];
+        config.kubelet.executable = dir.path().join("bin/kubelet");
+        let mut watch = DirWatch::new("test", ENTRIES_AND_CONTENT, std::time::Duration::from_secs(3600));
+        let scan = |watch: &mut DirWatch| {
+            watch.scanning();
+            discover(&config, "", &mut |dir| watch.watch(dir))
+        };
+        type Change<'a> = (&'a str, Box<dyn Fn() + 'a>);
+        let changes: [Change; 4] = [
+            ("a certificate rotated", Box::new(|| std::fs::write(pki.join("kubelet-client-2.pem"), "new").unwrap())),
+            ("a configMap file rewritten", Box::new(|| std::fs::write(cm.join("app.yaml"), "x: 2").unwrap())),
+            ("a new pod", Box::new(|| std::fs::create_dir(root.join("pods/uid-2")).unwrap())),
+            ("the kubelet installed", Box::new(|| std::fs::create_dir(dir.path().join("bin")).unwrap())),
+        ];
+        for (what, change) in changes {
+            scan(&mut watch);
+            assert!(!watch.due(), "nothing changed before: {what}");
+            change();
+            assert!(watch.due(), "{what}");
+        }
+        let found = scan(&mut watch);
+        assert_eq!(found.files.values().filter(|r| r.class == FILE_KUBELET_CREDENTIAL).count(), 2);
     }
 }

@@ -1,11 +1,14 @@
 //! The guard at run time: kernel layout and settings at start-up, then the actors after
-//! every change of the model, and on every tick the node's protected files, volumes and
-//! runtime socket paths (from the filesystem). Guard failures are logged and shown in
-//! status; they never stop network enforcement.
+//! every change of the model, and the node's protected files, volumes and runtime socket
+//! paths (from the filesystem) when pods came or went, or — looked at on every tick — a
+//! directory they were found in or the mount table changed, and at least every
+//! `FULL_SCAN`. Guard failures are logged and shown in status; they never stop network
+//! enforcement.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use aya::Ebpf;
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,6 +19,8 @@ use moat_common::layout::KernelLayout;
 use crate::config::GuardConfig;
 use super::socket_paths::{PodProcesses, RuntimeSocket, SocketPaths};
 use crate::node::cgroups;
+use crate::node::dir_watch::{self, DirWatch};
+use crate::node::mount_watch::MountWatch;
 use super::view::{publish, GuardView};
 use super::kernel_maps::{self, GuardMaps, PodsRoot};
 use super::node::{self, Discovered};
@@ -48,7 +53,16 @@ pub struct Guard {
     pod_dirs: (BTreeSet<u64>, BTreeMap<u64, PathBuf>),
     socket_paths: SocketPaths,
     host: Option<HostIds>,
+    /// The directories the last scan of the node read.
+    node_watch: DirWatch,
+    mounts: MountWatch,
 }
+
+/// The node's files are scanned at least this often, for what no watch sees: a file
+/// replaced behind a symlink into a directory not watched, or a new mount namespace of a
+/// pod's process (whose connects to a runtime socket are still refused by inode).
+const FULL_SCAN: Duration = Duration::from_secs(10);
+const MOUNTINFO: &str = "/proc/self/mountinfo";
 
 /// The host's namespaces and /proc, as last read.
 #[derive(Clone, Copy, Default)]
@@ -99,6 +113,8 @@ impl Guard {
             pod_dirs: Default::default(),
             socket_paths: SocketPaths::default(),
             host: None,
+            node_watch: DirWatch::new("the guard's node files", dir_watch::ENTRIES_AND_CONTENT, FULL_SCAN),
+            mounts: MountWatch::new(Path::new(MOUNTINFO)),
         })
     }
 
@@ -111,6 +127,7 @@ impl Guard {
         self.config = config.clone();
         self.discovered = Discovered::default();
         self.socket_paths = SocketPaths::default();
+        self.node_watch.mark_due();
         Ok(())
     }
 
@@ -155,12 +172,29 @@ impl Guard {
     }
 
     /// Brings actors, files, volumes and runtime socket paths up to date from the model and
-    /// the node's filesystem; writes settings when they change. On the tick, and when pod
-    /// cgroups come or go.
-    pub fn refresh(&mut self, index: &Index, cluster: &Cluster) -> Result<(), KernelError> {
+    /// the node's filesystem; writes settings when they change. When pod cgroups came or
+    /// went (`pods_changed`); on the tick only if the node may have changed since the last
+    /// scan, and otherwise the model alone is followed.
+    pub fn refresh(&mut self, index: &Index, cluster: &Cluster, pods_changed: bool) -> Result<(), KernelError> {
+        // Both watches are asked every time: each answer clears what it reported.
+        let mounts_changed = self.mounts.changed();
+        let files_changed = self.node_watch.due();
+        if !(pods_changed || mounts_changed || files_changed) {
+            return self.follow_model(index, cluster);
+        }
+        self.node_watch.scanning();
+        let scanned = self.scan_node(index, cluster);
+        if scanned.is_err() {
+            self.node_watch.mark_due();
+        }
+        scanned
+    }
+
+    fn scan_node(&mut self, index: &Index, cluster: &Cluster) -> Result<(), KernelError> {
         self.sync_actors(index, cluster)?;
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let found = node::discover(&self.config, &mountinfo);
+        let mountinfo = std::fs::read_to_string(MOUNTINFO).unwrap_or_default();
+        let watch = &mut self.node_watch;
+        let found = node::discover(&self.config, &mountinfo, &mut |dir| watch.watch(dir));
         let tags_changed = self.tags_changed(index);
         if found != self.discovered || tags_changed {
             for path in found.missing.difference(&self.discovered.missing) {

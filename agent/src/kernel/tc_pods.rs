@@ -4,9 +4,11 @@
 //! that namespace). Pods sharing the agent's namespace (hostNetwork) are skipped.
 //!
 //! Called on every tick. A pod without a process or interfaces yet (the CNI not done) is
-//! simply looked at again on the next tick; what triggers work is a change of the pod's
-//! namespace or of its interface names (read from /proc, without entering the namespace),
-//! plus a re-check every `VERIFY_INTERVAL` that catches links removed behind the agent's back.
+//! simply looked at again on the next tick; a pod whose interfaces carry the program only
+//! when pod cgroups changed or every `SETTLED_RECHECK`, so an idle node's /proc is not read
+//! on every tick. What triggers work is a change of the pod's namespace or of its interface
+//! names (read from /proc, without entering the namespace), plus a re-attach every
+//! `VERIFY_INTERVAL` that catches links removed behind the agent's back.
 //! Failures are counted, logged with pod, program and hook, and retried with backoff.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +25,9 @@ use crate::node::cgroups::{self, PodCgroups, PodRef};
 use crate::node::netns::{self, NetnsId};
 
 const VERIFY_INTERVAL: Duration = Duration::from_secs(30);
+/// How often a pod whose interfaces carry the program is looked at for new ones (a CNI
+/// adds a pod's interfaces before its containers run; a later one is rare).
+const SETTLED_RECHECK: Duration = Duration::from_secs(10);
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(60);
 
@@ -69,6 +74,8 @@ struct PodState {
     done: Option<(NetnsId, Vec<String>)>,
     interfaces: usize,
     verified_at: Option<Instant>,
+    /// When the pod's namespace and interfaces were last read.
+    checked_at: Option<Instant>,
     host_network: bool,
     retry_at: Option<Instant>,
     backoff: Duration,
@@ -105,9 +112,9 @@ impl TcPods {
         }
     }
 
-    /// One pass over the pods in `cgroups` (this node's). `index` and `cluster` name them
+    /// One pass over the pods in `cgroups` (this node's); settled pods too when `all`. `index` and `cluster` name them
     /// and say which are hostNetwork.
-    pub fn reconcile(&mut self, program: &mut SchedClassifier, cgroups: &PodCgroups, index: &Index, cluster: &Cluster) {
+    pub fn reconcile(&mut self, program: &mut SchedClassifier, cgroups: &PodCgroups, index: &Index, cluster: &Cluster, all: bool) {
         let ids: BTreeSet<u64> = cgroups.keys().copied().collect();
         if ids != self.cgroup_ids {
             self.refresh_dirs(cgroups, ids);
@@ -123,11 +130,11 @@ impl TcPods {
             let key = first_cgroup.get(&pod).and_then(|id| index.pods_by_cgroup.get(id));
             let name = key.map(ToString::to_string).unwrap_or_else(|| display(&pod));
             let host_network = key.and_then(|key| cluster.pods.get(key)).is_some_and(|p| p.host_network);
-            self.reconcile_pod(program, &pod, &name, host_network, now);
+            self.reconcile_pod(program, &pod, &name, host_network, now, all);
         }
     }
 
-    fn reconcile_pod(&mut self, program: &mut SchedClassifier, pod: &PodRef, name: &str, host_network: bool, now: Instant) {
+    fn reconcile_pod(&mut self, program: &mut SchedClassifier, pod: &PodRef, name: &str, host_network: bool, now: Instant, all: bool) {
         let pin_dir = pin_dir(&self.pin_root, pod);
         let dirs = self.dirs.get(pod).cloned().unwrap_or_default();
         let state = self.pods.entry(pod.clone()).or_default();
@@ -135,6 +142,11 @@ impl TcPods {
         if host_network {
             return;
         }
+        let settled = state.done.is_some() && state.checked_at.is_some_and(|at| now.duration_since(at) < SETTLED_RECHECK);
+        if settled && !all {
+            return;
+        }
+        state.checked_at = Some(now);
         // No process yet (or it just exited): look again next tick.
         let Some(pid) = netns::process_in(&dirs) else { return };
         let Ok(pod_netns) = netns::of_process(pid) else { return };

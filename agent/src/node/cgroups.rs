@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
 
-use super::cgroup_watch::CgroupWatch;
+use super::dir_watch::DirWatch;
 use crate::config::CgroupLayoutKind;
 use crate::model::PodKey;
 
@@ -53,7 +53,7 @@ pub fn scan(root: &Path, layout: &dyn CgroupLayout) -> Result<PodCgroups, Cgroup
 }
 
 /// [`scan`], watching every directory it lists for the next change.
-pub fn scan_watched(root: &Path, layout: &dyn CgroupLayout, watch: &mut CgroupWatch) -> Result<PodCgroups, CgroupError> {
+pub fn scan_watched(root: &Path, layout: &dyn CgroupLayout, watch: &mut DirWatch) -> Result<PodCgroups, CgroupError> {
     watch.scanning();
     let scanned = scan_listing(root, layout, |dir| watch.watch(dir));
     if scanned.is_err() {
@@ -173,7 +173,7 @@ mod tests {
     fn a_watched_scan_is_due_again_only_after_a_cgroup_comes_or_goes() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("x_a/c1")).unwrap();
-        let mut watch = CgroupWatch::new();
+        let mut watch = crate::node::cgroup_watch();
         assert!(watch.due());
         assert_eq!(scan_watched(dir.path(), &LabLayout, &mut watch).unwrap().len(), 2);
         assert!(!watch.due());

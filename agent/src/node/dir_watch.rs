@@ -1,11 +1,13 @@
-//! Whether the pods' cgroup tree may have changed since the last scan. The scan lists every
-//! pod cgroup directory (a millisecond at 70 cgroups, more on a full node); inotify on the
-//! directories it lists says when a cgroup was created or removed below them, so an idle
-//! node is not walked on every tick. mkdir and rmdir on cgroupfs notify synchronously, so a
-//! cgroup made before a pod's watch event is already known when the event is handled.
+//! Whether directories a scan read may have changed since it began. A scan of the node
+//! (the pods' cgroup tree; the guard's credentials, runtime files and pod volumes) lists
+//! directories; inotify on each of them says when an entry was created, removed, renamed or
+//! written below it, so an idle node is not walked on every tick. mkdir and rmdir on
+//! cgroupfs notify synchronously, so a cgroup made before a pod's watch event is already
+//! known when the event is handled.
 //!
 //! Fail-safe: without inotify (no instance, or a directory it cannot watch) every call says
-//! "scan", as if there were no watch; a full scan also runs every `FULL_SCAN` regardless.
+//! "scan", as if there were no watch; a full scan also runs every `full_scan` regardless,
+//! for what no watch sees (a symlink's target elsewhere, a file changed in place).
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -13,12 +15,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// A scan at least this often even when inotify reported nothing.
-const FULL_SCAN: Duration = Duration::from_secs(10);
-
 /// Directory entries created, removed or moved below a watched directory, or the directory
-/// itself going.
-const MASK: u32 = libc::IN_CREATE
+/// itself going: what changes a tree's shape (pod cgroups).
+pub const ENTRIES: u32 = libc::IN_CREATE
     | libc::IN_DELETE
     | libc::IN_MOVED_FROM
     | libc::IN_MOVED_TO
@@ -26,7 +25,15 @@ const MASK: u32 = libc::IN_CREATE
     | libc::IN_MOVE_SELF
     | libc::IN_ONLYDIR;
 
-pub struct CgroupWatch {
+/// [`ENTRIES`], and files below a watched directory written or their metadata changed: what
+/// changes a file read for its content (a kubeconfig) or identity (a replaced binary).
+pub const ENTRIES_AND_CONTENT: u32 = ENTRIES | libc::IN_CLOSE_WRITE | libc::IN_MODIFY | libc::IN_ATTRIB;
+
+pub struct DirWatch {
+    /// What the scan finds, for the log.
+    what: &'static str,
+    mask: u32,
+    full_scan: Duration,
     inotify: Option<OwnedFd>,
     /// Something may have changed since the last scan began.
     dirty: bool,
@@ -34,8 +41,8 @@ pub struct CgroupWatch {
     warned: bool,
 }
 
-impl CgroupWatch {
-    pub fn new() -> Self {
+impl DirWatch {
+    pub fn new(what: &'static str, mask: u32, full_scan: Duration) -> Self {
         // SAFETY: inotify_init1 takes flags only; a non-negative result is a new descriptor.
         let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
         let inotify = if fd >= 0 {
@@ -43,17 +50,17 @@ impl CgroupWatch {
             Some(unsafe { OwnedFd::from_raw_fd(fd) })
         } else {
             let error = std::io::Error::last_os_error();
-            tracing::warn!(%error, "inotify unavailable: pod cgroups are scanned on every tick");
+            tracing::warn!(%error, what, "inotify unavailable: scanned on every tick");
             None
         };
-        Self { inotify, dirty: true, last_scan: None, warned: false }
+        Self { what, mask, full_scan, inotify, dirty: true, last_scan: None, warned: false }
     }
 
     /// Whether a scan is due: a watched directory changed, the watch is unavailable, or
-    /// `FULL_SCAN` passed since the last one.
+    /// `full_scan` passed since the last one.
     pub fn due(&mut self) -> bool {
         self.drain();
-        self.dirty || self.inotify.is_none() || self.last_scan.is_none_or(|at| at.elapsed() >= FULL_SCAN)
+        self.dirty || self.inotify.is_none() || self.last_scan.is_none_or(|at| at.elapsed() >= self.full_scan)
     }
 
     /// A scan begins: changes from here on are the next scan's.
@@ -77,7 +84,7 @@ impl CgroupWatch {
             return;
         };
         // SAFETY: a valid inotify descriptor and a NUL-terminated path that outlives the call.
-        if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), MASK) } < 0 {
+        if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), self.mask) } < 0 {
             let error = std::io::Error::last_os_error();
             // A directory removed mid-scan is no reason to scan again forever.
             if error.kind() == std::io::ErrorKind::NotFound {
@@ -85,7 +92,7 @@ impl CgroupWatch {
             }
             if !self.warned {
                 self.warned = true;
-                tracing::warn!(dir = %dir.display(), %error, "watching a pod cgroup directory failed (fs.inotify.max_user_watches?): pod cgroups are scanned on every tick");
+                tracing::warn!(dir = %dir.display(), %error, what = self.what, "watching a directory failed (fs.inotify.max_user_watches?): scanned on every tick");
             }
             self.dirty = true;
         }
@@ -110,11 +117,6 @@ impl CgroupWatch {
     }
 }
 
-impl Default for CgroupWatch {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -123,7 +125,7 @@ mod tests {
     #[test]
     fn a_directory_made_or_removed_below_a_watched_one_makes_a_scan_due() {
         let dir = tempfile::tempdir().unwrap();
-        let mut watch = CgroupWatch::new();
+        let mut watch = DirWatch::new("test", ENTRIES, Duration::from_secs(60));
         assert!(watch.due(), "the first scan is always due");
         watch.scanning();
         watch.watch(dir.path());
@@ -147,7 +149,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("file");
         std::fs::write(&file, "").unwrap();
-        let mut watch = CgroupWatch::new();
+        let mut watch = DirWatch::new("test", ENTRIES, Duration::from_secs(60));
         watch.scanning();
         // IN_ONLYDIR refuses a file: as a directory the watch limit refused would be.
         watch.watch(&file);
