@@ -155,7 +155,7 @@ fn volumes(config: &GuardConfig, mountinfo: &str, found: &mut Discovered, before
     let root = std::fs::canonicalize(&config.kubelet.root).unwrap_or_else(|_| config.kubelet.root.clone());
     let pods = root.join("pods");
     // A volume mounted later is a change of the mount table, which the caller watches; a
-    // directory made later is one of these.
+    // pod or volume directory made later is a change of a directory watched here.
     watch_dir(&pods, before_listing);
     let mut mounted = BTreeSet::new();
     for line in mountinfo.lines() {

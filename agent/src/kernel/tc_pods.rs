@@ -112,8 +112,8 @@ impl TcPods {
         }
     }
 
-    /// One pass over the pods in `cgroups` (this node's); settled pods too when `all`. `index` and `cluster` name them
-    /// and say which are hostNetwork.
+    /// One pass over the pods in `cgroups` (this node's); settled pods too when `all`.
+    /// `index` and `cluster` name them and say which are hostNetwork.
     pub fn reconcile(&mut self, program: &mut SchedClassifier, cgroups: &PodCgroups, index: &Index, cluster: &Cluster, all: bool) {
         let ids: BTreeSet<u64> = cgroups.keys().copied().collect();
         if ids != self.cgroup_ids {
