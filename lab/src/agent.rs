@@ -12,9 +12,11 @@ use super::desired::manifests_dir;
 use super::node::{self, NodeLayout};
 use super::fsutil::{current_exe, tail, write_atomic};
 use super::state::{AgentState, LabState};
-use super::{lab_dir, process, LabError, NameArg};
+use super::{lab_dir, mounts, process, sys, LabError, NameArg};
 use moat_agent::cli::lab::{admin_socket, find_binary, AGENT_BIN_ENV};
 use moat_agent::config::Config;
+
+mod container;
 
 /// How long `lab up` waits for the agent; `MOAT_LAB_READY_SECS` raises it where the kernel is
 /// slow to verify programs (emulated VMs of the kernel matrix).
@@ -68,7 +70,7 @@ pub fn run(command: AgentCommand) -> Result<(), LabError> {
             if !config.exists() {
                 write_config(&state, None)?;
             }
-            let agent = start(&args.name)?;
+            let agent = start(&state)?;
             println!(
                 "agent started (pid {}), log {}",
                 agent.pid,
@@ -170,8 +172,9 @@ pub fn write_config(state: &LabState, user: Option<&Path>) -> Result<PathBuf, La
 }
 
 /// Points the guard at the lab's node: every location under `guard.kubelet` and
-/// `guard.runtime`, and `guard.apiServers` when the lab knows one, unless the user's
-/// configuration set it.
+/// `guard.runtime`, `guard.apiServers` when the lab knows one, and `guard.hostRoot` for an
+/// agent in a container, unless the user's configuration set it. The node's paths stay the
+/// host's: an agent in a container reads them below `guard.hostRoot`.
 fn merge_guard(mapping: &mut serde_yaml::Mapping, state: &LabState, file: &Path) -> Result<(), LabError> {
     let layout = NodeLayout::of(&state.name);
     let text = |path: &Path| serde_yaml::Value::from(path.display().to_string());
@@ -192,6 +195,9 @@ fn merge_guard(mapping: &mut serde_yaml::Mapping, state: &LabState, file: &Path)
     runtime.entry("sockets".into()).or_insert_with(|| list(&layout.runtime_sockets));
     if let Some(server) = state.api_server.as_deref().and_then(node::host_port) {
         guard.entry("apiServers".into()).or_insert_with(|| serde_yaml::Value::Sequence(vec![server.into()]));
+    }
+    if state.agent_container {
+        guard.entry("hostRoot".into()).or_insert_with(|| text(&host_dir(&state.name)));
     }
     Ok(())
 }
@@ -226,8 +232,10 @@ pub fn bpffs_root(lab: &str) -> PathBuf {
         .unwrap_or_else(|_| Config::default().bpffs_root)
 }
 
-/// Starts the agent detached and waits for its ready file.
-pub fn start(lab: &str) -> Result<AgentState, LabError> {
+/// Starts the agent detached (in a mount namespace of its own for `--agent-container`) and
+/// waits for its ready file.
+pub fn start(state: &LabState) -> Result<AgentState, LabError> {
+    let lab = state.name.as_str();
     let dir = lab_dir(lab);
     let log = dir.join("agent.log");
     let ready_file = dir.join("agent.ready");
@@ -263,18 +271,27 @@ pub fn start(lab: &str) -> Result<AgentState, LabError> {
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    // SAFETY: setsid(2) is async-signal-safe.
+    let namespace = if state.agent_container {
+        prepare_container(lab)?;
+        Some(container::prepare(lab)?)
+    } else {
+        None
+    };
+    let (entry, report) = namespace.unzip();
+    // SAFETY: setsid(2) and `Entry::enter` (system calls on strings made before the fork)
+    // are async-signal-safe.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            Ok(())
+            entry.as_ref().map_or(Ok(()), container::Entry::enter)
         });
     }
-    let mut child = command.spawn().map_err(|source| LabError::Spawn {
-        command: argv.join(" "),
-        source,
+    let spawned = command.spawn();
+    let mut child = spawned.map_err(|source| match report {
+        Some(report) => report.error(source, &argv),
+        None => LabError::Spawn { command: argv.join(" "), source },
     })?;
     let failed = |message: String| LabError::Agent {
         message,
@@ -312,6 +329,26 @@ pub fn start(lab: &str) -> Result<AgentState, LabError> {
     })
 }
 
+/// `<lab dir>/host`: where an agent in a container sees the host's `/` (`guard.hostRoot`).
+pub fn host_dir(lab: &str) -> PathBuf {
+    lab_dir(lab).join("host")
+}
+
+/// Makes `<lab dir>/host`, and the node tree a shared mount in the host's mount namespace:
+/// the host's mounts are private, and only through a shared master does a pod volume
+/// mounted later below the node reach the agent's namespace. Idempotent.
+pub fn prepare_container(lab: &str) -> Result<(), LabError> {
+    let host = host_dir(lab);
+    std::fs::create_dir_all(&host).map_err(|e| LabError::io("creating", &host, e))?;
+    let node = NodeLayout::of(lab).root;
+    if !mounts::is_mount_point(&node)? {
+        // Recursive: volumes already mounted below stay in the host's view.
+        sys::bind(&node, &node, false).map_err(|e| LabError::io("binding onto itself", &node, e))?;
+    }
+    sys::mount(None, &node, None, libc::MS_REC | libc::MS_SHARED, None)
+        .map_err(|e| LabError::io("making a shared mount of", &node, e))
+}
+
 /// The `moat` binary the lab runs as its agent: `$MOAT_AGENT_BIN` (which `moat lab` sets to
 /// itself), else `moat` beside this binary, else on PATH.
 pub fn agent_exe() -> Result<PathBuf, LabError> {
@@ -327,4 +364,28 @@ pub fn agent_exe() -> Result<PathBuf, LabError> {
             own.display()
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard_of(state: &LabState, user: &str) -> serde_yaml::Mapping {
+        let mut mapping: serde_yaml::Mapping = serde_yaml::from_str(user).unwrap();
+        merge_guard(&mut mapping, state, Path::new("user.yaml")).unwrap();
+        mapping["guard"].as_mapping().unwrap().clone()
+    }
+
+    #[test]
+    fn an_agent_in_a_container_reads_the_node_below_the_host_root() {
+        let mut state = LabState { name: "hr".into(), ..Default::default() };
+        assert!(!guard_of(&state, "{}").contains_key("hostRoot"));
+        state.agent_container = true;
+        let guard = guard_of(&state, "{}");
+        assert_eq!(guard["hostRoot"].as_str(), Some("/run/moat/lab/hr/host"));
+        // Node paths stay the host's: the agent resolves them below hostRoot.
+        assert_eq!(guard["kubelet"]["root"].as_str(), Some("/run/moat/lab/hr/node/var/lib/kubelet"));
+        let guard = guard_of(&state, "guard: {hostRoot: /elsewhere}");
+        assert_eq!(guard["hostRoot"].as_str(), Some("/elsewhere"));
+    }
 }

@@ -61,9 +61,10 @@ pub fn teardown(name: &str) -> Result<(), LabError> {
         Err(error) => note(Err(error)),
     }
 
-    // The node's volumes (a tmpfs each), found in mountinfo: nothing else of the lab is
-    // mounted in the host's mount namespace.
-    note(mounts::detach_below(&lab_dir(name)).map(drop));
+    // The node's volumes (a tmpfs each) and, for an agent in a container, the node's shared
+    // bind, found in mountinfo: nothing else of the lab is mounted in the host's mount
+    // namespace.
+    note(detach_all(&lab_dir(name)));
 
     // Network namespaces: pods and the bridge.
     match net::list_netns() {
@@ -102,6 +103,20 @@ pub fn teardown(name: &str) -> Result<(), LabError> {
         None => Ok(()),
     }
 }
+
+/// Detaches every mount below `dir`, again while a round detached any: a mount stacked on
+/// another at the same path (one covered by a later bind of its parent) shows only once the
+/// one above is gone.
+fn detach_all(dir: &Path) -> Result<(), LabError> {
+    for _ in 0..DETACH_ROUNDS {
+        if mounts::detach_below(dir)? == 0 {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+const DETACH_ROUNDS: usize = 4;
 
 /// Where an agent of the lab's instance (`lab-<name>`) keeps its admin socket.
 fn agent_run_dir(name: &str) -> PathBuf {

@@ -36,6 +36,10 @@ pub struct LabState {
     /// The API server the stand-in kubelet talks to (`lab up --api-server`).
     #[serde(default)]
     pub api_server: Option<String>,
+    /// The agent runs in a mount namespace of its own with the host's `/` at
+    /// `<lab dir>/host` (`lab up --agent-container`).
+    #[serde(default)]
+    pub agent_container: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

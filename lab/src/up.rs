@@ -26,6 +26,11 @@ pub struct UpArgs {
     /// kubeconfigs and in the agent's `guard.apiServers`.
     #[arg(long)]
     pub api_server: Option<String>,
+    /// Run the agent as the DaemonSet does: in a mount namespace of its own where the lab's
+    /// node tree is hidden, with the host's / at <lab dir>/host (read-only, receiving later
+    /// mounts) and guard.hostRoot pointing there.
+    #[arg(long)]
+    pub agent_container: bool,
 }
 
 pub fn run(args: UpArgs) -> Result<(), LabError> {
@@ -63,6 +68,7 @@ pub fn run(args: UpArgs) -> Result<(), LabError> {
         cgroup_root,
         node: Some(NodeLayout::of(&name)),
         api_server: args.api_server.clone(),
+        agent_container: args.agent_container,
         ..Default::default()
     };
     match build(&mut state, &desired, &args) {
@@ -88,6 +94,11 @@ fn build(state: &mut LabState, desired: &Desired, args: &UpArgs) -> Result<(), L
     state.save()?;
     agent::write_config(state, args.config.as_deref())?;
     node::provision(&name, &NodeLayout::of(&name), state.api_server.as_deref())?;
+    if state.agent_container {
+        // Before any pod volume is mounted below the node: the node's bind then holds them
+        // all, and each propagates to the agent's namespace.
+        agent::prepare_container(&name)?;
+    }
     net::create_bridge(&state.bridge_netns)?;
     if let Some(lab_root) = state.cgroup_root.parent() {
         cgroup::create(lab_root)?;
@@ -105,7 +116,7 @@ fn build(state: &mut LabState, desired: &Desired, args: &UpArgs) -> Result<(), L
     }
     desired::write_cluster_json(&name, &desired.agent_items())?;
     if !args.no_agent {
-        state.agent = Some(agent::start(&name)?);
+        state.agent = Some(agent::start(state)?);
         state.save()?;
     }
     Ok(())

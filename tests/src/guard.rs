@@ -96,6 +96,16 @@ impl GuardLab {
     /// `tenants`: (namespace, tenant). The namespace `marker` (tenant `marker`) with pod
     /// `marker/m` is added for [`GuardLab::quiet_since`].
     pub fn up(tenants: &[(&str, &str)], pods: &[PodSpec], config: Option<&str>, api_server: Option<String>) -> GuardLab {
+        GuardLab::start(tenants, pods, config, UpOptions { api_server, ..UpOptions::default() })
+    }
+
+    /// As [`GuardLab::up`], the agent run as the DaemonSet runs it (`--agent-container`): the
+    /// node's files hidden at their own paths, reachable only below `guard.hostRoot`.
+    pub fn up_in_container(tenants: &[(&str, &str)], pods: &[PodSpec]) -> GuardLab {
+        GuardLab::start(tenants, pods, None, UpOptions { agent_container: true, ..UpOptions::default() })
+    }
+
+    fn start(tenants: &[(&str, &str)], pods: &[PodSpec], config: Option<&str>, options: UpOptions) -> GuardLab {
         let manifests = Manifests::new();
         let lab = Lab::reserve();
         let mut docs: Vec<String> = tenants.iter().map(|(ns, tenant)| namespace_yaml(ns, &[("tenant", tenant)])).collect();
@@ -104,7 +114,7 @@ impl GuardLab {
         docs.push(PodSpec::new("marker", "m").yaml(&lab));
         let file = manifests.write("cluster.yaml", &crate::documents(&docs));
         let config = config.map(|c| manifests.write("moat.yaml", c));
-        lab.start(&[file], UpOptions { config: config.clone(), api_server, ..UpOptions::default() });
+        lab.start(&[file], UpOptions { config: config.clone(), ..options });
         let observer = Observer::start(&lab);
         let guard = GuardLab { lab, observer, config, manifests, docs };
         guard.marker();

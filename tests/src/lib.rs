@@ -130,6 +130,9 @@ pub struct UpOptions {
     pub config: Option<PathBuf>,
     /// `--api-server URL`: the API server the stand-in kubelet talks to.
     pub api_server: Option<String>,
+    /// `--agent-container`: the agent in a mount namespace of its own, the host's `/` at
+    /// `<lab dir>/host` (`guard.hostRoot`), as the DaemonSet runs it.
+    pub agent_container: bool,
 }
 
 /// What a command printed.
@@ -191,7 +194,7 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// `moat lab up -f FILE... --name <unique> [--no-agent] [--config FILE]`.
+    /// `moat lab up -f FILE... --name <unique> [--no-agent] [--config FILE] [--agent-container]`.
     pub fn up<P: AsRef<Path>>(manifest_files: &[P], options: UpOptions) -> Lab {
         // The lab exists before `up` is checked, so a half-built lab is torn down as well.
         let (lab, output) = Lab::try_up(manifest_files, options);
@@ -238,6 +241,9 @@ impl Lab {
         if let Some(server) = &options.api_server {
             args.push("--api-server".into());
             args.push(server.clone());
+        }
+        if options.agent_container {
+            args.push("--agent-container".into());
         }
         lab.lab(&args)
     }

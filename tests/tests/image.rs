@@ -153,6 +153,34 @@ fn config_runs_moat_agent_as_deploy_expects() {
     assert_eq!(agent["args"][0], "agent");
 }
 
+/// The guard protects the node's files by inode, so the container must see them: deploy/
+/// mounts the node's `/` read-only, receiving later mounts (each new pod's secret volume), at
+/// the directory its ConfigMap names as `guard.hostRoot`; and that ConfigMap is a valid
+/// agent configuration.
+#[test]
+fn deploy_mounts_the_nodes_root_where_the_config_reads_it() {
+    let read = |name: &str| -> Value {
+        let text = std::fs::read_to_string(workspace().join("deploy").join(name)).expect(name);
+        serde_yaml::from_str(&text).expect(name)
+    };
+    let configmap = read("configmap.yaml");
+    let text = configmap["data"]["moat.yaml"].as_str().expect("data.moat.yaml");
+    let config = moat_agent::config::Config::parse(text, Path::new("deploy/configmap.yaml")).expect("a valid agent configuration");
+    let host_root = config.guard.host_root;
+    assert_ne!(host_root, Path::new("/"), "in a container `/` is the container's own root");
+
+    let daemonset = read("daemonset.yaml");
+    let pod = &daemonset["spec"]["template"]["spec"];
+    let agent = pod["containers"].as_array().expect("containers").iter().find(|c| c["name"] == "agent").expect("an `agent` container");
+    let mounts = agent["volumeMounts"].as_array().expect("volumeMounts");
+    let mount = mounts.iter().find(|m| m["mountPath"].as_str().map(Path::new) == Some(host_root.as_path()));
+    let mount = mount.unwrap_or_else(|| panic!("no volumeMount at guard.hostRoot {}", host_root.display()));
+    assert_eq!(mount["readOnly"], true);
+    assert_eq!(mount["mountPropagation"], "HostToContainer");
+    let volume = pod["volumes"].as_array().expect("volumes").iter().find(|v| v["name"] == mount["name"]).expect("the mount's volume");
+    assert_eq!(volume["hostPath"]["path"], "/");
+}
+
 #[test]
 fn binary_runs_alone_in_the_image_root() {
     moat_integration::require_root();

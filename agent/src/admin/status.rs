@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::events::foreign::{self, ForeignStatus};
 use crate::config::GuardMode;
+use crate::guard::view::NodeFiles;
 use crate::guard::DetectionStatus;
 use crate::kernel::guard_probes::ProbeStatus;
 use crate::kernel::tc_pods::TcStatus;
@@ -89,6 +90,8 @@ pub struct Detections {
     pub note: String,
     /// `node.foreign-tenant`: this node's profile and the pods it makes foreign.
     pub foreign_tenant: ForeignStatus,
+    /// The node's files the guard protects; None before its first scan.
+    pub node_files: Option<NodeFiles>,
 }
 
 /// Builds the report (reads the pinned maps: blocking).
@@ -138,5 +141,5 @@ fn detections(guard: &[DetectionStatus], foreign_tenant: ForeignStatus) -> Detec
         .join(", ");
     let blocking = guard.iter().filter(|d| d.effective == GuardMode::Block).count();
     let note = if note.is_empty() { "no detections".into() } else { format!("{note} ({blocking} blocking)") };
-    Detections { configured: guard.to_vec(), note, foreign_tenant }
+    Detections { configured: guard.to_vec(), note, foreign_tenant, node_files: crate::guard::view::view().node.clone() }
 }

@@ -87,6 +87,17 @@ pub fn text(v: &Value) -> String {
     for d in v["detections"]["configured"].as_array().into_iter().flatten() {
         line(format!("  {:<28} {:<7} {}", d["id"].as_str().unwrap_or("?"), d["effective"].as_str().unwrap_or("?"), d["note"].as_str().unwrap_or("")));
     }
+    let node = &v["detections"]["node_files"];
+    if let Some(root) = node["host_root"].as_str() {
+        let missing: Vec<&str> = node["missing"].as_array().into_iter().flatten().filter_map(|p| p.as_str()).collect();
+        line(format!("node files {} protected, {} pod volumes, read below {root}", node["protected_files"], node["pod_volumes"]));
+        if !missing.is_empty() {
+            line(format!("  not found: {}", missing.join(", ")));
+        }
+        if let Some(warning) = node["warning"].as_str() {
+            line(format!("  warning: {warning}"));
+        }
+    }
     line("probes".into());
     for p in v["probes"].as_array().into_iter().flatten() {
         let hooks: Vec<&str> = p["hooks"].as_array().into_iter().flatten().filter_map(|h| h.as_str()).collect();

@@ -24,6 +24,10 @@ pub struct GuardConfig {
     pub api_servers: Vec<String>,
     /// Node label naming the only tenant allowed on a single-tenant node.
     pub node_tenant_label: String,
+    /// Where the agent sees the node's `/`: every path under `kubelet` and `runtime` is a
+    /// path on the node, read below this directory (symlinks resolved inside it). `/` for an
+    /// agent run on the host; the DaemonSet mounts the node's `/` at `/host`.
+    pub host_root: PathBuf,
 }
 
 impl Default for GuardConfig {
@@ -35,6 +39,7 @@ impl Default for GuardConfig {
             runtime: RuntimeConfig::default(),
             api_servers: Vec::new(),
             node_tenant_label: "node-restriction.kubernetes.io/tenant".into(),
+            host_root: "/".into(),
         }
     }
 }
@@ -170,7 +175,7 @@ impl GuardConfig {
                 return Err((format!("{field}[{i}]"), format!("{} is not an absolute path", path.display())));
             }
         }
-        for (field, path) in [("guard.kubelet.executable", &self.kubelet.executable), ("guard.kubelet.root", &self.kubelet.root), ("guard.kubelet.pkiDir", &self.kubelet.pki_dir)] {
+        for (field, path) in [("guard.hostRoot", &self.host_root), ("guard.kubelet.executable", &self.kubelet.executable), ("guard.kubelet.root", &self.kubelet.root), ("guard.kubelet.pkiDir", &self.kubelet.pki_dir)] {
             if !path.is_absolute() {
                 return Err((field.into(), format!("{} is not an absolute path", path.display())));
             }

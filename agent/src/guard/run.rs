@@ -13,7 +13,7 @@ use std::time::Duration;
 use aya::Ebpf;
 use std::collections::{BTreeMap, BTreeSet};
 
-use moat_common::guard::{GuardSettings, FILE_RUNTIME_SOCKET};
+use moat_common::guard::GuardSettings;
 use moat_common::layout::KernelLayout;
 
 use crate::config::GuardConfig;
@@ -21,7 +21,7 @@ use super::socket_paths::{PodProcesses, RuntimeSocket, SocketPaths};
 use crate::node::cgroups;
 use crate::node::dir_watch::{self, DirWatch};
 use crate::node::mount_watch::MountWatch;
-use super::view::{publish, GuardView};
+use super::view::{publish, GuardView, NodeFiles};
 use super::kernel_maps::{self, GuardMaps, PodsRoot};
 use super::node::{self, Discovered};
 use crate::compiler::Index;
@@ -56,6 +56,8 @@ pub struct Guard {
     /// The directories the last scan of the node read.
     node_watch: DirWatch,
     mounts: MountWatch,
+    /// Why the node's files are probably not where the guard looks (logged once a config).
+    host_root_warning: Option<String>,
 }
 
 /// The node's files are scanned at least this often, for what no watch sees: a file
@@ -101,6 +103,7 @@ impl Guard {
             sock_addr_uaddrlen: uaddrlen,
         };
         let own_cgroup = kernel_maps::own_cgroup(cgroup_mount, cgroup_root);
+        let host_root_warning = host_root_warning(&config.host_root);
         Ok(Self {
             maps,
             config: config.clone(),
@@ -115,6 +118,7 @@ impl Guard {
             host: None,
             node_watch: DirWatch::new("the guard's node files", dir_watch::ENTRIES_AND_CONTENT, FULL_SCAN),
             mounts: MountWatch::new(Path::new(MOUNTINFO)),
+            host_root_warning,
         })
     }
 
@@ -124,6 +128,9 @@ impl Guard {
         self.maps.write_static(config, api_servers)?;
         self.settings.kubelet_cgroup = kubelet_cgroup(config, &self.cgroup_mount).unwrap_or(0);
         self.settings.ready = 1;
+        if config.host_root != self.config.host_root {
+            self.host_root_warning = host_root_warning(&config.host_root);
+        }
         self.config = config.clone();
         self.discovered = Discovered::default();
         self.socket_paths = SocketPaths::default();
@@ -162,12 +169,20 @@ impl Guard {
             });
         }
         let host = self.host.unwrap_or_default();
+        let node = NodeFiles {
+            host_root: self.config.host_root.clone(),
+            protected_files: self.discovered.files.len(),
+            pod_volumes: self.discovered.volumes.len(),
+            missing: self.discovered.missing.iter().cloned().collect(),
+            warning: self.host_root_warning.clone(),
+        };
         publish(GuardView {
             names: self.discovered.names.clone(),
             pods_by_tag: self.pods_by_tag.clone(),
             host_pid_ns: host.pid_ns,
             host_ns: host.ns,
             host_proc_dev: host.proc_dev,
+            node: Some(node),
         });
     }
 
@@ -241,13 +256,8 @@ impl Guard {
             let tag = crate::model::pod_tag::pod_tag(uid, &key.namespace, &key.name);
             pods.entry(tag).or_insert_with(|| PodProcesses { tag, cgroups: Vec::new() }).cgroups.push(dir.clone());
         }
-        let sockets: Vec<RuntimeSocket> = self
-            .discovered
-            .files
-            .iter()
-            .filter(|(_, rule)| rule.class == FILE_RUNTIME_SOCKET)
-            .filter_map(|(file, _)| Some(RuntimeSocket { path: self.discovered.names.get(file)?.clone(), file: *file }))
-            .collect();
+        let sockets: Vec<RuntimeSocket> =
+            self.discovered.sockets.iter().map(|(file, path)| RuntimeSocket { path: path.clone(), file: *file }).collect();
         let pods: Vec<PodProcesses> = pods.into_values().collect();
         let mut paths = self.socket_paths.compute(&sockets, &pods);
         let capacity = moat_common::guard::capacity::GUARD_SOCKET_PATHS as usize;
@@ -270,6 +280,27 @@ impl Guard {
     pub fn discovered(&self) -> &Discovered {
         &self.discovered
     }
+}
+
+/// Why the guard would not find the node's files where `host_root` says they are: not a
+/// directory, or `/` while the agent runs in a mount namespace other than the host's (a
+/// container without the node's `/` mounted), where every node path is the container's.
+fn host_root_warning(host_root: &Path) -> Option<String> {
+    let warning = if host_root != Path::new("/") {
+        (!host_root.is_dir()).then(|| format!("guard.hostRoot {} is not a directory: no node file is protected", host_root.display()))
+    } else {
+        let host = std::fs::metadata("/proc/1/ns/mnt").ok()?.ino();
+        let own = std::fs::metadata("/proc/self/ns/mnt").ok()?.ino();
+        (host != own).then(|| {
+            "the agent runs in a mount namespace of its own and guard.hostRoot is /: it reads the container's files, \
+             not the node's; mount the node's / (deploy/daemonset.yaml mounts it at /host) and set guard.hostRoot"
+                .to_string()
+        })
+    };
+    if let Some(warning) = &warning {
+        tracing::warn!("guard: {warning}");
+    }
+    warning
 }
 
 /// The kubelet's cgroup id, if configured and present.

@@ -19,6 +19,21 @@ pub struct GuardView {
     /// The host's namespace inodes, `NS_*` order (0 where unknown).
     pub host_ns: [u32; NS_COUNT],
     pub host_proc_dev: u64,
+    /// What `moat status` shows of the node's files.
+    pub node: Option<NodeFiles>,
+}
+
+/// Where the guard reads the node, what it protects there, and what was configured but is
+/// not there: every path missing at once usually means `guard.hostRoot` is wrong.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NodeFiles {
+    pub host_root: PathBuf,
+    pub protected_files: usize,
+    /// tmpfs pod volumes matched by superblock.
+    pub pod_volumes: usize,
+    /// Node paths configured (or named by the node's files) and not found.
+    pub missing: Vec<PathBuf>,
+    pub warning: Option<String>,
 }
 
 static VIEW: RwLock<Option<Arc<GuardView>>> = RwLock::new(None);

@@ -3,6 +3,7 @@
 
 pub mod cgroups;
 pub mod dir_watch;
+pub mod host_root;
 pub mod kubelet;
 pub mod mount_watch;
 pub mod mounts;
