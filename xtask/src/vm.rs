@@ -40,6 +40,7 @@ pub const CI_TESTS: &[&str] = &[
     "guard_escapes",
     "guard_escapes_process",
     "guard_credentials",
+    "guard_daemonset",
     "guard_sysctl",
     "kernel_features",
 ];
