@@ -15,6 +15,9 @@ use moat_agent::node::mounts;
 pub const PODS: &str = "pods";
 pub const EXTERNAL: &str = "external";
 pub const KUBELET: &str = "kubelet";
+/// `<lab root>/agent`: an agent run as in a container (`--agent-container`), as a
+/// DaemonSet's pod has a cgroup of its own.
+pub const AGENT: &str = "agent";
 
 /// `moat-lab-<name>`: the lab's cgroup below the cgroup2 mount.
 pub fn lab_cgroup_name(lab: &str) -> String {

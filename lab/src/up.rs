@@ -28,7 +28,8 @@ pub struct UpArgs {
     pub api_server: Option<String>,
     /// Run the agent as the DaemonSet does: in a mount namespace of its own where the lab's
     /// node tree is hidden, with the host's / at <lab dir>/host (read-only, receiving later
-    /// mounts) and guard.hostRoot pointing there.
+    /// mounts) and guard.hostRoot pointing there, in a cgroup namespace of its own, and with
+    /// only the DaemonSet's capabilities.
     #[arg(long)]
     pub agent_container: bool,
 }

@@ -135,6 +135,10 @@ pub struct UpOptions {
     pub agent_container: bool,
 }
 
+/// `1`: every lab's agent runs as the DaemonSet runs it (`--agent-container`), so any test
+/// can be run against that layout.
+pub const AGENT_CONTAINER_ENV: &str = "MOAT_TEST_AGENT_CONTAINER";
+
 /// What a command printed.
 #[derive(Debug)]
 pub struct Output {
@@ -242,7 +246,7 @@ impl Lab {
             args.push("--api-server".into());
             args.push(server.clone());
         }
-        if options.agent_container {
+        if options.agent_container || std::env::var_os(AGENT_CONTAINER_ENV).is_some_and(|v| v == "1") {
             args.push("--agent-container".into());
         }
         lab.lab(&args)

@@ -1,8 +1,9 @@
 //! The runtime guard as the DaemonSet runs it: the agent in a mount namespace of its own,
 //! where the node's files are not at their paths, reading them below `guard.hostRoot` (the
 //! node's `/`, mounted read-only with host-to-container propagation; `moat lab up
-//! --agent-container`). The credential and runtime techniques of `guard_credentials` are
-//! performed from lab pods again, and every event names the node's path.
+//! --agent-container`), and with only the capabilities deploy/daemonset.yaml grants. The
+//! credential and runtime techniques of `guard_credentials` are performed from lab pods
+//! again, and every event names the node's path.
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,39 @@ fn refused_if(output: &Output, refused: bool) {
     }
 }
 
+/// deploy/daemonset.yaml's agent capabilities (`drop: [ALL]`, then `add`) as a mask.
+fn daemonset_capabilities() -> u64 {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/daemonset.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let daemonset: serde_yaml::Value = serde_yaml::from_str(&text).expect("daemonset.yaml is YAML");
+    let containers = daemonset["spec"]["template"]["spec"]["containers"].as_sequence().expect("containers");
+    let agent = containers.iter().find(|c| c["name"] == "agent").expect("an `agent` container");
+    let capabilities = &agent["securityContext"]["capabilities"];
+    assert_eq!(capabilities["drop"], serde_yaml::Value::from(vec!["ALL"]), "{capabilities:?}");
+    // linux/capability.h.
+    let number = |name: &str| match name {
+        "NET_ADMIN" => 12,
+        "SYS_PTRACE" => 19,
+        "SYS_ADMIN" => 21,
+        "SYS_RESOURCE" => 24,
+        "PERFMON" => 38,
+        "BPF" => 39,
+        other => panic!("capability {other}: add its number here"),
+    };
+    let add = capabilities["add"].as_sequence().expect("capabilities.add");
+    add.iter().map(|c| 1u64 << number(c.as_str().expect("a name"))).fold(0, |mask, bit| mask | bit)
+}
+
+/// `CapEff`, `CapBnd` of process `pid`.
+fn capabilities_of(pid: u64) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the agent's status");
+    let field = |name: &str| {
+        let line = status.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"));
+        u64::from_str_radix(line.trim(), 16).expect("hex")
+    };
+    (field("CapEff:"), field("CapBnd:"))
+}
+
 #[test]
 fn from_the_daemonsets_mount_layout_the_guard_finds_and_protects_the_nodes_files() {
     let mut g = GuardLab::up_in_container(TENANTS, &[PodSpec::new("alpha", "spy").host_paths().host_pid(), PodSpec::new("beta", "web")]);
@@ -31,6 +65,11 @@ fn from_the_daemonsets_mount_layout_the_guard_finds_and_protects_the_nodes_files
     let own_view = PathBuf::from(format!("/proc/{agent}/root")).join(node.root.strip_prefix("/").expect("absolute"));
     let hidden: Vec<_> = std::fs::read_dir(&own_view).expect("the agent's view of the node tree").flatten().map(|e| e.file_name()).collect();
     assert!(hidden.is_empty(), "the node tree is hidden from the agent at {}: {hidden:?}", own_view.display());
+    let namespace = |pid: u64| std::fs::metadata(format!("/proc/{pid}/ns/cgroup")).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok();
+    assert_ne!(namespace(agent), namespace(u64::from(std::process::id())), "the agent has a cgroup namespace of its own");
+    // Of those, what this machine's bounding set holds (here: all but SYS_RESOURCE).
+    let granted = daemonset_capabilities() & capabilities_of(u64::from(std::process::id())).1;
+    assert_eq!(capabilities_of(agent), (granted, granted), "the agent holds exactly the DaemonSet's capabilities");
 
     let files = g.status()["detections"]["node_files"].clone();
     assert_eq!(files["host_root"].as_str().map(Path::new), Some(g.lab.run_dir().join("host").as_path()), "{files}");

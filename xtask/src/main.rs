@@ -33,6 +33,20 @@ use util::{cargo, run};
 /// overwrite the agent's target/debug/moat.
 const HOST_EXCLUDE: &[&str] = &["--exclude", "moat-ebpf"];
 
+/// Run again by `cargo xtask test` with `MOAT_TEST_AGENT_CONTAINER=1`.
+const AGENT_CONTAINER_TESTS: &[&str] = &[
+    "guard_credentials",
+    "guard_escapes",
+    "guard_escapes_process",
+    "guard_sysctl",
+    "guard_foreign",
+    "isolation",
+    "icmp_ingress",
+    "dns_isolation",
+    "restart",
+    "kube_watch",
+];
+
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "moat developer tasks")]
 struct Cli {
@@ -119,9 +133,21 @@ fn test() -> Result<()> {
     run(cargo()
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(HOST_EXCLUDE)
-        .env("MOAT_BIN", moat)
-        .env("MOAT_TEST_APISERVER_BIN", apiserver)
+        .env("MOAT_BIN", &moat)
+        .env("MOAT_TEST_APISERVER_BIN", &apiserver)
         .env("MOAT_IMAGE", image))?;
+    // The guard's tests and the floor's once more with every lab's agent run as the DaemonSet
+    // runs it (`moat lab up --agent-container`): the node's files only below its host root,
+    // its own cgroup namespace, only the DaemonSet's capabilities.
+    let mut container = cargo();
+    container.args(["test", "-p", "moat-integration", "--no-fail-fast"]);
+    for test in AGENT_CONTAINER_TESTS {
+        container.args(["--test", test]);
+    }
+    run(container
+        .env("MOAT_BIN", &moat)
+        .env("MOAT_TEST_APISERVER_BIN", &apiserver)
+        .env("MOAT_TEST_AGENT_CONTAINER", "1"))?;
     // Each test checks its own lab's leftovers; the shared root is only empty once all are down.
     if !labs_before && Path::new(util::LAB_RUN_DIR).exists() {
         bail!("the tests left {} behind: a lab's `down` did not remove it", util::LAB_RUN_DIR);

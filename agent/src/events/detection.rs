@@ -255,9 +255,10 @@ fn same_pod(event: &GuardEvent, index: &Index, view: &GuardView) -> bool {
 
 fn cgroup_of(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let path = crate::node::cgroup_ns::unified_path(&text)?;
     let mount = crate::node::mounts::cgroup2().ok()?;
-    std::fs::metadata(mount.join(path.trim_start_matches('/'))).ok().map(|m| m.ino())
+    // Relative to the agent's cgroup namespace (`/../..` for a pod, from a container's own).
+    std::fs::metadata(crate::node::cgroup_ns::current(&mount).dir(&mount, &path)).ok().map(|m| m.ino())
 }
 
 /// What /proc still says about a process (it may have exited already).

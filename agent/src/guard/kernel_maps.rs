@@ -150,25 +150,51 @@ where
     Ok(())
 }
 
-/// A host namespace's inode number: PID 1's (the agent runs with hostPID), or — where PID 1
-/// cannot be inspected (a hardened init) — the agent's own, which are the host's when it
-/// runs on the host.
-pub fn host_namespace(name: &str) -> u64 {
-    match std::fs::metadata(format!("/proc/1/ns/{name}")) {
-        Ok(meta) => meta.ino(),
-        Err(error) => {
-            tracing::debug!(namespace = name, %error, "PID 1's namespace unreadable; using the agent's own");
-            std::fs::metadata(format!("/proc/self/ns/{name}")).map(|m| m.ino()).unwrap_or(0)
+/// A host namespace's inode number: PID 1's (the agent runs with hostPID), else — where PID 1
+/// cannot be inspected (a hardened init) — `reference`'s (the kubelet, which runs in the
+/// host's namespaces), else the agent's own, which are the host's when it runs on the host.
+pub fn host_namespace_of(name: &str, reference: Option<u32>) -> u64 {
+    let candidates = std::iter::once("1".to_string()).chain(reference.map(|pid| pid.to_string())).chain(["self".to_string()]);
+    for pid in candidates {
+        match std::fs::metadata(format!("/proc/{pid}/ns/{name}")) {
+            Ok(meta) => return meta.ino(),
+            Err(error) => tracing::debug!(namespace = name, pid, %error, "namespace unreadable; trying the next reference"),
         }
     }
+    0
 }
 
-pub fn host_namespaces() -> [u32; NS_COUNT] {
+pub fn host_namespace(name: &str) -> u64 {
+    host_namespace_of(name, None)
+}
+
+pub fn host_namespaces(reference: Option<u32>) -> [u32; NS_COUNT] {
     let mut out = [0u32; NS_COUNT];
     for (slot, name) in [(NS_UTS, "uts"), (NS_IPC, "ipc"), (NS_MNT, "mnt"), (NS_PID, "pid"), (NS_NET, "net"), (NS_CGROUP, "cgroup")] {
-        out[slot] = host_namespace(name) as u32;
+        out[slot] = host_namespace_of(name, reference) as u32;
     }
     out
+}
+
+/// The kubelet's pid where PID 1's namespaces cannot be read (None where they can): from its
+/// configured cgroup, else the process whose executable is `exe`.
+pub fn host_reference(kubelet_cgroup: Option<&Path>, exe: Option<FileKey>) -> Option<u32> {
+    if std::fs::metadata("/proc/1/ns/mnt").is_ok() {
+        return None;
+    }
+    let from_cgroup = kubelet_cgroup
+        .and_then(|dir| std::fs::read_to_string(dir.join("cgroup.procs")).ok())
+        .and_then(|text| text.lines().find_map(|l| l.trim().parse().ok()));
+    if from_cgroup.is_some() {
+        return from_cgroup;
+    }
+    let exe = exe?;
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let meta = std::fs::metadata(entry.path().join("exe")).ok()?;
+        let key = FileKey { dev: moat_common::guard::kernel_dev(libc::major(meta.dev()), libc::minor(meta.dev())), ino: meta.ino() };
+        (key == exe).then_some(pid)
+    })
 }
 
 /// The superblock of the host's /proc (kernel encoding): a /proc/PID/mem opened through it
@@ -191,7 +217,8 @@ pub fn host_proc_dev() -> u64 {
 /// cgroup with other host processes, which must stay subject to the host-process rules.
 pub fn own_cgroup(mount: &Path, pods_root: &Path) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = mount.join(text.lines().find_map(|l| l.strip_prefix("0::"))?.trim_start_matches('/'));
+    // In a container's own cgroup namespace this reads `/`: taken below the namespace's root.
+    let path = crate::node::cgroup_ns::current(mount).dir(mount, &crate::node::cgroup_ns::unified_path(&text)?);
     if !path.starts_with(pods_root) || path == pods_root {
         return None;
     }

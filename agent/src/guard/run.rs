@@ -96,7 +96,7 @@ impl Guard {
             kubelet_exe_dev: 0,
             kubelet_exe_ino: 0,
             kubelet_cgroup: kubelet_cgroup.unwrap_or(0),
-            host_ns: kernel_maps::host_namespaces(),
+            host_ns: kernel_maps::host_namespaces(None),
             _reserved: 0,
             agent_tgid: std::process::id(),
             sock_addr_uaddr: uaddr,
@@ -162,9 +162,10 @@ impl Guard {
     /// the node's files (on the tick), not for a change of pods.
     fn publish(&mut self, read_host: bool) {
         if read_host || self.host.is_none() {
+            let reference = self.host_reference();
             self.host = Some(HostIds {
-                pid_ns: kernel_maps::host_namespace("pid"),
-                ns: kernel_maps::host_namespaces(),
+                pid_ns: kernel_maps::host_namespace_of("pid", reference),
+                ns: kernel_maps::host_namespaces(reference),
                 proc_dev: kernel_maps::host_proc_dev(),
             });
         }
@@ -225,9 +226,12 @@ impl Guard {
         }
         self.sync_socket_paths(index, cluster)?;
         let (dev, ino) = self.discovered.kubelet_exe.map(|k| (k.dev, k.ino)).unwrap_or((0, 0));
-        if (dev, ino) != (self.settings.kubelet_exe_dev, self.settings.kubelet_exe_ino) || self.settings.ready == 1 {
+        let host_ns = self.host.map_or(self.settings.host_ns, |host| host.ns);
+        let changed = (dev, ino) != (self.settings.kubelet_exe_dev, self.settings.kubelet_exe_ino) || host_ns != self.settings.host_ns;
+        if changed || self.settings.ready == 1 {
             self.settings.kubelet_exe_dev = dev;
             self.settings.kubelet_exe_ino = ino;
+            self.settings.host_ns = host_ns;
             // `ready` 2 marks "written once"; the programs only test it for nonzero.
             self.settings.ready = 2;
             self.maps.write_settings(&self.settings)?;
@@ -266,6 +270,13 @@ impl Guard {
             paths = paths.into_iter().take(capacity).collect();
         }
         self.maps.sync_socket_paths(paths)
+    }
+
+    /// Where PID 1's namespaces cannot be read (a hardened init), a process known to run in
+    /// the host's: the kubelet. The agent's own are not, once it runs in a container.
+    fn host_reference(&self) -> Option<u32> {
+        let cgroup = self.config.kubelet.cgroup.as_ref().map(|c| self.cgroup_mount.join(c.strip_prefix("/").unwrap_or(c)));
+        kernel_maps::host_reference(cgroup.as_deref(), self.discovered.kubelet_exe)
     }
 
     /// Whether cgroup/connect_unix can find the address (its offsets came from BTF).

@@ -1,6 +1,7 @@
 //! Facts about this machine: where cgroup v2 and bpffs are, how pod cgroups are laid out,
 //! which network namespace a pod has.
 
+pub mod cgroup_ns;
 pub mod cgroups;
 pub mod dir_watch;
 pub mod host_root;

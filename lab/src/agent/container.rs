@@ -1,6 +1,7 @@
 //! The agent's own mount namespace, made in the child between fork and exec, as a
 //! DaemonSet's container with a hostPath `/` at `/host` (readOnly, HostToContainer) sees
-//! the node. The child only makes system calls on strings made before the fork; a failed
+//! the node, in a cgroup namespace of its own, and with only the capabilities the DaemonSet
+//! grants. The child only makes system calls on strings made before the fork; a failed
 //! step writes its number to a pipe so the error can name it.
 
 use std::ffi::CString;
@@ -11,30 +12,54 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::super::node::NodeLayout;
-use super::super::{lab_dir, LabError};
+use super::super::{cgroup, lab_dir, LabError};
 use super::host_dir;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 enum Step {
-    Unshare = 1,
+    Cgroup = 1,
+    Unshare,
     Slave,
     Bind,
     ReadOnly,
     Hide,
+    Capabilities,
 }
 
 impl Step {
-    const ALL: [Step; 5] = [Step::Unshare, Step::Slave, Step::Bind, Step::ReadOnly, Step::Hide];
+    const ALL: [Step; 7] = [Step::Cgroup, Step::Unshare, Step::Slave, Step::Bind, Step::ReadOnly, Step::Hide, Step::Capabilities];
+}
+
+/// deploy/daemonset.yaml's `capabilities.add` (after `drop: ["ALL"]`), by number
+/// (linux/capability.h); the integration test holds the two equal.
+const DAEMONSET_CAPABILITIES: [libc::c_int; 6] = [
+    12, // NET_ADMIN
+    19, // SYS_PTRACE
+    21, // SYS_ADMIN
+    24, // SYS_RESOURCE
+    38, // PERFMON
+    39, // BPF
+];
+
+/// Every capability this kernel knows that the DaemonSet does not grant.
+fn capabilities_to_drop() -> Result<Vec<libc::c_int>, LabError> {
+    let path = Path::new("/proc/sys/kernel/cap_last_cap");
+    let text = std::fs::read_to_string(path).map_err(|e| LabError::io("reading", path, e))?;
+    let last: libc::c_int = text.trim().parse().map_err(|e| LabError::Internal(format!("{}: {text:?}: {e}", path.display())))?;
+    Ok((0..=last).filter(|cap| !DAEMONSET_CAPABILITIES.contains(cap)).collect())
 }
 
 /// The child's part.
 pub struct Entry {
+    /// `<lab cgroup>/agent/cgroup.procs`.
+    cgroup_procs: CString,
     root: CString,
     host: CString,
     node: CString,
     tmpfs: CString,
     options: CString,
+    drop: Vec<libc::c_int>,
     report: RawFd,
 }
 
@@ -44,6 +69,7 @@ pub struct Report {
     // Open until the spawn returns, so the child inherits it.
     write: OwnedFd,
     lab: PathBuf,
+    cgroup: PathBuf,
     host: PathBuf,
     node: PathBuf,
 }
@@ -65,20 +91,24 @@ fn pipe(host: &Path) -> Result<(OwnedFd, OwnedFd), LabError> {
 }
 
 pub fn prepare(lab: &str) -> Result<(Entry, Report), LabError> {
-    at(lab_dir(lab), host_dir(lab), NodeLayout::of(lab).root)
+    let cgroup = cgroup::lab_root(lab)?.join(cgroup::AGENT);
+    cgroup::create(&cgroup)?;
+    at(lab_dir(lab), cgroup, host_dir(lab), NodeLayout::of(lab).root)
 }
 
-fn at(lab: PathBuf, host: PathBuf, node: PathBuf) -> Result<(Entry, Report), LabError> {
+fn at(lab: PathBuf, cgroup: PathBuf, host: PathBuf, node: PathBuf) -> Result<(Entry, Report), LabError> {
     let (read, write) = pipe(&host)?;
     let entry = Entry {
+        cgroup_procs: cstring(&cgroup.join("cgroup.procs"))?,
         root: cstring(Path::new("/"))?,
         host: cstring(&host)?,
         node: cstring(&node)?,
         tmpfs: cstring(Path::new("tmpfs"))?,
         options: cstring(Path::new("mode=0755"))?,
+        drop: capabilities_to_drop()?,
         report: write.as_raw_fd(),
     };
-    Ok((entry, Report { read, write, lab, host, node }))
+    Ok((entry, Report { read, write, lab, cgroup, host, node }))
 }
 
 impl Entry {
@@ -88,7 +118,16 @@ impl Entry {
         let (null, no_data) = (std::ptr::null(), std::ptr::null());
         // SAFETY: every pointer is a NUL-terminated string owned by self, or null.
         unsafe {
-            self.check(Step::Unshare, libc::unshare(libc::CLONE_NEWNS))?;
+            // Into a cgroup of its own first: the cgroup namespace below is rooted there, as
+            // a pod's container's is at its own cgroup. "0" is the writer itself.
+            let procs = libc::open(self.cgroup_procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            self.check(Step::Cgroup, procs.min(0))?;
+            let written = libc::write(procs, b"0".as_ptr().cast(), 1);
+            libc::close(procs);
+            self.check(Step::Cgroup, if written == 1 { 0 } else { -1 })?;
+            // A cgroup namespace too: containerd gives a non-privileged container one on
+            // cgroup v2, so /proc shows the agent other cgroups as `/../..`.
+            self.check(Step::Unshare, libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWCGROUP))?;
             // Mounts the host makes later still arrive (HostToContainer); none made here
             // leaves.
             let slave = libc::MS_REC | libc::MS_SLAVE;
@@ -101,6 +140,13 @@ impl Entry {
             let hide = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
             let tmpfs = self.tmpfs.as_ptr();
             self.check(Step::Hide, libc::mount(tmpfs, self.node.as_ptr(), tmpfs, hide, self.options.as_ptr().cast()))?;
+            // Last: the mounts above need CAP_SYS_ADMIN only, which stays. Root's exec then
+            // gets exactly the bounding set, as a container runtime sets it.
+            let ambient = libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong;
+            self.check(Step::Capabilities, libc::prctl(libc::PR_CAP_AMBIENT, ambient, 0, 0, 0))?;
+            for cap in &self.drop {
+                self.check(Step::Capabilities, libc::prctl(libc::PR_CAPBSET_DROP, *cap as libc::c_ulong, 0, 0, 0))?;
+            }
         }
         Ok(())
     }
@@ -129,11 +175,13 @@ impl Report {
         };
         drop(self.write);
         let (action, path) = match step {
-            Some(Step::Unshare) => ("agent container: unshare(CLONE_NEWNS) for the agent of", self.lab),
+            Some(Step::Cgroup) => ("agent container: moving the agent into", self.cgroup),
+            Some(Step::Unshare) => ("agent container: unshare(CLONE_NEWNS | CLONE_NEWCGROUP) for the agent of", self.lab),
             Some(Step::Slave) => ("agent container: mount --make-rslave", PathBuf::from("/")),
             Some(Step::Bind) => ("agent container: mount --rbind /", self.host),
             Some(Step::ReadOnly) => ("agent container: mount -o remount,bind,ro", self.host),
             Some(Step::Hide) => ("agent container: hiding the node tree: mount -t tmpfs -o ro tmpfs", self.node),
+            Some(Step::Capabilities) => ("agent container: dropping the capabilities deploy/daemonset.yaml does not add, for the agent of", self.lab),
             None => return LabError::Spawn { command: argv.join(" "), source },
         };
         LabError::io(action, path, source)
@@ -154,7 +202,10 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing");
-        let (entry, report) = at(dir.path().into(), missing.clone(), dir.path().join("node")).unwrap();
+        // A plain file takes the write a cgroup.procs would.
+        std::fs::create_dir(dir.path().join("cgroup")).unwrap();
+        std::fs::write(dir.path().join("cgroup/cgroup.procs"), "").unwrap();
+        let (entry, report) = at(dir.path().into(), dir.path().join("cgroup"), missing.clone(), dir.path().join("node")).unwrap();
         let mut command = std::process::Command::new("true");
         // SAFETY: `enter` only makes system calls; the child's namespace is its own.
         unsafe { command.pre_exec(move || entry.enter()) };
