@@ -201,6 +201,9 @@ mod tests {
         assert!(message.contains("escape.kernel-sysctl,"), "{message}");
         let relative: GuardConfig = serde_yaml::from_str("runtime:\n  sockets: [run/x.sock]").unwrap();
         assert_eq!(relative.validate().unwrap_err().0, "guard.runtime.sockets[0]");
+        let host_root: GuardConfig = serde_yaml::from_str("hostRoot: host").unwrap();
+        let (field, message) = host_root.validate().unwrap_err();
+        assert_eq!((field.as_str(), message.as_str()), ("guard.hostRoot", "host is not an absolute path"));
         let server: GuardConfig = serde_yaml::from_str("apiServers: [\"10.0.0.1\"]").unwrap();
         assert_eq!(server.validate().unwrap_err().0, "guard.apiServers[0]");
     }

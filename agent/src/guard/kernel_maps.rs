@@ -191,9 +191,7 @@ pub fn host_reference(kubelet_cgroup: Option<&Path>, exe: Option<FileKey>) -> Op
     let exe = exe?;
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
         let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        let meta = std::fs::metadata(entry.path().join("exe")).ok()?;
-        let key = FileKey { dev: moat_common::guard::kernel_dev(libc::major(meta.dev()), libc::minor(meta.dev())), ino: meta.ino() };
-        (key == exe).then_some(pid)
+        (super::node::file_key(&entry.path().join("exe")).ok()? == exe).then_some(pid)
     })
 }
 

@@ -58,22 +58,26 @@ impl Scan<'_> {
     /// The node's file `path`, protected as `class` if it exists.
     fn add(&mut self, path: &Path, class: u32, owner: u64) {
         match self.host.resolve(path) {
-            Ok(seen) => self.add_seen(&seen, path, class, owner),
+            Ok(seen) => {
+                self.add_seen(&seen, path, class, owner);
+            }
             Err(_) => {
                 self.found.missing.insert(path.to_path_buf());
             }
         }
     }
 
-    /// A file the agent reaches at `seen`, named `name` on the node.
-    fn add_seen(&mut self, seen: &Path, name: &Path, class: u32, owner: u64) {
+    /// A file the agent reaches at `seen`, named `name` on the node; its key if it exists.
+    fn add_seen(&mut self, seen: &Path, name: &Path, class: u32, owner: u64) -> Option<FileKey> {
         match file_key(seen) {
             Ok(key) => {
                 self.found.files.insert(key, FileRule { class, _pad: 0, owner });
                 self.found.names.entry(key).or_insert_with(|| name.to_path_buf());
+                Some(key)
             }
             Err(_) => {
                 self.found.missing.insert(name.to_path_buf());
+                None
             }
         }
     }
@@ -118,8 +122,7 @@ pub fn discover(config: &GuardConfig, mountinfo: &str, before_listing: &mut dyn 
             scan.found.missing.insert(path.clone());
             continue;
         };
-        scan.add_seen(&seen, path, FILE_RUNTIME_SOCKET, 0);
-        if let Ok(key) = file_key(&seen) {
+        if let Some(key) = scan.add_seen(&seen, path, FILE_RUNTIME_SOCKET, 0) {
             scan.found.sockets.entry(key).or_insert(seen);
         }
     }

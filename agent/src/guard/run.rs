@@ -275,8 +275,7 @@ impl Guard {
     /// Where PID 1's namespaces cannot be read (a hardened init), a process known to run in
     /// the host's: the kubelet. The agent's own are not, once it runs in a container.
     fn host_reference(&self) -> Option<u32> {
-        let cgroup = self.config.kubelet.cgroup.as_ref().map(|c| self.cgroup_mount.join(c.strip_prefix("/").unwrap_or(c)));
-        kernel_maps::host_reference(cgroup.as_deref(), self.discovered.kubelet_exe)
+        kernel_maps::host_reference(kubelet_cgroup_dir(&self.config, &self.cgroup_mount).as_deref(), self.discovered.kubelet_exe)
     }
 
     /// Whether cgroup/connect_unix can find the address (its offsets came from BTF).
@@ -314,15 +313,37 @@ fn host_root_warning(host_root: &Path) -> Option<String> {
     warning
 }
 
+/// The kubelet's configured cgroup directory.
+fn kubelet_cgroup_dir(config: &GuardConfig, cgroup_mount: &Path) -> Option<PathBuf> {
+    let configured = config.kubelet.cgroup.as_ref()?;
+    Some(cgroup_mount.join(configured.strip_prefix("/").unwrap_or(configured)))
+}
+
 /// The kubelet's cgroup id, if configured and present.
 fn kubelet_cgroup(config: &GuardConfig, cgroup_mount: &Path) -> Option<u64> {
-    let configured = config.kubelet.cgroup.as_ref()?;
-    let path = cgroup_mount.join(configured.strip_prefix("/").unwrap_or(configured));
+    let path = kubelet_cgroup_dir(config, cgroup_mount)?;
     match std::fs::metadata(&path) {
         Ok(meta) => Some(meta.ino()),
         Err(error) => {
             tracing::warn!(path = %path.display(), %error, "guard.kubelet.cgroup not found; the kubelet is recognised by its executable alone");
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_root_that_is_not_a_directory_is_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(host_root_warning(dir.path()), None);
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        for root in [dir.path().join("absent"), file] {
+            let warning = host_root_warning(&root).unwrap_or_default();
+            assert!(warning.contains(&format!("guard.hostRoot {} is not a directory", root.display())), "{warning}");
         }
     }
 }
